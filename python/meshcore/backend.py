@@ -1,0 +1,176 @@
+"""A small HTTP/1.1 backend for demos and tests: it names itself and its zone,
+echoes bodies (streaming, chunked or not), streams downloads, and can be told
+to be slow or to fail.
+
+    GET  /anything        -> "hello from NAME (ZONE) path=/anything"
+    GET  /delay/MS        -> answers after MS milliseconds
+    GET  /status/CODE     -> answers with that status
+    GET  /bytes/N         -> streams N bytes
+    GET  /headers         -> the request headers as JSON
+    POST /echo            -> streams the request body back
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Iterator, Optional
+
+__all__ = ["Backend"]
+
+_CHUNK = 64 * 1024
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def _body_chunks(self) -> Iterator[bytes]:
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass  # trailers
+                    return
+                remaining = size
+                while remaining:
+                    data = self.rfile.read(min(remaining, _CHUNK))
+                    if not data:
+                        return
+                    remaining -= len(data)
+                    yield data
+                self.rfile.readline()
+        else:
+            remaining = int(self.headers.get("Content-Length") or 0)
+            while remaining:
+                data = self.rfile.read(min(remaining, _CHUNK))
+                if not data:
+                    return
+                remaining -= len(data)
+                yield data
+
+    def _reply(self, status: int, body: bytes, content_type: str = "text/plain") -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("x-backend", self.server.name)
+        self.send_header("x-zone", self.server.zone)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _stream(self, chunks: Iterator[bytes]) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.send_header("x-backend", self.server.name)
+        self.end_headers()
+        for chunk in chunks:
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        self.wfile.write(b"0\r\n\r\n")
+
+    def _handle(self) -> None:
+        self.server.count()
+        path = self.path.split("?", 1)[0]
+        parts = path.strip("/").split("/")
+        if self.server.fail_status:
+            for _ in self._body_chunks():
+                pass
+            self._reply(self.server.fail_status, b"failing on purpose\n")
+            return
+        if self.server.delay:
+            time.sleep(self.server.delay)
+        if parts[0] == "echo":
+            self._stream(self._body_chunks())
+            return
+        for _ in self._body_chunks():
+            pass
+        if parts[0] == "delay" and len(parts) > 1:
+            time.sleep(int(parts[1]) / 1000)
+        if parts[0] == "status" and len(parts) > 1:
+            self._reply(int(parts[1]), f"status {parts[1]}\n".encode())
+        elif parts[0] == "bytes" and len(parts) > 1:
+            total = int(parts[1])
+            block = b"x" * _CHUNK
+
+            def gen() -> Iterator[bytes]:
+                left = total
+                while left > 0:
+                    n = min(left, _CHUNK)
+                    left -= n
+                    yield block[:n]
+
+            self._stream(gen())
+        elif parts[0] == "headers":
+            self._reply(200, json.dumps({k.lower(): v for k, v in self.headers.items()}).encode(), "application/json")
+        else:
+            name, zone = self.server.name, self.server.zone
+            self._reply(200, f"hello from {name} ({zone}) path={path}\n".encode())
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = do_PATCH = _handle
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 512
+    name = "backend"
+    zone = "unknown"
+    delay = 0.0
+    fail_status = 0
+    requests = 0
+    _lock = threading.Lock()
+
+    def count(self) -> None:
+        with self._lock:
+            self.requests += 1
+
+
+class Backend:
+    """Runs in a background thread until `stop()`."""
+
+    def __init__(self, name: str = "backend", zone: str = "unknown", host: str = "127.0.0.1", port: int = 0):
+        self._server = _Server((host, port), _Handler)
+        self._server.name = name
+        self._server.zone = zone
+        self._thread = threading.Thread(target=self._server.serve_forever, name=f"backend-{name}", daemon=True)
+        self._thread.start()
+
+    @property
+    def name(self) -> str:
+        return self._server.name
+
+    @property
+    def zone(self) -> str:
+        return self._server.zone
+
+    @property
+    def addr(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"{host}:{port}"
+
+    @property
+    def requests(self) -> int:
+        return self._server.requests
+
+    def set_delay(self, seconds: float) -> None:
+        self._server.delay = seconds
+
+    def set_failing(self, status: Optional[int]) -> None:
+        self._server.fail_status = status or 0
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def __enter__(self) -> Backend:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()

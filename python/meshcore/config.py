@@ -1,0 +1,265 @@
+"""Configuration: pydantic models, TOML/YAML/dict loading, and errors that name
+the file, the field path and the reason.
+
+Python validates everything and hands Rust one JSON document; durations are
+converted to milliseconds on the way (`timeout = "10s"` -> `timeout_ms`).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import config_error
+
+__all__ = ["Config", "Listener", "Route", "Backend", "Service", "Endpoint", "load", "parse_duration"]
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$")
+_UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000}
+
+
+def parse_duration(value: Union[str, int, float]) -> int:
+    """'10s', '300ms', '1.5s', '2m', '1h' -> milliseconds. Bare numbers are seconds."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as '10s' or '300ms'")
+    if isinstance(value, (int, float)):
+        if value < 0:
+            raise ValueError("duration must not be negative")
+        return int(value * 1000)
+    m = _DURATION.match(str(value))
+    if not m:
+        raise ValueError(f"invalid duration {value!r}: use a number with ms, s, m or h, e.g. '10s' or '300ms'")
+    return int(float(m.group(1)) * _UNIT_MS[m.group(2)])
+
+
+def _check_socket_addr(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"expected 'ip:port', got {value!r}")
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        raise ValueError(f"expected an IP address before the port, got {host!r}") from None
+    return value
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class Endpoint(_Model):
+    addr: str
+    zone: Optional[str] = None
+
+    _addr = field_validator("addr")(classmethod(lambda cls, v: _check_socket_addr(v)))
+
+
+class Service(_Model):
+    name: str = Field(min_length=1)
+    balancer: Literal["peak-ewma", "round-robin"] = "peak-ewma"
+    protocol: Literal["auto", "http1", "http2"] = "auto"
+    endpoints: list[Endpoint] = []
+    connect_timeout: Union[str, float] = "1s"
+    idle_timeout: Union[str, float] = "90s"
+
+    @field_validator("connect_timeout", "idle_timeout")
+    @classmethod
+    def _duration(cls, v: Any) -> Any:
+        parse_duration(v)
+        return v
+
+
+class Backend(_Model):
+    service: str
+    weight: int = Field(default=1, ge=0, le=1_000_000)
+
+
+class Route(_Model):
+    listener: str
+    name: Optional[str] = None
+    host: Optional[str] = None
+    path_prefix: Optional[str] = None
+    headers: dict[str, str] = {}
+    timeout: Optional[Union[str, float]] = None
+    backends: list[Backend] = Field(min_length=1)
+
+    @field_validator("timeout")
+    @classmethod
+    def _duration(cls, v: Any) -> Any:
+        if v is not None:
+            parse_duration(v)
+        return v
+
+    @field_validator("path_prefix")
+    @classmethod
+    def _slash(cls, v: Optional[str]) -> Optional[str]:
+        if v is not None and not v.startswith("/"):
+            raise ValueError("must start with '/'")
+        return v
+
+
+class Listener(_Model):
+    name: str = Field(min_length=1)
+    bind: str
+    protocol: Literal["auto", "http1", "http2", "opaque"] = "auto"
+    direction: Optional[Literal["inbound", "outbound"]] = None
+    service: Optional[str] = None
+    detect_timeout: Union[str, float] = "10s"
+
+    _bind = field_validator("bind")(classmethod(lambda cls, v: _check_socket_addr(v)))
+
+    @field_validator("detect_timeout")
+    @classmethod
+    def _duration(cls, v: Any) -> Any:
+        parse_duration(v)
+        return v
+
+
+class Config(_Model):
+    admin: Optional[str] = None
+    zone: Optional[str] = None
+    workers: Optional[int] = Field(default=None, ge=1, le=1024)
+    listeners: list[Listener] = []
+    routes: list[Route] = []
+    services: list[Service] = []
+
+    _admin = field_validator("admin")(classmethod(lambda cls, v: v if v is None else _check_socket_addr(v)))
+
+    def cross_check(self) -> list[tuple[str, str]]:
+        """References between sections, which pydantic cannot see field by field."""
+        problems: list[tuple[str, str]] = []
+        services = [s.name for s in self.services]
+        listeners = [lst.name for lst in self.listeners]
+
+        def unknown(kind: str, name: str, valid: list[str]) -> str:
+            choices = ", ".join(valid) if valid else "none defined"
+            return f"unknown {kind} {name!r} (valid: {choices})"
+
+        for kind, names, path in (("service", services, "services"), ("listener", listeners, "listeners")):
+            seen: set[str] = set()
+            for i, n in enumerate(names):
+                if n in seen:
+                    problems.append((f"{path}[{i}].name", f"duplicate {kind} name {n!r}"))
+                seen.add(n)
+        for i, lst in enumerate(self.listeners):
+            if lst.service is not None and lst.service not in services:
+                problems.append((f"listeners[{i}].service", unknown("service", lst.service, services)))
+            if lst.protocol == "opaque" and lst.service is None:
+                problems.append((f"listeners[{i}].service", "an opaque listener needs a target service"))
+        for i, r in enumerate(self.routes):
+            if r.listener not in listeners:
+                problems.append((f"routes[{i}].listener", unknown("listener", r.listener, listeners)))
+            for j, b in enumerate(r.backends):
+                if b.service not in services:
+                    problems.append((f"routes[{i}].backends[{j}].service", unknown("service", b.service, services)))
+            if sum(b.weight for b in r.backends) == 0:
+                problems.append((f"routes[{i}].backends", "weights must not all be zero"))
+        return problems
+
+    def to_core(self) -> dict[str, Any]:
+        """The document handed to Rust: durations in milliseconds, defaults filled."""
+        return {
+            "zone": self.zone,
+            "workers": self.workers,
+            "listeners": [
+                {
+                    "name": lst.name,
+                    "bind": lst.bind,
+                    "protocol": lst.protocol,
+                    "direction": lst.direction or ("inbound" if "inbound" in lst.name else "outbound"),
+                    "service": lst.service,
+                    "detect_timeout_ms": parse_duration(lst.detect_timeout),
+                }
+                for lst in self.listeners
+            ],
+            "routes": [
+                {
+                    "listener": r.listener,
+                    "name": r.name,
+                    "host": r.host,
+                    "path_prefix": r.path_prefix,
+                    "headers": r.headers,
+                    "timeout_ms": None if r.timeout is None else parse_duration(r.timeout),
+                    "backends": [b.model_dump() for b in r.backends],
+                }
+                for r in self.routes
+            ],
+            "services": [
+                {
+                    "name": s.name,
+                    "balancer": s.balancer,
+                    "protocol": s.protocol,
+                    "endpoints": [e.model_dump() for e in s.endpoints],
+                    "connect_timeout_ms": parse_duration(s.connect_timeout),
+                    "idle_timeout_ms": parse_duration(s.idle_timeout),
+                }
+                for s in self.services
+            ],
+        }
+
+    def to_core_json(self) -> str:
+        return json.dumps(self.to_core())
+
+
+def _field_path(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def _reason(err: dict[str, Any]) -> str:
+    if err["type"] == "extra_forbidden":
+        return "unknown field"
+    msg = str(err["msg"])
+    return msg.removeprefix("Value error, ")
+
+
+def validate(data: dict[str, Any], source: Optional[str] = None) -> Config:
+    """Validates a config dict; raises ConfigError naming source, field and reason."""
+    if not isinstance(data, dict):
+        raise config_error([("", "the config must be a table/mapping at the top level")], source)
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as e:
+        raise config_error([(_field_path(err["loc"]), _reason(err)) for err in e.errors()], source) from None
+    problems = config.cross_check()
+    if problems:
+        raise config_error(problems, source)
+    return config
+
+
+def load(source: Union[str, Path, dict[str, Any], Config]) -> Config:
+    """Loads a config from a TOML or YAML file path, a dict, or a Config."""
+    if isinstance(source, Config):
+        return source
+    if isinstance(source, dict):
+        return validate(source)
+    path = Path(source)
+    name = str(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise config_error([("", f"cannot read file: {e.strerror or e}")], name) from None
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            try:
+                import tomllib
+            except ImportError:  # Python < 3.11
+                import tomli as tomllib  # type: ignore[no-redef]
+            data = tomllib.loads(text)
+    except Exception as e:  # noqa: BLE001 - parser errors vary by library
+        raise config_error([("", f"cannot parse: {e}")], name) from None
+    return validate(data if data is not None else {}, name)

@@ -1,0 +1,110 @@
+"""`Proxy`: the Python handle on one running data plane."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+from typing import Any, Optional, Union
+
+from . import _core
+from .config import Config, load
+
+__all__ = ["Proxy"]
+
+
+class Proxy:
+    """A running meshcore proxy.
+
+    `start()` returns once every listener is bound; the data plane then runs on
+    its own Rust threads and never needs the GIL. Use it as a context manager to
+    stop (and drain) on exit.
+    """
+
+    def __init__(self, config: Union[str, Path, dict[str, Any], Config]):
+        self._config = load(config)
+        self._core = _core.ProxyCore(self._config.to_core_json())
+        self._admin: Any = None
+        self._lock = threading.Lock()
+        self._stopped = threading.Event()
+
+    @property
+    def config(self) -> Config:
+        return self._config
+
+    def start(self) -> Proxy:
+        with self._lock:
+            self._core.start()
+            if self._config.admin:
+                from .admin import AdminServer
+
+                try:
+                    self._admin = AdminServer(self, self._config.admin)
+                except Exception:
+                    self._core.stop(0.0)
+                    raise
+        return self
+
+    def stop(self, grace: float = 5.0) -> None:
+        """Stops accepting, drains in-flight requests for up to `grace` seconds, then stops."""
+        with self._lock:
+            if self._admin is not None:
+                self._admin.close()
+                self._admin = None
+            self._core.stop(grace)
+            self._stopped.set()
+
+    def wait(self, timeout: Optional[float] = None) -> bool:
+        """Blocks until the proxy is stopped (e.g. by the admin API's /shutdown)."""
+        return self._stopped.wait(timeout)
+
+    def reload(self, config: Union[str, Path, dict[str, Any], Config]) -> None:
+        """Validates and swaps in new routes and services without dropping requests.
+        On any error the running config stays in place."""
+        new = load(config)
+        self._core.reload(new.to_core_json())
+        self._config = new
+
+    @property
+    def running(self) -> bool:
+        return self._core.is_running()
+
+    @property
+    def addresses(self) -> dict[str, tuple[str, int]]:
+        """Listener name -> bound (host, port); port 0 in the config is resolved here."""
+        out = {}
+        for name, addr in self._core.addresses():
+            host, _, port = addr.rpartition(":")
+            out[name] = (host.strip("[]"), int(port))
+        return out
+
+    def url(self, listener: str, path: str = "/") -> str:
+        host, port = self.addresses[listener]
+        return f"http://{host}:{port}{path}"
+
+    @property
+    def admin_address(self) -> Optional[tuple[str, int]]:
+        return self._admin.address if self._admin else None
+
+    def metrics(self) -> str:
+        """Prometheus text exposition of the proxy's metrics."""
+        return self._core.metrics()
+
+    def endpoints(self) -> dict[str, Any]:
+        return json.loads(self._core.endpoints())
+
+    def open_connections(self) -> int:
+        return self._core.open_connections()
+
+    def __enter__(self) -> Proxy:
+        if not self.running:
+            self.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped"
+        return f"<meshcore.Proxy {state} listeners={[lst.name for lst in self._config.listeners]}>"
+

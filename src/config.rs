@@ -1,0 +1,220 @@
+//! The validated config snapshot Rust receives from Python (as JSON).
+//!
+//! Python owns user-facing validation and error messages; this module only
+//! re-checks what Rust itself depends on (addresses, cross references), so a
+//! hand-built config from a script cannot put the data plane in a bad state.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub zone: Option<String>,
+    #[serde(default)]
+    pub workers: Option<usize>,
+    #[serde(default)]
+    pub listeners: Vec<Listener>,
+    #[serde(default)]
+    pub routes: Vec<Route>,
+    #[serde(default)]
+    pub services: Vec<Service>,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerProtocol {
+    Auto,
+    Http1,
+    Http2,
+    Opaque,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listener {
+    pub name: String,
+    pub bind: String,
+    #[serde(default = "auto_listener")]
+    pub protocol: ListenerProtocol,
+    /// inbound | outbound; used as the `direction` metric label.
+    #[serde(default = "outbound")]
+    pub direction: String,
+    /// Target for opaque traffic (pinned or detected).
+    #[serde(default)]
+    pub service: Option<String>,
+    #[serde(default = "detect_timeout_ms")]
+    pub detect_timeout_ms: u64,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    pub listener: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub host: Option<String>,
+    #[serde(default)]
+    pub path_prefix: Option<String>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    pub backends: Vec<Backend>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Backend {
+    pub service: String,
+    #[serde(default = "one")]
+    pub weight: u32,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum BalancerKind {
+    PeakEwma,
+    RoundRobin,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamProtocol {
+    Auto,
+    Http1,
+    Http2,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Service {
+    pub name: String,
+    #[serde(default = "peak_ewma")]
+    pub balancer: BalancerKind,
+    #[serde(default = "auto_upstream")]
+    pub protocol: UpstreamProtocol,
+    #[serde(default)]
+    pub endpoints: Vec<Endpoint>,
+    #[serde(default = "connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    #[serde(default = "idle_timeout_ms")]
+    pub idle_timeout_ms: u64,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Endpoint {
+    pub addr: String,
+    #[serde(default)]
+    pub zone: Option<String>,
+}
+
+fn auto_listener() -> ListenerProtocol {
+    ListenerProtocol::Auto
+}
+fn auto_upstream() -> UpstreamProtocol {
+    UpstreamProtocol::Auto
+}
+fn outbound() -> String {
+    "outbound".to_string()
+}
+fn peak_ewma() -> BalancerKind {
+    BalancerKind::PeakEwma
+}
+fn one() -> u32 {
+    1
+}
+fn detect_timeout_ms() -> u64 {
+    10_000
+}
+fn connect_timeout_ms() -> u64 {
+    1_000
+}
+fn idle_timeout_ms() -> u64 {
+    90_000
+}
+
+impl Config {
+    pub fn from_json(text: &str) -> Result<Config, String> {
+        let config: Config = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        config.check()?;
+        Ok(config)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        let has_service = |name: &str| self.services.iter().any(|s| s.name == name);
+        for (i, l) in self.listeners.iter().enumerate() {
+            l.bind
+                .parse::<SocketAddr>()
+                .map_err(|e| format!("listeners[{i}].bind: {e}"))?;
+            if let Some(s) = &l.service {
+                if !has_service(s) {
+                    return Err(format!("listeners[{i}].service: unknown service {s:?}"));
+                }
+            }
+        }
+        for (i, r) in self.routes.iter().enumerate() {
+            if !self.listeners.iter().any(|l| l.name == r.listener) {
+                return Err(format!("routes[{i}].listener: unknown listener {:?}", r.listener));
+            }
+            if r.backends.is_empty() {
+                return Err(format!("routes[{i}].backends: must not be empty"));
+            }
+            for (j, b) in r.backends.iter().enumerate() {
+                if !has_service(&b.service) {
+                    return Err(format!(
+                        "routes[{i}].backends[{j}].service: unknown service {:?}",
+                        b.service
+                    ));
+                }
+            }
+        }
+        for (i, s) in self.services.iter().enumerate() {
+            for (j, e) in s.endpoints.iter().enumerate() {
+                e.addr
+                    .parse::<SocketAddr>()
+                    .map_err(|err| format!("services[{i}].endpoints[{j}].addr: {err}"))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_fill_in() {
+        let c = Config::from_json(
+            r#"{"listeners":[{"name":"out","bind":"127.0.0.1:0"}],
+                "services":[{"name":"web","endpoints":[{"addr":"127.0.0.1:1"}]}],
+                "routes":[{"listener":"out","backends":[{"service":"web"}]}]}"#,
+        )
+        .unwrap();
+        assert_eq!(c.listeners[0].protocol, ListenerProtocol::Auto);
+        assert_eq!(c.listeners[0].detect_timeout_ms, 10_000);
+        assert_eq!(c.services[0].balancer, BalancerKind::PeakEwma);
+        assert_eq!(c.routes[0].backends[0].weight, 1);
+    }
+
+    #[test]
+    fn unknown_service_is_named() {
+        let err = Config::from_json(
+            r#"{"listeners":[{"name":"out","bind":"127.0.0.1:0"}],
+                "routes":[{"listener":"out","backends":[{"service":"nope"}]}]}"#,
+        )
+        .unwrap_err();
+        assert!(err.contains("routes[0].backends[0].service"), "{err}");
+    }
+
+    #[test]
+    fn bad_bind_is_rejected() {
+        let err = Config::from_json(r#"{"listeners":[{"name":"x","bind":"nonsense"}]}"#).unwrap_err();
+        assert!(err.contains("listeners[0].bind"), "{err}");
+    }
+}

@@ -1,0 +1,38 @@
+//! HTTP proxying: hyper server side, upstream pools, the proxy handler.
+
+pub mod body;
+pub mod client;
+pub mod headers;
+pub mod proxy;
+pub mod server;
+
+use bytes::Bytes;
+use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full};
+use hyper::{Response, StatusCode};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// Header naming why the proxy itself answered.
+pub const ERROR_HEADER: &str = "meshcore-error";
+
+pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// A short response the proxy makes itself, with the reason in a header.
+pub fn error_response(status: StatusCode, reason: &str) -> Response<ProxyBody> {
+    let mut resp = Response::new(full(format!("{reason}\n")));
+    *resp.status_mut() = status;
+    let headers = resp.headers_mut();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain"),
+    );
+    if let Ok(v) = http::HeaderValue::from_str(reason) {
+        headers.insert(ERROR_HEADER, v);
+    }
+    resp
+}

@@ -1,0 +1,63 @@
+//! Serving one client connection with hyper, and draining it on shutdown.
+
+use super::proxy::{handle, ConnContext};
+use hyper::rt::{Read, Write};
+use hyper::server::conn::{http1, http2};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+pub async fn serve_http1<I>(io: I, ctx: Arc<ConnContext>, mut draining: watch::Receiver<bool>)
+where
+    I: Read + Write + Unpin + Send + 'static,
+{
+    let svc = service_fn(move |req| handle(req, ctx.clone()));
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30))
+        .serve_connection(io, svc)
+        .with_upgrades();
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = crate::shared::drained(&mut draining) => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        log_conn_error("http/1.1", &e);
+    }
+}
+
+pub async fn serve_http2<I>(io: I, ctx: Arc<ConnContext>, mut draining: watch::Receiver<bool>)
+where
+    I: Read + Write + Unpin + Send + 'static,
+{
+    let svc = service_fn(move |req| handle(req, ctx.clone()));
+    let conn = http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .serve_connection(io, svc);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = crate::shared::drained(&mut draining) => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        log_conn_error("http/2", &e);
+    }
+}
+
+/// Malformed requests are answered by hyper (400 for HTTP/1.1, a stream or
+/// connection error for HTTP/2); the connection ends and is logged here.
+fn log_conn_error(proto: &str, e: &hyper::Error) {
+    if e.is_incomplete_message() || e.is_canceled() {
+        return; // the client went away; nothing worth logging
+    }
+    eprintln!("meshcore: {proto} connection error: {e}");
+}

@@ -1,0 +1,156 @@
+//! meshcore's native core. This file only binds Rust to Python; every idea
+//! lives in its own module.
+#![forbid(unsafe_code)]
+
+pub mod balance;
+pub mod config;
+mod errors;
+pub mod http;
+pub mod listen;
+pub mod metrics;
+pub mod route;
+pub mod runtime;
+pub mod shared;
+pub mod table;
+
+use errors::{BindError, ConfigError, MeshcoreError, PluginError, TlsError};
+use pyo3::prelude::*;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Runs `f`, turning a Rust panic into a MeshcoreError instead of letting it
+/// reach the interpreter.
+fn guarded<T>(f: impl FnOnce() -> PyResult<T>) -> PyResult<T> {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|panic| {
+        let msg = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".to_string());
+        Err(MeshcoreError::new_err(format!(
+            "internal error (Rust panic): {msg}"
+        )))
+    })
+}
+
+fn start_error(e: runtime::StartError) -> PyErr {
+    match e {
+        runtime::StartError::Config(m) => ConfigError::new_err(m),
+        runtime::StartError::Bind(m) => BindError::new_err(m),
+        runtime::StartError::Runtime(m) => MeshcoreError::new_err(m),
+    }
+}
+
+/// One proxy instance. Python's `meshcore.Proxy` wraps it.
+#[pyclass(module = "meshcore._core")]
+struct ProxyCore {
+    config: Mutex<Option<config::Config>>,
+    running: Mutex<Option<runtime::Running>>,
+}
+
+impl ProxyCore {
+    fn with_running<T>(&self, f: impl FnOnce(&runtime::Running) -> PyResult<T>) -> PyResult<T> {
+        let running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        match running.as_ref() {
+            Some(r) => f(r),
+            None => Err(MeshcoreError::new_err("proxy is not running")),
+        }
+    }
+}
+
+#[pymethods]
+impl ProxyCore {
+    #[new]
+    fn new(config_json: &str) -> PyResult<Self> {
+        guarded(|| {
+            let config = config::Config::from_json(config_json).map_err(ConfigError::new_err)?;
+            Ok(ProxyCore {
+                config: Mutex::new(Some(config)),
+                running: Mutex::new(None),
+            })
+        })
+    }
+
+    /// Binds every listener and starts serving; returns once bound.
+    fn start(&self, py: Python<'_>) -> PyResult<()> {
+        guarded(|| {
+            let config = self
+                .config
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take()
+                .ok_or_else(|| MeshcoreError::new_err("proxy was already started"))?;
+            let running = py.detach(|| runtime::start(config)).map_err(start_error)?;
+            *self.running.lock().unwrap_or_else(|p| p.into_inner()) = Some(running);
+            Ok(())
+        })
+    }
+
+    /// Drains in-flight requests for up to `grace` seconds, then stops.
+    fn stop(&self, py: Python<'_>, grace: f64) -> PyResult<()> {
+        guarded(|| {
+            let running = self.running.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(running) = running {
+                let grace = Duration::from_secs_f64(grace.max(0.0));
+                py.detach(|| running.stop(grace));
+            }
+            Ok(())
+        })
+    }
+
+    fn reload(&self, config_json: &str) -> PyResult<()> {
+        guarded(|| {
+            let config = config::Config::from_json(config_json).map_err(ConfigError::new_err)?;
+            self.with_running(|r| r.reload(config).map_err(ConfigError::new_err))
+        })
+    }
+
+    fn is_running(&self) -> bool {
+        self.running.lock().unwrap_or_else(|p| p.into_inner()).is_some()
+    }
+
+    /// Listener name -> "ip:port" actually bound.
+    fn addresses(&self) -> PyResult<Vec<(String, String)>> {
+        self.with_running(|r| {
+            Ok(r.addresses
+                .iter()
+                .map(|(n, a)| (n.clone(), a.to_string()))
+                .collect())
+        })
+    }
+
+    /// Prometheus text exposition.
+    fn metrics(&self) -> PyResult<String> {
+        guarded(|| self.with_running(|r| Ok(r.shared.metrics.render())))
+    }
+
+    /// Per-endpoint balancer state as a JSON document.
+    fn endpoints(&self) -> PyResult<String> {
+        guarded(|| self.with_running(|r| Ok(r.shared.table.load().endpoints_json().to_string())))
+    }
+
+    fn open_connections(&self) -> PyResult<usize> {
+        self.with_running(|r| Ok(r.shared.connections.open()))
+    }
+}
+
+/// Proves the panic boundary: panics inside Rust and must surface as MeshcoreError.
+#[pyfunction]
+fn _panic_for_test() -> PyResult<()> {
+    guarded(|| panic!("deliberate test panic"))
+}
+
+#[pymodule]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = m.py();
+    m.add_class::<ProxyCore>()?;
+    m.add_function(wrap_pyfunction!(_panic_for_test, m)?)?;
+    m.add("MeshcoreError", py.get_type::<MeshcoreError>())?;
+    m.add("ConfigError", py.get_type::<ConfigError>())?;
+    m.add("BindError", py.get_type::<BindError>())?;
+    m.add("TlsError", py.get_type::<TlsError>())?;
+    m.add("PluginError", py.get_type::<PluginError>())?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}

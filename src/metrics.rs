@@ -1,0 +1,284 @@
+//! Counters and histograms with Linkerd's names, rendered as Prometheus text.
+//!
+//! Series are looked up once per request under a short lock and then updated
+//! with relaxed atomics; rendering takes a snapshot without blocking traffic.
+
+use std::collections::HashMap;
+use std::fmt::Write;
+use std::hash::Hash;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub const LATENCY_BUCKETS_MS: [u64; 25] = [
+    1, 2, 3, 4, 5, 10, 20, 30, 40, 50, 100, 200, 300, 400, 500, 1000, 2000, 3000, 4000, 5000, 10000, 20000,
+    30000, 40000, 50000,
+];
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct RequestLabels {
+    pub direction: Arc<str>,
+    pub authority: String,
+    pub dst_service: Arc<str>,
+    pub dst_zone: Arc<str>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ResponseLabels {
+    pub request: RequestLabels,
+    pub status_code: u16,
+    pub classification: &'static str,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct TcpLabels {
+    pub direction: Arc<str>,
+    pub listener: Arc<str>,
+}
+
+#[derive(Default, Debug)]
+pub struct Histogram {
+    buckets: [AtomicU64; LATENCY_BUCKETS_MS.len()],
+    count: AtomicU64,
+    sum_us: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, latency: Duration) {
+        let ms = latency.as_secs_f64() * 1000.0;
+        if let Some(i) = LATENCY_BUCKETS_MS.iter().position(|&b| ms <= b as f64) {
+            self.buckets[i].fetch_add(1, Relaxed);
+        }
+        self.count.fetch_add(1, Relaxed);
+        self.sum_us.fetch_add(latency.as_micros() as u64, Relaxed);
+    }
+}
+
+#[derive(Default, Debug)]
+pub struct ResponseSeries {
+    pub total: AtomicU64,
+    pub latency: Histogram,
+}
+
+#[derive(Default, Debug)]
+pub struct TcpSeries {
+    pub open_total: AtomicU64,
+    pub close_total: AtomicU64,
+    pub open: AtomicI64,
+    pub read_bytes: AtomicU64,
+    pub write_bytes: AtomicU64,
+}
+
+type Family<K, V> = Mutex<HashMap<K, Arc<V>>>;
+
+#[derive(Default, Debug)]
+pub struct Metrics {
+    requests: Family<RequestLabels, AtomicU64>,
+    responses: Family<ResponseLabels, ResponseSeries>,
+    tcp: Family<TcpLabels, TcpSeries>,
+}
+
+fn series<K: Hash + Eq + Clone, V: Default>(family: &Family<K, V>, key: &K) -> Arc<V> {
+    let mut map = family.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(v) = map.get(key) {
+        return v.clone();
+    }
+    map.entry(key.clone()).or_default().clone()
+}
+
+fn snapshot<K: Clone, V>(family: &Family<K, V>) -> Vec<(K, Arc<V>)> {
+    let map = family.lock().unwrap_or_else(|p| p.into_inner());
+    map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+}
+
+impl Metrics {
+    pub fn request(&self, labels: &RequestLabels) {
+        series(&self.requests, labels).fetch_add(1, Relaxed);
+    }
+
+    pub fn response(&self, labels: &ResponseLabels, latency: Duration) {
+        let s = series(&self.responses, labels);
+        s.total.fetch_add(1, Relaxed);
+        s.latency.observe(latency);
+    }
+
+    pub fn tcp(&self, labels: &TcpLabels) -> Arc<TcpSeries> {
+        series(&self.tcp, labels)
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        self.render_http(&mut out);
+        self.render_tcp(&mut out);
+        out
+    }
+
+    fn render_http(&self, out: &mut String) {
+        header(
+            out,
+            "request_total",
+            "counter",
+            "Total HTTP requests received, by destination.",
+        );
+        for (l, v) in snapshot(&self.requests) {
+            let _ = writeln!(out, "request_total{{{}}} {}", request_labels(&l), v.load(Relaxed));
+        }
+        let responses = snapshot(&self.responses);
+        header(
+            out,
+            "response_total",
+            "counter",
+            "Total HTTP responses, by status and classification.",
+        );
+        for (l, s) in &responses {
+            let _ = writeln!(
+                out,
+                "response_total{{{}}} {}",
+                response_labels(l),
+                s.total.load(Relaxed)
+            );
+        }
+        header(
+            out,
+            "response_latency_ms",
+            "histogram",
+            "Time from request headers to the response's first data frame, in milliseconds.",
+        );
+        for (l, s) in &responses {
+            let labels = response_labels(l);
+            let mut cumulative = 0;
+            for (i, bound) in LATENCY_BUCKETS_MS.iter().enumerate() {
+                cumulative += s.latency.buckets[i].load(Relaxed);
+                let _ = writeln!(
+                    out,
+                    "response_latency_ms_bucket{{{labels},le=\"{bound}\"}} {cumulative}"
+                );
+            }
+            let count = s.latency.count.load(Relaxed);
+            let sum_ms = s.latency.sum_us.load(Relaxed) as f64 / 1000.0;
+            let _ = writeln!(out, "response_latency_ms_bucket{{{labels},le=\"+Inf\"}} {count}");
+            let _ = writeln!(out, "response_latency_ms_sum{{{labels}}} {sum_ms}");
+            let _ = writeln!(out, "response_latency_ms_count{{{labels}}} {count}");
+        }
+    }
+
+    fn render_tcp(&self, out: &mut String) {
+        let tcp = snapshot(&self.tcp);
+        type Field = fn(&TcpSeries) -> i64;
+        let families: [(&str, &str, &str, Field); 5] = [
+            ("tcp_open_total", "counter", "Connections accepted.", |s| {
+                s.open_total.load(Relaxed) as i64
+            }),
+            ("tcp_close_total", "counter", "Connections closed.", |s| {
+                s.close_total.load(Relaxed) as i64
+            }),
+            (
+                "tcp_open_connections",
+                "gauge",
+                "Connections currently open.",
+                |s| s.open.load(Relaxed),
+            ),
+            (
+                "tcp_read_bytes_total",
+                "counter",
+                "Bytes read from clients.",
+                |s| s.read_bytes.load(Relaxed) as i64,
+            ),
+            (
+                "tcp_write_bytes_total",
+                "counter",
+                "Bytes written to clients.",
+                |s| s.write_bytes.load(Relaxed) as i64,
+            ),
+        ];
+        for (name, kind, help, field) in families {
+            header(out, name, kind, help);
+            for (l, s) in &tcp {
+                let _ = writeln!(
+                    out,
+                    "{name}{{direction=\"{}\",listener=\"{}\"}} {}",
+                    escape(&l.direction),
+                    escape(&l.listener),
+                    field(s)
+                );
+            }
+        }
+    }
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+fn request_labels(l: &RequestLabels) -> String {
+    format!(
+        "direction=\"{}\",authority=\"{}\",dst_service=\"{}\",dst_zone=\"{}\"",
+        escape(&l.direction),
+        escape(&l.authority),
+        escape(&l.dst_service),
+        escape(&l.dst_zone)
+    )
+}
+
+fn response_labels(l: &ResponseLabels) -> String {
+    format!(
+        "{},status_code=\"{}\",classification=\"{}\"",
+        request_labels(&l.request),
+        l.status_code,
+        l.classification
+    )
+}
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels() -> RequestLabels {
+        RequestLabels {
+            direction: "outbound".into(),
+            authority: "web.local".into(),
+            dst_service: "web".into(),
+            dst_zone: "zone-a".into(),
+        }
+    }
+
+    #[test]
+    fn histogram_buckets_are_cumulative() {
+        let m = Metrics::default();
+        let r = ResponseLabels {
+            request: labels(),
+            status_code: 200,
+            classification: "success",
+        };
+        m.response(&r, Duration::from_micros(500));
+        m.response(&r, Duration::from_millis(15));
+        m.response(&r, Duration::from_secs(100));
+        let text = m.render();
+        assert!(text.contains("le=\"1\"} 1\n"), "{text}");
+        assert!(text.contains("le=\"10\"} 1\n"));
+        assert!(text.contains("le=\"20\"} 2\n"));
+        assert!(text.contains("le=\"50000\"} 2\n"));
+        assert!(text.contains("le=\"+Inf\"} 3\n"));
+        assert!(text.contains("response_latency_ms_count{"));
+    }
+
+    #[test]
+    fn counters_are_labelled() {
+        let m = Metrics::default();
+        m.request(&labels());
+        m.request(&labels());
+        let text = m.render();
+        assert!(text.contains(
+            "request_total{direction=\"outbound\",authority=\"web.local\",dst_service=\"web\",dst_zone=\"zone-a\"} 2"
+        ));
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape("a\"b\\c"), "a\\\"b\\\\c");
+    }
+}

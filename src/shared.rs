@@ -1,0 +1,61 @@
+//! State shared by every connection of one running proxy.
+
+use crate::metrics::Metrics;
+use crate::table::Table;
+use arc_swap::ArcSwap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use tokio::sync::{watch, Notify};
+
+pub struct Shared {
+    pub table: ArcSwap<Table>,
+    pub metrics: Metrics,
+    pub connections: ConnectionTracker,
+    /// Flips to true when the proxy starts draining.
+    pub draining: watch::Receiver<bool>,
+}
+
+/// Counts open client connections so a drain knows when it is done.
+#[derive(Default)]
+pub struct ConnectionTracker {
+    open: AtomicUsize,
+    all_closed: Notify,
+}
+
+pub struct ConnectionGuard(Arc<Shared>);
+
+impl ConnectionTracker {
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Acquire)
+    }
+
+    pub async fn wait_all_closed(&self) {
+        loop {
+            let notified = self.all_closed.notified();
+            if self.open() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl Shared {
+    pub fn track_connection(self: &Arc<Self>) -> ConnectionGuard {
+        self.connections.open.fetch_add(1, Ordering::AcqRel);
+        ConnectionGuard(self.clone())
+    }
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        if self.0.connections.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.connections.all_closed.notify_waiters();
+        }
+    }
+}
+
+/// Resolves once draining starts (or the proxy is gone).
+pub async fn drained(draining: &mut watch::Receiver<bool>) {
+    let _ = draining.wait_for(|d| *d).await;
+}
