@@ -22,6 +22,7 @@ PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body are separate writes
 
     def log_message(self, format: str, *args: Any) -> None:  # quiet by default
         pass

@@ -8,6 +8,7 @@ to be slow or to fail.
     GET  /bytes/N         -> streams N bytes
     GET  /headers         -> the request headers as JSON
     POST /echo            -> streams the request body back
+    POST /count           -> the number of body bytes received
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 __all__ = ["Backend"]
 
@@ -26,6 +28,7 @@ _CHUNK = 64 * 1024
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body are separate writes
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
@@ -89,6 +92,10 @@ class _Handler(BaseHTTPRequestHandler):
         if parts[0] == "echo":
             self._stream(self._body_chunks())
             return
+        if parts[0] == "count":
+            n = sum(len(c) for c in self._body_chunks())
+            self._reply(200, b"%d" % n)
+            return
         for _ in self._body_chunks():
             pass
         if parts[0] == "delay" and len(parts) > 1:
@@ -108,7 +115,9 @@ class _Handler(BaseHTTPRequestHandler):
 
             self._stream(gen())
         elif parts[0] == "headers":
-            self._reply(200, json.dumps({k.lower(): v for k, v in self.headers.items()}).encode(), "application/json")
+            self._reply(
+                200, json.dumps({k.lower(): v for k, v in self.headers.items()}).encode(), "application/json"
+            )
         else:
             name, zone = self.server.name, self.server.zone
             self._reply(200, f"hello from {name} ({zone}) path={path}\n".encode())
@@ -139,7 +148,9 @@ class Backend:
         self._server = _Server((host, port), _Handler)
         self._server.name = name
         self._server.zone = zone
-        self._thread = threading.Thread(target=self._server.serve_forever, name=f"backend-{name}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name=f"backend-{name}", daemon=True
+        )
         self._thread.start()
 
     @property

@@ -33,7 +33,9 @@ def parse_duration(value: Union[str, int, float]) -> int:
         return int(value * 1000)
     m = _DURATION.match(str(value))
     if not m:
-        raise ValueError(f"invalid duration {value!r}: use a number with ms, s, m or h, e.g. '10s' or '300ms'")
+        raise ValueError(
+            f"invalid duration {value!r}: use a number with ms, s, m or h, e.g. '10s' or '300ms'"
+        )
     return int(float(m.group(1)) * _UNIT_MS[m.group(2)])
 
 
@@ -156,7 +158,9 @@ class Config(_Model):
                 problems.append((f"routes[{i}].listener", unknown("listener", r.listener, listeners)))
             for j, b in enumerate(r.backends):
                 if b.service not in services:
-                    problems.append((f"routes[{i}].backends[{j}].service", unknown("service", b.service, services)))
+                    problems.append(
+                        (f"routes[{i}].backends[{j}].service", unknown("service", b.service, services))
+                    )
             if sum(b.weight for b in r.backends) == 0:
                 problems.append((f"routes[{i}].backends", "weights must not all be zero"))
         return problems

@@ -53,7 +53,8 @@ def run_demo(listen: str, admin: str, duration: Optional[float] = None) -> int:
             for name, group in backends.items():
                 for b in group:
                     print(f"backend  {b.name:<10} {b.zone:<7} http://{b.addr}  (service {name})")
-            print(f"""
+            print(
+                f"""
 meshcore demo is running: 5 backends in zone-a and zone-b behind one proxy.
 
 Try:
@@ -64,7 +65,9 @@ Try:
   curl http://{ahost}:{aport}/endpoints          # balancer state per endpoint
   curl http://{ahost}:{aport}/config             # the active config
 
-Press Ctrl-C to stop.""", flush=True)
+Press Ctrl-C to stop.""",
+                flush=True,
+            )
             _wait_for_signal(proxy, duration)
     finally:
         for group in backends.values():

@@ -107,4 +107,3 @@ class Proxy:
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
         return f"<meshcore.Proxy {state} listeners={[lst.name for lst in self._config.listeners]}>"
-

@@ -9,6 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
+const MAX_HEADER_BYTES: usize = 96 * 1024;
+
 pub async fn serve_http1<I>(io: I, ctx: Arc<ConnContext>, mut draining: watch::Receiver<bool>)
 where
     I: Read + Write + Unpin + Send + 'static,
@@ -17,6 +19,8 @@ where
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(Duration::from_secs(30))
+        // Caps request-line plus headers (answered with 431), like Envoy's 60-96 KiB.
+        .max_buf_size(MAX_HEADER_BYTES)
         .serve_connection(io, svc)
         .with_upgrades();
     tokio::pin!(conn);
@@ -39,6 +43,7 @@ where
     let svc = service_fn(move |req| handle(req, ctx.clone()));
     let conn = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
+        .max_header_list_size(MAX_HEADER_BYTES as u32)
         .serve_connection(io, svc);
     tokio::pin!(conn);
     let result = tokio::select! {

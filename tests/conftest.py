@@ -1,0 +1,122 @@
+"""Shared fixtures: real backends and real proxies on 127.0.0.1."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+from typing import Any, Callable
+
+import pytest
+
+from meshcore import Proxy
+from meshcore.backend import Backend
+
+
+@pytest.fixture
+def backend() -> Iterator[Callable[..., Backend]]:
+    started: list[Backend] = []
+
+    def make(name: str = "b", zone: str = "zone-a") -> Backend:
+        b = Backend(name, zone)
+        started.append(b)
+        return b
+
+    yield make
+    for b in started:
+        b.stop()
+
+
+@pytest.fixture
+def proxy() -> Iterator[Callable[[dict[str, Any]], Proxy]]:
+    started: list[Proxy] = []
+
+    def make(config: dict[str, Any]) -> Proxy:
+        p = Proxy(config).start()
+        started.append(p)
+        return p
+
+    yield make
+    for p in started:
+        p.stop(grace=0.5)
+
+
+def one_service(
+    endpoints: list[str],
+    *,
+    protocol: str = "http1",
+    listener_protocol: str = "auto",
+    balancer: str = "peak-ewma",
+    route: dict[str, Any] | None = None,
+    admin: bool = False,
+) -> dict[str, Any]:
+    """A proxy with one listener on a free port routing everything to `web`."""
+    cfg: dict[str, Any] = {
+        "listeners": [{"name": "outbound", "bind": "127.0.0.1:0", "protocol": listener_protocol}],
+        "routes": [{"listener": "outbound", "backends": [{"service": "web"}], **(route or {})}],
+        "services": [
+            {
+                "name": "web",
+                "protocol": protocol,
+                "balancer": balancer,
+                "endpoints": [{"addr": a, "zone": "zone-a"} for a in endpoints],
+            }
+        ],
+    }
+    if admin:
+        cfg["admin"] = "127.0.0.1:0"
+    return cfg
+
+
+def closed_port() -> int:
+    """A port on 127.0.0.1 with nothing listening."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+class TcpEcho:
+    """A TCP server that echoes bytes, optionally greeting first (server-speaks-first)."""
+
+    def __init__(self, greeting: bytes = b""):
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.greeting = greeting
+        self.addr = f"127.0.0.1:{self.sock.getsockname()[1]}"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._echo, args=(conn,), daemon=True).start()
+
+    def _echo(self, conn: socket.socket) -> None:
+        with conn:
+            if self.greeting:
+                conn.sendall(self.greeting)
+            while data := conn.recv(65536):
+                conn.sendall(data)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def tcp_echo() -> Iterator[Callable[..., TcpEcho]]:
+    servers: list[TcpEcho] = []
+
+    def make(greeting: bytes = b"") -> TcpEcho:
+        s = TcpEcho(greeting)
+        servers.append(s)
+        return s
+
+    yield make
+    for s in servers:
+        s.close()

@@ -1,0 +1,107 @@
+"""The `meshcore` command: --version, check, run, demo."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+
+import meshcore
+from conftest import one_service
+
+MESHCORE = [sys.executable, "-m", "meshcore.cli"]
+
+
+def test_version():
+    out = subprocess.run([*MESHCORE, "--version"], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == f"meshcore {meshcore.__version__}"
+
+
+def test_check_good_and_bad(tmp_path):
+    good = tmp_path / "good.yaml"
+    good.write_text(
+        "listeners:\n  - {name: out, bind: '127.0.0.1:0', protocol: opaque, service: db}\n"
+        "services:\n  - {name: db, endpoints: [{addr: '127.0.0.1:5432'}]}\n"
+    )
+    r = subprocess.run([*MESHCORE, "check", str(good)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "ok" in r.stdout
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(good.read_text().replace("service: db", "service: dbx"))
+    r = subprocess.run([*MESHCORE, "check", str(bad)], capture_output=True, text=True)
+    assert r.returncode == 1
+    assert f"{bad}: listeners[0].service: unknown service 'dbx' (valid: db)" in r.stderr
+
+
+def wait_for_line(proc: subprocess.Popen, pattern: str, timeout: float = 15) -> list[str]:
+    lines = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if re.search(pattern, line):
+            return lines
+    raise AssertionError(f"never saw {pattern!r}; got {lines}")
+
+
+def test_run_serves_until_sigterm_then_drains(tmp_path, backend):
+    import json
+
+    cfg = one_service([backend("web").addr], admin=True)
+    path = tmp_path / "mesh.json.yaml"
+    path.write_text(json.dumps(cfg))  # JSON is valid YAML
+    proc = subprocess.Popen(
+        [*MESHCORE, "run", str(path), "--grace", "2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        lines = wait_for_line(proc, "ready")
+        listen = re.search(r"listener outbound on (\S+)", "".join(lines)).group(1)
+        admin = re.search(r"admin on (\S+)", "".join(lines)).group(1)
+        assert httpx.get(f"http://{listen}/").headers["x-backend"] == "web"
+        assert httpx.get(f"{admin}/ready").status_code == 200
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+        assert "stopped" in proc.stdout.read()
+    finally:
+        proc.kill()
+
+
+def test_run_with_bad_config_exits_1(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text('[[listeners]]\nname = "x"\nbind = "nope"\n')
+    r = subprocess.run([*MESHCORE, "run", str(path)], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1
+    assert "listeners[0].bind" in r.stderr
+
+
+def test_demo_starts_a_two_zone_mesh():
+    proc = subprocess.Popen(
+        [*MESHCORE, "demo", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--duration", "30"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        lines = wait_for_line(proc, "Press Ctrl-C")
+        text = "".join(lines)
+        assert "zone-a" in text and "zone-b" in text
+        proxy_url = re.search(r"curl (http://127\.0\.0\.1:\d+)/ ", text).group(1)
+        admin_url = re.search(r"curl (http://127\.0\.0\.1:\d+)/metrics", text).group(1)
+        with httpx.Client() as c:
+            zones = {c.get(proxy_url + "/").headers["x-zone"] for _ in range(40)}
+            assert c.get(proxy_url + "/", headers={"x-canary": "1"}).headers["x-backend"] == "web-v2-a1"
+        assert zones <= {"zone-a", "zone-b"}
+        assert "request_total" in httpx.get(admin_url + "/metrics").text
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(10) == 0
+    finally:
+        proc.kill()

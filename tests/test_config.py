@@ -1,0 +1,171 @@
+"""Config loading and validation: errors name the file, the field and the reason."""
+
+from __future__ import annotations
+
+import pytest
+
+import meshcore
+from meshcore import ConfigError, MeshcoreError
+from meshcore.config import load, parse_duration
+
+GOOD_TOML = """
+admin = "127.0.0.1:0"
+zone = "zone-a"
+
+[[listeners]]
+name = "outbound"
+bind = "127.0.0.1:0"
+protocol = "auto"
+
+[[routes]]
+listener = "outbound"
+host = "web.local"
+path_prefix = "/"
+headers = { "x-canary" = "1" }
+timeout = "10s"
+backends = [{ service = "web", weight = 90 }, { service = "web-v2", weight = 10 }]
+
+[[services]]
+name = "web"
+balancer = "peak-ewma"
+protocol = "auto"
+endpoints = [{ addr = "127.0.0.1:8081", zone = "zone-a" }, { addr = "127.0.0.1:8082", zone = "zone-b" }]
+
+[[services]]
+name = "web-v2"
+endpoints = [{ addr = "127.0.0.1:8083" }]
+"""
+
+
+def write(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_issue_example_loads(tmp_path):
+    cfg = load(write(tmp_path, "mesh.toml", GOOD_TOML))
+    assert cfg.routes[0].backends[1].weight == 10
+    core = cfg.to_core()
+    assert core["routes"][0]["timeout_ms"] == 10_000
+    assert core["services"][0]["connect_timeout_ms"] == 1000
+
+
+def test_yaml_and_dict_load_the_same(tmp_path):
+    import tomllib
+    import yaml
+
+    data = tomllib.loads(GOOD_TOML)
+    from_yaml = load(write(tmp_path, "mesh.yaml", yaml.safe_dump(data)))
+    assert from_yaml == load(data)
+
+
+def test_unknown_service_names_path_and_valid_choices(tmp_path):
+    bad = GOOD_TOML.replace('service = "web-v2"', 'service = "web-v3"')
+    path = write(tmp_path, "mesh.toml", bad)
+    with pytest.raises(ConfigError) as err:
+        load(path)
+    msg = str(err.value)
+    assert str(path) in msg
+    assert "routes[0].backends[1].service" in msg
+    assert "unknown service 'web-v3' (valid: web, web-v2)" in msg
+    assert isinstance(err.value, MeshcoreError)
+
+
+@pytest.mark.parametrize(
+    "change, field, reason",
+    [
+        (
+            ('protocol = "auto"\n\n[[routes]]', 'protocol = "quic"\n\n[[routes]]'),
+            "listeners[0].protocol",
+            "'auto', 'http1', 'http2' or 'opaque'",
+        ),
+        (('timeout = "10s"', 'timeout = "10 parsecs"'), "routes[0].timeout", "invalid duration"),
+        (('bind = "127.0.0.1:0"', 'bind = "localhost"'), "listeners[0].bind", "expected 'ip:port'"),
+        (
+            ('balancer = "peak-ewma"', 'balancer = "fastest"'),
+            "services[0].balancer",
+            "'peak-ewma' or 'round-robin'",
+        ),
+        (('zone = "zone-a"\n', 'zone = "zone-a"\nzoen = "typo"\n'), "zoen", "unknown field"),
+        (("weight = 90", "weight = -1"), "routes[0].backends[0].weight", "greater than or equal to 0"),
+        (
+            ('listener = "outbound"', 'listener = "inbound"'),
+            "routes[0].listener",
+            "unknown listener 'inbound' (valid: outbound)",
+        ),
+    ],
+)
+def test_bad_fields_are_named(tmp_path, change, field, reason):
+    old, new = change
+    assert old in GOOD_TOML
+    path = write(tmp_path, "bad.toml", GOOD_TOML.replace(old, new, 1))
+    with pytest.raises(ConfigError) as err:
+        load(path)
+    msg = str(err.value)
+    assert f"{path}: {field}: " in msg, msg
+    assert reason in msg, msg
+
+
+def test_unparseable_and_missing_files(tmp_path):
+    with pytest.raises(ConfigError, match="cannot parse"):
+        load(write(tmp_path, "broken.toml", "listeners = [[["))
+    with pytest.raises(ConfigError, match="cannot read file"):
+        load(tmp_path / "missing.toml")
+
+
+def test_opaque_listener_needs_a_service():
+    with pytest.raises(
+        ConfigError, match=r"listeners\[0\].service: an opaque listener needs a target service"
+    ):
+        load({"listeners": [{"name": "t", "bind": "127.0.0.1:0", "protocol": "opaque"}]})
+
+
+def test_durations():
+    assert parse_duration("300ms") == 300
+    assert parse_duration("1.5s") == 1500
+    assert parse_duration("2m") == 120_000
+    assert parse_duration(3) == 3000
+    with pytest.raises(ValueError):
+        parse_duration("soon")
+
+
+def test_rust_rechecks_what_it_is_handed():
+    # Python is the front door, but the native core refuses a bad document too.
+    with pytest.raises(ConfigError, match="unknown service"):
+        meshcore._core.ProxyCore(
+            '{"listeners":[{"name":"o","bind":"127.0.0.1:0"}],'
+            '"routes":[{"listener":"o","backends":[{"service":"nope"}]}]}'
+        )
+
+
+def test_bad_reload_keeps_running_config(backend, proxy):
+    import httpx
+
+    from conftest import one_service
+
+    b = backend("web")
+    p = proxy(one_service([b.addr]))
+    bad = one_service([b.addr])
+    bad["routes"][0]["backends"][0]["service"] = "ghost"
+    with pytest.raises(ConfigError, match="ghost"):
+        p.reload(bad)
+    assert httpx.get(p.url("outbound")).status_code == 200
+    assert p.config.routes[0].backends[0].service == "web"
+
+
+def test_good_reload_swaps_routes_without_restart(backend, proxy):
+    import httpx
+
+    from conftest import one_service
+
+    old, new = backend("old"), backend("new")
+    p = proxy(one_service([old.addr]))
+    addr = p.addresses["outbound"]
+    with httpx.Client() as c:
+        assert c.get(p.url("outbound")).headers["x-backend"] == "old"
+        cfg = one_service([new.addr])
+        cfg["listeners"][0]["bind"] = "127.0.0.1:0"
+        p.reload(cfg)
+        assert c.get(p.url("outbound")).headers["x-backend"] == "new"
+    assert p.addresses["outbound"] == addr
