@@ -8,6 +8,7 @@ mod errors;
 pub mod http;
 pub mod listen;
 pub mod metrics;
+pub mod microbench;
 pub mod route;
 pub mod runtime;
 pub mod shared;
@@ -141,11 +142,26 @@ fn _panic_for_test() -> PyResult<()> {
     guarded(|| panic!("deliberate test panic"))
 }
 
+/// Micro-benchmark loops for `bench/` (one Python call, many operations).
+#[pyfunction]
+fn _bench_loop(py: Python<'_>, what: &str, size: usize, iterations: usize) -> PyResult<u64> {
+    let run = || match what {
+        "pick-peak-ewma" => Ok(microbench::balancer_pick(config::BalancerKind::PeakEwma, size, iterations)),
+        "pick-round-robin" => Ok(microbench::balancer_pick(config::BalancerKind::RoundRobin, size, iterations)),
+        "route-match" => Ok(microbench::route_match(size, iterations)),
+        "header-rewrite" => Ok(microbench::header_rewrite(iterations)),
+        "metrics-record" => Ok(microbench::metrics_record(iterations)),
+        other => Err(format!("unknown benchmark {other:?}")),
+    };
+    py.detach(run).map_err(pyo3::exceptions::PyValueError::new_err)
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add_class::<ProxyCore>()?;
     m.add_function(wrap_pyfunction!(_panic_for_test, m)?)?;
+    m.add_function(wrap_pyfunction!(_bench_loop, m)?)?;
     m.add("MeshcoreError", py.get_type::<MeshcoreError>())?;
     m.add("ConfigError", py.get_type::<ConfigError>())?;
     m.add("BindError", py.get_type::<BindError>())?;
