@@ -14,6 +14,11 @@ pub struct Config {
     #[serde(default)]
     pub zone: Option<String>,
     #[serde(default)]
+    pub cluster: Option<String>,
+    /// Cost overrides keyed by "zone" or "cluster/zone".
+    #[serde(default)]
+    pub costs: BTreeMap<String, u32>,
+    #[serde(default)]
     pub workers: Option<usize>,
     #[serde(default)]
     pub listeners: Vec<Listener>,
@@ -63,6 +68,10 @@ pub struct Route {
     pub headers: BTreeMap<String, String>,
     #[serde(default)]
     pub timeout_ms: Option<u64>,
+    #[serde(default)]
+    pub response_timeout_ms: Option<u64>,
+    #[serde(default)]
+    pub retry: Option<Retry>,
     pub backends: Vec<Backend>,
 }
 
@@ -79,6 +88,7 @@ pub struct Backend {
 pub enum BalancerKind {
     PeakEwma,
     RoundRobin,
+    Zonal,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
@@ -103,6 +113,76 @@ pub struct Service {
     pub connect_timeout_ms: u64,
     #[serde(default = "idle_timeout_ms")]
     pub idle_timeout_ms: u64,
+    #[serde(default)]
+    pub zonal: Zonal,
+    /// Failure accrual; `None` turns it off.
+    #[serde(default = "default_breaker")]
+    pub breaker: Option<Breaker>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Zonal {
+    pub load_low: f64,
+    pub load_high: f64,
+    pub dwell_ms: u64,
+}
+
+impl Default for Zonal {
+    fn default() -> Self {
+        Zonal {
+            load_low: 0.8,
+            load_high: 2.0,
+            dwell_ms: 1_000,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Breaker {
+    pub consecutive_failures: u32,
+    pub min_penalty_ms: u64,
+    pub max_penalty_ms: u64,
+    pub jitter: f64,
+}
+
+impl Default for Breaker {
+    fn default() -> Self {
+        Breaker {
+            consecutive_failures: 7,
+            min_penalty_ms: 1_000,
+            max_penalty_ms: 60_000,
+            jitter: 0.5,
+        }
+    }
+}
+
+fn default_breaker() -> Option<Breaker> {
+    Some(Breaker::default())
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Retry {
+    /// Conditions: "5xx", "gateway-error", "connect-failure", "reset", or gRPC status names.
+    pub on: Vec<String>,
+    pub limit: u32,
+    pub budget: f64,
+    pub min_per_second: u32,
+    pub ttl_ms: u64,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Retry {
+            on: vec!["gateway-error".into(), "connect-failure".into()],
+            limit: 1,
+            budget: 0.2,
+            min_per_second: 10,
+            ttl_ms: 10_000,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -111,6 +191,8 @@ pub struct Endpoint {
     pub addr: String,
     #[serde(default)]
     pub zone: Option<String>,
+    #[serde(default)]
+    pub cluster: Option<String>,
 }
 
 fn auto_listener() -> ListenerProtocol {

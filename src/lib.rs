@@ -9,6 +9,7 @@ pub mod http;
 pub mod listen;
 pub mod metrics;
 pub mod microbench;
+pub mod resilience;
 pub mod route;
 pub mod runtime;
 pub mod shared;
@@ -123,7 +124,13 @@ impl ProxyCore {
 
     /// Prometheus text exposition.
     fn metrics(&self) -> PyResult<String> {
-        guarded(|| self.with_running(|r| Ok(r.shared.metrics.render())))
+        guarded(|| {
+            self.with_running(|r| {
+                let mut text = r.shared.metrics.render();
+                text.push_str(&r.shared.table.load().render_balancer_metrics());
+                Ok(text)
+            })
+        })
     }
 
     /// Per-endpoint balancer state as a JSON document.
@@ -146,8 +153,16 @@ fn _panic_for_test() -> PyResult<()> {
 #[pyfunction]
 fn _bench_loop(py: Python<'_>, what: &str, size: usize, iterations: usize) -> PyResult<u64> {
     let run = || match what {
-        "pick-peak-ewma" => Ok(microbench::balancer_pick(config::BalancerKind::PeakEwma, size, iterations)),
-        "pick-round-robin" => Ok(microbench::balancer_pick(config::BalancerKind::RoundRobin, size, iterations)),
+        "pick-peak-ewma" => Ok(microbench::balancer_pick(
+            config::BalancerKind::PeakEwma,
+            size,
+            iterations,
+        )),
+        "pick-round-robin" => Ok(microbench::balancer_pick(
+            config::BalancerKind::RoundRobin,
+            size,
+            iterations,
+        )),
         "route-match" => Ok(microbench::route_match(size, iterations)),
         "header-rewrite" => Ok(microbench::header_rewrite(iterations)),
         "metrics-record" => Ok(microbench::metrics_record(iterations)),

@@ -21,6 +21,14 @@ pub struct RequestLabels {
     pub authority: String,
     pub dst_service: Arc<str>,
     pub dst_zone: Arc<str>,
+    pub cross_zone: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct RouteLabels {
+    pub direction: Arc<str>,
+    pub route: Arc<str>,
+    pub dst_service: Arc<str>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -76,6 +84,8 @@ pub struct Metrics {
     requests: Family<RequestLabels, AtomicU64>,
     responses: Family<ResponseLabels, ResponseSeries>,
     tcp: Family<TcpLabels, TcpSeries>,
+    retries: Family<RouteLabels, AtomicU64>,
+    budget_exhausted: Family<RouteLabels, AtomicU64>,
 }
 
 fn series<K: Hash + Eq + Clone, V: Default>(family: &Family<K, V>, key: &K) -> Arc<V> {
@@ -106,11 +116,44 @@ impl Metrics {
         series(&self.tcp, labels)
     }
 
+    pub fn retry(&self, labels: &RouteLabels) {
+        series(&self.retries, labels).fetch_add(1, Relaxed);
+    }
+
+    pub fn retry_budget_exhausted(&self, labels: &RouteLabels) {
+        series(&self.budget_exhausted, labels).fetch_add(1, Relaxed);
+    }
+
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
         self.render_http(&mut out);
         self.render_tcp(&mut out);
+        self.render_retries(&mut out);
         out
+    }
+
+    fn render_retries(&self, out: &mut String) {
+        let families = [
+            ("retry_total", "Requests retried.", &self.retries),
+            (
+                "retry_budget_exhausted_total",
+                "Retries refused by the retry budget.",
+                &self.budget_exhausted,
+            ),
+        ];
+        for (name, help, family) in families {
+            header(out, name, "counter", help);
+            for (l, v) in snapshot(family) {
+                let _ = writeln!(
+                    out,
+                    "{name}{{direction=\"{}\",route=\"{}\",dst_service=\"{}\"}} {}",
+                    escape(&l.direction),
+                    escape(&l.route),
+                    escape(&l.dst_service),
+                    v.load(Relaxed)
+                );
+            }
+        }
     }
 
     fn render_http(&self, out: &mut String) {
@@ -212,11 +255,12 @@ fn header(out: &mut String, name: &str, kind: &str, help: &str) {
 
 fn request_labels(l: &RequestLabels) -> String {
     format!(
-        "direction=\"{}\",authority=\"{}\",dst_service=\"{}\",dst_zone=\"{}\"",
+        "direction=\"{}\",authority=\"{}\",dst_service=\"{}\",dst_zone=\"{}\",cross_zone=\"{}\"",
         escape(&l.direction),
         escape(&l.authority),
         escape(&l.dst_service),
-        escape(&l.dst_zone)
+        escape(&l.dst_zone),
+        l.cross_zone
     )
 }
 
@@ -243,6 +287,7 @@ mod tests {
             authority: "web.local".into(),
             dst_service: "web".into(),
             dst_zone: "zone-a".into(),
+            cross_zone: false,
         }
     }
 
@@ -273,7 +318,7 @@ mod tests {
         m.request(&labels());
         let text = m.render();
         assert!(text.contains(
-            "request_total{direction=\"outbound\",authority=\"web.local\",dst_service=\"web\",dst_zone=\"zone-a\"} 2"
+            "request_total{direction=\"outbound\",authority=\"web.local\",dst_service=\"web\",dst_zone=\"zone-a\",cross_zone=\"false\"} 2"
         ));
     }
 

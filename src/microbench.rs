@@ -22,10 +22,14 @@ pub fn balancer_pick(kind: BalancerKind, endpoints: usize, iterations: usize) ->
     let now = Instant::now();
     let mut sum = 0u64;
     for i in 0..iterations {
-        if let Some(picked) = balancer.pick() {
+        if let Ok(picked) = balancer.pick() {
             sum += picked as u64;
             if i % 16 == 0 {
-                simulate_request(&balancer.endpoints()[picked], now, Duration::from_millis(1 + picked as u64));
+                simulate_request(
+                    &balancer.endpoints()[picked],
+                    now,
+                    Duration::from_millis(1 + picked as u64),
+                );
             }
         }
     }
@@ -42,6 +46,8 @@ pub fn route_match(routes: usize, iterations: usize) -> u64 {
                 path_prefix: Some(format!("/api/v{i}")),
                 headers: Default::default(),
                 timeout_ms: None,
+                response_timeout_ms: None,
+                retry: None,
                 backends: vec![config::Backend {
                     service: "s".into(),
                     weight: 1,
@@ -92,6 +98,7 @@ pub fn metrics_record(iterations: usize) -> u64 {
         authority: "web.local".to_string(),
         dst_service: Arc::from("web"),
         dst_zone: Arc::from("zone-a"),
+        cross_zone: false,
     };
     let response = ResponseLabels {
         request: labels.clone(),

@@ -2,6 +2,7 @@
 //! weighted split across a route's backends.
 
 use crate::balance::rng;
+use crate::resilience::retry::RetryPolicy;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use std::time::Duration;
 
@@ -11,7 +12,11 @@ pub struct Route {
     host: Option<String>,
     path_prefix: Option<String>,
     headers: Vec<(HeaderName, HeaderValue)>,
+    /// Whole request: response headers and body.
     pub timeout: Option<Duration>,
+    /// Per attempt: until response headers.
+    pub response_timeout: Option<Duration>,
+    pub retry: Option<RetryPolicy>,
     /// (service index, cumulative weight)
     backends: Vec<(usize, u64)>,
 }
@@ -50,6 +55,11 @@ impl Route {
             path_prefix: cfg.path_prefix.clone(),
             headers,
             timeout: cfg.timeout_ms.map(Duration::from_millis),
+            response_timeout: cfg.response_timeout_ms.map(Duration::from_millis),
+            retry: match &cfg.retry {
+                Some(r) => Some(RetryPolicy::new(r).map_err(|e| format!("routes[{index}].retry.on: {e}"))?),
+                None => None,
+            },
             backends,
         })
     }
@@ -133,6 +143,8 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect::<BTreeMap<_, _>>(),
             timeout_ms: None,
+            response_timeout_ms: None,
+            retry: None,
             backends: weights
                 .iter()
                 .enumerate()

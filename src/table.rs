@@ -1,8 +1,8 @@
 //! The routing table: everything a request needs, built from one config
 //! snapshot and swapped atomically on reload.
 
-use crate::balance::Balancer;
-use crate::config::{Config, UpstreamProtocol};
+use crate::balance::{Balancer, Standing};
+use crate::config::{BalancerKind, Config, UpstreamProtocol};
 use crate::http::client::{EndpointPool, Settings};
 use crate::route::Route;
 use std::sync::Arc;
@@ -11,6 +11,7 @@ use std::time::Duration;
 pub struct Service {
     pub name: Arc<str>,
     pub protocol: UpstreamProtocol,
+    pub balancer_kind: BalancerKind,
     pub balancer: Balancer,
     /// One pool per balancer endpoint, same order.
     pub pools: Vec<Arc<EndpointPool>>,
@@ -32,7 +33,7 @@ impl Table {
         let mut services = Vec::new();
         for svc in &config.services {
             let old = previous.and_then(|p| p.services.iter().find(|s| *s.name == svc.name));
-            let balancer = Balancer::from_config(svc, old.map(|o| &o.balancer));
+            let balancer = Balancer::from_config(svc, &config, old.map(|o| &o.balancer));
             let settings = Arc::new(Settings {
                 connect_timeout: Duration::from_millis(svc.connect_timeout_ms),
                 idle_timeout: Duration::from_millis(svc.idle_timeout_ms),
@@ -51,6 +52,7 @@ impl Table {
             services.push(Service {
                 name: Arc::from(svc.name.as_str()),
                 protocol: svc.protocol,
+                balancer_kind: svc.balancer,
                 balancer,
                 pools,
             });
@@ -80,28 +82,92 @@ impl Table {
 
     /// Per-endpoint state as JSON for the admin API.
     pub fn endpoints_json(&self) -> serde_json::Value {
+        let now = std::time::Instant::now();
         let services: Vec<_> = self
             .services
             .iter()
             .map(|s| {
+                let standing = s.balancer.standing(now);
                 let eps: Vec<_> = s
                     .balancer
                     .endpoints()
                     .iter()
-                    .map(|e| {
+                    .zip(standing)
+                    .map(|(e, st)| {
                         serde_json::json!({
                             "addr": e.addr.to_string(),
                             "zone": &*e.zone,
+                            "cluster": e.cluster.as_deref(),
+                            "tier": e.tier,
+                            "state": st.as_str(),
                             "ewma_ms": (e.rtt_ms() * 1000.0).round() / 1000.0,
                             "pending": e.pending(),
+                            "load": e.pending(),
                             "requests": e.requests(),
                             "failures": e.failures(),
+                            "trips": e.trips(),
                         })
                     })
                     .collect();
-                serde_json::json!({"name": &*s.name, "endpoints": eps})
+                let zonal = s.balancer.zonal();
+                serde_json::json!({
+                    "name": &*s.name,
+                    "balancer": format!("{:?}", s.balancer_kind).to_lowercase(),
+                    "active_tiers": zonal.map(|z| z.active_tiers()),
+                    "load": zonal.map(|z| (z.load() * 1000.0).round() / 1000.0),
+                    "endpoints": eps,
+                })
             })
             .collect();
         serde_json::json!({ "services": services })
+    }
+
+    /// Balancer gauges, rendered from live state at scrape time.
+    pub fn render_balancer_metrics(&self) -> String {
+        use std::fmt::Write;
+        let now = std::time::Instant::now();
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "# HELP balancer_active_tiers Cost tiers in use by a service's balancer.\n\
+             # TYPE balancer_active_tiers gauge"
+        );
+        for s in &self.services {
+            let tiers = s.balancer.zonal().map_or(1, |z| z.active_tiers());
+            let _ = writeln!(out, "balancer_active_tiers{{dst_service=\"{}\"}} {tiers}", s.name);
+        }
+        let _ = writeln!(
+            out,
+            "# HELP balancer_load In-flight requests per active endpoint, as last seen by the balancer.\n\
+             # TYPE balancer_load gauge"
+        );
+        for s in &self.services {
+            let load = match s.balancer.zonal() {
+                Some(z) => z.load(),
+                None => {
+                    let eps = s.balancer.endpoints();
+                    eps.iter().map(|e| e.pending()).sum::<usize>() as f64 / eps.len().max(1) as f64
+                }
+            };
+            let _ = writeln!(out, "balancer_load{{dst_service=\"{}\"}} {load}", s.name);
+        }
+        let _ = writeln!(
+            out,
+            "# HELP balancer_endpoints Endpoints per state (active, standby, tripped).\n\
+             # TYPE balancer_endpoints gauge"
+        );
+        for s in &self.services {
+            let standing = s.balancer.standing(now);
+            for state in [Standing::Active, Standing::Standby, Standing::Tripped] {
+                let n = standing.iter().filter(|&&x| x == state).count();
+                let _ = writeln!(
+                    out,
+                    "balancer_endpoints{{dst_service=\"{}\",state=\"{}\"}} {n}",
+                    s.name,
+                    state.as_str()
+                );
+            }
+        }
+        out
     }
 }

@@ -85,7 +85,7 @@ def test_unknown_service_names_path_and_valid_choices(tmp_path):
         (
             ('balancer = "peak-ewma"', 'balancer = "fastest"'),
             "services[0].balancer",
-            "'peak-ewma' or 'round-robin'",
+            "'peak-ewma', 'round-robin' or 'zonal'",
         ),
         (('zone = "zone-a"\n', 'zone = "zone-a"\nzoen = "typo"\n'), "zoen", "unknown field"),
         (("weight = 90", "weight = -1"), "routes[0].backends[0].weight", "greater than or equal to 0"),

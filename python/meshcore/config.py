@@ -13,11 +13,23 @@ import re
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import config_error
 
-__all__ = ["Config", "Listener", "Route", "Backend", "Service", "Endpoint", "load", "parse_duration"]
+__all__ = [
+    "Config",
+    "Listener",
+    "Route",
+    "Backend",
+    "Service",
+    "Endpoint",
+    "Zonal",
+    "Breaker",
+    "Retry",
+    "load",
+    "parse_duration",
+]
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$")
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000}
@@ -54,20 +66,85 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
+RETRY_CONDITIONS = (
+    "5xx",
+    "gateway-error",
+    "connect-failure",
+    "reset",
+    "cancelled",
+    "unknown",
+    "deadline-exceeded",
+    "resource-exhausted",
+    "internal",
+    "unavailable",
+)
+
+
+def _duration_field(v: Any) -> Any:
+    if v is not None:
+        parse_duration(v)
+    return v
+
+
 class Endpoint(_Model):
     addr: str
     zone: Optional[str] = None
+    cluster: Optional[str] = None
 
     _addr = field_validator("addr")(classmethod(lambda cls, v: _check_socket_addr(v)))
 
 
+class Zonal(_Model):
+    load_low: float = Field(default=0.8, ge=0)
+    load_high: float = Field(default=2.0, gt=0)
+    dwell: Union[str, float] = "1s"
+
+    _dwell = field_validator("dwell")(classmethod(lambda cls, v: _duration_field(v)))
+
+    @model_validator(mode="after")
+    def _band(self) -> Zonal:
+        if self.load_low >= self.load_high:
+            raise ValueError("load_low must be below load_high")
+        return self
+
+
+class Breaker(_Model):
+    consecutive_failures: int = Field(default=7, ge=1)
+    min_penalty: Union[str, float] = "1s"
+    max_penalty: Union[str, float] = "60s"
+    jitter: float = Field(default=0.5, ge=0, le=1)
+
+    _penalties = field_validator("min_penalty", "max_penalty")(classmethod(lambda cls, v: _duration_field(v)))
+
+
+class Retry(_Model):
+    on: list[str] = ["gateway-error", "connect-failure"]
+    limit: int = Field(default=1, ge=0, le=10)
+    budget: float = Field(default=0.2, ge=0, le=10)
+    min_per_second: int = Field(default=10, ge=0)
+    ttl: Union[str, float] = "10s"
+
+    _ttl = field_validator("ttl")(classmethod(lambda cls, v: _duration_field(v)))
+
+    @field_validator("on")
+    @classmethod
+    def _conditions(cls, v: list[str]) -> list[str]:
+        for cond in v:
+            if cond not in RETRY_CONDITIONS:
+                raise ValueError(f"unknown retry condition {cond!r} (valid: {', '.join(RETRY_CONDITIONS)})")
+        return v
+
+
 class Service(_Model):
     name: str = Field(min_length=1)
-    balancer: Literal["peak-ewma", "round-robin"] = "peak-ewma"
+    balancer: Literal["peak-ewma", "round-robin", "zonal"] = "peak-ewma"
     protocol: Literal["auto", "http1", "http2"] = "auto"
     endpoints: list[Endpoint] = []
     connect_timeout: Union[str, float] = "1s"
     idle_timeout: Union[str, float] = "90s"
+    zonal: Zonal = Zonal()
+    # Failure accrual; `false` turns it off.
+    breaker: Union[Breaker, Literal[False]] = Breaker()
 
     @field_validator("connect_timeout", "idle_timeout")
     @classmethod
@@ -88,9 +165,11 @@ class Route(_Model):
     path_prefix: Optional[str] = None
     headers: dict[str, str] = {}
     timeout: Optional[Union[str, float]] = None
+    response_timeout: Optional[Union[str, float]] = None
+    retry: Optional[Retry] = None
     backends: list[Backend] = Field(min_length=1)
 
-    @field_validator("timeout")
+    @field_validator("timeout", "response_timeout")
     @classmethod
     def _duration(cls, v: Any) -> Any:
         if v is not None:
@@ -125,6 +204,8 @@ class Listener(_Model):
 class Config(_Model):
     admin: Optional[str] = None
     zone: Optional[str] = None
+    cluster: Optional[str] = None
+    costs: dict[str, int] = {}
     workers: Optional[int] = Field(default=None, ge=1, le=1024)
     listeners: list[Listener] = []
     routes: list[Route] = []
@@ -169,6 +250,8 @@ class Config(_Model):
         """The document handed to Rust: durations in milliseconds, defaults filled."""
         return {
             "zone": self.zone,
+            "cluster": self.cluster,
+            "costs": self.costs,
             "workers": self.workers,
             "listeners": [
                 {
@@ -189,6 +272,18 @@ class Config(_Model):
                     "path_prefix": r.path_prefix,
                     "headers": r.headers,
                     "timeout_ms": None if r.timeout is None else parse_duration(r.timeout),
+                    "response_timeout_ms": None
+                    if r.response_timeout is None
+                    else parse_duration(r.response_timeout),
+                    "retry": None
+                    if r.retry is None
+                    else {
+                        "on": r.retry.on,
+                        "limit": r.retry.limit,
+                        "budget": r.retry.budget,
+                        "min_per_second": r.retry.min_per_second,
+                        "ttl_ms": parse_duration(r.retry.ttl),
+                    },
                     "backends": [b.model_dump() for b in r.backends],
                 }
                 for r in self.routes
@@ -201,6 +296,19 @@ class Config(_Model):
                     "endpoints": [e.model_dump() for e in s.endpoints],
                     "connect_timeout_ms": parse_duration(s.connect_timeout),
                     "idle_timeout_ms": parse_duration(s.idle_timeout),
+                    "zonal": {
+                        "load_low": s.zonal.load_low,
+                        "load_high": s.zonal.load_high,
+                        "dwell_ms": parse_duration(s.zonal.dwell),
+                    },
+                    "breaker": None
+                    if s.breaker is False
+                    else {
+                        "consecutive_failures": s.breaker.consecutive_failures,
+                        "min_penalty_ms": parse_duration(s.breaker.min_penalty),
+                        "max_penalty_ms": parse_duration(s.breaker.max_penalty),
+                        "jitter": s.breaker.jitter,
+                    },
                 }
                 for s in self.services
             ],

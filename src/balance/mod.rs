@@ -3,20 +3,27 @@
 pub mod ewma;
 pub mod p2c;
 pub mod rng;
+pub mod zonal;
 
 use crate::config::{self, BalancerKind};
+use crate::resilience::breaker::{FailureAccrual, State};
 use ewma::RttEstimate;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use zonal::ZonalState;
 
 /// Live state of one endpoint, shared by every request that uses it.
 #[derive(Debug)]
 pub struct Endpoint {
     pub addr: SocketAddr,
     pub zone: Arc<str>,
+    pub cluster: Option<Arc<str>>,
+    /// Cost tier from this proxy (0 = cheapest).
+    pub tier: u32,
     rtt: Mutex<RttEstimate>,
+    breaker: Mutex<FailureAccrual>,
     pending: AtomicUsize,
     requests: AtomicU64,
     failures: AtomicU64,
@@ -24,10 +31,23 @@ pub struct Endpoint {
 
 impl Endpoint {
     pub fn new(addr: SocketAddr, zone: Option<&str>) -> Self {
+        Self::with_details(addr, zone, None, 0, None)
+    }
+
+    pub fn with_details(
+        addr: SocketAddr,
+        zone: Option<&str>,
+        cluster: Option<&str>,
+        tier: u32,
+        breaker: Option<config::Breaker>,
+    ) -> Self {
         Endpoint {
             addr,
             zone: Arc::from(zone.unwrap_or("unknown")),
+            cluster: cluster.map(Arc::from),
+            tier,
             rtt: Mutex::new(RttEstimate::new(ewma::DEFAULT_RTT, Instant::now())),
+            breaker: Mutex::new(FailureAccrual::new(breaker)),
             pending: AtomicUsize::new(0),
             requests: AtomicU64::new(0),
             failures: AtomicU64::new(0),
@@ -58,12 +78,25 @@ impl Endpoint {
         ewma::cost(self.rtt_estimate_ns(now), self.pending())
     }
 
+    pub fn available(&self, now: Instant) -> bool {
+        lock(&self.breaker).available(now)
+    }
+
+    pub fn breaker_state(&self) -> State {
+        lock(&self.breaker).state()
+    }
+
+    pub fn trips(&self) -> u64 {
+        lock(&self.breaker).trips
+    }
+
     /// Marks a request as in flight until the returned guard is finished or dropped.
     pub fn start(self: &Arc<Self>) -> PendingRequest {
         self.start_at(Instant::now())
     }
 
     pub fn start_at(self: &Arc<Self>, now: Instant) -> PendingRequest {
+        lock(&self.breaker).on_dispatch(now);
         self.pending.fetch_add(1, Ordering::Relaxed);
         self.requests.fetch_add(1, Ordering::Relaxed);
         PendingRequest {
@@ -72,8 +105,13 @@ impl Endpoint {
         }
     }
 
+    pub fn record_success(&self) {
+        lock(&self.breaker).on_success();
+    }
+
     pub fn record_failure(&self) {
         self.failures.fetch_add(1, Ordering::Relaxed);
+        lock(&self.breaker).on_failure(Instant::now());
     }
 }
 
@@ -116,64 +154,196 @@ impl Drop for PendingRequest {
     }
 }
 
+/// Why no endpoint could be picked.
+#[derive(Debug, PartialEq, Eq)]
+pub enum NoPick {
+    NoEndpoints,
+    AllTripped,
+}
+
 /// The endpoints of one service and the rule that picks among them.
 #[derive(Debug)]
 pub struct Balancer {
     kind: BalancerKind,
     endpoints: Vec<Arc<Endpoint>>,
     next: AtomicUsize,
+    zonal: Option<ZonalState>,
+    /// Distinct tiers, cheapest first.
+    tiers: Vec<u32>,
+}
+
+/// How one endpoint stands in its balancer right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Standing {
+    Active,
+    Standby,
+    Tripped,
+}
+
+impl Standing {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Standing::Active => "active",
+            Standing::Standby => "standby",
+            Standing::Tripped => "tripped",
+        }
+    }
 }
 
 impl Balancer {
     pub fn new(kind: BalancerKind, endpoints: Vec<Arc<Endpoint>>) -> Self {
+        Self::with_zonal(kind, endpoints, config::Zonal::default())
+    }
+
+    pub fn with_zonal(kind: BalancerKind, endpoints: Vec<Arc<Endpoint>>, settings: config::Zonal) -> Self {
+        let mut tiers: Vec<u32> = endpoints.iter().map(|e| e.tier).collect();
+        tiers.sort_unstable();
+        tiers.dedup();
         Balancer {
             kind,
             endpoints,
             next: AtomicUsize::new(0),
+            zonal: (kind == BalancerKind::Zonal).then(|| ZonalState::new(settings)),
+            tiers,
         }
     }
 
     /// Builds a service's balancer, keeping the live state of endpoints that
     /// `previous` already had (so a reload does not forget latencies).
-    pub fn from_config(service: &config::Service, previous: Option<&Balancer>) -> Self {
+    pub fn from_config(
+        service: &config::Service,
+        root: &config::Config,
+        previous: Option<&Balancer>,
+    ) -> Self {
         let endpoints = service
             .endpoints
             .iter()
             .filter_map(|e| {
                 let addr: SocketAddr = e.addr.parse().ok()?;
                 let zone = e.zone.as_deref().unwrap_or("unknown");
+                let tier = zonal::tier_of(
+                    e.zone.as_deref(),
+                    e.cluster.as_deref(),
+                    root.zone.as_deref(),
+                    root.cluster.as_deref(),
+                    &root.costs,
+                );
                 let kept = previous.and_then(|p| {
                     p.endpoints
                         .iter()
-                        .find(|old| old.addr == addr && &*old.zone == zone)
+                        .find(|old| old.addr == addr && &*old.zone == zone && old.tier == tier)
                 });
-                Some(
-                    kept.cloned()
-                        .unwrap_or_else(|| Arc::new(Endpoint::new(addr, Some(zone)))),
-                )
+                Some(kept.cloned().unwrap_or_else(|| {
+                    Arc::new(Endpoint::with_details(
+                        addr,
+                        Some(zone),
+                        e.cluster.as_deref(),
+                        tier,
+                        service.breaker.clone(),
+                    ))
+                }))
             })
             .collect();
-        Balancer::new(service.balancer, endpoints)
+        Balancer::with_zonal(service.balancer, endpoints, service.zonal.clone())
     }
 
     pub fn endpoints(&self) -> &[Arc<Endpoint>] {
         &self.endpoints
     }
 
-    /// Index of the chosen endpoint, or None when the service has none.
-    pub fn pick(&self) -> Option<usize> {
-        self.pick_at(Instant::now())
+    pub fn zonal(&self) -> Option<&ZonalState> {
+        self.zonal.as_ref()
     }
 
-    pub fn pick_at(&self, now: Instant) -> Option<usize> {
+    /// Index of the chosen endpoint.
+    pub fn pick(&self) -> Result<usize, NoPick> {
+        self.pick_at(Instant::now(), None)
+    }
+
+    /// Picks an endpoint, avoiding `exclude` (the one a retry just failed on)
+    /// when any other is available.
+    pub fn pick_at(&self, now: Instant, exclude: Option<usize>) -> Result<usize, NoPick> {
+        if self.endpoints.is_empty() {
+            return Err(NoPick::NoEndpoints);
+        }
+        let first = self.choose(now, exclude);
+        match (first, exclude) {
+            (Some(i), _) => Ok(i),
+            (None, Some(_)) => self.choose(now, None).ok_or(NoPick::AllTripped),
+            (None, None) => Err(NoPick::AllTripped),
+        }
+    }
+
+    fn choose(&self, now: Instant, exclude: Option<usize>) -> Option<usize> {
+        let usable = |i: usize| Some(i) != exclude && self.endpoints[i].available(now);
+        let candidates: Vec<usize> = match &self.zonal {
+            Some(z) => self.zonal_candidates(z, now, &usable, exclude.is_none()),
+            None => (0..self.endpoints.len()).filter(|&i| usable(i)).collect(),
+        };
         let eps = &self.endpoints;
         match self.kind {
-            BalancerKind::RoundRobin if !eps.is_empty() => {
-                Some(self.next.fetch_add(1, Ordering::Relaxed) % eps.len())
+            BalancerKind::RoundRobin => {
+                let n = candidates.len();
+                (n > 0).then(|| candidates[self.next.fetch_add(1, Ordering::Relaxed) % n])
             }
-            BalancerKind::RoundRobin => None,
-            BalancerKind::PeakEwma => p2c::choose(eps.len(), |i| eps[i].cost(now)),
+            BalancerKind::PeakEwma | BalancerKind::Zonal => {
+                p2c::choose(candidates.len(), |i| eps[candidates[i]].cost(now)).map(|i| candidates[i])
+            }
         }
+    }
+
+    fn zonal_candidates(
+        &self,
+        z: &ZonalState,
+        now: Instant,
+        usable: &dyn Fn(usize) -> bool,
+        observe: bool,
+    ) -> Vec<usize> {
+        let healthy: Vec<Vec<usize>> = self
+            .tiers
+            .iter()
+            .map(|&t| {
+                (0..self.endpoints.len())
+                    .filter(|&i| self.endpoints[i].tier == t && usable(i))
+                    .collect::<Vec<_>>()
+            })
+            .filter(|tier| !tier.is_empty())
+            .collect();
+        let load_of = |k: usize| {
+            let active = healthy[..k].iter().flatten();
+            let (sum, n) = active.fold((0usize, 0usize), |(s, n), &i| {
+                (s + self.endpoints[i].pending(), n + 1)
+            });
+            sum as f64 / n.max(1) as f64
+        };
+        let k = z.decide(healthy.len(), load_of, now, observe);
+        healthy.into_iter().take(k).flatten().collect()
+    }
+
+    /// Active, standby or tripped, for metrics and the admin API.
+    pub fn standing(&self, now: Instant) -> Vec<Standing> {
+        let active_tiers: Vec<u32> = match &self.zonal {
+            None => self.tiers.clone(),
+            Some(z) => {
+                let mut healthy: Vec<u32> = self
+                    .tiers
+                    .iter()
+                    .copied()
+                    .filter(|&t| self.endpoints.iter().any(|e| e.tier == t && e.available(now)))
+                    .collect();
+                healthy.truncate(z.active_tiers().max(1));
+                healthy
+            }
+        };
+        self.endpoints
+            .iter()
+            .map(|e| match e.breaker_state() {
+                State::Closed if active_tiers.contains(&e.tier) => Standing::Active,
+                State::Closed => Standing::Standby,
+                _ if e.available(now) && active_tiers.contains(&e.tier) => Standing::Active,
+                _ => Standing::Tripped,
+            })
+            .collect()
     }
 }
 
@@ -187,10 +357,20 @@ mod tests {
     use super::*;
 
     fn endpoints(n: usize) -> Vec<Arc<Endpoint>> {
-        (0..n)
-            .map(|i| {
+        tiered(&vec![0; n])
+    }
+
+    fn tiered(tiers: &[u32]) -> Vec<Arc<Endpoint>> {
+        tiers
+            .iter()
+            .enumerate()
+            .map(|(i, &tier)| {
                 let addr = format!("127.0.0.1:{}", 10_000 + i).parse().unwrap();
-                Arc::new(Endpoint::new(addr, Some("z")))
+                let breaker = config::Breaker {
+                    consecutive_failures: 1,
+                    ..Default::default()
+                };
+                Arc::new(Endpoint::with_details(addr, Some("z"), None, tier, Some(breaker)))
             })
             .collect()
     }
@@ -200,7 +380,7 @@ mod tests {
         let mut now = Instant::now();
         let mut counts = vec![0; b.endpoints().len()];
         for _ in 0..rounds {
-            let i = b.pick_at(now).unwrap();
+            let i = b.pick_at(now, None).unwrap();
             counts[i] += 1;
             simulate_request(&b.endpoints()[i], now, rtt_of(i));
             now += Duration::from_millis(1);
@@ -234,7 +414,7 @@ mod tests {
         let b = Balancer::new(BalancerKind::PeakEwma, eps.clone());
         let _held: Vec<_> = (0..5).map(|_| eps[0].start()).collect();
         for _ in 0..50 {
-            assert_eq!(b.pick(), Some(1));
+            assert_eq!(b.pick(), Ok(1));
         }
     }
 
@@ -260,7 +440,80 @@ mod tests {
 
     #[test]
     fn no_endpoints_no_pick() {
-        assert!(Balancer::new(BalancerKind::PeakEwma, vec![]).pick().is_none());
-        assert!(Balancer::new(BalancerKind::RoundRobin, vec![]).pick().is_none());
+        assert_eq!(
+            Balancer::new(BalancerKind::PeakEwma, vec![]).pick(),
+            Err(NoPick::NoEndpoints)
+        );
+        assert_eq!(
+            Balancer::new(BalancerKind::RoundRobin, vec![]).pick(),
+            Err(NoPick::NoEndpoints)
+        );
+    }
+
+    #[test]
+    fn tripped_endpoints_are_skipped_and_all_tripped_fails_fast() {
+        let eps = endpoints(2);
+        let b = Balancer::new(BalancerKind::PeakEwma, eps.clone());
+        eps[0].record_failure();
+        for _ in 0..20 {
+            assert_eq!(b.pick(), Ok(1));
+        }
+        eps[1].record_failure();
+        assert_eq!(b.pick(), Err(NoPick::AllTripped));
+    }
+
+    #[test]
+    fn retry_avoids_the_failed_endpoint_unless_it_is_the_only_one() {
+        let b = Balancer::new(BalancerKind::PeakEwma, endpoints(3));
+        for _ in 0..50 {
+            assert_ne!(b.pick_at(Instant::now(), Some(1)), Ok(1));
+        }
+        let single = Balancer::new(BalancerKind::PeakEwma, endpoints(1));
+        assert_eq!(single.pick_at(Instant::now(), Some(0)), Ok(0));
+    }
+
+    #[test]
+    fn zonal_stays_local_at_light_load() {
+        let b = Balancer::with_zonal(
+            BalancerKind::Zonal,
+            tiered(&[0, 0, 1, 1, 2]),
+            config::Zonal::default(),
+        );
+        for _ in 0..200 {
+            assert_eq!(b.endpoints()[b.pick().unwrap()].tier, 0);
+        }
+    }
+
+    #[test]
+    fn zonal_spills_when_loaded_and_when_tier_is_down() {
+        let settings = config::Zonal {
+            dwell_ms: 0,
+            ..Default::default()
+        };
+        let eps = tiered(&[0, 1, 1, 2]);
+        let b = Balancer::with_zonal(BalancerKind::Zonal, eps.clone(), settings);
+        // Three in flight on the only local endpoint: load 3 > 2, so tier 1 joins.
+        let _held: Vec<_> = (0..3).map(|_| eps[0].start()).collect();
+        b.pick().unwrap();
+        assert_eq!(b.zonal().unwrap().active_tiers(), 2);
+        let picked: Vec<u32> = (0..50).map(|_| eps[b.pick().unwrap()].tier).collect();
+        assert!(picked.contains(&1) && !picked.contains(&2), "{picked:?}");
+        drop(_held);
+        // Load falls to 0: back to the local tier.
+        b.pick().unwrap();
+        assert_eq!(b.zonal().unwrap().active_tiers(), 1);
+        // The local endpoint trips: tier 1 takes over at once.
+        eps[0].record_failure();
+        assert_eq!(eps[b.pick().unwrap()].tier, 1);
+        let standing = b.standing(Instant::now());
+        assert_eq!(
+            standing,
+            vec![
+                Standing::Tripped,
+                Standing::Active,
+                Standing::Active,
+                Standing::Standby
+            ]
+        );
     }
 }

@@ -1,24 +1,29 @@
 //! The response body on its way back: streams frames untouched while
-//! observing them for the balancer (first data frame) and for metrics
-//! (time to first byte, gRPC status, end of stream).
+//! observing them for the balancer (first data frame), the breaker and
+//! metrics (status, gRPC status, end of stream), and enforcing the route's
+//! whole-request deadline.
 
-use crate::balance::PendingRequest;
+use super::BoxError;
+use crate::balance::{Endpoint, PendingRequest};
 use crate::metrics::{RequestLabels, ResponseLabels};
 use crate::shared::Shared;
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
+use tokio::time::Sleep;
 
 pub struct Observation {
-    pub pending: PendingRequest,
-    pub started: Instant,
-    pub shared: Arc<Shared>,
-    pub labels: RequestLabels,
-    pub status: u16,
-    pub grpc_status: Option<u32>,
+    pending: PendingRequest,
+    endpoint: Arc<Endpoint>,
+    started: Instant,
+    shared: Arc<Shared>,
+    labels: RequestLabels,
+    status: u16,
+    grpc_status: Option<u32>,
     ttfb: Option<Duration>,
     failed: bool,
 }
@@ -26,6 +31,7 @@ pub struct Observation {
 impl Observation {
     pub fn new(
         pending: PendingRequest,
+        endpoint: Arc<Endpoint>,
         started: Instant,
         shared: Arc<Shared>,
         labels: RequestLabels,
@@ -34,6 +40,7 @@ impl Observation {
     ) -> Self {
         Observation {
             pending,
+            endpoint,
             started,
             shared,
             labels,
@@ -56,6 +63,11 @@ impl Drop for Observation {
     fn drop(&mut self) {
         let latency = self.ttfb.unwrap_or_else(|| self.started.elapsed());
         let failure = self.failed || self.status >= 500 || self.grpc_status.is_some_and(|s| s != 0);
+        if failure {
+            self.endpoint.record_failure();
+        } else {
+            self.endpoint.record_success();
+        }
         let labels = ResponseLabels {
             request: self.labels.clone(),
             status_code: self.status,
@@ -69,28 +81,41 @@ pub fn grpc_status(headers: &http::HeaderMap) -> Option<u32> {
     headers.get("grpc-status")?.to_str().ok()?.parse().ok()
 }
 
+#[derive(Debug)]
+struct DeadlineExceeded;
+
+impl std::fmt::Display for DeadlineExceeded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("request timeout while streaming the response")
+    }
+}
+
+impl std::error::Error for DeadlineExceeded {}
+
 pub struct ObservedBody {
     inner: Incoming,
     observation: Option<Observation>,
+    deadline: Option<Pin<Box<Sleep>>>,
 }
 
 impl ObservedBody {
-    pub fn new(inner: Incoming, observation: Observation) -> Self {
+    pub fn new(inner: Incoming, observation: Observation, deadline: Option<tokio::time::Instant>) -> Self {
         ObservedBody {
             inner,
             observation: Some(observation),
+            deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
         }
     }
 }
 
 impl Body for ObservedBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         match &polled {
@@ -115,9 +140,19 @@ impl Body for ObservedBody {
                 }
                 this.observation = None;
             }
-            Poll::Pending => {}
+            Poll::Pending => {
+                if let Some(deadline) = this.deadline.as_mut() {
+                    if deadline.as_mut().poll(cx).is_ready() {
+                        if let Some(obs) = this.observation.as_mut() {
+                            obs.failed = true;
+                        }
+                        this.observation = None;
+                        return Poll::Ready(Some(Err(Box::new(DeadlineExceeded))));
+                    }
+                }
+            }
         }
-        polled
+        polled.map_err(BoxError::from)
     }
 
     fn is_end_stream(&self) -> bool {

@@ -4,6 +4,7 @@ pub mod body;
 pub mod client;
 pub mod headers;
 pub mod proxy;
+pub mod replay;
 pub mod server;
 
 use bytes::Bytes;

@@ -1,16 +1,20 @@
-//! The per-request path: route, balance, forward, observe.
+//! The per-request path: route, balance, forward (with retries and
+//! timeouts), observe.
 
 use super::body::{grpc_status, Observation, ObservedBody};
-use super::client::Wire;
+use super::client::{UpstreamError, Wire};
 use super::headers::{is_upgrade, strip_hop_by_hop};
+use super::replay::Replay;
 use super::{error_response, BoxError, ProxyBody};
+use crate::balance::NoPick;
 use crate::config::UpstreamProtocol;
-use crate::metrics::{RequestLabels, ResponseLabels};
+use crate::metrics::{RequestLabels, ResponseLabels, RouteLabels};
+use crate::resilience::retry::{Outcome, MAX_REPLAY_BYTES};
 use crate::route;
 use crate::shared::Shared;
 use http::header::HOST;
 use http::uri::{Authority, PathAndQuery, Scheme, Uri};
-use http::{HeaderValue, Request, Response, StatusCode, Version};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -58,11 +62,28 @@ struct Failure {
     labels: RequestLabels,
 }
 
+fn fail(status: StatusCode, reason: impl Into<String>, labels: &RequestLabels) -> Failure {
+    Failure {
+        status,
+        reason: reason.into(),
+        labels: labels.clone(),
+    }
+}
+
 fn authority_of(req: &Request<Incoming>) -> Option<String> {
     if let Some(a) = req.uri().authority() {
         return Some(a.as_str().to_string());
     }
     req.headers().get(HOST)?.to_str().ok().map(str::to_string)
+}
+
+/// The parts of the client's request that every attempt re-sends.
+struct Template {
+    method: Method,
+    path: PathAndQuery,
+    headers: HeaderMap,
+    authority: String,
+    wire: Wire,
 }
 
 async fn forward(
@@ -78,11 +99,7 @@ async fn forward(
         authority: authority.clone(),
         dst_service: Arc::from(""),
         dst_zone: Arc::from(""),
-    };
-    let fail = |status, reason: &str, labels: &RequestLabels| Failure {
-        status,
-        reason: reason.to_string(),
-        labels: labels.clone(),
+        cross_zone: false,
     };
     let routes = &table.routes[conn.listener];
     let host = route::host_of(&authority);
@@ -92,13 +109,7 @@ async fn forward(
     };
     let service = &table.services[route.pick_service()];
     labels.dst_service = service.name.clone();
-    let Some(index) = service.balancer.pick() else {
-        shared.metrics.request(&labels);
-        return Err(fail(StatusCode::SERVICE_UNAVAILABLE, "no endpoints", &labels));
-    };
-    let endpoint = &service.balancer.endpoints()[index];
-    labels.dst_zone = endpoint.zone.clone();
-    shared.metrics.request(&labels);
+    let deadline = route.timeout.map(|t| tokio::time::Instant::from_std(started + t));
 
     let upgrade = req.version() == Version::HTTP_11 && is_upgrade(req.headers());
     let wire = match (service.protocol, req.version()) {
@@ -109,94 +120,174 @@ async fn forward(
         (UpstreamProtocol::Auto, _) => Wire::Http1,
     };
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    let upstream_req = rewrite_request(req, &authority, wire, upgrade)
-        .map_err(|reason| fail(StatusCode::BAD_REQUEST, &reason, &labels))?;
-
-    let mut pending = endpoint.start();
-    let pool = &service.pools[index];
-    let sent = pool.send(upstream_req, wire);
-    let result = match route.timeout {
-        Some(limit) => match tokio::time::timeout(limit, sent).await {
-            Ok(r) => r,
-            Err(_) => {
-                pending.abandon();
-                return Err(fail(StatusCode::GATEWAY_TIMEOUT, "upstream timeout", &labels));
-            }
-        },
-        None => sent.await,
-    };
-    let mut resp = match result {
-        Ok(resp) => resp,
-        Err(e) => {
-            pending.abandon();
-            endpoint.record_failure();
-            let reason = e.to_string();
-            eprintln!("meshcore: {} -> {}: {reason}", service.name, endpoint.addr);
-            return Err(fail(StatusCode::BAD_GATEWAY, &reason, &labels));
-        }
-    };
-
-    let status = resp.status();
-    if status == StatusCode::SWITCHING_PROTOCOLS {
-        if let Some(client_upgrade) = client_upgrade {
-            let upstream_upgrade = hyper::upgrade::on(&mut resp);
-            tokio::spawn(splice_upgrade(client_upgrade, upstream_upgrade));
-        }
-        pending.finish();
-        strip_hop_by_hop(resp.headers_mut(), true);
-        let obs = Observation::new(pending, started, shared.clone(), labels, status.as_u16(), None);
-        drop(obs);
-        return Ok(resp.map(|_| super::full(bytes::Bytes::new())));
-    }
-    strip_hop_by_hop(resp.headers_mut(), false);
-    let grpc = grpc_status(resp.headers());
-    let obs = Observation::new(pending, started, shared.clone(), labels, status.as_u16(), grpc);
-    Ok(resp.map(|body| {
-        ObservedBody::new(body, obs)
-            .map_err(BoxError::from)
-            .boxed_unsync()
-    }))
-}
-
-/// Prepares the request for the upstream wire: origin-form URI and a Host
-/// header for HTTP/1.1, an absolute URI (which becomes :authority) for HTTP/2.
-fn rewrite_request(
-    req: Request<Incoming>,
-    authority: &str,
-    wire: Wire,
-    upgrade: bool,
-) -> Result<Request<ProxyBody>, String> {
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers, upgrade);
-    let path = parts
-        .uri
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    match wire {
+    let template = Template {
+        method: parts.method,
+        path: parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/")),
+        headers: parts.headers,
+        authority,
+        wire,
+    };
+
+    let retry = route.retry.as_ref().filter(|_| !upgrade);
+    let route_labels = || RouteLabels {
+        direction: conn.direction.clone(),
+        route: Arc::from(route.name.as_str()),
+        dst_service: service.name.clone(),
+    };
+    let (replay, mut body) = match retry {
+        Some(_) => (Some(Replay::new(body, MAX_REPLAY_BYTES)), None),
+        None => (None, Some(body)),
+    };
+    if let Some(policy) = retry {
+        policy.budget.deposit(started);
+    }
+    let proxy_zone = table.config.zone.as_deref();
+    let mut exclude = None;
+    let mut attempt = 0u32;
+    loop {
+        let now = Instant::now();
+        let index = match service.balancer.pick_at(now, exclude) {
+            Ok(i) => i,
+            Err(no) => {
+                if attempt == 0 {
+                    shared.metrics.request(&labels);
+                }
+                let reason = match no {
+                    NoPick::NoEndpoints => "no endpoints",
+                    NoPick::AllTripped => "all endpoints unavailable",
+                };
+                return Err(fail(StatusCode::SERVICE_UNAVAILABLE, reason, &labels));
+            }
+        };
+        let endpoint = &service.balancer.endpoints()[index];
+        labels.dst_zone = endpoint.zone.clone();
+        labels.cross_zone = proxy_zone.is_some_and(|z| z != &*endpoint.zone);
+        if attempt == 0 {
+            shared.metrics.request(&labels);
+        }
+        let attempt_body = match (&replay, body.take()) {
+            (Some(r), _) => r.attempt().map_err(BoxError::from).boxed_unsync(),
+            (None, Some(b)) => b.map_err(BoxError::from).boxed_unsync(),
+            (None, None) => unreachable!("a request without retries is sent once"),
+        };
+        let upstream_req = build_request(&template, attempt_body)
+            .map_err(|reason| fail(StatusCode::BAD_REQUEST, reason, &labels))?;
+
+        let mut pending = endpoint.start();
+        let send = service.pools[index].send(upstream_req, wire);
+        let attempt_deadline = match (route.response_timeout, deadline) {
+            (Some(rt), Some(d)) => Some(d.min(tokio::time::Instant::now() + rt)),
+            (Some(rt), None) => Some(tokio::time::Instant::now() + rt),
+            (None, d) => d,
+        };
+        let result = match attempt_deadline {
+            Some(d) => match tokio::time::timeout_at(d, send).await {
+                Ok(r) => r,
+                Err(_) => {
+                    // Timeouts are never retried: the time is already spent.
+                    pending.abandon();
+                    endpoint.record_failure();
+                    return Err(fail(StatusCode::GATEWAY_TIMEOUT, "upstream timeout", &labels));
+                }
+            },
+            None => send.await,
+        };
+        if let Err(UpstreamError::Http(e)) = &result {
+            if e.is_user() {
+                // The client's own request body failed (it went away mid-upload):
+                // not the endpoint's fault, and nothing to retry.
+                pending.abandon();
+                return Err(fail(StatusCode::BAD_REQUEST, "request body error", &labels));
+            }
+        }
+        let outcome = match &result {
+            Ok(resp) => Outcome::Status(resp.status().as_u16(), grpc_status(resp.headers())),
+            Err(UpstreamError::Connect(_) | UpstreamError::ConnectTimeout) => Outcome::ConnectFailure,
+            Err(UpstreamError::Http(_)) => Outcome::Reset,
+        };
+        let may_retry = retry.is_some_and(|p| {
+            attempt < p.limit && p.retries(outcome) && replay.as_ref().is_some_and(Replay::replayable)
+        });
+        if may_retry {
+            let policy = retry.expect("checked above");
+            if policy.budget.withdraw(Instant::now()) {
+                pending.abandon();
+                endpoint.record_failure();
+                shared.metrics.retry(&route_labels());
+                attempt += 1;
+                exclude = Some(index);
+                continue;
+            }
+            shared.metrics.retry_budget_exhausted(&route_labels());
+        }
+        let mut resp = match result {
+            Ok(resp) => resp,
+            Err(e) => {
+                pending.abandon();
+                endpoint.record_failure();
+                let reason = e.to_string();
+                eprintln!("meshcore: {} -> {}: {reason}", service.name, endpoint.addr);
+                return Err(fail(StatusCode::BAD_GATEWAY, reason, &labels));
+            }
+        };
+        let status = resp.status();
+        let obs = Observation::new(
+            pending,
+            endpoint.clone(),
+            started,
+            shared.clone(),
+            labels,
+            status.as_u16(),
+            grpc_status(resp.headers()),
+        );
+        if status == StatusCode::SWITCHING_PROTOCOLS {
+            if let Some(client_upgrade) = client_upgrade {
+                let upstream_upgrade = hyper::upgrade::on(&mut resp);
+                tokio::spawn(splice_upgrade(client_upgrade, upstream_upgrade));
+            }
+            drop(obs);
+            strip_hop_by_hop(resp.headers_mut(), true);
+            return Ok(resp.map(|_| super::full(bytes::Bytes::new())));
+        }
+        strip_hop_by_hop(resp.headers_mut(), false);
+        return Ok(resp.map(|body| ObservedBody::new(body, obs, deadline).boxed_unsync()));
+    }
+}
+
+/// Builds one attempt's request: origin-form URI and a Host header for
+/// HTTP/1.1, an absolute URI (which becomes :authority) for HTTP/2.
+fn build_request(t: &Template, body: ProxyBody) -> Result<Request<ProxyBody>, String> {
+    let mut req = Request::new(body);
+    *req.method_mut() = t.method.clone();
+    *req.headers_mut() = t.headers.clone();
+    match t.wire {
         Wire::Http1 => {
-            parts.version = Version::HTTP_11;
-            parts.uri = Uri::from(path);
-            if !authority.is_empty() {
-                let host = HeaderValue::from_str(authority).map_err(|_| "invalid authority".to_string())?;
-                parts.headers.insert(HOST, host);
+            *req.version_mut() = Version::HTTP_11;
+            *req.uri_mut() = Uri::from(t.path.clone());
+            if !t.authority.is_empty() {
+                let host =
+                    HeaderValue::from_str(&t.authority).map_err(|_| "invalid authority".to_string())?;
+                req.headers_mut().insert(HOST, host);
             }
         }
         Wire::Http2 => {
-            parts.version = Version::HTTP_2;
-            let mut uri = Uri::builder().scheme(Scheme::HTTP).path_and_query(path);
-            if !authority.is_empty() {
-                let a: Authority = authority.parse().map_err(|_| "invalid authority".to_string())?;
+            *req.version_mut() = Version::HTTP_2;
+            let mut uri = Uri::builder().scheme(Scheme::HTTP).path_and_query(t.path.clone());
+            if !t.authority.is_empty() {
+                let a: Authority = t.authority.parse().map_err(|_| "invalid authority".to_string())?;
                 uri = uri.authority(a);
             }
-            parts.uri = uri.build().map_err(|e| format!("invalid request target: {e}"))?;
-            parts.headers.remove(HOST);
+            *req.uri_mut() = uri.build().map_err(|e| format!("invalid request target: {e}"))?;
+            req.headers_mut().remove(HOST);
         }
     }
-    Ok(Request::from_parts(
-        parts,
-        body.map_err(BoxError::from).boxed_unsync(),
-    ))
+    Ok(req)
 }
 
 async fn splice_upgrade(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {

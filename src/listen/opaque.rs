@@ -15,9 +15,9 @@ where
         eprintln!("meshcore: opaque connection on listener {listener} has no service; closing");
         return;
     };
-    let Some(index) = service.balancer.pick() else {
+    let Ok(index) = service.balancer.pick() else {
         eprintln!(
-            "meshcore: opaque service {} has no endpoints; closing",
+            "meshcore: opaque service {} has no available endpoints; closing",
             service.name
         );
         return;
@@ -49,6 +49,7 @@ where
     };
     // For TCP the balancer's round trip is the connect time.
     pending.finish();
+    endpoint.record_success();
     let _ = upstream.set_nodelay(true);
     let mut upstream = upstream;
     let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
