@@ -37,7 +37,9 @@ def test_metrics_names_labels_and_buckets(admin_proxy):
     r = httpx.get(f"{admin}/metrics")
     assert r.headers["content-type"].startswith("text/plain; version=0.0.4")
     text = r.text
-    labels = 'direction="outbound",authority="web.local",dst_service="web",dst_zone="zone-a",cross_zone="false"'
+    labels = (
+        'direction="outbound",authority="web.local",dst_service="web",dst_zone="zone-a",cross_zone="false"'
+    )
     assert f"request_total{{{labels}}} 1" in text
     assert f'response_total{{{labels},status_code="200",classification="success"}} 1' in text
     buckets = [
