@@ -21,7 +21,6 @@ import re
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -105,8 +104,9 @@ def start_meshcore(tmp: Path, h1_backend: int, h2_backend: int) -> tuple[subproc
     }
     path = tmp / "meshcore.yaml"
     path.write_text(json.dumps(cfg))
-    proc = subprocess.Popen(pinned(1, [sys.executable, "-m", "meshcore.cli", "run", str(path)]),
-                            stdout=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        pinned(1, [sys.executable, "-m", "meshcore.cli", "run", str(path)]), stdout=subprocess.DEVNULL
+    )
     wait_port(p1)
     wait_port(p2)
     return proc, p1, p2
@@ -119,8 +119,12 @@ def parse_latency(text: str) -> float:
 
 
 def run_wrk(url: str, connections: int, duration: int) -> dict:
-    out = subprocess.run(pinned(0, ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", url]),
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        pinned(0, ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", url]),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     p50 = parse_latency(re.search(r"50%\s+(\S+)", out).group(1))
     p99 = parse_latency(re.search(r"99%\s+(\S+)", out).group(1))
@@ -133,15 +137,23 @@ def run_h2load(url: str, connections: int, duration: int, tmp: Path) -> dict:
     log = tmp / "h2load.log"
     streams = 10
     clients = max(1, connections // streams)
-    out = subprocess.run(pinned(0, ["h2load", f"-c{clients}", f"-m{streams}", f"-D{duration}",
-                                    f"--log-file={log}", url]),
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        pinned(0, ["h2load", f"-c{clients}", f"-m{streams}", f"-D{duration}", f"--log-file={log}", url]),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     rps = float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out).group(1))
     m = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed", out)
     durations = sorted(int(line.split()[2]) for line in log.read_text().splitlines() if line.strip())
     pct = lambda q: durations[min(len(durations) - 1, int(q * len(durations)))] / 1000  # noqa: E731
-    return {"rps": rps, "p50_ms": pct(0.50), "p99_ms": pct(0.99), "requests": int(m.group(1)),
-            "errors": int(m.group(3))}
+    return {
+        "rps": rps,
+        "p50_ms": pct(0.50),
+        "p99_ms": pct(0.99),
+        "requests": int(m.group(1)),
+        "errors": int(m.group(3)),
+    }
 
 
 def measure(kind: str, url: str, args, tmp: Path, proxy_pid: int | None) -> dict:
@@ -212,8 +224,10 @@ def main() -> int:
             x = r[path]
             cpu = f"{x['cpu_us_per_req']:.1f}" if "cpu_us_per_req" in x else "–"
             rss = f"{x['rss_mb']:.1f}" if "rss_mb" in x else "–"
-            lines.append(f"| {name} | {path} | {x['rps']:.0f} | {x['p50_ms']:.2f} | {x['p99_ms']:.2f} | "
-                         f"{cpu} | {rss} | {x['errors']} |")
+            lines.append(
+                f"| {name} | {path} | {x['rps']:.0f} | {x['p50_ms']:.2f} | {x['p99_ms']:.2f} | "
+                f"{cpu} | {rss} | {x['errors']} |"
+            )
         ratio = r["meshcore"]["rps"] / r["direct"]["rps"]
         lines.append(f"| {name} | meshcore / direct | {ratio:.2f} | | | | | |")
     report = "\n".join(lines) + "\n"

@@ -6,6 +6,7 @@ to be slow or to fail.
     GET  /delay/MS        -> answers after MS milliseconds
     GET  /status/CODE     -> answers with that status
     GET  /bytes/N         -> streams N bytes
+    GET  /drip/N/MS       -> streams N small chunks, MS milliseconds apart
     GET  /headers         -> the request headers as JSON
     POST /echo            -> streams the request body back
     POST /count           -> the number of body bytes received
@@ -14,6 +15,7 @@ to be slow or to fail.
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -114,6 +116,16 @@ class _Handler(BaseHTTPRequestHandler):
                     yield block[:n]
 
             self._stream(gen())
+        elif parts[0] == "drip" and len(parts) > 2:
+            count, gap = int(parts[1]), int(parts[2]) / 1000
+
+            def drip() -> Iterator[bytes]:
+                for i in range(count):
+                    if i:
+                        time.sleep(gap)
+                    yield b"drop %d\n" % i
+
+            self._stream(drip())
         elif parts[0] == "headers":
             self._reply(
                 200, json.dumps({k.lower(): v for k, v in self.headers.items()}).encode(), "application/json"
@@ -134,11 +146,35 @@ class _Server(ThreadingHTTPServer):
     delay = 0.0
     fail_status = 0
     requests = 0
-    _lock = threading.Lock()
+
+    def server_activate(self) -> None:
+        self._lock = threading.Lock()
+        self._open: set = set()
+        super().server_activate()
 
     def count(self) -> None:
         with self._lock:
             self.requests += 1
+
+    def process_request(self, request, client_address):  # type: ignore[no-untyped-def]
+        with self._lock:
+            self._open.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request):  # type: ignore[no-untyped-def]
+        with self._lock:
+            self._open.discard(request)
+        super().shutdown_request(request)
+
+    def drop_connections(self) -> None:
+        """Closes every open client connection, as a crashed process would."""
+        with self._lock:
+            conns = list(self._open)
+        for conn in conns:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
 
 class Backend:
@@ -176,9 +212,15 @@ class Backend:
     def set_failing(self, status: Optional[int]) -> None:
         self._server.fail_status = status or 0
 
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
+
     def stop(self) -> None:
+        """Stops listening and cuts every open connection (like a crash)."""
         self._server.shutdown()
         self._server.server_close()
+        self._server.drop_connections()
 
     def __enter__(self) -> Backend:
         return self

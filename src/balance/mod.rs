@@ -257,34 +257,39 @@ impl Balancer {
 
     /// Index of the chosen endpoint.
     pub fn pick(&self) -> Result<usize, NoPick> {
-        self.pick_at(Instant::now(), None)
+        self.pick_at(Instant::now(), &[])
     }
 
-    /// Picks an endpoint, avoiding `exclude` (the one a retry just failed on)
+    /// Picks an endpoint, avoiding `exclude` (those a retry already failed on)
     /// when any other is available.
-    pub fn pick_at(&self, now: Instant, exclude: Option<usize>) -> Result<usize, NoPick> {
+    pub fn pick_at(&self, now: Instant, exclude: &[usize]) -> Result<usize, NoPick> {
         if self.endpoints.is_empty() {
             return Err(NoPick::NoEndpoints);
         }
-        let first = self.choose(now, exclude);
-        match (first, exclude) {
-            (Some(i), _) => Ok(i),
-            (None, Some(_)) => self.choose(now, None).ok_or(NoPick::AllTripped),
-            (None, None) => Err(NoPick::AllTripped),
+        match self.choose(now, exclude) {
+            Some(i) => Ok(i),
+            None if !exclude.is_empty() => self.choose(now, &[]).ok_or(NoPick::AllTripped),
+            None => Err(NoPick::AllTripped),
         }
     }
 
-    fn choose(&self, now: Instant, exclude: Option<usize>) -> Option<usize> {
-        let usable = |i: usize| Some(i) != exclude && self.endpoints[i].available(now);
+    fn choose(&self, now: Instant, exclude: &[usize]) -> Option<usize> {
+        let usable = |i: usize| !exclude.contains(&i) && self.endpoints[i].available(now);
         let candidates: Vec<usize> = match &self.zonal {
-            Some(z) => self.zonal_candidates(z, now, &usable, exclude.is_none()),
+            Some(z) => self.zonal_candidates(z, now, &usable, exclude.is_empty()),
             None => (0..self.endpoints.len()).filter(|&i| usable(i)).collect(),
         };
         let eps = &self.endpoints;
         match self.kind {
             BalancerKind::RoundRobin => {
+                // A retry's pick must not shift the rotation for everyone else.
+                let turn = if exclude.is_empty() {
+                    self.next.fetch_add(1, Ordering::Relaxed)
+                } else {
+                    self.next.load(Ordering::Relaxed)
+                };
                 let n = candidates.len();
-                (n > 0).then(|| candidates[self.next.fetch_add(1, Ordering::Relaxed) % n])
+                (n > 0).then(|| candidates[turn % n])
             }
             BalancerKind::PeakEwma | BalancerKind::Zonal => {
                 p2c::choose(candidates.len(), |i| eps[candidates[i]].cost(now)).map(|i| candidates[i])
@@ -380,7 +385,7 @@ mod tests {
         let mut now = Instant::now();
         let mut counts = vec![0; b.endpoints().len()];
         for _ in 0..rounds {
-            let i = b.pick_at(now, None).unwrap();
+            let i = b.pick_at(now, &[]).unwrap();
             counts[i] += 1;
             simulate_request(&b.endpoints()[i], now, rtt_of(i));
             now += Duration::from_millis(1);
@@ -466,10 +471,10 @@ mod tests {
     fn retry_avoids_the_failed_endpoint_unless_it_is_the_only_one() {
         let b = Balancer::new(BalancerKind::PeakEwma, endpoints(3));
         for _ in 0..50 {
-            assert_ne!(b.pick_at(Instant::now(), Some(1)), Ok(1));
+            assert_ne!(b.pick_at(Instant::now(), &[1]), Ok(1));
         }
         let single = Balancer::new(BalancerKind::PeakEwma, endpoints(1));
-        assert_eq!(single.pick_at(Instant::now(), Some(0)), Ok(0));
+        assert_eq!(single.pick_at(Instant::now(), &[0]), Ok(0));
     }
 
     #[test]

@@ -148,11 +148,11 @@ async fn forward(
         policy.budget.deposit(started);
     }
     let proxy_zone = table.config.zone.as_deref();
-    let mut exclude = None;
+    let mut exclude: Vec<usize> = Vec::new();
     let mut attempt = 0u32;
     loop {
         let now = Instant::now();
-        let index = match service.balancer.pick_at(now, exclude) {
+        let index = match service.balancer.pick_at(now, &exclude) {
             Ok(i) => i,
             Err(no) => {
                 if attempt == 0 {
@@ -221,7 +221,7 @@ async fn forward(
                 endpoint.record_failure();
                 shared.metrics.retry(&route_labels());
                 attempt += 1;
-                exclude = Some(index);
+                exclude.push(index);
                 continue;
             }
             shared.metrics.retry_budget_exhausted(&route_labels());
