@@ -75,6 +75,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "application/octet-stream")
         self.send_header("Transfer-Encoding", "chunked")
         self.send_header("x-backend", self.server.name)
+        self.send_header("x-zone", self.server.zone)
         self.end_headers()
         for chunk in chunks:
             self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
@@ -91,6 +92,11 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if self.server.delay:
             time.sleep(self.server.delay)
+        if self.server.work is not None:
+            # Limited capacity: requests queue for a worker slot, so latency grows with load.
+            seconds, slots = self.server.work
+            with slots:
+                time.sleep(seconds)
         if parts[0] == "echo":
             self._stream(self._body_chunks())
             return
@@ -146,6 +152,7 @@ class _Server(ThreadingHTTPServer):
     delay = 0.0
     fail_status = 0
     requests = 0
+    work: Optional[tuple[float, threading.Semaphore]] = None
 
     def server_activate(self) -> None:
         self._lock = threading.Lock()
@@ -208,6 +215,10 @@ class Backend:
 
     def set_delay(self, seconds: float) -> None:
         self._server.delay = seconds
+
+    def set_capacity(self, service_time: float, workers: int) -> None:
+        """Each request takes `service_time` seconds of one of `workers` slots."""
+        self._server.work = (service_time, threading.Semaphore(workers))
 
     def set_failing(self, status: Optional[int]) -> None:
         self._server.fail_status = status or 0
