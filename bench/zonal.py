@@ -127,12 +127,12 @@ def plot(results: dict, levels: list[int], path: Path) -> bool:
         xs = levels
         axes[0].plot(
             xs,
-            [per_level[l]["cross_zone_share"] + per_level[l]["cross_cluster_share"] for l in xs],
+            [per_level[lv]["cross_zone_share"] + per_level[lv]["cross_cluster_share"] for lv in xs],
             marker="o",
             label=balancer,
         )
-        axes[1].plot(xs, [per_level[l]["egress_usd_per_million"] for l in xs], marker="o", label=balancer)
-        axes[2].plot(xs, [per_level[l]["p99_ms"] for l in xs], marker="o", label=balancer)
+        axes[1].plot(xs, [per_level[lv]["egress_usd_per_million"] for lv in xs], marker="o", label=balancer)
+        axes[2].plot(xs, [per_level[lv]["p99_ms"] for lv in xs], marker="o", label=balancer)
     for ax, title in zip(
         axes, ("share of requests leaving zone-a", "egress $ per million requests", "p99 latency (ms)")
     ):
@@ -177,7 +177,8 @@ def main() -> int:
         "# Zonal balancing experiment",
         "",
         "Proxy in east/zone-a; 2 backends each in zone-a, zone-b (+2 ms) and west/zone-c (+10 ms); "
-        "capacity 2 x 5 ms per backend; 16 KiB responses; egress $0.01/GB cross-zone, $0.02/GB cross-cluster.",
+        "capacity 2 x 5 ms per backend; 16 KiB responses; "
+        "egress $0.01/GB cross-zone, $0.02/GB cross-cluster.",
         "",
         "| balancer | clients | req/s | local | cross-zone | cross-cluster | bytes leaving zone | "
         "egress $/1M req | p50 ms | p99 ms | success |",
@@ -186,9 +187,11 @@ def main() -> int:
     for balancer, per_level in results.items():
         for clients, s in per_level.items():
             lines.append(
-                f"| {balancer} | {clients} | {s['rps']:.0f} | {s['local_share']:.1%} | {s['cross_zone_share']:.1%} | "
-                f"{s['cross_cluster_share']:.1%} | {s['cross_bytes_share']:.1%} | "
-                f"{s['egress_usd_per_million']:.3f} | {s['p50_ms']:.1f} | {s['p99_ms']:.1f} | {s['success']:.2%} |"
+                f"| {balancer} | {clients} | {s['rps']:.0f} | {s['local_share']:.1%} | "
+                f"{s['cross_zone_share']:.1%} | {s['cross_cluster_share']:.1%} | "
+                f"{s['cross_bytes_share']:.1%} | "
+                f"{s['egress_usd_per_million']:.3f} | {s['p50_ms']:.1f} | {s['p99_ms']:.1f} | "
+                f"{s['success']:.2%} |"
             )
     report = "\n".join(lines) + "\n"
     (out / "zonal.md").write_text(report)
