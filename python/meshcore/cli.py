@@ -81,6 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--admin", default="127.0.0.1:9990")
     demo.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     demo.set_defaults(func=cmd_demo)
+
+    from .identity_cli import add_identity_commands
+
+    add_identity_commands(sub)
     return p
 
 
