@@ -26,6 +26,62 @@ pub struct Config {
     pub routes: Vec<Route>,
     #[serde(default)]
     pub services: Vec<Service>,
+    #[serde(default)]
+    pub identity: Option<IdentityConfig>,
+    #[serde(default)]
+    pub policy: Policy,
+}
+
+/// PEM contents (Python reads the files and keeps them fresh).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityConfig {
+    pub trust_anchors_pem: String,
+    #[serde(default)]
+    pub cert_pem: Option<String>,
+    #[serde(default)]
+    pub key_pem: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    None,
+    Mesh,
+    Permissive,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum DefaultPolicy {
+    #[default]
+    AllUnauthenticated,
+    AllAuthenticated,
+    Deny,
+    Audit,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    #[serde(default)]
+    pub default: DefaultPolicy,
+    #[serde(default)]
+    pub rules: Vec<PolicyRule>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyRule {
+    #[serde(default)]
+    pub name: Option<String>,
+    pub listener: String,
+    #[serde(default)]
+    pub path_prefix: Option<String>,
+    #[serde(default)]
+    pub identities: Vec<String>,
+    #[serde(default)]
+    pub networks: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
@@ -52,6 +108,12 @@ pub struct Listener {
     pub service: Option<String>,
     #[serde(default = "detect_timeout_ms")]
     pub detect_timeout_ms: u64,
+    #[serde(default = "no_tls")]
+    pub tls: TlsMode,
+}
+
+fn no_tls() -> TlsMode {
+    TlsMode::None
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -193,6 +255,9 @@ pub struct Endpoint {
     pub zone: Option<String>,
     #[serde(default)]
     pub cluster: Option<String>,
+    /// The upstream proxy's SPIFFE ID: traffic to it is mTLS and verified.
+    #[serde(default)]
+    pub identity: Option<String>,
 }
 
 fn auto_listener() -> ListenerProtocol {

@@ -9,11 +9,13 @@ pub mod http;
 pub mod listen;
 pub mod metrics;
 pub mod microbench;
+pub mod policy;
 pub mod resilience;
 pub mod route;
 pub mod runtime;
 pub mod shared;
 pub mod table;
+pub mod tls;
 
 use errors::{BindError, ConfigError, MeshcoreError, PluginError, TlsError};
 use pyo3::prelude::*;
@@ -40,6 +42,7 @@ fn start_error(e: runtime::StartError) -> PyErr {
     match e {
         runtime::StartError::Config(m) => ConfigError::new_err(m),
         runtime::StartError::Bind(m) => BindError::new_err(m),
+        runtime::StartError::Tls(m) => TlsError::new_err(m),
         runtime::StartError::Runtime(m) => MeshcoreError::new_err(m),
     }
 }
@@ -128,6 +131,9 @@ impl ProxyCore {
             self.with_running(|r| {
                 let mut text = r.shared.metrics.render();
                 text.push_str(&r.shared.table.load().render_balancer_metrics());
+                if let Some(identity) = &r.shared.identity {
+                    text.push_str(&identity_metrics(identity));
+                }
                 Ok(text)
             })
         })
@@ -138,9 +144,43 @@ impl ProxyCore {
         guarded(|| self.with_running(|r| Ok(r.shared.table.load().endpoints_json().to_string())))
     }
 
+    /// Installs a new workload certificate chain and key (PEM) without a restart.
+    fn update_identity(&self, cert_pem: &str, key_pem: &str) -> PyResult<()> {
+        guarded(|| {
+            self.with_running(|r| match &r.shared.identity {
+                Some(identity) => identity.update(cert_pem, key_pem).map_err(TlsError::new_err),
+                None => Err(TlsError::new_err("this proxy has no [identity] configured")),
+            })
+        })
+    }
+
+    /// (SPIFFE ID, expiry as unix seconds) of the certificate in use, if any.
+    fn identity_info(&self) -> PyResult<Option<(Option<String>, i64)>> {
+        self.with_running(|r| {
+            Ok(r.shared
+                .identity
+                .as_ref()
+                .and_then(|i| i.current())
+                .map(|c| (c.spiffe_id.clone(), c.not_after)))
+        })
+    }
+
     fn open_connections(&self) -> PyResult<usize> {
         self.with_running(|r| Ok(r.shared.connections.open()))
     }
+}
+
+fn identity_metrics(identity: &tls::identity::Identity) -> String {
+    let expiry = identity.current().map_or(0, |c| c.not_after);
+    format!(
+        "# HELP identity_cert_expiration_timestamp_seconds When the workload certificate in use expires.\n\
+         # TYPE identity_cert_expiration_timestamp_seconds gauge\n\
+         identity_cert_expiration_timestamp_seconds {expiry}\n\
+         # HELP identity_cert_refresh_total Workload certificates installed.\n\
+         # TYPE identity_cert_refresh_total counter\n\
+         identity_cert_refresh_total {}\n",
+        identity.refreshes()
+    )
 }
 
 /// Proves the panic boundary: panics inside Rust and must surface as MeshcoreError.

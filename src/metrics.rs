@@ -22,6 +22,14 @@ pub struct RequestLabels {
     pub dst_service: Arc<str>,
     pub dst_zone: Arc<str>,
     pub cross_zone: bool,
+    /// "true" (mTLS with a client identity), "no_identity" or "false".
+    pub tls: &'static str,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct AuthzLabels {
+    pub listener: Arc<str>,
+    pub rule: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -85,6 +93,8 @@ pub struct Metrics {
     responses: Family<ResponseLabels, ResponseSeries>,
     tcp: Family<TcpLabels, TcpSeries>,
     retries: Family<RouteLabels, AtomicU64>,
+    authz_allow: Family<AuthzLabels, AtomicU64>,
+    authz_deny: Family<AuthzLabels, AtomicU64>,
     budget_exhausted: Family<RouteLabels, AtomicU64>,
 }
 
@@ -116,6 +126,20 @@ impl Metrics {
         series(&self.tcp, labels)
     }
 
+    pub fn authorization(&self, listener: &Arc<str>, decision: &crate::policy::Decision) {
+        use crate::policy::Decision;
+        let (family, rule) = match decision {
+            Decision::Allow(rule) => (&self.authz_allow, rule.as_str()),
+            Decision::Audit => (&self.authz_allow, "default:audit"),
+            Decision::Deny(rule) => (&self.authz_deny, rule.as_str()),
+        };
+        let labels = AuthzLabels {
+            listener: listener.clone(),
+            rule: rule.to_string(),
+        };
+        series(family, &labels).fetch_add(1, Relaxed);
+    }
+
     pub fn retry(&self, labels: &RouteLabels) {
         series(&self.retries, labels).fetch_add(1, Relaxed);
     }
@@ -129,7 +153,35 @@ impl Metrics {
         self.render_http(&mut out);
         self.render_tcp(&mut out);
         self.render_retries(&mut out);
+        self.render_authz(&mut out);
         out
+    }
+
+    fn render_authz(&self, out: &mut String) {
+        let families = [
+            (
+                "inbound_http_authz_allow_total",
+                "Inbound requests and connections allowed.",
+                &self.authz_allow,
+            ),
+            (
+                "inbound_http_authz_deny_total",
+                "Inbound requests and connections denied.",
+                &self.authz_deny,
+            ),
+        ];
+        for (name, help, family) in families {
+            header(out, name, "counter", help);
+            for (l, v) in snapshot(family) {
+                let _ = writeln!(
+                    out,
+                    "{name}{{listener=\"{}\",rule=\"{}\"}} {}",
+                    escape(&l.listener),
+                    escape(&l.rule),
+                    v.load(Relaxed)
+                );
+            }
+        }
     }
 
     fn render_retries(&self, out: &mut String) {
@@ -255,9 +307,10 @@ fn header(out: &mut String, name: &str, kind: &str, help: &str) {
 
 fn request_labels(l: &RequestLabels) -> String {
     format!(
-        "direction=\"{}\",authority=\"{}\",dst_service=\"{}\",dst_zone=\"{}\",cross_zone=\"{}\"",
+        "direction=\"{}\",authority=\"{}\",tls=\"{}\",dst_service=\"{}\",dst_zone=\"{}\",cross_zone=\"{}\"",
         escape(&l.direction),
         escape(&l.authority),
+        l.tls,
         escape(&l.dst_service),
         escape(&l.dst_zone),
         l.cross_zone
@@ -288,6 +341,7 @@ mod tests {
             dst_service: "web".into(),
             dst_zone: "zone-a".into(),
             cross_zone: false,
+            tls: "false",
         }
     }
 
@@ -318,7 +372,7 @@ mod tests {
         m.request(&labels());
         let text = m.render();
         assert!(text.contains(
-            "request_total{direction=\"outbound\",authority=\"web.local\",dst_service=\"web\",dst_zone=\"zone-a\",cross_zone=\"false\"} 2"
+            "request_total{direction=\"outbound\",authority=\"web.local\",tls=\"false\",dst_service=\"web\",dst_zone=\"zone-a\",cross_zone=\"false\"} 2"
         ));
     }
 

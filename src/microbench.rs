@@ -99,6 +99,7 @@ pub fn metrics_record(iterations: usize) -> u64 {
         dst_service: Arc::from("web"),
         dst_zone: Arc::from("zone-a"),
         cross_zone: false,
+        tls: "false",
     };
     let response = ResponseLabels {
         request: labels.clone(),

@@ -11,6 +11,8 @@ pub struct Shared {
     pub table: ArcSwap<Table>,
     pub metrics: Metrics,
     pub connections: ConnectionTracker,
+    /// This proxy's workload identity, when mTLS is configured.
+    pub identity: Option<Arc<crate::tls::identity::Identity>>,
     /// Flips to true when the proxy starts draining.
     pub draining: watch::Receiver<bool>,
 }

@@ -3,8 +3,10 @@
 
 use crate::balance::{Balancer, Standing};
 use crate::config::{BalancerKind, Config, UpstreamProtocol};
-use crate::http::client::{EndpointPool, Settings};
+use crate::http::client::{EndpointPool, Settings, UpstreamTls};
+use crate::policy::Policy;
 use crate::route::Route;
+use crate::tls::{self, identity::Identity};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,13 +25,18 @@ pub struct Table {
     pub routes: Vec<Vec<Route>>,
     /// Opaque target per listener.
     pub opaque: Vec<Option<usize>>,
+    pub policy: Policy,
     pub config: Config,
 }
 
 impl Table {
     /// Builds a table; endpoint state and connection pools of services that
     /// `previous` already had are carried over.
-    pub fn build(config: Config, previous: Option<&Table>) -> Result<Table, String> {
+    pub fn build(
+        config: Config,
+        previous: Option<&Table>,
+        identity: Option<&Arc<Identity>>,
+    ) -> Result<Table, String> {
         let mut services = Vec::new();
         for svc in &config.services {
             let old = previous.and_then(|p| p.services.iter().find(|s| *s.name == svc.name));
@@ -38,17 +45,36 @@ impl Table {
                 connect_timeout: Duration::from_millis(svc.connect_timeout_ms),
                 idle_timeout: Duration::from_millis(svc.idle_timeout_ms),
             });
-            let pools = balancer
-                .endpoints()
-                .iter()
-                .map(|ep| {
-                    let reuse = old.and_then(|o| {
-                        let i = o.balancer.endpoints().iter().position(|e| Arc::ptr_eq(e, ep))?;
-                        Some(o.pools[i].clone())
-                    });
-                    reuse.unwrap_or_else(|| Arc::new(EndpointPool::new(ep.addr, settings.clone())))
-                })
-                .collect();
+            let mut pools = Vec::new();
+            for ep in balancer.endpoints() {
+                let reuse = old.and_then(|o| {
+                    let i = o.balancer.endpoints().iter().position(|e| Arc::ptr_eq(e, ep))?;
+                    Some(o.pools[i].clone())
+                });
+                let expected = svc
+                    .endpoints
+                    .iter()
+                    .find(|e| e.addr.parse().ok() == Some(ep.addr))
+                    .and_then(|e| e.identity.as_deref());
+                let pool = match (reuse, expected) {
+                    (Some(p), None) if !p.is_meshed() => p,
+                    (_, None) => Arc::new(EndpointPool::new(ep.addr, settings.clone(), None)),
+                    (_, Some(id)) => {
+                        let identity = identity.ok_or_else(|| {
+                            format!(
+                                "services.{}: endpoint identity {id:?} needs an [identity] section",
+                                svc.name
+                            )
+                        })?;
+                        let tls = UpstreamTls {
+                            h2: tls::client_config(identity, id, true)?,
+                            h1: tls::client_config(identity, id, false)?,
+                        };
+                        Arc::new(EndpointPool::new(ep.addr, settings.clone(), Some(tls)))
+                    }
+                };
+                pools.push(pool);
+            }
             services.push(Service {
                 name: Arc::from(svc.name.as_str()),
                 protocol: svc.protocol,
@@ -72,10 +98,12 @@ impl Table {
             .iter()
             .map(|l| l.service.as_deref().and_then(service_index))
             .collect();
+        let policy = Policy::new(&config.policy)?;
         Ok(Table {
             services,
             routes,
             opaque,
+            policy,
             config,
         })
     }

@@ -38,7 +38,8 @@ def test_metrics_names_labels_and_buckets(admin_proxy):
     assert r.headers["content-type"].startswith("text/plain; version=0.0.4")
     text = r.text
     labels = (
-        'direction="outbound",authority="web.local",dst_service="web",dst_zone="zone-a",cross_zone="false"'
+        'direction="outbound",authority="web.local",tls="false",dst_service="web",dst_zone="zone-a",'
+        'cross_zone="false"'
     )
     assert f"request_total{{{labels}}} 1" in text
     assert f'response_total{{{labels},status_code="200",classification="success"}} 1' in text

@@ -13,12 +13,23 @@ import re
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .errors import config_error
 
 __all__ = [
     "Config",
+    "Identity",
+    "Policy",
+    "PolicyRule",
     "Listener",
     "Route",
     "Backend",
@@ -90,8 +101,17 @@ class Endpoint(_Model):
     addr: str
     zone: Optional[str] = None
     cluster: Optional[str] = None
+    # The upstream proxy's SPIFFE ID: traffic to it is mTLS, verified against this identity.
+    identity: Optional[str] = None
 
     _addr = field_validator("addr")(classmethod(lambda cls, v: _check_socket_addr(v)))
+
+    @field_validator("identity")
+    @classmethod
+    def _spiffe(cls, v: Optional[str]) -> Optional[str]:
+        if v is not None and not v.startswith("spiffe://"):
+            raise ValueError("must be a SPIFFE ID such as 'spiffe://mesh.local/ns/default/sa/web'")
+        return v
 
 
 class Zonal(_Model):
@@ -191,6 +211,8 @@ class Listener(_Model):
     direction: Optional[Literal["inbound", "outbound"]] = None
     service: Optional[str] = None
     detect_timeout: Union[str, float] = "10s"
+    # mesh: require mTLS | permissive: mTLS or plaintext | none
+    tls: Literal["none", "mesh", "permissive"] = "none"
 
     _bind = field_validator("bind")(classmethod(lambda cls, v: _check_socket_addr(v)))
 
@@ -201,17 +223,76 @@ class Listener(_Model):
         return v
 
 
+class Identity(_Model):
+    """This proxy's workload identity: certificate files, or the identity service."""
+
+    trust_anchors: str
+    cert: Optional[str] = None
+    key: Optional[str] = None
+    issuer: Optional[str] = None
+    token_file: Optional[str] = None
+    name: Optional[str] = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Identity:
+        files = self.cert is not None or self.key is not None
+        service = self.issuer is not None or self.token_file is not None or self.name is not None
+        if files and service:
+            raise ValueError("use either cert/key files or issuer/token_file/name, not both")
+        if files and not (self.cert and self.key):
+            raise ValueError("cert and key go together")
+        if service and not (self.issuer and self.token_file and self.name):
+            raise ValueError("the identity service needs issuer, token_file and name")
+        if not files and not service:
+            raise ValueError("give cert and key files, or issuer, token_file and name")
+        if self.issuer is not None and not self.issuer.startswith("https://"):
+            raise ValueError("issuer must be an https:// URL")
+        return self
+
+
+class PolicyRule(_Model):
+    name: Optional[str] = None
+    listener: str
+    path_prefix: Optional[str] = None
+    identities: list[str] = []
+    networks: list[str] = []
+
+    @field_validator("networks")
+    @classmethod
+    def _cidrs(cls, v: list[str]) -> list[str]:
+        for net in v:
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError:
+                raise ValueError(f"invalid network {net!r}: use CIDR notation such as '10.0.0.0/8'") from None
+        return v
+
+
+class Policy(_Model):
+    default: Literal["all-unauthenticated", "all-authenticated", "deny", "audit"] = "all-unauthenticated"
+    rules: list[PolicyRule] = []
+
+
 class Config(_Model):
     admin: Optional[str] = None
     zone: Optional[str] = None
     cluster: Optional[str] = None
     costs: dict[str, int] = {}
+    identity: Optional[Identity] = None
+    policy: Policy = Policy()
     workers: Optional[int] = Field(default=None, ge=1, le=1024)
     listeners: list[Listener] = []
     routes: list[Route] = []
     services: list[Service] = []
 
     _admin = field_validator("admin")(classmethod(lambda cls, v: v if v is None else _check_socket_addr(v)))
+
+    # Where relative file paths (certificates, tokens) are resolved from.
+    _base_dir: Optional[str] = PrivateAttr(default=None)
+
+    def resolve_path(self, path: str) -> Path:
+        p = Path(path)
+        return p if p.is_absolute() or self._base_dir is None else Path(self._base_dir) / p
 
     def cross_check(self) -> list[tuple[str, str]]:
         """References between sections, which pydantic cannot see field by field."""
@@ -234,6 +315,19 @@ class Config(_Model):
                 problems.append((f"listeners[{i}].service", unknown("service", lst.service, services)))
             if lst.protocol == "opaque" and lst.service is None:
                 problems.append((f"listeners[{i}].service", "an opaque listener needs a target service"))
+            if lst.tls != "none" and self.identity is None:
+                problems.append((f"listeners[{i}].tls", "TLS needs an [identity] section"))
+        for i, s in enumerate(self.services):
+            for j, e in enumerate(s.endpoints):
+                if e.identity is not None and self.identity is None:
+                    problems.append(
+                        (f"services[{i}].endpoints[{j}].identity", "mTLS needs an [identity] section")
+                    )
+        for i, rule in enumerate(self.policy.rules):
+            if rule.listener not in listeners:
+                problems.append(
+                    (f"policy.rules[{i}].listener", unknown("listener", rule.listener, listeners))
+                )
         for i, r in enumerate(self.routes):
             if r.listener not in listeners:
                 problems.append((f"routes[{i}].listener", unknown("listener", r.listener, listeners)))
@@ -253,6 +347,7 @@ class Config(_Model):
             "cluster": self.cluster,
             "costs": self.costs,
             "workers": self.workers,
+            "policy": self.policy.model_dump(),
             "listeners": [
                 {
                     "name": lst.name,
@@ -261,6 +356,7 @@ class Config(_Model):
                     "direction": lst.direction or ("inbound" if "inbound" in lst.name else "outbound"),
                     "service": lst.service,
                     "detect_timeout_ms": parse_duration(lst.detect_timeout),
+                    "tls": lst.tls,
                 }
                 for lst in self.listeners
             ],
@@ -374,4 +470,6 @@ def load(source: Union[str, Path, dict[str, Any], Config]) -> Config:
             data = tomllib.loads(text)
     except Exception as e:  # noqa: BLE001 - parser errors vary by library
         raise config_error([("", f"cannot parse: {e}")], name) from None
-    return validate(data if data is not None else {}, name)
+    config = validate(data if data is not None else {}, name)
+    config._base_dir = str(path.parent)
+    return config

@@ -1,9 +1,98 @@
-"""`meshcore identity ...` subcommands (being built)."""
+"""`meshcore identity ...`: create a CA, issue workload certificates, serve the certify API."""
 
 from __future__ import annotations
 
 import argparse
+import functools
+import signal
+import sys
+import threading
+from datetime import timedelta
+from typing import Callable
+
+from . import identity
+from .config import parse_duration
+
+Command = Callable[[argparse.Namespace], int]
 
 
 def add_identity_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Registers the identity subcommands on the `meshcore` parser."""
+    parser = sub.add_parser(
+        "identity", help="workload identity: a CA, SPIFFE certificates, the issuing service"
+    )
+    commands = parser.add_subparsers(dest="identity_command", required=True)
+
+    init = commands.add_parser("init", help="create a trust anchor and an issuer in DIR")
+    init.add_argument("dir", metavar="DIR")
+    init.add_argument("--trust-domain", default="mesh.local")
+    init.add_argument("--ttl", type=duration, default="8760h", help="validity of both CAs (default 8760h)")
+    init.set_defaults(func=_clean_errors(cmd_init))
+
+    issue = commands.add_parser("issue", help="issue a key and certificate for an identity name")
+    issue.add_argument("dir", metavar="DIR")
+    issue.add_argument("--name", required=True, help="identity name, e.g. ns/default/sa/web")
+    issue.add_argument("--ttl", type=duration, default="24h", help="certificate lifetime (default 24h)")
+    issue.add_argument("--out", required=True, metavar="PREFIX", help="write PREFIX.crt and PREFIX.key")
+    issue.set_defaults(func=_clean_errors(cmd_issue))
+
+    serve = commands.add_parser("serve", help="serve the certify API over HTTPS until SIGINT/SIGTERM")
+    serve.add_argument("dir", metavar="DIR")
+    serve.add_argument("--bind", default="127.0.0.1:8443")
+    serve.add_argument("--tokens", required=True, metavar="FILE", help="JSON object or lines of 'token name'")
+    serve.add_argument(
+        "--ttl", type=duration, default="24h", help="lifetime of issued certificates (default 24h)"
+    )
+    serve.set_defaults(func=_clean_errors(cmd_serve))
+
+
+def duration(value: str) -> timedelta:
+    """'24h', '10s', '300ms' -> timedelta (named for argparse's 'invalid duration value' message)."""
+    return timedelta(milliseconds=parse_duration(value))
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    identity.init_ca(args.dir, trust_domain=args.trust_domain, ttl=args.ttl)
+    print(f"meshcore: trust anchor and issuer for {args.trust_domain} written to {args.dir}")
+    return 0
+
+
+def cmd_issue(args: argparse.Namespace) -> int:
+    chain, _ = identity.issue(args.dir, args.name, ttl=args.ttl, out_prefix=args.out)
+    info = identity.cert_info(chain)
+    print(
+        f"meshcore: {info['spiffe_id']} valid until {info['not_after']:%Y-%m-%d %H:%M:%S} UTC "
+        f"written to {args.out}.crt and {args.out}.key"
+    )
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    stop = _stop_on_signals()  # before printing the URL, so a signal right after it is handled
+    with identity.IdentityService(args.dir, args.bind, tokens=args.tokens, ttl=args.ttl) as service:
+        print(f"identity service on {service.url}", flush=True)
+        # A timed wait keeps signal handling prompt on every platform.
+        while not stop.wait(0.5):
+            pass
+    return 0
+
+
+def _stop_on_signals() -> threading.Event:
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda _signum, _frame: stop.set())
+    return stop
+
+
+def _clean_errors(command: Command) -> Command:
+    """Bad input (a name, a ttl, a missing file) ends in a one-line message rather than a traceback."""
+
+    @functools.wraps(command)
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return command(args)
+        except (ValueError, OSError) as e:
+            print(f"meshcore: error: {e}", file=sys.stderr)
+            return 1
+
+    return run

@@ -9,6 +9,8 @@ from typing import Any, Optional, Union
 
 from . import _core
 from .config import Config, load
+from .errors import ConfigError
+from .identity_agent import IdentityAgent
 
 __all__ = ["Proxy"]
 
@@ -23,7 +25,17 @@ class Proxy:
 
     def __init__(self, config: Union[str, Path, dict[str, Any], Config]):
         self._config = load(config)
-        self._core = _core.ProxyCore(self._config.to_core_json())
+        self._identity: Optional[IdentityAgent] = None
+        document = self._config.to_core()
+        if self._config.identity is not None:
+            self._identity = IdentityAgent(self._config)
+            cert, key = self._identity.initial()
+            document["identity"] = {
+                "trust_anchors_pem": self._identity.trust_anchors_pem,
+                "cert_pem": cert,
+                "key_pem": key,
+            }
+        self._core = _core.ProxyCore(json.dumps(document))
         self._admin: Any = None
         self._lock = threading.Lock()
         self._stopped = threading.Event()
@@ -35,6 +47,8 @@ class Proxy:
     def start(self) -> Proxy:
         with self._lock:
             self._core.start()
+            if self._identity is not None:
+                self._identity.start(self._core.update_identity)
             if self._config.admin:
                 from .admin import AdminServer
 
@@ -51,6 +65,8 @@ class Proxy:
             if self._admin is not None:
                 self._admin.close()
                 self._admin = None
+            if self._identity is not None:
+                self._identity.stop()
             self._core.stop(grace)
             self._stopped.set()
 
@@ -62,7 +78,12 @@ class Proxy:
         """Validates and swaps in new routes and services without dropping requests.
         On any error the running config stays in place."""
         new = load(config)
-        self._core.reload(new.to_core_json())
+        if new.identity != self._config.identity:
+            raise ConfigError("identity: changing [identity] needs a restart")
+        document = new.to_core()
+        # The running certificate stays; Rust only rebuilds routes and services.
+        document["identity"] = None
+        self._core.reload(json.dumps(document))
         self._config = new
 
     @property
@@ -92,6 +113,14 @@ class Proxy:
 
     def endpoints(self) -> dict[str, Any]:
         return json.loads(self._core.endpoints())
+
+    def identity(self) -> Optional[dict[str, Any]]:
+        """The workload certificate in use: SPIFFE ID and expiry (unix seconds)."""
+        info = self._core.identity_info()
+        if info is None:
+            return None
+        spiffe_id, not_after = info
+        return {"spiffe_id": spiffe_id, "not_after": not_after}
 
     def open_connections(self) -> int:
         return self._core.open_connections()

@@ -9,7 +9,19 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+
+/// Any upstream transport: plain TCP or TLS over it.
+pub trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
+type BoxIo = Box<dyn Io>;
+
+/// mTLS towards an upstream proxy; one config per ALPN.
+pub struct UpstreamTls {
+    pub h2: Arc<rustls::ClientConfig>,
+    pub h1: Arc<rustls::ClientConfig>,
+}
 
 /// Idle HTTP/1.1 connections kept per endpoint; more are closed when returned.
 const MAX_IDLE_PER_ENDPOINT: usize = 512;
@@ -18,6 +30,7 @@ const MAX_IDLE_PER_ENDPOINT: usize = 512;
 pub enum UpstreamError {
     Connect(std::io::Error),
     ConnectTimeout,
+    Tls(std::io::Error),
     Http(hyper::Error),
 }
 
@@ -26,6 +39,7 @@ impl std::fmt::Display for UpstreamError {
         match self {
             UpstreamError::Connect(e) => write!(f, "connect failed: {e}"),
             UpstreamError::ConnectTimeout => write!(f, "connect timed out"),
+            UpstreamError::Tls(e) => write!(f, "tls: {e}"),
             UpstreamError::Http(e) => write!(f, "upstream error: {e}"),
         }
     }
@@ -46,15 +60,17 @@ pub struct Settings {
 pub struct EndpointPool {
     addr: SocketAddr,
     settings: Arc<Settings>,
+    tls: Option<UpstreamTls>,
     idle_h1: Mutex<Vec<(Instant, http1::SendRequest<ProxyBody>)>>,
     h2: tokio::sync::Mutex<Option<http2::SendRequest<ProxyBody>>>,
 }
 
 impl EndpointPool {
-    pub fn new(addr: SocketAddr, settings: Arc<Settings>) -> Self {
+    pub fn new(addr: SocketAddr, settings: Arc<Settings>, tls: Option<UpstreamTls>) -> Self {
         EndpointPool {
             addr,
             settings,
+            tls,
             idle_h1: Mutex::new(Vec::new()),
             h2: tokio::sync::Mutex::new(None),
         }
@@ -117,17 +133,39 @@ impl EndpointPool {
         });
     }
 
-    async fn connect(&self) -> Result<TokioIo<TcpStream>, UpstreamError> {
-        let stream = tokio::time::timeout(self.settings.connect_timeout, TcpStream::connect(self.addr))
+    /// A raw byte stream for opaque TCP (TLS-wrapped when meshed).
+    pub async fn open_stream(&self) -> Result<BoxIo, UpstreamError> {
+        Ok(self.connect(Wire::Http1).await?.into_inner())
+    }
+
+    /// True when this endpoint is another proxy reached over mTLS.
+    pub fn is_meshed(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    async fn connect(&self, wire: Wire) -> Result<TokioIo<BoxIo>, UpstreamError> {
+        let limit = self.settings.connect_timeout;
+        let stream = tokio::time::timeout(limit, TcpStream::connect(self.addr))
             .await
             .map_err(|_| UpstreamError::ConnectTimeout)?
             .map_err(UpstreamError::Connect)?;
         let _ = stream.set_nodelay(true);
-        Ok(TokioIo::new(stream))
+        let Some(tls) = &self.tls else {
+            return Ok(TokioIo::new(Box::new(stream)));
+        };
+        let config = if wire == Wire::Http2 { &tls.h2 } else { &tls.h1 };
+        // Verification is by SPIFFE identity, so the server name is only a placeholder.
+        let name = rustls_pki_types::ServerName::IpAddress(self.addr.ip().into());
+        let handshake = tokio_rustls::TlsConnector::from(config.clone()).connect(name, stream);
+        let tls_stream = tokio::time::timeout(limit, handshake)
+            .await
+            .map_err(|_| UpstreamError::ConnectTimeout)?
+            .map_err(UpstreamError::Tls)?;
+        Ok(TokioIo::new(Box::new(tls_stream)))
     }
 
     async fn connect_h1(&self) -> Result<http1::SendRequest<ProxyBody>, UpstreamError> {
-        let io = self.connect().await?;
+        let io = self.connect(Wire::Http1).await?;
         let (sender, conn) = http1::Builder::new()
             .handshake(io)
             .await
@@ -149,7 +187,7 @@ impl EndpointPool {
         if let Some(sender) = slot.as_ref().filter(|s| !s.is_closed()) {
             return Ok(sender.clone());
         }
-        let io = self.connect().await?;
+        let io = self.connect(Wire::Http2).await?;
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(hyper_util::rt::TokioTimer::new())
             .keep_alive_interval(Some(Duration::from_secs(10)))

@@ -9,6 +9,7 @@ use super::{error_response, BoxError, ProxyBody};
 use crate::balance::NoPick;
 use crate::config::UpstreamProtocol;
 use crate::metrics::{RequestLabels, ResponseLabels, RouteLabels};
+use crate::policy::Decision;
 use crate::resilience::retry::{Outcome, MAX_REPLAY_BYTES};
 use crate::route;
 use crate::shared::Shared;
@@ -22,11 +23,46 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Instant;
 
+/// Header carrying the caller's verified identity to the application.
+pub const CLIENT_ID_HEADER: &str = "meshcore-client-id";
+
+/// What TLS established about the client of a connection.
+#[derive(Debug, Clone)]
+pub enum PeerTls {
+    Plaintext,
+    /// TLS without a client certificate (permissive listeners).
+    NoIdentity,
+    Identity(Arc<str>),
+}
+
+impl PeerTls {
+    pub fn identity(&self) -> Option<&str> {
+        match self {
+            PeerTls::Identity(id) => Some(id),
+            _ => None,
+        }
+    }
+
+    /// The `tls` metric label, as Linkerd spells it.
+    pub fn label(&self) -> &'static str {
+        match self {
+            PeerTls::Plaintext => "false",
+            PeerTls::NoIdentity => "no_identity",
+            PeerTls::Identity(_) => "true",
+        }
+    }
+}
+
 /// What a connection knows about itself, shared by its requests.
 pub struct ConnContext {
     pub shared: Arc<Shared>,
     pub listener: usize,
+    pub listener_name: Arc<str>,
     pub direction: Arc<str>,
+    /// Inbound listeners enforce the authorization policy.
+    pub inbound: bool,
+    pub peer: std::net::SocketAddr,
+    pub tls: PeerTls,
 }
 
 pub async fn handle(
@@ -100,7 +136,36 @@ async fn forward(
         dst_service: Arc::from(""),
         dst_zone: Arc::from(""),
         cross_zone: false,
+        tls: conn.tls.label(),
     };
+    // Only this proxy may say who the caller is.
+    req.headers_mut().remove(CLIENT_ID_HEADER);
+    if let Some(id) = conn.tls.identity().and_then(|id| HeaderValue::from_str(id).ok()) {
+        req.headers_mut().insert(CLIENT_ID_HEADER, id);
+    }
+    if conn.inbound {
+        let decision = table.policy.decide(
+            &conn.listener_name,
+            conn.peer.ip(),
+            conn.tls.identity(),
+            Some(req.uri().path()),
+        );
+        shared.metrics.authorization(&conn.listener_name, &decision);
+        match decision {
+            Decision::Allow(_) => {}
+            Decision::Audit => eprintln!(
+                "meshcore: audit: {} {} from {} ({}) would be denied",
+                req.method(),
+                req.uri().path(),
+                conn.peer,
+                conn.tls.identity().unwrap_or("no identity")
+            ),
+            Decision::Deny(_) => {
+                shared.metrics.request(&labels);
+                return Err(fail(StatusCode::FORBIDDEN, "unauthorized", &labels));
+            }
+        }
+    }
     let routes = &table.routes[conn.listener];
     let host = route::host_of(&authority);
     let Some(route) = route::find(routes, host, req.uri().path(), req.headers()) else {
@@ -176,11 +241,18 @@ async fn forward(
             (None, Some(b)) => b.map_err(BoxError::from).boxed_unsync(),
             (None, None) => unreachable!("a request without retries is sent once"),
         };
-        let upstream_req = build_request(&template, attempt_body)
+        let pool = &service.pools[index];
+        // Between meshed proxies the transport is HTTP/2, whatever the client spoke.
+        let wire = if pool.is_meshed() && !upgrade {
+            Wire::Http2
+        } else {
+            template.wire
+        };
+        let upstream_req = build_request(&template, attempt_body, wire)
             .map_err(|reason| fail(StatusCode::BAD_REQUEST, reason, &labels))?;
 
         let mut pending = endpoint.start();
-        let send = service.pools[index].send(upstream_req, wire);
+        let send = pool.send(upstream_req, wire);
         let attempt_deadline = match (route.response_timeout, deadline) {
             (Some(rt), Some(d)) => Some(d.min(tokio::time::Instant::now() + rt)),
             (Some(rt), None) => Some(tokio::time::Instant::now() + rt),
@@ -208,7 +280,9 @@ async fn forward(
         }
         let outcome = match &result {
             Ok(resp) => Outcome::Status(resp.status().as_u16(), grpc_status(resp.headers())),
-            Err(UpstreamError::Connect(_) | UpstreamError::ConnectTimeout) => Outcome::ConnectFailure,
+            Err(UpstreamError::Connect(_) | UpstreamError::ConnectTimeout | UpstreamError::Tls(_)) => {
+                Outcome::ConnectFailure
+            }
             Err(UpstreamError::Http(_)) => Outcome::Reset,
         };
         let may_retry = retry.is_some_and(|p| {
@@ -262,11 +336,11 @@ async fn forward(
 
 /// Builds one attempt's request: origin-form URI and a Host header for
 /// HTTP/1.1, an absolute URI (which becomes :authority) for HTTP/2.
-fn build_request(t: &Template, body: ProxyBody) -> Result<Request<ProxyBody>, String> {
+fn build_request(t: &Template, body: ProxyBody, wire: Wire) -> Result<Request<ProxyBody>, String> {
     let mut req = Request::new(body);
     *req.method_mut() = t.method.clone();
     *req.headers_mut() = t.headers.clone();
-    match t.wire {
+    match wire {
         Wire::Http1 => {
             *req.version_mut() = Version::HTTP_11;
             *req.uri_mut() = Uri::from(t.path.clone());

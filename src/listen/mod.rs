@@ -1,11 +1,13 @@
-//! Accept loops: one per listener, each connection detected and dispatched.
+//! Accept loops: one per listener. Each connection is (optionally) TLS
+//! terminated, its protocol detected, and handed to HTTP or TCP proxying.
 
 pub mod detect;
 pub mod io;
 pub mod opaque;
 
-use crate::config::ListenerProtocol;
-use crate::http::proxy::ConnContext;
+use crate::config::{ListenerProtocol, TlsMode};
+use crate::http::client::Io;
+use crate::http::proxy::{ConnContext, PeerTls};
 use crate::http::server::{serve_http1, serve_http2};
 use crate::metrics::{TcpLabels, TcpSeries};
 use crate::shared::Shared;
@@ -13,10 +15,15 @@ use bytes::Bytes;
 use detect::Protocol;
 use hyper_util::rt::TokioIo;
 use io::{Counted, Prefixed};
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
+
+/// A TLS handshake that takes longer than this is abandoned.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct ListenerSpec {
     pub index: usize,
@@ -24,6 +31,7 @@ pub struct ListenerSpec {
     pub direction: Arc<str>,
     pub protocol: ListenerProtocol,
     pub detect_timeout: Duration,
+    pub tls: Option<(tokio_rustls::TlsAcceptor, TlsMode)>,
 }
 
 pub async fn accept_loop(listener: TcpListener, spec: Arc<ListenerSpec>, shared: Arc<Shared>) {
@@ -38,11 +46,11 @@ pub async fn accept_loop(listener: TcpListener, spec: Arc<ListenerSpec>, shared:
             _ = crate::shared::drained(&mut draining) => return,
         };
         match accepted {
-            Ok((stream, _peer)) => {
+            Ok((stream, peer)) => {
                 let guard = shared.track_connection();
                 let (spec, shared, tcp) = (spec.clone(), shared.clone(), tcp.clone());
                 tokio::spawn(async move {
-                    serve_connection(stream, spec, shared, tcp).await;
+                    serve_connection(stream, peer, spec, shared, tcp).await;
                     drop(guard);
                 });
             }
@@ -64,8 +72,61 @@ impl Drop for OpenConnection {
     }
 }
 
+type BoxIo = Box<dyn Io>;
+
+/// Terminates TLS when the listener asks for it. Returns the transport, what
+/// TLS established, and whether ALPN chose h2. None: the connection is refused.
+async fn accept_transport(
+    stream: Counted<TcpStream>,
+    spec: &ListenerSpec,
+    peer: SocketAddr,
+) -> Option<(BoxIo, PeerTls, bool)> {
+    let Some((acceptor, mode)) = &spec.tls else {
+        return Some((Box::new(stream), PeerTls::Plaintext, false));
+    };
+    let mut stream = stream;
+    let mut first = [0u8; 1];
+    let n = tokio::time::timeout(spec.detect_timeout, stream.read(&mut first))
+        .await
+        .unwrap_or(Ok(0))
+        .unwrap_or(0);
+    let prefix = Bytes::copy_from_slice(&first[..n]);
+    // 0x16 opens a TLS handshake record.
+    if n == 1 && first[0] == 0x16 {
+        let handshake = acceptor.accept(Prefixed::new(prefix, stream));
+        let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                eprintln!("meshcore: {}: TLS handshake from {peer} failed: {e}", spec.name);
+                return None;
+            }
+            Err(_) => return None,
+        };
+        let (_, session) = tls.get_ref();
+        let identity = session
+            .peer_certificates()
+            .and_then(|certs| certs.first())
+            .and_then(crate::tls::verify::spiffe_id);
+        let h2 = session.alpn_protocol() == Some(b"h2");
+        let peer_tls = match identity {
+            Some(id) => PeerTls::Identity(Arc::from(id)),
+            None => PeerTls::NoIdentity,
+        };
+        return Some((Box::new(tls), peer_tls, h2));
+    }
+    if *mode == TlsMode::Mesh {
+        eprintln!(
+            "meshcore: {}: plaintext connection from {peer} refused (tls = \"mesh\")",
+            spec.name
+        );
+        return None;
+    }
+    Some((Box::new(Prefixed::new(prefix, stream)), PeerTls::Plaintext, false))
+}
+
 async fn serve_connection(
     stream: TcpStream,
+    peer: SocketAddr,
     spec: Arc<ListenerSpec>,
     shared: Arc<Shared>,
     tcp: Arc<TcpSeries>,
@@ -74,26 +135,33 @@ async fn serve_connection(
     tcp.open.fetch_add(1, Relaxed);
     let _open = OpenConnection(tcp.clone());
     let _ = stream.set_nodelay(true);
-    let mut stream = Counted::new(stream, tcp);
+    let Some((mut io, tls, alpn_h2)) = accept_transport(Counted::new(stream, tcp), &spec, peer).await else {
+        return;
+    };
     let (protocol, prefix) = match spec.protocol {
+        _ if alpn_h2 => (Protocol::Http2, Bytes::new()),
         ListenerProtocol::Http1 => (Protocol::Http1, Bytes::new()),
         ListenerProtocol::Http2 => (Protocol::Http2, Bytes::new()),
         ListenerProtocol::Opaque => (Protocol::Opaque, Bytes::new()),
-        ListenerProtocol::Auto => match detect::detect(&mut stream, spec.detect_timeout).await {
+        ListenerProtocol::Auto => match detect::detect(&mut io, spec.detect_timeout).await {
             Ok(found) => found,
             Err(_) => return,
         },
     };
-    let io = Prefixed::new(prefix, stream);
+    let io = Prefixed::new(prefix, io);
     let ctx = Arc::new(ConnContext {
         shared: shared.clone(),
         listener: spec.index,
+        listener_name: spec.name.clone(),
         direction: spec.direction.clone(),
+        inbound: &*spec.direction == "inbound",
+        peer,
+        tls,
     });
     let draining = shared.draining.clone();
     match protocol {
         Protocol::Http1 => serve_http1(TokioIo::new(io), ctx, draining).await,
         Protocol::Http2 => serve_http2(TokioIo::new(io), ctx, draining).await,
-        Protocol::Opaque => opaque::forward(io, shared, spec.index).await,
+        Protocol::Opaque => opaque::forward(io, ctx).await,
     }
 }

@@ -1,16 +1,31 @@
 //! Opaque TCP: pick an endpoint of the listener's service and splice bytes.
 
-use crate::shared::Shared;
+use crate::http::proxy::ConnContext;
+use crate::policy::Decision;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
 
-pub async fn forward<S>(mut client: S, shared: Arc<Shared>, listener: usize)
+pub async fn forward<S>(mut client: S, conn: Arc<ConnContext>)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let table = shared.table.load_full();
+    let listener = conn.listener;
+    let table = conn.shared.table.load_full();
+    if conn.inbound {
+        let decision = table
+            .policy
+            .decide(&conn.listener_name, conn.peer.ip(), conn.tls.identity(), None);
+        conn.shared.metrics.authorization(&conn.listener_name, &decision);
+        if let Decision::Deny(rule) = decision {
+            eprintln!(
+                "meshcore: {}: connection from {} ({}) denied by {rule}",
+                conn.listener_name,
+                conn.peer,
+                conn.tls.identity().unwrap_or("no identity")
+            );
+            return;
+        }
+    }
     let Some(service) = table.opaque[listener].map(|i| &table.services[i]) else {
         eprintln!("meshcore: opaque connection on listener {listener} has no service; closing");
         return;
@@ -23,34 +38,18 @@ where
         return;
     };
     let endpoint = &service.balancer.endpoints()[index];
-    let connect_timeout = table
-        .config
-        .services
-        .iter()
-        .find(|s| *s.name == *service.name)
-        .map_or(Duration::from_secs(1), |s| {
-            Duration::from_millis(s.connect_timeout_ms)
-        });
     let mut pending = endpoint.start();
-    let upstream = match tokio::time::timeout(connect_timeout, TcpStream::connect(endpoint.addr)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
+    let mut upstream = match service.pools[index].open_stream().await {
+        Ok(s) => s,
+        Err(e) => {
             pending.abandon();
             endpoint.record_failure();
-            eprintln!("meshcore: opaque connect to {} failed: {e}", endpoint.addr);
-            return;
-        }
-        Err(_) => {
-            pending.abandon();
-            endpoint.record_failure();
-            eprintln!("meshcore: opaque connect to {} timed out", endpoint.addr);
+            eprintln!("meshcore: opaque connection to {} failed: {e}", endpoint.addr);
             return;
         }
     };
-    // For TCP the balancer's round trip is the connect time.
+    // For TCP the balancer's round trip is the connect (and handshake) time.
     pending.finish();
     endpoint.record_success();
-    let _ = upstream.set_nodelay(true);
-    let mut upstream = upstream;
     let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
 }

@@ -1,0 +1,103 @@
+//! This proxy's own workload identity: the current certificate and key,
+//! swapped atomically when Python rotates them. Handshakes read the current
+//! one; established connections keep the session they negotiated.
+
+use arc_swap::ArcSwapOption;
+use rustls::client::ResolvesClientCert;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::{RootCertStore, SignatureScheme};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+#[derive(Debug)]
+pub struct Current {
+    pub key: Arc<CertifiedKey>,
+    pub spiffe_id: Option<String>,
+    pub not_after: i64,
+}
+
+#[derive(Debug)]
+pub struct Identity {
+    pub roots: Arc<RootCertStore>,
+    current: ArcSwapOption<Current>,
+    refreshes: AtomicU64,
+}
+
+fn parse_certs(pem: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("invalid certificate PEM: {e}"))?;
+    if certs.is_empty() {
+        return Err("no certificate found in PEM".into());
+    }
+    Ok(certs)
+}
+
+impl Identity {
+    pub fn new(trust_anchors_pem: &str) -> Result<Self, String> {
+        let mut roots = RootCertStore::empty();
+        for cert in parse_certs(trust_anchors_pem)? {
+            roots
+                .add(cert)
+                .map_err(|e| format!("invalid trust anchor: {e}"))?;
+        }
+        Ok(Identity {
+            roots: Arc::new(roots),
+            current: ArcSwapOption::empty(),
+            refreshes: AtomicU64::new(0),
+        })
+    }
+
+    /// Installs a new certificate chain and key (PEM).
+    pub fn update(&self, chain_pem: &str, key_pem: &str) -> Result<(), String> {
+        let chain = parse_certs(chain_pem)?;
+        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+            .map_err(|e| format!("invalid private key PEM: {e}"))?;
+        let signing = rustls::crypto::ring::sign::any_supported_type(&key)
+            .map_err(|e| format!("unsupported private key: {e}"))?;
+        let (spiffe_id, not_after) = super::verify::describe(&chain[0])?;
+        let certified = CertifiedKey::new(chain, signing);
+        certified
+            .keys_match()
+            .map_err(|e| format!("certificate and key do not match: {e}"))?;
+        self.current.store(Some(Arc::new(Current {
+            key: Arc::new(certified),
+            spiffe_id,
+            not_after,
+        })));
+        self.refreshes.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    pub fn current(&self) -> Option<Arc<Current>> {
+        self.current.load_full()
+    }
+
+    /// Certificates installed so far (the first counts as one).
+    pub fn refreshes(&self) -> u64 {
+        self.refreshes.load(Ordering::Relaxed)
+    }
+}
+
+/// Presents the current certificate as a server and as a client.
+#[derive(Debug)]
+pub struct Resolver(pub Arc<Identity>);
+
+impl ResolvesServerCert for Resolver {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.0.current().map(|c| c.key.clone())
+    }
+}
+
+impl ResolvesClientCert for Resolver {
+    fn resolve(&self, _hints: &[&[u8]], _schemes: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        self.0.current().map(|c| c.key.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        self.0.current().is_some()
+    }
+}

@@ -1,0 +1,62 @@
+//! rustls configs for mesh traffic: TLS 1.3 only, mutual authentication by
+//! SPIFFE identity, certificates that rotate without a restart.
+
+pub mod identity;
+pub mod verify;
+
+use identity::{Identity, Resolver};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, ServerConfig};
+use std::sync::Arc;
+
+pub use identity::Current;
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Server side of a meshed listener. `require_client_cert` is false for
+/// permissive listeners, which also take callers without a certificate.
+pub fn server_config(
+    identity: &Arc<Identity>,
+    require_client_cert: bool,
+) -> Result<Arc<ServerConfig>, String> {
+    let mut verifier = WebPkiClientVerifier::builder_with_provider(identity.roots.clone(), provider());
+    if !require_client_cert {
+        verifier = verifier.allow_unauthenticated();
+    }
+    let verifier = verifier.build().map_err(|e| format!("client verifier: {e}"))?;
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| e.to_string())?
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(Arc::new(Resolver(identity.clone())));
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Client side towards one upstream proxy whose identity must be `expected`.
+pub fn client_config(
+    identity: &Arc<Identity>,
+    expected: &str,
+    alpn_h2: bool,
+) -> Result<Arc<ClientConfig>, String> {
+    let provider = provider();
+    let verifier = verify::ExpectedIdentity {
+        roots: identity.roots.clone(),
+        expected: expected.to_string(),
+        algorithms: provider.signature_verification_algorithms,
+    };
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| e.to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_client_cert_resolver(Arc::new(Resolver(identity.clone())));
+    config.alpn_protocols = if alpn_h2 {
+        vec![b"h2".to_vec()]
+    } else {
+        vec![b"http/1.1".to_vec()]
+    };
+    Ok(Arc::new(config))
+}

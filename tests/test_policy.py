@@ -1,0 +1,161 @@
+"""Inbound authorization: defaults, rules by identity (with wildcards), network and path; audit."""
+
+from __future__ import annotations
+
+import re
+
+import httpx
+import pytest
+
+from mesh_helpers import addr, identity_files, inbound_config, issue, make_ca, outbound_config
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("pki")
+    ca = make_ca(tmp / "ca")
+    names = {
+        "web": "ns/default/sa/web",
+        "api": "ns/default/sa/api",
+        "alice": "ns/ops/sa/alice",
+        "bob": "ns/dev/sa/bob",
+    }
+    return ca, {k: identity_files(ca, *issue(ca, v, tmp / k)) for k, v in names.items()}
+
+
+@pytest.fixture
+def callers(pki, backend, proxy):
+    """Builds an inbound proxy with `policy` and one outbound proxy per caller identity."""
+    _, ids = pki
+
+    def make(policy, tls="mesh", who=("web", "alice", "bob")):
+        inbound = proxy(inbound_config(ids["api"], backend("app").addr, tls=tls, policy=policy))
+        outs = {w: proxy(outbound_config(ids[w], addr(inbound, "inbound"))) for w in who}
+        return inbound, outs
+
+    return make
+
+
+def status(p, path="/") -> int:
+    return httpx.get(p.url("outbound", path)).status_code
+
+
+def authz(inbound, kind: str) -> dict[str, float]:
+    pattern = rf'^inbound_http_authz_{kind}_total{{listener="inbound",rule="([^"]+)"}} (\S+)$'
+    return {rule: float(v) for rule, v in re.findall(pattern, inbound.metrics(), re.M)}
+
+
+def test_default_deny_with_identity_rules_and_wildcards(callers):
+    inbound, outs = callers(
+        {
+            "default": "deny",
+            "rules": [
+                {"name": "ops", "listener": "inbound", "identities": ["spiffe://mesh.local/ns/ops/sa/*"]},
+                {
+                    "name": "web",
+                    "listener": "inbound",
+                    "identities": ["spiffe://mesh.local/ns/default/sa/web"],
+                },
+            ],
+        }
+    )
+    assert status(outs["alice"]) == 200
+    assert status(outs["web"]) == 200
+    r = httpx.get(outs["bob"].url("outbound"))
+    assert r.status_code == 403
+    assert r.headers["meshcore-error"] == "unauthorized"
+    assert authz(inbound, "allow") == {"ops": 1, "web": 1}
+    assert authz(inbound, "deny") == {"default:deny": 1}
+
+
+def test_rules_only_grant_access(callers):
+    _, outs = callers(
+        {
+            "default": "all-authenticated",
+            "rules": [
+                {
+                    "listener": "inbound",
+                    "path_prefix": "/admin",
+                    "identities": ["spiffe://mesh.local/ns/ops/sa/*"],
+                },
+            ],
+        }
+    )
+    # A rule grants access; it never takes away what the default allows. To keep /admin for
+    # ops only, the default must deny (next test).
+    assert status(outs["bob"], "/admin/x") == 200
+    assert status(outs["alice"], "/admin/x") == 200
+
+
+def test_path_rules_with_deny_default(callers):
+    _, outs = callers(
+        {
+            "default": "deny",
+            "rules": [
+                {
+                    "listener": "inbound",
+                    "path_prefix": "/admin",
+                    "identities": ["spiffe://mesh.local/ns/ops/sa/*"],
+                },
+                {"listener": "inbound", "path_prefix": "/public"},
+            ],
+        }
+    )
+    assert status(outs["alice"], "/admin/users") == 200
+    assert status(outs["bob"], "/admin/users") == 403
+    assert status(outs["bob"], "/public/page") == 200
+    assert status(outs["bob"], "/publicity") == 403
+    assert status(outs["alice"], "/other") == 403
+
+
+def test_network_rules(callers):
+    _, outs = callers(
+        {
+            "default": "deny",
+            "rules": [
+                {"name": "elsewhere", "listener": "inbound", "networks": ["10.0.0.0/8"]},
+                {
+                    "name": "loopback-web",
+                    "listener": "inbound",
+                    "networks": ["127.0.0.0/8"],
+                    "identities": ["spiffe://mesh.local/ns/default/sa/web"],
+                },
+            ],
+        },
+        who=("web", "bob"),
+    )
+    assert status(outs["web"]) == 200
+    assert status(outs["bob"]) == 403
+
+
+def test_all_authenticated_refuses_plaintext_on_permissive(callers, proxy):
+    inbound, outs = callers({"default": "all-authenticated"}, tls="permissive", who=("web",))
+    assert status(outs["web"]) == 200
+    r = httpx.get(f"http://{addr(inbound, 'inbound')}/")
+    assert r.status_code == 403
+
+
+def test_all_unauthenticated_allows_plaintext(callers):
+    inbound, _ = callers({"default": "all-unauthenticated"}, tls="permissive", who=())
+    assert httpx.get(f"http://{addr(inbound, 'inbound')}/").status_code == 200
+
+
+def test_audit_allows_but_counts(callers, capfd):
+    inbound, outs = callers(
+        {
+            "default": "audit",
+            "rules": [
+                {
+                    "name": "web",
+                    "listener": "inbound",
+                    "identities": ["spiffe://mesh.local/ns/default/sa/web"],
+                }
+            ],
+        },
+        who=("web", "bob"),
+    )
+    assert status(outs["web"]) == 200
+    assert status(outs["bob"]) == 200  # would be denied, but audit only records it
+    assert authz(inbound, "allow") == {"web": 1, "default:audit": 1}
+    assert authz(inbound, "deny") == {}
+    assert "audit: GET / from" in capfd.readouterr().err
