@@ -134,7 +134,71 @@ pub struct Route {
     pub response_timeout_ms: Option<u64>,
     #[serde(default)]
     pub retry: Option<Retry>,
+    #[serde(default)]
+    pub request_headers: Option<HeaderOps>,
+    #[serde(default)]
+    pub response_headers: Option<HeaderOps>,
+    #[serde(default)]
+    pub rewrite: Option<Rewrite>,
+    #[serde(default)]
+    pub redirect: Option<Redirect>,
+    #[serde(default)]
+    pub direct_response: Option<DirectResponse>,
+    #[serde(default)]
+    pub rate_limit: Option<RateLimitConfig>,
+    /// Python plugins apply to this route (Python decides which).
+    #[serde(default)]
+    pub plugins: bool,
+    #[serde(default)]
     pub backends: Vec<Backend>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct HeaderOps {
+    pub add: BTreeMap<String, String>,
+    pub set: BTreeMap<String, String>,
+    pub remove: Vec<String>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rewrite {
+    pub path_prefix: String,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Redirect {
+    #[serde(default = "found")]
+    pub status: u16,
+    #[serde(default)]
+    pub scheme: Option<String>,
+    #[serde(default)]
+    pub host: Option<String>,
+    #[serde(default)]
+    pub path: Option<String>,
+}
+
+fn found() -> u16 {
+    302
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirectResponse {
+    pub status: u16,
+    #[serde(default)]
+    pub body: String,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    pub rps: f64,
+    pub burst: u32,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -308,7 +372,8 @@ impl Config {
             if !self.listeners.iter().any(|l| l.name == r.listener) {
                 return Err(format!("routes[{i}].listener: unknown listener {:?}", r.listener));
             }
-            if r.backends.is_empty() {
+            let answers_itself = r.redirect.is_some() || r.direct_response.is_some() || r.plugins;
+            if r.backends.is_empty() && !answers_itself {
                 return Err(format!("routes[{i}].backends: must not be empty"));
             }
             for (j, b) in r.backends.iter().enumerate() {

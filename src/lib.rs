@@ -5,6 +5,7 @@
 pub mod balance;
 pub mod config;
 mod errors;
+pub mod filters;
 pub mod http;
 pub mod listen;
 pub mod metrics;

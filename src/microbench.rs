@@ -48,6 +48,13 @@ pub fn route_match(routes: usize, iterations: usize) -> u64 {
                 timeout_ms: None,
                 response_timeout_ms: None,
                 retry: None,
+                request_headers: None,
+                response_headers: None,
+                rewrite: None,
+                redirect: None,
+                direct_response: None,
+                rate_limit: None,
+                plugins: false,
                 backends: vec![config::Backend {
                     service: "s".into(),
                     weight: 1,

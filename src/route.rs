@@ -2,6 +2,7 @@
 //! weighted split across a route's backends.
 
 use crate::balance::rng;
+use crate::filters::Filters;
 use crate::resilience::retry::RetryPolicy;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use std::time::Duration;
@@ -17,6 +18,9 @@ pub struct Route {
     /// Per attempt: until response headers.
     pub response_timeout: Option<Duration>,
     pub retry: Option<RetryPolicy>,
+    pub filters: Filters,
+    /// Python plugins apply to this route.
+    pub plugins: bool,
     /// (service index, cumulative weight)
     backends: Vec<(usize, u64)>,
 }
@@ -60,6 +64,8 @@ impl Route {
                 Some(r) => Some(RetryPolicy::new(r).map_err(|e| format!("routes[{index}].retry.on: {e}"))?),
                 None => None,
             },
+            filters: Filters::new(&format!("routes[{index}]"), cfg)?,
+            plugins: cfg.plugins,
             backends,
         })
     }
@@ -75,16 +81,22 @@ impl Route {
     }
 
     /// Picks a backend service by weight.
-    pub fn pick_service(&self) -> usize {
+    /// Picks a backend service by weight; None for a route without backends
+    /// (one that answers itself, or whose plugin chooses).
+    pub fn pick_service(&self) -> Option<usize> {
         let total = self.backends.last().map_or(0, |b| b.1);
         if total == 0 {
-            return self.backends.first().map_or(0, |b| b.0);
+            return self.backends.first().map(|b| b.0);
         }
         let ticket = rng::below(total);
         self.backends
             .iter()
             .find(|(_, cumulative)| ticket < *cumulative)
-            .map_or(0, |b| b.0)
+            .map(|b| b.0)
+    }
+
+    pub fn path_prefix(&self) -> &str {
+        self.path_prefix.as_deref().unwrap_or("/")
     }
 }
 
@@ -145,6 +157,13 @@ mod tests {
             timeout_ms: None,
             response_timeout_ms: None,
             retry: None,
+            request_headers: None,
+            response_headers: None,
+            rewrite: None,
+            redirect: None,
+            direct_response: None,
+            rate_limit: None,
+            plugins: false,
             backends: weights
                 .iter()
                 .enumerate()
@@ -194,14 +213,14 @@ mod tests {
             route(None, None, &[], &[0, 1]),
         ];
         let h = HeaderMap::new();
-        assert_eq!(find(&routes, "x", "/a/b", &h).unwrap().pick_service(), 0);
-        assert_eq!(find(&routes, "x", "/b", &h).unwrap().pick_service(), 1);
+        assert_eq!(find(&routes, "x", "/a/b", &h).unwrap().pick_service(), Some(0));
+        assert_eq!(find(&routes, "x", "/b", &h).unwrap().pick_service(), Some(1));
     }
 
     #[test]
     fn weighted_split_follows_weights() {
         let r = route(None, None, &[], &[90, 10]);
-        let canary = (0..20_000).filter(|_| r.pick_service() == 1).count();
+        let canary = (0..20_000).filter(|_| r.pick_service() == Some(1)).count();
         assert!((1_600..2_400).contains(&canary), "{canary}");
     }
 

@@ -133,9 +133,10 @@ class _Handler(BaseHTTPRequestHandler):
 
             self._stream(drip())
         elif parts[0] == "headers":
-            self._reply(
-                200, json.dumps({k.lower(): v for k, v in self.headers.items()}).encode(), "application/json"
-            )
+            seen: dict[str, str] = {}
+            for k, v in self.headers.items():
+                seen[k.lower()] = f"{seen[k.lower()]}, {v}" if k.lower() in seen else v
+            self._reply(200, json.dumps(seen).encode(), "application/json")
         else:
             name, zone = self.server.name, self.server.zone
             self._reply(200, f"hello from {name} ({zone}) path={path}\n".encode())

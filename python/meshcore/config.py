@@ -178,6 +178,41 @@ class Backend(_Model):
     weight: int = Field(default=1, ge=0, le=1_000_000)
 
 
+class HeaderOps(_Model):
+    add: dict[str, str] = {}
+    set: dict[str, str] = {}
+    remove: list[str] = []
+
+
+class Rewrite(_Model):
+    path_prefix: str
+
+    @field_validator("path_prefix")
+    @classmethod
+    def _slash(cls, v: str) -> str:
+        if not v.startswith("/"):
+            raise ValueError("must start with '/'")
+        return v
+
+
+class Redirect(_Model):
+    status: Literal[301, 302, 303, 307, 308] = 302
+    scheme: Optional[Literal["http", "https"]] = None
+    host: Optional[str] = None
+    path: Optional[str] = None
+
+
+class DirectResponse(_Model):
+    status: int = Field(ge=100, le=599)
+    body: str = ""
+    headers: dict[str, str] = {}
+
+
+class RateLimit(_Model):
+    rps: float = Field(gt=0)
+    burst: int = Field(ge=1)
+
+
 class Route(_Model):
     listener: str
     name: Optional[str] = None
@@ -187,7 +222,21 @@ class Route(_Model):
     timeout: Optional[Union[str, float]] = None
     response_timeout: Optional[Union[str, float]] = None
     retry: Optional[Retry] = None
-    backends: list[Backend] = Field(min_length=1)
+    request_headers: Optional[HeaderOps] = None
+    response_headers: Optional[HeaderOps] = None
+    rewrite: Optional[Rewrite] = None
+    redirect: Optional[Redirect] = None
+    direct_response: Optional[DirectResponse] = None
+    rate_limit: Optional[RateLimit] = None
+    backends: list[Backend] = []
+
+    @model_validator(mode="after")
+    def _has_a_destination(self) -> Route:
+        if not self.backends and self.redirect is None and self.direct_response is None:
+            raise ValueError("a route needs backends, a redirect or a direct_response")
+        if self.redirect is not None and self.direct_response is not None:
+            raise ValueError("redirect and direct_response cannot both be set")
+        return self
 
     @field_validator("timeout", "response_timeout")
     @classmethod
@@ -289,6 +338,8 @@ class Config(_Model):
 
     # Where relative file paths (certificates, tokens) are resolved from.
     _base_dir: Optional[str] = PrivateAttr(default=None)
+    # Names of routes that Python plugins apply to (set by the proxy).
+    _plugin_routes: Optional[set[str]] = PrivateAttr(default=None)
 
     def resolve_path(self, path: str) -> Path:
         p = Path(path)
@@ -336,7 +387,7 @@ class Config(_Model):
                     problems.append(
                         (f"routes[{i}].backends[{j}].service", unknown("service", b.service, services))
                     )
-            if sum(b.weight for b in r.backends) == 0:
+            if r.backends and sum(b.weight for b in r.backends) == 0:
                 problems.append((f"routes[{i}].backends", "weights must not all be zero"))
         return problems
 
@@ -381,8 +432,22 @@ class Config(_Model):
                         "ttl_ms": parse_duration(r.retry.ttl),
                     },
                     "backends": [b.model_dump() for b in r.backends],
+                    **{
+                        k: getattr(r, k).model_dump()
+                        for k in (
+                            "request_headers",
+                            "response_headers",
+                            "rewrite",
+                            "redirect",
+                            "direct_response",
+                            "rate_limit",
+                        )
+                        if getattr(r, k) is not None
+                    },
+                    "plugins": self._plugin_routes is not None
+                    and (r.name or f"route-{i}") in self._plugin_routes,
                 }
-                for r in self.routes
+                for i, r in enumerate(self.routes)
             ],
             "services": [
                 {

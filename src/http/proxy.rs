@@ -74,7 +74,9 @@ pub async fn handle(
     match forward(req, &conn, started).await {
         Ok(resp) => Ok(resp),
         Err(failure) => {
-            let resp = error_response(failure.status, &failure.reason);
+            let resp = failure
+                .response
+                .unwrap_or_else(|| error_response(failure.status, &failure.reason));
             shared.metrics.response(
                 &ResponseLabels {
                     request: failure.labels,
@@ -92,10 +94,13 @@ pub async fn handle(
     }
 }
 
+/// A request the proxy answers itself: an error, or a local response
+/// (redirect, direct response, rate limit, plugin short-circuit).
 struct Failure {
     status: StatusCode,
     reason: String,
     labels: RequestLabels,
+    response: Option<Response<ProxyBody>>,
 }
 
 fn fail(status: StatusCode, reason: impl Into<String>, labels: &RequestLabels) -> Failure {
@@ -103,7 +108,53 @@ fn fail(status: StatusCode, reason: impl Into<String>, labels: &RequestLabels) -
         status,
         reason: reason.into(),
         labels: labels.clone(),
+        response: None,
     }
+}
+
+fn local(response: Response<ProxyBody>, labels: &RequestLabels) -> Failure {
+    Failure {
+        status: response.status(),
+        reason: String::new(),
+        labels: labels.clone(),
+        response: Some(response),
+    }
+}
+
+/// Rate limit, redirect and direct response: answered without an upstream.
+fn route_answers_itself(
+    route: &route::Route,
+    req: &Request<Incoming>,
+    authority: &str,
+) -> Option<Response<ProxyBody>> {
+    let filters = &route.filters;
+    if let Some(limit) = &filters.rate_limit {
+        if let Err(wait) = limit.try_acquire(Instant::now()) {
+            let mut resp = error_response(StatusCode::TOO_MANY_REQUESTS, "rate limited");
+            let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
+            resp.headers_mut()
+                .insert(http::header::RETRY_AFTER, HeaderValue::from(seconds));
+            return Some(resp);
+        }
+    }
+    if let Some(redirect) = &filters.redirect {
+        let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        let mut resp = Response::new(super::full(bytes::Bytes::new()));
+        *resp.status_mut() = redirect.status;
+        if let Ok(location) = HeaderValue::from_str(&redirect.location(authority, path)) {
+            resp.headers_mut().insert(http::header::LOCATION, location);
+        }
+        return Some(resp);
+    }
+    if let Some(direct) = &filters.direct {
+        let mut resp = Response::new(super::full(direct.body.clone()));
+        *resp.status_mut() = direct.status;
+        for (k, v) in &direct.headers {
+            resp.headers_mut().append(k.clone(), v.clone());
+        }
+        return Some(resp);
+    }
+    None
 }
 
 fn authority_of(req: &Request<Incoming>) -> Option<String> {
@@ -172,7 +223,15 @@ async fn forward(
         shared.metrics.request(&labels);
         return Err(fail(StatusCode::NOT_FOUND, "no route", &labels));
     };
-    let service = &table.services[route.pick_service()];
+    if let Some(resp) = route_answers_itself(route, &req, &authority) {
+        shared.metrics.request(&labels);
+        return Err(local(resp, &labels));
+    }
+    let Some(service_index) = route.pick_service() else {
+        shared.metrics.request(&labels);
+        return Err(fail(StatusCode::SERVICE_UNAVAILABLE, "no backends", &labels));
+    };
+    let service = &table.services[service_index];
     labels.dst_service = service.name.clone();
     let deadline = route.timeout.map(|t| tokio::time::Instant::from_std(started + t));
 
@@ -187,13 +246,23 @@ async fn forward(
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers, upgrade);
+    if let Some(ops) = &route.filters.request_headers {
+        ops.apply(&mut parts.headers);
+    }
+    let mut path = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    if let Some(replacement) = &route.filters.rewrite_prefix {
+        let rewritten = crate::filters::rewrite_prefix(path.as_str(), route.path_prefix(), replacement);
+        path = rewritten
+            .parse()
+            .map_err(|_| fail(StatusCode::BAD_REQUEST, "invalid rewritten path", &labels))?;
+    }
     let template = Template {
         method: parts.method,
-        path: parts
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/")),
+        path,
         headers: parts.headers,
         authority,
         wire,
@@ -320,6 +389,9 @@ async fn forward(
             status.as_u16(),
             grpc_status(resp.headers()),
         );
+        if let Some(ops) = &route.filters.response_headers {
+            ops.apply(resp.headers_mut());
+        }
         if status == StatusCode::SWITCHING_PROTOCOLS {
             if let Some(client_upgrade) = client_upgrade {
                 let upstream_upgrade = hyper::upgrade::on(&mut resp);
