@@ -10,6 +10,7 @@ pub mod http;
 pub mod listen;
 pub mod metrics;
 pub mod microbench;
+pub mod plugin;
 pub mod policy;
 pub mod resilience;
 pub mod route;
@@ -152,6 +153,16 @@ impl ProxyCore {
                 Some(identity) => identity.update(cert_pem, key_pem).map_err(TlsError::new_err),
                 None => Err(TlsError::new_err("this proxy has no [identity] configured")),
             })
+        })
+    }
+
+    /// Installs the Python plugin host whose hooks routes with `plugins` call.
+    fn set_plugin_host(&self, host: Py<PyAny>) -> PyResult<()> {
+        self.with_running(|r| {
+            r.shared
+                .plugins
+                .store(Some(std::sync::Arc::new(plugin::PluginHost::new(host))));
+            Ok(())
         })
     }
 

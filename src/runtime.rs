@@ -62,6 +62,7 @@ pub fn start(mut config: Config) -> Result<Running, StartError> {
         metrics: Metrics::default(),
         connections: ConnectionTracker::default(),
         identity: identity.clone(),
+        plugins: arc_swap::ArcSwapOption::empty(),
         draining,
     });
 

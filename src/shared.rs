@@ -11,6 +11,8 @@ pub struct Shared {
     pub table: ArcSwap<Table>,
     pub metrics: Metrics,
     pub connections: ConnectionTracker,
+    /// Python plugin hooks, when any are loaded.
+    pub plugins: arc_swap::ArcSwapOption<crate::plugin::PluginHost>,
     /// This proxy's workload identity, when mTLS is configured.
     pub identity: Option<Arc<crate::tls::identity::Identity>>,
     /// Flips to true when the proxy starts draining.

@@ -5,11 +5,15 @@ from __future__ import annotations
 from ._core import __version__
 from .config import Config, load
 from .errors import BindError, ConfigError, MeshcoreError, PluginError, TlsError
+from .plugins import Headers, Request, Response
 from .proxy import Proxy
 
 __all__ = [
     "__version__",
     "Proxy",
+    "Request",
+    "Response",
+    "Headers",
     "Config",
     "load",
     "MeshcoreError",

@@ -51,6 +51,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(200, proxy.config.model_dump(mode="json"))
         elif path == "/endpoints":
             self._json(200, proxy.endpoints() if proxy.running else {"services": []})
+        elif path == "/plugins":
+            self._json(200, {"plugins": proxy.plugins()})
         else:
             self._send(404, "not found\n")
 
@@ -58,11 +60,15 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         path = self.path.split("?", 1)[0]
+        if not ipaddress.ip_address(self.client_address[0]).is_loopback:
+            self._send(403, "admin changes are accepted from loopback only\n")
+            return
+        if path == "/plugins/reload":
+            errors = self.server.proxy.reload_plugins()
+            self._json(200 if not errors else 500, {"reloaded": not errors, "errors": errors})
+            return
         if path != "/shutdown":
             self._send(404, "not found\n")
-            return
-        if not ipaddress.ip_address(self.client_address[0]).is_loopback:
-            self._send(403, "shutdown is accepted from loopback only\n")
             return
         self._send(202, "shutting down\n")
         threading.Thread(target=self.server.proxy.stop, name="meshcore-admin-shutdown", daemon=True).start()

@@ -322,6 +322,23 @@ class Policy(_Model):
     rules: list[PolicyRule] = []
 
 
+class PluginConfig(_Model):
+    path: Optional[str] = None
+    module: Optional[str] = None
+    name: Optional[str] = None
+    routes: Optional[list[str]] = None
+    on_error: Literal["fail-closed", "fail-open"] = "fail-closed"
+    timeout: Union[str, float] = "1s"
+
+    _timeout = field_validator("timeout")(classmethod(lambda cls, v: _duration_field(v)))
+
+    @model_validator(mode="after")
+    def _one_source(self) -> PluginConfig:
+        if (self.path is None) == (self.module is None):
+            raise ValueError("give exactly one of path or module")
+        return self
+
+
 class Config(_Model):
     admin: Optional[str] = None
     zone: Optional[str] = None
@@ -329,6 +346,7 @@ class Config(_Model):
     costs: dict[str, int] = {}
     identity: Optional[Identity] = None
     policy: Policy = Policy()
+    plugins: list[PluginConfig] = []
     workers: Optional[int] = Field(default=None, ge=1, le=1024)
     listeners: list[Listener] = []
     routes: list[Route] = []
@@ -374,6 +392,11 @@ class Config(_Model):
                     problems.append(
                         (f"services[{i}].endpoints[{j}].identity", "mTLS needs an [identity] section")
                     )
+        route_names = [r.name or f"route-{i}" for i, r in enumerate(self.routes)]
+        for i, plugin in enumerate(self.plugins):
+            for j, name in enumerate(plugin.routes or []):
+                if name not in route_names:
+                    problems.append((f"plugins[{i}].routes[{j}]", unknown("route", name, route_names)))
         for i, rule in enumerate(self.policy.rules):
             if rule.listener not in listeners:
                 problems.append(

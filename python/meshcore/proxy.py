@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from . import _core
-from .config import Config, load
+from .config import Config, load, parse_duration
 from .errors import ConfigError
 from .identity_agent import IdentityAgent
+from .plugins import PluginHost, PluginSpec
 
 __all__ = ["Proxy"]
 
@@ -26,7 +27,8 @@ class Proxy:
     def __init__(self, config: Union[str, Path, dict[str, Any], Config]):
         self._config = load(config)
         self._identity: Optional[IdentityAgent] = None
-        document = self._config.to_core()
+        self._plugins: Optional[PluginHost] = self._plugin_host(self._config)
+        document = self._core_document(self._config)
         if self._config.identity is not None:
             self._identity = IdentityAgent(self._config)
             cert, key = self._identity.initial()
@@ -35,10 +37,34 @@ class Proxy:
                 "cert_pem": cert,
                 "key_pem": key,
             }
+        self._identity_document = document.get("identity")
         self._core = _core.ProxyCore(json.dumps(document))
         self._admin: Any = None
         self._lock = threading.Lock()
         self._stopped = threading.Event()
+
+    def _plugin_host(self, config: Config) -> Optional[PluginHost]:
+        if not config.plugins:
+            return None
+        base = Path(config._base_dir) if config._base_dir else None
+        specs = [
+            PluginSpec(
+                path=p.path,
+                module=p.module,
+                name=p.name,
+                routes=p.routes,
+                on_error=p.on_error,
+                timeout=parse_duration(p.timeout) / 1000,
+            )
+            for p in config.plugins
+        ]
+        return PluginHost(specs, base)
+
+    def _core_document(self, config: Config) -> dict[str, Any]:
+        """The config for Rust, with each route marked if plugins apply to it."""
+        names = [r.name or f"route-{i}" for i, r in enumerate(config.routes)]
+        config._plugin_routes = self._plugins.routes_with_plugins(names) if self._plugins else set()
+        return config.to_core()
 
     @property
     def config(self) -> Config:
@@ -49,6 +75,9 @@ class Proxy:
             self._core.start()
             if self._identity is not None:
                 self._identity.start(self._core.update_identity)
+            if self._plugins is not None:
+                self._plugins.start()
+                self._core.set_plugin_host(self._plugins)
             if self._config.admin:
                 from .admin import AdminServer
 
@@ -68,6 +97,8 @@ class Proxy:
             if self._identity is not None:
                 self._identity.stop()
             self._core.stop(grace)
+            if self._plugins is not None:
+                self._plugins.stop()
             self._stopped.set()
 
     def wait(self, timeout: Optional[float] = None) -> bool:
@@ -80,11 +111,58 @@ class Proxy:
         new = load(config)
         if new.identity != self._config.identity:
             raise ConfigError("identity: changing [identity] needs a restart")
-        document = new.to_core()
-        # The running certificate stays; Rust only rebuilds routes and services.
-        document["identity"] = None
-        self._core.reload(json.dumps(document))
+        host = self._plugins
+        if [p.model_dump() for p in new.plugins] != [p.model_dump() for p in self._config.plugins]:
+            host = self._plugin_host(new)  # a plugin that fails to load raises; the old ones stay
+        previous, self._plugins = self._plugins, host
+        try:
+            document = self._core_document(new)
+            # The running certificate stays; Rust only rebuilds routes and services.
+            document["identity"] = None
+            if host is not previous and host is not None:
+                host.start()
+                self._core.set_plugin_host(host)
+            self._core.reload(json.dumps(document))
+        except Exception:
+            self._plugins = previous
+            raise
+        if previous is not None and previous is not host:
+            previous.stop()
         self._config = new
+
+    def add_plugin(
+        self,
+        plugin: Any,
+        routes: Optional[list[str]] = None,
+        on_error: str = "fail-closed",
+        timeout: float = 1.0,
+        name: Optional[str] = None,
+    ) -> None:
+        """Adds a plugin object (its methods are the hooks) to a running or new proxy."""
+        spec = PluginSpec(obj=plugin, routes=routes, on_error=on_error, timeout=timeout, name=name)
+        if self._plugins is None:
+            self._plugins = PluginHost([spec])
+            if self.running:
+                self._plugins.start()
+                self._core.set_plugin_host(self._plugins)
+        else:
+            self._plugins.add(spec)
+        if self.running:
+            document = self._core_document(self._config)
+            document["identity"] = None
+            self._core.reload(json.dumps(document))
+        else:
+            # Not started yet: rebuild the core with the new route marks.
+            document = self._core_document(self._config)
+            document["identity"] = self._identity_document
+            self._core = _core.ProxyCore(json.dumps(document))
+
+    def reload_plugins(self) -> dict[str, str]:
+        """Re-imports file and module plugins; returns load errors (the old version stays)."""
+        return self._plugins.reload() if self._plugins else {}
+
+    def plugins(self) -> list[dict[str, Any]]:
+        return self._plugins.status() if self._plugins else []
 
     @property
     def running(self) -> bool:
@@ -109,7 +187,8 @@ class Proxy:
 
     def metrics(self) -> str:
         """Prometheus text exposition of the proxy's metrics."""
-        return self._core.metrics()
+        text = self._core.metrics()
+        return text + self._plugins.render_metrics() if self._plugins else text
 
     def endpoints(self) -> dict[str, Any]:
         return json.loads(self._core.endpoints())

@@ -6,6 +6,7 @@
 use super::BoxError;
 use crate::balance::{Endpoint, PendingRequest};
 use crate::metrics::{RequestLabels, ResponseLabels};
+use crate::plugin::{LogSummary, PluginHost, PluginRequest};
 use crate::shared::Shared;
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
@@ -26,7 +27,11 @@ pub struct Observation {
     grpc_status: Option<u32>,
     ttfb: Option<Duration>,
     failed: bool,
+    bytes: u64,
+    log: Option<LogHandoff>,
 }
+
+type LogHandoff = (Arc<PluginHost>, PluginRequest, LogSummary);
 
 impl Observation {
     pub fn new(
@@ -48,7 +53,15 @@ impl Observation {
             grpc_status,
             ttfb: None,
             failed: false,
+            bytes: 0,
+            log: None,
         }
+    }
+
+    /// Sends a summary to the plugins' `on_log` hooks when the response ends.
+    pub fn with_log(mut self, log: Option<LogHandoff>) -> Self {
+        self.log = log;
+        self
     }
 
     fn first_frame(&mut self) {
@@ -74,6 +87,13 @@ impl Drop for Observation {
             classification: if failure { "failure" } else { "success" },
         };
         self.shared.metrics.response(&labels, latency);
+        if let Some((host, req, mut summary)) = self.log.take() {
+            summary.status = self.status;
+            summary.duration_ms = self.started.elapsed().as_secs_f64() * 1000.0;
+            summary.ttfb_ms = latency.as_secs_f64() * 1000.0;
+            summary.response_bytes = self.bytes;
+            host.on_log(req, summary);
+        }
     }
 }
 
@@ -122,6 +142,9 @@ impl Body for ObservedBody {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(obs) = this.observation.as_mut() {
                     obs.first_frame();
+                    if let Some(data) = frame.data_ref() {
+                        obs.bytes += data.len() as u64;
+                    }
                     if let Some(trailers) = frame.trailers_ref() {
                         obs.grpc_status = grpc_status(trailers).or(obs.grpc_status);
                     }

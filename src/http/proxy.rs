@@ -9,6 +9,7 @@ use super::{error_response, BoxError, ProxyBody};
 use crate::balance::NoPick;
 use crate::config::UpstreamProtocol;
 use crate::metrics::{RequestLabels, ResponseLabels, RouteLabels};
+use crate::plugin::{Change, HeaderList, LogSummary, RequestFacts};
 use crate::policy::Decision;
 use crate::resilience::retry::{Outcome, MAX_REPLAY_BYTES};
 use crate::route;
@@ -121,6 +122,46 @@ fn local(response: Response<ProxyBody>, labels: &RequestLabels) -> Failure {
     }
 }
 
+fn plugin_failed(reason: &str, labels: &RequestLabels) -> Failure {
+    eprintln!("meshcore: plugins: {reason}");
+    fail(StatusCode::INTERNAL_SERVER_ERROR, "plugin error", labels)
+}
+
+fn header_list(headers: &HeaderMap) -> HeaderList {
+    headers
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect()
+}
+
+fn header_map(list: HeaderList) -> Result<HeaderMap, String> {
+    let mut map = HeaderMap::with_capacity(list.len());
+    for (k, v) in list {
+        let name = http::HeaderName::from_bytes(k.as_bytes())
+            .map_err(|_| format!("plugin set invalid header {k:?}"))?;
+        let value =
+            HeaderValue::from_str(&v).map_err(|_| format!("plugin set an invalid value for {k:?}"))?;
+        map.append(name, value);
+    }
+    Ok(map)
+}
+
+/// A response a plugin made; a bad header or status becomes a 500.
+fn plugin_response(status: u16, headers: HeaderList, body: Vec<u8>) -> Response<ProxyBody> {
+    let (Ok(status), Ok(headers)) = (StatusCode::from_u16(status), header_map(headers)) else {
+        return error_response(StatusCode::INTERNAL_SERVER_ERROR, "plugin error");
+    };
+    let mut resp = Response::new(super::full(body));
+    *resp.status_mut() = status;
+    *resp.headers_mut() = headers;
+    resp
+}
+
 /// Rate limit, redirect and direct response: answered without an upstream.
 fn route_answers_itself(
     route: &route::Route,
@@ -165,6 +206,7 @@ fn authority_of(req: &Request<Incoming>) -> Option<String> {
 }
 
 /// The parts of the client's request that every attempt re-sends.
+#[derive(Clone)]
 struct Template {
     method: Method,
     path: PathAndQuery,
@@ -227,7 +269,62 @@ async fn forward(
         shared.metrics.request(&labels);
         return Err(local(resp, &labels));
     }
-    let Some(service_index) = route.pick_service() else {
+    let mut service_index = route.pick_service();
+    let plugins = if route.plugins {
+        shared.plugins.load_full()
+    } else {
+        None
+    };
+    let mut plugin_req = None;
+    if let Some(host) = &plugins {
+        let path = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_string();
+        let facts = RequestFacts {
+            route: &route.name,
+            method: req.method().as_str(),
+            path: &path,
+            authority: &authority,
+            headers: header_list(req.headers()),
+            peer: conn.peer.to_string(),
+            identity: conn.tls.identity(),
+            service: service_index.map(|i| &*table.services[i].name),
+        };
+        let (preq, change) = host
+            .on_request(facts)
+            .await
+            .map_err(|e| plugin_failed(&e, &labels))?;
+        plugin_req = Some(preq);
+        match change {
+            Change::Respond {
+                status,
+                headers,
+                body,
+            } => {
+                shared.metrics.request(&labels);
+                return Err(local(plugin_response(status, headers, body), &labels));
+            }
+            Change::Request {
+                path,
+                headers,
+                service,
+            } => {
+                *req.uri_mut() = path
+                    .parse::<PathAndQuery>()
+                    .map(Uri::from)
+                    .map_err(|_| plugin_failed("plugin set an invalid path", &labels))?;
+                if let Some(list) = headers {
+                    *req.headers_mut() = header_map(list).map_err(|e| plugin_failed(&e, &labels))?;
+                }
+                if let Some(name) = service {
+                    let found = table.services.iter().position(|s| *s.name == name);
+                    service_index = Some(found.ok_or_else(|| {
+                        plugin_failed(&format!("plugin chose unknown service {name:?}"), &labels)
+                    })?);
+                }
+            }
+            Change::Nothing | Change::Response { .. } => {}
+        }
+    }
+    let Some(service_index) = service_index else {
         shared.metrics.request(&labels);
         return Err(fail(StatusCode::SERVICE_UNAVAILABLE, "no backends", &labels));
     };
@@ -317,7 +414,34 @@ async fn forward(
         } else {
             template.wire
         };
-        let upstream_req = build_request(&template, attempt_body, wire)
+        let mut edited = None;
+        if let (Some(host), Some(preq)) = (&plugins, &plugin_req) {
+            let change = host
+                .on_upstream_request(preq, endpoint.addr.to_string(), &endpoint.zone)
+                .await
+                .map_err(|e| plugin_failed(&e, &labels))?;
+            match change {
+                Change::Respond {
+                    status,
+                    headers,
+                    body,
+                } => {
+                    return Err(local(plugin_response(status, headers, body), &labels));
+                }
+                Change::Request { path, headers, .. } => {
+                    let mut t = template.clone();
+                    t.path = path
+                        .parse()
+                        .map_err(|_| plugin_failed("plugin set an invalid path", &labels))?;
+                    if let Some(list) = headers {
+                        t.headers = header_map(list).map_err(|e| plugin_failed(&e, &labels))?;
+                    }
+                    edited = Some(t);
+                }
+                Change::Nothing | Change::Response { .. } => {}
+            }
+        }
+        let upstream_req = build_request(edited.as_ref().unwrap_or(&template), attempt_body, wire)
             .map_err(|reason| fail(StatusCode::BAD_REQUEST, reason, &labels))?;
 
         let mut pending = endpoint.start();
@@ -379,7 +503,47 @@ async fn forward(
                 return Err(fail(StatusCode::BAD_GATEWAY, reason, &labels));
             }
         };
+        if let (Some(host), Some(preq)) = (&plugins, &plugin_req) {
+            let change = host
+                .on_response(preq, resp.status().as_u16(), header_list(resp.headers()))
+                .await
+                .map_err(|e| plugin_failed(&e, &labels))?;
+            match change {
+                Change::Respond {
+                    status,
+                    headers,
+                    body,
+                } => {
+                    return Err(local(plugin_response(status, headers, body), &labels));
+                }
+                Change::Response { status, headers } => {
+                    *resp.status_mut() = StatusCode::from_u16(status)
+                        .map_err(|_| plugin_failed("plugin set an invalid status", &labels))?;
+                    *resp.headers_mut() = header_map(headers).map_err(|e| plugin_failed(&e, &labels))?;
+                }
+                Change::Nothing | Change::Request { .. } => {}
+            }
+        }
         let status = resp.status();
+        let log = match (&plugins, plugin_req.take()) {
+            (Some(host), Some(preq)) => Some((
+                host.clone(),
+                preq,
+                LogSummary {
+                    method: template.method.to_string(),
+                    path: template.path.to_string(),
+                    authority: template.authority.clone(),
+                    route: route.name.clone(),
+                    service: service.name.to_string(),
+                    endpoint: endpoint.addr.to_string(),
+                    zone: endpoint.zone.to_string(),
+                    retried: attempt > 0,
+                    identity: conn.tls.identity().map(str::to_string),
+                    ..Default::default()
+                },
+            )),
+            _ => None,
+        };
         let obs = Observation::new(
             pending,
             endpoint.clone(),
@@ -388,7 +552,8 @@ async fn forward(
             labels,
             status.as_u16(),
             grpc_status(resp.headers()),
-        );
+        )
+        .with_log(log);
         if let Some(ops) = &route.filters.response_headers {
             ops.apply(resp.headers_mut());
         }
