@@ -125,6 +125,8 @@ def run_wrk(url: str, connections: int, duration: int) -> dict:
         text=True,
         check=True,
     ).stdout
+    if "Latency Distribution" not in out:
+        raise RuntimeError(f"wrk against {url} measured nothing:\n{out}")
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     p50 = parse_latency(re.search(r"50%\s+(\S+)", out).group(1))
     p99 = parse_latency(re.search(r"99%\s+(\S+)", out).group(1))

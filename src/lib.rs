@@ -88,7 +88,14 @@ impl ProxyCore {
                 .unwrap_or_else(|p| p.into_inner())
                 .take()
                 .ok_or_else(|| MeshcoreError::new_err("proxy was already started"))?;
-            let running = py.detach(|| runtime::start(config)).map_err(start_error)?;
+            // Each worker thread attaches to the interpreter once and then detaches
+            // for its whole life: its thread state stays, so plugin calls on that
+            // thread only take the GIL instead of creating a thread state each time.
+            let wrap: runtime::ThreadWrapper =
+                std::sync::Arc::new(|body| Python::attach(|py| py.detach(body)));
+            let running = py
+                .detach(|| runtime::start(config, Some(wrap)))
+                .map_err(start_error)?;
             *self.running.lock().unwrap_or_else(|p| p.into_inner()) = Some(running);
             Ok(())
         })

@@ -121,8 +121,19 @@ async fn settle(answer: Py<PyAny>) -> Result<Change, String> {
     Python::attach(|py| decode(answer.bind(py)).map_err(|e| error_text(py, e)))
 }
 
-/// The request as the hooks see it, kept for the later phases (and its `ctx`).
-pub struct PluginRequest(Py<PyAny>);
+/// The request as the hooks see it, kept for the later phases (and its `ctx`),
+/// with the phases that have hooks on its route (bit i: PHASES[i] in Python).
+pub struct PluginRequest(Py<PyAny>, u8);
+
+pub const ON_UPSTREAM_REQUEST: u8 = 1 << 1;
+pub const ON_RESPONSE: u8 = 1 << 2;
+pub const ON_LOG: u8 = 1 << 3;
+
+impl PluginRequest {
+    pub fn has(&self, phase: u8) -> bool {
+        self.1 & phase != 0
+    }
+}
 
 pub struct RequestFacts<'a> {
     pub route: &'a str,
@@ -141,7 +152,7 @@ impl PluginHost {
     }
 
     pub async fn on_request(&self, f: RequestFacts<'_>) -> Result<(PluginRequest, Change), String> {
-        let (req, answer) = Python::attach(|py| -> PyResult<(Py<PyAny>, Py<PyAny>)> {
+        let (req, answer, phases) = Python::attach(|py| -> PyResult<(Py<PyAny>, Py<PyAny>, u8)> {
             let args = (
                 f.route,
                 f.method,
@@ -154,10 +165,14 @@ impl PluginHost {
             );
             let out = self.host.bind(py).call_method1("on_request", args)?;
             let tuple = out.cast::<PyTuple>()?;
-            Ok((tuple.get_item(0)?.unbind(), tuple.get_item(1)?.unbind()))
+            Ok((
+                tuple.get_item(0)?.unbind(),
+                tuple.get_item(1)?.unbind(),
+                tuple.get_item(2)?.extract()?,
+            ))
         })
         .map_err(|e| Python::attach(|py| error_text(py, e)))?;
-        Ok((PluginRequest(req), settle(answer).await?))
+        Ok((PluginRequest(req, phases), settle(answer).await?))
     }
 
     pub async fn on_upstream_request(

@@ -1,5 +1,7 @@
-//! Owns the tokio runtime of one proxy: binds listeners, runs accept loops,
-//! drains on stop. Nothing here touches Python.
+//! Runs one proxy: a thread per worker, each with its own current-thread
+//! tokio runtime and its own SO_REUSEPORT socket per listener (the kernel
+//! spreads connections), like pingora and Envoy. Binds happen before any
+//! thread starts so errors come back at once. Nothing here touches Python.
 
 use crate::config::{Config, TlsMode};
 use crate::listen::{accept_loop, ListenerSpec};
@@ -8,9 +10,10 @@ use crate::shared::{ConnectionTracker, Shared};
 use crate::table::Table;
 use crate::tls::{self, identity::Identity};
 use arc_swap::ArcSwap;
+use socket2::{Domain, Protocol, Socket, Type};
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 #[derive(Debug)]
@@ -21,38 +24,50 @@ pub enum StartError {
     Runtime(String),
 }
 
+/// Runs a worker thread's body; the Python binding uses it to keep each
+/// worker's interpreter thread state alive between plugin calls.
+pub type ThreadWrapper = Arc<dyn Fn(Box<dyn FnOnce() + Send>) + Send + Sync>;
+
 pub struct Running {
-    runtime: tokio::runtime::Runtime,
+    threads: Vec<std::thread::JoinHandle<()>>,
     drain: watch::Sender<bool>,
+    /// When the drain gives up on open connections; set by `stop`.
+    deadline: Arc<Mutex<Option<Instant>>>,
     pub shared: Arc<Shared>,
     pub addresses: Vec<(String, SocketAddr)>,
 }
 
-pub fn start(mut config: Config) -> Result<Running, StartError> {
+fn bind_socket(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
+fn load_identity(config: &Config) -> Result<Option<Arc<Identity>>, StartError> {
+    let Some(cfg) = &config.identity else {
+        return Ok(None);
+    };
+    let identity =
+        Identity::new(&cfg.trust_anchors_pem).map_err(|e| StartError::Tls(format!("identity: {e}")))?;
+    if let (Some(cert), Some(key)) = (&cfg.cert_pem, &cfg.key_pem) {
+        identity
+            .update(cert, key)
+            .map_err(|e| StartError::Tls(format!("identity: {e}")))?;
+    }
+    Ok(Some(Arc::new(identity)))
+}
+
+pub fn start(mut config: Config, wrap: Option<ThreadWrapper>) -> Result<Running, StartError> {
     let workers = config
         .workers
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
         .max(1);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers)
-        .thread_name("meshcore-worker")
-        .enable_all()
-        .build()
-        .map_err(|e| StartError::Runtime(e.to_string()))?;
     let listeners = config.listeners.clone();
-    let identity = match &config.identity {
-        Some(cfg) => {
-            let identity = Identity::new(&cfg.trust_anchors_pem)
-                .map_err(|e| StartError::Tls(format!("identity: {e}")))?;
-            if let (Some(cert), Some(key)) = (&cfg.cert_pem, &cfg.key_pem) {
-                identity
-                    .update(cert, key)
-                    .map_err(|e| StartError::Tls(format!("identity: {e}")))?;
-            }
-            Some(Arc::new(identity))
-        }
-        None => None,
-    };
+    let identity = load_identity(&config)?;
     // The key now lives only in `identity`; the table's copy of the config must not hold it.
     config.identity = None;
     let table = Table::build(config, None, identity.as_ref()).map_err(StartError::Config)?;
@@ -66,22 +81,20 @@ pub fn start(mut config: Config) -> Result<Running, StartError> {
         draining,
     });
 
-    let mut bound = Vec::new();
-    for l in &listeners {
-        let addr: SocketAddr = l
+    // sockets[worker] = that worker's socket for every listener
+    let mut sockets: Vec<Vec<(std::net::TcpListener, Arc<ListenerSpec>)>> =
+        (0..workers).map(|_| Vec::new()).collect();
+    let mut addresses = Vec::new();
+    for (index, l) in listeners.iter().enumerate() {
+        let wanted: SocketAddr = l
             .bind
             .parse()
-            .map_err(|e| StartError::Config(format!("listener {}: bind: {e}", l.name)))?;
-        let listener = runtime
-            .block_on(tokio::net::TcpListener::bind(addr))
-            .map_err(|e| StartError::Bind(format!("listener {:?} cannot bind {addr}: {e}", l.name)))?;
-        bound.push(listener);
-    }
-    let mut addresses = Vec::new();
-    for (index, (l, listener)) in listeners.iter().zip(bound).enumerate() {
-        let local = listener
-            .local_addr()
-            .map_err(|e| StartError::Bind(e.to_string()))?;
+            .map_err(|e| StartError::Config(format!("listeners[{index}].bind: {e}")))?;
+        let bind_error =
+            |e: std::io::Error| StartError::Bind(format!("listener {:?} cannot bind {wanted}: {e}", l.name));
+        let first = bind_socket(wanted).map_err(bind_error)?;
+        // Port 0 resolves on the first bind; the other workers share that port.
+        let local = first.local_addr().map_err(bind_error)?;
         addresses.push((l.name.clone(), local));
         let tls = match (l.tls, &identity) {
             (TlsMode::None, _) => None,
@@ -103,14 +116,68 @@ pub fn start(mut config: Config) -> Result<Running, StartError> {
             detect_timeout: Duration::from_millis(l.detect_timeout_ms),
             tls,
         });
-        runtime.spawn(accept_loop(listener, spec, shared.clone()));
+        sockets[0].push((first, spec.clone()));
+        for worker in sockets.iter_mut().skip(1) {
+            worker.push((bind_socket(local).map_err(bind_error)?, spec.clone()));
+        }
+    }
+
+    let deadline = Arc::new(Mutex::new(None));
+    let mut threads = Vec::new();
+    for (n, mine) in sockets.into_iter().enumerate() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| StartError::Runtime(e.to_string()))?;
+        let (shared, deadline) = (shared.clone(), deadline.clone());
+        let body: Box<dyn FnOnce() + Send> = Box::new(move || serve_worker(runtime, mine, shared, deadline));
+        let wrap = wrap.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("meshcore-worker-{n}"))
+            .spawn(move || match wrap {
+                Some(wrap) => wrap(body),
+                None => body(),
+            })
+            .map_err(|e| StartError::Runtime(e.to_string()))?;
+        threads.push(thread);
     }
     Ok(Running {
-        runtime,
+        threads,
         drain,
+        deadline,
         shared,
         addresses,
     })
+}
+
+fn serve_worker(
+    runtime: tokio::runtime::Runtime,
+    sockets: Vec<(std::net::TcpListener, Arc<ListenerSpec>)>,
+    shared: Arc<Shared>,
+    deadline: Arc<Mutex<Option<Instant>>>,
+) {
+    runtime.block_on(async move {
+        for (socket, spec) in sockets {
+            match tokio::net::TcpListener::from_std(socket) {
+                Ok(listener) => {
+                    tokio::spawn(accept_loop(listener, spec, shared.clone()));
+                }
+                Err(e) => eprintln!("meshcore: listener {}: {e}", spec.name),
+            }
+        }
+        let mut draining = shared.draining.clone();
+        crate::shared::drained(&mut draining).await;
+        // Every worker waits for all connections: a pooled upstream connection
+        // on this runtime may still carry another worker's requests.
+        let until = deadline
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .unwrap_or_else(Instant::now);
+        let until = tokio::time::Instant::from_std(until);
+        let _ = tokio::time::timeout_at(until, shared.connections.wait_all_closed()).await;
+    });
+    // Dropping the runtime ends whatever outlived the grace period.
+    drop(runtime);
 }
 
 impl Running {
@@ -133,11 +200,10 @@ impl Running {
     /// Stops accepting, lets in-flight requests finish for up to `grace`,
     /// then tears everything down.
     pub fn stop(self, grace: Duration) {
+        *self.deadline.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now() + grace);
         let _ = self.drain.send(true);
-        let shared = self.shared.clone();
-        self.runtime.block_on(async move {
-            let _ = tokio::time::timeout(grace, shared.connections.wait_all_closed()).await;
-        });
-        self.runtime.shutdown_timeout(Duration::from_millis(100));
+        for thread in self.threads {
+            let _ = thread.join();
+        }
     }
 }

@@ -362,6 +362,7 @@ class PluginHost:
         self._lock = threading.Lock()
         self._plugins: list[_Loaded] = [self._load(s) for s in specs]
         self._by_route: dict[str, list[_Loaded]] = {}
+        self._masks: dict[str, int] = {}
         self.stats = _Stats()
         self.errors: dict[str, str] = {}  # plugin -> last load error
         self._loop: Optional[asyncio.AbstractEventLoop] = None
@@ -388,6 +389,7 @@ class PluginHost:
         with self._lock:
             self._plugins = [*self._plugins, loaded]
             self._by_route = {}
+            self._masks = {}
 
     def reload(self) -> dict[str, str]:
         """Re-imports every file or module plugin. A plugin that fails keeps its old version;
@@ -407,6 +409,7 @@ class PluginHost:
         with self._lock:
             self._plugins = fresh
             self._by_route = {}
+            self._masks = {}
         self.errors = errors
         return errors
 
@@ -539,9 +542,22 @@ class PluginHost:
         peer: str,
         identity: Optional[str],
         service: Optional[str],
-    ) -> tuple[Request, Any]:
+    ) -> tuple[Request, Any, int]:
         req = Request(method, path, authority, Headers(headers), peer, identity, route, service)
-        return req, self._run("on_request", route, (req,), lambda _: req._take_changes())
+        answer = self._run("on_request", route, (req,), lambda _: req._take_changes())
+        return req, answer, self.phases(route)
+
+    def phases(self, route: str) -> int:
+        """Bit i set: some plugin on this route has PHASES[i]. Rust skips the other phases."""
+        mask = self._masks.get(route)
+        if mask is None:
+            mask = 0
+            for plugin in self._for_route(route):
+                for i, phase in enumerate(PHASES):
+                    if phase in plugin.hooks:
+                        mask |= 1 << i
+            self._masks[route] = mask
+        return mask
 
     def on_upstream_request(self, req: Request, addr: str, zone: str) -> Any:
         return self._run(

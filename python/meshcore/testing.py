@@ -103,7 +103,7 @@ class PluginTester:
         identity: Optional[str] = None,
         service: Optional[str] = None,
     ) -> Exchange:
-        req, answer = self.host.on_request(
+        req, answer, _phases = self.host.on_request(
             self.route, method, path, authority, list((headers or {}).items()), peer, identity, service
         )
         return Exchange(self.host, req, _settle(answer))

@@ -9,7 +9,7 @@ use super::{error_response, BoxError, ProxyBody};
 use crate::balance::NoPick;
 use crate::config::UpstreamProtocol;
 use crate::metrics::{RequestLabels, ResponseLabels, RouteLabels};
-use crate::plugin::{Change, HeaderList, LogSummary, RequestFacts};
+use crate::plugin::{Change, HeaderList, LogSummary, RequestFacts, ON_LOG, ON_RESPONSE, ON_UPSTREAM_REQUEST};
 use crate::policy::Decision;
 use crate::resilience::retry::{Outcome, MAX_REPLAY_BYTES};
 use crate::route;
@@ -415,7 +415,10 @@ async fn forward(
             template.wire
         };
         let mut edited = None;
-        if let (Some(host), Some(preq)) = (&plugins, &plugin_req) {
+        if let (Some(host), Some(preq)) = (
+            &plugins,
+            plugin_req.as_ref().filter(|r| r.has(ON_UPSTREAM_REQUEST)),
+        ) {
             let change = host
                 .on_upstream_request(preq, endpoint.addr.to_string(), &endpoint.zone)
                 .await
@@ -503,7 +506,7 @@ async fn forward(
                 return Err(fail(StatusCode::BAD_GATEWAY, reason, &labels));
             }
         };
-        if let (Some(host), Some(preq)) = (&plugins, &plugin_req) {
+        if let (Some(host), Some(preq)) = (&plugins, plugin_req.as_ref().filter(|r| r.has(ON_RESPONSE))) {
             let change = host
                 .on_response(preq, resp.status().as_u16(), header_list(resp.headers()))
                 .await
@@ -525,7 +528,7 @@ async fn forward(
             }
         }
         let status = resp.status();
-        let log = match (&plugins, plugin_req.take()) {
+        let log = match (&plugins, plugin_req.take().filter(|r| r.has(ON_LOG))) {
             (Some(host), Some(preq)) => Some((
                 host.clone(),
                 preq,

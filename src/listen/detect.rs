@@ -13,6 +13,8 @@ pub enum Protocol {
     Http1,
     Http2,
     Opaque,
+    /// The client closed before sending anything (a health check's connect).
+    Closed,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -79,6 +81,7 @@ pub async fn detect<S: AsyncRead + Unpin>(
         match read {
             Err(_elapsed) => return Ok((Protocol::Opaque, buf.freeze())),
             Ok(Err(e)) => return Err(e),
+            Ok(Ok(0)) if buf.is_empty() => return Ok((Protocol::Closed, buf.freeze())),
             Ok(Ok(0)) => return Ok((Protocol::Opaque, buf.freeze())),
             Ok(Ok(_)) => {}
         }

@@ -163,5 +163,6 @@ async fn serve_connection(
         Protocol::Http1 => serve_http1(TokioIo::new(io), ctx, draining).await,
         Protocol::Http2 => serve_http2(TokioIo::new(io), ctx, draining).await,
         Protocol::Opaque => opaque::forward(io, ctx).await,
+        Protocol::Closed => {}
     }
 }

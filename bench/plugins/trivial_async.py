@@ -1,0 +1,2 @@
+async def on_request(req):
+    req.headers["x-plugin"] = "1"

@@ -1,0 +1,2 @@
+def on_request(req):
+    req.headers["x-plugin"] = "1"
