@@ -113,9 +113,12 @@ def start_meshcore(tmp: Path, h1_backend: int, h2_backend: int) -> tuple[subproc
 
 
 def parse_latency(text: str) -> float:
-    m = re.match(r"([\d.]+)(us|ms|s)", text)
+    """wrk's latency ("812.00us", "1.05ms", "2.00s", "1.20m") in milliseconds."""
+    m = re.match(r"([\d.]+)(us|ms|s|m)$", text)
+    if m is None:
+        raise RuntimeError(f"cannot read wrk latency {text!r}")
     value, unit = float(m.group(1)), m.group(2)
-    return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+    return value * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}[unit]
 
 
 def run_wrk(url: str, connections: int, duration: int) -> dict:
