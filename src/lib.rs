@@ -8,6 +8,7 @@ mod errors;
 pub mod filters;
 pub mod http;
 pub mod listen;
+pub mod loadgen;
 pub mod metrics;
 pub mod microbench;
 pub mod plugin;
@@ -202,6 +203,74 @@ fn identity_metrics(identity: &tls::identity::Identity) -> String {
     )
 }
 
+/// A load-generator run on its own thread; Python polls progress and waits.
+#[pyclass(module = "meshcore._core")]
+struct LoadRun {
+    progress: std::sync::Arc<loadgen::Progress>,
+    started: std::time::Instant,
+    thread: Mutex<Option<std::thread::JoinHandle<Result<loadgen::Report, String>>>>,
+}
+
+#[pymethods]
+impl LoadRun {
+    /// (seconds elapsed, requests completed, errors)
+    fn progress(&self) -> (f64, u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (
+            self.started.elapsed().as_secs_f64(),
+            self.progress.completed.load(Relaxed),
+            self.progress.errors.load(Relaxed),
+        )
+    }
+
+    /// Blocks (without the GIL) until the run ends; returns the report as JSON.
+    fn wait(&self, py: Python<'_>) -> PyResult<String> {
+        let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let thread = thread.ok_or_else(|| MeshcoreError::new_err("this run was already collected"))?;
+        let report = py
+            .detach(|| thread.join())
+            .map_err(|_| MeshcoreError::new_err("load generator panicked"))?
+            .map_err(MeshcoreError::new_err)?;
+        serde_json::to_string(&report).map_err(|e| MeshcoreError::new_err(e.to_string()))
+    }
+}
+
+#[pyfunction]
+#[pyo3(signature = (url, rate, duration, connections, http2, streams, timeout))]
+fn _bench_start(
+    url: &str,
+    rate: Option<f64>,
+    duration: f64,
+    connections: usize,
+    http2: bool,
+    streams: usize,
+    timeout: f64,
+) -> PyResult<LoadRun> {
+    let url: ::http::Uri = url
+        .parse()
+        .map_err(|e| pyo3::exceptions::PyValueError::new_err(format!("invalid URL {url:?}: {e}")))?;
+    let plan = loadgen::Plan {
+        url,
+        rate,
+        duration: std::time::Duration::from_secs_f64(duration.max(0.0)),
+        connections,
+        http2,
+        streams,
+        timeout: std::time::Duration::from_secs_f64(timeout.max(0.001)),
+    };
+    let progress = std::sync::Arc::new(loadgen::Progress::default());
+    let shared = progress.clone();
+    let thread = std::thread::Builder::new()
+        .name("meshcore-bench".into())
+        .spawn(move || loadgen::run(plan, shared))
+        .map_err(|e| MeshcoreError::new_err(e.to_string()))?;
+    Ok(LoadRun {
+        progress,
+        started: std::time::Instant::now(),
+        thread: Mutex::new(Some(thread)),
+    })
+}
+
 /// Proves the panic boundary: panics inside Rust and must surface as MeshcoreError.
 #[pyfunction]
 fn _panic_for_test() -> PyResult<()> {
@@ -236,6 +305,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<ProxyCore>()?;
     m.add_function(wrap_pyfunction!(_panic_for_test, m)?)?;
     m.add_function(wrap_pyfunction!(_bench_loop, m)?)?;
+    m.add_function(wrap_pyfunction!(_bench_start, m)?)?;
+    m.add_class::<LoadRun>()?;
     m.add("MeshcoreError", py.get_type::<MeshcoreError>())?;
     m.add("ConfigError", py.get_type::<ConfigError>())?;
     m.add("BindError", py.get_type::<BindError>())?;

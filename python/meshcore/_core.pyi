@@ -23,3 +23,17 @@ class ProxyCore:
 
 def _panic_for_test() -> None: ...
 def _bench_loop(what: str, size: int, iterations: int) -> int: ...
+
+class LoadRun:
+    def progress(self) -> tuple[float, int, int]: ...
+    def wait(self) -> str: ...
+
+def _bench_start(
+    url: str,
+    rate: float | None,
+    duration: float,
+    connections: int,
+    http2: bool,
+    streams: int,
+    timeout: float,
+) -> LoadRun: ...

@@ -62,6 +62,38 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(listen=args.listen, admin=args.admin, duration=args.duration)
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from . import bench
+    from .config import parse_duration
+
+    duration = parse_duration(args.duration) / 1000
+    show = not args.json and sys.stderr.isatty()
+
+    def progress(elapsed: float, done: int, errors: int) -> None:
+        if show:
+            filled = int(30 * min(elapsed / duration, 1.0))
+            bar = "#" * filled + "-" * (30 - filled)
+            print(
+                f"\r[{bar}] {elapsed:5.1f}s {done} done, {errors} errors", end="", file=sys.stderr, flush=True
+            )
+
+    result = bench.run(
+        args.url,
+        rate=args.rate,
+        duration=duration,
+        connections=args.connections,
+        http2=args.http2,
+        streams=args.streams,
+        progress=progress,
+    )
+    if show:
+        print(file=sys.stderr)
+    print(result.to_json() if args.json else bench.format_table(result))
+    if args.plot:
+        bench.plot(result, args.plot)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="meshcore", description="A service-mesh data plane.")
     p.add_argument("--version", action="version", version=f"meshcore {__version__}")
@@ -81,6 +113,21 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--admin", default="127.0.0.1:9990")
     demo.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     demo.set_defaults(func=cmd_demo)
+
+    b = sub.add_parser("bench", help="load-test a URL (open-loop constant rate, or max)")
+    b.add_argument("url")
+    b.add_argument(
+        "--rate", type=float, default=None, help="requests per second (default: as fast as possible)"
+    )
+    b.add_argument("--duration", default="10s")
+    b.add_argument("--connections", type=int, default=10)
+    b.add_argument(
+        "--http2", action="store_true", help="HTTP/2 (prior knowledge for http://, ALPN for https://)"
+    )
+    b.add_argument("--streams", type=int, default=10, help="concurrent streams per HTTP/2 connection")
+    b.add_argument("--json", action="store_true", help="print the result as JSON")
+    b.add_argument("--plot", metavar="PNG", help="write a latency-by-percentile plot")
+    b.set_defaults(func=cmd_bench)
 
     from .identity_cli import add_identity_commands
 
