@@ -245,6 +245,20 @@ def config_envoy(tmp, ports, backend, crt, key) -> list[str]:
     return ["envoy", "-c", str(path), "--concurrency", "1", "--log-level", "error"]
 
 
+def proxy_command(
+    name: str, tmp: Path, ports: dict[str, int], backend: int, crt: Path, key: Path, combined: Path
+) -> list[str]:
+    if name == "meshcore":
+        return config_meshcore(tmp, ports, backend, crt, key, tmp / "ca" / "trust-anchor.pem")
+    if name == "haproxy":
+        return config_haproxy(tmp, ports, backend, combined)
+    if name == "nginx":
+        return config_nginx(tmp, ports, backend, crt, key)
+    if name == "envoy":
+        return config_envoy(tmp, ports, backend, crt, key)
+    raise SystemExit(f"unknown proxy {name!r} (meshcore, envoy, haproxy, nginx)")
+
+
 def h2load(url: str, scenario: str, connections: int, duration: int, log: Path) -> dict:
     log.unlink(missing_ok=True)  # h2load appends to an existing log
     args = ["h2load", f"-D{duration}", f"--log-file={log}"]
@@ -325,14 +339,7 @@ def main() -> int:
         try:
             for name in wanted:
                 ports = {s: free_port() for s in SCENARIOS}
-                cmd = {
-                    "meshcore": lambda: config_meshcore(
-                        tmp, ports, backend_port, crt, key, tmp / "ca" / "trust-anchor.pem"
-                    ),
-                    "haproxy": lambda: config_haproxy(tmp, ports, backend_port, combined),
-                    "nginx": lambda: config_nginx(tmp, ports, backend_port, crt, key),
-                    "envoy": lambda: config_envoy(tmp, ports, backend_port, crt, key),
-                }[name]()
+                cmd = proxy_command(name, tmp, ports, backend_port, crt, key, combined)
                 proc = subprocess.Popen(pinned(1, cmd), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 for port in ports.values():
                     wait_port(port, timeout=30)
@@ -340,7 +347,7 @@ def main() -> int:
                 results[name] = {s: [] for s in SCENARIOS}
             time.sleep(1)
             for scenario in SCENARIOS:
-                for name, (proc, ports) in procs.items():  # warm-up
+                for _proc, ports in procs.values():  # warm-up
                     url = f"{'https' if scenario == 'tls' else 'http'}://127.0.0.1:{ports[scenario]}/"
                     h2load(url, scenario, args.connections, 2, tmp / "warm.log")
                 for _ in range(args.rounds):
