@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 /// Header carrying the caller's verified identity to the application.
-pub const CLIENT_ID_HEADER: &str = "meshcore-client-id";
+pub static CLIENT_ID_HEADER: http::HeaderName = http::HeaderName::from_static("meshcore-client-id");
 
 /// What TLS established about the client of a connection.
 #[derive(Debug, Clone)]
@@ -215,6 +215,19 @@ struct Template {
     wire: Wire,
 }
 
+impl Template {
+    /// What is left once the last attempt took the real one.
+    fn empty() -> Self {
+        Template {
+            method: Method::GET,
+            path: PathAndQuery::from_static("/"),
+            headers: HeaderMap::new(),
+            authority: String::new(),
+            wire: Wire::Http1,
+        }
+    }
+}
+
 async fn forward(
     mut req: Request<Incoming>,
     conn: &ConnContext,
@@ -232,9 +245,11 @@ async fn forward(
         tls: conn.tls.label(),
     };
     // Only this proxy may say who the caller is.
-    req.headers_mut().remove(CLIENT_ID_HEADER);
+    if req.headers().contains_key(&CLIENT_ID_HEADER) {
+        req.headers_mut().remove(&CLIENT_ID_HEADER);
+    }
     if let Some(id) = conn.tls.identity().and_then(|id| HeaderValue::from_str(id).ok()) {
-        req.headers_mut().insert(CLIENT_ID_HEADER, id);
+        req.headers_mut().insert(&CLIENT_ID_HEADER, id);
     }
     if conn.inbound {
         let decision = table.policy.decide(
@@ -357,7 +372,7 @@ async fn forward(
             .parse()
             .map_err(|_| fail(StatusCode::BAD_REQUEST, "invalid rewritten path", &labels))?;
     }
-    let template = Template {
+    let mut template = Template {
         method: parts.method,
         path,
         headers: parts.headers,
@@ -444,8 +459,18 @@ async fn forward(
                 Change::Nothing | Change::Response { .. } => {}
             }
         }
-        let upstream_req = build_request(edited.as_ref().unwrap_or(&template), attempt_body, wire)
-            .map_err(|reason| fail(StatusCode::BAD_REQUEST, reason, &labels))?;
+        let last_attempt = retry.is_none_or(|p| attempt >= p.limit);
+        let upstream_req = match edited {
+            Some(t) => build_request(t, attempt_body, wire),
+            // Nothing will be re-sent: hand the headers over instead of copying them.
+            None if last_attempt && plugins.is_none() => build_request(
+                std::mem::replace(&mut template, Template::empty()),
+                attempt_body,
+                wire,
+            ),
+            None => build_request(template.clone(), attempt_body, wire),
+        }
+        .map_err(|reason| fail(StatusCode::BAD_REQUEST, reason, &labels))?;
 
         let mut pending = endpoint.start();
         let send = pool.send(upstream_req, wire);
@@ -576,10 +601,10 @@ async fn forward(
 
 /// Builds one attempt's request: origin-form URI and a Host header for
 /// HTTP/1.1, an absolute URI (which becomes :authority) for HTTP/2.
-fn build_request(t: &Template, body: ProxyBody, wire: Wire) -> Result<Request<ProxyBody>, String> {
+fn build_request(t: Template, body: ProxyBody, wire: Wire) -> Result<Request<ProxyBody>, String> {
     let mut req = Request::new(body);
-    *req.method_mut() = t.method.clone();
-    *req.headers_mut() = t.headers.clone();
+    *req.method_mut() = t.method;
+    *req.headers_mut() = t.headers;
     match wire {
         Wire::Http1 => {
             *req.version_mut() = Version::HTTP_11;
