@@ -62,6 +62,8 @@ class IdentityAgent:
     def initial(self) -> tuple[str, str]:
         """The first certificate chain and key (PEM); blocks on the identity service if used."""
         if self._identity.issuer is None:
+            # Remember what was read, so a change made before the watcher starts is not missed.
+            self._seen = self._mtimes()
             return self._read("cert"), self._read("key")
         chain, key, not_after = self._request()
         self._not_after = not_after
@@ -98,7 +100,7 @@ class IdentityAgent:
         return mtime(self._paths["cert"]), mtime(self._paths["key"])
 
     def _watch_files(self, install: Install) -> None:
-        seen = self._mtimes()
+        seen = self._seen
         while not self._stop.wait(_FILE_POLL_SECONDS):
             now = self._mtimes()
             if now == seen:

@@ -178,8 +178,26 @@ impl EndpointPool {
 
     async fn send_h2(&self, req: Request<ProxyBody>) -> Result<Response<Incoming>, UpstreamError> {
         let mut sender = self.h2_sender().await?;
+        let ready = sender.ready().await;
+        let req = match ready {
+            Ok(()) => match sender.try_send_request(req).await {
+                Ok(resp) => return Ok(resp),
+                // The shared connection went away (GOAWAY, idle close) before this
+                // request was sent: hyper hands it back, so send it on a new one.
+                Err(mut e) => e
+                    .take_message()
+                    .ok_or_else(|| UpstreamError::Http(e.into_error()))?,
+            },
+            Err(_) => req,
+        };
+        self.forget_h2().await;
+        let mut sender = self.h2_sender().await?;
         sender.ready().await.map_err(UpstreamError::Http)?;
         sender.send_request(req).await.map_err(UpstreamError::Http)
+    }
+
+    async fn forget_h2(&self) {
+        *self.h2.lock().await = None;
     }
 
     async fn h2_sender(&self) -> Result<http2::SendRequest<ProxyBody>, UpstreamError> {
