@@ -98,3 +98,30 @@ def test_certificate_files_are_reloaded_when_they_change(tmp_path, backend, prox
     crt.write_text("not a certificate")
     time.sleep(2)
     assert inbound.identity()["not_after"] == current
+
+
+def test_failed_renewal_keeps_serving_with_the_current_certificate(tmp_path, backend, proxy, capfd):
+    ca = make_ca(tmp_path / "ca")
+    token = tmp_path / "api.token"
+    token.write_text("tok-api")
+    svc = identity.IdentityService(ca, tokens={"tok-api": "ns/default/sa/api"}, ttl=timedelta(seconds=15))
+    inbound = proxy(
+        inbound_config(
+            {
+                "trust_anchors": str(ca / "trust-anchor.pem"),
+                "issuer": svc.url,
+                "token_file": str(token),
+                "name": "ns/default/sa/api",
+            },
+            backend("app").addr,
+        )
+    )
+    first = inbound.identity()["not_after"]
+    svc.close()  # the identity service goes away before the renewal at 10.5 s
+    web = identity_files(ca, *issue(ca, "ns/default/sa/web", tmp_path / "web"))
+    outbound = proxy(outbound_config(web, addr(inbound, "inbound")))
+    time.sleep(12)
+    with httpx.Client() as c:
+        assert all(c.get(outbound.url("outbound")).status_code == 200 for _ in range(10))
+    assert inbound.identity()["not_after"] == first
+    assert "renewal failed" in capfd.readouterr().err
