@@ -65,6 +65,9 @@ class AsgiBackend:
         config.bind = [self.addr]
         config.loglevel = "ERROR"
         config.accesslog = None
+        # Hypercorn closes a connection after 1,000 requests by default; in-flight streams
+        # then fail. Tests here are about the proxy, so keep connections open.
+        config.keep_alive_max_requests = 1_000_000
 
         async def main():
             self._stop = asyncio.Event()

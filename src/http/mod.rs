@@ -3,9 +3,11 @@
 pub mod body;
 pub mod client;
 pub mod headers;
+mod local;
 pub mod proxy;
 pub mod replay;
 pub mod server;
+mod template;
 
 use bytes::Bytes;
 use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full};

@@ -4,19 +4,23 @@
 use super::body::{grpc_status, Observation, ObservedBody};
 use super::client::{UpstreamError, Wire};
 use super::headers::{is_upgrade, strip_hop_by_hop};
+use super::local::{
+    fail, header_list, header_map, local, plugin_failed, plugin_response, route_answers_itself, Failure,
+};
 use super::replay::Replay;
+use super::template::{build_request, Template};
 use super::{error_response, BoxError, ProxyBody};
 use crate::balance::NoPick;
 use crate::config::UpstreamProtocol;
 use crate::metrics::{RequestLabels, ResponseLabels, RouteLabels};
-use crate::plugin::{Change, HeaderList, LogSummary, RequestFacts, ON_LOG, ON_RESPONSE, ON_UPSTREAM_REQUEST};
+use crate::plugin::{Change, LogSummary, RequestFacts, ON_LOG, ON_RESPONSE, ON_UPSTREAM_REQUEST};
 use crate::policy::Decision;
 use crate::resilience::retry::{Outcome, MAX_REPLAY_BYTES};
 use crate::route;
 use crate::shared::Shared;
 use http::header::HOST;
-use http::uri::{Authority, PathAndQuery, Scheme, Uri};
-use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Version};
+use http::uri::{PathAndQuery, Uri};
+use http::{HeaderValue, Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -95,137 +99,11 @@ pub async fn handle(
     }
 }
 
-/// A request the proxy answers itself: an error, or a local response
-/// (redirect, direct response, rate limit, plugin short-circuit).
-struct Failure {
-    status: StatusCode,
-    reason: String,
-    labels: RequestLabels,
-    response: Option<Response<ProxyBody>>,
-}
-
-fn fail(status: StatusCode, reason: impl Into<String>, labels: &RequestLabels) -> Failure {
-    Failure {
-        status,
-        reason: reason.into(),
-        labels: labels.clone(),
-        response: None,
-    }
-}
-
-fn local(response: Response<ProxyBody>, labels: &RequestLabels) -> Failure {
-    Failure {
-        status: response.status(),
-        reason: String::new(),
-        labels: labels.clone(),
-        response: Some(response),
-    }
-}
-
-fn plugin_failed(reason: &str, labels: &RequestLabels) -> Failure {
-    eprintln!("meshcore: plugins: {reason}");
-    fail(StatusCode::INTERNAL_SERVER_ERROR, "plugin error", labels)
-}
-
-fn header_list(headers: &HeaderMap) -> HeaderList {
-    headers
-        .iter()
-        .map(|(k, v)| {
-            (
-                k.as_str().to_string(),
-                String::from_utf8_lossy(v.as_bytes()).into_owned(),
-            )
-        })
-        .collect()
-}
-
-fn header_map(list: HeaderList) -> Result<HeaderMap, String> {
-    let mut map = HeaderMap::with_capacity(list.len());
-    for (k, v) in list {
-        let name = http::HeaderName::from_bytes(k.as_bytes())
-            .map_err(|_| format!("plugin set invalid header {k:?}"))?;
-        let value =
-            HeaderValue::from_str(&v).map_err(|_| format!("plugin set an invalid value for {k:?}"))?;
-        map.append(name, value);
-    }
-    Ok(map)
-}
-
-/// A response a plugin made; a bad header or status becomes a 500.
-fn plugin_response(status: u16, headers: HeaderList, body: Vec<u8>) -> Response<ProxyBody> {
-    let (Ok(status), Ok(headers)) = (StatusCode::from_u16(status), header_map(headers)) else {
-        return error_response(StatusCode::INTERNAL_SERVER_ERROR, "plugin error");
-    };
-    let mut resp = Response::new(super::full(body));
-    *resp.status_mut() = status;
-    *resp.headers_mut() = headers;
-    resp
-}
-
-/// Rate limit, redirect and direct response: answered without an upstream.
-fn route_answers_itself(
-    route: &route::Route,
-    req: &Request<Incoming>,
-    authority: &str,
-) -> Option<Response<ProxyBody>> {
-    let filters = &route.filters;
-    if let Some(limit) = &filters.rate_limit {
-        if let Err(wait) = limit.try_acquire(Instant::now()) {
-            let mut resp = error_response(StatusCode::TOO_MANY_REQUESTS, "rate limited");
-            let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
-            resp.headers_mut()
-                .insert(http::header::RETRY_AFTER, HeaderValue::from(seconds));
-            return Some(resp);
-        }
-    }
-    if let Some(redirect) = &filters.redirect {
-        let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
-        let mut resp = Response::new(super::full(bytes::Bytes::new()));
-        *resp.status_mut() = redirect.status;
-        if let Ok(location) = HeaderValue::from_str(&redirect.location(authority, path)) {
-            resp.headers_mut().insert(http::header::LOCATION, location);
-        }
-        return Some(resp);
-    }
-    if let Some(direct) = &filters.direct {
-        let mut resp = Response::new(super::full(direct.body.clone()));
-        *resp.status_mut() = direct.status;
-        for (k, v) in &direct.headers {
-            resp.headers_mut().append(k.clone(), v.clone());
-        }
-        return Some(resp);
-    }
-    None
-}
-
 fn authority_of(req: &Request<Incoming>) -> Option<String> {
     if let Some(a) = req.uri().authority() {
         return Some(a.as_str().to_string());
     }
     req.headers().get(HOST)?.to_str().ok().map(str::to_string)
-}
-
-/// The parts of the client's request that every attempt re-sends.
-#[derive(Clone)]
-struct Template {
-    method: Method,
-    path: PathAndQuery,
-    headers: HeaderMap,
-    authority: String,
-    wire: Wire,
-}
-
-impl Template {
-    /// What is left once the last attempt took the real one.
-    fn empty() -> Self {
-        Template {
-            method: Method::GET,
-            path: PathAndQuery::from_static("/"),
-            headers: HeaderMap::new(),
-            authority: String::new(),
-            wire: Wire::Http1,
-        }
-    }
 }
 
 async fn forward(
@@ -597,36 +475,6 @@ async fn forward(
         strip_hop_by_hop(resp.headers_mut(), false);
         return Ok(resp.map(|body| ObservedBody::new(body, obs, deadline).boxed_unsync()));
     }
-}
-
-/// Builds one attempt's request: origin-form URI and a Host header for
-/// HTTP/1.1, an absolute URI (which becomes :authority) for HTTP/2.
-fn build_request(t: Template, body: ProxyBody, wire: Wire) -> Result<Request<ProxyBody>, String> {
-    let mut req = Request::new(body);
-    *req.method_mut() = t.method;
-    *req.headers_mut() = t.headers;
-    match wire {
-        Wire::Http1 => {
-            *req.version_mut() = Version::HTTP_11;
-            *req.uri_mut() = Uri::from(t.path.clone());
-            if !t.authority.is_empty() {
-                let host =
-                    HeaderValue::from_str(&t.authority).map_err(|_| "invalid authority".to_string())?;
-                req.headers_mut().insert(HOST, host);
-            }
-        }
-        Wire::Http2 => {
-            *req.version_mut() = Version::HTTP_2;
-            let mut uri = Uri::builder().scheme(Scheme::HTTP).path_and_query(t.path.clone());
-            if !t.authority.is_empty() {
-                let a: Authority = t.authority.parse().map_err(|_| "invalid authority".to_string())?;
-                uri = uri.authority(a);
-            }
-            *req.uri_mut() = uri.build().map_err(|e| format!("invalid request target: {e}"))?;
-            req.headers_mut().remove(HOST);
-        }
-    }
-    Ok(req)
 }
 
 async fn splice_upgrade(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
