@@ -227,7 +227,7 @@ def main() -> int:
                 for port in ports:
                     wait_port(port, timeout=30)
                 pairs[name] = (procs, entry)
-            for procs, entry in pairs.values():
+            for _procs, entry in pairs.values():  # warm-up
                 h2load(f"http://127.0.0.1:{entry}/", "http1", args.connections, 2, tmp / "warm.log")
             for _ in range(args.rounds):
                 for name, (procs, entry) in pairs.items():
