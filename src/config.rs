@@ -116,7 +116,7 @@ fn no_tls() -> TlsMode {
     TlsMode::None
 }
 
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct Route {
     pub listener: String,

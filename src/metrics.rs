@@ -87,10 +87,14 @@ pub struct TcpSeries {
 
 type Family<K, V> = Mutex<HashMap<K, Arc<V>>>;
 
+type ResponseSet = Mutex<Vec<(u16, &'static str, Arc<ResponseSeries>)>>;
+
 #[derive(Default, Debug)]
 pub struct Metrics {
     requests: Family<RequestLabels, AtomicU64>,
-    responses: Family<ResponseLabels, ResponseSeries>,
+    /// Per request label set, its series by (status, classification): looked up
+    /// by reference, so recording a response copies no labels.
+    responses: Family<RequestLabels, ResponseSet>,
     tcp: Family<TcpLabels, TcpSeries>,
     retries: Family<RouteLabels, AtomicU64>,
     authz_allow: Family<AuthzLabels, AtomicU64>,
@@ -116,10 +120,46 @@ impl Metrics {
         series(&self.requests, labels).fetch_add(1, Relaxed);
     }
 
-    pub fn response(&self, labels: &ResponseLabels, latency: Duration) {
-        let s = series(&self.responses, labels);
+    pub fn response(
+        &self,
+        request: &RequestLabels,
+        status: u16,
+        classification: &'static str,
+        latency: Duration,
+    ) {
+        let set = series(&self.responses, request);
+        let s = {
+            let mut set = set.lock().unwrap_or_else(|p| p.into_inner());
+            match set
+                .iter()
+                .find(|(st, c, _)| *st == status && *c == classification)
+            {
+                Some((_, _, s)) => s.clone(),
+                None => {
+                    let s = Arc::new(ResponseSeries::default());
+                    set.push((status, classification, s.clone()));
+                    s
+                }
+            }
+        };
         s.total.fetch_add(1, Relaxed);
         s.latency.observe(latency);
+    }
+
+    fn response_snapshot(&self) -> Vec<(ResponseLabels, Arc<ResponseSeries>)> {
+        let mut out = Vec::new();
+        for (request, set) in snapshot(&self.responses) {
+            let set = set.lock().unwrap_or_else(|p| p.into_inner());
+            for (status_code, classification, s) in set.iter() {
+                let labels = ResponseLabels {
+                    request: request.clone(),
+                    status_code: *status_code,
+                    classification,
+                };
+                out.push((labels, s.clone()));
+            }
+        }
+        out
     }
 
     pub fn tcp(&self, labels: &TcpLabels) -> Arc<TcpSeries> {
@@ -218,7 +258,7 @@ impl Metrics {
         for (l, v) in snapshot(&self.requests) {
             let _ = writeln!(out, "request_total{{{}}} {}", request_labels(&l), v.load(Relaxed));
         }
-        let responses = snapshot(&self.responses);
+        let responses = self.response_snapshot();
         header(
             out,
             "response_total",
@@ -348,15 +388,16 @@ mod tests {
     #[test]
     fn histogram_buckets_are_cumulative() {
         let m = Metrics::default();
-        let r = ResponseLabels {
-            request: labels(),
-            status_code: 200,
-            classification: "success",
-        };
-        m.response(&r, Duration::from_micros(500));
-        m.response(&r, Duration::from_millis(15));
-        m.response(&r, Duration::from_secs(100));
+        let r = labels();
+        m.response(&r, 200, "success", Duration::from_micros(500));
+        m.response(&r, 200, "success", Duration::from_millis(15));
+        m.response(&r, 200, "success", Duration::from_secs(100));
+        m.response(&r, 503, "failure", Duration::from_millis(2));
         let text = m.render();
+        assert!(
+            text.contains("status_code=\"503\",classification=\"failure\"} 1\n"),
+            "{text}"
+        );
         assert!(text.contains("le=\"1\"} 1\n"), "{text}");
         assert!(text.contains("le=\"10\"} 1\n"));
         assert!(text.contains("le=\"20\"} 2\n"));

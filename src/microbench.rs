@@ -5,7 +5,7 @@
 use crate::balance::{simulate_request, Balancer, Endpoint};
 use crate::config::{self, BalancerKind};
 use crate::http::headers::strip_hop_by_hop;
-use crate::metrics::{Metrics, RequestLabels, ResponseLabels};
+use crate::metrics::{Metrics, RequestLabels};
 use crate::route::{self, Route};
 use http::HeaderMap;
 use std::sync::Arc;
@@ -41,24 +41,13 @@ pub fn route_match(routes: usize, iterations: usize) -> u64 {
         .map(|i| {
             let cfg = config::Route {
                 listener: "l".into(),
-                name: None,
                 host: Some(format!("svc-{i}.mesh.local")),
                 path_prefix: Some(format!("/api/v{i}")),
-                headers: Default::default(),
-                timeout_ms: None,
-                response_timeout_ms: None,
-                retry: None,
-                request_headers: None,
-                response_headers: None,
-                rewrite: None,
-                redirect: None,
-                direct_response: None,
-                rate_limit: None,
-                plugins: false,
                 backends: vec![config::Backend {
                     service: "s".into(),
                     weight: 1,
                 }],
+                ..Default::default()
             };
             Route::new(i, &cfg, |_| Some(0)).expect("valid route")
         })
@@ -108,14 +97,14 @@ pub fn metrics_record(iterations: usize) -> u64 {
         cross_zone: false,
         tls: "false",
     };
-    let response = ResponseLabels {
-        request: labels.clone(),
-        status_code: 200,
-        classification: "success",
-    };
     for i in 0..iterations {
         metrics.request(&labels);
-        metrics.response(&response, Duration::from_micros(100 + i as u64 % 5000));
+        metrics.response(
+            &labels,
+            200,
+            "success",
+            Duration::from_micros(100 + i as u64 % 5000),
+        );
     }
     metrics.render().len() as u64
 }

@@ -147,23 +147,12 @@ mod tests {
     fn route(host: Option<&str>, prefix: Option<&str>, headers: &[(&str, &str)], weights: &[u32]) -> Route {
         let cfg = config::Route {
             listener: "l".into(),
-            name: None,
             host: host.map(String::from),
             path_prefix: prefix.map(String::from),
             headers: headers
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect::<BTreeMap<_, _>>(),
-            timeout_ms: None,
-            response_timeout_ms: None,
-            retry: None,
-            request_headers: None,
-            response_headers: None,
-            rewrite: None,
-            redirect: None,
-            direct_response: None,
-            rate_limit: None,
-            plugins: false,
             backends: weights
                 .iter()
                 .enumerate()
@@ -172,6 +161,7 @@ mod tests {
                     weight: *w,
                 })
                 .collect(),
+            ..Default::default()
         };
         Route::new(0, &cfg, |name| name[1..].parse().ok()).unwrap()
     }

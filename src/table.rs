@@ -2,7 +2,7 @@
 //! snapshot and swapped atomically on reload.
 
 use crate::balance::{Balancer, Standing};
-use crate::config::{BalancerKind, Config, UpstreamProtocol};
+use crate::config::{Config, UpstreamProtocol};
 use crate::http::client::{EndpointPool, Settings, UpstreamTls};
 use crate::policy::Policy;
 use crate::route::Route;
@@ -13,7 +13,6 @@ use std::time::Duration;
 pub struct Service {
     pub name: Arc<str>,
     pub protocol: UpstreamProtocol,
-    pub balancer_kind: BalancerKind,
     pub balancer: Balancer,
     /// One pool per balancer endpoint, same order.
     pub pools: Vec<Arc<EndpointPool>>,
@@ -78,7 +77,6 @@ impl Table {
             services.push(Service {
                 name: Arc::from(svc.name.as_str()),
                 protocol: svc.protocol,
-                balancer_kind: svc.balancer,
                 balancer,
                 pools,
             });
@@ -130,7 +128,6 @@ impl Table {
                             "state": st.as_str(),
                             "ewma_ms": (e.rtt_ms() * 1000.0).round() / 1000.0,
                             "pending": e.pending(),
-                            "load": e.pending(),
                             "requests": e.requests(),
                             "failures": e.failures(),
                             "trips": e.trips(),
@@ -140,7 +137,7 @@ impl Table {
                 let zonal = s.balancer.zonal();
                 serde_json::json!({
                     "name": &*s.name,
-                    "balancer": format!("{:?}", s.balancer_kind).to_lowercase(),
+                    "balancer": s.balancer.kind(),
                     "active_tiers": zonal.map(|z| z.active_tiers()),
                     "load": zonal.map(|z| (z.load() * 1000.0).round() / 1000.0),
                     "endpoints": eps,

@@ -24,6 +24,7 @@ def test_live_ready_config_endpoints(admin_proxy):
     assert httpx.get(f"{admin}/live").status_code == 200
     assert httpx.get(f"{admin}/ready").status_code == 200
     assert httpx.get(f"{admin}/config").json()["services"][0]["name"] == "web"
+    assert httpx.get(f"{admin}/endpoints").json()["services"][0]["balancer"] == "peak-ewma"
     httpx.get(p.url("outbound"))
     eps = httpx.get(f"{admin}/endpoints").json()["services"][0]["endpoints"]
     assert eps[0]["zone"] == "zone-a"

@@ -9,7 +9,7 @@ use crate::config::{self, BalancerKind};
 use crate::resilience::breaker::{FailureAccrual, State};
 use ewma::RttEstimate;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use zonal::ZonalState;
@@ -24,6 +24,11 @@ pub struct Endpoint {
     pub tier: u32,
     rtt: Mutex<RttEstimate>,
     breaker: Mutex<FailureAccrual>,
+    /// Mirrors "the breaker is closed" so the common pick takes no lock.
+    closed: AtomicBool,
+    /// Set by a failure, cleared by a success: a success with no failure
+    /// run to reset takes no lock either.
+    failing: AtomicBool,
     pending: AtomicUsize,
     requests: AtomicU64,
     failures: AtomicU64,
@@ -48,6 +53,8 @@ impl Endpoint {
             tier,
             rtt: Mutex::new(RttEstimate::new(ewma::DEFAULT_RTT, Instant::now())),
             breaker: Mutex::new(FailureAccrual::new(breaker)),
+            closed: AtomicBool::new(true),
+            failing: AtomicBool::new(false),
             pending: AtomicUsize::new(0),
             requests: AtomicU64::new(0),
             failures: AtomicU64::new(0),
@@ -79,7 +86,7 @@ impl Endpoint {
     }
 
     pub fn available(&self, now: Instant) -> bool {
-        lock(&self.breaker).available(now)
+        self.closed.load(Ordering::Acquire) || lock(&self.breaker).available(now)
     }
 
     pub fn breaker_state(&self) -> State {
@@ -96,7 +103,9 @@ impl Endpoint {
     }
 
     pub fn start_at(self: &Arc<Self>, now: Instant) -> PendingRequest {
-        lock(&self.breaker).on_dispatch(now);
+        if !self.closed.load(Ordering::Acquire) {
+            lock(&self.breaker).on_dispatch(now);
+        }
         self.pending.fetch_add(1, Ordering::Relaxed);
         self.requests.fetch_add(1, Ordering::Relaxed);
         PendingRequest {
@@ -106,12 +115,23 @@ impl Endpoint {
     }
 
     pub fn record_success(&self) {
-        lock(&self.breaker).on_success();
+        if self.closed.load(Ordering::Acquire) && !self.failing.load(Ordering::Acquire) {
+            return;
+        }
+        let mut breaker = lock(&self.breaker);
+        breaker.on_success();
+        self.failing.store(false, Ordering::Release);
+        self.closed
+            .store(breaker.state() == State::Closed, Ordering::Release);
     }
 
     pub fn record_failure(&self) {
         self.failures.fetch_add(1, Ordering::Relaxed);
-        lock(&self.breaker).on_failure(Instant::now());
+        let mut breaker = lock(&self.breaker);
+        breaker.on_failure(Instant::now());
+        self.failing.store(true, Ordering::Release);
+        self.closed
+            .store(breaker.state() == State::Closed, Ordering::Release);
     }
 }
 
@@ -247,6 +267,10 @@ impl Balancer {
         Balancer::with_zonal(service.balancer, endpoints, service.zonal.clone())
     }
 
+    pub fn kind(&self) -> BalancerKind {
+        self.kind
+    }
+
     pub fn endpoints(&self) -> &[Arc<Endpoint>] {
         &self.endpoints
     }
@@ -274,12 +298,20 @@ impl Balancer {
     }
 
     fn choose(&self, now: Instant, exclude: &[usize]) -> Option<usize> {
-        let usable = |i: usize| !exclude.contains(&i) && self.endpoints[i].available(now);
+        let eps = &self.endpoints;
+        // The common case: every endpoint usable, no tiers: pick without building a list.
+        if self.zonal.is_none() && exclude.is_empty() && eps.iter().all(|e| e.closed.load(Ordering::Acquire))
+        {
+            return match self.kind {
+                BalancerKind::RoundRobin => Some(self.next.fetch_add(1, Ordering::Relaxed) % eps.len()),
+                _ => p2c::choose(eps.len(), |i| eps[i].cost(now)),
+            };
+        }
+        let usable = |i: usize| !exclude.contains(&i) && eps[i].available(now);
         let candidates: Vec<usize> = match &self.zonal {
             Some(z) => self.zonal_candidates(z, now, &usable, exclude.is_empty()),
             None => (0..self.endpoints.len()).filter(|&i| usable(i)).collect(),
         };
-        let eps = &self.endpoints;
         match self.kind {
             BalancerKind::RoundRobin => {
                 // A retry's pick must not shift the rotation for everyone else.

@@ -5,7 +5,7 @@
 
 use super::BoxError;
 use crate::balance::{Endpoint, PendingRequest};
-use crate::metrics::{RequestLabels, ResponseLabels};
+use crate::metrics::RequestLabels;
 use crate::plugin::{LogSummary, PluginHost, PluginRequest};
 use crate::shared::Shared;
 use bytes::Bytes;
@@ -81,12 +81,10 @@ impl Drop for Observation {
         } else {
             self.endpoint.record_success();
         }
-        let labels = ResponseLabels {
-            request: self.labels.clone(),
-            status_code: self.status,
-            classification: if failure { "failure" } else { "success" },
-        };
-        self.shared.metrics.response(&labels, latency);
+        let classification = if failure { "failure" } else { "success" };
+        self.shared
+            .metrics
+            .response(&self.labels, self.status, classification, latency);
         if let Some((host, req, mut summary)) = self.log.take() {
             summary.status = self.status;
             summary.duration_ms = self.started.elapsed().as_secs_f64() * 1000.0;

@@ -3,6 +3,7 @@
 pub mod body;
 pub mod client;
 pub mod headers;
+mod hooks;
 mod local;
 pub mod proxy;
 pub mod replay;

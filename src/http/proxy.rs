@@ -4,22 +4,21 @@
 use super::body::{grpc_status, Observation, ObservedBody};
 use super::client::{UpstreamError, Wire};
 use super::headers::{is_upgrade, strip_hop_by_hop};
-use super::local::{
-    fail, header_list, header_map, local, plugin_failed, plugin_response, route_answers_itself, Failure,
-};
+use super::hooks;
+use super::local::{fail, header_list, local, plugin_failed, route_answers_itself, Failure};
 use super::replay::Replay;
 use super::template::{build_request, Template};
 use super::{error_response, BoxError, ProxyBody};
 use crate::balance::NoPick;
 use crate::config::UpstreamProtocol;
-use crate::metrics::{RequestLabels, ResponseLabels, RouteLabels};
-use crate::plugin::{Change, LogSummary, RequestFacts, ON_LOG, ON_RESPONSE, ON_UPSTREAM_REQUEST};
+use crate::metrics::{RequestLabels, RouteLabels};
+use crate::plugin::{LogSummary, RequestFacts, ON_LOG, ON_RESPONSE, ON_UPSTREAM_REQUEST};
 use crate::policy::Decision;
 use crate::resilience::retry::{Outcome, MAX_REPLAY_BYTES};
 use crate::route;
 use crate::shared::Shared;
 use http::header::HOST;
-use http::uri::{PathAndQuery, Uri};
+use http::uri::PathAndQuery;
 use http::{HeaderValue, Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -82,16 +81,16 @@ pub async fn handle(
             let resp = failure
                 .response
                 .unwrap_or_else(|| error_response(failure.status, &failure.reason));
+            let status = resp.status();
+            let classification = if status.is_server_error() {
+                "failure"
+            } else {
+                "success"
+            };
             shared.metrics.response(
-                &ResponseLabels {
-                    request: failure.labels,
-                    status_code: failure.status.as_u16(),
-                    classification: if failure.status.is_server_error() {
-                        "failure"
-                    } else {
-                        "success"
-                    },
-                },
+                &failure.labels,
+                status.as_u16(),
+                classification,
                 started.elapsed(),
             );
             Ok(resp)
@@ -123,9 +122,7 @@ async fn forward(
         tls: conn.tls.label(),
     };
     // Only this proxy may say who the caller is.
-    if req.headers().contains_key(&CLIENT_ID_HEADER) {
-        req.headers_mut().remove(&CLIENT_ID_HEADER);
-    }
+    req.headers_mut().remove(&CLIENT_ID_HEADER);
     if let Some(id) = conn.tls.identity().and_then(|id| HeaderValue::from_str(id).ok()) {
         req.headers_mut().insert(&CLIENT_ID_HEADER, id);
     }
@@ -171,9 +168,10 @@ async fn forward(
     let mut plugin_req = None;
     if let Some(host) = &plugins {
         let path = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_string();
+        let method = req.method().clone();
         let facts = RequestFacts {
             route: &route.name,
-            method: req.method().as_str(),
+            method: method.as_str(),
             path: &path,
             authority: &authority,
             headers: header_list(req.headers()),
@@ -181,40 +179,20 @@ async fn forward(
             identity: conn.tls.identity(),
             service: service_index.map(|i| &*table.services[i].name),
         };
-        let (preq, change) = host
-            .on_request(facts)
-            .await
-            .map_err(|e| plugin_failed(&e, &labels))?;
-        plugin_req = Some(preq);
-        match change {
-            Change::Respond {
-                status,
-                headers,
-                body,
-            } => {
+        let (preq, chosen) = match hooks::on_request(host, facts, &mut req, &labels).await {
+            Ok(done) => done,
+            Err(answer) => {
                 shared.metrics.request(&labels);
-                return Err(local(plugin_response(status, headers, body), &labels));
+                return Err(answer);
             }
-            Change::Request {
-                path,
-                headers,
-                service,
-            } => {
-                *req.uri_mut() = path
-                    .parse::<PathAndQuery>()
-                    .map(Uri::from)
-                    .map_err(|_| plugin_failed("plugin set an invalid path", &labels))?;
-                if let Some(list) = headers {
-                    *req.headers_mut() = header_map(list).map_err(|e| plugin_failed(&e, &labels))?;
-                }
-                if let Some(name) = service {
-                    let found = table.services.iter().position(|s| *s.name == name);
-                    service_index = Some(found.ok_or_else(|| {
-                        plugin_failed(&format!("plugin chose unknown service {name:?}"), &labels)
-                    })?);
-                }
-            }
-            Change::Nothing | Change::Response { .. } => {}
+        };
+        plugin_req = Some(preq);
+        if let Some(name) = chosen {
+            let found = table.services.iter().position(|s| *s.name == name);
+            service_index =
+                Some(found.ok_or_else(|| {
+                    plugin_failed(&format!("plugin chose unknown service {name:?}"), &labels)
+                })?);
         }
     }
     let Some(service_index) = service_index else {
@@ -307,36 +285,15 @@ async fn forward(
         } else {
             template.wire
         };
-        let mut edited = None;
-        if let (Some(host), Some(preq)) = (
+        let edited = match (
             &plugins,
             plugin_req.as_ref().filter(|r| r.has(ON_UPSTREAM_REQUEST)),
         ) {
-            let change = host
-                .on_upstream_request(preq, endpoint.addr.to_string(), &endpoint.zone)
-                .await
-                .map_err(|e| plugin_failed(&e, &labels))?;
-            match change {
-                Change::Respond {
-                    status,
-                    headers,
-                    body,
-                } => {
-                    return Err(local(plugin_response(status, headers, body), &labels));
-                }
-                Change::Request { path, headers, .. } => {
-                    let mut t = template.clone();
-                    t.path = path
-                        .parse()
-                        .map_err(|_| plugin_failed("plugin set an invalid path", &labels))?;
-                    if let Some(list) = headers {
-                        t.headers = header_map(list).map_err(|e| plugin_failed(&e, &labels))?;
-                    }
-                    edited = Some(t);
-                }
-                Change::Nothing | Change::Response { .. } => {}
+            (Some(host), Some(preq)) => {
+                hooks::on_upstream_request(host, preq, endpoint, &template, &labels).await?
             }
-        }
+            _ => None,
+        };
         let last_attempt = retry.is_none_or(|p| attempt >= p.limit);
         let upstream_req = match edited {
             Some(t) => build_request(t, attempt_body, wire),
@@ -410,25 +367,7 @@ async fn forward(
             }
         };
         if let (Some(host), Some(preq)) = (&plugins, plugin_req.as_ref().filter(|r| r.has(ON_RESPONSE))) {
-            let change = host
-                .on_response(preq, resp.status().as_u16(), header_list(resp.headers()))
-                .await
-                .map_err(|e| plugin_failed(&e, &labels))?;
-            match change {
-                Change::Respond {
-                    status,
-                    headers,
-                    body,
-                } => {
-                    return Err(local(plugin_response(status, headers, body), &labels));
-                }
-                Change::Response { status, headers } => {
-                    *resp.status_mut() = StatusCode::from_u16(status)
-                        .map_err(|_| plugin_failed("plugin set an invalid status", &labels))?;
-                    *resp.headers_mut() = header_map(headers).map_err(|e| plugin_failed(&e, &labels))?;
-                }
-                Change::Nothing | Change::Request { .. } => {}
-            }
+            hooks::on_response(host, preq, &mut resp, &labels).await?;
         }
         let status = resp.status();
         let log = match (&plugins, plugin_req.take().filter(|r| r.has(ON_LOG))) {
