@@ -11,9 +11,10 @@ import ipaddress
 import json
 import re
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -91,10 +92,14 @@ RETRY_CONDITIONS = (
 )
 
 
-def _duration_field(v: Any) -> Any:
-    if v is not None:
-        parse_duration(v)
+def _valid_duration(v: Union[str, float]) -> Union[str, float]:
+    parse_duration(v)
     return v
+
+
+# A duration as written in the config ("10s", "300ms", or seconds); checked on load,
+# converted to milliseconds only when handed to Rust.
+Duration = Annotated[Union[str, float], AfterValidator(_valid_duration)]
 
 
 class Endpoint(_Model):
@@ -117,9 +122,7 @@ class Endpoint(_Model):
 class Zonal(_Model):
     load_low: float = Field(default=0.8, ge=0)
     load_high: float = Field(default=2.0, gt=0)
-    dwell: Union[str, float] = "1s"
-
-    _dwell = field_validator("dwell")(classmethod(lambda cls, v: _duration_field(v)))
+    dwell: Duration = "1s"
 
     @model_validator(mode="after")
     def _band(self) -> Zonal:
@@ -130,11 +133,9 @@ class Zonal(_Model):
 
 class Breaker(_Model):
     consecutive_failures: int = Field(default=7, ge=1)
-    min_penalty: Union[str, float] = "1s"
-    max_penalty: Union[str, float] = "60s"
+    min_penalty: Duration = "1s"
+    max_penalty: Duration = "60s"
     jitter: float = Field(default=0.5, ge=0, le=1)
-
-    _penalties = field_validator("min_penalty", "max_penalty")(classmethod(lambda cls, v: _duration_field(v)))
 
 
 class Retry(_Model):
@@ -142,9 +143,7 @@ class Retry(_Model):
     limit: int = Field(default=1, ge=0, le=10)
     budget: float = Field(default=0.2, ge=0, le=10)
     min_per_second: int = Field(default=10, ge=0)
-    ttl: Union[str, float] = "10s"
-
-    _ttl = field_validator("ttl")(classmethod(lambda cls, v: _duration_field(v)))
+    ttl: Duration = "10s"
 
     @field_validator("on")
     @classmethod
@@ -160,17 +159,11 @@ class Service(_Model):
     balancer: Literal["peak-ewma", "round-robin", "zonal"] = "peak-ewma"
     protocol: Literal["auto", "http1", "http2"] = "auto"
     endpoints: list[Endpoint] = []
-    connect_timeout: Union[str, float] = "1s"
-    idle_timeout: Union[str, float] = "90s"
+    connect_timeout: Duration = "1s"
+    idle_timeout: Duration = "90s"
     zonal: Zonal = Zonal()
     # Failure accrual; `false` turns it off.
     breaker: Union[Breaker, Literal[False]] = Breaker()
-
-    @field_validator("connect_timeout", "idle_timeout")
-    @classmethod
-    def _duration(cls, v: Any) -> Any:
-        parse_duration(v)
-        return v
 
 
 class Backend(_Model):
@@ -219,8 +212,8 @@ class Route(_Model):
     host: Optional[str] = None
     path_prefix: Optional[str] = None
     headers: dict[str, str] = {}
-    timeout: Optional[Union[str, float]] = None
-    response_timeout: Optional[Union[str, float]] = None
+    timeout: Optional[Duration] = None
+    response_timeout: Optional[Duration] = None
     retry: Optional[Retry] = None
     request_headers: Optional[HeaderOps] = None
     response_headers: Optional[HeaderOps] = None
@@ -238,13 +231,6 @@ class Route(_Model):
             raise ValueError("redirect and direct_response cannot both be set")
         return self
 
-    @field_validator("timeout", "response_timeout")
-    @classmethod
-    def _duration(cls, v: Any) -> Any:
-        if v is not None:
-            parse_duration(v)
-        return v
-
     @field_validator("path_prefix")
     @classmethod
     def _slash(cls, v: Optional[str]) -> Optional[str]:
@@ -259,17 +245,11 @@ class Listener(_Model):
     protocol: Literal["auto", "http1", "http2", "opaque"] = "auto"
     direction: Optional[Literal["inbound", "outbound"]] = None
     service: Optional[str] = None
-    detect_timeout: Union[str, float] = "10s"
+    detect_timeout: Duration = "10s"
     # mesh: require mTLS | permissive: mTLS or plaintext | none
     tls: Literal["none", "mesh", "permissive"] = "none"
 
     _bind = field_validator("bind")(classmethod(lambda cls, v: _check_socket_addr(v)))
-
-    @field_validator("detect_timeout")
-    @classmethod
-    def _duration(cls, v: Any) -> Any:
-        parse_duration(v)
-        return v
 
 
 class Identity(_Model):
@@ -328,9 +308,7 @@ class PluginConfig(_Model):
     name: Optional[str] = None
     routes: Optional[list[str]] = None
     on_error: Literal["fail-closed", "fail-open"] = "fail-closed"
-    timeout: Union[str, float] = "1s"
-
-    _timeout = field_validator("timeout")(classmethod(lambda cls, v: _duration_field(v)))
+    timeout: Duration = "1s"
 
     @model_validator(mode="after")
     def _one_source(self) -> PluginConfig:

@@ -342,6 +342,7 @@ class _Stats:
         return "\n".join(out) + "\n"
 
 
+_NEXT = object()  # a hook's outcome that lets the phase go on to the next hook
 _FAIL_CLOSED = (
     "respond",
     500,
@@ -488,7 +489,16 @@ class PluginHost:
         _log(f"{plugin.spec.name}.{phase} failed: {type(error).__name__}: {error}")
         return None if plugin.spec.on_error == "fail-open" else _FAIL_CLOSED
 
-    def _run(self, phase: str, route: str, args: tuple, finish: Callable[[Any], Any]) -> Any:
+    def _after(
+        self, plugin: _Loaded, phase: str, result: Any = None, error: Optional[BaseException] = None
+    ) -> Any:
+        """What one hook's outcome means for its phase: _NEXT to go on, or the answer."""
+        if error is not None:
+            failure = self._failed(plugin, phase, error)
+            return _NEXT if failure is None else failure
+        return _respond(result) if isinstance(result, Response) else _NEXT
+
+    def _run(self, phase: str, route: str, args: tuple, finish: Callable[[], Any]) -> Any:
         """Runs a phase's hooks in order; sync hooks inline, and from the first async hook on,
         the rest on the plugin loop (the caller then gets a concurrent future)."""
         plugins = [p for p in self._for_route(route) if phase in p.hooks]
@@ -499,35 +509,30 @@ class PluginHost:
                 )  # type: ignore[arg-type]
             started = time.perf_counter()
             try:
-                result = plugin.hooks[phase](*args)
+                answer = self._after(plugin, phase, plugin.hooks[phase](*args))
             except Exception as e:  # noqa: BLE001 - a hook's failure must not hurt other requests
-                failure = self._failed(plugin, phase, e)
-                if failure is not None:
-                    return failure
-                continue
-            finally:
-                self.stats.observe(plugin.spec.name, phase, time.perf_counter() - started)
-            if isinstance(result, Response):
-                return _respond(result)
-        return finish(None)
+                answer = self._after(plugin, phase, error=e)
+            self.stats.observe(plugin.spec.name, phase, time.perf_counter() - started)
+            if answer is not _NEXT:
+                return answer
+        return finish()
 
-    async def _run_async(self, phase: str, plugins: list[_Loaded], args: tuple, finish: Callable) -> Any:
+    async def _run_async(
+        self, phase: str, plugins: list[_Loaded], args: tuple, finish: Callable[[], Any]
+    ) -> Any:
         for plugin in plugins:
             started = time.perf_counter()
             try:
                 result = plugin.hooks[phase](*args)
                 if inspect.isawaitable(result):
                     result = await asyncio.wait_for(result, plugin.spec.timeout)
+                answer = self._after(plugin, phase, result)
             except Exception as e:  # noqa: BLE001 - includes asyncio.TimeoutError
-                failure = self._failed(plugin, phase, e)
-                if failure is not None:
-                    return failure
-                continue
-            finally:
-                self.stats.observe(plugin.spec.name, phase, time.perf_counter() - started)
-            if isinstance(result, Response):
-                return _respond(result)
-        return finish(None)
+                answer = self._after(plugin, phase, error=e)
+            self.stats.observe(plugin.spec.name, phase, time.perf_counter() - started)
+            if answer is not _NEXT:
+                return answer
+        return finish()
 
     # Entry points for Rust. Each returns None (nothing changed), a change, a
     # ("respond", status, headers, body) short-circuit, or a concurrent future of one of these.
@@ -544,7 +549,7 @@ class PluginHost:
         service: Optional[str],
     ) -> tuple[Request, Any, int]:
         req = Request(method, path, authority, Headers(headers), peer, identity, route, service)
-        answer = self._run("on_request", route, (req,), lambda _: req._take_changes())
+        answer = self._run("on_request", route, (req,), req._take_changes)
         return req, answer, self.phases(route)
 
     def phases(self, route: str) -> int:
@@ -560,14 +565,12 @@ class PluginHost:
         return mask
 
     def on_upstream_request(self, req: Request, addr: str, zone: str) -> Any:
-        return self._run(
-            "on_upstream_request", req.route, (req, Endpoint(addr, zone)), lambda _: req._take_changes()
-        )
+        return self._run("on_upstream_request", req.route, (req, Endpoint(addr, zone)), req._take_changes)
 
     def on_response(self, req: Request, status: int, headers: list[tuple[str, str]]) -> Any:
         resp = Response(status, Headers(headers))
 
-        def changes(_: Any) -> Optional[tuple]:
+        def changes() -> Optional[tuple]:
             if resp.status == resp._original_status and not resp.headers.dirty:
                 return None
             return ("response", resp.status, resp.headers.items())
@@ -581,7 +584,7 @@ class PluginHost:
             self._loop.call_soon_threadsafe(self._log_now, req.route, summary)
 
     def _log_now(self, route: str, summary: dict[str, Any]) -> None:
-        result = self._run("on_log", route, (summary,), lambda _: None)
+        result = self._run("on_log", route, (summary,), lambda: None)
         if isinstance(result, concurrent.futures.Future):
             result.add_done_callback(lambda f: f.exception())
 

@@ -74,7 +74,7 @@ class Exchange:
             **summary,
             "ctx": self.request.ctx,
         }
-        _settle(self._host._run("on_log", self.request.route, (summary,), lambda _: None))
+        _settle(self._host._run("on_log", self.request.route, (summary,), lambda: None))
 
 
 class PluginTester:
