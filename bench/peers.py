@@ -33,21 +33,23 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from proxy_load import free_port, median_round, pinned, wait_port  # noqa: E402
+from proxy_load import cpu_seconds, free_port, median_round, pinned, wait_port  # noqa: E402
+from proxy_load import rss_mb as one_rss_mb  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 SCENARIOS = ("http1", "h2c", "tls")
 
 
+def _alive(read, pid: int) -> float:
+    try:
+        return read(pid)
+    except OSError:  # a worker that already exited
+        return 0.0
+
+
 def proc_cpu(pids: list[int]) -> float:
-    total = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
-        except OSError:
-            pass
-    return total / CLK_TCK
+    """User + system CPU seconds of these processes."""
+    return sum(_alive(cpu_seconds, pid) for pid in pids)
 
 
 def system_busy() -> float:
@@ -58,15 +60,16 @@ def system_busy() -> float:
 
 
 def rss_mb(pids: list[int]) -> float:
-    total = 0
-    for pid in pids:
+    return sum(_alive(one_rss_mb, pid) for pid in pids)
+
+
+def stop_all(procs: list[subprocess.Popen]) -> None:
+    for proc in procs:
+        proc.send_signal(signal.SIGTERM)
         try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-        except OSError:
-            pass
-    return total / 1024
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 def children(pid: int) -> list[int]:
@@ -369,12 +372,7 @@ def main() -> int:
                         results[name][scenario].append(r)
                         print(f"{scenario:>5} {name:>8} {json.dumps(r)}", flush=True)
         finally:
-            for proc, _ in procs.values():
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+            stop_all([proc for proc, _ in procs.values()])
             backend.terminate()
             backend.wait(5)
     summary = {name: {s: median_round(rs) for s, rs in per.items()} for name, per in results.items()}

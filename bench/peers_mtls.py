@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import subprocess
 import sys
 import tempfile
@@ -24,7 +23,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from peers import h2load, make_certs, proc_cpu, rss_mb, start_backend  # noqa: E402
+from peers import h2load, make_certs, proc_cpu, rss_mb, start_backend, stop_all  # noqa: E402
 from proxy_load import free_port, median_round, pinned, wait_port  # noqa: E402
 
 API = "spiffe://bench.local/ns/bench/sa/proxy"
@@ -245,13 +244,7 @@ def main() -> int:
                     rounds[name].append(r)
                     print(name, json.dumps(r), flush=True)
         finally:
-            for procs, _ in pairs.values():
-                for p in procs:
-                    p.send_signal(signal.SIGTERM)
-                    try:
-                        p.wait(10)
-                    except subprocess.TimeoutExpired:
-                        p.kill()
+            stop_all([p for procs, _ in pairs.values() for p in procs])
             backend.terminate()
             backend.wait(5)
     m, e = median_round(rounds["meshcore"]), median_round(rounds["envoy"])
