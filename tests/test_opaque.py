@@ -21,14 +21,17 @@ def opaque_config(target: str, protocol: str = "opaque", **listener) -> dict:
 
 def roundtrip(addr, payload: bytes) -> bytes:
     with socket.create_connection(addr, timeout=5) as s:
-        s.sendall(payload)
-        s.shutdown(socket.SHUT_WR)
         out = b""
         try:
+            s.sendall(payload)
+            s.shutdown(socket.SHUT_WR)
             while chunk := s.recv(65536):
                 out += chunk
-        except ConnectionResetError:
-            pass  # a refused target closes the client abruptly; that is still "closed"
+        except (ConnectionResetError, BrokenPipeError, OSError) as e:
+            # A refused target makes the proxy drop the client, possibly before our own
+            # half-close (ENOTCONN) or mid-read (reset): either way the connection is closed.
+            if isinstance(e, socket.timeout):
+                raise
         return out
 
 
