@@ -108,6 +108,9 @@ pub struct Listener {
     pub service: Option<String>,
     #[serde(default = "detect_timeout_ms")]
     pub detect_timeout_ms: u64,
+    /// An HTTP/1.1 client must send a request's headers within this.
+    #[serde(default = "header_read_timeout_ms")]
+    pub header_read_timeout_ms: u64,
     #[serde(default = "no_tls")]
     pub tls: TlsMode,
 }
@@ -341,6 +344,9 @@ fn one() -> u32 {
 }
 fn detect_timeout_ms() -> u64 {
     10_000
+}
+fn header_read_timeout_ms() -> u64 {
+    30_000
 }
 fn connect_timeout_ms() -> u64 {
     1_000

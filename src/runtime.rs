@@ -114,6 +114,7 @@ pub fn start(mut config: Config, wrap: Option<ThreadWrapper>) -> Result<Running,
             direction: Arc::from(l.direction.as_str()),
             protocol: l.protocol,
             detect_timeout: Duration::from_millis(l.detect_timeout_ms),
+            header_read_timeout: Duration::from_millis(l.header_read_timeout_ms),
             tls,
         });
         sockets[0].push((first, spec.clone()));
@@ -157,6 +158,7 @@ fn serve_worker(
     deadline: Arc<Mutex<Option<Instant>>>,
 ) {
     runtime.block_on(async move {
+        tokio::spawn(crate::http::coarse_timer::run_ticker());
         for (socket, spec) in sockets {
             match tokio::net::TcpListener::from_std(socket) {
                 Ok(listener) => {

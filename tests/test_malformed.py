@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import time
 
 import httpx
 import pytest
@@ -74,3 +75,32 @@ def test_bad_chunk_after_headers_is_contained(backend, proxy):
         timeout=2,
     )
     assert httpx.get(p.url("outbound")).status_code == 200
+
+
+def test_client_too_slow_with_headers_is_cut_off(backend, proxy):
+    # Slowloris: a client that never finishes its headers must not hold a
+    # connection for ever. A client that is merely slow, within the limit, is served.
+    cfg = one_service([backend().addr], listener_protocol="http1")
+    cfg["listeners"][0]["header_read_timeout"] = "1s"
+    p = proxy(cfg)
+    addr = p.addresses["outbound"]
+    with socket.create_connection(addr, timeout=10) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        started = time.monotonic()
+        leftover = s.recv(4096)  # blocks until the proxy gives up on the headers
+        waited = time.monotonic() - started
+    assert not leftover.startswith(b"HTTP/1.1 200"), leftover[:100]
+    # 1 s limit, checked once a second: cut between 1 and 2 s (with scheduling slack).
+    assert 0.9 <= waited < 4, waited
+    with socket.create_connection(addr, timeout=10) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        time.sleep(0.3)
+        s.sendall(b"Connection: close\r\n\r\n")
+        assert raw_reply(s).startswith(b"HTTP/1.1 200")
+
+
+def raw_reply(s: socket.socket) -> bytes:
+    chunks = []
+    while chunk := s.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)

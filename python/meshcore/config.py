@@ -246,6 +246,8 @@ class Listener(_Model):
     direction: Optional[Literal["inbound", "outbound"]] = None
     service: Optional[str] = None
     detect_timeout: Duration = "10s"
+    # An HTTP/1.1 client must finish each request's headers within this (slowloris).
+    header_read_timeout: Duration = "30s"
     # mesh: require mTLS | permissive: mTLS or plaintext | none
     tls: Literal["none", "mesh", "permissive"] = "none"
 
@@ -408,6 +410,7 @@ class Config(_Model):
                     "direction": lst.direction or ("inbound" if "inbound" in lst.name else "outbound"),
                     "service": lst.service,
                     "detect_timeout_ms": parse_duration(lst.detect_timeout),
+                    "header_read_timeout_ms": parse_duration(lst.header_read_timeout),
                     "tls": lst.tls,
                 }
                 for lst in self.listeners

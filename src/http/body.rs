@@ -3,6 +3,7 @@
 //! metrics (status, gRPC status, end of stream), and enforcing the route's
 //! whole-request deadline.
 
+use super::client::Reusable;
 use super::BoxError;
 use crate::balance::{Endpoint, PendingRequest};
 use crate::metrics::RequestLabels;
@@ -116,14 +117,37 @@ pub struct ObservedBody {
     inner: Incoming,
     observation: Option<Observation>,
     deadline: Option<Pin<Box<Sleep>>>,
+    /// The HTTP/1.1 connection the body arrives on, pooled again at its end.
+    reusable: Option<Reusable>,
 }
 
 impl ObservedBody {
-    pub fn new(inner: Incoming, observation: Observation, deadline: Option<tokio::time::Instant>) -> Self {
+    pub fn new(
+        inner: Incoming,
+        observation: Observation,
+        deadline: Option<tokio::time::Instant>,
+        reusable: Option<Reusable>,
+    ) -> Self {
         ObservedBody {
             inner,
             observation: Some(observation),
             deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
+            reusable,
+        }
+    }
+
+    fn release_connection(&mut self) {
+        if let Some(reusable) = self.reusable.take() {
+            reusable.release();
+        }
+    }
+}
+
+impl Drop for ObservedBody {
+    fn drop(&mut self) {
+        // An empty body (HEAD, 204, 304) may never be polled.
+        if self.inner.is_end_stream() {
+            self.release_connection();
         }
     }
 }
@@ -156,12 +180,14 @@ impl Body for ObservedBody {
                     obs.pending.abandon();
                 }
                 this.observation = None;
+                this.reusable = None;
             }
             Poll::Ready(None) => {
                 if let Some(obs) = this.observation.as_mut() {
                     obs.first_frame();
                 }
                 this.observation = None;
+                this.release_connection();
             }
             Poll::Pending => {
                 if let Some(deadline) = this.deadline.as_mut() {
@@ -170,6 +196,7 @@ impl Body for ObservedBody {
                             obs.failed = true;
                         }
                         this.observation = None;
+                        this.reusable = None;
                         return Poll::Ready(Some(Err(Box::new(DeadlineExceeded))));
                     }
                 }

@@ -2,6 +2,7 @@
 //! and one shared, multiplexed HTTP/2 connection.
 
 use super::ProxyBody;
+use crate::listen::io::SendStream;
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper::{Request, Response};
@@ -25,6 +26,23 @@ pub struct UpstreamTls {
 
 /// Idle HTTP/1.1 connections kept per endpoint; more are closed when returned.
 const MAX_IDLE_PER_ENDPOINT: usize = 512;
+/// Connections still finishing a response that a checkout steps over before
+/// it opens a new one.
+const CHECKOUT_SCAN: usize = 8;
+
+/// An HTTP/1.1 connection lent to one request. Released when the response
+/// body has ended, it goes back to the pool; dropped, the connection closes
+/// after the response it is carrying. No task per request watches it.
+pub struct Reusable {
+    pool: Arc<EndpointPool>,
+    sender: http1::SendRequest<ProxyBody>,
+}
+
+impl Reusable {
+    pub fn release(self) {
+        self.pool.checkin_h1(self.sender);
+    }
+}
 
 #[derive(Debug)]
 pub enum UpstreamError {
@@ -76,27 +94,36 @@ impl EndpointPool {
         }
     }
 
+    /// Sends one request. For HTTP/1.1 it also returns the connection, to be
+    /// handed back with [`Reusable::release`] once the response body has ended.
     pub async fn send(
         self: &Arc<Self>,
         req: Request<ProxyBody>,
         wire: Wire,
-    ) -> Result<Response<Incoming>, UpstreamError> {
+    ) -> Result<(Response<Incoming>, Option<Reusable>), UpstreamError> {
         match wire {
-            Wire::Http1 => self.send_h1(req).await,
-            Wire::Http2 => self.send_h2(req).await,
+            Wire::Http1 => {
+                let (resp, sender) = self.send_h1(req).await?;
+                let reusable = Reusable {
+                    pool: self.clone(),
+                    sender,
+                };
+                Ok((resp, Some(reusable)))
+            }
+            Wire::Http2 => Ok((self.send_h2(req).await?, None)),
         }
     }
 
-    async fn send_h1(self: &Arc<Self>, req: Request<ProxyBody>) -> Result<Response<Incoming>, UpstreamError> {
+    async fn send_h1(
+        &self,
+        req: Request<ProxyBody>,
+    ) -> Result<(Response<Incoming>, http1::SendRequest<ProxyBody>), UpstreamError> {
         let mut req = req;
         // A pooled connection may have been closed by the server while idle;
         // when hyper hands the unsent request back, try the next one.
         while let Some(mut sender) = self.checkout_h1() {
             match sender.try_send_request(req).await {
-                Ok(resp) => {
-                    self.checkin_when_ready(sender);
-                    return Ok(resp);
-                }
+                Ok(resp) => return Ok((resp, sender)),
                 Err(mut e) => match e.take_message() {
                     Some(unsent) => req = unsent,
                     None => return Err(UpstreamError::Http(e.into_error())),
@@ -105,32 +132,36 @@ impl EndpointPool {
         }
         let mut sender = self.connect_h1().await?;
         let resp = sender.send_request(req).await.map_err(UpstreamError::Http)?;
-        self.checkin_when_ready(sender);
-        Ok(resp)
+        Ok((resp, sender))
     }
 
+    /// The most recently returned connection that is ready for a request.
+    /// One returned moments ago may still be finishing its last response on
+    /// its own task; it is left for a later request.
     fn checkout_h1(&self) -> Option<http1::SendRequest<ProxyBody>> {
         let mut idle = self.idle_h1.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
-        while let Some((since, sender)) = idle.pop() {
-            if now - since < self.settings.idle_timeout && sender.is_ready() {
-                return Some(sender);
+        let mut i = idle.len();
+        let mut scanned = 0;
+        while i > 0 && scanned < CHECKOUT_SCAN {
+            i -= 1;
+            let (since, sender) = &idle[i];
+            if sender.is_closed() || now - *since >= self.settings.idle_timeout {
+                idle.remove(i);
+            } else if sender.is_ready() {
+                return Some(idle.remove(i).1);
+            } else {
+                scanned += 1;
             }
         }
         None
     }
 
-    /// An HTTP/1.1 connection is reusable once the response body is read.
-    fn checkin_when_ready(self: &Arc<Self>, mut sender: http1::SendRequest<ProxyBody>) {
-        let pool = self.clone();
-        tokio::spawn(async move {
-            if sender.ready().await.is_ok() {
-                let mut idle = pool.idle_h1.lock().unwrap_or_else(|p| p.into_inner());
-                if idle.len() < MAX_IDLE_PER_ENDPOINT {
-                    idle.push((Instant::now(), sender));
-                }
-            }
-        });
+    fn checkin_h1(&self, sender: http1::SendRequest<ProxyBody>) {
+        let mut idle = self.idle_h1.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < MAX_IDLE_PER_ENDPOINT {
+            idle.push((Instant::now(), sender));
+        }
     }
 
     /// A raw byte stream for opaque TCP (TLS-wrapped when meshed).
@@ -150,6 +181,7 @@ impl EndpointPool {
             .map_err(|_| UpstreamError::ConnectTimeout)?
             .map_err(UpstreamError::Connect)?;
         let _ = stream.set_nodelay(true);
+        let stream = SendStream::new(stream);
         let Some(tls) = &self.tls else {
             return Ok(TokioIo::new(Box::new(stream)));
         };

@@ -2,6 +2,7 @@
 
 pub mod body;
 pub mod client;
+pub mod coarse_timer;
 pub mod headers;
 mod hooks;
 mod local;

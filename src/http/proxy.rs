@@ -335,7 +335,7 @@ async fn forward(
             }
         }
         let outcome = match &result {
-            Ok(resp) => Outcome::Status(resp.status().as_u16(), grpc_status(resp.headers())),
+            Ok((resp, _)) => Outcome::Status(resp.status().as_u16(), grpc_status(resp.headers())),
             Err(UpstreamError::Connect(_) | UpstreamError::ConnectTimeout | UpstreamError::Tls(_)) => {
                 Outcome::ConnectFailure
             }
@@ -356,8 +356,8 @@ async fn forward(
             }
             shared.metrics.retry_budget_exhausted(&route_labels());
         }
-        let mut resp = match result {
-            Ok(resp) => resp,
+        let (mut resp, reusable) = match result {
+            Ok(sent) => sent,
             Err(e) => {
                 pending.abandon();
                 endpoint.record_failure();
@@ -412,7 +412,7 @@ async fn forward(
             return Ok(resp.map(|_| super::full(bytes::Bytes::new())));
         }
         strip_hop_by_hop(resp.headers_mut(), false);
-        return Ok(resp.map(|body| ObservedBody::new(body, obs, deadline).boxed_unsync()));
+        return Ok(resp.map(|body| ObservedBody::new(body, obs, deadline, reusable).boxed_unsync()));
     }
 }
 

@@ -1,5 +1,6 @@
 //! Serving one client connection with hyper, and draining it on shutdown.
 
+use super::coarse_timer::CoarseTimer;
 use super::proxy::{handle, ConnContext};
 use hyper::rt::{Read, Write};
 use hyper::server::conn::{http1, http2};
@@ -11,14 +12,19 @@ use tokio::sync::watch;
 
 const MAX_HEADER_BYTES: usize = 96 * 1024;
 
-pub async fn serve_http1<I>(io: I, ctx: Arc<ConnContext>, mut draining: watch::Receiver<bool>)
-where
+pub async fn serve_http1<I>(
+    io: I,
+    ctx: Arc<ConnContext>,
+    header_read_timeout: Duration,
+    mut draining: watch::Receiver<bool>,
+) where
     I: Read + Write + Unpin + Send + 'static,
 {
     let svc = service_fn(move |req| handle(req, ctx.clone()));
     let conn = http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30))
+        // Armed per request; the coarse timer keeps that off tokio's timer wheel.
+        .timer(CoarseTimer)
+        .header_read_timeout(header_read_timeout)
         // Caps request-line plus headers (answered with 431), like Envoy's 60-96 KiB.
         .max_buf_size(MAX_HEADER_BYTES)
         .serve_connection(io, svc)

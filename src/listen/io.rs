@@ -117,3 +117,81 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
+
+/// Largest vectored write that is copied into one buffer and sent with a
+/// single send(2); bigger ones go out with writev(2).
+const COALESCE_BYTES: usize = 8 * 1024;
+
+/// A TCP stream that writes with send(2). `write` and `writev` go through
+/// the VFS layer (file lookup with position locking, iovec import); `send`
+/// does not, which is measurable at one or two writes per request. hyper
+/// hands over a response's head and a small body as two buffers; they are
+/// joined here so they still leave in one call.
+pub struct SendStream {
+    inner: tokio::net::TcpStream,
+}
+
+impl SendStream {
+    pub fn new(inner: tokio::net::TcpStream) -> Self {
+        SendStream { inner }
+    }
+
+    pub fn get_ref(&self) -> &tokio::net::TcpStream {
+        &self.inner
+    }
+
+    fn poll_send(&self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        loop {
+            std::task::ready!(self.inner.poll_write_ready(cx))?;
+            let sent = self.inner.try_io(tokio::io::Interest::WRITABLE, || {
+                socket2::SockRef::from(&self.inner).send(buf)
+            });
+            match sent {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                result => return Poll::Ready(result),
+            }
+        }
+    }
+}
+
+impl AsyncRead for SendStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for SendStream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        self.poll_send(cx, buf)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        if total > COALESCE_BYTES {
+            return Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        }
+        let mut joined = [0u8; COALESCE_BYTES];
+        let mut len = 0;
+        for b in bufs {
+            joined[len..len + b.len()].copy_from_slice(b);
+            len += b.len();
+        }
+        self.poll_send(cx, &joined[..len])
+    }
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}

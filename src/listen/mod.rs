@@ -14,7 +14,7 @@ use crate::shared::Shared;
 use bytes::Bytes;
 use detect::Protocol;
 use hyper_util::rt::TokioIo;
-use io::{Counted, Prefixed};
+use io::{Counted, Prefixed, SendStream};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -31,6 +31,7 @@ pub struct ListenerSpec {
     pub direction: Arc<str>,
     pub protocol: ListenerProtocol,
     pub detect_timeout: Duration,
+    pub header_read_timeout: Duration,
     pub tls: Option<(tokio_rustls::TlsAcceptor, TlsMode)>,
 }
 
@@ -77,7 +78,7 @@ type BoxIo = Box<dyn Io>;
 /// Terminates TLS when the listener asks for it. Returns the transport, what
 /// TLS established, and whether ALPN chose h2. None: the connection is refused.
 async fn accept_transport(
-    stream: Counted<TcpStream>,
+    stream: Counted<SendStream>,
     spec: &ListenerSpec,
     peer: SocketAddr,
 ) -> Option<(BoxIo, PeerTls, bool)> {
@@ -135,7 +136,9 @@ async fn serve_connection(
     tcp.open.fetch_add(1, Relaxed);
     let _open = OpenConnection(tcp.clone());
     let _ = stream.set_nodelay(true);
-    let Some((mut io, tls, alpn_h2)) = accept_transport(Counted::new(stream, tcp), &spec, peer).await else {
+    let Some((mut io, tls, alpn_h2)) =
+        accept_transport(Counted::new(SendStream::new(stream), tcp), &spec, peer).await
+    else {
         return;
     };
     let (protocol, prefix) = match spec.protocol {
@@ -149,6 +152,7 @@ async fn serve_connection(
         },
     };
     let io = Prefixed::new(prefix, io);
+    let header_read_timeout = spec.header_read_timeout;
     let ctx = Arc::new(ConnContext {
         shared: shared.clone(),
         listener: spec.index,
@@ -160,7 +164,7 @@ async fn serve_connection(
     });
     let draining = shared.draining.clone();
     match protocol {
-        Protocol::Http1 => serve_http1(TokioIo::new(io), ctx, draining).await,
+        Protocol::Http1 => serve_http1(TokioIo::new(io), ctx, header_read_timeout, draining).await,
         Protocol::Http2 => serve_http2(TokioIo::new(io), ctx, draining).await,
         Protocol::Opaque => opaque::forward(io, ctx).await,
         Protocol::Closed => {}
