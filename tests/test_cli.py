@@ -105,3 +105,14 @@ def test_demo_starts_a_two_zone_mesh():
         assert proc.wait(10) == 0
     finally:
         proc.kill()
+
+
+def test_run_path_leaves_heavy_modules_unloaded():
+    # Idle memory is a target (bench/footprint.py): `meshcore run` without plugins or an
+    # identity service must not load cryptography (identity commands) or asyncio (plugins).
+    code = (
+        "import sys, meshcore.cli, meshcore.proxy;"
+        "print(sorted(m for m in ('cryptography', 'asyncio') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

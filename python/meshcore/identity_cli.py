@@ -10,7 +10,6 @@ import threading
 from datetime import timedelta
 from typing import Callable
 
-from . import identity
 from .config import parse_duration
 
 Command = Callable[[argparse.Namespace], int]
@@ -52,12 +51,16 @@ def duration(value: str) -> timedelta:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
+    from . import identity  # cryptography is loaded only by identity commands
+
     identity.init_ca(args.dir, trust_domain=args.trust_domain, ttl=args.ttl)
     print(f"meshcore: trust anchor and issuer for {args.trust_domain} written to {args.dir}")
     return 0
 
 
 def cmd_issue(args: argparse.Namespace) -> int:
+    from . import identity  # cryptography is loaded only by identity commands
+
     chain, _ = identity.issue(args.dir, args.name, ttl=args.ttl, out_prefix=args.out)
     info = identity.cert_info(chain)
     print(
@@ -68,6 +71,8 @@ def cmd_issue(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from . import identity  # cryptography is loaded only by identity commands
+
     stop = _stop_on_signals()  # before printing the URL, so a signal right after it is handled
     with identity.IdentityService(args.dir, args.bind, tokens=args.tokens, ttl=args.ttl) as service:
         print(f"identity service on {service.url}", flush=True)

@@ -14,7 +14,6 @@ Hooks may be ``async``. Requests on routes without plugins never enter Python.
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import difflib
 import importlib
@@ -451,6 +450,8 @@ class PluginHost:
             self._watcher.start()
 
     def _run_loop(self) -> None:
+        import asyncio  # imported here: a proxy without plugins never pays for it
+
         self._loop = asyncio.new_event_loop()
         asyncio.set_event_loop(self._loop)
         self._loop_ready.set()
@@ -504,6 +505,8 @@ class PluginHost:
         plugins = [p for p in self._for_route(route) if phase in p.hooks]
         for i, plugin in enumerate(plugins):
             if plugin.is_async[phase]:
+                import asyncio
+
                 return asyncio.run_coroutine_threadsafe(
                     self._run_async(phase, plugins[i:], args, finish), self._loop
                 )  # type: ignore[arg-type]
@@ -520,6 +523,8 @@ class PluginHost:
     async def _run_async(
         self, phase: str, plugins: list[_Loaded], args: tuple, finish: Callable[[], Any]
     ) -> Any:
+        import asyncio
+
         for plugin in plugins:
             started = time.perf_counter()
             try:
