@@ -24,9 +24,12 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 from .errors import PluginError
+
+if TYPE_CHECKING:
+    import asyncio
 
 __all__ = ["PHASES", "Headers", "Request", "Response", "Endpoint", "PluginHost", "PluginSpec", "load_plugin"]
 
