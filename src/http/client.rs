@@ -80,7 +80,12 @@ pub struct EndpointPool {
     settings: Arc<Settings>,
     tls: Option<UpstreamTls>,
     idle_h1: Mutex<Vec<(Instant, http1::SendRequest<ProxyBody>)>>,
-    h2: tokio::sync::Mutex<Option<http2::SendRequest<ProxyBody>>>,
+    /// The shared HTTP/2 connection, numbered so that a request that saw it
+    /// fail forgets that one and not a newer one.
+    h2: Mutex<Option<(u64, http2::SendRequest<ProxyBody>)>>,
+    h2_made: std::sync::atomic::AtomicU64,
+    /// Held while a new HTTP/2 connection is made, so only one is.
+    h2_connecting: tokio::sync::Mutex<()>,
 }
 
 impl EndpointPool {
@@ -90,7 +95,9 @@ impl EndpointPool {
             settings,
             tls,
             idle_h1: Mutex::new(Vec::new()),
-            h2: tokio::sync::Mutex::new(None),
+            h2: Mutex::new(None),
+            h2_made: std::sync::atomic::AtomicU64::new(0),
+            h2_connecting: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -130,7 +137,8 @@ impl EndpointPool {
                 },
             }
         }
-        let mut sender = self.connect_h1().await?;
+        // Boxed: connecting (and a TLS handshake) is rare but would make every request's state larger.
+        let mut sender = Box::pin(self.connect_h1()).await?;
         let resp = sender.send_request(req).await.map_err(UpstreamError::Http)?;
         Ok((resp, sender))
     }
@@ -209,7 +217,7 @@ impl EndpointPool {
     }
 
     async fn send_h2(&self, req: Request<ProxyBody>) -> Result<Response<Incoming>, UpstreamError> {
-        let mut sender = self.h2_sender().await?;
+        let (generation, mut sender) = self.h2_sender().await?;
         let ready = sender.ready().await;
         let req = match ready {
             Ok(()) => match sender.try_send_request(req).await {
@@ -222,20 +230,35 @@ impl EndpointPool {
             },
             Err(_) => req,
         };
-        self.forget_h2().await;
-        let mut sender = self.h2_sender().await?;
+        self.forget_h2(generation);
+        let (_, mut sender) = self.h2_sender().await?;
         sender.ready().await.map_err(UpstreamError::Http)?;
         sender.send_request(req).await.map_err(UpstreamError::Http)
     }
 
-    async fn forget_h2(&self) {
-        *self.h2.lock().await = None;
+    fn forget_h2(&self, generation: u64) {
+        let mut slot = self.h2.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.as_ref().is_some_and(|(g, _)| *g == generation) {
+            *slot = None;
+        }
     }
 
-    async fn h2_sender(&self) -> Result<http2::SendRequest<ProxyBody>, UpstreamError> {
-        let mut slot = self.h2.lock().await;
-        if let Some(sender) = slot.as_ref().filter(|s| !s.is_closed()) {
-            return Ok(sender.clone());
+    fn h2_open(&self) -> Option<(u64, http2::SendRequest<ProxyBody>)> {
+        let slot = self.h2.lock().unwrap_or_else(|p| p.into_inner());
+        slot.as_ref().filter(|(_, s)| !s.is_closed()).cloned()
+    }
+
+    async fn h2_sender(&self) -> Result<(u64, http2::SendRequest<ProxyBody>), UpstreamError> {
+        match self.h2_open() {
+            Some(sender) => Ok(sender),
+            None => Box::pin(self.connect_h2()).await,
+        }
+    }
+
+    async fn connect_h2(&self) -> Result<(u64, http2::SendRequest<ProxyBody>), UpstreamError> {
+        let _one_at_a_time = self.h2_connecting.lock().await;
+        if let Some(sender) = self.h2_open() {
+            return Ok(sender); // another request connected meanwhile
         }
         let io = self.connect(Wire::Http2).await?;
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
@@ -247,7 +270,8 @@ impl EndpointPool {
         tokio::spawn(async move {
             let _ = conn.await;
         });
-        *slot = Some(sender.clone());
-        Ok(sender)
+        let generation = self.h2_made.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        *self.h2.lock().unwrap_or_else(|p| p.into_inner()) = Some((generation, sender.clone()));
+        Ok((generation, sender))
     }
 }

@@ -3,6 +3,7 @@
 pub mod body;
 pub mod client;
 pub mod coarse_timer;
+mod deadline;
 pub mod headers;
 mod hooks;
 mod local;

@@ -3,6 +3,7 @@
 
 use super::body::{grpc_status, Observation, ObservedBody};
 use super::client::{UpstreamError, Wire};
+use super::deadline::{with_deadline, Elapsed};
 use super::headers::{is_upgrade, strip_hop_by_hop};
 use super::hooks;
 use super::local::{fail, header_list, local, plugin_failed, route_answers_itself, Failure};
@@ -179,7 +180,7 @@ async fn forward(
             identity: conn.tls.identity(),
             service: service_index.map(|i| &*table.services[i].name),
         };
-        let (preq, chosen) = match hooks::on_request(host, facts, &mut req, &labels).await {
+        let (preq, chosen) = match Box::pin(hooks::on_request(host, facts, &mut req, &labels)).await {
             Ok(done) => done,
             Err(answer) => {
                 shared.metrics.request(&labels);
@@ -290,7 +291,10 @@ async fn forward(
             plugin_req.as_ref().filter(|r| r.has(ON_UPSTREAM_REQUEST)),
         ) {
             (Some(host), Some(preq)) => {
-                hooks::on_upstream_request(host, preq, endpoint, &template, &labels).await?
+                Box::pin(hooks::on_upstream_request(
+                    host, preq, endpoint, &template, &labels,
+                ))
+                .await?
             }
             _ => None,
         };
@@ -308,23 +312,19 @@ async fn forward(
         .map_err(|reason| fail(StatusCode::BAD_REQUEST, reason, &labels))?;
 
         let mut pending = endpoint.start();
-        let send = pool.send(upstream_req, wire);
         let attempt_deadline = match (route.response_timeout, deadline) {
             (Some(rt), Some(d)) => Some(d.min(tokio::time::Instant::now() + rt)),
             (Some(rt), None) => Some(tokio::time::Instant::now() + rt),
             (None, d) => d,
         };
-        let result = match attempt_deadline {
-            Some(d) => match tokio::time::timeout_at(d, send).await {
-                Ok(r) => r,
-                Err(_) => {
-                    // Timeouts are never retried: the time is already spent.
-                    pending.abandon();
-                    endpoint.record_failure();
-                    return Err(fail(StatusCode::GATEWAY_TIMEOUT, "upstream timeout", &labels));
-                }
-            },
-            None => send.await,
+        let result = match with_deadline(pool.send(upstream_req, wire), attempt_deadline).await {
+            Ok(r) => r,
+            Err(Elapsed) => {
+                // Timeouts are never retried: the time is already spent.
+                pending.abandon();
+                endpoint.record_failure();
+                return Err(fail(StatusCode::GATEWAY_TIMEOUT, "upstream timeout", &labels));
+            }
         };
         if let Err(UpstreamError::Http(e)) = &result {
             if e.is_user() {
@@ -367,7 +367,7 @@ async fn forward(
             }
         };
         if let (Some(host), Some(preq)) = (&plugins, plugin_req.as_ref().filter(|r| r.has(ON_RESPONSE))) {
-            hooks::on_response(host, preq, &mut resp, &labels).await?;
+            Box::pin(hooks::on_response(host, preq, &mut resp, &labels)).await?;
         }
         let status = resp.status();
         let log = match (&plugins, plugin_req.take().filter(|r| r.has(ON_LOG))) {
@@ -423,4 +423,25 @@ async fn splice_upgrade(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgr
     let mut client = TokioIo::new(client);
     let mut upstream = TokioIo::new(upstream);
     let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn future_size<F, Fut>(_: F) -> usize
+    where
+        F: FnOnce(Request<Incoming>, Arc<ConnContext>) -> Fut,
+    {
+        std::mem::size_of::<Fut>()
+    }
+
+    /// A request's whole state is copied when hyper stores it (HTTP/1.1) or
+    /// spawns it (one task per HTTP/2 stream); rare paths (connecting, plugin
+    /// hooks) are boxed so they do not make every request's state bigger.
+    #[test]
+    fn per_request_state_stays_small() {
+        let size = future_size(handle);
+        assert!(size <= 3584, "the per-request future grew to {size} bytes");
+    }
 }
