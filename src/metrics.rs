@@ -1,7 +1,9 @@
 //! Counters and histograms with Linkerd's names, rendered as Prometheus text.
 //!
-//! Series are looked up once per request under a short lock and then updated
-//! with relaxed atomics; rendering takes a snapshot without blocking traffic.
+//! Series are updated with relaxed atomics. A request's series is found in a
+//! small per-thread cache (a worker's requests mostly share their labels), so
+//! the shared map and its lock are touched only when labels change; rendering
+//! takes a snapshot without blocking traffic.
 
 use std::collections::HashMap;
 use std::fmt::Write;
@@ -18,7 +20,7 @@ pub const LATENCY_BUCKETS_MS: [u64; 25] = [
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct RequestLabels {
     pub direction: Arc<str>,
-    pub authority: String,
+    pub authority: http::HeaderValue,
     pub dst_service: Arc<str>,
     pub dst_zone: Arc<str>,
     pub cross_zone: bool,
@@ -87,14 +89,45 @@ pub struct TcpSeries {
 
 type Family<K, V> = Mutex<HashMap<K, Arc<V>>>;
 
-type ResponseSet = Mutex<Vec<(u16, &'static str, Arc<ResponseSeries>)>>;
-
+/// Everything recorded under one set of request labels.
 #[derive(Default, Debug)]
+pub struct RequestSeries {
+    total: AtomicU64,
+    /// Responses by (status, classification).
+    responses: Mutex<Vec<(u16, &'static str, Arc<ResponseSeries>)>>,
+}
+
+impl RequestSeries {
+    fn response(&self, status: u16, classification: &'static str) -> Arc<ResponseSeries> {
+        let mut set = self.responses.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, _, s)) = set
+            .iter()
+            .find(|(st, c, _)| *st == status && *c == classification)
+        {
+            return s.clone();
+        }
+        let s = Arc::new(ResponseSeries::default());
+        set.push((status, classification, s.clone()));
+        s
+    }
+}
+
+static NEXT_METRICS_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Per-thread cache entries: (metrics id, labels, series, last response series).
+type CachedSeries = (u64, RequestLabels, Arc<RequestSeries>, Option<CachedResponse>);
+type CachedResponse = (u16, &'static str, Arc<ResponseSeries>);
+const CACHE_ENTRIES: usize = 8;
+
+thread_local! {
+    static SERIES_CACHE: std::cell::RefCell<Vec<CachedSeries>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+#[derive(Debug)]
 pub struct Metrics {
-    requests: Family<RequestLabels, AtomicU64>,
-    /// Per request label set, its series by (status, classification): looked up
-    /// by reference, so recording a response copies no labels.
-    responses: Family<RequestLabels, ResponseSet>,
+    /// Tells this instance's entries apart in the per-thread caches.
+    id: u64,
+    requests: Family<RequestLabels, RequestSeries>,
     tcp: Family<TcpLabels, TcpSeries>,
     retries: Family<RouteLabels, AtomicU64>,
     authz_allow: Family<AuthzLabels, AtomicU64>,
@@ -115,9 +148,45 @@ fn snapshot<K: Clone, V>(family: &Family<K, V>) -> Vec<(K, Arc<V>)> {
     map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
 }
 
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            id: NEXT_METRICS_ID.fetch_add(1, Relaxed),
+            requests: Family::default(),
+            tcp: Family::default(),
+            retries: Family::default(),
+            authz_allow: Family::default(),
+            authz_deny: Family::default(),
+            budget_exhausted: Family::default(),
+        }
+    }
+}
+
 impl Metrics {
+    /// Runs `f` on this thread's cache entry for `labels`, filling it from
+    /// the shared map on a miss.
+    fn with_cached<T>(&self, labels: &RequestLabels, f: impl FnOnce(&mut CachedSeries) -> T) -> T {
+        SERIES_CACHE.with(|cache| {
+            let mut cache = cache.borrow_mut();
+            let hit = cache
+                .iter()
+                .position(|(id, l, _, _)| *id == self.id && l == labels);
+            let i = match hit {
+                Some(i) => i,
+                None => {
+                    if cache.len() == CACHE_ENTRIES {
+                        cache.remove(0);
+                    }
+                    cache.push((self.id, labels.clone(), series(&self.requests, labels), None));
+                    cache.len() - 1
+                }
+            };
+            f(&mut cache[i])
+        })
+    }
+
     pub fn request(&self, labels: &RequestLabels) {
-        series(&self.requests, labels).fetch_add(1, Relaxed);
+        self.with_cached(labels, |(_, _, series, _)| series.total.fetch_add(1, Relaxed));
     }
 
     pub fn response(
@@ -127,29 +196,24 @@ impl Metrics {
         classification: &'static str,
         latency: Duration,
     ) {
-        let set = series(&self.responses, request);
-        let s = {
-            let mut set = set.lock().unwrap_or_else(|p| p.into_inner());
-            match set
-                .iter()
-                .find(|(st, c, _)| *st == status && *c == classification)
-            {
-                Some((_, _, s)) => s.clone(),
-                None => {
-                    let s = Arc::new(ResponseSeries::default());
-                    set.push((status, classification, s.clone()));
-                    s
+        self.with_cached(request, |(_, _, series, last)| {
+            let s = match last {
+                Some((st, c, s)) if *st == status && *c == classification => s,
+                _ => {
+                    &mut last
+                        .insert((status, classification, series.response(status, classification)))
+                        .2
                 }
-            }
-        };
-        s.total.fetch_add(1, Relaxed);
-        s.latency.observe(latency);
+            };
+            s.total.fetch_add(1, Relaxed);
+            s.latency.observe(latency);
+        });
     }
 
     fn response_snapshot(&self) -> Vec<(ResponseLabels, Arc<ResponseSeries>)> {
         let mut out = Vec::new();
-        for (request, set) in snapshot(&self.responses) {
-            let set = set.lock().unwrap_or_else(|p| p.into_inner());
+        for (request, series) in snapshot(&self.requests) {
+            let set = series.responses.lock().unwrap_or_else(|p| p.into_inner());
             for (status_code, classification, s) in set.iter() {
                 let labels = ResponseLabels {
                     request: request.clone(),
@@ -256,7 +320,12 @@ impl Metrics {
             "Total HTTP requests received, by destination.",
         );
         for (l, v) in snapshot(&self.requests) {
-            let _ = writeln!(out, "request_total{{{}}} {}", request_labels(&l), v.load(Relaxed));
+            let _ = writeln!(
+                out,
+                "request_total{{{}}} {}",
+                request_labels(&l),
+                v.total.load(Relaxed)
+            );
         }
         let responses = self.response_snapshot();
         header(
@@ -349,7 +418,7 @@ fn request_labels(l: &RequestLabels) -> String {
     format!(
         "direction=\"{}\",authority=\"{}\",tls=\"{}\",dst_service=\"{}\",dst_zone=\"{}\",cross_zone=\"{}\"",
         escape(&l.direction),
-        escape(&l.authority),
+        escape(l.authority.to_str().unwrap_or_default()),
         l.tls,
         escape(&l.dst_service),
         escape(&l.dst_zone),
@@ -377,7 +446,7 @@ mod tests {
     fn labels() -> RequestLabels {
         RequestLabels {
             direction: "outbound".into(),
-            authority: "web.local".into(),
+            authority: http::HeaderValue::from_static("web.local"),
             dst_service: "web".into(),
             dst_zone: "zone-a".into(),
             cross_zone: false,
@@ -415,6 +484,51 @@ mod tests {
         assert!(text.contains(
             "request_total{direction=\"outbound\",authority=\"web.local\",tls=\"false\",dst_service=\"web\",dst_zone=\"zone-a\",cross_zone=\"false\"} 2"
         ));
+    }
+
+    #[test]
+    fn cached_series_belong_to_their_own_instance_and_labels() {
+        // The per-thread cache must not mix up two proxies, or two label sets.
+        let (a, b) = (Metrics::default(), Metrics::default());
+        let mut other = labels();
+        other.dst_zone = "zone-b".into();
+        for _ in 0..3 {
+            a.request(&labels());
+            a.response(&labels(), 200, "success", Duration::from_millis(1));
+        }
+        b.request(&labels());
+        b.response(&labels(), 503, "failure", Duration::from_millis(1));
+        a.request(&other);
+        // More label sets than the cache holds: evicted entries are found again.
+        for i in 0..(2 * CACHE_ENTRIES) {
+            let mut l = labels();
+            l.authority = http::HeaderValue::from_str(&format!("host{i}")).unwrap();
+            a.request(&l);
+        }
+        a.request(&labels());
+        let (ta, tb) = (a.render(), b.render());
+        assert!(
+            ta.contains("dst_zone=\"zone-a\",cross_zone=\"false\"} 4\n"),
+            "{ta}"
+        );
+        assert!(
+            ta.contains("dst_zone=\"zone-b\",cross_zone=\"false\"} 1\n"),
+            "{ta}"
+        );
+        assert!(ta.contains("authority=\"host15\""), "{ta}");
+        assert!(
+            ta.contains("status_code=\"200\",classification=\"success\"} 3\n"),
+            "{ta}"
+        );
+        assert!(!ta.contains("status_code=\"503\""), "{ta}");
+        assert!(
+            tb.contains("dst_zone=\"zone-a\",cross_zone=\"false\"} 1\n"),
+            "{tb}"
+        );
+        assert!(
+            tb.contains("status_code=\"503\",classification=\"failure\"} 1\n"),
+            "{tb}"
+        );
     }
 
     #[test]

@@ -91,7 +91,7 @@ pub fn metrics_record(iterations: usize) -> u64 {
     let metrics = Metrics::default();
     let labels = RequestLabels {
         direction: Arc::from("outbound"),
-        authority: "web.local".to_string(),
+        authority: http::HeaderValue::from_static("web.local"),
         dst_service: Arc::from("web"),
         dst_zone: Arc::from("zone-a"),
         cross_zone: false,

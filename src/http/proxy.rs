@@ -99,11 +99,21 @@ pub async fn handle(
     }
 }
 
-fn authority_of(req: &Request<Incoming>) -> Option<String> {
-    if let Some(a) = req.uri().authority() {
-        return Some(a.as_str().to_string());
-    }
-    req.headers().get(HOST)?.to_str().ok().map(str::to_string)
+/// The request's authority: the URI's (HTTP/2, absolute-form), else the Host
+/// header, shared rather than copied. Empty when missing or not text.
+fn authority_of(req: &Request<Incoming>) -> HeaderValue {
+    let found = match req.uri().authority() {
+        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+        None => req.headers().get(HOST).cloned(),
+    };
+    found
+        .filter(|v| v.to_str().is_ok())
+        .unwrap_or_else(|| HeaderValue::from_static(""))
+}
+
+/// A header value known to be text (see `authority_of`).
+pub(super) fn text(value: &HeaderValue) -> &str {
+    value.to_str().unwrap_or_default()
 }
 
 async fn forward(
@@ -113,7 +123,7 @@ async fn forward(
 ) -> Result<Response<ProxyBody>, Failure> {
     let shared = &conn.shared;
     let table = shared.table.load();
-    let authority = authority_of(&req).unwrap_or_default();
+    let authority = authority_of(&req);
     let mut labels = RequestLabels {
         direction: conn.direction.clone(),
         authority: authority.clone(),
@@ -151,12 +161,12 @@ async fn forward(
         }
     }
     let routes = &table.routes[conn.listener];
-    let host = route::host_of(&authority);
+    let host = route::host_of(text(&authority));
     let Some(route) = route::find(routes, host, req.uri().path(), req.headers()) else {
         shared.metrics.request(&labels);
         return Err(fail(StatusCode::NOT_FOUND, "no route", &labels));
     };
-    if let Some(resp) = route_answers_itself(route, &req, &authority) {
+    if let Some(resp) = route_answers_itself(route, &req, text(&authority)) {
         shared.metrics.request(&labels);
         return Err(local(resp, &labels));
     }
@@ -174,7 +184,7 @@ async fn forward(
             route: &route.name,
             method: method.as_str(),
             path: &path,
-            authority: &authority,
+            authority: text(&authority),
             headers: header_list(req.headers()),
             peer: conn.peer.to_string(),
             identity: conn.tls.identity(),
@@ -311,7 +321,7 @@ async fn forward(
         }
         .map_err(|reason| fail(StatusCode::BAD_REQUEST, reason, &labels))?;
 
-        let mut pending = endpoint.start();
+        let mut pending = endpoint.start_at(now);
         let attempt_deadline = match (route.response_timeout, deadline) {
             (Some(rt), Some(d)) => Some(d.min(tokio::time::Instant::now() + rt)),
             (Some(rt), None) => Some(tokio::time::Instant::now() + rt),
@@ -377,7 +387,7 @@ async fn forward(
                 LogSummary {
                     method: template.method.to_string(),
                     path: template.path.to_string(),
-                    authority: template.authority.clone(),
+                    authority: text(&template.authority).to_string(),
                     route: route.name.clone(),
                     service: service.name.to_string(),
                     endpoint: endpoint.addr.to_string(),

@@ -12,7 +12,8 @@ pub(super) struct Template {
     pub method: Method,
     pub path: PathAndQuery,
     pub headers: HeaderMap,
-    pub authority: String,
+    /// Empty when the client sent none.
+    pub authority: HeaderValue,
     pub wire: Wire,
 }
 
@@ -23,7 +24,7 @@ impl Template {
             method: Method::GET,
             path: PathAndQuery::from_static("/"),
             headers: HeaderMap::new(),
-            authority: String::new(),
+            authority: HeaderValue::from_static(""),
             wire: Wire::Http1,
         }
     }
@@ -40,16 +41,15 @@ pub(super) fn build_request(t: Template, body: ProxyBody, wire: Wire) -> Result<
             *req.version_mut() = Version::HTTP_11;
             *req.uri_mut() = Uri::from(t.path.clone());
             if !t.authority.is_empty() {
-                let host =
-                    HeaderValue::from_str(&t.authority).map_err(|_| "invalid authority".to_string())?;
-                req.headers_mut().insert(HOST, host);
+                req.headers_mut().insert(HOST, t.authority);
             }
         }
         Wire::Http2 => {
             *req.version_mut() = Version::HTTP_2;
             let mut uri = Uri::builder().scheme(Scheme::HTTP).path_and_query(t.path.clone());
             if !t.authority.is_empty() {
-                let a: Authority = t.authority.parse().map_err(|_| "invalid authority".to_string())?;
+                let a = Authority::try_from(t.authority.as_bytes())
+                    .map_err(|_| "invalid authority".to_string())?;
                 uri = uri.authority(a);
             }
             *req.uri_mut() = uri.build().map_err(|e| format!("invalid request target: {e}"))?;
