@@ -67,8 +67,9 @@ impl Observation {
 
     fn first_frame(&mut self) {
         if self.ttfb.is_none() {
-            self.ttfb = Some(self.started.elapsed());
-            self.pending.finish();
+            let now = Instant::now();
+            self.ttfb = Some(now - self.started);
+            self.pending.finish_at(now);
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Upstream connections to one endpoint: a pool of idle HTTP/1.1 connections
 //! and one shared, multiplexed HTTP/2 connection.
 
+use super::coarse_timer::coarse_now;
 use super::ProxyBody;
 use crate::listen::io::SendStream;
 use hyper::body::Incoming;
@@ -148,7 +149,7 @@ impl EndpointPool {
     /// its own task; it is left for a later request.
     fn checkout_h1(&self) -> Option<http1::SendRequest<ProxyBody>> {
         let mut idle = self.idle_h1.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
+        let now = coarse_now();
         let mut i = idle.len();
         let mut scanned = 0;
         while i > 0 && scanned < CHECKOUT_SCAN {
@@ -168,7 +169,7 @@ impl EndpointPool {
     fn checkin_h1(&self, sender: http1::SendRequest<ProxyBody>) {
         let mut idle = self.idle_h1.lock().unwrap_or_else(|p| p.into_inner());
         if idle.len() < MAX_IDLE_PER_ENDPOINT {
-            idle.push((Instant::now(), sender));
+            idle.push((coarse_now(), sender));
         }
     }
 

@@ -126,6 +126,13 @@ impl Drop for CoarseSleep {
     }
 }
 
+/// This thread's time as of its last tick (at most `TICK` old), or the
+/// precise time on a thread without a ticker. For timestamps that need no
+/// precision, such as when a pooled connection went idle.
+pub fn coarse_now() -> Instant {
+    TICKED_AT.with(Cell::get).unwrap_or_else(Instant::now)
+}
+
 /// Wakes this thread's expired sleeps once per `TICK`; runs for the life of
 /// the worker's runtime.
 pub async fn run_ticker() {

@@ -122,6 +122,11 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
 /// single send(2); bigger ones go out with writev(2).
 const COALESCE_BYTES: usize = 8 * 1024;
 
+thread_local! {
+    /// Where a vectored write is joined; reused, so it is not zeroed or allocated per write.
+    static JOINED: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(Vec::with_capacity(COALESCE_BYTES));
+}
+
 /// A TCP stream that writes with send(2). `write` and `writev` go through
 /// the VFS layer (file lookup with position locking, iovec import); `send`
 /// does not, which is measurable at one or two writes per request. hyper
@@ -177,13 +182,12 @@ impl AsyncWrite for SendStream {
         if total > COALESCE_BYTES {
             return Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         }
-        let mut joined = [0u8; COALESCE_BYTES];
-        let mut len = 0;
-        for b in bufs {
-            joined[len..len + b.len()].copy_from_slice(b);
-            len += b.len();
-        }
-        self.poll_send(cx, &joined[..len])
+        JOINED.with(|joined| {
+            let mut joined = joined.borrow_mut();
+            joined.clear();
+            bufs.iter().for_each(|b| joined.extend_from_slice(b));
+            self.poll_send(cx, &joined)
+        })
     }
     fn is_write_vectored(&self) -> bool {
         true
