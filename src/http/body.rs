@@ -146,7 +146,8 @@ impl ObservedBody {
 
 impl Drop for ObservedBody {
     fn drop(&mut self) {
-        // An empty body (HEAD, 204, 304) may never be polled.
+        // hyper stops polling a body once it reports its end (a Content-Length
+        // body fully read, or an empty one), so that end is only seen here.
         if self.inner.is_end_stream() {
             self.release_connection();
         }

@@ -141,10 +141,6 @@ impl SendStream {
         SendStream { inner }
     }
 
-    pub fn get_ref(&self) -> &tokio::net::TcpStream {
-        &self.inner
-    }
-
     fn poll_send(&self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         loop {
             std::task::ready!(self.inner.poll_write_ready(cx))?;
