@@ -14,7 +14,7 @@ pub struct HeaderOps {
     remove: Vec<HeaderName>,
 }
 
-fn header_pair(field: &str, k: &str, v: &str) -> Result<(HeaderName, HeaderValue), String> {
+pub(crate) fn header_pair(field: &str, k: &str, v: &str) -> Result<(HeaderName, HeaderValue), String> {
     let name =
         HeaderName::from_bytes(k.as_bytes()).map_err(|_| format!("{field}: invalid header name {k:?}"))?;
     let value = HeaderValue::from_str(v).map_err(|_| format!("{field}.{k}: invalid header value"))?;

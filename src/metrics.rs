@@ -31,7 +31,7 @@ pub struct RequestLabels {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct AuthzLabels {
     pub listener: Arc<str>,
-    pub rule: String,
+    pub rule: Arc<str>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -233,13 +233,13 @@ impl Metrics {
     pub fn authorization(&self, listener: &Arc<str>, decision: &crate::policy::Decision) {
         use crate::policy::Decision;
         let (family, rule) = match decision {
-            Decision::Allow(rule) => (&self.authz_allow, rule.as_str()),
-            Decision::Audit => (&self.authz_allow, "default:audit"),
-            Decision::Deny(rule) => (&self.authz_deny, rule.as_str()),
+            Decision::Allow(rule) => (&self.authz_allow, rule.clone()),
+            Decision::Audit => (&self.authz_allow, Arc::from("default:audit")),
+            Decision::Deny(rule) => (&self.authz_deny, rule.clone()),
         };
         let labels = AuthzLabels {
             listener: listener.clone(),
-            rule: rule.to_string(),
+            rule,
         };
         series(family, &labels).fetch_add(1, Relaxed);
     }

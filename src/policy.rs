@@ -2,19 +2,21 @@
 
 use crate::config::{self, DefaultPolicy};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
-    /// Allowed; names the rule (or default) that allowed it.
-    Allow(String),
+    /// Allowed; names the rule (or default) that allowed it. Names are
+    /// shared, so a decision per request allocates nothing.
+    Allow(Arc<str>),
     /// Allowed only because the default is audit; it would have been denied.
     Audit,
-    Deny(String),
+    Deny(Arc<str>),
 }
 
 #[derive(Debug)]
 struct Rule {
-    name: String,
+    name: Arc<str>,
     listener: String,
     path_prefix: Option<String>,
     identities: Vec<String>,
@@ -24,6 +26,8 @@ struct Rule {
 #[derive(Debug)]
 pub struct Policy {
     default: DefaultPolicy,
+    /// The default's name as a rule label, e.g. "default:deny".
+    default_name: Arc<str>,
     rules: Vec<Rule>,
 }
 
@@ -77,14 +81,6 @@ pub fn identity_matches(pattern: &str, id: &str) -> bool {
     }
 }
 
-fn path_matches(prefix: &str, path: &str) -> bool {
-    let prefix = prefix.trim_end_matches('/');
-    prefix.is_empty()
-        || path
-            .strip_prefix(prefix)
-            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
-}
-
 impl Policy {
     pub fn new(cfg: &config::Policy) -> Result<Self, String> {
         let mut rules = Vec::new();
@@ -95,15 +91,22 @@ impl Policy {
                 .map(|n| parse_cidr(n).map_err(|e| format!("policy.rules[{i}].networks: {e}")))
                 .collect::<Result<_, _>>()?;
             rules.push(Rule {
-                name: r.name.clone().unwrap_or_else(|| format!("rules[{i}]")),
+                name: Arc::from(r.name.clone().unwrap_or_else(|| format!("rules[{i}]"))),
                 listener: r.listener.clone(),
                 path_prefix: r.path_prefix.clone(),
                 identities: r.identities.clone(),
                 networks,
             });
         }
+        let default_name = match cfg.default {
+            DefaultPolicy::AllUnauthenticated => "default:all-unauthenticated",
+            DefaultPolicy::AllAuthenticated => "default:all-authenticated",
+            DefaultPolicy::Deny => "default:deny",
+            DefaultPolicy::Audit => "default:audit",
+        };
         Ok(Policy {
             default: cfg.default,
+            default_name: Arc::from(default_name),
             rules,
         })
     }
@@ -120,7 +123,7 @@ impl Policy {
             r.listener == listener
                 && match (&r.path_prefix, path) {
                     (None, _) => true,
-                    (Some(p), Some(path)) => path_matches(p, path),
+                    (Some(p), Some(path)) => crate::route::path_matches(p, path),
                     (Some(_), None) => false,
                 }
                 && (r.identities.is_empty()
@@ -130,13 +133,11 @@ impl Policy {
         if let Some(rule) = matched {
             return Decision::Allow(rule.name.clone());
         }
+        let name = self.default_name.clone();
         match self.default {
-            DefaultPolicy::AllUnauthenticated => Decision::Allow("default:all-unauthenticated".into()),
-            DefaultPolicy::AllAuthenticated if identity.is_some() => {
-                Decision::Allow("default:all-authenticated".into())
-            }
-            DefaultPolicy::AllAuthenticated => Decision::Deny("default:all-authenticated".into()),
-            DefaultPolicy::Deny => Decision::Deny("default:deny".into()),
+            DefaultPolicy::AllUnauthenticated => Decision::Allow(name),
+            DefaultPolicy::AllAuthenticated if identity.is_some() => Decision::Allow(name),
+            DefaultPolicy::AllAuthenticated | DefaultPolicy::Deny => Decision::Deny(name),
             DefaultPolicy::Audit => Decision::Audit,
         }
     }

@@ -33,14 +33,10 @@ impl Route {
         cfg: &crate::config::Route,
         service_index: impl Fn(&str) -> Option<usize>,
     ) -> Result<Route, String> {
-        let mut headers = Vec::new();
-        for (k, v) in &cfg.headers {
-            let name = HeaderName::from_bytes(k.as_bytes())
-                .map_err(|_| format!("routes[{index}].headers: invalid header name {k:?}"))?;
-            let value = HeaderValue::from_str(v)
-                .map_err(|_| format!("routes[{index}].headers.{k}: invalid header value"))?;
-            headers.push((name, value));
-        }
+        let field = format!("routes[{index}].headers");
+        let headers = (cfg.headers.iter())
+            .map(|(k, v)| crate::filters::header_pair(&field, k, v))
+            .collect::<Result<Vec<_>, _>>()?;
         let mut total = 0u64;
         let mut backends = Vec::new();
         for (j, b) in cfg.backends.iter().enumerate() {
@@ -113,16 +109,13 @@ fn host_matches(want: &str, host: &str) -> bool {
 }
 
 /// Prefixes match whole path segments: "/api" matches "/api" and "/api/x",
-/// not "/apix" (as in Gateway API's PathPrefix).
-fn path_matches(prefix: &str, path: &str) -> bool {
+/// not "/apix" (as in Gateway API's PathPrefix). Routes and policy rules share it.
+pub(crate) fn path_matches(prefix: &str, path: &str) -> bool {
     let prefix = prefix.trim_end_matches('/');
-    if prefix.is_empty() {
-        return true;
-    }
-    match path.strip_prefix(prefix) {
-        Some(rest) => rest.is_empty() || rest.starts_with('/') || rest.starts_with('?'),
-        None => false,
-    }
+    prefix.is_empty()
+        || path
+            .strip_prefix(prefix)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
 /// First route that matches, in config order.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import threading
 from collections.abc import Iterator
@@ -120,3 +121,8 @@ def tcp_echo() -> Iterator[Callable[..., TcpEcho]]:
     yield make
     for s in servers:
         s.close()
+
+
+def metric(text: str, name: str) -> float:
+    """The sum of a metric's series in Prometheus text."""
+    return sum(float(m) for m in re.findall(rf"^{name}{{[^}}]*}} (\S+)$", text, re.M))

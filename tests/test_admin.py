@@ -8,7 +8,8 @@ import subprocess
 import httpx
 import pytest
 
-from conftest import one_service
+from conftest import metric, one_service
+from meshcore import Proxy
 
 
 @pytest.fixture
@@ -111,3 +112,36 @@ def test_shutdown_from_loopback_stops_the_proxy(admin_proxy):
     assert httpx.post(f"{admin}/shutdown").status_code == 202
     assert p.wait(5)
     assert not p.running
+
+
+class _UnknownService:
+    def on_request(self, req):
+        if req.path == "/nowhere":
+            req.service = "no-such-service"
+
+
+def test_every_answer_is_one_request_and_one_response(backend, proxy):
+    # Answers the proxy makes itself (no route, a plugin's bad choice, no endpoints) count
+    # in request_total exactly like proxied ones, once each.
+    cfg = one_service([backend().addr], route={"host": "web.local"})
+    cfg["services"].append({"name": "empty", "protocol": "http1", "endpoints": []})
+    cfg["routes"].append({"listener": "outbound", "host": "empty.local", "backends": [{"service": "empty"}]})
+    p = Proxy(cfg)
+    p.add_plugin(_UnknownService())
+    p.start()
+    try:
+        statuses = [
+            httpx.get(p.url("outbound", path), headers={"host": host}).status_code
+            for host, path in [
+                ("web.local", "/"),
+                ("other.local", "/"),
+                ("web.local", "/nowhere"),
+                ("empty.local", "/"),
+            ]
+        ]
+        assert statuses == [200, 404, 500, 503]
+        text = p.metrics()
+        assert metric(text, "request_total") == 4
+        assert metric(text, "response_total") == 4
+    finally:
+        p.stop(grace=0.5)

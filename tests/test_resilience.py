@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import re
 import time
 
 import httpx
 
-from conftest import one_service
-
-
-def metric(text: str, name: str) -> float:
-    return sum(float(m) for m in re.findall(rf"^{name}{{[^}}]*}} (\S+)$", text, re.M))
+from conftest import metric, one_service
 
 
 def test_retry_goes_to_another_endpoint(backend, proxy):

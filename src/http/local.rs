@@ -16,6 +16,17 @@ pub(super) struct Failure {
     pub reason: String,
     pub labels: RequestLabels,
     pub response: Option<Response<ProxyBody>>,
+    /// Whether `request_total` already has this request.
+    pub counted: bool,
+}
+
+impl Failure {
+    pub fn counted(self) -> Self {
+        Failure {
+            counted: true,
+            ..self
+        }
+    }
 }
 
 pub(super) fn fail(status: StatusCode, reason: impl Into<String>, labels: &RequestLabels) -> Failure {
@@ -24,6 +35,7 @@ pub(super) fn fail(status: StatusCode, reason: impl Into<String>, labels: &Reque
         reason: reason.into(),
         labels: labels.clone(),
         response: None,
+        counted: false,
     }
 }
 
@@ -33,6 +45,7 @@ pub(super) fn local(response: Response<ProxyBody>, labels: &RequestLabels) -> Fa
         reason: String::new(),
         labels: labels.clone(),
         response: Some(response),
+        counted: false,
     }
 }
 

@@ -68,6 +68,10 @@ pub struct ConnContext {
     pub inbound: bool,
     pub peer: std::net::SocketAddr,
     pub tls: PeerTls,
+    /// The verified identity as the `meshcore-client-id` value, made once per connection.
+    pub client_id: Option<HeaderValue>,
+    /// An empty label value, shared so that requests do not allocate one.
+    pub no_name: Arc<str>,
 }
 
 pub async fn handle(
@@ -75,10 +79,13 @@ pub async fn handle(
     conn: Arc<ConnContext>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let started = Instant::now();
-    let shared = conn.shared.clone();
     match forward(req, &conn, started).await {
         Ok(resp) => Ok(resp),
         Err(failure) => {
+            let metrics = &conn.shared.metrics;
+            if !failure.counted {
+                metrics.request(&failure.labels);
+            }
             let resp = failure
                 .response
                 .unwrap_or_else(|| error_response(failure.status, &failure.reason));
@@ -88,7 +95,7 @@ pub async fn handle(
             } else {
                 "success"
             };
-            shared.metrics.response(
+            metrics.response(
                 &failure.labels,
                 status.as_u16(),
                 classification,
@@ -127,16 +134,16 @@ async fn forward(
     let mut labels = RequestLabels {
         direction: conn.direction.clone(),
         authority: authority.clone(),
-        dst_service: Arc::from(""),
-        dst_zone: Arc::from(""),
+        dst_service: conn.no_name.clone(),
+        dst_zone: conn.no_name.clone(),
         cross_zone: false,
         tls: conn.tls.label(),
     };
     // Only this proxy may say who the caller is.
-    req.headers_mut().remove(&CLIENT_ID_HEADER);
-    if let Some(id) = conn.tls.identity().and_then(|id| HeaderValue::from_str(id).ok()) {
-        req.headers_mut().insert(&CLIENT_ID_HEADER, id);
-    }
+    match &conn.client_id {
+        Some(id) => req.headers_mut().insert(&CLIENT_ID_HEADER, id.clone()),
+        None => req.headers_mut().remove(&CLIENT_ID_HEADER),
+    };
     if conn.inbound {
         let decision = table.policy.decide(
             &conn.listener_name,
@@ -154,20 +161,15 @@ async fn forward(
                 conn.peer,
                 conn.tls.identity().unwrap_or("no identity")
             ),
-            Decision::Deny(_) => {
-                shared.metrics.request(&labels);
-                return Err(fail(StatusCode::FORBIDDEN, "unauthorized", &labels));
-            }
+            Decision::Deny(_) => return Err(fail(StatusCode::FORBIDDEN, "unauthorized", &labels)),
         }
     }
     let routes = &table.routes[conn.listener];
     let host = route::host_of(text(&authority));
     let Some(route) = route::find(routes, host, req.uri().path(), req.headers()) else {
-        shared.metrics.request(&labels);
         return Err(fail(StatusCode::NOT_FOUND, "no route", &labels));
     };
     if let Some(resp) = route_answers_itself(route, &req, text(&authority)) {
-        shared.metrics.request(&labels);
         return Err(local(resp, &labels));
     }
     let mut service_index = route.pick_service();
@@ -190,13 +192,7 @@ async fn forward(
             identity: conn.tls.identity(),
             service: service_index.map(|i| &*table.services[i].name),
         };
-        let (preq, chosen) = match Box::pin(hooks::on_request(host, facts, &mut req, &labels)).await {
-            Ok(done) => done,
-            Err(answer) => {
-                shared.metrics.request(&labels);
-                return Err(answer);
-            }
-        };
+        let (preq, chosen) = Box::pin(hooks::on_request(host, facts, &mut req, &labels)).await?;
         plugin_req = Some(preq);
         if let Some(name) = chosen {
             let found = table.services.iter().position(|s| *s.name == name);
@@ -207,7 +203,6 @@ async fn forward(
         }
     }
     let Some(service_index) = service_index else {
-        shared.metrics.request(&labels);
         return Err(fail(StatusCode::SERVICE_UNAVAILABLE, "no backends", &labels));
     };
     let service = &table.services[service_index];
@@ -215,7 +210,7 @@ async fn forward(
     let deadline = route.timeout.map(|t| tokio::time::Instant::from_std(started + t));
 
     let upgrade = req.version() == Version::HTTP_11 && is_upgrade(req.headers());
-    let wire = match (service.protocol, req.version()) {
+    let client_wire = match (service.protocol, req.version()) {
         _ if upgrade => Wire::Http1,
         (UpstreamProtocol::Http1, _) => Wire::Http1,
         (UpstreamProtocol::Http2, _) => Wire::Http2,
@@ -244,7 +239,6 @@ async fn forward(
         path,
         headers: parts.headers,
         authority,
-        wire,
     };
 
     let retry = route.retry.as_ref().filter(|_| !upgrade);
@@ -263,7 +257,9 @@ async fn forward(
     let proxy_zone = table.config.zone.as_deref();
     let mut exclude: Vec<usize> = Vec::new();
     let mut attempt = 0u32;
-    loop {
+    // The request is counted at its first pick: a failure from the loop is
+    // already counted, one from before it is counted by `handle`.
+    let dispatched = loop {
         let now = Instant::now();
         let index = match service.balancer.pick_at(now, &exclude) {
             Ok(i) => i,
@@ -275,7 +271,7 @@ async fn forward(
                     NoPick::NoEndpoints => "no endpoints",
                     NoPick::AllTripped => "all endpoints unavailable",
                 };
-                return Err(fail(StatusCode::SERVICE_UNAVAILABLE, reason, &labels));
+                break Err(fail(StatusCode::SERVICE_UNAVAILABLE, reason, &labels));
             }
         };
         let endpoint = &service.balancer.endpoints()[index];
@@ -294,22 +290,23 @@ async fn forward(
         let wire = if pool.is_meshed() && !upgrade {
             Wire::Http2
         } else {
-            template.wire
+            client_wire
         };
         let edited = match (
             &plugins,
             plugin_req.as_ref().filter(|r| r.has(ON_UPSTREAM_REQUEST)),
         ) {
             (Some(host), Some(preq)) => {
-                Box::pin(hooks::on_upstream_request(
-                    host, preq, endpoint, &template, &labels,
-                ))
-                .await?
+                let hooked = hooks::on_upstream_request(host, preq, endpoint, &template, &labels);
+                match Box::pin(hooked).await {
+                    Ok(edited) => edited,
+                    Err(answer) => break Err(answer),
+                }
             }
             _ => None,
         };
         let last_attempt = retry.is_none_or(|p| attempt >= p.limit);
-        let upstream_req = match edited {
+        let built = match edited {
             Some(t) => build_request(t, attempt_body, wire),
             // Nothing will be re-sent: hand the headers over instead of copying them.
             None if last_attempt && plugins.is_none() => build_request(
@@ -318,8 +315,11 @@ async fn forward(
                 wire,
             ),
             None => build_request(template.clone(), attempt_body, wire),
-        }
-        .map_err(|reason| fail(StatusCode::BAD_REQUEST, reason, &labels))?;
+        };
+        let upstream_req = match built {
+            Ok(req) => req,
+            Err(reason) => break Err(fail(StatusCode::BAD_REQUEST, reason, &labels)),
+        };
 
         let mut pending = endpoint.start_at(now);
         let attempt_deadline = match (route.response_timeout, deadline) {
@@ -333,7 +333,7 @@ async fn forward(
                 // Timeouts are never retried: the time is already spent.
                 pending.abandon();
                 endpoint.record_failure();
-                return Err(fail(StatusCode::GATEWAY_TIMEOUT, "upstream timeout", &labels));
+                break Err(fail(StatusCode::GATEWAY_TIMEOUT, "upstream timeout", &labels));
             }
         };
         if let Err(UpstreamError::Http(e)) = &result {
@@ -341,10 +341,10 @@ async fn forward(
                 // The client's own request body failed (it went away mid-upload):
                 // not the endpoint's fault, and nothing to retry.
                 pending.abandon();
-                return Err(fail(StatusCode::BAD_REQUEST, "request body error", &labels));
+                break Err(fail(StatusCode::BAD_REQUEST, "request body error", &labels));
             }
         }
-        let outcome = match &result {
+        let outcome = || match &result {
             Ok((resp, _)) => Outcome::Status(resp.status().as_u16(), grpc_status(resp.headers())),
             Err(UpstreamError::Connect(_) | UpstreamError::ConnectTimeout | UpstreamError::Tls(_)) => {
                 Outcome::ConnectFailure
@@ -352,7 +352,7 @@ async fn forward(
             Err(UpstreamError::Http(_)) => Outcome::Reset,
         };
         let may_retry = retry.is_some_and(|p| {
-            attempt < p.limit && p.retries(outcome) && replay.as_ref().is_some_and(Replay::replayable)
+            attempt < p.limit && p.retries(outcome()) && replay.as_ref().is_some_and(Replay::replayable)
         });
         if may_retry {
             let policy = retry.expect("checked above");
@@ -373,11 +373,13 @@ async fn forward(
                 endpoint.record_failure();
                 let reason = e.to_string();
                 eprintln!("meshcore: {} -> {}: {reason}", service.name, endpoint.addr);
-                return Err(fail(StatusCode::BAD_GATEWAY, reason, &labels));
+                break Err(fail(StatusCode::BAD_GATEWAY, reason, &labels));
             }
         };
         if let (Some(host), Some(preq)) = (&plugins, plugin_req.as_ref().filter(|r| r.has(ON_RESPONSE))) {
-            Box::pin(hooks::on_response(host, preq, &mut resp, &labels)).await?;
+            if let Err(answer) = Box::pin(hooks::on_response(host, preq, &mut resp, &labels)).await {
+                break Err(answer);
+            }
         }
         let status = resp.status();
         let log = match (&plugins, plugin_req.take().filter(|r| r.has(ON_LOG))) {
@@ -419,11 +421,12 @@ async fn forward(
             }
             drop(obs);
             strip_hop_by_hop(resp.headers_mut(), true);
-            return Ok(resp.map(|_| super::full(bytes::Bytes::new())));
+            break Ok(resp.map(|_| super::full(bytes::Bytes::new())));
         }
         strip_hop_by_hop(resp.headers_mut(), false);
-        return Ok(resp.map(|body| ObservedBody::new(body, obs, deadline, reusable).boxed_unsync()));
-    }
+        break Ok(resp.map(|body| ObservedBody::new(body, obs, deadline, reusable).boxed_unsync()));
+    };
+    dispatched.map_err(Failure::counted)
 }
 
 async fn splice_upgrade(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {

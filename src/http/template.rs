@@ -14,7 +14,6 @@ pub(super) struct Template {
     pub headers: HeaderMap,
     /// Empty when the client sent none.
     pub authority: HeaderValue,
-    pub wire: Wire,
 }
 
 impl Template {
@@ -25,7 +24,6 @@ impl Template {
             path: PathAndQuery::from_static("/"),
             headers: HeaderMap::new(),
             authority: HeaderValue::from_static(""),
-            wire: Wire::Http1,
         }
     }
 }
@@ -39,14 +37,14 @@ pub(super) fn build_request(t: Template, body: ProxyBody, wire: Wire) -> Result<
     match wire {
         Wire::Http1 => {
             *req.version_mut() = Version::HTTP_11;
-            *req.uri_mut() = Uri::from(t.path.clone());
+            *req.uri_mut() = Uri::from(t.path);
             if !t.authority.is_empty() {
                 req.headers_mut().insert(HOST, t.authority);
             }
         }
         Wire::Http2 => {
             *req.version_mut() = Version::HTTP_2;
-            let mut uri = Uri::builder().scheme(Scheme::HTTP).path_and_query(t.path.clone());
+            let mut uri = Uri::builder().scheme(Scheme::HTTP).path_and_query(t.path);
             if !t.authority.is_empty() {
                 let a = Authority::try_from(t.authority.as_bytes())
                     .map_err(|_| "invalid authority".to_string())?;

@@ -160,7 +160,9 @@ async fn serve_connection(
         direction: spec.direction.clone(),
         inbound: &*spec.direction == "inbound",
         peer,
+        client_id: tls.identity().and_then(|id| http::HeaderValue::from_str(id).ok()),
         tls,
+        no_name: Arc::from(""),
     });
     let draining = shared.draining.clone();
     match protocol {

@@ -55,10 +55,6 @@ impl FailureAccrual {
         }
     }
 
-    pub fn is_tripped(&self, now: Instant) -> bool {
-        !self.available(now)
-    }
-
     /// Called when a request is sent here; turns an expired penalty into the probe.
     pub fn on_dispatch(&mut self, now: Instant) {
         if matches!(self.state, State::Open(until) if now >= until) {

@@ -74,12 +74,6 @@ impl RetryPolicy {
     }
 }
 
-pub fn condition_names() -> impl Iterator<Item = &'static str> {
-    ["5xx", "gateway-error", "connect-failure", "reset"]
-        .into_iter()
-        .chain(GRPC_CODES.iter().map(|(n, _)| *n))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
