@@ -93,7 +93,7 @@ pub enum ListenerProtocol {
     Opaque,
 }
 
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Listener {
     pub name: String,

@@ -183,11 +183,16 @@ fn serve_worker(
 }
 
 impl Running {
-    /// Swaps in a new routing table. Listeners cannot change while running.
+    /// Swaps in a new routing table. Listeners cannot change while running,
+    /// except for the service an opaque listener forwards to (read per connection).
     pub fn reload(&self, config: Config) -> Result<(), String> {
         let current = self.shared.table.load();
         let same = |a: &crate::config::Listener, b: &crate::config::Listener| {
-            a.name == b.name && a.bind == b.bind && a.protocol == b.protocol && a.tls == b.tls
+            let without_service = |l: &crate::config::Listener| crate::config::Listener {
+                service: None,
+                ..l.clone()
+            };
+            without_service(a) == without_service(b)
         };
         let old = &current.config.listeners;
         if old.len() != config.listeners.len() || !old.iter().zip(&config.listeners).all(|(a, b)| same(a, b))

@@ -55,10 +55,10 @@ impl Table {
                     .iter()
                     .find(|e| e.addr.parse().ok() == Some(ep.addr))
                     .and_then(|e| e.identity.as_deref());
-                let pool = match (reuse, expected) {
-                    (Some(p), None) if !p.is_meshed() => p,
-                    (_, None) => Arc::new(EndpointPool::new(ep.addr, settings.clone(), None)),
-                    (_, Some(id)) => {
+                let pool = match (reuse.filter(|p| p.serves(&settings, expected)), expected) {
+                    (Some(p), _) => p,
+                    (None, None) => Arc::new(EndpointPool::new(ep.addr, settings.clone(), None)),
+                    (None, Some(id)) => {
                         let identity = identity.ok_or_else(|| {
                             format!(
                                 "services.{}: endpoint identity {id:?} needs an [identity] section",
@@ -66,6 +66,7 @@ impl Table {
                             )
                         })?;
                         let tls = UpstreamTls {
+                            identity: id.to_string(),
                             h2: tls::client_config(identity, id, true)?,
                             h1: tls::client_config(identity, id, false)?,
                         };

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 import meshcore
@@ -52,7 +54,10 @@ def test_issue_example_loads(tmp_path):
 
 
 def test_yaml_and_dict_load_the_same(tmp_path):
-    import tomllib
+    try:
+        import tomllib
+    except ImportError:  # Python < 3.11
+        import tomli as tomllib
     import yaml
 
     data = tomllib.loads(GOOD_TOML)
@@ -169,3 +174,30 @@ def test_good_reload_swaps_routes_without_restart(backend, proxy):
         p.reload(cfg)
         assert c.get(p.url("outbound")).headers["x-backend"] == "new"
     assert p.addresses["outbound"] == addr
+
+
+def test_reload_applies_new_pool_settings(backend, proxy):
+    import httpx
+
+    from conftest import one_service
+
+    b = backend("web")
+    cfg = one_service([b.addr])
+    p = proxy(cfg)
+    with httpx.Client() as c:
+        assert c.get(p.url("outbound")).status_code == 200
+        cfg["services"][0]["idle_timeout"] = "100ms"
+        p.reload(cfg)
+        time.sleep(0.3)  # the pooled connection is now idle past the reloaded limit
+        assert c.get(p.url("outbound")).status_code == 200
+    assert b.connections == 2
+
+
+def test_reload_refuses_listener_changes_it_cannot_apply(backend, proxy):
+    from conftest import one_service
+
+    cfg = one_service([backend().addr])
+    p = proxy(cfg)
+    cfg["listeners"][0]["header_read_timeout"] = "5s"
+    with pytest.raises(ConfigError, match="restart"):
+        p.reload(cfg)

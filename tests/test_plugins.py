@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import textwrap
 import threading
 import time
@@ -13,8 +12,8 @@ import time
 import httpx
 import pytest
 
-from conftest import one_service
-from meshcore import PluginError, Proxy, Response
+from conftest import metric, one_service
+from meshcore import MeshcoreError, PluginError, Proxy, Response
 
 
 def wait_for(predicate, timeout: float = 5.0) -> bool:
@@ -128,6 +127,7 @@ def test_async_hooks(backend, proxy):
             t.start()
         for t in threads:
             t.join()
+    assert len(results) == 10
     assert all(r.json()["x-async"] == "yes" and r.headers["x-async-response"] == "yes" for r in results)
     assert time.monotonic() - started < 0.5  # ten 50 ms hooks ran concurrently, not in series
 
@@ -140,7 +140,7 @@ class Broken:
 
 
 def plugin_errors(p) -> float:
-    return sum(float(v) for v in re.findall(r"^plugin_errors_total\{[^}]*\} (\S+)$", p.metrics(), re.M))
+    return metric(p.metrics(), "plugin_errors_total")
 
 
 def test_fail_closed_is_a_500_and_hurts_no_other_request(backend, proxy):
@@ -231,6 +231,18 @@ def test_hot_reload_good_then_broken(tmp_path, backend):
         r = httpx.post(f"{admin}/plugins/reload")
         assert r.status_code == 200 and r.json()["reloaded"] is True
         assert httpx.get(url).headers["x-version"] == "3"
+
+
+def test_rejected_reload_keeps_the_running_plugins(tmp_path, backend, proxy):
+    (tmp_path / "versioned.py").write_text(PLUGIN_V1)
+    cfg = one_service([backend().addr])
+    p = proxy(cfg)
+    cfg["plugins"] = [{"path": str(tmp_path / "versioned.py")}]
+    cfg["listeners"][0]["header_read_timeout"] = "5s"  # the core refuses this without a restart
+    with pytest.raises(MeshcoreError, match="restart"):
+        p.reload(cfg)
+    assert "x-version" not in httpx.get(p.url("outbound")).headers
+    assert p.config.plugins == []
 
 
 def test_config_errors_name_the_plugin(tmp_path, backend):

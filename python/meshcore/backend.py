@@ -153,6 +153,7 @@ class _Server(ThreadingHTTPServer):
     delay = 0.0
     fail_status = 0
     requests = 0
+    connections = 0
     work: Optional[tuple[float, threading.Semaphore]] = None
 
     def server_activate(self) -> None:
@@ -167,6 +168,7 @@ class _Server(ThreadingHTTPServer):
     def process_request(self, request, client_address):  # type: ignore[no-untyped-def]
         with self._lock:
             self._open.add(request)
+            self.connections += 1
         super().process_request(request, client_address)
 
     def shutdown_request(self, request):  # type: ignore[no-untyped-def]
@@ -213,6 +215,11 @@ class Backend:
     @property
     def requests(self) -> int:
         return self._server.requests
+
+    @property
+    def connections(self) -> int:
+        """Connections accepted so far."""
+        return self._server.connections
 
     def set_delay(self, seconds: float) -> None:
         self._server.delay = seconds

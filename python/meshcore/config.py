@@ -8,8 +8,8 @@ converted to milliseconds on the way (`timeout = "10s"` -> `timeout_ms`).
 from __future__ import annotations
 
 import ipaddress
-import json
 import re
+from collections.abc import Collection
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
@@ -337,7 +337,6 @@ class Config(_Model):
     # Where relative file paths (certificates, tokens) are resolved from.
     _base_dir: Optional[str] = PrivateAttr(default=None)
     # Names of routes that Python plugins apply to (set by the proxy).
-    _plugin_routes: Optional[set[str]] = PrivateAttr(default=None)
 
     def resolve_path(self, path: str) -> Path:
         p = Path(path)
@@ -372,7 +371,7 @@ class Config(_Model):
                     problems.append(
                         (f"services[{i}].endpoints[{j}].identity", "mTLS needs an [identity] section")
                     )
-        route_names = [r.name or f"route-{i}" for i, r in enumerate(self.routes)]
+        route_names = self.route_names()
         for i, plugin in enumerate(self.plugins):
             for j, name in enumerate(plugin.routes or []):
                 if name not in route_names:
@@ -394,7 +393,13 @@ class Config(_Model):
                 problems.append((f"routes[{i}].backends", "weights must not all be zero"))
         return problems
 
-    def to_core(self) -> dict[str, Any]:
+    def route_names(self) -> list[str]:
+        """Each route's name; an unnamed route is `route-<index>`."""
+        return [r.name or f"route-{i}" for i, r in enumerate(self.routes)]
+
+    def to_core(self, plugin_routes: Collection[str] = ()) -> dict[str, Any]:
+        """The document the Rust core takes; `plugin_routes` names the routes plugins apply to."""
+        names = self.route_names()
         """The document handed to Rust: durations in milliseconds, defaults filled."""
         return {
             "zone": self.zone,
@@ -418,7 +423,7 @@ class Config(_Model):
             "routes": [
                 {
                     "listener": r.listener,
-                    "name": r.name,
+                    "name": names[i],
                     "host": r.host,
                     "path_prefix": r.path_prefix,
                     "headers": r.headers,
@@ -448,8 +453,7 @@ class Config(_Model):
                         )
                         if getattr(r, k) is not None
                     },
-                    "plugins": self._plugin_routes is not None
-                    and (r.name or f"route-{i}") in self._plugin_routes,
+                    "plugins": names[i] in plugin_routes,
                 }
                 for i, r in enumerate(self.routes)
             ],
@@ -478,9 +482,6 @@ class Config(_Model):
                 for s in self.services
             ],
         }
-
-    def to_core_json(self) -> str:
-        return json.dumps(self.to_core())
 
 
 def _field_path(loc: tuple[Any, ...]) -> str:

@@ -14,7 +14,6 @@ Hooks may be ``async``. Requests on routes without plugins never enter Python.
 
 from __future__ import annotations
 
-import concurrent.futures
 import difflib
 import importlib
 import importlib.util
@@ -291,7 +290,8 @@ class _Loaded:
         self.spec = spec
         self.target = target
         self.hooks = hooks
-        self.is_async = {p: inspect.iscoroutinefunction(h) for p, h in hooks.items()}
+        # unwrap: an `async def` behind a functools.wraps decorator is still async.
+        self.is_async = {p: inspect.iscoroutinefunction(inspect.unwrap(h)) for p, h in hooks.items()}
         self.mtime = mtime
 
 
@@ -407,6 +407,9 @@ class PluginHost:
                 fresh.append(self._load(old.spec))
             except PluginError as e:
                 errors[old.spec.name] = str(e)
+                path = self._source_path(old.spec)
+                if path is not None and path.exists():
+                    old.mtime = path.stat().st_mtime_ns  # this version failed: wait for the next edit
                 fresh.append(old)
                 _log(f"reload of {old.spec.name} failed, keeping the running version: {e}")
         with self._lock:
@@ -586,15 +589,10 @@ class PluginHost:
         return self._run("on_response", req.route, (req, resp), changes)
 
     def on_log(self, req: Request, summary: dict[str, Any]) -> None:
-        """Queued on the plugin loop: never delays a response."""
+        """Rust calls this off the request path, so it never delays a response; sync hooks run
+        here, async ones on the plugin loop (their outcome goes nowhere)."""
         summary["ctx"] = req.ctx
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._log_now, req.route, summary)
-
-    def _log_now(self, route: str, summary: dict[str, Any]) -> None:
-        result = self._run("on_log", route, (summary,), lambda: None)
-        if isinstance(result, concurrent.futures.Future):
-            result.add_done_callback(lambda f: f.exception())
+        self._run("on_log", req.route, (summary,), lambda: None)
 
 
 def _respond(resp: Response) -> tuple:

@@ -62,9 +62,8 @@ class Proxy:
 
     def _core_document(self, config: Config) -> dict[str, Any]:
         """The config for Rust, with each route marked if plugins apply to it."""
-        names = [r.name or f"route-{i}" for i, r in enumerate(config.routes)]
-        config._plugin_routes = self._plugins.routes_with_plugins(names) if self._plugins else set()
-        return config.to_core()
+        plugins = self._plugins
+        return config.to_core(plugins.routes_with_plugins(config.route_names()) if plugins else ())
 
     @property
     def config(self) -> Config:
@@ -119,15 +118,16 @@ class Proxy:
             document = self._core_document(new)
             # The running certificate stays; Rust only rebuilds routes and services.
             document["identity"] = None
-            if host is not previous and host is not None:
-                host.start()
-                self._core.set_plugin_host(host)
             self._core.reload(json.dumps(document))
         except Exception:
-            self._plugins = previous
+            self._plugins = previous  # the new host was never started or handed to Rust
             raise
-        if previous is not None and previous is not host:
-            previous.stop()
+        if host is not previous:
+            if host is not None:
+                host.start()
+                self._core.set_plugin_host(host)
+            if previous is not None:
+                previous.stop()
         self._config = new
 
     def add_plugin(
@@ -147,13 +147,12 @@ class Proxy:
                 self._core.set_plugin_host(self._plugins)
         else:
             self._plugins.add(spec)
+        document = self._core_document(self._config)
         if self.running:
-            document = self._core_document(self._config)
             document["identity"] = None
             self._core.reload(json.dumps(document))
         else:
             # Not started yet: rebuild the core with the new route marks.
-            document = self._core_document(self._config)
             document["identity"] = self._identity_document
             self._core = _core.ProxyCore(json.dumps(document))
 

@@ -21,6 +21,8 @@ type BoxIo = Box<dyn Io>;
 
 /// mTLS towards an upstream proxy; one config per ALPN.
 pub struct UpstreamTls {
+    /// The SPIFFE ID the upstream must present.
+    pub identity: String,
     pub h2: Arc<rustls::ClientConfig>,
     pub h1: Arc<rustls::ClientConfig>,
 }
@@ -70,7 +72,7 @@ pub enum Wire {
     Http2,
 }
 
-#[derive(Debug)]
+#[derive(Debug, PartialEq)]
 pub struct Settings {
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,
@@ -176,6 +178,13 @@ impl EndpointPool {
     /// A raw byte stream for opaque TCP (TLS-wrapped when meshed).
     pub async fn open_stream(&self) -> Result<BoxIo, UpstreamError> {
         Ok(self.connect(Wire::Http1).await?.into_inner())
+    }
+
+    /// Whether this pool (and its open connections) can serve an endpoint
+    /// configured with these settings and this expected identity, so that a
+    /// reload keeps it.
+    pub fn serves(&self, settings: &Settings, identity: Option<&str>) -> bool {
+        *self.settings == *settings && self.tls.as_ref().map(|t| t.identity.as_str()) == identity
     }
 
     /// True when this endpoint is another proxy reached over mTLS.
