@@ -140,6 +140,7 @@ def run_wrk(url: str, connections: int, duration: int) -> dict:
 
 def run_h2load(url: str, connections: int, duration: int, tmp: Path) -> dict:
     log = tmp / "h2load.log"
+    log.unlink(missing_ok=True)  # h2load appends: earlier runs' samples must not mix in
     streams = 10
     clients = max(1, connections // streams)
     out = subprocess.run(

@@ -83,8 +83,12 @@ def test_bind_conflict_is_a_bind_error():
 def test_rust_panic_becomes_meshcore_error():
     with pytest.raises(MeshcoreError, match="deliberate test panic"):
         meshcore._core._panic_for_test()
-    # The interpreter is fine afterwards.
-    assert sum(range(10)) == 45
+    # The interpreter and the extension are fine afterwards.
+    with pytest.raises(MeshcoreError, match="deliberate test panic"):
+        meshcore._core._panic_for_test()
+    p = Proxy(one_service([])).start()
+    assert p.running
+    p.stop(grace=0.1)
 
 
 def test_interpreter_is_not_blocked_while_serving(backend, proxy):

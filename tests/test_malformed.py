@@ -52,7 +52,9 @@ def test_bad_request_line_is_400(backend, proxy):
 
 def test_h2_garbage_after_preface_closes_connection_only(backend, proxy):
     p = proxy(one_service([backend().addr]))
+    started = time.monotonic()
     raw(p.addresses["outbound"], b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\xff" * 64, timeout=2)
+    assert time.monotonic() - started < 1.5, "the proxy left the broken connection open"
     with httpx.Client(http1=False, http2=True) as c:
         assert c.get(p.url("outbound")).status_code == 200
 
@@ -69,11 +71,13 @@ def test_bad_chunk_after_headers_is_contained(backend, proxy):
     # A broken chunked body is only seen once the request is on its way upstream;
     # the proxy must end that exchange and keep serving everyone else.
     p = proxy(one_service([backend().addr]))
+    started = time.monotonic()
     raw(
         p.addresses["outbound"],
         b"POST /count HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
         timeout=2,
     )
+    assert time.monotonic() - started < 1.5, "the proxy left the broken exchange open"
     assert httpx.get(p.url("outbound")).status_code == 200
 
 
