@@ -33,7 +33,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from proxy_load import cpu_seconds, free_port, median_round, pinned, wait_port  # noqa: E402
+from proxy_load import cpu_seconds, free_port, h2load_errors, median_round, pinned, wait_port  # noqa: E402
 from proxy_load import rss_mb as one_rss_mb  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -272,8 +272,6 @@ def h2load(url: str, scenario: str, connections: int, duration: int, log: Path) 
         args += [f"-c{connections}", "--h1"]
     out = subprocess.run(pinned(0, [*args, url]), capture_output=True, text=True).stdout
     lat = sorted(int(line.split()[2]) for line in log.read_text().splitlines() if line.strip())
-    done = next((line for line in out.splitlines() if line.startswith("requests:")), "")
-    failed = int(done.split("failed")[0].split(",")[-1].strip().split()[0]) if "failed" in done else -1
     if not lat:
         raise RuntimeError(f"h2load measured nothing against {url}:\n{out}")
 
@@ -286,7 +284,7 @@ def h2load(url: str, scenario: str, connections: int, duration: int, log: Path) 
         "p50_ms": pct(0.5),
         "p99_ms": pct(0.99),
         "p999_ms": pct(0.999),
-        "errors": failed,
+        "errors": h2load_errors(out),
     }
 
 
