@@ -116,3 +116,11 @@ def test_run_path_leaves_heavy_modules_unloaded():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_bench_rejects_a_bad_duration_with_usage_not_traceback():
+    r = subprocess.run(
+        [*MESHCORE, "bench", "http://127.0.0.1:9/", "--duration", "10x"], capture_output=True, text=True
+    )
+    assert r.returncode == 2
+    assert "invalid duration value: '10x'" in r.stderr and "Traceback" not in r.stderr

@@ -11,6 +11,7 @@ from typing import Optional
 from . import __version__
 from .config import load
 from .errors import MeshcoreError
+from .identity_cli import duration
 
 
 def _wait_for_signal(proxy, duration: Optional[float] = None) -> None:  # type: ignore[no-untyped-def]
@@ -64,9 +65,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from . import bench
-    from .config import parse_duration
 
-    duration = parse_duration(args.duration) / 1000
+    duration = args.duration.total_seconds()
     show = not args.json and sys.stderr.isatty()
 
     def progress(elapsed: float, done: int, errors: int) -> None:
@@ -119,7 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument(
         "--rate", type=float, default=None, help="requests per second (default: as fast as possible)"
     )
-    b.add_argument("--duration", default="10s")
+    # A bad value gets argparse's usage message, not a traceback.
+    b.add_argument("--duration", type=duration, default=duration("10s"))
     b.add_argument("--connections", type=int, default=10)
     b.add_argument(
         "--http2", action="store_true", help="HTTP/2 (prior knowledge for http://, ALPN for https://)"
