@@ -3,14 +3,14 @@
 //! metrics (status, gRPC status, end of stream), and enforcing the route's
 //! whole-request deadline.
 
-use super::client::Reusable;
+use super::client::{Reusable, UpstreamBody};
 use super::BoxError;
 use crate::balance::{Endpoint, PendingRequest};
 use crate::metrics::RequestLabels;
 use crate::plugin::{LogSummary, PluginHost, PluginRequest};
 use crate::shared::Shared;
 use bytes::Bytes;
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::{Body, Frame, SizeHint};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -115,7 +115,7 @@ impl std::fmt::Display for DeadlineExceeded {
 impl std::error::Error for DeadlineExceeded {}
 
 pub struct ObservedBody {
-    inner: Incoming,
+    inner: UpstreamBody,
     observation: Option<Observation>,
     deadline: Option<Pin<Box<Sleep>>>,
     /// The HTTP/1.1 connection the body arrives on, pooled again at its end.
@@ -124,7 +124,7 @@ pub struct ObservedBody {
 
 impl ObservedBody {
     pub fn new(
-        inner: Incoming,
+        inner: UpstreamBody,
         observation: Observation,
         deadline: Option<tokio::time::Instant>,
         reusable: Option<Reusable>,
@@ -204,7 +204,7 @@ impl Body for ObservedBody {
                 }
             }
         }
-        polled.map_err(BoxError::from)
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

@@ -1,15 +1,20 @@
-//! Upstream connections to one endpoint: a pool of idle HTTP/1.1 connections
-//! and one shared, multiplexed HTTP/2 connection.
+//! Upstream connections to one endpoint: pools of idle HTTP/1.1 connections
+//! (hyper's, and those driven inline) and one shared, multiplexed HTTP/2
+//! connection.
 
 use super::coarse_timer::coarse_now;
-use super::ProxyBody;
+use super::inline_h1::{self, InlineBody, InlineConn};
+use super::{BoxError, ProxyBody};
 use crate::listen::io::SendStream;
-use hyper::body::Incoming;
+use bytes::Bytes;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::{http1, http2};
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -47,12 +52,59 @@ impl Reusable {
     }
 }
 
+/// A response body from upstream: hyper's, or read inline.
+pub enum UpstreamBody {
+    Hyper(Incoming),
+    Inline(InlineBody),
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            UpstreamBody::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(BoxError::from),
+            UpstreamBody::Inline(b) => Pin::new(b).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::Hyper(b) => b.is_end_stream(),
+            UpstreamBody::Inline(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamBody::Hyper(b) => b.size_hint(),
+            UpstreamBody::Inline(b) => b.size_hint(),
+        }
+    }
+}
+
 #[derive(Debug)]
 pub enum UpstreamError {
     Connect(std::io::Error),
     ConnectTimeout,
     Tls(std::io::Error),
     Http(hyper::Error),
+    /// From a connection driven inline.
+    Io(std::io::Error),
+    Protocol(&'static str),
+}
+
+impl From<inline_h1::Error> for UpstreamError {
+    fn from(e: inline_h1::Error) -> Self {
+        match e {
+            inline_h1::Error::Stale(e) | inline_h1::Error::Io(e) => UpstreamError::Io(e),
+            inline_h1::Error::Protocol(why) => UpstreamError::Protocol(why),
+        }
+    }
 }
 
 impl std::fmt::Display for UpstreamError {
@@ -62,6 +114,8 @@ impl std::fmt::Display for UpstreamError {
             UpstreamError::ConnectTimeout => write!(f, "connect timed out"),
             UpstreamError::Tls(e) => write!(f, "tls: {e}"),
             UpstreamError::Http(e) => write!(f, "upstream error: {e}"),
+            UpstreamError::Io(e) => write!(f, "upstream error: {e}"),
+            UpstreamError::Protocol(why) => write!(f, "upstream error: {why}"),
         }
     }
 }
@@ -83,6 +137,7 @@ pub struct EndpointPool {
     settings: Arc<Settings>,
     tls: Option<UpstreamTls>,
     idle_h1: Mutex<Vec<(Instant, http1::SendRequest<ProxyBody>)>>,
+    idle_inline: Mutex<Vec<(Instant, Box<InlineConn>)>>,
     /// The shared HTTP/2 connection, numbered so that a request that saw it
     /// fail forgets that one and not a newer one.
     h2: Mutex<Option<(u64, http2::SendRequest<ProxyBody>)>>,
@@ -98,6 +153,7 @@ impl EndpointPool {
             settings,
             tls,
             idle_h1: Mutex::new(Vec::new()),
+            idle_inline: Mutex::new(Vec::new()),
             h2: Mutex::new(None),
             h2_made: std::sync::atomic::AtomicU64::new(0),
             h2_connecting: tokio::sync::Mutex::new(()),
@@ -110,17 +166,58 @@ impl EndpointPool {
         self: &Arc<Self>,
         req: Request<ProxyBody>,
         wire: Wire,
-    ) -> Result<(Response<Incoming>, Option<Reusable>), UpstreamError> {
+    ) -> Result<(Response<UpstreamBody>, Option<Reusable>), UpstreamError> {
         match wire {
+            Wire::Http1 if self.tls.is_none() && inline_h1::suits(&req) => {
+                let resp = self.send_inline(req).await?;
+                Ok((resp.map(UpstreamBody::Inline), None))
+            }
             Wire::Http1 => {
                 let (resp, sender) = self.send_h1(req).await?;
                 let reusable = Reusable {
                     pool: self.clone(),
                     sender,
                 };
-                Ok((resp, Some(reusable)))
+                Ok((resp.map(UpstreamBody::Hyper), Some(reusable)))
             }
-            Wire::Http2 => Ok((self.send_h2(req).await?, None)),
+            Wire::Http2 => Ok((self.send_h2(req).await?.map(UpstreamBody::Hyper), None)),
+        }
+    }
+
+    async fn send_inline(
+        self: &Arc<Self>,
+        req: Request<ProxyBody>,
+    ) -> Result<Response<InlineBody>, UpstreamError> {
+        let resend = inline_h1::idempotent(req.method());
+        loop {
+            let mut conn = match self.checkout_inline() {
+                Some(pooled) => pooled,
+                None => Box::new(InlineConn::new(Box::pin(self.connect_tcp()).await?)),
+            };
+            inline_h1::prepare(&mut conn, &req);
+            match inline_h1::exchange(conn, req.method(), self.clone()).await {
+                // A pooled connection the server closed while idle: try the next, or a new one.
+                Err(inline_h1::Error::Stale(_)) if resend => continue,
+                sent => return sent.map_err(UpstreamError::from),
+            }
+        }
+    }
+
+    fn checkout_inline(&self) -> Option<Box<InlineConn>> {
+        let mut idle = self.idle_inline.lock().unwrap_or_else(|p| p.into_inner());
+        let now = coarse_now();
+        while let Some((since, mut conn)) = idle.pop() {
+            if now - since < self.settings.idle_timeout && !conn.went_bad_while_idle() {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    pub(super) fn checkin_inline(&self, conn: Box<InlineConn>) {
+        let mut idle = self.idle_inline.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < MAX_IDLE_PER_ENDPOINT {
+            idle.push((coarse_now(), conn));
         }
     }
 
@@ -192,14 +289,19 @@ impl EndpointPool {
         self.tls.is_some()
     }
 
-    async fn connect(&self, wire: Wire) -> Result<TokioIo<BoxIo>, UpstreamError> {
+    async fn connect_tcp(&self) -> Result<SendStream, UpstreamError> {
         let limit = self.settings.connect_timeout;
         let stream = tokio::time::timeout(limit, TcpStream::connect(self.addr))
             .await
             .map_err(|_| UpstreamError::ConnectTimeout)?
             .map_err(UpstreamError::Connect)?;
         let _ = stream.set_nodelay(true);
-        let stream = SendStream::new(stream);
+        Ok(SendStream::new(stream))
+    }
+
+    async fn connect(&self, wire: Wire) -> Result<TokioIo<BoxIo>, UpstreamError> {
+        let limit = self.settings.connect_timeout;
+        let stream = self.connect_tcp().await?;
         let Some(tls) = &self.tls else {
             return Ok(TokioIo::new(Box::new(stream)));
         };

@@ -1,6 +1,7 @@
 //! Applying what plugin hooks changed to the request or response in flight.
 //! (`crate::plugin` talks to Python; this module only edits HTTP messages.)
 
+use super::client::UpstreamBody;
 use super::local::{header_list, header_map, local, plugin_failed, plugin_response, Failure};
 use super::template::Template;
 use crate::balance::Endpoint;
@@ -81,7 +82,7 @@ pub(super) async fn on_upstream_request(
 pub(super) async fn on_response(
     host: &PluginHost,
     preq: &PluginRequest,
-    resp: &mut Response<Incoming>,
+    resp: &mut Response<UpstreamBody>,
     labels: &RequestLabels,
 ) -> Result<(), Failure> {
     let change = host

@@ -6,6 +6,7 @@ pub mod coarse_timer;
 mod deadline;
 pub mod headers;
 mod hooks;
+mod inline_h1;
 mod local;
 pub mod proxy;
 pub mod replay;

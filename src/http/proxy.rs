@@ -349,7 +349,7 @@ async fn forward(
             Err(UpstreamError::Connect(_) | UpstreamError::ConnectTimeout | UpstreamError::Tls(_)) => {
                 Outcome::ConnectFailure
             }
-            Err(UpstreamError::Http(_)) => Outcome::Reset,
+            Err(UpstreamError::Http(_) | UpstreamError::Io(_) | UpstreamError::Protocol(_)) => Outcome::Reset,
         };
         let may_retry = retry.is_some_and(|p| {
             attempt < p.limit && p.retries(outcome()) && replay.as_ref().is_some_and(Replay::replayable)
@@ -452,9 +452,11 @@ mod tests {
     /// A request's whole state is copied when hyper stores it (HTTP/1.1) or
     /// spawns it (one task per HTTP/2 stream); rare paths (connecting, plugin
     /// hooks) are boxed so they do not make every request's state bigger.
+    /// The inline HTTP/1.1 exchange added 240 bytes and saves far more than
+    /// copying them costs.
     #[test]
     fn per_request_state_stays_small() {
         let size = future_size(handle);
-        assert!(size <= 3584, "the per-request future grew to {size} bytes");
+        assert!(size <= 3840, "the per-request future grew to {size} bytes");
     }
 }

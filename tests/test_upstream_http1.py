@@ -1,0 +1,247 @@
+"""The proxy's own HTTP/1.1 client (bodiless requests to plain-TCP endpoints)
+against an upstream that answers with scripted bytes: framing, reuse, 1xx,
+stale pooled connections and broken responses."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from typing import Callable, Optional
+
+import httpx
+import pytest
+
+from conftest import one_service
+
+Answer = Optional[bytes]  # None: close the connection without answering
+
+
+class ScriptedUpstream:
+    """Reads request heads and replies with whatever `script(head, conn, n)`
+    returns, where `conn` counts connections and `n` requests on this one."""
+
+    def __init__(self, script: Callable[[bytes, int, int], Answer], close_after: bool = False):
+        self.script = script
+        self.close_after = close_after
+        self.heads: list[bytes] = []
+        self.connections = 0
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self.addr = f"127.0.0.1:{self._sock.getsockname()[1]}"
+        self._stopped = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self._stopped:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._serve, args=(conn, self.connections), daemon=True).start()
+
+    def _serve(self, conn: socket.socket, index: int) -> None:
+        buf = b""
+        n = 0
+        with conn:
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    try:
+                        data = conn.recv(65536)
+                    except OSError:
+                        return
+                    if not data:
+                        return
+                    buf += data
+                head, buf = buf.split(b"\r\n\r\n", 1)
+                self.heads.append(head)
+                n += 1
+                answer = self.script(head, index, n)
+                if answer is None:
+                    return
+                conn.sendall(answer)
+                if self.close_after:
+                    return
+
+    def stop(self) -> None:
+        self._stopped = True
+        self._sock.close()
+
+
+@pytest.fixture
+def upstream():
+    made: list[ScriptedUpstream] = []
+
+    def make(script: Callable[[bytes, int, int], Answer], **kw) -> ScriptedUpstream:
+        u = ScriptedUpstream(script, **kw)
+        made.append(u)
+        return u
+
+    yield make
+    for u in made:
+        u.stop()
+
+
+OK = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+
+
+def test_chunked_response_with_extensions_and_trailers_then_reuse(upstream, proxy):
+    chunked = (
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 999\r\n\r\n"
+        b"5;ext=1\r\nhello\r\n7\r\n, world\r\n0\r\nx-checksum: abc\r\n\r\n"
+    )
+    u = upstream(lambda head, c, n: chunked if n == 1 else OK)
+    p = proxy(one_service([u.addr]))
+    with httpx.Client() as client:
+        r = client.get(p.url("outbound", "/"))
+        assert r.status_code == 200
+        assert r.content == b"hello, world"
+        # The bogus Content-Length (chunked wins) is not passed on.
+        assert r.headers.get("content-length") != "999"
+        assert client.get(p.url("outbound", "/")).text == "ok"
+    assert u.connections == 1
+
+
+def test_bodiless_statuses_and_head_do_not_wait_for_a_body(upstream, proxy):
+    answers = {
+        b"HEAD": b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n",
+        b"GET /204": b"HTTP/1.1 204 No Content\r\n\r\n",
+        b"GET /304": b"HTTP/1.1 304 Not Modified\r\ncontent-length: 7\r\n\r\n",
+    }
+
+    def script(head: bytes, c: int, n: int) -> Answer:
+        return next((a for k, a in answers.items() if head.startswith(k)), OK)
+
+    u = upstream(script)
+    p = proxy(one_service([u.addr]))
+    with httpx.Client(timeout=3) as client:
+        r = client.head(p.url("outbound", "/"))
+        assert (r.status_code, r.headers["content-length"]) == (200, "5")
+        assert client.get(p.url("outbound", "/204")).status_code == 204
+        assert client.get(p.url("outbound", "/304")).status_code == 304
+        assert client.get(p.url("outbound", "/")).text == "ok"
+    assert u.connections == 1
+
+
+def test_informational_answers_are_skipped(upstream, proxy):
+    early = b"HTTP/1.1 103 Early Hints\r\nlink: </a.css>\r\n\r\n" + OK
+    u = upstream(lambda head, c, n: early)
+    p = proxy(one_service([u.addr]))
+    r = httpx.get(p.url("outbound", "/"))
+    assert (r.status_code, r.text) == (200, "ok")
+
+
+def test_close_delimited_body_is_read_to_the_end_and_not_reused(upstream, proxy):
+    u = upstream(lambda head, c, n: b"HTTP/1.1 200 OK\r\n\r\n" + b"x" * 100_000, close_after=True)
+    p = proxy(one_service([u.addr]))
+    with httpx.Client() as client:
+        for _ in range(2):
+            r = client.get(p.url("outbound", "/"))
+            assert r.content == b"x" * 100_000
+    assert u.connections == 2
+
+
+def test_large_bodies_arrive_intact(upstream, proxy):
+    blob = bytes(range(256)) * 16_384  # 4 MiB
+    length = b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % len(blob) + blob
+    pieces = b"".join(b"%x\r\n" % 70_000 + blob[i : i + 70_000] + b"\r\n" for i in range(0, 700_000, 70_000))
+    chunked = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n" + pieces + b"0\r\n\r\n"
+    u = upstream(lambda head, c, n: length if b"/length" in head else chunked)
+    p = proxy(one_service([u.addr]))
+    with httpx.Client() as client:
+        assert client.get(p.url("outbound", "/length")).content == blob
+        assert client.get(p.url("outbound", "/chunked")).content == blob[:700_000]
+        assert client.get(p.url("outbound", "/length")).content == blob
+    assert u.connections == 1
+
+
+def test_request_head_is_forwarded_as_http11(upstream, proxy):
+    u = upstream(lambda head, c, n: OK)
+    p = proxy(one_service([u.addr]))
+    httpx.post(
+        p.url("outbound", "/submit?q=1"),
+        headers={"x-kept": "yes", "connection": "keep-alive, x-gone", "x-gone": "1"},
+    )
+    head = u.heads[0].decode()
+    request_line, *lines = head.split("\r\n")
+    assert request_line == "POST /submit?q=1 HTTP/1.1"
+    fields = {k.lower(): v for k, v in (line.split(": ", 1) for line in lines)}
+    assert fields["x-kept"] == "yes"
+    assert fields["host"] == p.url("outbound", "/").split("/")[2]
+    # An empty POST says so; hop-by-hop headers stay behind.
+    assert fields["content-length"] == "0"
+    assert "x-gone" not in fields and "connection" not in fields
+
+
+def test_connection_closed_while_pooled_is_replaced_for_idempotent_requests(upstream, proxy):
+    # The second request on the first connection is read and never answered:
+    # what a server closing an idle connection looks like to a racing request.
+    def script(head: bytes, c: int, n: int) -> Answer:
+        return None if (c == 1 and n == 2) else OK
+
+    u = upstream(script)
+    p = proxy(one_service([u.addr]))
+    with httpx.Client() as client:
+        assert client.get(p.url("outbound", "/")).text == "ok"
+        r = client.get(p.url("outbound", "/"))
+        assert (r.status_code, r.text) == (200, "ok")
+    assert u.connections == 2
+
+
+def test_connection_closed_while_pooled_fails_a_post_rather_than_resend_it(upstream, proxy):
+    def script(head: bytes, c: int, n: int) -> Answer:
+        return None if (c == 1 and n == 2) else OK
+
+    u = upstream(script)
+    p = proxy(one_service([u.addr]))
+    with httpx.Client() as client:
+        assert client.get(p.url("outbound", "/")).text == "ok"
+        r = client.post(p.url("outbound", "/"))
+        assert r.status_code == 502
+        assert client.post(p.url("outbound", "/")).text == "ok"
+    assert len(u.heads) == 3  # the POST that may have been seen was not sent twice
+
+
+def test_idle_close_is_noticed_before_reuse(upstream, proxy):
+    # Answers keep-alive, then closes anyway: the proxy sees the close while
+    # the connection is pooled and does not send a POST into it.
+    u = upstream(lambda head, c, n: OK, close_after=True)
+    p = proxy(one_service([u.addr]))
+    with httpx.Client() as client:
+        for _ in range(3):
+            assert client.get(p.url("outbound", "/")).text == "ok"
+            # Let the close reach the proxy before the next request.
+            threading.Event().wait(0.1)
+            assert client.post(p.url("outbound", "/")).text == "ok"
+            threading.Event().wait(0.1)
+    assert u.connections == 6
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        pytest.param(b"HTTP/1.1 abc OK\r\n\r\n", id="bad-status"),
+        pytest.param(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\nok", id="conflicting-length"
+        ),
+        pytest.param(b"HTTP/1.1 200 OK\r\ncontent-length: nope\r\n\r\n", id="bad-length"),
+        pytest.param(b"HTTP/1.1 200 OK\r\nx-big: " + b"a" * 100_000 + b"\r\n\r\n", id="head-too-large"),
+        pytest.param(b"HTTP/1.1 101 Switching Protocols\r\n\r\n", id="unasked-upgrade"),
+        pytest.param(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n", id="closed-mid-head"),
+    ],
+)
+def test_broken_response_heads_are_502_and_the_proxy_keeps_serving(upstream, proxy, answer):
+    u = upstream(lambda head, c, n: answer if b"/broken" in head else OK, close_after=True)
+    p = proxy(one_service([u.addr], admin=True))
+    r = httpx.get(p.url("outbound", "/broken"))
+    assert r.status_code == 502
+    assert r.headers["meshcore-error"].startswith("upstream error")
+    assert httpx.get(p.url("outbound", "/")).text == "ok"
+
+
+def test_body_cut_short_ends_the_client_response_without_reusing(upstream, proxy):
+    short = b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n" + b"y" * 10
+    u = upstream(lambda head, c, n: short if b"/short" in head else OK, close_after=True)
+    p = proxy(one_service([u.addr]))
+    with pytest.raises(httpx.RemoteProtocolError):
+        httpx.get(p.url("outbound", "/short"))
+    assert httpx.get(p.url("outbound", "/")).text == "ok"
