@@ -38,6 +38,12 @@ pub fn connection_has(headers: &HeaderMap, token: &str) -> bool {
 /// `te: trailers` survives because gRPC needs it end to end; an upgrade
 /// keeps `Upgrade` and `Connection: upgrade`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Most messages carry none: one pass over the names is cheaper than
+    // hashing each of the nine names for removal.
+    let hop = hop_by_hop();
+    if !keep_upgrade && !headers.keys().any(|k| k == header::UPGRADE || hop.contains(&k)) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
