@@ -204,9 +204,14 @@ fn encode_head(req: &Request<ProxyBody>, out: &mut Vec<u8>) {
 
 /// Parses a response head. Header values share one copy of the head.
 fn parse_head(buf: &[u8]) -> Result<Option<(usize, Response<()>)>, &'static str> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut parsed = httparse::Response::new(&mut headers);
-    let len = match parsed.parse(buf) {
+    // Uninitialised slots: filling 128 empty headers would cost more than parsing a small head.
+    let mut slots = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut parsed,
+        buf,
+        &mut slots,
+    ) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => return Err("too many response headers"),
