@@ -6,7 +6,7 @@ import re
 import socket
 import threading
 from collections.abc import Iterator
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import pytest
 
@@ -126,3 +126,71 @@ def tcp_echo() -> Iterator[Callable[..., TcpEcho]]:
 def metric(text: str, name: str) -> float:
     """The sum of a metric's series in Prometheus text."""
     return sum(float(m) for m in re.findall(rf"^{name}{{[^}}]*}} (\S+)$", text, re.M))
+
+
+Answer = Optional[bytes]  # None: close the connection without answering
+
+
+class ScriptedUpstream:
+    """Reads request heads and replies with whatever `script(head, conn, n)`
+    returns, where `conn` counts connections and `n` requests on this one."""
+
+    def __init__(self, script: Callable[[bytes, int, int], Answer], close_after: bool = False):
+        self.script = script
+        self.close_after = close_after
+        self.heads: list[bytes] = []
+        self.connections = 0
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self.addr = f"127.0.0.1:{self._sock.getsockname()[1]}"
+        self._stopped = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self._stopped:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._serve, args=(conn, self.connections), daemon=True).start()
+
+    def _serve(self, conn: socket.socket, index: int) -> None:
+        buf = b""
+        n = 0
+        with conn:
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    try:
+                        data = conn.recv(65536)
+                    except OSError:
+                        return
+                    if not data:
+                        return
+                    buf += data
+                head, buf = buf.split(b"\r\n\r\n", 1)
+                self.heads.append(head)
+                n += 1
+                answer = self.script(head, index, n)
+                if answer is None:
+                    return
+                conn.sendall(answer)
+                if self.close_after:
+                    return
+
+    def stop(self) -> None:
+        self._stopped = True
+        self._sock.close()
+
+
+@pytest.fixture
+def upstream():
+    made: list[ScriptedUpstream] = []
+
+    def make(script: Callable[[bytes, int, int], Answer], **kw) -> ScriptedUpstream:
+        u = ScriptedUpstream(script, **kw)
+        made.append(u)
+        return u
+
+    yield make
+    for u in made:
+        u.stop()

@@ -50,8 +50,13 @@ impl Timer for CoarseTimer {
     }
 
     fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn Sleep>> {
-        Box::pin(CoarseSleep { deadline, slot: None })
+        Box::pin(sleep_until(deadline))
     }
+}
+
+/// A coarse sleep, unboxed, for the proxy's own HTTP/1.1 server.
+pub fn sleep_until(deadline: Instant) -> CoarseSleep {
+    CoarseSleep { deadline, slot: None }
 }
 
 /// Where a sleep is registered: which thread's list, and which slot.

@@ -9,13 +9,12 @@ use crate::metrics::RequestLabels;
 use crate::plugin::{Change, PluginHost, PluginRequest, RequestFacts};
 use http::uri::{PathAndQuery, Uri};
 use http::{Request, Response, StatusCode};
-use hyper::body::Incoming;
 
 /// What `on_request` decided, applied to `req`; `Ok(Some(name))` when a plugin chose a service.
 pub(super) async fn on_request(
     host: &PluginHost,
     facts: RequestFacts<'_>,
-    req: &mut Request<Incoming>,
+    req: &mut Request<super::RequestBody>,
     labels: &RequestLabels,
 ) -> Result<(PluginRequest, Option<String>), Failure> {
     let (preq, change) = host

@@ -6,7 +6,6 @@ use crate::metrics::RequestLabels;
 use crate::plugin::HeaderList;
 use crate::route;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
-use hyper::body::Incoming;
 use std::time::Instant;
 
 /// A request the proxy answers itself: an error, or a local response
@@ -92,7 +91,7 @@ pub(super) fn plugin_response(status: u16, headers: HeaderList, body: Vec<u8>) -
 /// Rate limit, redirect and direct response: answered without an upstream.
 pub(super) fn route_answers_itself(
     route: &route::Route,
-    req: &Request<Incoming>,
+    req: &Request<super::RequestBody>,
     authority: &str,
 ) -> Option<Response<ProxyBody>> {
     let filters = &route.filters;

@@ -10,6 +10,7 @@ mod inline_h1;
 mod local;
 pub mod proxy;
 pub mod replay;
+pub mod serve_h1;
 pub mod server;
 mod template;
 
@@ -19,6 +20,42 @@ use hyper::{Response, StatusCode};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// A client's request body: hyper's, or none for a bodiless request read
+/// by the proxy's own HTTP/1.1 server.
+pub enum RequestBody {
+    Hyper(hyper::body::Incoming),
+    Empty,
+}
+
+impl hyper::body::Body for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            RequestBody::Hyper(b) => std::pin::Pin::new(b).poll_frame(cx),
+            RequestBody::Empty => std::task::Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RequestBody::Hyper(b) => b.is_end_stream(),
+            RequestBody::Empty => true,
+        }
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        match self {
+            RequestBody::Hyper(b) => b.size_hint(),
+            RequestBody::Empty => hyper::body::SizeHint::with_exact(0),
+        }
+    }
+}
 
 /// Header naming why the proxy itself answered.
 pub const ERROR_HEADER: &str = "meshcore-error";

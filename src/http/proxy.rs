@@ -9,7 +9,7 @@ use super::hooks;
 use super::local::{fail, header_list, local, plugin_failed, route_answers_itself, Failure};
 use super::replay::Replay;
 use super::template::{build_request, Template};
-use super::{error_response, BoxError, ProxyBody};
+use super::{error_response, BoxError, ProxyBody, RequestBody};
 use crate::balance::NoPick;
 use crate::config::UpstreamProtocol;
 use crate::metrics::{RequestLabels, RouteLabels};
@@ -22,7 +22,6 @@ use http::header::HOST;
 use http::uri::PathAndQuery;
 use http::{HeaderValue, Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -75,7 +74,7 @@ pub struct ConnContext {
 }
 
 pub async fn handle(
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     conn: Arc<ConnContext>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let started = Instant::now();
@@ -108,7 +107,7 @@ pub async fn handle(
 
 /// The request's authority: the URI's (HTTP/2, absolute-form), else the Host
 /// header, shared rather than copied. Empty when missing or not text.
-fn authority_of(req: &Request<Incoming>) -> HeaderValue {
+fn authority_of(req: &Request<RequestBody>) -> HeaderValue {
     let found = match req.uri().authority() {
         Some(a) => HeaderValue::from_str(a.as_str()).ok(),
         None => req.headers().get(HOST).cloned(),
@@ -124,7 +123,7 @@ pub(super) fn text(value: &HeaderValue) -> &str {
 }
 
 async fn forward(
-    mut req: Request<Incoming>,
+    mut req: Request<RequestBody>,
     conn: &ConnContext,
     started: Instant,
 ) -> Result<Response<ProxyBody>, Failure> {
@@ -444,7 +443,7 @@ mod tests {
 
     fn future_size<F, Fut>(_: F) -> usize
     where
-        F: FnOnce(Request<Incoming>, Arc<ConnContext>) -> Fut,
+        F: FnOnce(Request<RequestBody>, Arc<ConnContext>) -> Fut,
     {
         std::mem::size_of::<Fut>()
     }

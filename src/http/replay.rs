@@ -3,15 +3,16 @@
 //! what was already sent and then go on reading the client's stream. Once the
 //! copy would pass the limit it is dropped and the body is no longer replayable.
 
+use super::RequestBody;
 use bytes::Bytes;
 use http::HeaderMap;
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::{Body, Frame, SizeHint};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 struct Shared {
-    source: Option<Incoming>,
+    source: Option<RequestBody>,
     kept: Vec<Bytes>,
     kept_bytes: usize,
     trailers: Option<HeaderMap>,
@@ -25,7 +26,7 @@ struct Shared {
 pub struct Replay(Arc<Mutex<Shared>>);
 
 impl Replay {
-    pub fn new(source: Incoming, limit: usize) -> Self {
+    pub fn new(source: RequestBody, limit: usize) -> Self {
         let ended = source.is_end_stream();
         Replay(Arc::new(Mutex::new(Shared {
             source: Some(source),

@@ -2,9 +2,12 @@
 
 use super::coarse_timer::CoarseTimer;
 use super::proxy::{handle, ConnContext};
+use super::RequestBody;
+use hyper::body::Incoming;
 use hyper::rt::{Read, Write};
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
+use hyper::Request;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,7 +23,7 @@ pub async fn serve_http1<I>(
 ) where
     I: Read + Write + Unpin + Send + 'static,
 {
-    let svc = service_fn(move |req| handle(req, ctx.clone()));
+    let svc = service_fn(move |req: Request<Incoming>| handle(req.map(RequestBody::Hyper), ctx.clone()));
     let conn = http1::Builder::new()
         // Armed per request; the coarse timer keeps that off tokio's timer wheel.
         .timer(CoarseTimer)
@@ -46,7 +49,7 @@ pub async fn serve_http2<I>(io: I, ctx: Arc<ConnContext>, mut draining: watch::R
 where
     I: Read + Write + Unpin + Send + 'static,
 {
-    let svc = service_fn(move |req| handle(req, ctx.clone()));
+    let svc = service_fn(move |req: Request<Incoming>| handle(req.map(RequestBody::Hyper), ctx.clone()));
     let conn = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .max_header_list_size(MAX_HEADER_BYTES as u32)

@@ -1,0 +1,388 @@
+//! HTTP/1.1 client connections served by the proxy itself while their
+//! requests are simple: a whole head in hand, HTTP/1.1, no body, nothing to
+//! upgrade or expect. The request runs in the connection's task and its
+//! response is written with the head and first body bytes in one send.
+//!
+//! Anything else hands the connection, with the bytes already read, to
+//! hyper's server for the rest of its life. So hyper still answers malformed
+//! heads (400, 431), request bodies, `Expect: 100-continue`, upgrades and
+//! HTTP/1.0, and a head that arrives in pieces is read under its timeout.
+
+use super::coarse_timer;
+use super::proxy::{handle, ConnContext};
+use super::server::serve_http1;
+use super::{ProxyBody, RequestBody};
+use crate::listen::io::Prefixed;
+use bytes::Bytes;
+use http::header::{CONNECTION, CONTENT_LENGTH, DATE, EXPECT, TRANSFER_ENCODING, UPGRADE};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use hyper::body::Body;
+use hyper_util::rt::TokioIo;
+use std::cell::RefCell;
+use std::future::poll_fn;
+use std::io;
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::{Duration, Instant, SystemTime};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::sync::watch;
+
+/// Holds a whole request head; a bigger one goes to hyper.
+const READ_BUF: usize = 8 * 1024;
+/// hyper's limit too; more headers go to hyper, which answers 431.
+const MAX_HEADERS: usize = 100;
+/// Response bytes gathered before they are written.
+const WRITE_BATCH: usize = 64 * 1024;
+
+struct Conn<I> {
+    io: I,
+    /// Zeroed once; `start..end` is unread.
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    out: Vec<u8>,
+}
+
+impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
+    fn buffered(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.start += n;
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+    }
+
+    /// Reads more into the buffer's free end; 0 at end of stream or when full.
+    async fn fill(&mut self) -> io::Result<usize> {
+        if self.start > 0 {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        if self.end == self.buf.len() {
+            return Ok(0);
+        }
+        poll_fn(|cx| {
+            let mut read = ReadBuf::new(&mut self.buf[self.end..]);
+            std::task::ready!(Pin::new(&mut self.io).poll_read(cx, &mut read))?;
+            let n = read.filled().len();
+            self.end += n;
+            Poll::Ready(Ok(n))
+        })
+        .await
+    }
+
+    async fn flush_out(&mut self) -> io::Result<()> {
+        let result = self.io.write_all(&self.out).await;
+        self.out.clear();
+        result
+    }
+}
+
+pub async fn serve<I>(
+    io: I,
+    ctx: Arc<ConnContext>,
+    header_read_timeout: Duration,
+    mut draining: watch::Receiver<bool>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut conn = Conn {
+        io,
+        buf: vec![0; READ_BUF],
+        start: 0,
+        end: 0,
+        out: Vec::new(),
+    };
+    loop {
+        if conn.start == conn.end {
+            let deadline = Instant::now() + header_read_timeout;
+            let read = tokio::select! {
+                biased;
+                read = conn.fill() => read,
+                () = coarse_timer::sleep_until(deadline) => return,
+                () = crate::shared::drained(&mut draining) => return,
+            };
+            if !matches!(read, Ok(n) if n > 0) {
+                return;
+            }
+        }
+        let Some((len, req)) = parse_request(conn.buffered()) else {
+            let read = Bytes::copy_from_slice(conn.buffered());
+            let io = TokioIo::new(Prefixed::new(read, conn.io));
+            return serve_http1(io, ctx, header_read_timeout, draining).await;
+        };
+        conn.consume(len);
+        let head_only = req.method() == Method::HEAD;
+        let close = super::headers::connection_has(req.headers(), "close");
+        let Ok(resp) = handle(req, ctx.clone()).await;
+        let draining_now = *draining.borrow();
+        let written = write_response(&mut conn, resp, head_only, close || draining_now).await;
+        if written.is_err() || close || draining_now {
+            let _ = conn.io.shutdown().await;
+            return;
+        }
+    }
+}
+
+/// A simple request, or None for anything hyper should have.
+fn parse_request(buf: &[u8]) -> Option<(usize, Request<RequestBody>)> {
+    let mut slots = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut []);
+    let config = httparse::ParserConfig::default();
+    let len = match config.parse_request_with_uninit_headers(&mut parsed, buf, &mut slots) {
+        Ok(httparse::Status::Complete(len)) => len,
+        _ => return None,
+    };
+    if parsed.version != Some(1) {
+        return None;
+    }
+    let method = Method::from_bytes(parsed.method?.as_bytes()).ok()?;
+    if method == Method::CONNECT {
+        return None;
+    }
+    // Header values and the target share one copy of the head.
+    let head = Bytes::copy_from_slice(&buf[..len]);
+    let slice = |part: &[u8]| {
+        let at = part.as_ptr() as usize - buf.as_ptr() as usize;
+        head.slice(at..at + part.len())
+    };
+    let mut headers = HeaderMap::with_capacity(parsed.headers.len());
+    for h in parsed.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
+        if name == TRANSFER_ENCODING || name == EXPECT || name == UPGRADE {
+            return None;
+        }
+        if name == CONTENT_LENGTH && h.value != b"0" {
+            return None;
+        }
+        headers.append(name, HeaderValue::from_maybe_shared(slice(h.value)).ok()?);
+    }
+    let uri = Uri::from_maybe_shared(slice(parsed.path?.as_bytes())).ok()?;
+    let mut req = Request::new(RequestBody::Empty);
+    *req.method_mut() = method;
+    *req.uri_mut() = uri;
+    *req.version_mut() = Version::HTTP_11;
+    *req.headers_mut() = headers;
+    Some((len, req))
+}
+
+enum Framing {
+    None,
+    Length(u64),
+    Chunked,
+}
+
+/// Writes the head and streams the body. Bytes are gathered and written
+/// whenever the body has nothing more ready, so a streaming response is not
+/// held back and a small one leaves in a single send.
+async fn write_response<I>(
+    conn: &mut Conn<I>,
+    resp: Response<ProxyBody>,
+    head_only: bool,
+    close: bool,
+) -> io::Result<()>
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
+    let (parts, mut body) = resp.into_parts();
+    let status = parts.status;
+    let no_body =
+        status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
+    let out = &mut conn.out;
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in &parts.headers {
+        push_header(out, name.as_str(), value.as_bytes());
+    }
+    let declared = parts
+        .headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse().ok());
+    let mut framing = match (declared, body.size_hint().exact()) {
+        _ if no_body => Framing::None,
+        (Some(n), _) => Framing::Length(n),
+        (None, Some(n)) => {
+            push_header(out, "content-length", n.to_string().as_bytes());
+            Framing::Length(n)
+        }
+        (None, None) if head_only => Framing::None,
+        (None, None) => {
+            push_header(out, "transfer-encoding", b"chunked");
+            Framing::Chunked
+        }
+    };
+    if !parts.headers.contains_key(DATE) {
+        DATE_NOW.with(|d| push_header(out, "date", d.borrow_mut().now().as_bytes()));
+    }
+    if close && !parts.headers.contains_key(CONNECTION) {
+        push_header(out, "connection", b"close");
+    }
+    out.extend_from_slice(b"\r\n");
+    if head_only {
+        framing = Framing::None;
+    }
+    let mut body = Pin::new(&mut body);
+    loop {
+        if matches!(framing, Framing::None | Framing::Length(0)) || body.is_end_stream() {
+            break;
+        }
+        let frame = match poll_fn(|cx| Poll::Ready(body.as_mut().poll_frame(cx))).await {
+            Poll::Ready(frame) => frame,
+            Poll::Pending => {
+                conn.flush_out().await?;
+                poll_fn(|cx| body.as_mut().poll_frame(cx)).await
+            }
+        };
+        let data = match frame {
+            None => break,
+            Some(Err(e)) => return Err(io::Error::other(e)),
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => data,
+                Err(_trailers) => continue, // HTTP/1.1 trailers are not passed on
+            },
+        };
+        match &mut framing {
+            Framing::Length(left) => {
+                if data.len() as u64 > *left {
+                    return Err(io::Error::other("response body longer than its content-length"));
+                }
+                *left -= data.len() as u64;
+                conn.out.extend_from_slice(&data);
+            }
+            Framing::Chunked if data.is_empty() => {}
+            Framing::Chunked => {
+                conn.out
+                    .extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                conn.out.extend_from_slice(&data);
+                conn.out.extend_from_slice(b"\r\n");
+            }
+            Framing::None => {}
+        }
+        if conn.out.len() >= WRITE_BATCH {
+            conn.flush_out().await?;
+        }
+    }
+    let complete = match framing {
+        Framing::Length(left) => left == 0 || head_only,
+        Framing::Chunked => {
+            conn.out.extend_from_slice(b"0\r\n\r\n");
+            true
+        }
+        Framing::None => true,
+    };
+    conn.flush_out().await?;
+    if conn.out.capacity() > WRITE_BATCH * 2 {
+        conn.out = Vec::new();
+    }
+    if !complete {
+        return Err(io::Error::other("response body shorter than its content-length"));
+    }
+    Ok(())
+}
+
+fn push_header(out: &mut Vec<u8>, name: &str, value: &[u8]) {
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+thread_local! {
+    static DATE_NOW: RefCell<CachedDate> = const { RefCell::new(CachedDate { second: u64::MAX, text: String::new() }) };
+}
+
+/// The `Date` for answers that lack one (the proxy's own), made once a second.
+struct CachedDate {
+    second: u64,
+    text: String,
+}
+
+impl CachedDate {
+    fn now(&mut self) -> &str {
+        let second = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if second != self.second {
+            self.second = second;
+            self.text = http_date(second);
+        }
+        &self.text
+    }
+}
+
+/// An IMF-fixdate (RFC 9110, 5.6.7) from seconds since the Unix epoch.
+fn http_date(secs: u64) -> String {
+    const WEEKDAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let days = secs / 86_400;
+    let (hour, minute, second) = (secs % 86_400 / 3600, secs % 3600 / 60, secs % 60);
+    // Days to a civil date, counting in 400-year eras that start on 1 March.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let day_of_era = z - era * 146_097;
+    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let shifted_month = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * shifted_month + 2) / 5 + 1;
+    let month = if shifted_month < 10 {
+        shifted_month + 2
+    } else {
+        shifted_month - 10
+    };
+    let year = year_of_era + era * 400 + i64::from(month < 2);
+    format!(
+        "{}, {day:02} {} {year} {hour:02}:{minute:02}:{second:02} GMT",
+        WEEKDAYS[(days % 7) as usize],
+        MONTHS[month as usize]
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_are_imf_fixdates() {
+        assert_eq!(http_date(0), "Thu, 01 Jan 1970 00:00:00 GMT");
+        assert_eq!(http_date(951_782_400), "Tue, 29 Feb 2000 00:00:00 GMT");
+        assert_eq!(http_date(1_795_651_199), "Wed, 25 Nov 2026 23:59:59 GMT");
+        assert_eq!(http_date(4_107_542_400), "Mon, 01 Mar 2100 00:00:00 GMT");
+    }
+
+    #[test]
+    fn only_simple_requests_are_kept() {
+        let simple = b"GET /a?b=1 HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\nGET /next";
+        let (len, req) = parse_request(simple).unwrap();
+        assert_eq!(&simple[len..], b"GET /next");
+        assert_eq!(req.uri(), "/a?b=1");
+        assert_eq!(req.headers()["host"], "x");
+        for other in [
+            &b"GET / HTTP/1.1\r\nhost: x\r\n"[..],
+            b"GET / HTTP/1.0\r\n\r\n",
+            b"POST / HTTP/1.1\r\ncontent-length: 3\r\n\r\nabc",
+            b"POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n",
+            b"GET / HTTP/1.1\r\nexpect: 100-continue\r\n\r\n",
+            b"GET / HTTP/1.1\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n",
+            b"CONNECT x:443 HTTP/1.1\r\n\r\n",
+            b"GET / HTTP/1.1\r\nho st: x\r\n\r\n",
+        ] {
+            assert!(
+                parse_request(other).is_none(),
+                "{:?}",
+                String::from_utf8_lossy(other)
+            );
+        }
+    }
+}
