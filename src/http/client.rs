@@ -11,6 +11,7 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::{http1, http2};
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -162,43 +163,54 @@ impl EndpointPool {
 
     /// Sends one request. For HTTP/1.1 it also returns the connection, to be
     /// handed back with [`Reusable::release`] once the response body has ended.
-    pub async fn send(
+    ///
+    /// The senders here are plain functions returning an `async move` block
+    /// rather than `async fn`s: an `async fn` keeps a second copy of a
+    /// by-value request in its state, and this state is part of every
+    /// request's, copied whenever the request's future moves.
+    #[allow(clippy::manual_async_fn)] // one copy of the request in the state, not two
+    pub fn send(
         self: &Arc<Self>,
         req: Request<ProxyBody>,
         wire: Wire,
-    ) -> Result<(Response<UpstreamBody>, Option<Reusable>), UpstreamError> {
-        match wire {
-            Wire::Http1 if self.tls.is_none() && inline_h1::suits(&req) => {
-                let resp = self.send_inline(req).await?;
-                Ok((resp.map(UpstreamBody::Inline), None))
+    ) -> impl Future<Output = Result<(Response<UpstreamBody>, Option<Reusable>), UpstreamError>> + '_ {
+        async move {
+            match wire {
+                Wire::Http1 if self.tls.is_none() && inline_h1::suits(&req) => {
+                    let resp = self.send_inline(req).await?;
+                    Ok((resp.map(UpstreamBody::Inline), None))
+                }
+                Wire::Http1 => {
+                    let (resp, sender) = self.send_h1(req).await?;
+                    let reusable = Reusable {
+                        pool: self.clone(),
+                        sender,
+                    };
+                    Ok((resp.map(UpstreamBody::Hyper), Some(reusable)))
+                }
+                Wire::Http2 => Ok((self.send_h2(req).await?.map(UpstreamBody::Hyper), None)),
             }
-            Wire::Http1 => {
-                let (resp, sender) = self.send_h1(req).await?;
-                let reusable = Reusable {
-                    pool: self.clone(),
-                    sender,
-                };
-                Ok((resp.map(UpstreamBody::Hyper), Some(reusable)))
-            }
-            Wire::Http2 => Ok((self.send_h2(req).await?.map(UpstreamBody::Hyper), None)),
         }
     }
 
-    async fn send_inline(
+    #[allow(clippy::manual_async_fn)] // one copy of the request in the state, not two
+    fn send_inline(
         self: &Arc<Self>,
         req: Request<ProxyBody>,
-    ) -> Result<Response<InlineBody>, UpstreamError> {
-        let resend = inline_h1::idempotent(req.method());
-        loop {
-            let mut conn = match self.checkout_inline() {
-                Some(pooled) => pooled,
-                None => Box::new(InlineConn::new(Box::pin(self.connect_tcp()).await?)),
-            };
-            inline_h1::prepare(&mut conn, &req);
-            match inline_h1::exchange(conn, req.method(), self.clone()).await {
-                // A pooled connection the server closed while idle: try the next, or a new one.
-                Err(inline_h1::Error::Stale(_)) if resend => continue,
-                sent => return sent.map_err(UpstreamError::from),
+    ) -> impl Future<Output = Result<Response<InlineBody>, UpstreamError>> + '_ {
+        async move {
+            let resend = inline_h1::idempotent(req.method());
+            loop {
+                let mut conn = match self.checkout_inline() {
+                    Some(pooled) => pooled,
+                    None => Box::new(InlineConn::new(Box::pin(self.connect_tcp()).await?)),
+                };
+                inline_h1::prepare(&mut conn, &req);
+                match inline_h1::exchange(conn, req.method(), self.clone()).await {
+                    // A pooled connection the server closed while idle: try the next, or a new one.
+                    Err(inline_h1::Error::Stale(_)) if resend => continue,
+                    sent => return sent.map_err(UpstreamError::from),
+                }
             }
         }
     }
@@ -221,26 +233,29 @@ impl EndpointPool {
         }
     }
 
-    async fn send_h1(
+    #[allow(clippy::manual_async_fn)] // one copy of the request in the state, not two
+    fn send_h1(
         &self,
-        req: Request<ProxyBody>,
-    ) -> Result<(Response<Incoming>, http1::SendRequest<ProxyBody>), UpstreamError> {
-        let mut req = req;
-        // A pooled connection may have been closed by the server while idle;
-        // when hyper hands the unsent request back, try the next one.
-        while let Some(mut sender) = self.checkout_h1() {
-            match sender.try_send_request(req).await {
-                Ok(resp) => return Ok((resp, sender)),
-                Err(mut e) => match e.take_message() {
-                    Some(unsent) => req = unsent,
-                    None => return Err(UpstreamError::Http(e.into_error())),
-                },
+        mut req: Request<ProxyBody>,
+    ) -> impl Future<Output = Result<(Response<Incoming>, http1::SendRequest<ProxyBody>), UpstreamError>> + '_
+    {
+        async move {
+            // A pooled connection may have been closed by the server while idle;
+            // when hyper hands the unsent request back, try the next one.
+            while let Some(mut sender) = self.checkout_h1() {
+                match sender.try_send_request(req).await {
+                    Ok(resp) => return Ok((resp, sender)),
+                    Err(mut e) => match e.take_message() {
+                        Some(unsent) => req = unsent,
+                        None => return Err(UpstreamError::Http(e.into_error())),
+                    },
+                }
             }
+            // Boxed: connecting (and a TLS handshake) is rare but would make every request's state larger.
+            let mut sender = Box::pin(self.connect_h1()).await?;
+            let resp = sender.send_request(req).await.map_err(UpstreamError::Http)?;
+            Ok((resp, sender))
         }
-        // Boxed: connecting (and a TLS handshake) is rare but would make every request's state larger.
-        let mut sender = Box::pin(self.connect_h1()).await?;
-        let resp = sender.send_request(req).await.map_err(UpstreamError::Http)?;
-        Ok((resp, sender))
     }
 
     /// The most recently returned connection that is ready for a request.
@@ -328,24 +343,30 @@ impl EndpointPool {
         Ok(sender)
     }
 
-    async fn send_h2(&self, req: Request<ProxyBody>) -> Result<Response<Incoming>, UpstreamError> {
-        let (generation, mut sender) = self.h2_sender().await?;
-        let ready = sender.ready().await;
-        let req = match ready {
-            Ok(()) => match sender.try_send_request(req).await {
-                Ok(resp) => return Ok(resp),
-                // The shared connection went away (GOAWAY, idle close) before this
-                // request was sent: hyper hands it back, so send it on a new one.
-                Err(mut e) => e
-                    .take_message()
-                    .ok_or_else(|| UpstreamError::Http(e.into_error()))?,
-            },
-            Err(_) => req,
-        };
-        self.forget_h2(generation);
-        let (_, mut sender) = self.h2_sender().await?;
-        sender.ready().await.map_err(UpstreamError::Http)?;
-        sender.send_request(req).await.map_err(UpstreamError::Http)
+    #[allow(clippy::manual_async_fn)] // one copy of the request in the state, not two
+    fn send_h2(
+        &self,
+        mut req: Request<ProxyBody>,
+    ) -> impl Future<Output = Result<Response<Incoming>, UpstreamError>> + '_ {
+        async move {
+            let (generation, mut sender) = self.h2_sender().await?;
+            if sender.ready().await.is_ok() {
+                match sender.try_send_request(req).await {
+                    Ok(resp) => return Ok(resp),
+                    // The shared connection went away (GOAWAY, idle close) before this
+                    // request was sent: hyper hands it back, so send it on a new one.
+                    Err(mut e) => {
+                        req = e
+                            .take_message()
+                            .ok_or_else(|| UpstreamError::Http(e.into_error()))?
+                    }
+                }
+            }
+            self.forget_h2(generation);
+            let (_, mut sender) = self.h2_sender().await?;
+            sender.ready().await.map_err(UpstreamError::Http)?;
+            sender.send_request(req).await.map_err(UpstreamError::Http)
+        }
     }
 
     fn forget_h2(&self, generation: u64) {
