@@ -169,3 +169,28 @@ def test_many_keep_alive_requests_count_once_each(backend, proxy):
         for _ in range(50):
             assert client.get(p.url("outbound", "/")).status_code == 200
     assert b.requests == 50
+
+
+def test_idle_keep_alive_connection_is_closed_after_the_header_timeout(backend, proxy):
+    cfg = one_service([backend().addr])
+    cfg["listeners"][0]["header_read_timeout"] = "1s"
+    p = proxy(cfg)
+    with socket.create_connection(p.addresses["outbound"], timeout=10) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_response(s)[0] == b"HTTP/1.1 200 OK"
+        started = time.monotonic()
+        assert s.recv(100) == b""  # the proxy closed the idle connection
+        waited = time.monotonic() - started
+    # 1 s limit on a 1 s tick, never early: closed between 1 and 3 s (with slack).
+    assert 1.0 <= waited < 4.5, waited
+
+
+def test_stop_closes_idle_keep_alive_connections(backend, proxy):
+    p = proxy(one_service([backend().addr]))
+    with socket.create_connection(p.addresses["outbound"], timeout=10) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_response(s)[0] == b"HTTP/1.1 200 OK"
+        started = time.monotonic()
+        p.stop(grace=5)
+        assert s.recv(100) == b""
+        assert time.monotonic() - started < 4

@@ -72,6 +72,13 @@ pub struct CoarseSleep {
 }
 
 impl CoarseSleep {
+    /// Moves the deadline but keeps the registration, for a connection that
+    /// waits again and again. The list learns the new deadline at the next
+    /// poll; until then the old one may wake the task once, harmlessly.
+    pub fn reset(&mut self, deadline: Instant) {
+        self.deadline = deadline;
+    }
+
     fn deregister(&mut self) {
         if let Some(slot) = self.slot.take() {
             let _ = WAITING.try_with(|w| {
@@ -99,7 +106,8 @@ impl Future for CoarseSleep {
             let mut w = w.borrow_mut();
             match this.slot {
                 Some(slot) if slot.list == w.id => {
-                    if let Some((_, waker)) = &mut w.slots[slot.index] {
+                    if let Some((deadline, waker)) = &mut w.slots[slot.index] {
+                        *deadline = this.deadline;
                         waker.clone_from(cx.waker());
                     }
                 }

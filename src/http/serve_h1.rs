@@ -25,7 +25,7 @@ use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::watch;
 
@@ -89,7 +89,7 @@ pub async fn serve<I>(
     io: I,
     ctx: Arc<ConnContext>,
     header_read_timeout: Duration,
-    mut draining: watch::Receiver<bool>,
+    draining: watch::Receiver<bool>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -100,14 +100,21 @@ pub async fn serve<I>(
         end: 0,
         out: Vec::new(),
     };
+    // Made once per connection and re-armed per wait: no clock read, timer
+    // registration or drain-watch registration per request. A coarse start
+    // time plus one tick is never early and at most two ticks late.
+    let limit = || coarse_timer::coarse_now() + header_read_timeout + coarse_timer::TICK;
+    let mut idle_limit = coarse_timer::sleep_until(limit());
+    let mut drain_watch = draining.clone();
+    let mut drained = std::pin::pin!(crate::shared::drained(&mut drain_watch));
     loop {
         if conn.start == conn.end {
-            let deadline = Instant::now() + header_read_timeout;
+            idle_limit.reset(limit());
             let read = tokio::select! {
                 biased;
                 read = conn.fill() => read,
-                () = coarse_timer::sleep_until(deadline) => return,
-                () = crate::shared::drained(&mut draining) => return,
+                () = &mut idle_limit => return,
+                () = drained.as_mut() => return,
             };
             if !matches!(read, Ok(n) if n > 0) {
                 return;
