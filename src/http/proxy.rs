@@ -272,7 +272,13 @@ fn forward(
         // The request is counted at its first pick: a failure from the loop is
         // already counted, one from before it is counted by `handle`.
         let dispatched = loop {
-            let now = Instant::now();
+            // A first attempt without plugin hooks is picked a microsecond or so
+            // after arrival: that clock read serves for the balancer too.
+            let now = if attempt == 0 && plugins.is_none() {
+                started
+            } else {
+                Instant::now()
+            };
             let index = match service.balancer.pick_at(now, &exclude) {
                 Ok(i) => i,
                 Err(no) => {
