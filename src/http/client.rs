@@ -7,6 +7,8 @@ use super::inline_h1::{self, InlineBody, InlineConn};
 use super::{BoxError, ProxyBody};
 use crate::listen::io::SendStream;
 use bytes::Bytes;
+use futures_util::future::Either;
+use futures_util::FutureExt;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::{http1, http2};
 use hyper::{Request, Response};
@@ -52,6 +54,9 @@ impl Reusable {
         self.pool.checkin_h1(self.sender);
     }
 }
+
+/// What a send gives: the response and, for hyper's HTTP/1.1, the connection.
+pub type Sent = Result<(Response<UpstreamBody>, Option<Reusable>), UpstreamError>;
 
 /// A response body from upstream: hyper's, or read inline.
 pub enum UpstreamBody {
@@ -164,32 +169,28 @@ impl EndpointPool {
     /// Sends one request. For HTTP/1.1 it also returns the connection, to be
     /// handed back with [`Reusable::release`] once the response body has ended.
     ///
-    /// The senders here are plain functions returning an `async move` block
-    /// rather than `async fn`s: an `async fn` keeps a second copy of a
-    /// by-value request in its state, and this state is part of every
-    /// request's, copied whenever the request's future moves.
-    #[allow(clippy::manual_async_fn)] // one copy of the request in the state, not two
-    pub fn send(
-        self: &Arc<Self>,
-        req: Request<ProxyBody>,
-        wire: Wire,
-    ) -> impl Future<Output = Result<(Response<UpstreamBody>, Option<Reusable>), UpstreamError>> + '_ {
-        async move {
-            match wire {
-                Wire::Http1 if self.tls.is_none() && inline_h1::suits(&req) => {
-                    let resp = self.send_inline(req).await?;
-                    Ok((resp.map(UpstreamBody::Inline), None))
-                }
-                Wire::Http1 => {
-                    let (resp, sender) = self.send_h1(req).await?;
-                    let reusable = Reusable {
-                        pool: self.clone(),
-                        sender,
-                    };
-                    Ok((resp.map(UpstreamBody::Hyper), Some(reusable)))
-                }
-                Wire::Http2 => Ok((self.send_h2(req).await?.map(UpstreamBody::Hyper), None)),
-            }
+    /// The senders are chosen here, outside any future, and the others are
+    /// plain functions returning `async move` blocks rather than `async fn`s:
+    /// an `async fn` keeps a second copy of a by-value request in its state,
+    /// and this state is part of every request's, copied whenever it moves.
+    pub fn send(self: &Arc<Self>, req: Request<ProxyBody>, wire: Wire) -> impl Future<Output = Sent> + '_ {
+        match wire {
+            Wire::Http1 if self.tls.is_none() && inline_h1::suits(&req) => Either::Left(
+                self.send_inline(req)
+                    .map(|sent| Ok((sent?.map(UpstreamBody::Inline), None))),
+            ),
+            Wire::Http1 => Either::Right(Either::Left(self.send_h1(req).map(move |sent| {
+                let (resp, sender) = sent?;
+                let reusable = Reusable {
+                    pool: self.clone(),
+                    sender,
+                };
+                Ok((resp.map(UpstreamBody::Hyper), Some(reusable)))
+            }))),
+            Wire::Http2 => Either::Right(Either::Right(
+                self.send_h2(req)
+                    .map(|sent| Ok((sent?.map(UpstreamBody::Hyper), None))),
+            )),
         }
     }
 
