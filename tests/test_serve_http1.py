@@ -194,3 +194,33 @@ def test_stop_closes_idle_keep_alive_connections(backend, proxy):
         p.stop(grace=5)
         assert s.recv(100) == b""
         assert time.monotonic() - started < 4
+
+
+def test_head_answer_of_unknown_length_states_none(upstream, proxy):
+    # A HEAD whose GET would be chunked: the answer must not claim a length of 0.
+    u = upstream(lambda head, c, n: b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+    p = proxy(one_service([u.addr]))
+    with socket.create_connection(p.addresses["outbound"], timeout=5) as s:
+        s.sendall(b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n")
+        status, headers, _, _ = read_response_head(s)
+    assert status == b"HTTP/1.1 200 OK"
+    assert "content-length" not in headers and "transfer-encoding" not in headers
+
+
+def test_own_answers_cannot_set_their_framing_or_keep_a_closing_connection(proxy):
+    cfg = one_service([])
+    cfg["routes"][0]["backends"] = []
+    cfg["routes"][0]["direct_response"] = {
+        "status": 200,
+        "body": "5\r\nsplit\r\n0\r\n\r\n",
+        "headers": {"transfer-encoding": "chunked", "content-length": "zz", "connection": "close"},
+    }
+    p = proxy(cfg)
+    with socket.create_connection(p.addresses["outbound"], timeout=5) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        status, headers, body, rest = read_response(s)
+        # The body goes out as the bytes it is, framed by the proxy.
+        assert body == b"5\r\nsplit\r\n0\r\n\r\n"
+        assert headers["content-length"] == str(len(body)) and "transfer-encoding" not in headers
+        assert headers["connection"] == "close"
+        assert rest == b"" and s.recv(100) == b""

@@ -13,6 +13,7 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::{http1, http2};
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::collections::VecDeque;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -143,7 +144,8 @@ pub struct EndpointPool {
     settings: Arc<Settings>,
     tls: Option<UpstreamTls>,
     idle_h1: Mutex<Vec<(Instant, http1::SendRequest<ProxyBody>)>>,
-    idle_inline: Mutex<Vec<(Instant, Box<InlineConn>)>>,
+    /// Newest at the back (reused first), oldest at the front (expired first).
+    idle_inline: Mutex<VecDeque<(Instant, Box<InlineConn>)>>,
     /// The shared HTTP/2 connection, numbered so that a request that saw it
     /// fail forgets that one and not a newer one.
     h2: Mutex<Option<(u64, http2::SendRequest<ProxyBody>)>>,
@@ -159,7 +161,7 @@ impl EndpointPool {
             settings,
             tls,
             idle_h1: Mutex::new(Vec::new()),
-            idle_inline: Mutex::new(Vec::new()),
+            idle_inline: Mutex::new(VecDeque::new()),
             h2: Mutex::new(None),
             h2_made: std::sync::atomic::AtomicU64::new(0),
             h2_connecting: tokio::sync::Mutex::new(()),
@@ -201,15 +203,18 @@ impl EndpointPool {
     ) -> impl Future<Output = Result<Response<InlineBody>, UpstreamError>> + '_ {
         async move {
             let resend = inline_h1::idempotent(req.method());
+            let mut from_pool = true;
             loop {
-                let mut conn = match self.checkout_inline() {
-                    Some(pooled) => pooled,
+                let pooled = if from_pool { self.checkout_inline() } else { None };
+                let mut conn = match pooled {
+                    Some(conn) => conn,
                     None => Box::new(InlineConn::new(Box::pin(self.connect_tcp()).await?)),
                 };
                 inline_h1::prepare(&mut conn, &req);
                 match inline_h1::exchange(conn, req.method(), self.clone()).await {
-                    // A pooled connection the server closed while idle: try the next, or a new one.
-                    Err(inline_h1::Error::Stale(_)) if resend => continue,
+                    // A pooled connection the server had closed: resend once, on a
+                    // new connection (only a reused one can be stale).
+                    Err(inline_h1::Error::Stale(_)) if resend => from_pool = false,
                     sent => return sent.map_err(UpstreamError::from),
                 }
             }
@@ -217,20 +222,33 @@ impl EndpointPool {
     }
 
     fn checkout_inline(&self) -> Option<Box<InlineConn>> {
-        let mut idle = self.idle_inline.lock().unwrap_or_else(|p| p.into_inner());
         let now = coarse_now();
-        while let Some((since, mut conn)) = idle.pop() {
+        loop {
+            let (since, mut conn) = self
+                .idle_inline
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .pop_back()?;
+            // Checked outside the lock: it may read from the socket.
             if now - since < self.settings.idle_timeout && !conn.went_bad_while_idle() {
                 return Some(conn);
             }
         }
-        None
     }
 
-    pub(super) fn checkin_inline(&self, conn: Box<InlineConn>) {
+    pub(super) fn checkin_inline(&self, mut conn: Box<InlineConn>) {
+        conn.shrink();
+        let now = coarse_now();
         let mut idle = self.idle_inline.lock().unwrap_or_else(|p| p.into_inner());
+        // Expired connections are closed from the old end, not left until reached.
+        while idle
+            .front()
+            .is_some_and(|(since, _)| now - *since >= self.settings.idle_timeout)
+        {
+            idle.pop_front();
+        }
         if idle.len() < MAX_IDLE_PER_ENDPOINT {
-            idle.push((coarse_now(), conn));
+            idle.push_back((now, conn));
         }
     }
 

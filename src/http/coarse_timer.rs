@@ -79,6 +79,12 @@ impl CoarseSleep {
         self.deadline = deadline;
     }
 
+    /// Leaves the list until polled again, so a finished wait does not wake
+    /// its task at every tick while the task is busy with something else.
+    pub fn pause(&mut self) {
+        self.deregister();
+    }
+
     fn deregister(&mut self) {
         if let Some(slot) = self.slot.take() {
             let _ = WAITING.try_with(|w| {

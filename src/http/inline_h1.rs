@@ -11,7 +11,7 @@ use super::client::EndpointPool;
 use super::headers::connection_has;
 use super::{BoxError, ProxyBody};
 use bytes::Bytes;
-use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING, UPGRADE};
+use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
 use hyper::body::{Body, Frame, SizeHint};
 use std::future::poll_fn;
@@ -111,6 +111,15 @@ impl InlineConn {
         Poll::Ready(Ok(n))
     }
 
+    /// Gives back a read buffer grown for a large head before pooling.
+    pub fn shrink(&mut self) {
+        if self.buf.len() > READ_BUF && self.start == self.end {
+            self.buf.truncate(READ_BUF);
+            self.buf.shrink_to_fit();
+            (self.start, self.end) = (0, 0);
+        }
+    }
+
     /// True when, while pooled, the upstream closed it or sent something unasked.
     pub fn went_bad_while_idle(&mut self) -> bool {
         if self.start != self.end {
@@ -166,10 +175,15 @@ pub async fn exchange(
         }
     };
     let (mut parts, ()) = head.into_parts();
+    let had_both_framings =
+        parts.headers.contains_key(TRANSFER_ENCODING) && parts.headers.contains_key(CONTENT_LENGTH);
     let framing = framing(method, parts.status, &mut parts.headers).map_err(Error::Protocol)?;
+    // A message with both framings is suspect (RFC 9112, 6.3): read it, but
+    // not what follows on that connection.
     let keep_alive = parts.version == Version::HTTP_11
         && !connection_has(&parts.headers, "close")
-        && !matches!(framing, Framing::UntilClose);
+        && !matches!(framing, Framing::UntilClose)
+        && !had_both_framings;
     let mut body = InlineBody {
         conn: Some((conn, home)),
         framing,
@@ -188,7 +202,12 @@ fn encode_head(req: &Request<ProxyBody>, out: &mut Vec<u8>) {
     let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
+    // The body is empty whatever a filter or plugin set: framing and
+    // connection headers are written here, never copied.
     for (name, value) in req.headers() {
+        if name == CONTENT_LENGTH || name == TRANSFER_ENCODING || name == CONNECTION {
+            continue;
+        }
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
@@ -196,7 +215,7 @@ fn encode_head(req: &Request<ProxyBody>, out: &mut Vec<u8>) {
     }
     // Methods that define a body say it is empty, as hyper does.
     let wants_length = matches!(*req.method(), Method::POST | Method::PUT | Method::PATCH);
-    if wants_length && !req.headers().contains_key(CONTENT_LENGTH) {
+    if wants_length || req.headers().contains_key(CONTENT_LENGTH) {
         out.extend_from_slice(b"content-length: 0\r\n");
     }
     out.extend_from_slice(b"\r\n");
@@ -281,19 +300,13 @@ fn framing(method: &Method, status: StatusCode, headers: &mut HeaderMap) -> Resu
             Framing::UntilClose
         });
     }
-    let mut length = None;
-    for value in headers.get_all(CONTENT_LENGTH) {
-        let n: u64 = value
-            .to_str()
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .ok_or("invalid content-length")?;
-        if length.is_some_and(|l| l != n) {
-            return Err("conflicting content-length");
-        }
-        length = Some(n);
+    if !headers.contains_key(CONTENT_LENGTH) {
+        return Ok(Framing::UntilClose);
     }
-    Ok(length.map_or(Framing::UntilClose, Framing::Length))
+    match super::serve_h1::declared_length(headers) {
+        Some(n) => Ok(Framing::Length(n)),
+        None => Err("invalid or conflicting content-length"),
+    }
 }
 
 /// What the buffered bytes gave.
@@ -401,16 +414,24 @@ fn line_end(buf: &[u8]) -> Option<usize> {
     buf.windows(2).position(|w| w == b"\r\n")
 }
 
-/// The hex size before any `;` extension.
+/// The hex size before any `;` extension: hex digits only (leading zeros
+/// allowed), optional spaces or tabs before the extension, no bare CR or LF.
 fn chunk_size(line: &[u8]) -> Result<u64, &'static str> {
-    let digits = line.split(|b| *b == b';').next().unwrap_or_default();
-    let digits = std::str::from_utf8(digits)
-        .map_err(|_| "invalid chunk size")?
-        .trim();
-    if digits.is_empty() || digits.len() > 15 {
-        return Err("invalid chunk size");
+    const INVALID: &str = "invalid chunk size";
+    if line.iter().any(|b| *b == b'\r' || *b == b'\n') {
+        return Err(INVALID);
     }
-    u64::from_str_radix(digits, 16).map_err(|_| "invalid chunk size")
+    let digits = line.split(|b| *b == b';').next().unwrap_or_default();
+    let digits = match digits.iter().rposition(|b| *b != b' ' && *b != b'\t') {
+        Some(last) => &digits[..=last],
+        None => return Err(INVALID),
+    };
+    let significant = &digits[digits.iter().position(|b| *b != b'0').unwrap_or(digits.len())..];
+    if significant.len() > 15 || !digits.iter().all(u8::is_ascii_hexdigit) {
+        return Err(INVALID);
+    }
+    let value = |d: &u8| u64::from((*d as char).to_digit(16).unwrap_or(0));
+    Ok(significant.iter().fold(0, |n, d| n * 16 + value(d)))
 }
 
 /// A response body read straight from the upstream connection.
@@ -535,18 +556,19 @@ mod tests {
             framing_of(Method::GET, 200, &[("transfer-encoding", "gzip")]),
             Ok(Framing::UntilClose)
         );
+        let bad = Err("invalid or conflicting content-length");
+        let cl = |v| framing_of(Method::GET, 200, &[("content-length", v)]);
         assert_eq!(
             framing_of(
                 Method::GET,
                 200,
                 &[("content-length", "3"), ("content-length", "4")]
             ),
-            Err("conflicting content-length")
+            bad
         );
-        assert_eq!(
-            framing_of(Method::GET, 200, &[("content-length", "-1")]),
-            Err("invalid content-length")
-        );
+        assert_eq!(cl("-1"), bad);
+        assert_eq!(cl("+5"), bad);
+        assert_eq!(cl("5, 5"), Ok(Framing::Length(5)));
     }
 
     #[test]
@@ -554,9 +576,19 @@ mod tests {
         assert_eq!(chunk_size(b"1a"), Ok(26));
         assert_eq!(chunk_size(b"A;name=value"), Ok(10));
         assert_eq!(chunk_size(b"0"), Ok(0));
-        assert!(chunk_size(b"").is_err());
-        assert!(chunk_size(b"xyz").is_err());
-        assert!(chunk_size(b"1234567890abcdef0").is_err());
+        assert_eq!(chunk_size(b"1a \t;ext"), Ok(26));
+        assert_eq!(chunk_size(b"00000000000000000001"), Ok(1));
+        for junk in [
+            &b""[..],
+            b"xyz",
+            b"+1",
+            b" 1",
+            b"1234567890abcdef0",
+            b"1;a\nb",
+            b"\x0b1",
+        ] {
+            assert!(chunk_size(junk).is_err(), "{junk:?}");
+        }
     }
 
     #[test]

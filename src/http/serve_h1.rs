@@ -119,6 +119,7 @@ pub async fn serve<I>(
             if !matches!(read, Ok(n) if n > 0) {
                 return;
             }
+            idle_limit.pause();
         }
         let Some((len, req)) = parse_request(conn.buffered()) else {
             let read = Bytes::copy_from_slice(conn.buffered());
@@ -131,7 +132,7 @@ pub async fn serve<I>(
         let Ok(resp) = handle(req, ctx.clone()).await;
         let draining_now = *draining.borrow();
         let written = write_response(&mut conn, resp, head_only, close || draining_now).await;
-        if written.is_err() || close || draining_now {
+        if !matches!(written, Ok(false)) {
             let _ = conn.io.shutdown().await;
             return;
         }
@@ -186,15 +187,16 @@ enum Framing {
     Chunked,
 }
 
-/// Writes the head and streams the body. Bytes are gathered and written
-/// whenever the body has nothing more ready, so a streaming response is not
-/// held back and a small one leaves in a single send.
+/// Writes the head and streams the body; true when the connection must
+/// close. Bytes are gathered and written whenever the body has nothing more
+/// ready, so a streaming response is not held back and a small one leaves
+/// in a single send.
 async fn write_response<I>(
     conn: &mut Conn<I>,
     resp: Response<ProxyBody>,
     head_only: bool,
     close: bool,
-) -> io::Result<()>
+) -> io::Result<bool>
 where
     I: AsyncRead + AsyncWrite + Unpin,
 {
@@ -208,36 +210,39 @@ where
     out.push(b' ');
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
+    // Framing and the connection's fate are this server's to write: those
+    // headers are not copied (the proxy's own answers and plugin answers
+    // have not been through hop-by-hop stripping).
+    let close = close || super::headers::connection_has(&parts.headers, "close");
     for (name, value) in &parts.headers {
-        push_header(out, name.as_str(), value.as_bytes());
+        if name != CONTENT_LENGTH && name != TRANSFER_ENCODING && name != CONNECTION {
+            push_header(out, name.as_str(), value.as_bytes());
+        }
     }
-    let declared = parts
-        .headers
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse().ok());
-    let mut framing = match (declared, body.size_hint().exact()) {
-        _ if no_body => Framing::None,
-        (Some(n), _) => Framing::Length(n),
-        (None, Some(n)) => {
+    let declared = declared_length(&parts.headers);
+    let exact = body.size_hint().exact();
+    let mut framing = if no_body || head_only {
+        // A HEAD answer states the length a GET would have, when known; an
+        // empty HEAD body says nothing about it.
+        let stated = declared.or(exact.filter(|n| *n > 0 && head_only));
+        if let Some(n) = stated.filter(|_| !(status.is_informational() || status == StatusCode::NO_CONTENT)) {
             push_header(out, "content-length", n.to_string().as_bytes());
-            Framing::Length(n)
         }
-        (None, None) if head_only => Framing::None,
-        (None, None) => {
-            push_header(out, "transfer-encoding", b"chunked");
-            Framing::Chunked
-        }
+        Framing::None
+    } else if let Some(n) = declared.or(exact) {
+        push_header(out, "content-length", n.to_string().as_bytes());
+        Framing::Length(n)
+    } else {
+        push_header(out, "transfer-encoding", b"chunked");
+        Framing::Chunked
     };
     if !parts.headers.contains_key(DATE) {
         DATE_NOW.with(|d| push_header(out, "date", d.borrow_mut().now().as_bytes()));
     }
-    if close && !parts.headers.contains_key(CONNECTION) {
+    if close {
         push_header(out, "connection", b"close");
     }
     out.extend_from_slice(b"\r\n");
-    if head_only {
-        framing = Framing::None;
-    }
     let mut body = Pin::new(&mut body);
     loop {
         if matches!(framing, Framing::None | Framing::Length(0)) || body.is_end_stream() {
@@ -294,7 +299,33 @@ where
     if !complete {
         return Err(io::Error::other("response body shorter than its content-length"));
     }
-    Ok(())
+    Ok(close)
+}
+
+/// The Content-Length every value agrees on (lists such as `5, 5` too);
+/// None when absent, malformed or contradictory.
+pub(super) fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    let mut agreed = None;
+    for value in headers.get_all(CONTENT_LENGTH) {
+        for part in value.as_bytes().split(|b| *b == b',') {
+            let n = decimal(part.trim_ascii())?;
+            if agreed.is_some_and(|a| a != n) {
+                return None;
+            }
+            agreed = Some(n);
+        }
+    }
+    agreed
+}
+
+/// Digits only: no sign, no spaces inside, no overflow.
+pub(super) fn decimal(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    digits
+        .iter()
+        .try_fold(0u64, |n, d| n.checked_mul(10)?.checked_add(u64::from(d - b'0')))
 }
 
 fn push_header(out: &mut Vec<u8>, name: &str, value: &[u8]) {
