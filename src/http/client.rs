@@ -59,6 +59,28 @@ impl Reusable {
 /// What a send gives: the response and, for hyper's HTTP/1.1, the connection.
 pub type Sent = Result<(Response<UpstreamBody>, Option<Reusable>), UpstreamError>;
 
+/// A bodiless request's head, to send again.
+fn copy_head(req: &Request<ProxyBody>) -> Request<ProxyBody> {
+    let mut copy = Request::new(super::full(Bytes::new()));
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    copy
+}
+
+/// Whether an HTTP/2 stream failed because the server refused it, unprocessed.
+fn stream_refused(e: &hyper::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(err) = source {
+        if let Some(h2) = err.downcast_ref::<h2::Error>() {
+            return (h2.is_go_away() && h2.is_remote()) || h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+        }
+        source = err.source();
+    }
+    false
+}
+
 /// A response body from upstream: hyper's, or read inline.
 pub enum UpstreamBody {
     Hyper(Incoming),
@@ -368,17 +390,24 @@ impl EndpointPool {
         mut req: Request<ProxyBody>,
     ) -> impl Future<Output = Result<Response<Incoming>, UpstreamError>> + '_ {
         async move {
+            // A stream the server refused (above its GOAWAY's last stream, or
+            // REFUSED_STREAM) was not processed (RFC 9113, 8.7): a bodiless
+            // idempotent request is kept so that it can be sent again.
+            let mut again = (req.body().is_end_stream() && inline_h1::idempotent(req.method()))
+                .then(|| Box::new(copy_head(&req)));
             let (generation, mut sender) = self.h2_sender().await?;
             if sender.ready().await.is_ok() {
                 match sender.try_send_request(req).await {
                     Ok(resp) => return Ok(resp),
-                    // The shared connection went away (GOAWAY, idle close) before this
-                    // request was sent: hyper hands it back, so send it on a new one.
-                    Err(mut e) => {
-                        req = e
-                            .take_message()
-                            .ok_or_else(|| UpstreamError::Http(e.into_error()))?
-                    }
+                    Err(mut e) => match e.take_message() {
+                        // The shared connection went away (GOAWAY, idle close) before
+                        // this request was sent: hyper hands it back.
+                        Some(unsent) => req = unsent,
+                        None => match again.take() {
+                            Some(copy) if stream_refused(e.error()) => req = *copy,
+                            _ => return Err(UpstreamError::Http(e.into_error())),
+                        },
+                    },
                 }
             }
             self.forget_h2(generation);

@@ -1,9 +1,11 @@
-"""The proxy's own HTTP/1.1 client (bodiless requests to plain-TCP endpoints)
-against an upstream that answers with scripted bytes: framing, reuse, 1xx,
-stale pooled connections and broken responses."""
+"""The proxy's upstream side against upstreams that answer with scripted
+bytes: its own HTTP/1.1 client (bodiless requests to plain-TCP endpoints:
+framing, reuse, 1xx, stale pooled connections, broken answers) and HTTP/2
+streams refused by a GOAWAY."""
 
 from __future__ import annotations
 
+import socket
 import threading
 
 import httpx
@@ -197,3 +199,74 @@ def test_answer_with_both_framings_is_read_but_its_connection_not_reused(upstrea
         assert r.text == "ok" and r.headers.get("content-length") != "3"
         assert client.get(p.url("outbound", "/")).text == "ok"
     assert u.connections == 2
+
+
+class RefusingH2Upstream:
+    """An HTTP/2 upstream whose first connection answers one request, then
+    refuses the next with GOAWAY (last stream = the answered one) and closes,
+    as a server rotating its connections does."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[int, str, str]] = []
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self.addr = f"127.0.0.1:{self._sock.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        index = 0
+        while True:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            index += 1
+            threading.Thread(target=self._serve, args=(conn, index), daemon=True).start()
+
+    def _serve(self, conn: socket.socket, index: int) -> None:
+        from h2.config import H2Configuration
+        from h2.connection import H2Connection
+        from h2.events import RequestReceived
+
+        h2 = H2Connection(H2Configuration(client_side=False, header_encoding="utf-8"))
+        h2.initiate_connection()
+        conn.sendall(h2.data_to_send())
+        answered = 0
+        with conn:
+            while data := conn.recv(65536):
+                for event in h2.receive_data(data):
+                    if not isinstance(event, RequestReceived):
+                        continue
+                    head = dict(event.headers)
+                    self.requests.append((index, head[":method"], head[":path"]))
+                    if index == 1 and answered == 1:
+                        h2.close_connection(error_code=0, last_stream_id=event.stream_id - 2)
+                        conn.sendall(h2.data_to_send())
+                        return
+                    h2.send_headers(event.stream_id, [(":status", "200"), ("content-length", "2")])
+                    h2.send_data(event.stream_id, b"ok", end_stream=True)
+                    answered += 1
+                conn.sendall(h2.data_to_send())
+
+    def stop(self) -> None:
+        self._sock.close()
+
+
+def test_http2_stream_refused_by_goaway_is_resent_when_idempotent(proxy):
+    u = RefusingH2Upstream()
+    p = proxy(one_service([u.addr], protocol="http2"))
+    with httpx.Client() as client:
+        assert client.get(p.url("outbound", "/a")).text == "ok"
+        r = client.get(p.url("outbound", "/b"))
+        assert (r.status_code, r.text) == (200, "ok")
+    assert u.requests == [(1, "GET", "/a"), (1, "GET", "/b"), (2, "GET", "/b")]
+    u.stop()
+
+
+def test_http2_stream_refused_by_goaway_fails_a_post_rather_than_resend_it(proxy):
+    u = RefusingH2Upstream()
+    p = proxy(one_service([u.addr], protocol="http2"))
+    with httpx.Client() as client:
+        assert client.get(p.url("outbound", "/a")).text == "ok"
+        assert client.post(p.url("outbound", "/b")).status_code == 502
+    assert u.requests == [(1, "GET", "/a"), (1, "POST", "/b")]
+    u.stop()
