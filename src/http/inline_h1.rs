@@ -9,6 +9,7 @@
 
 use super::client::EndpointPool;
 use super::headers::connection_has;
+use super::read_buf::ReadBuffer;
 use super::{BoxError, ProxyBody};
 use bytes::Bytes;
 use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING, UPGRADE};
@@ -19,7 +20,7 @@ use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll, Waker};
-use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
+use tokio::io::AsyncWriteExt;
 
 use crate::listen::io::SendStream;
 
@@ -57,10 +58,7 @@ pub enum Error {
 /// An upstream connection and the bytes read from it but not yet used.
 pub struct InlineConn {
     stream: SendStream,
-    /// Zeroed once; `start..end` is unread.
-    buf: Vec<u8>,
-    start: usize,
-    end: usize,
+    buf: ReadBuffer,
     /// The request head being written; kept for its capacity.
     out: Vec<u8>,
     reused: bool,
@@ -70,59 +68,34 @@ impl InlineConn {
     pub fn new(stream: SendStream) -> Self {
         InlineConn {
             stream,
-            buf: vec![0; READ_BUF],
-            start: 0,
-            end: 0,
+            buf: ReadBuffer::new(READ_BUF),
             out: Vec::new(),
             reused: false,
         }
     }
 
     fn buffered(&self) -> &[u8] {
-        &self.buf[self.start..self.end]
+        self.buf.unread()
     }
 
     fn consume(&mut self, n: usize) {
-        self.start += n;
-        if self.start == self.end {
-            self.start = 0;
-            self.end = 0;
-        }
+        self.buf.consume(n);
     }
 
     /// Reads more. A short read tells tokio the socket is drained, so the
     /// idle check below costs no system call.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        if self.end == self.buf.len() {
-            if self.start > 0 {
-                self.buf.copy_within(self.start..self.end, 0);
-                self.end -= self.start;
-                self.start = 0;
-            } else if self.buf.len() < MAX_HEAD {
-                self.buf.resize((self.buf.len() * 2).min(MAX_HEAD), 0);
-            } else {
-                return Poll::Ready(Err(io::Error::other("response head too large")));
-            }
-        }
-        let mut read = ReadBuf::new(&mut self.buf[self.end..]);
-        ready!(Pin::new(&mut self.stream).poll_read(cx, &mut read))?;
-        let n = read.filled().len();
-        self.end += n;
-        Poll::Ready(Ok(n))
+        self.buf.poll_read_from(&mut self.stream, MAX_HEAD, cx)
     }
 
     /// Gives back a read buffer grown for a large head before pooling.
     pub fn shrink(&mut self) {
-        if self.buf.len() > READ_BUF && self.start == self.end {
-            self.buf.truncate(READ_BUF);
-            self.buf.shrink_to_fit();
-            (self.start, self.end) = (0, 0);
-        }
+        self.buf.shrink_to(READ_BUF);
     }
 
     /// True when, while pooled, the upstream closed it or sent something unasked.
     pub fn went_bad_while_idle(&mut self) -> bool {
-        if self.start != self.end {
+        if !self.buf.is_empty() {
             return true;
         }
         let mut cx = Context::from_waker(Waker::noop());

@@ -9,6 +9,7 @@ mod hooks;
 mod inline_h1;
 mod local;
 pub mod proxy;
+mod read_buf;
 pub mod replay;
 pub mod serve_h1;
 pub mod server;

@@ -10,6 +10,7 @@
 
 use super::coarse_timer;
 use super::proxy::{handle, ConnContext};
+use super::read_buf::ReadBuffer;
 use super::server::serve_http1;
 use super::{ProxyBody, RequestBody};
 use crate::listen::io::Prefixed;
@@ -26,7 +27,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, SystemTime};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
 /// Holds a whole request head; a bigger one goes to hyper.
@@ -38,44 +39,14 @@ const WRITE_BATCH: usize = 64 * 1024;
 
 struct Conn<I> {
     io: I,
-    /// Zeroed once; `start..end` is unread.
-    buf: Vec<u8>,
-    start: usize,
-    end: usize,
+    buf: ReadBuffer,
     out: Vec<u8>,
 }
 
 impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
-    fn buffered(&self) -> &[u8] {
-        &self.buf[self.start..self.end]
-    }
-
-    fn consume(&mut self, n: usize) {
-        self.start += n;
-        if self.start == self.end {
-            self.start = 0;
-            self.end = 0;
-        }
-    }
-
-    /// Reads more into the buffer's free end; 0 at end of stream or when full.
+    /// Reads more; 0 at end of stream.
     async fn fill(&mut self) -> io::Result<usize> {
-        if self.start > 0 {
-            self.buf.copy_within(self.start..self.end, 0);
-            self.end -= self.start;
-            self.start = 0;
-        }
-        if self.end == self.buf.len() {
-            return Ok(0);
-        }
-        poll_fn(|cx| {
-            let mut read = ReadBuf::new(&mut self.buf[self.end..]);
-            std::task::ready!(Pin::new(&mut self.io).poll_read(cx, &mut read))?;
-            let n = read.filled().len();
-            self.end += n;
-            Poll::Ready(Ok(n))
-        })
-        .await
+        poll_fn(|cx| self.buf.poll_read_from(&mut self.io, READ_BUF, cx)).await
     }
 
     async fn flush_out(&mut self) -> io::Result<()> {
@@ -95,9 +66,7 @@ pub async fn serve<I>(
 {
     let mut conn = Conn {
         io,
-        buf: vec![0; READ_BUF],
-        start: 0,
-        end: 0,
+        buf: ReadBuffer::new(READ_BUF),
         out: Vec::new(),
     };
     // Made once per connection and re-armed per wait: no clock read, timer
@@ -108,7 +77,7 @@ pub async fn serve<I>(
     let mut drain_watch = draining.clone();
     let mut drained = std::pin::pin!(crate::shared::drained(&mut drain_watch));
     loop {
-        if conn.start == conn.end {
+        if conn.buf.is_empty() {
             idle_limit.reset(limit());
             let read = tokio::select! {
                 biased;
@@ -121,12 +90,12 @@ pub async fn serve<I>(
             }
             idle_limit.pause();
         }
-        let Some((len, req)) = parse_request(conn.buffered()) else {
-            let read = Bytes::copy_from_slice(conn.buffered());
+        let Some((len, req)) = parse_request(conn.buf.unread()) else {
+            let read = Bytes::copy_from_slice(conn.buf.unread());
             let io = TokioIo::new(Prefixed::new(read, conn.io));
             return serve_http1(io, ctx, header_read_timeout, draining).await;
         };
-        conn.consume(len);
+        conn.buf.consume(len);
         let head_only = req.method() == Method::HEAD;
         let close = super::headers::connection_has(req.headers(), "close");
         let Ok(resp) = handle(req, ctx.clone()).await;
