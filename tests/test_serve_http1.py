@@ -224,3 +224,20 @@ def test_own_answers_cannot_set_their_framing_or_keep_a_closing_connection(proxy
         assert headers["content-length"] == str(len(body)) and "transfer-encoding" not in headers
         assert headers["connection"] == "close"
         assert rest == b"" and s.recv(100) == b""
+
+
+def test_own_answer_with_a_wrong_length_is_sent_with_its_real_one(proxy):
+    cfg = one_service([])
+    cfg["routes"][0]["backends"] = []
+    cfg["routes"][0]["direct_response"] = {
+        "status": 200,
+        "body": "short",
+        "headers": {"content-length": "99"},
+    }
+    p = proxy(cfg)
+    with socket.create_connection(p.addresses["outbound"], timeout=5) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        _, headers, body, rest = read_response(s)
+        assert (headers["content-length"], body) == ("5", b"short")
+        # The connection is still in step: the second answer follows.
+        assert read_response(s, rest)[2] == b"short"

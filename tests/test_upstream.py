@@ -206,7 +206,9 @@ class RefusingH2Upstream:
     refuses the next with GOAWAY (last stream = the answered one) and closes,
     as a server rotating its connections does."""
 
-    def __init__(self) -> None:
+    def __init__(self, reset_only: bool = False) -> None:
+        # reset_only: refuse the stream with RST_STREAM(REFUSED_STREAM) and keep the connection.
+        self.reset_only = reset_only
         self.requests: list[tuple[int, str, str]] = []
         self._sock = socket.create_server(("127.0.0.1", 0))
         self.addr = f"127.0.0.1:{self._sock.getsockname()[1]}"
@@ -238,6 +240,10 @@ class RefusingH2Upstream:
                         continue
                     head = dict(event.headers)
                     self.requests.append((index, head[":method"], head[":path"]))
+                    if index == 1 and answered == 1 and self.reset_only:
+                        h2.reset_stream(event.stream_id, error_code=7)  # REFUSED_STREAM
+                        answered += 1
+                        continue
                     if index == 1 and answered == 1:
                         h2.close_connection(error_code=0, last_stream_id=event.stream_id - 2)
                         conn.sendall(h2.data_to_send())
@@ -269,4 +275,16 @@ def test_http2_stream_refused_by_goaway_fails_a_post_rather_than_resend_it(proxy
         assert client.get(p.url("outbound", "/a")).text == "ok"
         assert client.post(p.url("outbound", "/b")).status_code == 502
     assert u.requests == [(1, "GET", "/a"), (1, "POST", "/b")]
+    u.stop()
+
+
+def test_http2_stream_refused_alone_is_resent_on_the_same_connection(proxy):
+    u = RefusingH2Upstream(reset_only=True)
+    p = proxy(one_service([u.addr], protocol="http2"))
+    with httpx.Client() as client:
+        assert client.get(p.url("outbound", "/a")).text == "ok"
+        r = client.get(p.url("outbound", "/b"))
+        assert (r.status_code, r.text) == (200, "ok")
+    # The connection is still good: no new one for a refused stream.
+    assert u.requests == [(1, "GET", "/a"), (1, "GET", "/b"), (1, "GET", "/b")]
     u.stop()

@@ -69,16 +69,30 @@ fn copy_head(req: &Request<ProxyBody>) -> Request<ProxyBody> {
     copy
 }
 
-/// Whether an HTTP/2 stream failed because the server refused it, unprocessed.
-fn stream_refused(e: &hyper::Error) -> bool {
+/// How the server refused an HTTP/2 stream, unprocessed, if it did.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Refused {
+    /// Above the last stream of its GOAWAY: the connection is going away.
+    GoAway,
+    /// REFUSED_STREAM on this stream only: the connection is still good.
+    Stream,
+}
+
+fn refusal(e: &hyper::Error) -> Option<Refused> {
     let mut source = std::error::Error::source(e);
     while let Some(err) = source {
         if let Some(h2) = err.downcast_ref::<h2::Error>() {
-            return (h2.is_go_away() && h2.is_remote()) || h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+            return if h2.is_go_away() && h2.is_remote() {
+                Some(Refused::GoAway)
+            } else if h2.is_reset() && h2.reason() == Some(h2::Reason::REFUSED_STREAM) {
+                Some(Refused::Stream)
+            } else {
+                None
+            };
         }
         source = err.source();
     }
-    false
+    None
 }
 
 /// A response body from upstream: hyper's, or read inline.
@@ -396,6 +410,7 @@ impl EndpointPool {
             let mut again = (req.body().is_end_stream() && inline_h1::idempotent(req.method()))
                 .then(|| Box::new(copy_head(&req)));
             let (generation, mut sender) = self.h2_sender().await?;
+            let mut connection_gone = true;
             if sender.ready().await.is_ok() {
                 match sender.try_send_request(req).await {
                     Ok(resp) => return Ok(resp),
@@ -403,14 +418,21 @@ impl EndpointPool {
                         // The shared connection went away (GOAWAY, idle close) before
                         // this request was sent: hyper hands it back.
                         Some(unsent) => req = unsent,
-                        None => match again.take() {
-                            Some(copy) if stream_refused(e.error()) => req = *copy,
+                        None => match (again.take(), refusal(e.error())) {
+                            (Some(copy), Some(refused)) => {
+                                // A stream refused on its own (the server's stream limit)
+                                // leaves the shared connection in use.
+                                connection_gone = refused == Refused::GoAway || sender.is_closed();
+                                req = *copy;
+                            }
                             _ => return Err(UpstreamError::Http(e.into_error())),
                         },
                     },
                 }
             }
-            self.forget_h2(generation);
+            if connection_gone {
+                self.forget_h2(generation);
+            }
             let (_, mut sender) = self.h2_sender().await?;
             sender.ready().await.map_err(UpstreamError::Http)?;
             sender.send_request(req).await.map_err(UpstreamError::Http)

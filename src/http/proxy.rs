@@ -85,9 +85,10 @@ pub fn handle(
     conn: Arc<ConnContext>,
 ) -> impl Future<Output = Result<Response<ProxyBody>, Infallible>> {
     let started = Instant::now();
-    let shared = conn.shared.clone();
+    // The connection's Arc, not the proxy-wide one: only one worker touches its count.
+    let ctx = conn.clone();
     forward(req, conn, started)
-        .map(move |forwarded| Ok(forwarded.unwrap_or_else(|f| answer_failure(f, &shared, started))))
+        .map(move |forwarded| Ok(forwarded.unwrap_or_else(|f| answer_failure(f, &ctx.shared, started))))
 }
 
 /// The proxy's own answer to a request that failed, counted and observed.

@@ -52,7 +52,7 @@ impl ReadBuffer {
                 self.end -= self.start;
                 self.start = 0;
             } else if self.buf.len() < limit {
-                self.buf.resize((self.buf.len() * 2).min(limit), 0);
+                self.buf.resize((self.buf.len() * 2).max(64).min(limit), 0);
             } else {
                 return Poll::Ready(Err(io::Error::other("message head too large")));
             }

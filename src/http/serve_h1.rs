@@ -198,7 +198,8 @@ where
             push_header(out, "content-length", n.to_string().as_bytes());
         }
         Framing::None
-    } else if let Some(n) = declared.or(exact) {
+    } else if let Some(n) = exact.or(declared) {
+        // The body's known size wins over a header that may be wrong (a plugin's answer).
         push_header(out, "content-length", n.to_string().as_bytes());
         Framing::Length(n)
     } else {
