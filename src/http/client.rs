@@ -59,6 +59,16 @@ impl Reusable {
 /// What a send gives: the response and, for hyper's HTTP/1.1, the connection.
 pub type Sent = Result<(Response<UpstreamBody>, Option<Reusable>), UpstreamError>;
 
+/// Methods that may be sent again when the upstream turns out not to have
+/// processed them: a stale pooled connection, a refused stream (RFC 9110, 9.2.2).
+fn idempotent(method: &http::Method) -> bool {
+    use http::Method;
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
 /// A bodiless request's head, to send again.
 fn copy_head(req: &Request<ProxyBody>) -> Request<ProxyBody> {
     let mut copy = Request::new(super::full(Bytes::new()));
@@ -238,7 +248,7 @@ impl EndpointPool {
         req: Request<ProxyBody>,
     ) -> impl Future<Output = Result<Response<InlineBody>, UpstreamError>> + '_ {
         async move {
-            let resend = inline_h1::idempotent(req.method());
+            let resend = idempotent(req.method());
             let mut from_pool = true;
             loop {
                 let pooled = if from_pool { self.checkout_inline() } else { None };
@@ -407,8 +417,8 @@ impl EndpointPool {
             // A stream the server refused (above its GOAWAY's last stream, or
             // REFUSED_STREAM) was not processed (RFC 9113, 8.7): a bodiless
             // idempotent request is kept so that it can be sent again.
-            let mut again = (req.body().is_end_stream() && inline_h1::idempotent(req.method()))
-                .then(|| Box::new(copy_head(&req)));
+            let mut again =
+                (req.body().is_end_stream() && idempotent(req.method())).then(|| Box::new(copy_head(&req)));
             let (generation, mut sender) = self.h2_sender().await?;
             let mut connection_gone = true;
             if sender.ready().await.is_ok() {

@@ -82,10 +82,6 @@ impl CoarseSleep {
     /// Leaves the list until polled again, so a finished wait does not wake
     /// its task at every tick while the task is busy with something else.
     pub fn pause(&mut self) {
-        self.deregister();
-    }
-
-    fn deregister(&mut self) {
         if let Some(slot) = self.slot.take() {
             let _ = WAITING.try_with(|w| {
                 let mut w = w.borrow_mut();
@@ -105,7 +101,7 @@ impl Future for CoarseSleep {
         let this = self.get_mut();
         let now = TICKED_AT.with(Cell::get);
         if now.is_some_and(|now| now >= this.deadline) {
-            this.deregister();
+            this.pause();
             return Poll::Ready(());
         }
         WAITING.with(|w| {
@@ -141,7 +137,7 @@ impl Sleep for CoarseSleep {}
 
 impl Drop for CoarseSleep {
     fn drop(&mut self) {
-        self.deregister();
+        self.pause();
     }
 }
 

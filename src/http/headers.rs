@@ -29,9 +29,40 @@ pub fn connection_has(headers: &HeaderMap, token: &str) -> bool {
     headers
         .get_all(header::CONNECTION)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
+        .any(|v| lists(v, token))
+}
+
+/// Whether a comma-separated header value lists `token` (case-insensitive).
+pub fn lists(value: &HeaderValue, token: &str) -> bool {
+    value
+        .to_str()
+        .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+}
+
+/// The Content-Length every value agrees on (lists such as `5, 5` too);
+/// None when absent, malformed or contradictory.
+pub fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    let mut agreed = None;
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        for part in value.as_bytes().split(|b| *b == b',') {
+            let n = decimal(part.trim_ascii())?;
+            if agreed.is_some_and(|a| a != n) {
+                return None;
+            }
+            agreed = Some(n);
+        }
+    }
+    agreed
+}
+
+/// Digits only: no sign, no spaces inside, no overflow.
+fn decimal(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    digits
+        .iter()
+        .try_fold(0u64, |n, d| n.checked_mul(10)?.checked_add(u64::from(d - b'0')))
 }
 
 /// Removes hop-by-hop headers, including those named by `Connection`.

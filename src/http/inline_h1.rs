@@ -37,15 +37,6 @@ pub fn suits(req: &Request<ProxyBody>) -> bool {
     req.body().is_end_stream() && req.method() != Method::CONNECT && !req.headers().contains_key(UPGRADE)
 }
 
-/// Methods that may be sent again when a pooled connection turns out to
-/// have been closed (RFC 9110, 9.2.2).
-pub fn idempotent(method: &Method) -> bool {
-    matches!(
-        *method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
-    )
-}
-
 #[derive(Debug)]
 pub enum Error {
     /// The connection was reused and gave nothing back: it was closed while
@@ -276,7 +267,7 @@ fn framing(method: &Method, status: StatusCode, headers: &mut HeaderMap) -> Resu
     if !headers.contains_key(CONTENT_LENGTH) {
         return Ok(Framing::UntilClose);
     }
-    match super::serve_h1::declared_length(headers) {
+    match super::headers::declared_length(headers) {
         Some(n) => Ok(Framing::Length(n)),
         None => Err("invalid or conflicting content-length"),
     }

@@ -9,6 +9,7 @@
 //! HTTP/1.0, and a head that arrives in pieces is read under its timeout.
 
 use super::coarse_timer;
+use super::headers;
 use super::proxy::{handle, ConnContext};
 use super::read_buf::ReadBuffer;
 use super::server::serve_http1;
@@ -21,7 +22,7 @@ use hyper::body::Body;
 use hyper_util::rt::TokioIo;
 use std::cell::RefCell;
 use std::future::poll_fn;
-use std::io;
+use std::io::{self, Write};
 use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -97,7 +98,7 @@ pub async fn serve<I>(
         };
         conn.buf.consume(len);
         let head_only = req.method() == Method::HEAD;
-        let close = super::headers::connection_has(req.headers(), "close");
+        let close = headers::connection_has(req.headers(), "close");
         let Ok(resp) = handle(req, ctx.clone()).await;
         let draining_now = *draining.borrow();
         let written = write_response(&mut conn, resp, head_only, close || draining_now).await;
@@ -182,31 +183,35 @@ where
     // Framing and the connection's fate are this server's to write: those
     // headers are not copied (the proxy's own answers and plugin answers
     // have not been through hop-by-hop stripping).
-    let close = close || super::headers::connection_has(&parts.headers, "close");
+    // One pass over the headers also notes what the head needs from them.
+    let (mut close, mut has_date) = (close, false);
     for (name, value) in &parts.headers {
-        if name != CONTENT_LENGTH && name != TRANSFER_ENCODING && name != CONNECTION {
+        if name == CONNECTION {
+            close |= headers::lists(value, "close");
+        } else if name != CONTENT_LENGTH && name != TRANSFER_ENCODING {
+            has_date |= name == DATE;
             push_header(out, name.as_str(), value.as_bytes());
         }
     }
-    let declared = declared_length(&parts.headers);
+    let declared = || headers::declared_length(&parts.headers);
     let exact = body.size_hint().exact();
     let mut framing = if no_body || head_only {
         // A HEAD answer states the length a GET would have, when known; an
         // empty HEAD body says nothing about it.
-        let stated = declared.or(exact.filter(|n| *n > 0 && head_only));
+        let stated = declared().or(exact.filter(|n| *n > 0 && head_only));
         if let Some(n) = stated.filter(|_| !(status.is_informational() || status == StatusCode::NO_CONTENT)) {
-            push_header(out, "content-length", n.to_string().as_bytes());
+            push_length(out, n);
         }
         Framing::None
-    } else if let Some(n) = exact.or(declared) {
+    } else if let Some(n) = exact.or_else(declared) {
         // The body's known size wins over a header that may be wrong (a plugin's answer).
-        push_header(out, "content-length", n.to_string().as_bytes());
+        push_length(out, n);
         Framing::Length(n)
     } else {
         push_header(out, "transfer-encoding", b"chunked");
         Framing::Chunked
     };
-    if !parts.headers.contains_key(DATE) {
+    if !has_date {
         DATE_NOW.with(|d| push_header(out, "date", d.borrow_mut().now().as_bytes()));
     }
     if close {
@@ -243,8 +248,7 @@ where
             }
             Framing::Chunked if data.is_empty() => {}
             Framing::Chunked => {
-                conn.out
-                    .extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                let _ = write!(conn.out, "{:x}\r\n", data.len());
                 conn.out.extend_from_slice(&data);
                 conn.out.extend_from_slice(b"\r\n");
             }
@@ -272,30 +276,9 @@ where
     Ok(close)
 }
 
-/// The Content-Length every value agrees on (lists such as `5, 5` too);
-/// None when absent, malformed or contradictory.
-pub(super) fn declared_length(headers: &HeaderMap) -> Option<u64> {
-    let mut agreed = None;
-    for value in headers.get_all(CONTENT_LENGTH) {
-        for part in value.as_bytes().split(|b| *b == b',') {
-            let n = decimal(part.trim_ascii())?;
-            if agreed.is_some_and(|a| a != n) {
-                return None;
-            }
-            agreed = Some(n);
-        }
-    }
-    agreed
-}
-
-/// Digits only: no sign, no spaces inside, no overflow.
-pub(super) fn decimal(digits: &[u8]) -> Option<u64> {
-    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    digits
-        .iter()
-        .try_fold(0u64, |n, d| n.checked_mul(10)?.checked_add(u64::from(d - b'0')))
+/// Formatted in place: no string per response.
+fn push_length(out: &mut Vec<u8>, n: u64) {
+    let _ = write!(out, "content-length: {n}\r\n");
 }
 
 fn push_header(out: &mut Vec<u8>, name: &str, value: &[u8]) {
