@@ -102,13 +102,14 @@ def test_request_head_is_forwarded_as_http11(upstream, proxy):
     assert "x-gone" not in fields and "connection" not in fields
 
 
-def test_connection_closed_while_pooled_is_replaced_for_idempotent_requests(upstream, proxy):
-    # The second request on the first connection is read and never answered:
-    # what a server closing an idle connection looks like to a racing request.
-    def script(head: bytes, c: int, n: int) -> Answer:
-        return None if (c == 1 and n == 2) else OK
+def drop_second_request_on_first_connection(head: bytes, c: int, n: int) -> Answer:
+    """Reads the request and never answers: what a server closing an idle
+    connection looks like to a request racing the close."""
+    return None if (c == 1 and n == 2) else OK
 
-    u = upstream(script)
+
+def test_connection_closed_while_pooled_is_replaced_for_idempotent_requests(upstream, proxy):
+    u = upstream(drop_second_request_on_first_connection)
     p = proxy(one_service([u.addr]))
     with httpx.Client() as client:
         assert client.get(p.url("outbound", "/")).text == "ok"
@@ -118,10 +119,7 @@ def test_connection_closed_while_pooled_is_replaced_for_idempotent_requests(upst
 
 
 def test_connection_closed_while_pooled_fails_a_post_rather_than_resend_it(upstream, proxy):
-    def script(head: bytes, c: int, n: int) -> Answer:
-        return None if (c == 1 and n == 2) else OK
-
-    u = upstream(script)
+    u = upstream(drop_second_request_on_first_connection)
     p = proxy(one_service([u.addr]))
     with httpx.Client() as client:
         assert client.get(p.url("outbound", "/")).text == "ok"
