@@ -6,12 +6,14 @@ pub mod coarse_timer;
 mod deadline;
 pub mod headers;
 mod hooks;
+mod hpack;
 mod inline_h1;
 mod local;
 pub mod proxy;
 mod read_buf;
 pub mod replay;
 pub mod serve_h1;
+pub mod serve_h2;
 pub mod server;
 mod template;
 
@@ -22,23 +24,25 @@ use hyper::{Response, StatusCode};
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
 
-/// A client's request body: hyper's, or none for a bodiless request read
-/// by the proxy's own HTTP/1.1 server.
+/// A client's request body: hyper's, the proxy's own HTTP/2 server's, or
+/// none for a bodiless request.
 pub enum RequestBody {
     Hyper(hyper::body::Incoming),
+    H2(serve_h2::RecvBody),
     Empty,
 }
 
 impl hyper::body::Body for RequestBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
-            RequestBody::Hyper(b) => std::pin::Pin::new(b).poll_frame(cx),
+            RequestBody::Hyper(b) => std::pin::Pin::new(b).poll_frame(cx).map_err(Into::into),
+            RequestBody::H2(b) => std::pin::Pin::new(b).poll_frame(cx),
             RequestBody::Empty => std::task::Poll::Ready(None),
         }
     }
@@ -46,6 +50,7 @@ impl hyper::body::Body for RequestBody {
     fn is_end_stream(&self) -> bool {
         match self {
             RequestBody::Hyper(b) => b.is_end_stream(),
+            RequestBody::H2(b) => b.is_end_stream(),
             RequestBody::Empty => true,
         }
     }
@@ -53,6 +58,7 @@ impl hyper::body::Body for RequestBody {
     fn size_hint(&self) -> hyper::body::SizeHint {
         match self {
             RequestBody::Hyper(b) => b.size_hint(),
+            RequestBody::H2(b) => b.size_hint(),
             RequestBody::Empty => hyper::body::SizeHint::with_exact(0),
         }
     }

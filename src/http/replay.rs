@@ -61,12 +61,12 @@ pub struct AttemptBody {
 
 impl Body for AttemptBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = super::BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, super::BoxError>>> {
         let this = &mut *self;
         let mut s = this.shared.lock().unwrap_or_else(|p| p.into_inner());
         if this.position < s.kept.len() {

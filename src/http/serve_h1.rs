@@ -292,6 +292,11 @@ thread_local! {
     static DATE_NOW: RefCell<CachedDate> = const { RefCell::new(CachedDate { second: u64::MAX, text: String::new() }) };
 }
 
+/// Hands `f` the current `Date` value, as cached for this thread.
+pub(super) fn with_date<R>(f: impl FnOnce(&[u8]) -> R) -> R {
+    DATE_NOW.with(|d| f(d.borrow_mut().now().as_bytes()))
+}
+
 /// The `Date` for answers that lack one (the proxy's own), made once a second.
 struct CachedDate {
     second: u64,

@@ -1,14 +1,13 @@
-//! Serving one client connection with hyper, and draining it on shutdown.
+//! Serving one HTTP/1.1 client connection with hyper, and draining it on shutdown.
 
 use super::coarse_timer::CoarseTimer;
 use super::proxy::{handle, ConnContext};
 use super::RequestBody;
 use hyper::body::Incoming;
 use hyper::rt::{Read, Write};
-use hyper::server::conn::{http1, http2};
+use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::Request;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -45,30 +44,8 @@ pub async fn serve_http1<I>(
     }
 }
 
-pub async fn serve_http2<I>(io: I, ctx: Arc<ConnContext>, mut draining: watch::Receiver<bool>)
-where
-    I: Read + Write + Unpin + Send + 'static,
-{
-    let svc = service_fn(move |req: Request<Incoming>| handle(req.map(RequestBody::Hyper), ctx.clone()));
-    let conn = http2::Builder::new(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .max_header_list_size(MAX_HEADER_BYTES as u32)
-        .serve_connection(io, svc);
-    tokio::pin!(conn);
-    let result = tokio::select! {
-        r = conn.as_mut() => r,
-        _ = crate::shared::drained(&mut draining) => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
-        }
-    };
-    if let Err(e) = result {
-        log_conn_error("http/2", &e);
-    }
-}
-
-/// Malformed requests are answered by hyper (400 for HTTP/1.1, a stream or
-/// connection error for HTTP/2); the connection ends and is logged here.
+/// Malformed requests are answered by hyper (400); the connection ends and
+/// is logged here.
 fn log_conn_error(proto: &str, e: &hyper::Error) {
     if e.is_incomplete_message() || e.is_canceled() {
         return; // the client went away; nothing worth logging

@@ -8,13 +8,11 @@ pub mod opaque;
 use crate::config::{ListenerProtocol, TlsMode};
 use crate::http::client::Io;
 use crate::http::proxy::{ConnContext, PeerTls};
-use crate::http::serve_h1;
-use crate::http::server::serve_http2;
+use crate::http::{serve_h1, serve_h2};
 use crate::metrics::{TcpLabels, TcpSeries};
 use crate::shared::Shared;
 use bytes::Bytes;
 use detect::Protocol;
-use hyper_util::rt::TokioIo;
 use io::{Counted, Prefixed, SendStream};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
@@ -168,7 +166,7 @@ async fn serve_connection(
     let draining = shared.draining.clone();
     match protocol {
         Protocol::Http1 => serve_h1::serve(io, ctx, header_read_timeout, draining).await,
-        Protocol::Http2 => serve_http2(TokioIo::new(io), ctx, draining).await,
+        Protocol::Http2 => serve_h2::serve(io, ctx, draining).await,
         Protocol::Opaque => opaque::forward(io, ctx).await,
         Protocol::Closed => {}
     }

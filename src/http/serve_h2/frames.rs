@@ -1,0 +1,301 @@
+//! Reading frames: the connection preface, then each frame by kind. Control
+//! frames and DATA are handled here; header blocks in `streams.rs`.
+
+use super::frame::{self, Head, Reason};
+use super::shared;
+use super::{Conn, ConnError, MAX_NET_RESETS};
+use crate::http::read_buf::ReadBuffer;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
+    pub(super) fn process_input(&mut self) -> Result<(), ConnError> {
+        let mut input = std::mem::replace(&mut self.input, ReadBuffer::new(0));
+        let result = self.process_frames(&mut input);
+        self.input = input;
+        result
+    }
+
+    fn process_frames(&mut self, input: &mut ReadBuffer) -> Result<(), ConnError> {
+        if !self.preface_done {
+            let got = input.unread();
+            let n = got.len().min(frame::PREFACE.len());
+            if got[..n] != frame::PREFACE[..n] {
+                return Err(ConnError(Reason::Protocol, "not an HTTP/2 connection preface"));
+            }
+            if n < frame::PREFACE.len() {
+                return Ok(());
+            }
+            input.consume(n);
+            self.preface_done = true;
+        }
+        while !self.closing {
+            let buf = input.unread();
+            if buf.len() < frame::HEAD_LEN {
+                break;
+            }
+            let head = frame::parse_head(buf);
+            if head.len > frame::MIN_MAX_FRAME {
+                return Err(ConnError(
+                    Reason::FrameSize,
+                    "frame larger than SETTINGS_MAX_FRAME_SIZE",
+                ));
+            }
+            let end = frame::HEAD_LEN + head.len;
+            if buf.len() < end {
+                break;
+            }
+            self.frame(head, &buf[frame::HEAD_LEN..end])?;
+            input.consume(end);
+        }
+        Ok(())
+    }
+
+    fn frame(&mut self, head: Head, payload: &[u8]) -> Result<(), ConnError> {
+        let opens_with_settings = head.kind == frame::SETTINGS && head.flags & frame::ACK == 0;
+        if !self.settings_seen && !opens_with_settings {
+            return Err(ConnError(Reason::Protocol, "first frame is not SETTINGS"));
+        }
+        if let Some(p) = &self.pending {
+            if head.kind != frame::CONTINUATION || head.stream != p.stream {
+                return Err(ConnError(Reason::Protocol, "header block interrupted"));
+            }
+        }
+        match head.kind {
+            frame::DATA => self.on_data(head, payload),
+            frame::HEADERS => self.on_headers(head, payload),
+            frame::CONTINUATION => self.on_continuation(head, payload),
+            frame::PRIORITY => match (head.stream, head.len) {
+                (0, _) => Err(ConnError(Reason::Protocol, "PRIORITY on stream 0")),
+                (_, 5) => Ok(()),
+                (id, _) => {
+                    shared::reset_stream(&mut self.shared.lock(), id, Reason::FrameSize);
+                    Ok(())
+                }
+            },
+            frame::RST_STREAM => self.on_reset(head, payload),
+            frame::SETTINGS => self.on_settings(head, payload),
+            frame::PING => self.on_ping(head, payload),
+            frame::GOAWAY => match head.stream {
+                0 => {
+                    self.peer_done = true;
+                    Ok(())
+                }
+                _ => Err(ConnError(Reason::Protocol, "GOAWAY on a stream")),
+            },
+            frame::WINDOW_UPDATE => self.on_window_update(head, payload),
+            frame::PUSH_PROMISE => Err(ConnError(Reason::Protocol, "PUSH_PROMISE from a client")),
+            _ => Ok(()), // unknown frame types are ignored (RFC 9113, 4.1)
+        }
+    }
+
+    fn on_settings(&mut self, head: Head, payload: &[u8]) -> Result<(), ConnError> {
+        if head.stream != 0 {
+            return Err(ConnError(Reason::Protocol, "SETTINGS on a stream"));
+        }
+        if head.flags & frame::ACK != 0 {
+            return match head.len {
+                0 => Ok(()),
+                _ => Err(ConnError(Reason::FrameSize, "SETTINGS ack with a payload")),
+            };
+        }
+        if !head.len.is_multiple_of(6) {
+            return Err(ConnError(
+                Reason::FrameSize,
+                "SETTINGS length not a multiple of 6",
+            ));
+        }
+        self.settings_seen = true;
+        let mut state = self.shared.lock();
+        let state = &mut *state;
+        for setting in payload.chunks(6) {
+            let value = frame::u32_at(&setting[2..]);
+            match u16::from_be_bytes([setting[0], setting[1]]) {
+                frame::SETTINGS_ENABLE_PUSH if value > 1 => {
+                    return Err(ConnError(Reason::Protocol, "SETTINGS_ENABLE_PUSH above 1"));
+                }
+                frame::SETTINGS_INITIAL_WINDOW_SIZE => {
+                    let value = value as i64;
+                    if value > frame::MAX_WINDOW {
+                        return Err(ConnError(
+                            Reason::FlowControl,
+                            "SETTINGS_INITIAL_WINDOW_SIZE too large",
+                        ));
+                    }
+                    let delta = value - state.initial_send_window;
+                    state.initial_send_window = value;
+                    for stream in state.streams.values_mut() {
+                        stream.send_window += delta;
+                        if stream.send_window > frame::MAX_WINDOW {
+                            return Err(ConnError(Reason::FlowControl, "stream window above 2^31-1"));
+                        }
+                    }
+                }
+                frame::SETTINGS_MAX_FRAME_SIZE => {
+                    if !(frame::MIN_MAX_FRAME as u32..=0xff_ffff).contains(&value) {
+                        return Err(ConnError(
+                            Reason::Protocol,
+                            "SETTINGS_MAX_FRAME_SIZE out of range",
+                        ));
+                    }
+                    // Bigger frames save little once they pass 64 KiB.
+                    state.max_frame = (value as usize).min(64 * 1024);
+                }
+                // The encoder never indexes, so the peer's table size does not matter.
+                _ => {}
+            }
+        }
+        frame::settings_ack(&mut state.out);
+        state.wake_blocked();
+        Ok(())
+    }
+
+    fn on_ping(&mut self, head: Head, payload: &[u8]) -> Result<(), ConnError> {
+        if head.stream != 0 {
+            return Err(ConnError(Reason::Protocol, "PING on a stream"));
+        }
+        if head.len != 8 {
+            return Err(ConnError(Reason::FrameSize, "PING length is not 8"));
+        }
+        if head.flags & frame::ACK == 0 {
+            frame::ping_ack(&mut self.shared.lock().out, payload);
+        }
+        Ok(())
+    }
+
+    fn on_window_update(&mut self, head: Head, payload: &[u8]) -> Result<(), ConnError> {
+        if head.len != 4 {
+            return Err(ConnError(Reason::FrameSize, "WINDOW_UPDATE length is not 4"));
+        }
+        let increment = (frame::u32_at(payload) & 0x7fff_ffff) as i64;
+        let mut state = self.shared.lock();
+        let state = &mut *state;
+        if head.stream == 0 {
+            if increment == 0 {
+                return Err(ConnError(Reason::Protocol, "WINDOW_UPDATE of 0"));
+            }
+            state.send_window += increment;
+            if state.send_window > frame::MAX_WINDOW {
+                return Err(ConnError(Reason::FlowControl, "connection window above 2^31-1"));
+            }
+        } else {
+            if head.stream > self.last_stream {
+                return Err(ConnError(Reason::Protocol, "WINDOW_UPDATE on an idle stream"));
+            }
+            let Some(stream) = state.streams.get_mut(&head.stream) else {
+                return Ok(()); // closed: ignored
+            };
+            stream.send_window += increment;
+            if increment == 0 {
+                shared::reset_stream(state, head.stream, Reason::Protocol);
+            } else if stream.send_window > frame::MAX_WINDOW {
+                shared::reset_stream(state, head.stream, Reason::FlowControl);
+            }
+        }
+        state.wake_blocked();
+        Ok(())
+    }
+
+    fn on_reset(&mut self, head: Head, _payload: &[u8]) -> Result<(), ConnError> {
+        if head.stream == 0 {
+            return Err(ConnError(Reason::Protocol, "RST_STREAM on stream 0"));
+        }
+        if head.len != 4 {
+            return Err(ConnError(Reason::FrameSize, "RST_STREAM length is not 4"));
+        }
+        if head.stream > self.last_stream {
+            return Err(ConnError(Reason::Protocol, "RST_STREAM on an idle stream"));
+        }
+        let mut state = self.shared.lock();
+        if let Some(stream) = state.streams.remove(&head.stream) {
+            stream.abort.abort();
+            state.fail_body(head.stream);
+            self.net_resets += 1;
+            if self.net_resets > MAX_NET_RESETS {
+                return Err(ConnError(
+                    Reason::EnhanceYourCalm,
+                    "too many streams reset in progress",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn on_data(&mut self, head: Head, payload: &[u8]) -> Result<(), ConnError> {
+        let id = head.stream;
+        if id == 0 {
+            return Err(ConnError(Reason::Protocol, "DATA on stream 0"));
+        }
+        let data = unpad(head, payload)?;
+        let end = head.flags & frame::END_STREAM != 0;
+        let mut state = self.shared.lock();
+        let state = &mut *state;
+        state.recv_window -= head.len as i64;
+        if state.recv_window < 0 {
+            return Err(ConnError(
+                Reason::FlowControl,
+                "DATA beyond the connection window",
+            ));
+        }
+        let Some(stream) = state.streams.get_mut(&id) else {
+            if id > self.last_stream {
+                return Err(ConnError(Reason::Protocol, "DATA on an idle stream"));
+            }
+            // A stream already closed or reset: only the connection window counts.
+            state.return_connection_window(head.len);
+            return Ok(());
+        };
+        stream.recv_window -= head.len as i64;
+        stream.received += data.len() as u64;
+        let problem = if !stream.remote_open {
+            Some(Reason::StreamClosed)
+        } else if stream.recv_window < 0 {
+            Some(Reason::FlowControl)
+        } else if stream
+            .expected
+            .is_some_and(|n| stream.received > n || (end && stream.received != n))
+        {
+            Some(Reason::Protocol) // content-length disagrees with the DATA (RFC 9113, 8.1.1)
+        } else {
+            None
+        };
+        if let Some(reason) = problem {
+            shared::reset_stream(state, id, reason);
+            state.return_connection_window(head.len);
+            return Ok(());
+        }
+        stream.remote_open &= !end;
+        match state.bodies.get_mut(&id) {
+            Some(body) => {
+                if !data.is_empty() {
+                    body.chunks.push_back(bytes::Bytes::copy_from_slice(data));
+                }
+                body.ended |= end;
+                if let Some(w) = body.waker.take() {
+                    w.wake();
+                }
+                // Padding is returned at once; data once it is read.
+                let padding = head.len - data.len();
+                if padding > 0 {
+                    state.return_connection_window(padding);
+                }
+            }
+            None => state.return_connection_window(head.len),
+        }
+        Ok(())
+    }
+}
+
+/// A DATA or HEADERS payload without its padding.
+/// A DATA or HEADERS payload without its padding.
+pub(super) fn unpad(head: Head, payload: &[u8]) -> Result<&[u8], ConnError> {
+    if head.flags & frame::PADDED == 0 {
+        return Ok(payload);
+    }
+    let (&pad, rest) = payload
+        .split_first()
+        .ok_or(ConnError(Reason::FrameSize, "padded frame without a pad length"))?;
+    rest.len()
+        .checked_sub(pad as usize)
+        .map(|n| &rest[..n])
+        .ok_or(ConnError(Reason::Protocol, "padding longer than the frame"))
+}

@@ -1,0 +1,273 @@
+//! HTTP/2 client connections (RFC 9113) served by the proxy itself.
+//!
+//! One task per connection reads frames, runs every stream's request as a
+//! future of its own inside that task, and writes whatever the streams
+//! queued in one write. The streams share a lock-guarded [`shared::State`]
+//! with the connection: output bytes, flow-control windows and request
+//! body chunks. The encoder writes literals only (no dynamic table), so
+//! nothing depends on the peer's decoder state.
+//!
+//! Limits: 200 concurrent streams (more are refused), 1 MiB stream and
+//! connection receive windows, 16 KiB frames, heads up to 96 KiB decoded
+//! (431 above that). Malformed requests get a 400 and a log line; protocol
+//! errors end the connection with GOAWAY. Clients that reset many streams
+//! in progress without letting them finish are cut off ("rapid reset").
+
+mod frame;
+mod frames;
+mod request;
+mod respond;
+mod shared;
+mod streams;
+
+pub use shared::RecvBody;
+
+use super::hpack::Decoder;
+use super::proxy::ConnContext;
+use super::read_buf::ReadBuffer;
+use frame::Reason;
+use futures_util::future::Abortable;
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use shared::{Shared, State, RECV_WINDOW};
+use std::future::{poll_fn, Future};
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::watch;
+
+const MAX_CONCURRENT_STREAMS: usize = 200;
+const HEADER_TABLE_SIZE: usize = 4096;
+/// A header block bigger than this before decoding ends the connection.
+const MAX_BLOCK: usize = request::MAX_HEADER_LIST + 16 * 1024;
+/// Streams reset by the client while in progress, net of those answered,
+/// before the connection is closed (CVE-2023-44487, "rapid reset").
+const MAX_NET_RESETS: u32 = 1000;
+const READ_BUF: usize = 16 * 1024;
+/// Room for one whole frame at the largest size we accept.
+const READ_LIMIT: usize = 2 * (frame::MIN_MAX_FRAME + frame::HEAD_LEN);
+
+/// How long, and how much, a connection closed for an error still reads.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
+const LINGER_BYTES: usize = 1 << 20;
+
+type StreamTask = Abortable<Pin<Box<dyn Future<Output = u32> + Send>>>;
+
+/// A connection error: GOAWAY with this code, then close.
+struct ConnError(Reason, &'static str);
+
+struct PendingBlock {
+    stream: u32,
+    end_stream: bool,
+    block: Vec<u8>,
+}
+
+struct Conn<I> {
+    io: I,
+    input: ReadBuffer,
+    write: Vec<u8>,
+    written: usize,
+    shared: Arc<Shared>,
+    tasks: FuturesUnordered<StreamTask>,
+    decoder: Decoder,
+    ctx: Arc<ConnContext>,
+    /// Highest stream id the client has used.
+    last_stream: u32,
+    /// A header block waiting for its CONTINUATION frames.
+    pending: Option<PendingBlock>,
+    preface_done: bool,
+    settings_seen: bool,
+    /// Set once GOAWAY is sent: no new streams are served.
+    goaway_sent: bool,
+    /// The client sent GOAWAY.
+    peer_done: bool,
+    /// A connection error was sent: write what is queued, then close.
+    closing: bool,
+    net_resets: u32,
+}
+
+pub async fn serve<I>(io: I, ctx: Arc<ConnContext>, draining: watch::Receiver<bool>)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut state = State::new();
+    frame::settings(
+        &mut state.out,
+        &[
+            (
+                frame::SETTINGS_MAX_CONCURRENT_STREAMS,
+                MAX_CONCURRENT_STREAMS as u32,
+            ),
+            (frame::SETTINGS_INITIAL_WINDOW_SIZE, RECV_WINDOW as u32),
+            (
+                frame::SETTINGS_MAX_HEADER_LIST_SIZE,
+                request::MAX_HEADER_LIST as u32,
+            ),
+        ],
+    );
+    frame::window_update(&mut state.out, 0, (RECV_WINDOW - frame::DEFAULT_WINDOW) as u32);
+    let mut conn = Conn {
+        io,
+        input: ReadBuffer::new(READ_BUF),
+        write: Vec::new(),
+        written: 0,
+        shared: Shared::new(state),
+        tasks: FuturesUnordered::new(),
+        decoder: Decoder::new(HEADER_TABLE_SIZE),
+        ctx,
+        last_stream: 0,
+        pending: None,
+        preface_done: false,
+        settings_seen: false,
+        goaway_sent: false,
+        peer_done: false,
+        closing: false,
+        net_resets: 0,
+    };
+    let mut drain_watch = draining;
+    let mut drained = std::pin::pin!(crate::shared::drained(&mut drain_watch));
+    poll_fn(|cx| {
+        if !conn.goaway_sent && drained.as_mut().poll(cx).is_ready() {
+            conn.send_goaway(Reason::NoError);
+        }
+        conn.poll_drive(cx)
+    })
+    .await;
+    if conn.closing {
+        conn.linger().await;
+    }
+    // Dropping the connection drops its streams' tasks, which cancels them.
+    let mut state = conn.shared.lock();
+    state.streams.clear();
+    state.bodies.values_mut().for_each(|b| b.failed = true);
+    for body in state.bodies.values_mut() {
+        if let Some(w) = body.waker.take() {
+            w.wake();
+        }
+    }
+}
+
+impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
+    fn poll_drive(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        {
+            let mut state = self.shared.lock();
+            if !state.conn_waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                state.conn_waker = Some(cx.waker().clone());
+            }
+        }
+        loop {
+            let mut again = false;
+            if !self.closing && self.shared.lock().out.len() < 2 * shared::OUT_HIGH {
+                match self.input.poll_read_from(&mut self.io, READ_LIMIT, cx) {
+                    Poll::Ready(Ok(n)) if n > 0 => {
+                        if let Err(ConnError(reason, why)) = self.process_input() {
+                            self.fail(reason, why);
+                        }
+                        again = true;
+                    }
+                    // The client is gone (or sent more than a frame can hold).
+                    Poll::Ready(_) => return Poll::Ready(()),
+                    Poll::Pending => {}
+                }
+            }
+            while let Poll::Ready(Some(done)) = self.tasks.poll_next_unpin(cx) {
+                if done.is_ok() {
+                    self.net_resets = self.net_resets.saturating_sub(1);
+                }
+            }
+            match self.poll_flush(cx) {
+                Poll::Ready(Ok(woke)) => again |= woke,
+                Poll::Ready(Err(_)) => return Poll::Ready(()),
+                Poll::Pending => {}
+            }
+            if self.finished() {
+                return Poll::Ready(());
+            }
+            if !again {
+                return Poll::Pending;
+            }
+        }
+    }
+
+    /// After a connection error: closes our side, then reads what the client
+    /// still sends for a moment, so closing with unread input does not
+    /// reset the connection and lose the GOAWAY before the client reads it.
+    async fn linger(&mut self) {
+        use tokio::io::AsyncWriteExt;
+        if self.io.shutdown().await.is_err() {
+            return;
+        }
+        let _ = tokio::time::timeout(LINGER, async {
+            let mut discarded = 0;
+            while discarded < LINGER_BYTES {
+                self.input.consume(self.input.unread().len());
+                match poll_fn(|cx| self.input.poll_read_from(&mut self.io, READ_LIMIT, cx)).await {
+                    Ok(n) if n > 0 => discarded += n,
+                    _ => return,
+                }
+            }
+        })
+        .await;
+    }
+
+    /// Nothing left to do: after GOAWAY (either way) with no streams left,
+    /// or after a connection error, once everything queued is written.
+    fn finished(&self) -> bool {
+        let flushed = self.written == self.write.len();
+        if !flushed {
+            return false;
+        }
+        let state = self.shared.lock();
+        if !state.out.is_empty() {
+            return false;
+        }
+        self.closing
+            || ((self.goaway_sent || self.peer_done) && state.streams.is_empty() && self.tasks.is_empty())
+    }
+
+    /// Writes what the streams queued; Ok(true) if that woke blocked streams.
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
+        let mut woke = false;
+        loop {
+            if self.written == self.write.len() {
+                self.write.clear();
+                self.written = 0;
+                let mut state = self.shared.lock();
+                if state.out.is_empty() {
+                    drop(state);
+                    ready!(Pin::new(&mut self.io).poll_flush(cx))?;
+                    return Poll::Ready(Ok(woke));
+                }
+                let was_full = state.out.len() >= shared::OUT_HIGH;
+                std::mem::swap(&mut self.write, &mut state.out);
+                if was_full {
+                    woke |= state.wake_blocked();
+                }
+            }
+            let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.write[self.written..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.written += n;
+        }
+    }
+
+    pub(super) fn fail(&mut self, reason: Reason, why: &str) {
+        if reason != Reason::NoError {
+            eprintln!(
+                "meshcore: {}: HTTP/2 connection error from {}: {why} ({reason:?})",
+                self.ctx.listener_name, self.ctx.peer
+            );
+        }
+        self.send_goaway(reason);
+        self.closing = true;
+    }
+
+    pub(super) fn send_goaway(&mut self, reason: Reason) {
+        if !self.goaway_sent {
+            frame::goaway(&mut self.shared.lock().out, self.last_stream, reason);
+            self.goaway_sent = true;
+        }
+    }
+}

@@ -1,0 +1,127 @@
+//! A request head from decoded HTTP/2 fields, checked as RFC 9113 (8.2, 8.3)
+//! asks: pseudo-fields first, once each; no connection-specific fields.
+
+use crate::http::hpack::{Name, Pseudo};
+use bytes::Bytes;
+use http::header::{CONNECTION, CONTENT_LENGTH, TE, TRANSFER_ENCODING, UPGRADE};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{HeaderMap, HeaderValue, Method, Request, Uri, Version};
+
+/// Caps the decoded size of a head, counted as RFC 9113 (6.5.2) counts it.
+pub const MAX_HEADER_LIST: usize = 96 * 1024;
+
+#[derive(Default)]
+pub struct Fields {
+    method: Option<HeaderValue>,
+    scheme: Option<HeaderValue>,
+    authority: Option<HeaderValue>,
+    path: Option<HeaderValue>,
+    protocol: bool,
+    pub headers: HeaderMap,
+    size: usize,
+    pub problem: Option<&'static str>,
+}
+
+impl Fields {
+    pub fn push(&mut self, name: Name, value: HeaderValue) {
+        self.size += value.len() + 32;
+        match name {
+            Name::Header(name) => {
+                self.size += name.as_str().len();
+                if self.size > MAX_HEADER_LIST {
+                    return;
+                }
+                let connection_specific = name == CONNECTION
+                    || name == TRANSFER_ENCODING
+                    || name == UPGRADE
+                    || name == "keep-alive"
+                    || name == "proxy-connection"
+                    || (name == TE && value != "trailers");
+                if connection_specific {
+                    self.problem = Some("connection-specific header field");
+                }
+                self.headers.append(name, value);
+            }
+            Name::Pseudo(pseudo) => {
+                if !self.headers.is_empty() {
+                    self.problem = Some("pseudo-header field after a regular one");
+                }
+                let slot = match pseudo {
+                    Pseudo::Method => &mut self.method,
+                    Pseudo::Scheme => &mut self.scheme,
+                    Pseudo::Authority => &mut self.authority,
+                    Pseudo::Path => &mut self.path,
+                    Pseudo::Protocol => {
+                        self.protocol = true;
+                        return;
+                    }
+                    Pseudo::Status => {
+                        self.problem = Some(":status in a request");
+                        return;
+                    }
+                };
+                if slot.replace(value).is_some() {
+                    self.problem = Some("repeated pseudo-header field");
+                }
+            }
+        }
+    }
+
+    pub fn too_large(&self) -> bool {
+        self.size > MAX_HEADER_LIST
+    }
+
+    /// Trailers carry no pseudo-fields.
+    pub fn into_trailers(self) -> Result<HeaderMap, &'static str> {
+        if self.method.is_some() || self.scheme.is_some() || self.path.is_some() || self.authority.is_some() {
+            return Err("pseudo-header field in trailers");
+        }
+        self.problem.map_or(Ok(self.headers), Err)
+    }
+
+    /// The request head, or why it is malformed; "CONNECT" for a tunnel
+    /// request, which the proxy does not serve over HTTP/2.
+    pub fn into_request<B>(self, body: B) -> Result<Request<B>, &'static str> {
+        if let Some(problem) = self.problem {
+            return Err(problem);
+        }
+        let method = self.method.ok_or("missing :method")?;
+        let method = Method::from_bytes(method.as_bytes()).map_err(|_| "bad :method")?;
+        if method == Method::CONNECT || self.protocol {
+            return Err("CONNECT");
+        }
+        let (Some(scheme), Some(path)) = (self.scheme, self.path) else {
+            return Err("missing :scheme or :path");
+        };
+        if path.is_empty() {
+            return Err("empty :path");
+        }
+        let path = PathAndQuery::from_maybe_shared(Bytes::copy_from_slice(path.as_bytes()))
+            .map_err(|_| "bad :path")?;
+        let mut uri = http::uri::Parts::default();
+        if let Some(authority) = self.authority {
+            let authority = Authority::from_maybe_shared(Bytes::copy_from_slice(authority.as_bytes()))
+                .map_err(|_| "bad :authority")?;
+            uri.scheme = Some(Scheme::try_from(scheme.as_bytes()).map_err(|_| "bad :scheme")?);
+            uri.authority = Some(authority);
+        }
+        uri.path_and_query = Some(path);
+        let uri = Uri::from_parts(uri).map_err(|_| "bad request target")?;
+        let mut req = Request::new(body);
+        *req.method_mut() = method;
+        *req.uri_mut() = uri;
+        *req.version_mut() = Version::HTTP_2;
+        *req.headers_mut() = self.headers;
+        Ok(req)
+    }
+
+    /// The declared body length, if any; Err if it is not a number.
+    pub fn content_length(&self) -> Result<Option<u64>, &'static str> {
+        if !self.headers.contains_key(CONTENT_LENGTH) {
+            return Ok(None);
+        }
+        crate::http::headers::declared_length(&self.headers)
+            .map(Some)
+            .ok_or("bad content-length")
+    }
+}

@@ -1,0 +1,170 @@
+//! Writing a stream's response: the head as HEADERS (and CONTINUATION), the
+//! body as DATA within the peer's flow-control windows, trailers as a final
+//! HEADERS.
+
+use super::frame::{self, Reason};
+use super::shared::{self, Shared, State};
+use crate::http::hpack;
+use crate::http::ProxyBody;
+use bytes::{Buf, Bytes};
+use http::header::{CONNECTION, DATE, TE, TRANSFER_ENCODING, UPGRADE};
+use http::{HeaderMap, HeaderName, Response};
+use hyper::body::Body;
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::Poll;
+
+/// Answers stream `id` with what `response` resolves to; returns `id`.
+pub async fn respond(
+    shared: Arc<Shared>,
+    id: u32,
+    response: impl Future<Output = Response<ProxyBody>>,
+) -> u32 {
+    let (parts, mut body) = response.await.into_parts();
+    let mut end = body.is_end_stream();
+    {
+        let mut state = shared.lock();
+        if !state.streams.contains_key(&id) {
+            return id; // reset while the answer was made
+        }
+        write_head(&mut state, id, Some(parts.status.as_u16()), &parts.headers, end);
+        if end {
+            finish(&mut state, id);
+            return id;
+        }
+    }
+    while !end {
+        let frame = poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await;
+        let mut data = match frame {
+            None => {
+                end = true;
+                Bytes::new()
+            }
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => {
+                    end = body.is_end_stream();
+                    if data.is_empty() && !end {
+                        continue;
+                    }
+                    data
+                }
+                Err(frame) => {
+                    let trailers = frame.into_trailers().unwrap_or_default();
+                    let mut state = shared.lock();
+                    if state.streams.contains_key(&id) {
+                        write_head(&mut state, id, None, &trailers, true);
+                        finish(&mut state, id);
+                    }
+                    return id;
+                }
+            },
+            Some(Err(_)) => {
+                // The upstream failed mid-body: the client must not take a
+                // truncated body for a whole one.
+                shared::reset_stream(&mut shared.lock(), id, Reason::Internal);
+                return id;
+            }
+        };
+        let sent = poll_fn(|cx| poll_send_data(&shared, id, &mut data, end, cx)).await;
+        if !sent {
+            return id;
+        }
+    }
+    id
+}
+
+/// Writes as much of `data` as the windows allow; Ready(true) once all of
+/// it is queued, Ready(false) if the stream is gone.
+fn poll_send_data(
+    shared: &Shared,
+    id: u32,
+    data: &mut Bytes,
+    end: bool,
+    cx: &mut std::task::Context<'_>,
+) -> Poll<bool> {
+    let mut state = shared.lock();
+    let state = &mut *state;
+    loop {
+        let Some(stream) = state.streams.get_mut(&id) else {
+            return Poll::Ready(false);
+        };
+        let window = stream.send_window.min(state.send_window);
+        let room = state.out.len() < shared::OUT_HIGH;
+        if !data.is_empty() && (window <= 0 || !room) {
+            state.blocked.push(cx.waker().clone());
+            return Poll::Pending;
+        }
+        let n = data.len().min(window.max(0) as usize).min(state.max_frame);
+        stream.send_window -= n as i64;
+        state.send_window -= n as i64;
+        let last = n == data.len();
+        let flags = if last && end { frame::END_STREAM } else { 0 };
+        frame::write_head(&mut state.out, n, frame::DATA, flags, id);
+        state.out.extend_from_slice(&data[..n]);
+        data.advance(n);
+        if last {
+            if end {
+                finish(state, id);
+            }
+            return Poll::Ready(true);
+        }
+    }
+}
+
+/// The response is complete. If the client is still sending, it is told to
+/// stop (RFC 9113, 8.1: a complete response may precede the request's end).
+fn finish(state: &mut State, id: u32) {
+    if let Some(stream) = state.streams.remove(&id) {
+        if stream.remote_open {
+            frame::rst_stream(&mut state.out, id, Reason::NoError);
+            state.fail_body(id);
+        }
+    }
+}
+
+/// A response head (with `status`) or trailers (without), with `date`
+/// added to a head that lacks one, as hyper's server does.
+fn write_head(state: &mut State, id: u32, status: Option<u16>, headers: &HeaderMap, end: bool) {
+    let out = &mut state.out;
+    let start = out.len();
+    out.extend_from_slice(&[0; frame::HEAD_LEN]);
+    let mut has_date = false;
+    if let Some(status) = status {
+        hpack::encode_status(status, out);
+    }
+    for (name, value) in headers {
+        if connection_specific(name) {
+            continue;
+        }
+        has_date |= name == DATE;
+        hpack::encode_field(name.as_str(), value.as_bytes(), out);
+    }
+    if status.is_some() && !has_date {
+        crate::http::serve_h1::with_date(|date| hpack::encode_field("date", date, out));
+    }
+    let len = out.len() - start - frame::HEAD_LEN;
+    let flags = frame::END_HEADERS | if end { frame::END_STREAM } else { 0 };
+    if len <= state.max_frame {
+        out[start..start + frame::HEAD_LEN].copy_from_slice(&frame::head_bytes(
+            len,
+            frame::HEADERS,
+            flags,
+            id,
+        ));
+    } else {
+        let block = out.split_off(start + frame::HEAD_LEN);
+        out.truncate(start);
+        frame::header_block(out, id, &block, end, state.max_frame);
+    }
+}
+
+/// Fields HTTP/2 forbids (RFC 9113, 8.2.2).
+fn connection_specific(name: &HeaderName) -> bool {
+    name == CONNECTION
+        || name == TRANSFER_ENCODING
+        || name == UPGRADE
+        || name == TE
+        || name == "keep-alive"
+        || name == "proxy-connection"
+}

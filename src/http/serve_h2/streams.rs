@@ -1,0 +1,182 @@
+//! Header blocks: a new stream's request (run as a task of the
+//! connection), or the trailers that end a request body.
+
+use super::frame::{self, Head, Reason};
+use super::frames::unpad;
+use super::request::Fields;
+use super::shared::{self, Inbound, Stream, RECV_WINDOW};
+use super::{respond, Conn, ConnError, PendingBlock, RecvBody, MAX_BLOCK, MAX_CONCURRENT_STREAMS};
+use crate::http::hpack;
+use crate::http::proxy::handle;
+use crate::http::{error_response, RequestBody};
+use futures_util::future::{AbortHandle, Abortable};
+use http::StatusCode;
+use std::future::Future;
+use std::pin::Pin;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
+    pub(super) fn on_headers(&mut self, head: Head, payload: &[u8]) -> Result<(), ConnError> {
+        if head.stream == 0 {
+            return Err(ConnError(Reason::Protocol, "HEADERS on stream 0"));
+        }
+        let mut block = unpad(head, payload)?;
+        if head.flags & frame::PRIORITY_FLAG != 0 {
+            block = block
+                .get(5..)
+                .ok_or(ConnError(Reason::FrameSize, "HEADERS too short for its priority"))?;
+        }
+        let end_stream = head.flags & frame::END_STREAM != 0;
+        if head.flags & frame::END_HEADERS == 0 {
+            self.pending = Some(PendingBlock {
+                stream: head.stream,
+                end_stream,
+                block: block.to_vec(),
+            });
+            return Ok(());
+        }
+        self.on_header_block(head.stream, end_stream, block)
+    }
+
+    pub(super) fn on_continuation(&mut self, head: Head, payload: &[u8]) -> Result<(), ConnError> {
+        let Some(pending) = self.pending.as_mut() else {
+            return Err(ConnError(Reason::Protocol, "CONTINUATION without HEADERS"));
+        };
+        pending.block.extend_from_slice(payload);
+        if pending.block.len() > MAX_BLOCK {
+            return Err(ConnError(Reason::EnhanceYourCalm, "header block too large"));
+        }
+        if head.flags & frame::END_HEADERS != 0 {
+            let p = self.pending.take().expect("checked above");
+            return self.on_header_block(p.stream, p.end_stream, &p.block);
+        }
+        Ok(())
+    }
+
+    fn on_header_block(&mut self, id: u32, end_stream: bool, block: &[u8]) -> Result<(), ConnError> {
+        let mut fields = Fields::default();
+        match self.decoder.decode(block, |name, value| fields.push(name, value)) {
+            Ok(()) => {}
+            Err(hpack::Error::Compression) => return Err(ConnError(Reason::Compression, "bad header block")),
+            Err(_) => fields.problem = fields.problem.or(Some("invalid header field")),
+        }
+        let mut guard = self.shared.lock();
+        let state = &mut *guard;
+        if let Some(stream) = state.streams.get_mut(&id) {
+            // Trailers: they end the request body.
+            let trailers = match (stream.remote_open, end_stream) {
+                (false, _) => Err(Reason::StreamClosed),
+                (true, false) => Err(Reason::Protocol),
+                (true, true) => fields.into_trailers().map_err(|_| Reason::Protocol),
+            };
+            let trailers = trailers.and_then(|t| match stream.expected {
+                Some(n) if n != stream.received => Err(Reason::Protocol),
+                _ => Ok(t),
+            });
+            match trailers {
+                Ok(trailers) => {
+                    stream.remote_open = false;
+                    if let Some(body) = state.bodies.get_mut(&id) {
+                        body.trailers = Some(trailers);
+                        body.ended = true;
+                        if let Some(w) = body.waker.take() {
+                            w.wake();
+                        }
+                    }
+                }
+                Err(reason) => shared::reset_stream(state, id, reason),
+            }
+            return Ok(());
+        }
+        if id <= self.last_stream {
+            return Ok(()); // a stream we closed or reset; its block only fed the decoder
+        }
+        if id.is_multiple_of(2) {
+            return Err(ConnError(
+                Reason::Protocol,
+                "client opened an even-numbered stream",
+            ));
+        }
+        self.last_stream = id;
+        if self.goaway_sent || self.peer_done {
+            return Ok(());
+        }
+        if state.streams.len() >= MAX_CONCURRENT_STREAMS {
+            shared::reset_stream(state, id, Reason::RefusedStream);
+            return Ok(());
+        }
+        let length = fields.content_length();
+        let (abort, registration) = AbortHandle::new_pair();
+        state.streams.insert(
+            id,
+            Stream {
+                send_window: state.initial_send_window,
+                recv_window: RECV_WINDOW,
+                remote_open: !end_stream,
+                expected: length.ok().flatten(),
+                received: 0,
+                abort,
+            },
+        );
+        if !end_stream {
+            state.bodies.insert(id, Inbound::default());
+        }
+        // Released first: a request that fails to build drops its body, which locks.
+        drop(guard);
+        let task = self.stream_task(id, end_stream, fields, length);
+        self.tasks.push(Abortable::new(task, registration));
+        Ok(())
+    }
+
+    fn stream_task(
+        &self,
+        id: u32,
+        end_stream: bool,
+        fields: Fields,
+        length: Result<Option<u64>, &'static str>,
+    ) -> Pin<Box<dyn Future<Output = u32> + Send>> {
+        let shared = self.shared.clone();
+        if fields.too_large() {
+            let resp = error_response(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "request header fields too large",
+            );
+            return Box::pin(respond::respond(shared, id, std::future::ready(resp)));
+        }
+        let request = length.and_then(|length| {
+            if end_stream && length.is_some_and(|n| n > 0) {
+                return Err("content-length on a request without a body");
+            }
+            let body = match end_stream {
+                true => RequestBody::Empty,
+                false => RequestBody::H2(RecvBody {
+                    shared: shared.clone(),
+                    id,
+                    length,
+                }),
+            };
+            fields.into_request(body)
+        });
+        match request {
+            Ok(req) => {
+                let answer = handle(req, self.ctx.clone());
+                Box::pin(respond::respond(shared, id, async move {
+                    let Ok(resp) = answer.await;
+                    resp
+                }))
+            }
+            Err(problem) => {
+                let resp = if problem == "CONNECT" {
+                    error_response(StatusCode::NOT_IMPLEMENTED, "CONNECT is not served over HTTP/2")
+                } else {
+                    eprintln!(
+                        "meshcore: {}: malformed HTTP/2 request from {}: {problem}",
+                        self.ctx.listener_name, self.ctx.peer
+                    );
+                    error_response(StatusCode::BAD_REQUEST, problem)
+                };
+                Box::pin(respond::respond(shared, id, std::future::ready(resp)))
+            }
+        }
+    }
+}
