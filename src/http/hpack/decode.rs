@@ -2,7 +2,7 @@
 
 use super::{huffman, STATIC};
 use bytes::Bytes;
-use http::{HeaderName, HeaderValue};
+use http::HeaderName;
 use std::collections::VecDeque;
 use std::sync::OnceLock;
 
@@ -62,13 +62,13 @@ pub enum Error {
     /// The block cannot be decoded: the connection's HPACK state is lost
     /// (COMPRESSION_ERROR).
     Compression,
-    /// A field name or value HTTP does not allow: the request is malformed,
-    /// but the block was decoded and the table stays in step.
+    /// A field name HTTP does not allow: the request is malformed, but the
+    /// block was decoded and the table stays in step. (Values are checked
+    /// where they become header values.)
     BadName,
-    BadValue,
 }
 
-type Field = (Name, HeaderValue);
+type Field = (Name, Bytes);
 
 /// A table entry: a field, or the reason it is not one HTTP allows. Bad
 /// entries still take their place (and size), so later indexes stay right.
@@ -84,7 +84,12 @@ fn static_table() -> &'static [Field] {
     TABLE.get_or_init(|| {
         STATIC
             .iter()
-            .map(|(n, v)| (Name::parse(n.as_bytes()).unwrap(), HeaderValue::from_static(v)))
+            .map(|(n, v)| {
+                (
+                    Name::parse(n.as_bytes()).unwrap(),
+                    Bytes::from_static(v.as_bytes()),
+                )
+            })
             .collect()
     })
 }
@@ -113,7 +118,7 @@ impl Decoder {
     /// Decodes a whole header block, handing each field to `emit`. A field
     /// HTTP does not allow is reported after the block is fully decoded, so
     /// the table stays in step with the peer's encoder.
-    pub fn decode(&mut self, mut src: &[u8], mut emit: impl FnMut(Name, HeaderValue)) -> Result<(), Error> {
+    pub fn decode(&mut self, mut src: &[u8], mut emit: impl FnMut(Name, Bytes)) -> Result<(), Error> {
         let mut malformed = None;
         let mut first = true;
         while let Some(&b) = src.first() {
@@ -141,8 +146,7 @@ impl Decoder {
                 };
                 let raw = self.string(&mut src)?;
                 let size = name_len + raw.len() + ENTRY_OVERHEAD;
-                let value = HeaderValue::from_maybe_shared(raw).map_err(|_| Error::BadValue);
-                let field = name.and_then(|n| value.map(|v| (n, v)));
+                let field = name.map(|n| (n, raw));
                 if index_it {
                     self.insert(Entry {
                         field: field.clone(),
@@ -252,10 +256,10 @@ fn integer(src: &mut &[u8], prefix: u8) -> Result<usize, Error> {
 mod tests {
     use super::*;
 
-    fn names(fields: &[(Name, HeaderValue)]) -> Vec<String> {
+    fn names(fields: &[(Name, Bytes)]) -> Vec<String> {
         fields
             .iter()
-            .map(|(n, v)| format!("{n:?}={}", v.to_str().unwrap()))
+            .map(|(n, v)| format!("{n:?}={}", std::str::from_utf8(v).unwrap()))
             .collect()
     }
 

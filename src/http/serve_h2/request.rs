@@ -12,10 +12,10 @@ pub const MAX_HEADER_LIST: usize = 96 * 1024;
 
 #[derive(Default)]
 pub struct Fields {
-    method: Option<HeaderValue>,
-    scheme: Option<HeaderValue>,
-    authority: Option<HeaderValue>,
-    path: Option<HeaderValue>,
+    method: Option<Bytes>,
+    scheme: Option<Bytes>,
+    authority: Option<Bytes>,
+    path: Option<Bytes>,
     protocol: bool,
     pub headers: HeaderMap,
     size: usize,
@@ -23,7 +23,7 @@ pub struct Fields {
 }
 
 impl Fields {
-    pub fn push(&mut self, name: Name, value: HeaderValue) {
+    pub fn push(&mut self, name: Name, value: Bytes) {
         self.size += value.len() + 32;
         match name {
             Name::Header(name) => {
@@ -31,6 +31,10 @@ impl Fields {
                 if self.size > MAX_HEADER_LIST {
                     return;
                 }
+                let Ok(value) = HeaderValue::from_maybe_shared(value) else {
+                    self.problem = Some("invalid header field value");
+                    return;
+                };
                 let connection_specific = name == CONNECTION
                     || name == TRANSFER_ENCODING
                     || name == UPGRADE
@@ -86,7 +90,7 @@ impl Fields {
             return Err(problem);
         }
         let method = self.method.ok_or("missing :method")?;
-        let method = Method::from_bytes(method.as_bytes()).map_err(|_| "bad :method")?;
+        let method = Method::from_bytes(&method).map_err(|_| "bad :method")?;
         if method == Method::CONNECT || self.protocol {
             return Err("CONNECT");
         }
@@ -96,13 +100,11 @@ impl Fields {
         if path.is_empty() {
             return Err("empty :path");
         }
-        let path = PathAndQuery::from_maybe_shared(Bytes::copy_from_slice(path.as_bytes()))
-            .map_err(|_| "bad :path")?;
+        let path = PathAndQuery::from_maybe_shared(path).map_err(|_| "bad :path")?;
         let mut uri = http::uri::Parts::default();
         if let Some(authority) = self.authority {
-            let authority = Authority::from_maybe_shared(Bytes::copy_from_slice(authority.as_bytes()))
-                .map_err(|_| "bad :authority")?;
-            uri.scheme = Some(Scheme::try_from(scheme.as_bytes()).map_err(|_| "bad :scheme")?);
+            let authority = Authority::from_maybe_shared(authority).map_err(|_| "bad :authority")?;
+            uri.scheme = Some(Scheme::try_from(&scheme[..]).map_err(|_| "bad :scheme")?);
             uri.authority = Some(authority);
         }
         uri.path_and_query = Some(path);

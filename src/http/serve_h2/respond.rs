@@ -10,6 +10,7 @@ use bytes::{Buf, Bytes};
 use http::header::{CONNECTION, DATE, TE, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderMap, HeaderName, Response};
 use hyper::body::Body;
+use std::convert::Infallible;
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -19,9 +20,10 @@ use std::task::Poll;
 pub async fn respond(
     shared: Arc<Shared>,
     id: u32,
-    response: impl Future<Output = Response<ProxyBody>>,
+    response: impl Future<Output = Result<Response<ProxyBody>, Infallible>>,
 ) -> u32 {
-    let (parts, mut body) = response.await.into_parts();
+    let Ok(response) = response.await;
+    let (parts, mut body) = response.into_parts();
     let mut end = body.is_end_stream();
     {
         let mut state = shared.lock();

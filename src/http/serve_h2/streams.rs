@@ -141,7 +141,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                 "request header fields too large",
             );
-            return Box::pin(respond::respond(shared, id, std::future::ready(resp)));
+            return Box::pin(respond::respond(shared, id, std::future::ready(Ok(resp))));
         }
         let request = length.and_then(|length| {
             if end_stream && length.is_some_and(|n| n > 0) {
@@ -158,13 +158,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
             fields.into_request(body)
         });
         match request {
-            Ok(req) => {
-                let answer = handle(req, self.ctx.clone());
-                Box::pin(respond::respond(shared, id, async move {
-                    let Ok(resp) = answer.await;
-                    resp
-                }))
-            }
+            Ok(req) => Box::pin(respond::respond(shared, id, handle(req, self.ctx.clone()))),
             Err(problem) => {
                 let resp = if problem == "CONNECT" {
                     error_response(StatusCode::NOT_IMPLEMENTED, "CONNECT is not served over HTTP/2")
@@ -175,7 +169,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
                     );
                     error_response(StatusCode::BAD_REQUEST, problem)
                 };
-                Box::pin(respond::respond(shared, id, std::future::ready(resp)))
+                Box::pin(respond::respond(shared, id, std::future::ready(Ok(resp))))
             }
         }
     }
