@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import socket
 import struct
+import subprocess
 import time
 from typing import Any, Optional
 
@@ -18,6 +19,7 @@ from h2.events import (
     DataReceived,
     PingAckReceived,
     ResponseReceived,
+    SettingsAcknowledged,
     StreamEnded,
     StreamReset,
     TrailersReceived,
@@ -55,6 +57,7 @@ class Client:
         self.goaway: Optional[ConnectionTerminated] = None
         self.closed = False
         self.auto_window = True
+        self.settings_acked = False
 
     def flush(self) -> None:
         out = self.conn.data_to_send()
@@ -107,6 +110,21 @@ class Client:
             self.pings.append(event.ping_data)
         elif isinstance(event, ConnectionTerminated):
             self.goaway = event
+        elif isinstance(event, SettingsAcknowledged):
+            self.settings_acked = True
+
+    def send_body(self, sid: int, size: int, chunk: int = 16000, pad: Optional[int] = None) -> None:
+        """Sends `size` bytes on `sid` in DATA frames, waiting for window as needed."""
+        sent = 0
+        while sent < size:
+            n = min(chunk, size - sent)
+            need = n + (pad + 1 if pad is not None else 0)
+            if self.conn.local_flow_control_window(sid) < need:
+                self.pump(lambda: self.conn.local_flow_control_window(sid) >= need)  # noqa: B023
+                continue
+            self.conn.send_data(sid, b"b" * n, end_stream=sent + n == size, pad_length=pad)
+            sent += n
+            self.flush()
 
     def send_raw(self, frame_type: int, flags: int, stream: int, payload: bytes) -> None:
         self.sock.sendall(
@@ -173,15 +191,7 @@ def test_upload_larger_than_the_windows_streams_through(h2proxy):
     c = h2proxy()
     size = 3 * 1024 * 1024
     sid = c.request("/count", method="POST", end=False, extra=[("content-length", str(size))])
-    sent = 0
-    while sent < size:
-        room = min(c.conn.local_flow_control_window(sid), c.conn.max_outbound_frame_size, size - sent)
-        if room <= 0:
-            c.pump(lambda: c.conn.local_flow_control_window(sid) > 0)
-            continue
-        c.conn.send_data(sid, b"u" * room, end_stream=sent + room == size)
-        sent += room
-        c.flush()
+    c.send_body(sid, size)
     c.pump(lambda: sid in c.ended, timeout=15)
     assert c.data[sid] == str(size).encode()
 
@@ -311,3 +321,123 @@ def test_connection_errors_end_with_goaway(h2proxy, frame, code):
     c.pump(lambda: c.goaway is not None)
     assert c.goaway.error_code == code
     c.pump(lambda: c.closed)
+
+
+def test_bodies_of_refused_requests_do_not_hold_the_connection_window(h2proxy):
+    c = h2proxy(validate=False)
+    c.pump(lambda: c.conn.outbound_flow_control_window > 65535)
+    # Each of these is answered 400 without its body being read; the body's
+    # bytes must still go back to the connection window.
+    # 960,000 bytes: most of the 1 MiB connection window, sent past h2's own accounting.
+    for _ in range(60):
+        sid = c.request("/count", method="POST", end=False, extra=[("content-length", "abc")])
+        c.send_raw(0x0, 0x1, sid, b"z" * 16000)
+    size = 160_000
+    sid = c.request("/count", method="POST", end=False)
+    c.send_body(sid, size)
+    c.pump(lambda: sid in c.ended, timeout=10)
+    assert c.data[sid] == str(size).encode()
+
+
+def test_resets_the_client_provokes_count_as_rapid_resets(h2proxy):
+    c = h2proxy()
+    headers = [(":method", "GET"), (":scheme", "http"), (":authority", "web"), (":path", "/delay/1000")]
+    for _ in range(1200):
+        sid = c.conn.get_next_available_stream_id()
+        c.conn.send_headers(sid, headers, end_stream=True)
+        c.flush()
+        c.send_raw(0x8, 0x0, sid, struct.pack(">I", 0))  # WINDOW_UPDATE of 0: the server resets it
+    c.pump(lambda: c.goaway is not None, timeout=10)
+    assert c.goaway.error_code == ErrorCodes.ENHANCE_YOUR_CALM
+
+
+def test_reading_resumes_after_a_ping_flood_is_drained(h2proxy):
+    import threading
+
+    c = h2proxy()
+    # Everything the server says at the start is read first, so that what
+    # follows is exactly one ack per ping.
+    c.pump(lambda: c.settings_acked and c.conn.outbound_flow_control_window > 65535)
+    ping = struct.pack(">I", 8)[1:] + bytes([0x6, 0x0]) + struct.pack(">I", 0) + b"pingpong"
+    flood = ping * (20 * 1024 * 1024 // len(ping))
+    done = threading.Event()
+
+    def send() -> None:
+        c.sock.sendall(flood)  # blocks while the server, with its output full, stops reading
+        done.set()
+
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    time.sleep(1.0)  # not reading: the server's output fills and it stops reading
+    # Then read (and drop) exactly the acks, one 17-byte frame per ping.
+    left = len(flood)
+    c.sock.settimeout(10)
+    while left:
+        got = c.sock.recv(min(left, 1 << 20))
+        assert got, "connection closed during the flood"
+        left -= len(got)
+    assert done.wait(10), "the server stopped reading for good"
+    sid = c.request("/after")
+    c.pump(lambda: sid in c.ended, timeout=10)
+    assert c.headers[sid][":status"] == "200"
+
+
+def test_a_client_with_no_header_table_can_read_the_answers(h2proxy):
+    # nghttp2 wants a table size update once its table shrinks below 4096.
+    c = h2proxy()
+    host, port = c.sock.getpeername()
+    out = subprocess.run(
+        ["nghttp", "-s", "--header-table-size=0", f"http://{host}:{port}/a", f"http://{host}:{port}/b"],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.count("200") >= 2, out.stdout
+
+
+def test_padded_upload_larger_than_the_stream_window(h2proxy):
+    c = h2proxy()
+    size = 2_500_000
+    sid = c.request("/count", method="POST", end=False)
+    c.send_body(sid, size, chunk=1000, pad=255)
+    c.pump(lambda: sid in c.ended, timeout=20)
+    assert c.data[sid] == str(size).encode()
+
+
+def test_stream_ids_must_increase(h2proxy):
+    c = h2proxy()
+    c.pump(lambda: c.conn.remote_settings.max_concurrent_streams == 200)
+    block = bytes([0x82, 0x86, 0x84, 0x01, 0x03]) + b"web"  # GET http / with :authority web
+    c.send_raw(0x1, 0x5, 5, block)
+    c.send_raw(0x1, 0x5, 3, block)
+    c.pump(lambda: c.goaway is not None)
+    assert c.goaway.error_code == ErrorCodes.PROTOCOL_ERROR
+
+
+def test_cookie_crumbs_are_joined_for_the_upstream(h2proxy):
+    c = h2proxy()
+    sid = c.request("/headers", extra=[("cookie", "a=1"), ("cookie", "b=2")])
+    c.pump(lambda: sid in c.ended)
+    assert b'"cookie": "a=1; b=2"' in bytes(c.data[sid])
+
+
+def test_drain_answers_in_flight_streams_and_names_the_last_one(backend, proxy):
+    # nghttp: the Python h2 client takes any GOAWAY as the end of the connection.
+    import re
+    import threading
+
+    p = proxy(one_service([backend().addr], listener_protocol="http2"))
+    host, port = p.addresses["outbound"]
+    stopper = threading.Timer(0.3, p.stop, kwargs={"grace": 5})
+    stopper.start()
+    out = subprocess.run(
+        ["nghttp", "-v", "-s", f"http://{host}:{port}/delay/800"], capture_output=True, text=True, timeout=20
+    )
+    stopper.join(10)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert re.search(r":status: 200", out.stdout), out.stdout
+    goaways = re.findall(r"recv GOAWAY.*\n.*last_stream_id=(\d+), error_code=NO_ERROR", out.stdout)
+    # First "stop opening streams", then, after a PING round trip, the last one
+    # served (nghttp's first request is stream 13, after its priority streams).
+    assert goaways == [str(2**31 - 1), "13"], out.stdout

@@ -21,6 +21,7 @@ pub const END_HEADERS: u8 = 0x4;
 pub const PADDED: u8 = 0x8;
 pub const PRIORITY_FLAG: u8 = 0x20;
 
+pub const SETTINGS_HEADER_TABLE_SIZE: u16 = 0x1;
 pub const SETTINGS_ENABLE_PUSH: u16 = 0x2;
 pub const SETTINGS_MAX_CONCURRENT_STREAMS: u16 = 0x3;
 pub const SETTINGS_INITIAL_WINDOW_SIZE: u16 = 0x4;
@@ -87,6 +88,11 @@ pub fn settings(out: &mut Vec<u8>, values: &[(u16, u32)]) {
 
 pub fn settings_ack(out: &mut Vec<u8>) {
     write_head(out, 0, SETTINGS, ACK, 0);
+}
+
+pub fn ping(out: &mut Vec<u8>, payload: &[u8; 8]) {
+    write_head(out, 8, PING, 0, 0);
+    out.extend_from_slice(payload);
 }
 
 pub fn ping_ack(out: &mut Vec<u8>, payload: &[u8]) {

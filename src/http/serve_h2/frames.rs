@@ -2,8 +2,7 @@
 //! frames and DATA are handled here; header blocks in `streams.rs`.
 
 use super::frame::{self, Head, Reason};
-use super::shared;
-use super::{Conn, ConnError, MAX_NET_RESETS};
+use super::{Conn, ConnError, DRAIN_PING, MAX_NET_RESETS};
 use crate::http::read_buf::ReadBuffer;
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -67,15 +66,17 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
             frame::PRIORITY => match (head.stream, head.len) {
                 (0, _) => Err(ConnError(Reason::Protocol, "PRIORITY on stream 0")),
                 (_, 5) => Ok(()),
+                // Only a live stream is reset: idle ones must not be (RFC 9113, 5.1).
                 (id, _) => {
-                    shared::reset_stream(&mut self.shared.lock(), id, Reason::FrameSize);
-                    Ok(())
+                    let live = self.shared.lock().reset_stream_if_live(id, Reason::FrameSize);
+                    self.count_reset(live)
                 }
             },
             frame::RST_STREAM => self.on_reset(head, payload),
             frame::SETTINGS => self.on_settings(head, payload),
             frame::PING => self.on_ping(head, payload),
             frame::GOAWAY => match head.stream {
+                _ if head.len < 8 => Err(ConnError(Reason::FrameSize, "GOAWAY shorter than 8 bytes")),
                 0 => {
                     self.peer_done = true;
                     Ok(())
@@ -128,8 +129,13 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
                         if stream.send_window > frame::MAX_WINDOW {
                             return Err(ConnError(Reason::FlowControl, "stream window above 2^31-1"));
                         }
+                        if let Some(w) = stream.sender.take().filter(|_| delta > 0) {
+                            w.wake();
+                        }
                     }
                 }
+                // Our encoder never indexes; a shrunk table only needs saying so.
+                frame::SETTINGS_HEADER_TABLE_SIZE => state.announce_table_size = true,
                 frame::SETTINGS_MAX_FRAME_SIZE => {
                     if !(frame::MIN_MAX_FRAME as u32..=0xff_ffff).contains(&value) {
                         return Err(ConnError(
@@ -140,12 +146,10 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
                     // Bigger frames save little once they pass 64 KiB.
                     state.max_frame = (value as usize).min(64 * 1024);
                 }
-                // The encoder never indexes, so the peer's table size does not matter.
                 _ => {}
             }
         }
         frame::settings_ack(&mut state.out);
-        state.wake_blocked();
         Ok(())
     }
 
@@ -158,6 +162,8 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
         }
         if head.flags & frame::ACK == 0 {
             frame::ping_ack(&mut self.shared.lock().out, payload);
+        } else if self.drain_pinged && payload == DRAIN_PING {
+            self.send_goaway(Reason::NoError);
         }
         Ok(())
     }
@@ -167,8 +173,8 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
             return Err(ConnError(Reason::FrameSize, "WINDOW_UPDATE length is not 4"));
         }
         let increment = (frame::u32_at(payload) & 0x7fff_ffff) as i64;
-        let mut state = self.shared.lock();
-        let state = &mut *state;
+        let mut guard = self.shared.lock();
+        let state = &mut *guard;
         if head.stream == 0 {
             if increment == 0 {
                 return Err(ConnError(Reason::Protocol, "WINDOW_UPDATE of 0"));
@@ -177,21 +183,29 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
             if state.send_window > frame::MAX_WINDOW {
                 return Err(ConnError(Reason::FlowControl, "connection window above 2^31-1"));
             }
-        } else {
-            if head.stream > self.last_stream {
-                return Err(ConnError(Reason::Protocol, "WINDOW_UPDATE on an idle stream"));
-            }
-            let Some(stream) = state.streams.get_mut(&head.stream) else {
-                return Ok(()); // closed: ignored
-            };
-            stream.send_window += increment;
-            if increment == 0 {
-                shared::reset_stream(state, head.stream, Reason::Protocol);
-            } else if stream.send_window > frame::MAX_WINDOW {
-                shared::reset_stream(state, head.stream, Reason::FlowControl);
-            }
+            state.wake_blocked();
+            return Ok(());
         }
-        state.wake_blocked();
+        if head.stream > self.last_stream {
+            return Err(ConnError(Reason::Protocol, "WINDOW_UPDATE on an idle stream"));
+        }
+        let Some(stream) = state.streams.get_mut(&head.stream) else {
+            return Ok(()); // closed: ignored
+        };
+        stream.send_window += increment;
+        let problem = match increment {
+            0 => Some(Reason::Protocol),
+            _ if stream.send_window > frame::MAX_WINDOW => Some(Reason::FlowControl),
+            _ => None,
+        };
+        if let Some(reason) = problem {
+            let live = state.reset_stream(head.stream, reason);
+            drop(guard);
+            return self.count_reset(live);
+        }
+        if let Some(w) = stream.sender.take() {
+            w.wake();
+        }
         Ok(())
     }
 
@@ -206,16 +220,27 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
             return Err(ConnError(Reason::Protocol, "RST_STREAM on an idle stream"));
         }
         let mut state = self.shared.lock();
-        if let Some(stream) = state.streams.remove(&head.stream) {
-            stream.abort.abort();
-            state.fail_body(head.stream);
+        let live = state
+            .streams
+            .remove(&head.stream)
+            .map(|stream| stream.abort.abort());
+        state.fail_body(head.stream);
+        drop(state);
+        self.count_reset(live.is_some())
+    }
+
+    /// Streams reset while in progress, by the client or because of what it
+    /// sent, minus those answered: too many is an attack (CVE-2023-44487,
+    /// CVE-2025-8671), not a client changing its mind.
+    pub(super) fn count_reset(&mut self, live: bool) -> Result<(), ConnError> {
+        if live {
             self.net_resets += 1;
-            if self.net_resets > MAX_NET_RESETS {
-                return Err(ConnError(
-                    Reason::EnhanceYourCalm,
-                    "too many streams reset in progress",
-                ));
-            }
+        }
+        if self.net_resets > MAX_NET_RESETS {
+            return Err(ConnError(
+                Reason::EnhanceYourCalm,
+                "too many streams reset in progress",
+            ));
         }
         Ok(())
     }
@@ -227,8 +252,8 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
         }
         let data = unpad(head, payload)?;
         let end = head.flags & frame::END_STREAM != 0;
-        let mut state = self.shared.lock();
-        let state = &mut *state;
+        let mut guard = self.shared.lock();
+        let state = &mut *guard;
         state.recv_window -= head.len as i64;
         if state.recv_window < 0 {
             return Err(ConnError(
@@ -259,24 +284,22 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
             None
         };
         if let Some(reason) = problem {
-            shared::reset_stream(state, id, reason);
+            let live = state.reset_stream(id, reason);
             state.return_connection_window(head.len);
-            return Ok(());
+            drop(guard);
+            return self.count_reset(live);
         }
         stream.remote_open &= !end;
         match state.bodies.get_mut(&id) {
             Some(body) => {
-                if !data.is_empty() {
-                    body.chunks.push_back(bytes::Bytes::copy_from_slice(data));
-                }
+                body.push(data);
                 body.ended |= end;
-                if let Some(w) = body.waker.take() {
-                    w.wake();
-                }
+                body.wake();
                 // Padding is returned at once; data once it is read.
                 let padding = head.len - data.len();
                 if padding > 0 {
                     state.return_connection_window(padding);
+                    state.return_stream_window(id, padding);
                 }
             }
             None => state.return_connection_window(head.len),
@@ -285,7 +308,6 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
     }
 }
 
-/// A DATA or HEADERS payload without its padding.
 /// A DATA or HEADERS payload without its padding.
 pub(super) fn unpad(head: Head, payload: &[u8]) -> Result<&[u8], ConnError> {
     if head.flags & frame::PADDED == 0 {

@@ -48,7 +48,9 @@ const READ_BUF: usize = 16 * 1024;
 /// Room for one whole frame at the largest size we accept.
 const READ_LIMIT: usize = 2 * (frame::MIN_MAX_FRAME + frame::HEAD_LEN);
 
-/// How long, and how much, a connection closed for an error still reads.
+/// The opaque data of the PING that times a drain's final GOAWAY.
+pub(super) const DRAIN_PING: &[u8; 8] = b"meshdrn!";
+/// How long, and how much, a connection closing with GOAWAY still reads.
 const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
 const LINGER_BYTES: usize = 1 << 20;
 
@@ -84,6 +86,11 @@ struct Conn<I> {
     peer_done: bool,
     /// A connection error was sent: write what is queued, then close.
     closing: bool,
+    /// The client closed the connection or it failed: nothing more to say.
+    gone: bool,
+    /// Draining: the first GOAWAY and its PING are out, the final GOAWAY
+    /// follows the PING's answer (RFC 9113, 6.8).
+    drain_pinged: bool,
     net_resets: u32,
 }
 
@@ -123,18 +130,20 @@ where
         goaway_sent: false,
         peer_done: false,
         closing: false,
+        gone: false,
+        drain_pinged: false,
         net_resets: 0,
     };
     let mut drain_watch = draining;
     let mut drained = std::pin::pin!(crate::shared::drained(&mut drain_watch));
     poll_fn(|cx| {
-        if !conn.goaway_sent && drained.as_mut().poll(cx).is_ready() {
-            conn.send_goaway(Reason::NoError);
+        if !conn.drain_pinged && !conn.goaway_sent && drained.as_mut().poll(cx).is_ready() {
+            conn.begin_drain();
         }
         conn.poll_drive(cx)
     })
     .await;
-    if conn.closing {
+    if !conn.gone {
         conn.linger().await;
     }
     // Dropping the connection drops its streams' tasks, which cancels them.
@@ -158,7 +167,10 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
         }
         loop {
             let mut again = false;
-            if !self.closing && self.shared.lock().out.len() < 2 * shared::OUT_HIGH {
+            // Reading pauses while much output waits (a client that sends
+            // PINGs and reads nothing); a flush below the limit resumes it.
+            let read_paused = self.closing || self.shared.lock().out.len() >= 2 * shared::OUT_HIGH;
+            if !read_paused {
                 match self.input.poll_read_from(&mut self.io, READ_LIMIT, cx) {
                     Poll::Ready(Ok(n)) if n > 0 => {
                         if let Err(ConnError(reason, why)) = self.process_input() {
@@ -167,7 +179,10 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
                         again = true;
                     }
                     // The client is gone (or sent more than a frame can hold).
-                    Poll::Ready(_) => return Poll::Ready(()),
+                    Poll::Ready(_) => {
+                        self.gone = true;
+                        return Poll::Ready(());
+                    }
                     Poll::Pending => {}
                 }
             }
@@ -177,8 +192,14 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
                 }
             }
             match self.poll_flush(cx) {
-                Poll::Ready(Ok(woke)) => again |= woke,
-                Poll::Ready(Err(_)) => return Poll::Ready(()),
+                Poll::Ready(Ok(woke)) => {
+                    again |= woke;
+                    again |= read_paused && !self.closing;
+                }
+                Poll::Ready(Err(_)) => {
+                    self.gone = true;
+                    return Poll::Ready(());
+                }
                 Poll::Pending => {}
             }
             if self.finished() {
@@ -190,7 +211,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
         }
     }
 
-    /// After a connection error: closes our side, then reads what the client
+    /// Closing with a GOAWAY: closes our side, then reads what the client
     /// still sends for a moment, so closing with unread input does not
     /// reset the connection and lose the GOAWAY before the client reads it.
     async fn linger(&mut self) {
@@ -262,6 +283,17 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
         }
         self.send_goaway(reason);
         self.closing = true;
+    }
+
+    /// Tells the client to stop opening streams without refusing those
+    /// already on the way: GOAWAY with the highest possible id and a PING;
+    /// the final GOAWAY, naming the last stream served, follows its answer.
+    fn begin_drain(&mut self) {
+        let mut state = self.shared.lock();
+        frame::goaway(&mut state.out, frame::MAX_WINDOW as u32, Reason::NoError);
+        frame::ping(&mut state.out, DRAIN_PING);
+        drop(state);
+        self.drain_pinged = true;
     }
 
     pub(super) fn send_goaway(&mut self, reason: Reason) {

@@ -3,7 +3,7 @@
 
 use crate::http::hpack::{Name, Pseudo};
 use bytes::Bytes;
-use http::header::{CONNECTION, CONTENT_LENGTH, TE, TRANSFER_ENCODING, UPGRADE};
+use http::header::{CONNECTION, CONTENT_LENGTH, COOKIE, TE, TRANSFER_ENCODING, UPGRADE};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, HeaderValue, Method, Request, Uri, Version};
 
@@ -17,6 +17,7 @@ pub struct Fields {
     authority: Option<Bytes>,
     path: Option<Bytes>,
     protocol: bool,
+    cookies: usize,
     pub headers: HeaderMap,
     size: usize,
     pub problem: Option<&'static str>,
@@ -44,6 +45,7 @@ impl Fields {
                 if connection_specific {
                     self.problem = Some("connection-specific header field");
                 }
+                self.cookies += usize::from(name == COOKIE);
                 self.headers.append(name, value);
             }
             Name::Pseudo(pseudo) => {
@@ -77,18 +79,46 @@ impl Fields {
 
     /// Trailers carry no pseudo-fields.
     pub fn into_trailers(self) -> Result<HeaderMap, &'static str> {
-        if self.method.is_some() || self.scheme.is_some() || self.path.is_some() || self.authority.is_some() {
+        let pseudo = self.method.is_some()
+            || self.scheme.is_some()
+            || self.path.is_some()
+            || self.authority.is_some()
+            || self.protocol;
+        if pseudo {
             return Err("pseudo-header field in trailers");
+        }
+        if self.too_large() {
+            return Err("trailers too large");
         }
         self.problem.map_or(Ok(self.headers), Err)
     }
 
+    /// Cookie crumbs, split by the client for compression, joined again as
+    /// one field for HTTP/1.1 upstreams (RFC 9113, 8.2.3).
+    fn join_cookies(&mut self) {
+        let Some(joined) = self.cookies.gt(&1).then(|| {
+            let crumbs: Vec<&[u8]> = self
+                .headers
+                .get_all(COOKIE)
+                .iter()
+                .map(HeaderValue::as_bytes)
+                .collect();
+            crumbs.join(&b"; "[..])
+        }) else {
+            return;
+        };
+        if let Ok(value) = HeaderValue::from_bytes(&joined) {
+            self.headers.insert(COOKIE, value);
+        }
+    }
+
     /// The request head, or why it is malformed; "CONNECT" for a tunnel
     /// request, which the proxy does not serve over HTTP/2.
-    pub fn into_request<B>(self, body: B) -> Result<Request<B>, &'static str> {
+    pub fn into_request<B>(mut self, body: B) -> Result<Request<B>, &'static str> {
         if let Some(problem) = self.problem {
             return Err(problem);
         }
+        self.join_cookies();
         let method = self.method.ok_or("missing :method")?;
         let method = Method::from_bytes(&method).map_err(|_| "bad :method")?;
         if method == Method::CONNECT || self.protocol {
@@ -97,8 +127,8 @@ impl Fields {
         let (Some(scheme), Some(path)) = (self.scheme, self.path) else {
             return Err("missing :scheme or :path");
         };
-        if path.is_empty() {
-            return Err("empty :path");
+        if path.is_empty() || scheme.is_empty() {
+            return Err("empty :path or :scheme");
         }
         let path = PathAndQuery::from_maybe_shared(path).map_err(|_| "bad :path")?;
         let mut uri = http::uri::Parts::default();

@@ -64,7 +64,7 @@ pub async fn respond(
             Some(Err(_)) => {
                 // The upstream failed mid-body: the client must not take a
                 // truncated body for a whole one.
-                shared::reset_stream(&mut shared.lock(), id, Reason::Internal);
+                shared.lock().reset_stream(id, Reason::Internal);
                 return id;
             }
         };
@@ -92,9 +92,13 @@ fn poll_send_data(
             return Poll::Ready(false);
         };
         let window = stream.send_window.min(state.send_window);
-        let room = state.out.len() < shared::OUT_HIGH;
-        if !data.is_empty() && (window <= 0 || !room) {
-            state.blocked.push(cx.waker().clone());
+        if !data.is_empty() && (window <= 0 || state.out.len() >= shared::OUT_HIGH) {
+            stream.sender = Some(cx.waker().clone());
+            // The stream's own window is reopened by its WINDOW_UPDATE; the
+            // connection's window and the output by a wake of all waiting.
+            if stream.send_window > 0 {
+                state.blocked.push(id);
+            }
             return Poll::Pending;
         }
         let n = data.len().min(window.max(0) as usize).min(state.max_frame);
@@ -121,6 +125,7 @@ fn finish(state: &mut State, id: u32) {
         if stream.remote_open {
             frame::rst_stream(&mut state.out, id, Reason::NoError);
             state.fail_body(id);
+            state.remember_reset(id);
         }
     }
 }
@@ -131,6 +136,9 @@ fn write_head(state: &mut State, id: u32, status: Option<u16>, headers: &HeaderM
     let out = &mut state.out;
     let start = out.len();
     out.extend_from_slice(&[0; frame::HEAD_LEN]);
+    if std::mem::take(&mut state.announce_table_size) {
+        out.push(0x20); // dynamic table size update: 0
+    }
     let mut has_date = false;
     if let Some(status) = status {
         hpack::encode_status(status, out);

@@ -4,7 +4,7 @@
 
 use super::frame::{self, Reason};
 use crate::http::BoxError;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
 use hyper::body::{Body, Frame, SizeHint};
 use std::collections::{HashMap, VecDeque};
@@ -18,6 +18,13 @@ pub const RECV_WINDOW: i64 = 1 << 20;
 const RETURN_AT: u32 = (RECV_WINDOW / 2) as u32;
 /// Streams stop queueing frames while this much waits to be written.
 pub const OUT_HIGH: usize = 256 * 1024;
+/// DATA payloads smaller than this are gathered into one chunk, so tiny
+/// frames cost their bytes and not an allocation each.
+const SMALL_DATA: usize = 1024;
+const GATHER: usize = 16 * 1024;
+/// Streams we reset while the client was still sending, remembered so that
+/// frames already in flight for them are ignored rather than taken as errors.
+const RECENT_RESETS: usize = 128;
 
 pub struct Shared(Mutex<State>);
 
@@ -39,16 +46,20 @@ pub struct State {
     /// The peer's SETTINGS_INITIAL_WINDOW_SIZE and SETTINGS_MAX_FRAME_SIZE.
     pub initial_send_window: i64,
     pub max_frame: usize,
+    /// The next header block must open with a table size update (to 0): the
+    /// peer may have shrunk its table, and our encoder never uses one.
+    pub announce_table_size: bool,
     pub streams: HashMap<u32, Stream>,
     /// Request bodies still held by someone, by stream.
     pub bodies: HashMap<u32, Inbound>,
-    /// Stream tasks waiting for window or for room in `out`.
-    pub blocked: Vec<Waker>,
+    /// Streams whose task waits for connection window or for room in `out`.
+    pub blocked: Vec<u32>,
     /// The connection's task, woken when a body returns window from elsewhere.
     pub conn_waker: Option<Waker>,
     /// What the peer may still send on the connection, and what we owe back.
     pub recv_window: i64,
     pub recv_owed: u32,
+    pub recently_reset: VecDeque<u32>,
 }
 
 impl State {
@@ -58,12 +69,14 @@ impl State {
             send_window: frame::DEFAULT_WINDOW,
             initial_send_window: frame::DEFAULT_WINDOW,
             max_frame: frame::MIN_MAX_FRAME,
+            announce_table_size: true,
             streams: HashMap::new(),
             bodies: HashMap::new(),
             blocked: Vec::new(),
             conn_waker: None,
             recv_window: RECV_WINDOW,
             recv_owed: 0,
+            recently_reset: VecDeque::new(),
         }
     }
 
@@ -78,16 +91,37 @@ impl State {
         }
     }
 
+    /// Gives `n` bytes of stream `id` back to its window once enough gathered.
+    pub fn return_stream_window(&mut self, id: u32, n: usize) {
+        let Some(body) = self.bodies.get_mut(&id) else {
+            return;
+        };
+        body.owed += n as u32;
+        if body.owed < RETURN_AT || body.ended {
+            return;
+        }
+        let owed = std::mem::take(&mut body.owed);
+        if let Some(stream) = self.streams.get_mut(&id).filter(|s| s.remote_open) {
+            stream.recv_window += owed as i64;
+            frame::window_update(&mut self.out, id, owed);
+            self.wake_connection();
+        }
+    }
+
     pub fn wake_connection(&mut self) {
         if let Some(w) = &self.conn_waker {
             w.wake_by_ref();
         }
     }
 
+    /// Wakes the streams waiting for connection window or output room.
     pub fn wake_blocked(&mut self) -> bool {
-        let any = !self.blocked.is_empty();
-        for w in self.blocked.drain(..) {
-            w.wake();
+        let mut any = false;
+        for id in std::mem::take(&mut self.blocked) {
+            if let Some(w) = self.streams.get_mut(&id).and_then(|s| s.sender.take()) {
+                w.wake();
+                any = true;
+            }
         }
         any
     }
@@ -100,6 +134,33 @@ impl State {
                 w.wake();
             }
         }
+    }
+
+    /// Resets a stream from our side: its task is cancelled, its body fails.
+    /// True if the stream was live (it counts against rapid resets).
+    pub fn reset_stream(&mut self, id: u32, reason: Reason) -> bool {
+        frame::rst_stream(&mut self.out, id, reason);
+        self.fail_body(id);
+        let Some(stream) = self.streams.remove(&id) else {
+            return false;
+        };
+        stream.abort.abort();
+        if stream.remote_open {
+            self.remember_reset(id);
+        }
+        true
+    }
+
+    /// Resets a stream only if it is live (an idle one must not be reset).
+    pub fn reset_stream_if_live(&mut self, id: u32, reason: Reason) -> bool {
+        self.streams.contains_key(&id) && self.reset_stream(id, reason)
+    }
+
+    pub fn remember_reset(&mut self, id: u32) {
+        if self.recently_reset.len() == RECENT_RESETS {
+            self.recently_reset.pop_front();
+        }
+        self.recently_reset.push_back(id);
     }
 }
 
@@ -114,18 +175,54 @@ pub struct Stream {
     pub expected: Option<u64>,
     pub received: u64,
     pub abort: futures_util::future::AbortHandle,
+    /// The stream's task, waiting for send window or output room.
+    pub sender: Option<Waker>,
 }
 
 /// A request body's received chunks, until the body is dropped.
 #[derive(Default)]
 pub struct Inbound {
-    pub chunks: VecDeque<Bytes>,
+    chunks: VecDeque<Bytes>,
+    /// Small payloads, gathered after `chunks`.
+    tail: BytesMut,
     pub trailers: Option<HeaderMap>,
     pub ended: bool,
     pub failed: bool,
     pub waker: Option<Waker>,
-    /// Consumed bytes not yet returned to the stream's window.
+    /// Consumed bytes (and padding) not yet returned to the stream's window.
     owed: u32,
+}
+
+impl Inbound {
+    pub fn push(&mut self, data: &[u8]) {
+        if data.len() < SMALL_DATA {
+            self.tail.extend_from_slice(data);
+            if self.tail.len() >= GATHER {
+                self.chunks.push_back(self.tail.split().freeze());
+            }
+            return;
+        }
+        if !self.tail.is_empty() {
+            self.chunks.push_back(self.tail.split().freeze());
+        }
+        self.chunks.push_back(Bytes::copy_from_slice(data));
+    }
+
+    fn pop(&mut self) -> Option<Bytes> {
+        self.chunks
+            .pop_front()
+            .or_else(|| (!self.tail.is_empty()).then(|| self.tail.split().freeze()))
+    }
+
+    fn unread(&self) -> usize {
+        self.chunks.iter().map(Bytes::len).sum::<usize>() + self.tail.len()
+    }
+
+    pub fn wake(&mut self) {
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
+    }
 }
 
 /// The request body the proxy reads, fed by the connection's DATA frames.
@@ -149,18 +246,8 @@ impl Body for RecvBody {
         let Some(body) = state.bodies.get_mut(&id) else {
             return Poll::Ready(Some(Err("HTTP/2 stream closed".into())));
         };
-        if let Some(chunk) = body.chunks.pop_front() {
-            body.owed += chunk.len() as u32;
-            let owed = if body.owed >= RETURN_AT && !body.ended {
-                std::mem::take(&mut body.owed)
-            } else {
-                0
-            };
-            if let Some(stream) = state.streams.get_mut(&id).filter(|_| owed > 0) {
-                stream.recv_window += owed as i64;
-                frame::window_update(&mut state.out, id, owed);
-                state.wake_connection();
-            }
+        if let Some(chunk) = body.pop() {
+            state.return_stream_window(id, chunk.len());
             state.return_connection_window(chunk.len());
             return Poll::Ready(Some(Ok(Frame::data(chunk))));
         }
@@ -181,7 +268,7 @@ impl Body for RecvBody {
         state
             .bodies
             .get(&self.id)
-            .is_none_or(|b| b.ended && b.chunks.is_empty() && b.trailers.is_none())
+            .is_none_or(|b| b.ended && b.unread() == 0 && b.trailers.is_none())
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -195,7 +282,7 @@ impl Drop for RecvBody {
         // the stream's own window no longer matters.
         let mut state = self.shared.lock();
         if let Some(body) = state.bodies.remove(&self.id) {
-            let unread: usize = body.chunks.iter().map(Bytes::len).sum();
+            let unread = body.unread();
             if unread > 0 {
                 state.return_connection_window(unread);
             }
@@ -203,11 +290,28 @@ impl Drop for RecvBody {
     }
 }
 
-/// Resets a stream from our side: its task is cancelled, its body fails.
-pub fn reset_stream(state: &mut State, id: u32, reason: Reason) {
-    frame::rst_stream(&mut state.out, id, reason);
-    if let Some(stream) = state.streams.remove(&id) {
-        stream.abort.abort();
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tiny_payloads_are_gathered_and_order_is_kept() {
+        let mut body = Inbound::default();
+        for _ in 0..40_000 {
+            body.push(b"a");
+        }
+        body.push(&[b'b'; 2000]);
+        body.push(b"c");
+        // 40,000 one-byte frames take three chunks, not 40,000 allocations.
+        assert_eq!(body.chunks.len(), 4);
+        assert_eq!(body.unread(), 42_001);
+        let mut all = Vec::new();
+        while let Some(chunk) = body.pop() {
+            all.extend_from_slice(&chunk);
+        }
+        assert_eq!(all.len(), 42_001);
+        assert!(all[..40_000].iter().all(|&b| b == b'a'));
+        assert!(all[40_000..42_000].iter().all(|&b| b == b'b'));
+        assert_eq!(all[42_000], b'c');
     }
-    state.fail_body(id);
 }

@@ -4,7 +4,7 @@
 use super::frame::{self, Head, Reason};
 use super::frames::unpad;
 use super::request::Fields;
-use super::shared::{self, Inbound, Stream, RECV_WINDOW};
+use super::shared::{Inbound, Stream, RECV_WINDOW};
 use super::{respond, Conn, ConnError, PendingBlock, RecvBody, MAX_BLOCK, MAX_CONCURRENT_STREAMS};
 use crate::http::hpack;
 use crate::http::proxy::handle;
@@ -73,23 +73,28 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
                 Some(n) if n != stream.received => Err(Reason::Protocol),
                 _ => Ok(t),
             });
-            match trailers {
+            let live = match trailers {
                 Ok(trailers) => {
                     stream.remote_open = false;
                     if let Some(body) = state.bodies.get_mut(&id) {
                         body.trailers = Some(trailers);
                         body.ended = true;
-                        if let Some(w) = body.waker.take() {
-                            w.wake();
-                        }
+                        body.wake();
                     }
+                    false
                 }
-                Err(reason) => shared::reset_stream(state, id, reason),
-            }
-            return Ok(());
+                Err(reason) => state.reset_stream(id, reason),
+            };
+            drop(guard);
+            return self.count_reset(live);
         }
         if id <= self.last_stream {
-            return Ok(()); // a stream we closed or reset; its block only fed the decoder
+            // Frames may still be in flight for a stream we reset; any other
+            // lower id is one the client reused or opened out of order.
+            if state.recently_reset.contains(&id) {
+                return Ok(());
+            }
+            return Err(ConnError(Reason::Protocol, "stream id not above the last one"));
         }
         if id.is_multiple_of(2) {
             return Err(ConnError(
@@ -98,11 +103,18 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
             ));
         }
         self.last_stream = id;
-        if self.goaway_sent || self.peer_done {
-            return Ok(());
-        }
-        if state.streams.len() >= MAX_CONCURRENT_STREAMS {
-            shared::reset_stream(state, id, Reason::RefusedStream);
+        let refused = if self.goaway_sent || self.peer_done {
+            true // past our GOAWAY: not served, and the client knows it may retry
+        } else if state.streams.len() >= MAX_CONCURRENT_STREAMS {
+            state.reset_stream(id, Reason::RefusedStream);
+            true
+        } else {
+            false
+        };
+        if refused {
+            if !end_stream {
+                state.remember_reset(id);
+            }
             return Ok(());
         }
         let length = fields.content_length();
@@ -116,14 +128,22 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
                 expected: length.ok().flatten(),
                 received: 0,
                 abort,
+                sender: None,
             },
         );
-        if !end_stream {
+        // The body's entry lives exactly as long as the body: a request that
+        // is answered without it (400, 431) drops it, which frees the entry.
+        let body = (!end_stream).then(|| {
             state.bodies.insert(id, Inbound::default());
-        }
-        // Released first: a request that fails to build drops its body, which locks.
+            RecvBody {
+                shared: self.shared.clone(),
+                id,
+                length: length.ok().flatten(),
+            }
+        });
+        // Released first: dropping an unused body locks.
         drop(guard);
-        let task = self.stream_task(id, end_stream, fields, length);
+        let task = self.stream_task(id, body, fields, length);
         self.tasks.push(Abortable::new(task, registration));
         Ok(())
     }
@@ -131,7 +151,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
     fn stream_task(
         &self,
         id: u32,
-        end_stream: bool,
+        body: Option<RecvBody>,
         fields: Fields,
         length: Result<Option<u64>, &'static str>,
     ) -> Pin<Box<dyn Future<Output = u32> + Send>> {
@@ -144,18 +164,10 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
             return Box::pin(respond::respond(shared, id, std::future::ready(Ok(resp))));
         }
         let request = length.and_then(|length| {
-            if end_stream && length.is_some_and(|n| n > 0) {
+            if body.is_none() && length.is_some_and(|n| n > 0) {
                 return Err("content-length on a request without a body");
             }
-            let body = match end_stream {
-                true => RequestBody::Empty,
-                false => RequestBody::H2(RecvBody {
-                    shared: shared.clone(),
-                    id,
-                    length,
-                }),
-            };
-            fields.into_request(body)
+            fields.into_request(body.map_or(RequestBody::Empty, RequestBody::H2))
         });
         match request {
             Ok(req) => Box::pin(respond::respond(shared, id, handle(req, self.ctx.clone()))),
