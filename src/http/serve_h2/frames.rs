@@ -4,9 +4,10 @@
 use super::frame::{self, Head, Reason};
 use super::{Conn, ConnError, DRAIN_PING, MAX_NET_RESETS};
 use crate::http::read_buf::ReadBuffer;
+use std::future::Future;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
+impl<I: AsyncRead + AsyncWrite + Unpin, F: Future<Output = ()>> Conn<I, F> {
     pub(super) fn process_input(&mut self) -> Result<(), ConnError> {
         let mut input = std::mem::replace(&mut self.input, ReadBuffer::new(0));
         let result = self.process_frames(&mut input);

@@ -4,14 +4,15 @@
 //! future of its own inside that task, and writes whatever the streams
 //! queued in one write. The streams share a lock-guarded [`shared::State`]
 //! with the connection: output bytes, flow-control windows and request
-//! body chunks. The encoder writes literals only (no dynamic table), so
-//! nothing depends on the peer's decoder state.
+//! body chunks. The encoder writes literals only and tells the peer its
+//! table size is 0, so nothing depends on the peer's decoder state.
 //!
 //! Limits: 200 concurrent streams (more are refused), 1 MiB stream and
 //! connection receive windows, 16 KiB frames, heads up to 96 KiB decoded
 //! (431 above that). Malformed requests get a 400 and a log line; protocol
 //! errors end the connection with GOAWAY. Clients that reset many streams
-//! in progress without letting them finish are cut off ("rapid reset").
+//! in progress, or make the server reset them, are cut off. Draining sends
+//! GOAWAY twice, around a PING, so no stream in flight is refused.
 
 mod frame;
 mod frames;
@@ -19,6 +20,7 @@ mod request;
 mod respond;
 mod shared;
 mod streams;
+mod task;
 
 pub use shared::RecvBody;
 
@@ -41,8 +43,9 @@ const MAX_CONCURRENT_STREAMS: usize = 200;
 const HEADER_TABLE_SIZE: usize = 4096;
 /// A header block bigger than this before decoding ends the connection.
 const MAX_BLOCK: usize = request::MAX_HEADER_LIST + 16 * 1024;
-/// Streams reset by the client while in progress, net of those answered,
-/// before the connection is closed (CVE-2023-44487, "rapid reset").
+/// Streams reset while in progress, by the client or because of what it
+/// sent, net of those answered, before the connection is closed
+/// (CVE-2023-44487 "rapid reset", CVE-2025-8671 "made you reset").
 const MAX_NET_RESETS: u32 = 1000;
 const READ_BUF: usize = 16 * 1024;
 /// Room for one whole frame at the largest size we accept.
@@ -54,8 +57,6 @@ pub(super) const DRAIN_PING: &[u8; 8] = b"meshdrn!";
 const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
 const LINGER_BYTES: usize = 1 << 20;
 
-type StreamTask = Abortable<Pin<Box<dyn Future<Output = u32> + Send>>>;
-
 /// A connection error: GOAWAY with this code, then close.
 struct ConnError(Reason, &'static str);
 
@@ -65,13 +66,15 @@ struct PendingBlock {
     block: Vec<u8>,
 }
 
-struct Conn<I> {
+struct Conn<I, F> {
     io: I,
     input: ReadBuffer,
     write: Vec<u8>,
     written: usize,
     shared: Arc<Shared>,
-    tasks: FuturesUnordered<StreamTask>,
+    tasks: FuturesUnordered<Abortable<task::Slot<F>>>,
+    spare: task::Spare<F>,
+    make: task::MakeFuture<F>,
     decoder: Decoder,
     ctx: Arc<ConnContext>,
     /// Highest stream id the client has used.
@@ -121,6 +124,8 @@ where
         written: 0,
         shared: Shared::new(state),
         tasks: FuturesUnordered::new(),
+        spare: task::Spare::new(),
+        make: task::stream_future,
         decoder: Decoder::new(HEADER_TABLE_SIZE),
         ctx,
         last_stream: 0,
@@ -157,7 +162,7 @@ where
     }
 }
 
-impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
+impl<I: AsyncRead + AsyncWrite + Unpin, F: Future<Output = ()>> Conn<I, F> {
     fn poll_drive(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         {
             let mut state = self.shared.lock();
@@ -187,8 +192,9 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
                 }
             }
             while let Poll::Ready(Some(done)) = self.tasks.poll_next_unpin(cx) {
-                if done.is_ok() {
+                if let Ok(slot) = done {
                     self.net_resets = self.net_resets.saturating_sub(1);
+                    self.spare.give_back(slot);
                 }
             }
             match self.poll_flush(cx) {

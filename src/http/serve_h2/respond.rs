@@ -10,81 +10,123 @@ use bytes::{Buf, Bytes};
 use http::header::{CONNECTION, DATE, TE, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderMap, HeaderName, Response};
 use hyper::body::Body;
+use pin_project_lite::pin_project;
 use std::convert::Infallible;
-use std::future::{poll_fn, Future};
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::Poll;
+use std::task::{ready, Context, Poll};
 
-/// Answers stream `id` with what `response` resolves to; returns `id`.
-pub async fn respond(
-    shared: Arc<Shared>,
-    id: u32,
-    response: impl Future<Output = Result<Response<ProxyBody>, Infallible>>,
-) -> u32 {
-    let Ok(response) = response.await;
-    let (parts, mut body) = response.into_parts();
-    let mut end = body.is_end_stream();
-    {
-        let mut state = shared.lock();
-        if !state.streams.contains_key(&id) {
-            return id; // reset while the answer was made
-        }
-        write_head(&mut state, id, Some(parts.status.as_u16()), &parts.headers, end);
-        if end {
-            finish(&mut state, id);
-            return id;
+pin_project! {
+    /// Answers a stream with what `answer` resolves to: a state machine
+    /// rather than an `async fn`, which would keep the 1.6 KB answer future
+    /// twice (as its argument and as the future it awaits).
+    pub struct Respond<F> {
+        shared: Arc<Shared>,
+        id: u32,
+        #[pin]
+        phase: Phase<F>,
+    }
+}
+
+pin_project! {
+    #[project = PhaseProj]
+    enum Phase<F> {
+        Answering { #[pin] answer: F },
+        /// `data` is what the body gave and the windows have not taken yet.
+        Sending { body: ProxyBody, data: Bytes, end: bool },
+        Done,
+    }
+}
+
+impl<F> Respond<F> {
+    pub fn new(shared: Arc<Shared>, id: u32, answer: F) -> Self {
+        Respond {
+            shared,
+            id,
+            phase: Phase::Answering { answer },
         }
     }
-    while !end {
-        let frame = poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await;
-        let mut data = match frame {
-            None => {
-                end = true;
-                Bytes::new()
-            }
-            Some(Ok(frame)) => match frame.into_data() {
-                Ok(data) => {
-                    end = body.is_end_stream();
-                    if data.is_empty() && !end {
+}
+
+impl<F: Future<Output = Result<Response<ProxyBody>, Infallible>>> Future for Respond<F> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut this = self.project();
+        let (shared, id) = (&**this.shared, *this.id);
+        loop {
+            match this.phase.as_mut().project() {
+                PhaseProj::Answering { answer } => {
+                    let Ok(response) = ready!(answer.poll(cx));
+                    let (parts, body) = response.into_parts();
+                    let end = body.is_end_stream();
+                    let mut state = shared.lock();
+                    // Not live: the stream was reset while the answer was made.
+                    let live = state.streams.contains_key(&id);
+                    if live {
+                        write_head(&mut state, id, Some(parts.status.as_u16()), &parts.headers, end);
+                        if end {
+                            finish(&mut state, id);
+                        }
+                    }
+                    drop(state);
+                    if !live || end {
+                        this.phase.set(Phase::Done);
+                        return Poll::Ready(());
+                    }
+                    this.phase.set(Phase::Sending {
+                        body,
+                        data: Bytes::new(),
+                        end: false,
+                    });
+                }
+                PhaseProj::Sending { body, data, end } => {
+                    if !data.is_empty() || *end {
+                        let sent = ready!(poll_send_data(shared, id, data, *end, cx));
+                        if !sent || *end {
+                            this.phase.set(Phase::Done);
+                            return Poll::Ready(());
+                        }
                         continue;
                     }
-                    data
-                }
-                Err(frame) => {
-                    let trailers = frame.into_trailers().unwrap_or_default();
-                    let mut state = shared.lock();
-                    if state.streams.contains_key(&id) {
-                        write_head(&mut state, id, None, &trailers, true);
-                        finish(&mut state, id);
+                    match ready!(Pin::new(&mut *body).poll_frame(cx)) {
+                        None => *end = true,
+                        Some(Ok(frame)) => match frame.into_data() {
+                            Ok(chunk) => {
+                                *end = body.is_end_stream();
+                                *data = chunk;
+                            }
+                            Err(frame) => {
+                                let trailers = frame.into_trailers().unwrap_or_default();
+                                let mut state = shared.lock();
+                                if state.streams.contains_key(&id) {
+                                    write_head(&mut state, id, None, &trailers, true);
+                                    finish(&mut state, id);
+                                }
+                                drop(state);
+                                this.phase.set(Phase::Done);
+                                return Poll::Ready(());
+                            }
+                        },
+                        Some(Err(_)) => {
+                            // The upstream failed mid-body: the client must not
+                            // take a truncated body for a whole one.
+                            shared.lock().reset_stream(id, Reason::Internal);
+                            this.phase.set(Phase::Done);
+                            return Poll::Ready(());
+                        }
                     }
-                    return id;
                 }
-            },
-            Some(Err(_)) => {
-                // The upstream failed mid-body: the client must not take a
-                // truncated body for a whole one.
-                shared.lock().reset_stream(id, Reason::Internal);
-                return id;
+                PhaseProj::Done => return Poll::Ready(()),
             }
-        };
-        let sent = poll_fn(|cx| poll_send_data(&shared, id, &mut data, end, cx)).await;
-        if !sent {
-            return id;
         }
     }
-    id
 }
 
 /// Writes as much of `data` as the windows allow; Ready(true) once all of
 /// it is queued, Ready(false) if the stream is gone.
-fn poll_send_data(
-    shared: &Shared,
-    id: u32,
-    data: &mut Bytes,
-    end: bool,
-    cx: &mut std::task::Context<'_>,
-) -> Poll<bool> {
+fn poll_send_data(shared: &Shared, id: u32, data: &mut Bytes, end: bool, cx: &mut Context<'_>) -> Poll<bool> {
     let mut state = shared.lock();
     let state = &mut *state;
     loop {

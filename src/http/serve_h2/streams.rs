@@ -5,17 +5,16 @@ use super::frame::{self, Head, Reason};
 use super::frames::unpad;
 use super::request::Fields;
 use super::shared::{Inbound, Stream, RECV_WINDOW};
-use super::{respond, Conn, ConnError, PendingBlock, RecvBody, MAX_BLOCK, MAX_CONCURRENT_STREAMS};
+use super::task::Answer;
+use super::{Conn, ConnError, PendingBlock, RecvBody, MAX_BLOCK, MAX_CONCURRENT_STREAMS};
 use crate::http::hpack;
-use crate::http::proxy::handle;
 use crate::http::{error_response, RequestBody};
 use futures_util::future::{AbortHandle, Abortable};
 use http::StatusCode;
 use std::future::Future;
-use std::pin::Pin;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
+impl<I: AsyncRead + AsyncWrite + Unpin, F: Future<Output = ()>> Conn<I, F> {
     pub(super) fn on_headers(&mut self, head: Head, payload: &[u8]) -> Result<(), ConnError> {
         if head.stream == 0 {
             return Err(ConnError(Reason::Protocol, "HEADERS on stream 0"));
@@ -143,25 +142,26 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
         });
         // Released first: dropping an unused body locks.
         drop(guard);
-        let task = self.stream_task(id, body, fields, length);
-        self.tasks.push(Abortable::new(task, registration));
+        let answer = self.answer(body, fields, length);
+        let future = (self.make)(self.shared.clone(), id, answer, self.ctx.clone());
+        let slot = self.spare.slot(future);
+        self.tasks.push(Abortable::new(slot, registration));
         Ok(())
     }
 
-    fn stream_task(
+    /// What the stream is answered with: the proxy's handling, or the
+    /// server's own answer to a request it cannot pass on.
+    fn answer(
         &self,
-        id: u32,
         body: Option<RecvBody>,
         fields: Fields,
         length: Result<Option<u64>, &'static str>,
-    ) -> Pin<Box<dyn Future<Output = u32> + Send>> {
-        let shared = self.shared.clone();
+    ) -> Answer {
         if fields.too_large() {
-            let resp = error_response(
+            return Answer::Own(error_response(
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                 "request header fields too large",
-            );
-            return Box::pin(respond::respond(shared, id, std::future::ready(Ok(resp))));
+            ));
         }
         let request = length.and_then(|length| {
             if body.is_none() && length.is_some_and(|n| n > 0) {
@@ -170,18 +170,17 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
             fields.into_request(body.map_or(RequestBody::Empty, RequestBody::H2))
         });
         match request {
-            Ok(req) => Box::pin(respond::respond(shared, id, handle(req, self.ctx.clone()))),
+            Ok(req) => Answer::Proxy(req),
+            Err("CONNECT") => Answer::Own(error_response(
+                StatusCode::NOT_IMPLEMENTED,
+                "CONNECT is not served over HTTP/2",
+            )),
             Err(problem) => {
-                let resp = if problem == "CONNECT" {
-                    error_response(StatusCode::NOT_IMPLEMENTED, "CONNECT is not served over HTTP/2")
-                } else {
-                    eprintln!(
-                        "meshcore: {}: malformed HTTP/2 request from {}: {problem}",
-                        self.ctx.listener_name, self.ctx.peer
-                    );
-                    error_response(StatusCode::BAD_REQUEST, problem)
-                };
-                Box::pin(respond::respond(shared, id, std::future::ready(Ok(resp))))
+                eprintln!(
+                    "meshcore: {}: malformed HTTP/2 request from {}: {problem}",
+                    self.ctx.listener_name, self.ctx.peer
+                );
+                Answer::Own(error_response(StatusCode::BAD_REQUEST, problem))
             }
         }
     }
