@@ -277,17 +277,23 @@ def test_client_reset_cancels_only_its_stream(h2proxy):
     assert slow not in c.headers
 
 
+def open_and_kill(c: Client, kill, count: int = 1200) -> int:
+    """Opens `count` slow streams, each followed by `kill(sid)`; the GOAWAY's code."""
+    headers = [(":method", "GET"), (":scheme", "http"), (":authority", "web"), (":path", "/delay/1000")]
+    for _ in range(count):
+        sid = c.conn.get_next_available_stream_id()
+        c.conn.send_headers(sid, headers, end_stream=True)
+        kill(sid)
+    c.flush()
+    c.pump(lambda: c.goaway is not None, timeout=10)
+    return c.goaway.error_code
+
+
 def test_rapid_reset_is_cut_off(h2proxy):
     c = h2proxy()
     # Open and reset streams faster than they can be answered (CVE-2023-44487).
-    headers = [(":method", "GET"), (":scheme", "http"), (":authority", "web"), (":path", "/delay/1000")]
-    for _ in range(1200):
-        sid = c.conn.get_next_available_stream_id()
-        c.conn.send_headers(sid, headers, end_stream=True)
-        c.conn.reset_stream(sid, ErrorCodes.CANCEL)
-    c.flush()
-    c.pump(lambda: c.goaway is not None, timeout=10)
-    assert c.goaway.error_code == ErrorCodes.ENHANCE_YOUR_CALM
+    code = open_and_kill(c, lambda sid: c.conn.reset_stream(sid, ErrorCodes.CANCEL))
+    assert code == ErrorCodes.ENHANCE_YOUR_CALM
 
 
 def test_streams_beyond_the_concurrency_limit_are_refused(h2proxy):
@@ -341,14 +347,12 @@ def test_bodies_of_refused_requests_do_not_hold_the_connection_window(h2proxy):
 
 def test_resets_the_client_provokes_count_as_rapid_resets(h2proxy):
     c = h2proxy()
-    headers = [(":method", "GET"), (":scheme", "http"), (":authority", "web"), (":path", "/delay/1000")]
-    for _ in range(1200):
-        sid = c.conn.get_next_available_stream_id()
-        c.conn.send_headers(sid, headers, end_stream=True)
+
+    def provoke(sid: int) -> None:
         c.flush()
         c.send_raw(0x8, 0x0, sid, struct.pack(">I", 0))  # WINDOW_UPDATE of 0: the server resets it
-    c.pump(lambda: c.goaway is not None, timeout=10)
-    assert c.goaway.error_code == ErrorCodes.ENHANCE_YOUR_CALM
+
+    assert open_and_kill(c, provoke) == ErrorCodes.ENHANCE_YOUR_CALM
 
 
 def test_reading_resumes_after_a_ping_flood_is_drained(h2proxy):
