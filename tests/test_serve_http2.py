@@ -281,6 +281,8 @@ def open_and_kill(c: Client, kill, count: int = 1200) -> int:
     """Opens `count` slow streams, each followed by `kill(sid)`; the GOAWAY's code."""
     headers = [(":method", "GET"), (":scheme", "http"), (":authority", "web"), (":path", "/delay/1000")]
     for _ in range(count):
+        if c.goaway is not None:
+            break
         sid = c.conn.get_next_available_stream_id()
         c.conn.send_headers(sid, headers, end_stream=True)
         kill(sid)
@@ -445,3 +447,58 @@ def test_drain_answers_in_flight_streams_and_names_the_last_one(backend, proxy):
     # First "stop opening streams", then, after a PING round trip, the last one
     # served (nghttp's first request is stream 13, after its priority streams).
     assert goaways == [str(2**31 - 1), "13"], out.stdout
+
+
+def test_repeated_settings_do_not_strand_a_stream_waiting_for_window(h2proxy):
+    c = h2proxy(settings={SettingCodes.INITIAL_WINDOW_SIZE: 1000})
+    c.auto_window = False
+    sid = c.request("/bytes/200000")
+    c.pump(lambda: len(c.data.get(sid, b"")) >= 1000)
+    # The same window again (a delta of 0) must leave the waiting stream waiting, not lost.
+    c.conn.update_settings({SettingCodes.INITIAL_WINDOW_SIZE: 1000})
+    c.flush()
+    c.auto_window = True
+    c.conn.acknowledge_received_data(1000, sid)
+    c.flush()
+    c.pump(lambda: sid in c.ended, timeout=10)
+    assert len(c.data[sid]) == 200_000
+
+
+def test_quick_server_answers_do_not_buy_resets(h2proxy):
+    c = h2proxy(validate=False)
+    bad = [
+        (":method", "GET"),
+        (":scheme", "http"),
+        (":authority", "web"),
+        (":path", "/"),
+        ("connection", "x"),
+    ]
+
+    def reset_after_a_400(sid: int) -> None:
+        c.conn.reset_stream(sid, ErrorCodes.CANCEL)
+        # A malformed request between each reset, answered 400 at once; waiting for
+        # that answer keeps the streams under the concurrency limit.
+        answered = c.conn.get_next_available_stream_id()
+        c.conn.send_headers(answered, bad, end_stream=True)
+        c.flush()
+        c.pump(lambda: answered in c.ended or c.goaway is not None)
+
+    assert open_and_kill(c, reset_after_a_400) == ErrorCodes.ENHANCE_YOUR_CALM
+
+
+def test_drain_does_not_wait_for_a_ping_the_client_never_answers(backend, proxy):
+    import threading
+
+    p = proxy(one_service([backend().addr], listener_protocol="http2"))
+    c = Client(p.addresses["outbound"])
+    try:
+        c.request("/delay/300")  # then never read, so the drain's PING goes unanswered
+        time.sleep(0.1)
+        started = time.monotonic()
+        stopper = threading.Thread(target=p.stop, kwargs={"grace": 8})
+        stopper.start()
+        stopper.join(10)
+        took = time.monotonic() - started
+    finally:
+        c.close()
+    assert took < 4, f"stop() waited {took:.1f} s for the PING"

@@ -2,7 +2,7 @@
 //! frames and DATA are handled here; header blocks in `streams.rs`.
 
 use super::frame::{self, Head, Reason};
-use super::{Conn, ConnError, DRAIN_PING, MAX_NET_RESETS};
+use super::{Conn, ConnError, DRAIN_PING, MAX_NET_RESETS, MAX_PROVOKED_RESETS};
 use crate::http::read_buf::ReadBuffer;
 use std::future::Future;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -70,7 +70,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin, F: Future<Output = ()>> Conn<I, F> {
                 // Only a live stream is reset: idle ones must not be (RFC 9113, 5.1).
                 (id, _) => {
                     let live = self.shared.lock().reset_stream_if_live(id, Reason::FrameSize);
-                    self.count_reset(live)
+                    self.count_provoked_reset(live)
                 }
             },
             frame::RST_STREAM => self.on_reset(head, payload),
@@ -109,6 +109,9 @@ impl<I: AsyncRead + AsyncWrite + Unpin, F: Future<Output = ()>> Conn<I, F> {
         self.settings_seen = true;
         let mut state = self.shared.lock();
         let state = &mut *state;
+        // Only the last window in a frame is applied: one pass over the
+        // streams per frame, not per entry.
+        let mut new_window = None;
         for setting in payload.chunks(6) {
             let value = frame::u32_at(&setting[2..]);
             match u16::from_be_bytes([setting[0], setting[1]]) {
@@ -116,24 +119,13 @@ impl<I: AsyncRead + AsyncWrite + Unpin, F: Future<Output = ()>> Conn<I, F> {
                     return Err(ConnError(Reason::Protocol, "SETTINGS_ENABLE_PUSH above 1"));
                 }
                 frame::SETTINGS_INITIAL_WINDOW_SIZE => {
-                    let value = value as i64;
-                    if value > frame::MAX_WINDOW {
+                    if value as i64 > frame::MAX_WINDOW {
                         return Err(ConnError(
                             Reason::FlowControl,
                             "SETTINGS_INITIAL_WINDOW_SIZE too large",
                         ));
                     }
-                    let delta = value - state.initial_send_window;
-                    state.initial_send_window = value;
-                    for stream in state.streams.values_mut() {
-                        stream.send_window += delta;
-                        if stream.send_window > frame::MAX_WINDOW {
-                            return Err(ConnError(Reason::FlowControl, "stream window above 2^31-1"));
-                        }
-                        if let Some(w) = stream.sender.take().filter(|_| delta > 0) {
-                            w.wake();
-                        }
-                    }
+                    new_window = Some(value as i64);
                 }
                 // Our encoder never indexes; a shrunk table only needs saying so.
                 frame::SETTINGS_HEADER_TABLE_SIZE => state.announce_table_size = true,
@@ -148,6 +140,21 @@ impl<I: AsyncRead + AsyncWrite + Unpin, F: Future<Output = ()>> Conn<I, F> {
                     state.max_frame = (value as usize).min(64 * 1024);
                 }
                 _ => {}
+            }
+        }
+        if let Some(value) = new_window {
+            let delta = value - state.initial_send_window;
+            state.initial_send_window = value;
+            for stream in state.streams.values_mut() {
+                stream.send_window += delta;
+                if stream.send_window > frame::MAX_WINDOW {
+                    return Err(ConnError(Reason::FlowControl, "stream window above 2^31-1"));
+                }
+                if delta > 0 {
+                    if let Some(w) = stream.sender.take() {
+                        w.wake();
+                    }
+                }
             }
         }
         frame::settings_ack(&mut state.out);
@@ -202,7 +209,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin, F: Future<Output = ()>> Conn<I, F> {
         if let Some(reason) = problem {
             let live = state.reset_stream(head.stream, reason);
             drop(guard);
-            return self.count_reset(live);
+            return self.count_provoked_reset(live);
         }
         if let Some(w) = stream.sender.take() {
             w.wake();
@@ -230,17 +237,27 @@ impl<I: AsyncRead + AsyncWrite + Unpin, F: Future<Output = ()>> Conn<I, F> {
         self.count_reset(live.is_some())
     }
 
-    /// Streams reset while in progress, by the client or because of what it
-    /// sent, minus those answered: too many is an attack (CVE-2023-44487,
-    /// CVE-2025-8671), not a client changing its mind.
-    pub(super) fn count_reset(&mut self, live: bool) -> Result<(), ConnError> {
-        if live {
-            self.net_resets += 1;
-        }
+    /// Streams the client reset while in progress, minus those served: too
+    /// many is an attack (CVE-2023-44487), not a client changing its mind.
+    fn count_reset(&mut self, live: bool) -> Result<(), ConnError> {
+        self.net_resets += u32::from(live);
         if self.net_resets > MAX_NET_RESETS {
             return Err(ConnError(
                 Reason::EnhanceYourCalm,
                 "too many streams reset in progress",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Live streams the server reset because of what the client sent
+    /// (CVE-2025-8671); a correct client causes none.
+    pub(super) fn count_provoked_reset(&mut self, live: bool) -> Result<(), ConnError> {
+        self.provoked_resets += u32::from(live);
+        if self.provoked_resets > MAX_PROVOKED_RESETS {
+            return Err(ConnError(
+                Reason::EnhanceYourCalm,
+                "too many streams reset for errors",
             ));
         }
         Ok(())
@@ -288,7 +305,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin, F: Future<Output = ()>> Conn<I, F> {
             let live = state.reset_stream(id, reason);
             state.return_connection_window(head.len);
             drop(guard);
-            return self.count_reset(live);
+            return self.count_provoked_reset(live);
         }
         stream.remote_open &= !end;
         match state.bodies.get_mut(&id) {

@@ -43,10 +43,15 @@ const MAX_CONCURRENT_STREAMS: usize = 200;
 const HEADER_TABLE_SIZE: usize = 4096;
 /// A header block bigger than this before decoding ends the connection.
 const MAX_BLOCK: usize = request::MAX_HEADER_LIST + 16 * 1024;
-/// Streams reset while in progress, by the client or because of what it
-/// sent, net of those answered, before the connection is closed
-/// (CVE-2023-44487 "rapid reset", CVE-2025-8671 "made you reset").
+/// Streams the client resets while in progress, net of those the proxy
+/// served, before the connection is closed (CVE-2023-44487, "rapid reset").
 const MAX_NET_RESETS: u32 = 1000;
+/// Live streams the server had to reset because of what the client sent
+/// (CVE-2025-8671, "made you reset"); never offset, as in h2's
+/// `max_local_error_reset_streams`.
+const MAX_PROVOKED_RESETS: u32 = 1024;
+/// How long a drain waits for the answer to its PING before the final GOAWAY.
+const DRAIN_PING_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 const READ_BUF: usize = 16 * 1024;
 /// Room for one whole frame at the largest size we accept.
 const READ_LIMIT: usize = 2 * (frame::MIN_MAX_FRAME + frame::HEAD_LEN);
@@ -95,6 +100,7 @@ struct Conn<I, F> {
     /// follows the PING's answer (RFC 9113, 6.8).
     drain_pinged: bool,
     net_resets: u32,
+    provoked_resets: u32,
 }
 
 pub async fn serve<I>(io: I, ctx: Arc<ConnContext>, draining: watch::Receiver<bool>)
@@ -138,12 +144,22 @@ where
         gone: false,
         drain_pinged: false,
         net_resets: 0,
+        provoked_resets: 0,
     };
     let mut drain_watch = draining;
     let mut drained = std::pin::pin!(crate::shared::drained(&mut drain_watch));
+    // Armed when a drain starts: the final GOAWAY goes out when the PING is
+    // answered or when this fires, whichever is first.
+    let mut ping_wait: Option<Pin<Box<tokio::time::Sleep>>> = None;
     poll_fn(|cx| {
         if !conn.drain_pinged && !conn.goaway_sent && drained.as_mut().poll(cx).is_ready() {
             conn.begin_drain();
+            ping_wait = Some(Box::pin(tokio::time::sleep(DRAIN_PING_WAIT)));
+        }
+        if let Some(wait) = ping_wait.as_mut().filter(|_| !conn.goaway_sent) {
+            if wait.as_mut().poll(cx).is_ready() {
+                conn.send_goaway(Reason::NoError);
+            }
         }
         conn.poll_drive(cx)
     })
@@ -192,8 +208,12 @@ impl<I: AsyncRead + AsyncWrite + Unpin, F: Future<Output = ()>> Conn<I, F> {
                 }
             }
             while let Poll::Ready(Some(done)) = self.tasks.poll_next_unpin(cx) {
-                if let Ok(slot) = done {
-                    self.net_resets = self.net_resets.saturating_sub(1);
+                if let Ok((proxied, slot)) = done {
+                    // Only streams the proxy served offset resets: the
+                    // server's own quick 400s must not buy a client resets.
+                    if proxied {
+                        self.net_resets = self.net_resets.saturating_sub(1);
+                    }
                     self.spare.give_back(slot);
                 }
             }
@@ -222,10 +242,12 @@ impl<I: AsyncRead + AsyncWrite + Unpin, F: Future<Output = ()>> Conn<I, F> {
     /// reset the connection and lose the GOAWAY before the client reads it.
     async fn linger(&mut self) {
         use tokio::io::AsyncWriteExt;
-        if self.io.shutdown().await.is_err() {
-            return;
-        }
+        // The shutdown is inside the limit too: a TLS close_notify waits for
+        // a client that may have stopped reading.
         let _ = tokio::time::timeout(LINGER, async {
+            if self.io.shutdown().await.is_err() {
+                return;
+            }
             let mut discarded = 0;
             while discarded < LINGER_BYTES {
                 self.input.consume(self.input.unread().len());

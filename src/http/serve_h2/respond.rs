@@ -138,7 +138,8 @@ fn poll_send_data(shared: &Shared, id: u32, data: &mut Bytes, end: bool, cx: &mu
             stream.sender = Some(cx.waker().clone());
             // The stream's own window is reopened by its WINDOW_UPDATE; the
             // connection's window and the output by a wake of all waiting.
-            if stream.send_window > 0 {
+            if stream.send_window > 0 && !stream.queued {
+                stream.queued = true;
                 state.blocked.push(id);
             }
             return Poll::Pending;
@@ -219,4 +220,40 @@ fn connection_specific(name: &HeaderName) -> bool {
         || name == TE
         || name == "keep-alive"
         || name == "proxy-connection"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::serve_h2::shared::Stream;
+
+    #[test]
+    fn a_stream_waiting_for_the_connection_window_is_listed_once() {
+        let shared = Shared::new(State::new());
+        let (abort, _registration) = futures_util::future::AbortHandle::new_pair();
+        {
+            let mut state = shared.lock();
+            state.send_window = 0;
+            let stream = Stream {
+                send_window: 1000,
+                recv_window: 0,
+                remote_open: false,
+                expected: None,
+                received: 0,
+                abort,
+                sender: None,
+                queued: false,
+            };
+            state.streams.insert(1, stream);
+        }
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut data = Bytes::from_static(b"hello");
+        for _ in 0..3 {
+            assert!(poll_send_data(&shared, 1, &mut data, true, &mut cx).is_pending());
+        }
+        assert_eq!(shared.lock().blocked, [1]);
+        shared.lock().wake_blocked();
+        assert!(poll_send_data(&shared, 1, &mut data, true, &mut cx).is_pending());
+        assert_eq!(shared.lock().blocked, [1]);
+    }
 }

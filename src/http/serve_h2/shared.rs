@@ -47,7 +47,10 @@ impl Hasher for StreamIdHasher {
     }
 
     fn write_u32(&mut self, id: u32) {
-        self.0 = (id as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        // The product's high bits are the well mixed ones; fold them into
+        // the low bits, which pick the bucket.
+        let h = (id as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        self.0 = h ^ (h >> 32);
     }
 }
 
@@ -143,7 +146,11 @@ impl State {
     pub fn wake_blocked(&mut self) -> bool {
         let mut any = false;
         for id in std::mem::take(&mut self.blocked) {
-            if let Some(w) = self.streams.get_mut(&id).and_then(|s| s.sender.take()) {
+            let Some(stream) = self.streams.get_mut(&id) else {
+                continue;
+            };
+            stream.queued = false;
+            if let Some(w) = stream.sender.take() {
                 w.wake();
                 any = true;
             }
@@ -202,6 +209,8 @@ pub struct Stream {
     pub abort: futures_util::future::AbortHandle,
     /// The stream's task, waiting for send window or output room.
     pub sender: Option<Waker>,
+    /// The stream is in `State::blocked` (so it is listed once).
+    pub queued: bool,
 }
 
 /// A request body's received chunks, until the body is dropped.
@@ -338,5 +347,24 @@ mod tests {
         assert!(all[..40_000].iter().all(|&b| b == b'a'));
         assert!(all[40_000..42_000].iter().all(|&b| b == b'b'));
         assert_eq!(all[42_000], b'c');
+    }
+}
+
+#[cfg(test)]
+mod hash_tests {
+    use super::*;
+    use std::hash::BuildHasher;
+
+    #[test]
+    fn ids_that_share_low_bits_spread_over_buckets() {
+        let hasher = BuildHasherDefault::<StreamIdHasher>::default();
+        // 1, 257, 513, ...: identical low 8 bits.
+        let buckets: std::collections::HashSet<u64> =
+            (0..64u32).map(|i| hasher.hash_one(1 + 256 * i) & 0xff).collect();
+        assert!(
+            buckets.len() > 32,
+            "only {} of 64 ids got distinct buckets",
+            buckets.len()
+        );
     }
 }

@@ -85,7 +85,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin, F: Future<Output = ()>> Conn<I, F> {
                 Err(reason) => state.reset_stream(id, reason),
             };
             drop(guard);
-            return self.count_reset(live);
+            return self.count_provoked_reset(live);
         }
         if id <= self.last_stream {
             // Frames may still be in flight for a stream we reset; any other
@@ -102,15 +102,11 @@ impl<I: AsyncRead + AsyncWrite + Unpin, F: Future<Output = ()>> Conn<I, F> {
             ));
         }
         self.last_stream = id;
-        let refused = if self.goaway_sent || self.peer_done {
-            true // past our GOAWAY: not served, and the client knows it may retry
-        } else if state.streams.len() >= MAX_CONCURRENT_STREAMS {
+        // Past a GOAWAY either way, or over the limit: refused, so the client
+        // knows it may send the request again elsewhere.
+        let over = state.streams.len() >= MAX_CONCURRENT_STREAMS;
+        if self.goaway_sent || self.peer_done || over {
             state.reset_stream(id, Reason::RefusedStream);
-            true
-        } else {
-            false
-        };
-        if refused {
             if !end_stream {
                 state.remember_reset(id);
             }
@@ -128,6 +124,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin, F: Future<Output = ()>> Conn<I, F> {
                 received: 0,
                 abort,
                 sender: None,
+                queued: false,
             },
         );
         // The body's entry lives exactly as long as the body: a request that
@@ -143,8 +140,9 @@ impl<I: AsyncRead + AsyncWrite + Unpin, F: Future<Output = ()>> Conn<I, F> {
         // Released first: dropping an unused body locks.
         drop(guard);
         let answer = self.answer(body, fields, length);
+        let proxied = matches!(answer, Answer::Proxy(_));
         let future = (self.make)(self.shared.clone(), id, answer, self.ctx.clone());
-        let slot = self.spare.slot(future);
+        let slot = self.spare.slot(future, proxied);
         self.tasks.push(Abortable::new(slot, registration));
         Ok(())
     }

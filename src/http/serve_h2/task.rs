@@ -17,8 +17,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
-/// Finished slots kept per connection; more are freed.
-const SPARE_SLOTS: usize = 16;
+/// Finished slots kept per connection (about 1.7 KB each); more are freed.
+const SPARE_SLOTS: usize = 8;
 
 /// What a stream is answered with: the proxy's handling of its request, or
 /// an answer the server makes itself (400, 431, 501).
@@ -49,23 +49,27 @@ pub fn stream_future(
     Respond::new(shared, id, answer)
 }
 
-/// A slot holding a stream's future; yields the emptied slot when done.
-pub struct Slot<F>(Option<Pin<Box<Option<F>>>>);
+/// A slot holding a stream's future; yields the emptied slot when done,
+/// and whether the stream was proxied (not answered by the server itself).
+pub struct Slot<F> {
+    slot: Option<Pin<Box<Option<F>>>>,
+    proxied: bool,
+}
 
 impl<F: Future<Output = ()>> Future for Slot<F> {
-    type Output = Pin<Box<Option<F>>>;
+    type Output = (bool, Pin<Box<Option<F>>>);
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
         let slot = this
-            .0
+            .slot
             .as_mut()
             .expect("a stream task is not polled after it finished");
         if let Some(future) = slot.as_mut().as_pin_mut() {
             ready!(future.poll(cx));
         }
         slot.set(None); // the finished state is dropped now, not when reused
-        Poll::Ready(this.0.take().expect("checked above"))
+        Poll::Ready((this.proxied, this.slot.take().expect("checked above")))
     }
 }
 
@@ -77,13 +81,17 @@ impl<F> Spare<F> {
         Spare(Vec::new())
     }
 
-    pub fn slot(&mut self, future: F) -> Slot<F> {
-        match self.0.pop() {
+    pub fn slot(&mut self, future: F, proxied: bool) -> Slot<F> {
+        let slot = match self.0.pop() {
             Some(mut slot) => {
                 slot.set(Some(future));
-                Slot(Some(slot))
+                slot
             }
-            None => Slot(Some(Box::pin(Some(future)))),
+            None => Box::pin(Some(future)),
+        };
+        Slot {
+            slot: Some(slot),
+            proxied,
         }
     }
 
