@@ -6,6 +6,7 @@ import argparse
 import signal
 import sys
 import threading
+import time
 from typing import Optional
 
 from . import __version__
@@ -23,11 +24,17 @@ def _wait_for_signal(proxy, duration: Optional[float] = None) -> None:  # type: 
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, on_signal)
-    # No polling: a signal interrupts the wait (and runs on_signal), and a
-    # helper thread passes on a stop from elsewhere. A sidecar that wakes
-    # five times a second costs CPU on every idle node.
+    # A helper thread passes on a stop from elsewhere (the admin API), so this
+    # thread can wait long: on POSIX a signal interrupts the wait at once, and
+    # elsewhere the 5 s only bounds how late Ctrl-C is seen. (It woke five
+    # times a second before, which costs CPU on every idle node.)
     threading.Thread(target=lambda: (proxy.wait(), stop.set()), name="meshcore-stop", daemon=True).start()
-    stop.wait(duration)
+    deadline = None if duration is None else time.monotonic() + duration
+    while not stop.is_set():
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            break
+        stop.wait(5.0 if left is None else min(left, 5.0))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
