@@ -19,6 +19,16 @@ fn hop_by_hop() -> [&'static HeaderName; 8] {
     ]
 }
 
+/// Fields HTTP/2 forbids (RFC 9113, 8.2.2), `te` aside: it may carry
+/// `trailers` in a request and nothing in a response, so callers decide.
+pub fn is_connection_specific(name: &HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == header::TRANSFER_ENCODING
+        || name == header::UPGRADE
+        || name == KEEP_ALIVE
+        || name == PROXY_CONNECTION
+}
+
 /// True for an HTTP/1.1 upgrade request (e.g. WebSocket).
 pub fn is_upgrade(headers: &HeaderMap) -> bool {
     headers.contains_key(header::UPGRADE) && connection_has(headers, "upgrade")

@@ -227,40 +227,30 @@ impl<I: AsyncRead + AsyncWrite + Unpin, F: Future<Output = ()>> Conn<I, F> {
         if head.stream > self.last_stream {
             return Err(ConnError(Reason::Protocol, "RST_STREAM on an idle stream"));
         }
-        let mut state = self.shared.lock();
-        let live = state
-            .streams
-            .remove(&head.stream)
-            .map(|stream| stream.abort.abort());
-        state.fail_body(head.stream);
-        drop(state);
-        self.count_reset(live.is_some())
+        let live = self.shared.lock().cancel_stream(head.stream).is_some();
+        self.count_reset(live)
     }
 
     /// Streams the client reset while in progress, minus those served: too
     /// many is an attack (CVE-2023-44487), not a client changing its mind.
     fn count_reset(&mut self, live: bool) -> Result<(), ConnError> {
-        self.net_resets += u32::from(live);
-        if self.net_resets > MAX_NET_RESETS {
-            return Err(ConnError(
-                Reason::EnhanceYourCalm,
-                "too many streams reset in progress",
-            ));
-        }
-        Ok(())
+        count_against(
+            &mut self.net_resets,
+            live,
+            MAX_NET_RESETS,
+            "too many streams reset in progress",
+        )
     }
 
     /// Live streams the server reset because of what the client sent
     /// (CVE-2025-8671); a correct client causes none.
     pub(super) fn count_provoked_reset(&mut self, live: bool) -> Result<(), ConnError> {
-        self.provoked_resets += u32::from(live);
-        if self.provoked_resets > MAX_PROVOKED_RESETS {
-            return Err(ConnError(
-                Reason::EnhanceYourCalm,
-                "too many streams reset for errors",
-            ));
-        }
-        Ok(())
+        count_against(
+            &mut self.provoked_resets,
+            live,
+            MAX_PROVOKED_RESETS,
+            "too many streams reset for errors",
+        )
     }
 
     fn on_data(&mut self, head: Head, payload: &[u8]) -> Result<(), ConnError> {
@@ -323,6 +313,14 @@ impl<I: AsyncRead + AsyncWrite + Unpin, F: Future<Output = ()>> Conn<I, F> {
             None => state.return_connection_window(head.len),
         }
         Ok(())
+    }
+}
+
+fn count_against(count: &mut u32, live: bool, limit: u32, why: &'static str) -> Result<(), ConnError> {
+    *count += u32::from(live);
+    match *count > limit {
+        true => Err(ConnError(Reason::EnhanceYourCalm, why)),
+        false => Ok(()),
     }
 }
 

@@ -79,6 +79,8 @@ struct Conn<I, F> {
     shared: Arc<Shared>,
     tasks: FuturesUnordered<Abortable<task::Slot<F>>>,
     spare: task::Spare<F>,
+    /// Always `task::stream_future`: held as a field so that `F` names its
+    /// return type, which has no name of its own.
     make: task::MakeFuture<F>,
     decoder: Decoder,
     ctx: Arc<ConnContext>,
@@ -170,27 +172,22 @@ where
     // Dropping the connection drops its streams' tasks, which cancels them.
     let mut state = conn.shared.lock();
     state.streams.clear();
-    state.bodies.values_mut().for_each(|b| b.failed = true);
-    for body in state.bodies.values_mut() {
-        if let Some(w) = body.waker.take() {
-            w.wake();
-        }
-    }
+    state.bodies.values_mut().for_each(shared::Inbound::fail);
 }
 
 impl<I: AsyncRead + AsyncWrite + Unpin, F: Future<Output = ()>> Conn<I, F> {
     fn poll_drive(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        {
-            let mut state = self.shared.lock();
-            if !state.conn_waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                state.conn_waker = Some(cx.waker().clone());
-            }
-        }
         loop {
             let mut again = false;
             // Reading pauses while much output waits (a client that sends
             // PINGs and reads nothing); a flush below the limit resumes it.
-            let read_paused = self.closing || self.shared.lock().out.len() >= 2 * shared::OUT_HIGH;
+            let read_paused = {
+                let mut state = self.shared.lock();
+                if !state.conn_waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                    state.conn_waker = Some(cx.waker().clone());
+                }
+                self.closing || state.out.len() >= 2 * shared::OUT_HIGH
+            };
             if !read_paused {
                 match self.input.poll_read_from(&mut self.io, READ_LIMIT, cx) {
                     Poll::Ready(Ok(n)) if n > 0 => {
@@ -263,16 +260,13 @@ impl<I: AsyncRead + AsyncWrite + Unpin, F: Future<Output = ()>> Conn<I, F> {
     /// Nothing left to do: after GOAWAY (either way) with no streams left,
     /// or after a connection error, once everything queued is written.
     fn finished(&self) -> bool {
-        let flushed = self.written == self.write.len();
-        if !flushed {
+        // The flags first: a serving connection does not take the lock here.
+        let ending = self.closing || self.goaway_sent || self.peer_done;
+        if !ending || self.written != self.write.len() {
             return false;
         }
         let state = self.shared.lock();
-        if !state.out.is_empty() {
-            return false;
-        }
-        self.closing
-            || ((self.goaway_sent || self.peer_done) && state.streams.is_empty() && self.tasks.is_empty())
+        state.out.is_empty() && (self.closing || (state.streams.is_empty() && self.tasks.is_empty()))
     }
 
     /// Writes what the streams queued; Ok(true) if that woke blocked streams.

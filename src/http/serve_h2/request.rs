@@ -1,9 +1,10 @@
 //! A request head from decoded HTTP/2 fields, checked as RFC 9113 (8.2, 8.3)
 //! asks: pseudo-fields first, once each; no connection-specific fields.
 
+use crate::http::headers::is_connection_specific;
 use crate::http::hpack::{Name, Pseudo};
 use bytes::Bytes;
-use http::header::{CONNECTION, CONTENT_LENGTH, COOKIE, TE, TRANSFER_ENCODING, UPGRADE};
+use http::header::{CONTENT_LENGTH, COOKIE, TE};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, HeaderValue, Method, Request, Uri, Version};
 
@@ -36,13 +37,7 @@ impl Fields {
                     self.problem = Some("invalid header field value");
                     return;
                 };
-                let connection_specific = name == CONNECTION
-                    || name == TRANSFER_ENCODING
-                    || name == UPGRADE
-                    || name == "keep-alive"
-                    || name == "proxy-connection"
-                    || (name == TE && value != "trailers");
-                if connection_specific {
+                if is_connection_specific(&name) || (name == TE && value != "trailers") {
                     self.problem = Some("connection-specific header field");
                 }
                 self.cookies += usize::from(name == COOKIE);
@@ -96,17 +91,16 @@ impl Fields {
     /// Cookie crumbs, split by the client for compression, joined again as
     /// one field for HTTP/1.1 upstreams (RFC 9113, 8.2.3).
     fn join_cookies(&mut self) {
-        let Some(joined) = self.cookies.gt(&1).then(|| {
-            let crumbs: Vec<&[u8]> = self
-                .headers
-                .get_all(COOKIE)
-                .iter()
-                .map(HeaderValue::as_bytes)
-                .collect();
-            crumbs.join(&b"; "[..])
-        }) else {
+        if self.cookies < 2 {
             return;
-        };
+        }
+        let crumbs: Vec<&[u8]> = self
+            .headers
+            .get_all(COOKIE)
+            .iter()
+            .map(HeaderValue::as_bytes)
+            .collect();
+        let joined = crumbs.join(&b"; "[..]);
         if let Ok(value) = HeaderValue::from_bytes(&joined) {
             self.headers.insert(COOKIE, value);
         }

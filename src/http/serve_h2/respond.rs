@@ -4,11 +4,12 @@
 
 use super::frame::{self, Reason};
 use super::shared::{self, Shared, State};
+use crate::http::headers::is_connection_specific;
 use crate::http::hpack;
 use crate::http::ProxyBody;
 use bytes::{Buf, Bytes};
-use http::header::{CONNECTION, DATE, TE, TRANSFER_ENCODING, UPGRADE};
-use http::{HeaderMap, HeaderName, Response};
+use http::header::{DATE, TE};
+use http::{HeaderMap, Response};
 use hyper::body::Body;
 use pin_project_lite::pin_project;
 use std::convert::Infallible;
@@ -164,12 +165,10 @@ fn poll_send_data(shared: &Shared, id: u32, data: &mut Bytes, end: bool, cx: &mu
 /// The response is complete. If the client is still sending, it is told to
 /// stop (RFC 9113, 8.1: a complete response may precede the request's end).
 fn finish(state: &mut State, id: u32) {
-    if let Some(stream) = state.streams.remove(&id) {
-        if stream.remote_open {
-            frame::rst_stream(&mut state.out, id, Reason::NoError);
-            state.fail_body(id);
-            state.remember_reset(id);
-        }
+    if state.streams.get(&id).is_some_and(|s| s.remote_open) {
+        state.reset_stream(id, Reason::NoError);
+    } else {
+        state.streams.remove(&id);
     }
 }
 
@@ -187,7 +186,9 @@ fn write_head(state: &mut State, id: u32, status: Option<u16>, headers: &HeaderM
         hpack::encode_status(status, out);
     }
     for (name, value) in headers {
-        if connection_specific(name) {
+        // The proxy strips these from upstream answers; its own answers and
+        // plugins' are not stripped, and HTTP/2 forbids them outright.
+        if is_connection_specific(name) || name == TE {
             continue;
         }
         has_date |= name == DATE;
@@ -210,16 +211,6 @@ fn write_head(state: &mut State, id: u32, status: Option<u16>, headers: &HeaderM
         out.truncate(start);
         frame::header_block(out, id, &block, end, state.max_frame);
     }
-}
-
-/// Fields HTTP/2 forbids (RFC 9113, 8.2.2).
-fn connection_specific(name: &HeaderName) -> bool {
-    name == CONNECTION
-        || name == TRANSFER_ENCODING
-        || name == UPGRADE
-        || name == TE
-        || name == "keep-alive"
-        || name == "proxy-connection"
 }
 
 #[cfg(test)]

@@ -28,8 +28,8 @@ const GATHER: usize = 16 * 1024;
 const RECENT_RESETS: usize = 128;
 
 /// Maps keyed by stream id. Ids are odd and strictly increasing, and at
-/// most a few hundred are live, so a multiplicative hash is enough; SipHash
-/// cost about 1 % of the h2c profile across a stream's half-dozen lookups.
+/// most a few hundred are live, so a multiplicative hash is enough where
+/// SipHash did more work on each of a stream's half-dozen lookups.
 pub type ByStream<V> = HashMap<u32, V, BuildHasherDefault<StreamIdHasher>>;
 
 #[derive(Default)]
@@ -158,25 +158,24 @@ impl State {
         any
     }
 
-    /// Ends a stream's request body with an error (the stream was reset).
-    pub fn fail_body(&mut self, id: u32) {
+    /// Ends a stream, whichever side reset it: its task is cancelled and
+    /// its request body fails. The stream, if it was live.
+    pub fn cancel_stream(&mut self, id: u32) -> Option<Stream> {
         if let Some(body) = self.bodies.get_mut(&id) {
-            body.failed = true;
-            if let Some(w) = body.waker.take() {
-                w.wake();
-            }
+            body.fail();
         }
+        let stream = self.streams.remove(&id)?;
+        stream.abort.abort();
+        Some(stream)
     }
 
-    /// Resets a stream from our side: its task is cancelled, its body fails.
-    /// True if the stream was live (it counts against rapid resets).
+    /// Resets a stream from our side. True if the stream was live (it
+    /// counts against provoked resets).
     pub fn reset_stream(&mut self, id: u32, reason: Reason) -> bool {
         frame::rst_stream(&mut self.out, id, reason);
-        self.fail_body(id);
-        let Some(stream) = self.streams.remove(&id) else {
+        let Some(stream) = self.cancel_stream(id) else {
             return false;
         };
-        stream.abort.abort();
         if stream.remote_open {
             self.remember_reset(id);
         }
@@ -256,6 +255,12 @@ impl Inbound {
         if let Some(w) = self.waker.take() {
             w.wake();
         }
+    }
+
+    /// The stream was reset or the connection ended: the reader gets an error.
+    pub fn fail(&mut self) {
+        self.failed = true;
+        self.wake();
     }
 }
 
