@@ -5,7 +5,7 @@
 use super::coarse_timer::coarse_now;
 use super::inline_h1::{self, InlineBody, InlineConn};
 use super::{BoxError, ProxyBody};
-use crate::listen::io::SendStream;
+use crate::listen::io::DirectTcp;
 use bytes::Bytes;
 use futures_util::future::Either;
 use futures_util::FutureExt;
@@ -369,14 +369,14 @@ impl EndpointPool {
         self.tls.is_some()
     }
 
-    async fn connect_tcp(&self) -> Result<SendStream, UpstreamError> {
+    async fn connect_tcp(&self) -> Result<DirectTcp, UpstreamError> {
         let limit = self.settings.connect_timeout;
         let stream = tokio::time::timeout(limit, TcpStream::connect(self.addr))
             .await
             .map_err(|_| UpstreamError::ConnectTimeout)?
             .map_err(UpstreamError::Connect)?;
         let _ = stream.set_nodelay(true);
-        Ok(SendStream::new(stream))
+        Ok(DirectTcp::new(stream))
     }
 
     async fn connect(&self, wire: Wire) -> Result<TokioIo<BoxIo>, UpstreamError> {

@@ -79,33 +79,47 @@ fn decimal(digits: &[u8]) -> Option<u64> {
 /// `te: trailers` survives because gRPC needs it end to end; an upgrade
 /// keeps `Upgrade` and `Connection: upgrade`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    // Most messages carry none: one pass over the names is cheaper than
-    // hashing each of the nine names for removal.
+    // One pass over the names finds which are present; most messages carry
+    // none, or only `Connection`, and hashing all nine for removal costs more.
     let hop = hop_by_hop();
-    if !keep_upgrade && !headers.keys().any(|k| k == header::UPGRADE || hop.contains(&k)) {
+    let mut present = [false; 8];
+    let mut upgrade = false;
+    for name in headers.keys() {
+        match hop.iter().position(|h| *h == name) {
+            Some(i) => present[i] = true,
+            None => upgrade |= name == header::UPGRADE,
+        }
+    }
+    if !keep_upgrade && !upgrade && !present.contains(&true) {
         return;
     }
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .filter(|n| !(keep_upgrade && n == header::UPGRADE))
-        .collect();
-    for name in named {
-        headers.remove(name);
+    if present[0] {
+        // Cloned (a reference count each) so that names can be removed while
+        // reading them; an empty `rest` allocates nothing.
+        let mut values = headers.get_all(header::CONNECTION).iter();
+        let first = values.next().cloned();
+        let rest: Vec<HeaderValue> = values.cloned().collect();
+        for value in first.iter().chain(&rest) {
+            let Ok(listed) = value.to_str() else { continue };
+            for token in listed.split(',').map(str::trim) {
+                if !(keep_upgrade && token.eq_ignore_ascii_case("upgrade")) {
+                    // By text: an unknown name is looked up without being allocated.
+                    headers.remove(token);
+                }
+            }
+        }
     }
-    let wants_trailers = headers.get_all(header::TE).iter().any(|v| {
-        v.to_str()
-            .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")))
-    });
-    for name in hop_by_hop() {
-        headers.remove(name);
+    let wants_trailers = present[5]
+        && headers.get_all(header::TE).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")))
+        });
+    for (name, _) in hop.iter().zip(present).filter(|(_, there)| *there) {
+        headers.remove(*name);
     }
     if keep_upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
+    } else if upgrade {
         headers.remove(header::UPGRADE);
     }
     if wants_trailers {
@@ -137,6 +151,28 @@ mod tests {
         strip_hop_by_hop(&mut h, false);
         assert_eq!(h.len(), 1);
         assert_eq!(h["x-kept"], "yes");
+    }
+
+    #[test]
+    fn names_listed_in_connection_go_whatever_their_case_and_spacing() {
+        let mut h = map(&[
+            ("connection", "Keep-Alive ,X-Private"),
+            ("connection", "close"),
+            ("keep-alive", "timeout=5"),
+            ("x-private", "secret"),
+            ("x-kept", "yes"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h["x-kept"], "yes");
+        // Only Connection present, listing nothing else: it goes alone.
+        let mut only = map(&[("connection", "keep-alive"), ("x-kept", "yes")]);
+        strip_hop_by_hop(&mut only, false);
+        assert_eq!(only.len(), 1);
+        // A listed `te` goes even when it says trailers.
+        let mut te = map(&[("connection", "te"), ("te", "trailers")]);
+        strip_hop_by_hop(&mut te, false);
+        assert!(te.is_empty());
     }
 
     #[test]

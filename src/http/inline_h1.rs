@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll, Waker};
 use tokio::io::AsyncWriteExt;
 
-use crate::listen::io::SendStream;
+use crate::listen::io::DirectTcp;
 
 /// A connection's read buffer to begin with; it grows for a large head.
 const READ_BUF: usize = 16 * 1024;
@@ -48,7 +48,7 @@ pub enum Error {
 
 /// An upstream connection and the bytes read from it but not yet used.
 pub struct InlineConn {
-    stream: SendStream,
+    stream: DirectTcp,
     buf: ReadBuffer,
     /// The request head being written; kept for its capacity.
     out: Vec<u8>,
@@ -56,7 +56,7 @@ pub struct InlineConn {
 }
 
 impl InlineConn {
-    pub fn new(stream: SendStream) -> Self {
+    pub fn new(stream: DirectTcp) -> Self {
         InlineConn {
             stream,
             buf: ReadBuffer::new(READ_BUF),
@@ -204,7 +204,7 @@ fn parse_head(buf: &[u8]) -> Result<Option<(usize, Response<()>)>, &'static str>
         .code
         .and_then(|c| StatusCode::from_u16(c).ok())
         .ok_or("invalid response status")?;
-    let head = Bytes::copy_from_slice(&buf[..len]);
+    let head = super::read_buf::copy_head(&buf[..len]);
     let mut map = HeaderMap::with_capacity(parsed.headers.len());
     for h in parsed.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| "invalid response header name")?;

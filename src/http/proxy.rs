@@ -304,6 +304,10 @@ fn forward(
             }
             let attempt_body = match (&replay, body.take()) {
                 (Some(r), _) => r.attempt().map_err(BoxError::from).boxed_unsync(),
+                // Boxing a zero-sized body allocates nothing.
+                (None, Some(RequestBody::Empty)) => http_body_util::Empty::new()
+                    .map_err(BoxError::from)
+                    .boxed_unsync(),
                 (None, Some(b)) => b.map_err(BoxError::from).boxed_unsync(),
                 (None, None) => unreachable!("a request without retries is sent once"),
             };

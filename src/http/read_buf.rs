@@ -1,6 +1,8 @@
 //! The read buffer of the proxy's own HTTP/1.1 paths: zeroed once, so reads
 //! into it need no unsafe code, with a window of bytes read but not yet used.
 
+use bytes::{Bytes, BytesMut};
+use std::cell::RefCell;
 use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
@@ -73,9 +75,48 @@ impl ReadBuffer {
     }
 }
 
+/// Room for the heads of a thread's requests and responses in flight.
+const HEAD_ARENA: usize = 32 * 1024;
+
+thread_local! {
+    static HEADS: RefCell<BytesMut> = RefCell::new(BytesMut::new());
+}
+
+/// A shared copy of a message head, for header values and the target to
+/// point into. Heads are carved from one per-thread buffer: a fresh `Bytes`
+/// per head would cost an allocation for the copy and another when it is
+/// first sliced. The buffer is reused in place once its heads are dropped,
+/// and a head still held only keeps its own buffer alive.
+pub fn copy_head(head: &[u8]) -> Bytes {
+    HEADS.with(|heads| {
+        let mut heads = heads.borrow_mut();
+        if heads.capacity() < head.len() {
+            heads.reserve(head.len().max(HEAD_ARENA));
+        }
+        heads.extend_from_slice(head);
+        heads.split().freeze()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn heads_share_a_buffer_until_it_is_full_and_outlive_it() {
+        let first = copy_head(b"GET / HTTP/1.1\r\n\r\n");
+        let second = copy_head(b"HTTP/1.1 200 OK\r\n\r\n");
+        assert_eq!(&first[..], b"GET / HTTP/1.1\r\n\r\n");
+        assert_eq!(&second[..], b"HTTP/1.1 200 OK\r\n\r\n");
+        // Carved from one buffer: the second starts where the first ends.
+        assert_eq!(first.as_ptr_range().end, second.as_ptr());
+        let big = copy_head(&vec![b'x'; HEAD_ARENA * 2]);
+        assert_eq!(big.len(), HEAD_ARENA * 2);
+        drop((second, big));
+        let after = copy_head(b"again");
+        assert_eq!(&after[..], b"again");
+        assert_eq!(&first[..], b"GET / HTTP/1.1\r\n\r\n");
+    }
 
     #[test]
     fn unread_bytes_move_to_the_front_and_the_buffer_grows_to_its_limit() {

@@ -126,12 +126,14 @@ fn parse_request(buf: &[u8]) -> Option<(usize, Request<RequestBody>)> {
         return None;
     }
     // Header values and the target share one copy of the head.
-    let head = Bytes::copy_from_slice(&buf[..len]);
+    let head = super::read_buf::copy_head(&buf[..len]);
     let slice = |part: &[u8]| {
         let at = part.as_ptr() as usize - buf.as_ptr() as usize;
         head.slice(at..at + part.len())
     };
-    let mut headers = HeaderMap::with_capacity(parsed.headers.len());
+    // Room for the two the proxy may add (Host, the client's identity): a full
+    // map grows on any insert, even one that replaces.
+    let mut headers = HeaderMap::with_capacity(parsed.headers.len() + 2);
     for h in parsed.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
         if name == TRANSFER_ENCODING || name == EXPECT || name == UPGRADE {

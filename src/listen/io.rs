@@ -122,24 +122,32 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
 /// single send(2); bigger ones go out with writev(2).
 const COALESCE_BYTES: usize = 8 * 1024;
 
+/// Where tokio's readiness comes from edge-triggered epoll or kqueue.
+const DRAINED_BY_SHORT_READ: bool = cfg!(any(
+    target_os = "linux",
+    target_os = "android",
+    target_os = "macos",
+    target_os = "freebsd"
+));
+
 thread_local! {
     /// Where a vectored write is joined; reused, so it is not zeroed or allocated per write.
     static JOINED: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(Vec::with_capacity(COALESCE_BYTES));
 }
 
-/// A TCP stream that writes with send(2), made directly rather than through
-/// libc (whose wrapper is a pthread cancellation point). `write` and `writev`
-/// go through the VFS layer (file lookup with position locking, iovec
-/// import); `send` does not, which is measurable at one or two writes per request. hyper
-/// hands over a response's head and a small body as two buffers; they are
-/// joined here so they still leave in one call.
-pub struct SendStream {
+/// A TCP stream that sends and receives with send(2) and recv(2), made
+/// directly rather than through libc (whose wrappers are pthread cancellation
+/// points). `write` and `writev` also go through the VFS layer (file lookup
+/// with position locking, iovec import); `send` does not, which is measurable
+/// at one or two writes per request. hyper hands over a response's head and a
+/// small body as two buffers; they are joined here so they still leave in one call.
+pub struct DirectTcp {
     inner: tokio::net::TcpStream,
 }
 
-impl SendStream {
+impl DirectTcp {
     pub fn new(inner: tokio::net::TcpStream) -> Self {
-        SendStream { inner }
+        DirectTcp { inner }
     }
 
     fn poll_send(&self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
@@ -154,19 +162,54 @@ impl SendStream {
             }
         }
     }
+
+    fn poll_recv(&self, cx: &mut Context<'_>, dst: &mut [u8]) -> Poll<io::Result<usize>> {
+        if dst.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        loop {
+            std::task::ready!(self.inner.poll_read_ready(cx))?;
+            let mut got = 0;
+            let received = self.inner.try_io(tokio::io::Interest::READABLE, || {
+                got = rustix::net::recv(&self.inner, &mut *dst, rustix::net::RecvFlags::empty())?.0;
+                // A short read shows the socket is drained (epoll is edge-triggered):
+                // answering WouldBlock makes tokio forget the readiness now, as its
+                // own reads do, rather than after one more recv that finds nothing.
+                if DRAINED_BY_SHORT_READ && got > 0 && got < dst.len() {
+                    return Err(io::ErrorKind::WouldBlock.into());
+                }
+                Ok(got)
+            });
+            match received {
+                Ok(n) => return Poll::Ready(Ok(n)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && got > 0 => return Poll::Ready(Ok(got)),
+                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {
+                    continue
+                }
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
 }
 
-impl AsyncRead for SendStream {
+impl AsyncRead for DirectTcp {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        // Only into memory that is already initialised (the proxy's own read
+        // buffers and rustls'); tokio reads into the rest without zeroing it.
+        if buf.initialized().len() < buf.capacity() {
+            return Pin::new(&mut self.inner).poll_read(cx, buf);
+        }
+        let got = std::task::ready!(self.poll_recv(cx, buf.initialize_unfilled()))?;
+        buf.advance(got);
+        Poll::Ready(Ok(()))
     }
 }
 
-impl AsyncWrite for SendStream {
+impl AsyncWrite for DirectTcp {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         self.poll_send(cx, buf)
     }

@@ -13,7 +13,7 @@ use crate::metrics::{TcpLabels, TcpSeries};
 use crate::shared::Shared;
 use bytes::Bytes;
 use detect::Protocol;
-use io::{Counted, Prefixed, SendStream};
+use io::{Counted, DirectTcp, Prefixed};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -77,7 +77,7 @@ type BoxIo = Box<dyn Io>;
 /// Terminates TLS when the listener asks for it. Returns the transport, what
 /// TLS established, and whether ALPN chose h2. None: the connection is refused.
 async fn accept_transport(
-    stream: Counted<SendStream>,
+    stream: Counted<DirectTcp>,
     spec: &ListenerSpec,
     peer: SocketAddr,
 ) -> Option<(BoxIo, PeerTls, bool)> {
@@ -136,7 +136,7 @@ async fn serve_connection(
     let _open = OpenConnection(tcp.clone());
     let _ = stream.set_nodelay(true);
     let Some((mut io, tls, alpn_h2)) =
-        accept_transport(Counted::new(SendStream::new(stream), tcp), &spec, peer).await
+        accept_transport(Counted::new(DirectTcp::new(stream), tcp), &spec, peer).await
     else {
         return;
     };
