@@ -245,7 +245,7 @@ impl EndpointPool {
     #[allow(clippy::manual_async_fn)] // one copy of the request in the state, not two
     fn send_inline(
         self: &Arc<Self>,
-        req: Request<ProxyBody>,
+        mut req: Request<ProxyBody>,
     ) -> impl Future<Output = Result<Response<InlineBody>, UpstreamError>> + '_ {
         async move {
             let resend = idempotent(req.method());
@@ -261,7 +261,10 @@ impl EndpointPool {
                     // A pooled connection the server had closed: resend once, on a
                     // new connection (only a reused one can be stale).
                     Err(inline_h1::Error::Stale(_)) if resend => from_pool = false,
-                    sent => return sent.map_err(UpstreamError::from),
+                    sent => {
+                        super::headers::recycle(std::mem::take(req.headers_mut()));
+                        return sent.map_err(UpstreamError::from);
+                    }
                 }
             }
         }

@@ -1,6 +1,38 @@
 //! Header hygiene: hop-by-hop headers belong to one connection and are never forwarded.
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use std::cell::RefCell;
+
+/// Finished messages' header maps kept per thread for the next ones: a map
+/// costs two allocations (its index and its entries) and a request makes
+/// two (request and response). Only small maps are kept, and only so many.
+const SPARE_MAPS: usize = 64;
+const SPARE_MAP_CAPACITY: usize = 32;
+
+thread_local! {
+    static SPARE: RefCell<Vec<HeaderMap>> = const { RefCell::new(Vec::new()) };
+}
+
+/// An empty map with room for `n` fields, recycled when the thread has one.
+pub fn map_with_capacity(n: usize) -> HeaderMap {
+    let mut map = SPARE.with(|spare| spare.borrow_mut().pop()).unwrap_or_default();
+    map.reserve(n);
+    map
+}
+
+/// Hands a finished message's map back for reuse.
+pub fn recycle(mut map: HeaderMap) {
+    if map.capacity() == 0 || map.capacity() > SPARE_MAP_CAPACITY {
+        return;
+    }
+    map.clear();
+    SPARE.with(|spare| {
+        let mut spare = spare.borrow_mut();
+        if spare.len() < SPARE_MAPS {
+            spare.push(map);
+        }
+    });
+}
 
 // Pre-parsed names: looking a header up by &str parses the name every time.
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
@@ -137,6 +169,25 @@ mod tests {
             h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
         }
         h
+    }
+
+    #[test]
+    fn recycled_maps_come_back_empty_and_big_ones_are_not_kept() {
+        std::thread::spawn(|| {
+            let mut used = map_with_capacity(4);
+            used.append("x-a", HeaderValue::from_static("1"));
+            let at = used.capacity();
+            recycle(used);
+            let again = map_with_capacity(2);
+            assert!(again.is_empty());
+            assert_eq!(again.capacity(), at, "the spare map was reused");
+            let grown = map_with_capacity(10);
+            assert!(grown.capacity() >= 10);
+            recycle(map_with_capacity(SPARE_MAP_CAPACITY * 2));
+            assert_eq!(map_with_capacity(0).capacity(), 0, "a big map was kept");
+        })
+        .join()
+        .unwrap();
     }
 
     #[test]

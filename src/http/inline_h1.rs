@@ -9,7 +9,7 @@
 
 use super::client::EndpointPool;
 use super::headers::connection_has;
-use super::read_buf::ReadBuffer;
+use super::read_buf::{shared_copy, ReadBuffer, SMALL_CHUNK};
 use super::{BoxError, ProxyBody};
 use bytes::Bytes;
 use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING, UPGRADE};
@@ -204,8 +204,8 @@ fn parse_head(buf: &[u8]) -> Result<Option<(usize, Response<()>)>, &'static str>
         .code
         .and_then(|c| StatusCode::from_u16(c).ok())
         .ok_or("invalid response status")?;
-    let head = super::read_buf::copy_head(&buf[..len]);
-    let mut map = HeaderMap::with_capacity(parsed.headers.len());
+    let head = shared_copy(&buf[..len]);
+    let mut map = super::headers::map_with_capacity(parsed.headers.len());
     for h in parsed.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| "invalid response header name")?;
         // The value lies inside `buf`; take the same range of the copy.
@@ -361,7 +361,12 @@ impl Framing {
 }
 
 fn take(conn: &mut InlineConn, n: usize) -> Frame<Bytes> {
-    let data = Bytes::copy_from_slice(&conn.buffered()[..n]);
+    let chunk = &conn.buffered()[..n];
+    let data = if n <= SMALL_CHUNK {
+        shared_copy(chunk)
+    } else {
+        Bytes::copy_from_slice(chunk)
+    };
     conn.consume(n);
     Frame::data(data)
 }

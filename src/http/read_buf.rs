@@ -75,26 +75,31 @@ impl ReadBuffer {
     }
 }
 
-/// Room for the heads of a thread's requests and responses in flight.
-const HEAD_ARENA: usize = 32 * 1024;
+/// Room for the heads (and small body chunks) of a thread's messages in flight.
+const ARENA: usize = 32 * 1024;
+
+/// Chunks above this get their own allocation: its cost is small next to
+/// the copy, and they would fill the shared buffer quickly.
+pub const SMALL_CHUNK: usize = 4 * 1024;
 
 thread_local! {
-    static HEADS: RefCell<BytesMut> = RefCell::new(BytesMut::new());
+    static COPIES: RefCell<BytesMut> = RefCell::new(BytesMut::new());
 }
 
-/// A shared copy of a message head, for header values and the target to
-/// point into. Heads are carved from one per-thread buffer: a fresh `Bytes`
-/// per head would cost an allocation for the copy and another when it is
-/// first sliced. The buffer is reused in place once its heads are dropped,
-/// and a head still held only keeps its own buffer alive.
-pub fn copy_head(head: &[u8]) -> Bytes {
-    HEADS.with(|heads| {
-        let mut heads = heads.borrow_mut();
-        if heads.capacity() < head.len() {
-            heads.reserve(head.len().max(HEAD_ARENA));
+/// A shared copy of a message head (for header values and the target to
+/// point into) or of a small body chunk. Copies are carved from one
+/// per-thread buffer: a fresh `Bytes` would cost an allocation for the copy
+/// and, for a head, another when it is first sliced. The buffer is reused in
+/// place once its copies are dropped; a copy still held keeps only its own
+/// buffer alive.
+pub fn shared_copy(bytes: &[u8]) -> Bytes {
+    COPIES.with(|copies| {
+        let mut copies = copies.borrow_mut();
+        if copies.capacity() < bytes.len() {
+            copies.reserve(bytes.len().max(ARENA));
         }
-        heads.extend_from_slice(head);
-        heads.split().freeze()
+        copies.extend_from_slice(bytes);
+        copies.split().freeze()
     })
 }
 
@@ -103,17 +108,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn heads_share_a_buffer_until_it_is_full_and_outlive_it() {
-        let first = copy_head(b"GET / HTTP/1.1\r\n\r\n");
-        let second = copy_head(b"HTTP/1.1 200 OK\r\n\r\n");
+    fn copies_share_a_buffer_until_it_is_full_and_outlive_it() {
+        let first = shared_copy(b"GET / HTTP/1.1\r\n\r\n");
+        let second = shared_copy(b"HTTP/1.1 200 OK\r\n\r\n");
         assert_eq!(&first[..], b"GET / HTTP/1.1\r\n\r\n");
         assert_eq!(&second[..], b"HTTP/1.1 200 OK\r\n\r\n");
         // Carved from one buffer: the second starts where the first ends.
         assert_eq!(first.as_ptr_range().end, second.as_ptr());
-        let big = copy_head(&vec![b'x'; HEAD_ARENA * 2]);
-        assert_eq!(big.len(), HEAD_ARENA * 2);
+        let big = shared_copy(&vec![b'x'; ARENA * 2]);
+        assert_eq!(big.len(), ARENA * 2);
         drop((second, big));
-        let after = copy_head(b"again");
+        let after = shared_copy(b"again");
         assert_eq!(&after[..], b"again");
         assert_eq!(&first[..], b"GET / HTTP/1.1\r\n\r\n");
     }

@@ -17,7 +17,7 @@ use super::{ProxyBody, RequestBody};
 use crate::listen::io::Prefixed;
 use bytes::Bytes;
 use http::header::{CONNECTION, CONTENT_LENGTH, DATE, EXPECT, TRANSFER_ENCODING, UPGRADE};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Body;
 use hyper_util::rt::TokioIo;
 use std::cell::RefCell;
@@ -126,14 +126,14 @@ fn parse_request(buf: &[u8]) -> Option<(usize, Request<RequestBody>)> {
         return None;
     }
     // Header values and the target share one copy of the head.
-    let head = super::read_buf::copy_head(&buf[..len]);
+    let head = super::read_buf::shared_copy(&buf[..len]);
     let slice = |part: &[u8]| {
         let at = part.as_ptr() as usize - buf.as_ptr() as usize;
         head.slice(at..at + part.len())
     };
     // Room for the two the proxy may add (Host, the client's identity): a full
     // map grows on any insert, even one that replaces.
-    let mut headers = HeaderMap::with_capacity(parsed.headers.len() + 2);
+    let mut headers = headers::map_with_capacity(parsed.headers.len() + 2);
     for h in parsed.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
         if name == TRANSFER_ENCODING || name == EXPECT || name == UPGRADE {
@@ -220,6 +220,7 @@ where
         push_header(out, "connection", b"close");
     }
     out.extend_from_slice(b"\r\n");
+    headers::recycle(parts.headers);
     let mut body = Pin::new(&mut body);
     loop {
         if matches!(framing, Framing::None | Framing::Length(0)) || body.is_end_stream() {
