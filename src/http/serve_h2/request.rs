@@ -25,6 +25,14 @@ pub struct Fields {
 }
 
 impl Fields {
+    /// With a recycled header map when the thread has one.
+    pub fn new() -> Self {
+        Fields {
+            headers: crate::http::headers::map_with_capacity(0),
+            ..Fields::default()
+        }
+    }
+
     pub fn push(&mut self, name: Name, value: Bytes) {
         self.size += value.len() + 32;
         match name {

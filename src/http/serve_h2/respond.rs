@@ -72,6 +72,7 @@ impl<F: Future<Output = Result<Response<ProxyBody>, Infallible>>> Future for Res
                         }
                     }
                     drop(state);
+                    crate::http::headers::recycle(parts.headers);
                     if !live || end {
                         this.phase.set(Phase::Done);
                         return Poll::Ready(());

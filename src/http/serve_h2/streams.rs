@@ -53,7 +53,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin, F: Future<Output = ()>> Conn<I, F> {
     }
 
     fn on_header_block(&mut self, id: u32, end_stream: bool, block: &[u8]) -> Result<(), ConnError> {
-        let mut fields = Fields::default();
+        let mut fields = Fields::new();
         match self.decoder.decode(block, |name, value| fields.push(name, value)) {
             Ok(()) => {}
             Err(hpack::Error::Compression) => return Err(ConnError(Reason::Compression, "bad header block")),
