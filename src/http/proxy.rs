@@ -119,7 +119,9 @@ fn answer_failure(failure: Failure, shared: &Shared, started: Instant) -> Respon
 /// header, shared rather than copied. Empty when missing or not text.
 fn authority_of(req: &Request<RequestBody>) -> HeaderValue {
     let found = match req.uri().authority() {
-        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+        // A shared copy: the value is cloned into labels, and a plain one
+        // would be allocated twice (for the copy, then to share it).
+        Some(a) => HeaderValue::from_maybe_shared(super::read_buf::shared_copy(a.as_str().as_bytes())).ok(),
         None => req.headers().get(HOST).cloned(),
     };
     found

@@ -28,8 +28,6 @@ use super::hpack::Decoder;
 use super::proxy::ConnContext;
 use super::read_buf::ReadBuffer;
 use frame::Reason;
-use futures_util::future::Abortable;
-use futures_util::stream::{FuturesUnordered, StreamExt};
 use shared::{Shared, State, RECV_WINDOW};
 use std::future::{poll_fn, Future};
 use std::io;
@@ -77,8 +75,7 @@ struct Conn<I, F> {
     write: Vec<u8>,
     written: usize,
     shared: Arc<Shared>,
-    tasks: FuturesUnordered<Abortable<task::Slot<F>>>,
-    spare: task::Spare<F>,
+    tasks: task::StreamTasks<F>,
     /// Always `task::stream_future`: held as a field so that `F` names its
     /// return type, which has no name of its own.
     make: task::MakeFuture<F>,
@@ -131,8 +128,7 @@ where
         write: Vec::new(),
         written: 0,
         shared: Shared::new(state),
-        tasks: FuturesUnordered::new(),
-        spare: task::Spare::new(),
+        tasks: task::StreamTasks::new(),
         make: task::stream_future,
         decoder: Decoder::new(HEADER_TABLE_SIZE),
         ctx,
@@ -204,16 +200,14 @@ impl<I: AsyncRead + AsyncWrite + Unpin, F: Future<Output = ()>> Conn<I, F> {
                     Poll::Pending => {}
                 }
             }
-            while let Poll::Ready(Some(done)) = self.tasks.poll_next_unpin(cx) {
-                if let Ok((proxied, slot)) = done {
-                    // Only streams the proxy served offset resets: the
-                    // server's own quick 400s must not buy a client resets.
-                    if proxied {
-                        self.net_resets = self.net_resets.saturating_sub(1);
-                    }
-                    self.spare.give_back(slot);
+            let net_resets = &mut self.net_resets;
+            self.tasks.poll(cx, |proxied| {
+                // Only streams the proxy served offset resets: the
+                // server's own quick 400s must not buy a client resets.
+                if proxied {
+                    *net_resets = net_resets.saturating_sub(1);
                 }
-            }
+            });
             match self.poll_flush(cx) {
                 Poll::Ready(Ok(woke)) => {
                     again |= woke;

@@ -222,7 +222,7 @@ mod tests {
     #[test]
     fn a_stream_waiting_for_the_connection_window_is_listed_once() {
         let shared = Shared::new(State::new());
-        let (abort, _registration) = futures_util::future::AbortHandle::new_pair();
+        let abort = crate::http::serve_h2::task::AbortStream::unattached();
         {
             let mut state = shared.lock();
             state.send_window = 0;

@@ -205,7 +205,7 @@ pub struct Stream {
     /// Declared request length, and what has arrived.
     pub expected: Option<u64>,
     pub received: u64,
-    pub abort: futures_util::future::AbortHandle,
+    pub abort: super::task::AbortStream,
     /// The stream's task, waiting for send window or output room.
     pub sender: Option<Waker>,
     /// The stream is in `State::blocked` (so it is listed once).

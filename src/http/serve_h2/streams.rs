@@ -9,7 +9,6 @@ use super::task::Answer;
 use super::{Conn, ConnError, PendingBlock, RecvBody, MAX_BLOCK, MAX_CONCURRENT_STREAMS};
 use crate::http::hpack;
 use crate::http::{error_response, RequestBody};
-use futures_util::future::{AbortHandle, Abortable};
 use http::StatusCode;
 use std::future::Future;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -113,7 +112,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin, F: Future<Output = ()>> Conn<I, F> {
             return Ok(());
         }
         let length = fields.content_length();
-        let (abort, registration) = AbortHandle::new_pair();
+        let abort = self.tasks.next_abort();
         state.streams.insert(
             id,
             Stream {
@@ -142,8 +141,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin, F: Future<Output = ()>> Conn<I, F> {
         let answer = self.answer(body, fields, length);
         let proxied = matches!(answer, Answer::Proxy(_));
         let future = (self.make)(self.shared.clone(), id, answer, self.ctx.clone());
-        let slot = self.spare.slot(future, proxied);
-        self.tasks.push(Abortable::new(slot, registration));
+        self.tasks.start(future, proxied);
         Ok(())
     }
 

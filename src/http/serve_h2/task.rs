@@ -14,10 +14,12 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::future::Ready;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{ready, Context, Poll};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Wake, Waker};
 
-/// Finished slots kept per connection (about 1.7 KB each); more are freed.
+/// Finished slots whose heap state is kept per connection (about 1.7 KB
+/// each); more are freed.
 const SPARE_SLOTS: usize = 8;
 
 /// What a stream is answered with: the proxy's handling of its request, or
@@ -49,56 +51,194 @@ pub fn stream_future(
     Respond::new(shared, id, answer)
 }
 
-/// A slot holding a stream's future; yields the emptied slot when done,
-/// and whether the stream was proxied (not answered by the server itself).
-pub struct Slot<F> {
-    slot: Option<Pin<Box<Option<F>>>>,
+/// The futures of a connection's streams, polled by the connection's task.
+/// Each lives in a slot that later streams reuse: its heap state, its
+/// waker and its abort handle. (`FuturesUnordered` and `Abortable` allocate
+/// a task node and an abort handle per stream.)
+pub struct StreamTasks<F> {
+    slots: Vec<TaskSlot<F>>,
+    /// Slots with no future, the next one to use last.
+    free: Vec<usize>,
+    queue: Arc<WakeQueue>,
+    /// The woken slots being polled; kept so that taking them allocates nothing.
+    batch: Vec<usize>,
+    live: usize,
+    next_generation: u64,
+}
+
+struct TaskSlot<F> {
+    /// None once freed beyond the spares kept.
+    state: Option<Pin<Box<Option<F>>>>,
+    node: Arc<Node>,
+    waker: Waker,
+    /// Tells this stream's future from earlier ones in the slot.
+    generation: u64,
     proxied: bool,
 }
 
-impl<F: Future<Output = ()>> Future for Slot<F> {
-    type Output = (bool, Pin<Box<Option<F>>>);
+/// Slots woken since the connection last polled, and the connection's waker.
+#[derive(Default)]
+struct WakeQueue(Mutex<(Vec<usize>, Option<Waker>)>);
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.get_mut();
-        let slot = this
-            .slot
-            .as_mut()
-            .expect("a stream task is not polled after it finished");
-        if let Some(future) = slot.as_mut().as_pin_mut() {
-            ready!(future.poll(cx));
-        }
-        slot.set(None); // the finished state is dropped now, not when reused
-        Poll::Ready((this.proxied, this.slot.take().expect("checked above")))
+impl WakeQueue {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (Vec<usize>, Option<Waker>)> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
-/// Finished slots, ready for the next streams.
-pub struct Spare<F>(Vec<Pin<Box<Option<F>>>>);
+struct Node {
+    index: usize,
+    queue: Arc<WakeQueue>,
+    queued: AtomicBool,
+    /// The generation whose abort was asked for.
+    aborted: AtomicU64,
+}
 
-impl<F> Spare<F> {
+impl Wake for Node {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        if self.queued.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let mut queue = self.queue.lock();
+        queue.0.push(self.index);
+        // The connection takes the whole list when polled: only the first
+        // slot woken since then needs to wake it.
+        let conn = (queue.0.len() == 1).then(|| queue.1.clone()).flatten();
+        drop(queue);
+        if let Some(conn) = conn {
+            conn.wake();
+        }
+    }
+}
+
+/// Cancels one stream's future (it is dropped, unpolled, by the
+/// connection); a handle kept past its stream does nothing.
+pub struct AbortStream {
+    node: Arc<Node>,
+    generation: u64,
+}
+
+impl AbortStream {
+    pub fn abort(&self) {
+        self.node.aborted.store(self.generation, Ordering::Release);
+        self.node.wake_by_ref();
+    }
+
+    #[cfg(test)]
+    pub fn unattached() -> Self {
+        let queue = Arc::new(WakeQueue::default());
+        AbortStream {
+            node: Arc::new(Node {
+                index: 0,
+                queue,
+                queued: AtomicBool::new(false),
+                aborted: AtomicU64::new(0),
+            }),
+            generation: 1,
+        }
+    }
+}
+
+impl<F: Future<Output = ()>> StreamTasks<F> {
     pub fn new() -> Self {
-        Spare(Vec::new())
+        StreamTasks {
+            slots: Vec::new(),
+            free: Vec::new(),
+            queue: Arc::new(WakeQueue::default()),
+            batch: Vec::new(),
+            live: 0,
+            next_generation: 1,
+        }
     }
 
-    pub fn slot(&mut self, future: F, proxied: bool) -> Slot<F> {
-        let slot = match self.0.pop() {
-            Some(mut slot) => {
-                slot.set(Some(future));
-                slot
+    pub fn is_empty(&self) -> bool {
+        self.live == 0
+    }
+
+    /// The handle that cancels the future [`start`](Self::start) runs next.
+    pub fn next_abort(&mut self) -> AbortStream {
+        if self.free.is_empty() {
+            let index = self.slots.len();
+            let node = Arc::new(Node {
+                index,
+                queue: self.queue.clone(),
+                queued: AtomicBool::new(false),
+                aborted: AtomicU64::new(0),
+            });
+            self.slots.push(TaskSlot {
+                state: None,
+                waker: Waker::from(node.clone()),
+                node,
+                generation: 0,
+                proxied: false,
+            });
+            self.free.push(index);
+        }
+        let index = *self.free.last().expect("one was just made");
+        AbortStream {
+            node: self.slots[index].node.clone(),
+            generation: self.next_generation,
+        }
+    }
+
+    /// Runs a stream's future; `proxied` comes back when it finishes.
+    pub fn start(&mut self, future: F, proxied: bool) {
+        self.next_abort(); // a free slot, if none was asked for
+        let index = self.free.pop().expect("next_abort keeps one free");
+        let slot = &mut self.slots[index];
+        match &mut slot.state {
+            Some(state) => state.set(Some(future)),
+            None => slot.state = Some(Box::pin(Some(future))),
+        }
+        slot.generation = self.next_generation;
+        slot.proxied = proxied;
+        self.next_generation += 1;
+        self.live += 1;
+        // Listed for its first poll without waking the connection, which
+        // polls its tasks after it starts them.
+        slot.node.queued.store(true, Ordering::Release);
+        self.queue.lock().0.push(index);
+    }
+
+    /// Polls the woken futures; `finished(proxied)` for each that ends
+    /// (not for those aborted).
+    pub fn poll(&mut self, cx: &mut Context<'_>, mut finished: impl FnMut(bool)) {
+        {
+            let mut queue = self.queue.lock();
+            if !queue.1.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                queue.1 = Some(cx.waker().clone());
             }
-            None => Box::pin(Some(future)),
-        };
-        Slot {
-            slot: Some(slot),
-            proxied,
+            std::mem::swap(&mut queue.0, &mut self.batch);
         }
-    }
-
-    pub fn give_back(&mut self, slot: Pin<Box<Option<F>>>) {
-        if self.0.len() < SPARE_SLOTS {
-            self.0.push(slot);
+        for at in 0..self.batch.len() {
+            let slot = &mut self.slots[self.batch[at]];
+            // Cleared first: a wake while it is polled lists it again.
+            slot.node.queued.store(false, Ordering::Release);
+            let Some(state) = slot.state.as_mut() else {
+                continue;
+            };
+            let Some(future) = state.as_mut().as_pin_mut() else {
+                continue;
+            };
+            let aborted = slot.node.aborted.load(Ordering::Acquire) == slot.generation;
+            if !aborted && future.poll(&mut Context::from_waker(&slot.waker)).is_pending() {
+                continue;
+            }
+            state.set(None); // the finished state is dropped now, not when reused
+            if !aborted {
+                finished(slot.proxied);
+            }
+            if self.free.len() >= SPARE_SLOTS {
+                slot.state = None;
+            }
+            self.free.push(self.batch[at]);
+            self.live -= 1;
         }
+        self.batch.clear();
     }
 }
 
@@ -108,6 +248,85 @@ mod tests {
 
     fn output_size<F>(_: MakeFuture<F>) -> usize {
         std::mem::size_of::<F>()
+    }
+
+    /// A future that finishes on its `n`th poll, counting its polls.
+    struct Polls {
+        left: u32,
+        polled: Arc<std::sync::atomic::AtomicU32>,
+    }
+
+    impl Future for Polls {
+        type Output = ();
+        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> std::task::Poll<()> {
+            self.polled.fetch_add(1, Ordering::Relaxed);
+            self.left -= 1;
+            if self.left == 0 {
+                return std::task::Poll::Ready(());
+            }
+            cx.waker().wake_by_ref();
+            std::task::Poll::Pending
+        }
+    }
+
+    #[test]
+    fn streams_run_finish_and_abort_and_stale_aborts_miss_later_streams() {
+        let mut tasks = StreamTasks::new();
+        let mut cx = Context::from_waker(Waker::noop());
+        let counter = || Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let (a, b) = (counter(), counter());
+        let abort_a = tasks.next_abort();
+        tasks.start(
+            Polls {
+                left: 2,
+                polled: a.clone(),
+            },
+            true,
+        );
+        let abort_b = tasks.next_abort();
+        tasks.start(
+            Polls {
+                left: 100,
+                polled: b.clone(),
+            },
+            false,
+        );
+        let mut done = Vec::new();
+        tasks.poll(&mut cx, |p| done.push(p));
+        assert_eq!((a.load(Ordering::Relaxed), b.load(Ordering::Relaxed)), (1, 1));
+        abort_b.abort();
+        tasks.poll(&mut cx, |p| done.push(p));
+        // a finished on its second poll; b was dropped without being polled.
+        assert_eq!((a.load(Ordering::Relaxed), b.load(Ordering::Relaxed)), (2, 1));
+        assert_eq!(done, [true]);
+        assert!(tasks.is_empty());
+        // Both slots are reused; the old handles no longer reach them.
+        let c = counter();
+        tasks.start(
+            Polls {
+                left: 3,
+                polled: c.clone(),
+            },
+            true,
+        );
+        tasks.start(
+            Polls {
+                left: 3,
+                polled: c.clone(),
+            },
+            true,
+        );
+        assert_eq!(tasks.slots.len(), 2, "a slot was not reused");
+        abort_a.abort();
+        abort_b.abort();
+        for _ in 0..3 {
+            tasks.poll(&mut cx, |p| done.push(p));
+        }
+        assert_eq!(c.load(Ordering::Relaxed), 6);
+        assert_eq!(done, [true, true, true]);
+        assert!(tasks.is_empty());
+        // Nothing woken, nothing polled.
+        tasks.poll(&mut cx, |_| panic!("polled an idle slot"));
     }
 
     /// A stream's future is moved into its slot whole, so it should be the
