@@ -28,6 +28,18 @@ pub struct RequestLabels {
     pub tls: &'static str,
 }
 
+impl RequestLabels {
+    /// The same labels, holding no part of a message they were taken from.
+    fn detached(&self) -> Self {
+        let authority = http::HeaderValue::from_bytes(self.authority.as_bytes())
+            .unwrap_or_else(|_| self.authority.clone());
+        RequestLabels {
+            authority,
+            ..self.clone()
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct AuthzLabels {
     pub listener: Arc<str>,
@@ -177,7 +189,11 @@ impl Metrics {
                     if cache.len() == CACHE_ENTRIES {
                         cache.remove(0);
                     }
-                    cache.push((self.id, labels.clone(), series(&self.requests, labels), None));
+                    // Kept for as long as the proxy runs: the authority gets a
+                    // copy of its own, not a slice of the request's head.
+                    let owned = labels.detached();
+                    let series = series(&self.requests, &owned);
+                    cache.push((self.id, owned, series, None));
                     cache.len() - 1
                 }
             };
@@ -452,6 +468,21 @@ mod tests {
             cross_zone: false,
             tls: "false",
         }
+    }
+
+    #[test]
+    fn series_labels_hold_no_part_of_the_request_they_came_from() {
+        let m = Metrics::default();
+        let head = bytes::Bytes::from(b"GET / HTTP/1.1\r\nhost: web.local\r\n\r\n".to_vec());
+        let mut l = labels();
+        l.authority = http::HeaderValue::from_maybe_shared(head.slice(22..31)).unwrap();
+        m.request(&l);
+        let keys: Vec<_> = m.requests.lock().unwrap().keys().cloned().collect();
+        assert_eq!(keys, [l.clone()]);
+        let within = head
+            .as_ptr_range()
+            .contains(&keys[0].authority.as_bytes().as_ptr());
+        assert!(!within, "the series key points into the request's head");
     }
 
     #[test]

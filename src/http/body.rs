@@ -29,7 +29,9 @@ pub struct Observation {
     ttfb: Option<Duration>,
     failed: bool,
     bytes: u64,
-    log: Option<LogHandoff>,
+    /// Boxed: only plugins with `on_log` use it, and inline it would
+    /// more than double what every response carries and copies.
+    log: Option<Box<LogHandoff>>,
 }
 
 type LogHandoff = (Arc<PluginHost>, PluginRequest, LogSummary);
@@ -61,7 +63,7 @@ impl Observation {
 
     /// Sends a summary to the plugins' `on_log` hooks when the response ends.
     pub fn with_log(mut self, log: Option<LogHandoff>) -> Self {
-        self.log = log;
+        self.log = log.map(Box::new);
         self
     }
 
@@ -87,7 +89,7 @@ impl Drop for Observation {
         self.shared
             .metrics
             .response(&self.labels, self.status, classification, latency);
-        if let Some((host, req, mut summary)) = self.log.take() {
+        if let Some((host, req, mut summary)) = self.log.take().map(|log| *log) {
             summary.status = self.status;
             summary.duration_ms = self.started.elapsed().as_secs_f64() * 1000.0;
             summary.ttfb_ms = latency.as_secs_f64() * 1000.0;

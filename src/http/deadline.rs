@@ -21,6 +21,7 @@ pin_project! {
 #[derive(Debug)]
 pub struct Elapsed;
 
+#[inline(always)] // the wrapped future is large: built in place, not copied in and out
 pub fn with_deadline<F: Future>(inner: F, deadline: Option<Instant>) -> Deadline<F> {
     Deadline {
         inner,

@@ -22,7 +22,8 @@ pub fn map_with_capacity(n: usize) -> HeaderMap {
 
 /// Hands a finished message's map back for reuse.
 pub fn recycle(mut map: HeaderMap) {
-    if map.capacity() == 0 || map.capacity() > SPARE_MAP_CAPACITY {
+    // `len` counts repeated values too, whose storage `capacity` leaves out.
+    if map.capacity() == 0 || map.capacity() > SPARE_MAP_CAPACITY || map.len() > SPARE_MAP_CAPACITY {
         return;
     }
     map.clear();
@@ -185,6 +186,17 @@ mod tests {
             assert!(grown.capacity() >= 10);
             recycle(map_with_capacity(SPARE_MAP_CAPACITY * 2));
             assert_eq!(map_with_capacity(0).capacity(), 0, "a big map was kept");
+            // Few names, many values: their storage is not in `capacity`.
+            let mut repeated = map_with_capacity(1);
+            for _ in 0..=SPARE_MAP_CAPACITY {
+                repeated.append("x-a", HeaderValue::from_static("1"));
+            }
+            recycle(repeated);
+            assert_eq!(
+                map_with_capacity(0).capacity(),
+                0,
+                "a map of many values was kept"
+            );
         })
         .join()
         .unwrap();

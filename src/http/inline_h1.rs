@@ -9,7 +9,7 @@
 
 use super::client::EndpointPool;
 use super::headers::connection_has;
-use super::read_buf::{shared_copy, ReadBuffer, SMALL_CHUNK};
+use super::read_buf::{shared_copy, ReadBuffer};
 use super::{BoxError, ProxyBody};
 use bytes::Bytes;
 use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING, UPGRADE};
@@ -361,12 +361,8 @@ impl Framing {
 }
 
 fn take(conn: &mut InlineConn, n: usize) -> Frame<Bytes> {
-    let chunk = &conn.buffered()[..n];
-    let data = if n <= SMALL_CHUNK {
-        shared_copy(chunk)
-    } else {
-        Bytes::copy_from_slice(chunk)
-    };
+    // Its own allocation: a chunk may wait long for a slow reader.
+    let data = Bytes::copy_from_slice(&conn.buffered()[..n]);
     conn.consume(n);
     Frame::data(data)
 }

@@ -75,24 +75,24 @@ impl ReadBuffer {
     }
 }
 
-/// Room for the heads (and small body chunks) of a thread's messages in flight.
-const ARENA: usize = 32 * 1024;
-
-/// Chunks above this get their own allocation: its cost is small next to
-/// the copy, and they would fill the shared buffer quickly.
-pub const SMALL_CHUNK: usize = 4 * 1024;
+/// The per-thread buffer heads are carved from. Small: a head kept for
+/// long (its authority labels a response that streams for hours) keeps its
+/// block alive, and reuse needs only the heads of the moment to fit.
+const ARENA: usize = 4 * 1024;
 
 thread_local! {
     static COPIES: RefCell<BytesMut> = RefCell::new(BytesMut::new());
 }
 
-/// A shared copy of a message head (for header values and the target to
-/// point into) or of a small body chunk. Copies are carved from one
-/// per-thread buffer: a fresh `Bytes` would cost an allocation for the copy
-/// and, for a head, another when it is first sliced. The buffer is reused in
-/// place once its copies are dropped; a copy still held keeps only its own
-/// buffer alive.
+/// A shared copy of a message head, for header values and the target to
+/// point into. Heads are carved from one per-thread buffer: a fresh `Bytes`
+/// would cost an allocation for the copy and another when it is first
+/// sliced. The buffer is reused in place once its heads are dropped; a head
+/// still held keeps only its own block alive.
 pub fn shared_copy(bytes: &[u8]) -> Bytes {
+    if bytes.is_empty() {
+        return Bytes::new();
+    }
     COPIES.with(|copies| {
         let mut copies = copies.borrow_mut();
         if copies.capacity() < bytes.len() {

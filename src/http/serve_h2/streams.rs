@@ -140,8 +140,8 @@ impl<I: AsyncRead + AsyncWrite + Unpin, F: Future<Output = ()>> Conn<I, F> {
         drop(guard);
         let answer = self.answer(body, fields, length);
         let proxied = matches!(answer, Answer::Proxy(_));
-        let future = (self.make)(self.shared.clone(), id, answer, self.ctx.clone());
-        self.tasks.start(future, proxied);
+        let (make, shared, ctx) = (self.make, self.shared.clone(), self.ctx.clone());
+        self.tasks.start(|| make(shared, id, answer, ctx), proxied);
         Ok(())
     }
 

@@ -57,8 +57,10 @@ pub fn stream_future(
 /// a task node and an abort handle per stream.)
 pub struct StreamTasks<F> {
     slots: Vec<TaskSlot<F>>,
-    /// Slots with no future, the next one to use last.
-    free: Vec<usize>,
+    /// Slots with no future that kept their heap state (at most
+    /// `SPARE_SLOTS`), used first; then those that did not.
+    free_kept: Vec<usize>,
+    free_bare: Vec<usize>,
     queue: Arc<WakeQueue>,
     /// The woken slots being polled; kept so that taking them allocates nothing.
     batch: Vec<usize>,
@@ -147,7 +149,8 @@ impl<F: Future<Output = ()>> StreamTasks<F> {
     pub fn new() -> Self {
         StreamTasks {
             slots: Vec::new(),
-            free: Vec::new(),
+            free_kept: Vec::new(),
+            free_bare: Vec::new(),
             queue: Arc::new(WakeQueue::default()),
             batch: Vec::new(),
             live: 0,
@@ -161,38 +164,52 @@ impl<F: Future<Output = ()>> StreamTasks<F> {
 
     /// The handle that cancels the future [`start`](Self::start) runs next.
     pub fn next_abort(&mut self) -> AbortStream {
-        if self.free.is_empty() {
-            let index = self.slots.len();
-            let node = Arc::new(Node {
-                index,
-                queue: self.queue.clone(),
-                queued: AtomicBool::new(false),
-                aborted: AtomicU64::new(0),
-            });
-            self.slots.push(TaskSlot {
-                state: None,
-                waker: Waker::from(node.clone()),
-                node,
-                generation: 0,
-                proxied: false,
-            });
-            self.free.push(index);
-        }
-        let index = *self.free.last().expect("one was just made");
+        let index = self.next_free();
         AbortStream {
             node: self.slots[index].node.clone(),
             generation: self.next_generation,
         }
     }
 
-    /// Runs a stream's future; `proxied` comes back when it finishes.
-    pub fn start(&mut self, future: F, proxied: bool) {
-        self.next_abort(); // a free slot, if none was asked for
-        let index = self.free.pop().expect("next_abort keeps one free");
+    /// The slot `start` takes next: one with kept state if there is one.
+    fn next_free(&mut self) -> usize {
+        if self.free_kept.is_empty() && self.free_bare.is_empty() {
+            // Aborted streams give their slots back at the next poll; a
+            // client that opens and resets many in one read must not grow
+            // the table, so they are given back now.
+            self.reap_aborted();
+        }
+        if let Some(index) = self.free_kept.last().or(self.free_bare.last()) {
+            return *index;
+        }
+        let index = self.slots.len();
+        let node = Arc::new(Node {
+            index,
+            queue: self.queue.clone(),
+            queued: AtomicBool::new(false),
+            aborted: AtomicU64::new(0),
+        });
+        self.slots.push(TaskSlot {
+            state: None,
+            waker: Waker::from(node.clone()),
+            node,
+            generation: 0,
+            proxied: false,
+        });
+        self.free_bare.push(index);
+        index
+    }
+
+    /// Runs a stream's future; `proxied` comes back when it finishes. The
+    /// future is made in place: moving its 1.6 KB state costs a copy each time.
+    pub fn start(&mut self, make: impl FnOnce() -> F, proxied: bool) {
+        let index = self.next_free();
+        let popped = self.free_kept.pop().or_else(|| self.free_bare.pop());
+        debug_assert_eq!(popped, Some(index));
         let slot = &mut self.slots[index];
         match &mut slot.state {
-            Some(state) => state.set(Some(future)),
-            None => slot.state = Some(Box::pin(Some(future))),
+            Some(state) => state.set(Some(make())),
+            None => slot.state = Some(Box::pin(Some(make()))),
         }
         slot.generation = self.next_generation;
         slot.proxied = proxied;
@@ -202,6 +219,37 @@ impl<F: Future<Output = ()>> StreamTasks<F> {
         // polls its tasks after it starts them.
         slot.node.queued.store(true, Ordering::Release);
         self.queue.lock().0.push(index);
+    }
+
+    /// Drops the futures of aborted streams, unpolled. Aborting wakes a
+    /// stream, so they are all in the queue.
+    fn reap_aborted(&mut self) {
+        // Copied out first: a future's drop may wake others, which locks the queue.
+        self.batch.extend_from_slice(&self.queue.lock().0);
+        for at in 0..self.batch.len() {
+            let index = self.batch[at];
+            let slot = &self.slots[index];
+            let running = slot.state.as_ref().is_some_and(|state| state.is_some());
+            if running && slot.node.aborted.load(Ordering::Acquire) == slot.generation {
+                self.release(index);
+            }
+        }
+        self.batch.clear();
+    }
+
+    /// Ends the future in `index` (dropped now, not when the slot is reused).
+    fn release(&mut self, index: usize) {
+        let slot = &mut self.slots[index];
+        if let Some(state) = slot.state.as_mut() {
+            state.set(None);
+        }
+        if self.free_kept.len() < SPARE_SLOTS {
+            self.free_kept.push(index);
+        } else {
+            slot.state = None;
+            self.free_bare.push(index);
+        }
+        self.live -= 1;
     }
 
     /// Polls the woken futures; `finished(proxied)` for each that ends
@@ -215,9 +263,10 @@ impl<F: Future<Output = ()>> StreamTasks<F> {
             std::mem::swap(&mut queue.0, &mut self.batch);
         }
         for at in 0..self.batch.len() {
-            let slot = &mut self.slots[self.batch[at]];
+            let index = self.batch[at];
+            let slot = &mut self.slots[index];
             // Cleared first: a wake while it is polled lists it again.
-            slot.node.queued.store(false, Ordering::Release);
+            slot.node.queued.swap(false, Ordering::AcqRel);
             let Some(state) = slot.state.as_mut() else {
                 continue;
             };
@@ -228,15 +277,10 @@ impl<F: Future<Output = ()>> StreamTasks<F> {
             if !aborted && future.poll(&mut Context::from_waker(&slot.waker)).is_pending() {
                 continue;
             }
-            state.set(None); // the finished state is dropped now, not when reused
             if !aborted {
                 finished(slot.proxied);
             }
-            if self.free.len() >= SPARE_SLOTS {
-                slot.state = None;
-            }
-            self.free.push(self.batch[at]);
-            self.live -= 1;
+            self.release(index);
         }
         self.batch.clear();
     }
@@ -277,7 +321,7 @@ mod tests {
         let (a, b) = (counter(), counter());
         let abort_a = tasks.next_abort();
         tasks.start(
-            Polls {
+            || Polls {
                 left: 2,
                 polled: a.clone(),
             },
@@ -285,7 +329,7 @@ mod tests {
         );
         let abort_b = tasks.next_abort();
         tasks.start(
-            Polls {
+            || Polls {
                 left: 100,
                 polled: b.clone(),
             },
@@ -303,14 +347,14 @@ mod tests {
         // Both slots are reused; the old handles no longer reach them.
         let c = counter();
         tasks.start(
-            Polls {
+            || Polls {
                 left: 3,
                 polled: c.clone(),
             },
             true,
         );
         tasks.start(
-            Polls {
+            || Polls {
                 left: 3,
                 polled: c.clone(),
             },
@@ -327,6 +371,54 @@ mod tests {
         assert!(tasks.is_empty());
         // Nothing woken, nothing polled.
         tasks.poll(&mut cx, |_| panic!("polled an idle slot"));
+    }
+
+    fn pending() -> Polls {
+        Polls {
+            left: u32::MAX,
+            polled: Arc::new(std::sync::atomic::AtomicU32::new(0)),
+        }
+    }
+
+    #[test]
+    fn streams_opened_and_aborted_between_polls_do_not_grow_the_table() {
+        let mut tasks = StreamTasks::new();
+        for _ in 0..1000 {
+            let abort = tasks.next_abort();
+            tasks.start(pending, true);
+            abort.abort();
+        }
+        assert!(tasks.slots.len() <= 2, "{} slots", tasks.slots.len());
+        tasks.poll(&mut Context::from_waker(Waker::noop()), |_| {
+            panic!("an aborted stream finished")
+        });
+        assert!(tasks.is_empty());
+    }
+
+    #[test]
+    fn kept_state_is_used_first_after_a_burst() {
+        let mut tasks = StreamTasks::new();
+        let mut cx = Context::from_waker(Waker::noop());
+        let aborts: Vec<_> = (0..20)
+            .map(|_| {
+                let abort = tasks.next_abort();
+                tasks.start(pending, true);
+                abort
+            })
+            .collect();
+        aborts.iter().for_each(AbortStream::abort);
+        tasks.poll(&mut cx, |_| ());
+        assert!(tasks.is_empty());
+        assert_eq!(tasks.free_kept.len(), SPARE_SLOTS);
+        for _ in 0..SPARE_SLOTS {
+            let next = tasks.next_free();
+            assert!(
+                tasks.slots[next].state.is_some(),
+                "a slot without kept state was chosen"
+            );
+            tasks.start(pending, true);
+        }
+        assert!(tasks.free_kept.is_empty());
     }
 
     /// A stream's future is moved into its slot whole, so it should be the
