@@ -13,8 +13,10 @@ connections x 10 streams), and TLS termination (HTTP/1.1 over TLS 1.3,
 ECDSA P-256). After a warm-up, rounds are interleaved (every proxy once per
 round) and the median round is reported. Latency percentiles come from
 h2load's per-request log. CPU µs per request is the proxy's user+system time
-(from /proc/PID/stat) over the requests served; RSS is read at the end of the
-round. A round is flagged when other processes used more than 10 % of a core.
+(from /proc/PID/stat) over the requests served; "proxy busy" is that CPU time
+over the run's length, which shows whether the proxy or the load generator
+limited the run. RSS is read at the end of the round. A round is flagged when
+other processes used more than 10 % of a core.
 """
 
 from __future__ import annotations
