@@ -288,6 +288,43 @@ def test_client_reset_cancels_only_its_stream(backend, proxy):
         c.close()
 
 
+def test_streams_reset_together_with_a_new_one_free_their_slots(proxy):
+    # Uploads whose handlers still hold their request bodies (the upstream
+    # never accepts: its listen queue is full), then their resets and a new
+    # request in one write. The new stream finds the aborted ones holding
+    # their slots, and they are released while it is being set up; releasing
+    # a body locks the connection's state, which must not be held then.
+    stuck = socket.socket()
+    stuck.bind(("127.0.0.1", 0))
+    stuck.listen(0)
+    fillers = []
+    for _ in range(3):  # non-blocking: the queue holds one, the others wait for it
+        f = socket.socket()
+        f.setblocking(False)
+        f.connect_ex(stuck.getsockname())
+        fillers.append(f)
+    cfg = one_service([f"127.0.0.1:{stuck.getsockname()[1]}"], listener_protocol="http2")
+    cfg["services"][0]["connect_timeout"] = "2s"
+    p = proxy(cfg)
+    c = Client(p.addresses["outbound"])
+    try:
+        uploads = [c.request(f"/upload/{i}", method="POST", end=False) for i in range(5)]
+        time.sleep(0.3)  # the uploads are connecting upstream, each holding its body
+        for sid in uploads:
+            c.conn.reset_stream(sid, ErrorCodes.CANCEL)
+        after = c.conn.get_next_available_stream_id()
+        headers = [(":method", "GET"), (":scheme", "http"), (":authority", "web"), (":path", "/after")]
+        c.conn.send_headers(after, headers, end_stream=True)
+        c.flush()  # one write: the resets and the new request
+        c.pump(lambda: after in c.ended, timeout=10)
+        assert c.headers[after][":status"] in ("502", "503", "504")
+    finally:
+        c.close()
+        for f in fillers:
+            f.close()
+        stuck.close()
+
+
 def open_and_kill(c: Client, kill, count: int = 1200) -> int:
     """Opens `count` slow streams, each followed by `kill(sid)`; the GOAWAY's code."""
     headers = [(":method", "GET"), (":scheme", "http"), (":authority", "web"), (":path", "/delay/1000")]

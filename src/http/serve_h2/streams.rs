@@ -58,6 +58,9 @@ impl<I: AsyncRead + AsyncWrite + Unpin, F: Future<Output = ()>> Conn<I, F> {
             Err(hpack::Error::Compression) => return Err(ConnError(Reason::Compression, "bad header block")),
             Err(_) => fields.problem = fields.problem.or(Some("invalid header field")),
         }
+        // Before the lock: making room may drop aborted streams' futures,
+        // and their request bodies lock the state when dropped.
+        let abort = self.tasks.next_abort();
         let mut guard = self.shared.lock();
         let state = &mut *guard;
         if let Some(stream) = state.streams.get_mut(&id) {
@@ -112,7 +115,6 @@ impl<I: AsyncRead + AsyncWrite + Unpin, F: Future<Output = ()>> Conn<I, F> {
             return Ok(());
         }
         let length = fields.content_length();
-        let abort = self.tasks.next_abort();
         state.streams.insert(
             id,
             Stream {
