@@ -11,7 +11,9 @@ backend (nginx answering "ok") and the load generator (h2load, one thread)
 share CPU 0. Scenarios: HTTP/1.1 keep-alive, h2c with prior knowledge (10
 connections x 10 streams), and TLS termination (HTTP/1.1 over TLS 1.3,
 ECDSA P-256). After a warm-up, rounds are interleaved (every proxy once per
-round) and the median round is reported. Latency percentiles come from
+round) and each measure's median over the rounds is reported (a median
+round, chosen by req/s, would carry that round's CPU noise into every
+ratio). Latency percentiles come from
 h2load's per-request log. CPU µs per request is the proxy's user+system time
 (from /proc/PID/stat) over the requests served; "proxy busy" is that CPU time
 over the run's length, which shows whether the proxy or the load generator
@@ -27,6 +29,7 @@ import os
 import platform
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -35,7 +38,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from proxy_load import cpu_seconds, free_port, h2load_errors, median_round, pinned, wait_port  # noqa: E402
+from proxy_load import cpu_seconds, free_port, h2load_errors, pinned, wait_port  # noqa: E402
 from proxy_load import rss_mb as one_rss_mb  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -265,6 +268,14 @@ def proxy_command(
     raise SystemExit(f"unknown proxy {name!r} (meshcore, envoy, haproxy, nginx)")
 
 
+def median_measures(rounds: list[dict]) -> dict:
+    """Each measure's median over the rounds; errors summed, disturbed if any round was."""
+    out = {k: statistics.median(r[k] for r in rounds) for k in rounds[0] if k not in ("errors", "disturbed")}
+    out["errors"] = sum(r["errors"] for r in rounds)
+    out["disturbed"] = any(r["disturbed"] for r in rounds)
+    return out
+
+
 def h2load(url: str, scenario: str, connections: int, duration: int, log: Path) -> dict:
     log.unlink(missing_ok=True)  # h2load appends to an existing log
     args = ["h2load", f"-D{duration}", f"--log-file={log}"]
@@ -376,13 +387,13 @@ def main() -> int:
             stop_all([proc for proc, _ in procs.values()])
             backend.terminate()
             backend.wait(5)
-    summary = {name: {s: median_round(rs) for s, rs in per.items()} for name, per in results.items()}
+    summary = {name: {s: median_measures(rs) for s, rs in per.items()} for name, per in results.items()}
     facts = versions()
     lines = [
         "# meshcore and its peers, one run",
         "",
         f"{args.connections} connections (h2c: {max(1, args.connections // 10)} x 10 streams), {args.duration}s x "
-        f"{args.rounds} interleaved rounds after a warm-up, median round. One worker per proxy on CPU 1; nginx "
+        f"{args.rounds} interleaved rounds after a warm-up, the median of each measure over the rounds. One worker per proxy on CPU 1; nginx "
         "backend and h2load on CPU 0. \"proxy busy\" is the proxy's CPU time over the run's length: near 100 % the "
         "proxy was what limited req/s; well below it, the load generator and backend on CPU 0 were.",
         "",
