@@ -39,6 +39,10 @@ pub fn recycle(mut map: HeaderMap) {
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
+/// Where `Connection` and `TE` sit in [`hop_by_hop`]'s list.
+const CONNECTION_AT: usize = 0;
+const TE_AT: usize = 5;
+
 fn hop_by_hop() -> [&'static HeaderName; 8] {
     [
         &header::CONNECTION,
@@ -126,7 +130,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     if !keep_upgrade && !upgrade && !present.contains(&true) {
         return;
     }
-    if present[0] {
+    if present[CONNECTION_AT] {
         // Cloned (a reference count each) so that names can be removed while
         // reading them; an empty `rest` allocates nothing.
         let mut values = headers.get_all(header::CONNECTION).iter();
@@ -142,7 +146,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
             }
         }
     }
-    let wants_trailers = present[5]
+    let wants_trailers = present[TE_AT]
         && headers.get_all(header::TE).iter().any(|v| {
             v.to_str()
                 .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")))
@@ -170,6 +174,12 @@ mod tests {
             h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
         }
         h
+    }
+
+    #[test]
+    fn the_list_positions_name_the_right_fields() {
+        assert_eq!(*hop_by_hop()[CONNECTION_AT], header::CONNECTION);
+        assert_eq!(*hop_by_hop()[TE_AT], header::TE);
     }
 
     #[test]
