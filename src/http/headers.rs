@@ -146,11 +146,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
             }
         }
     }
-    let wants_trailers = present[TE_AT]
-        && headers.get_all(header::TE).iter().any(|v| {
-            v.to_str()
-                .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")))
-        });
+    let wants_trailers = present[TE_AT] && headers.get_all(header::TE).iter().any(|v| lists(v, "trailers"));
     for (name, _) in hop.iter().zip(present).filter(|(_, there)| *there) {
         headers.remove(*name);
     }

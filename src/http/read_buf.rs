@@ -124,6 +124,18 @@ mod tests {
     }
 
     #[test]
+    fn a_block_is_reused_in_place_once_its_copies_are_dropped() {
+        std::thread::spawn(|| {
+            let full = shared_copy(&[1; ARENA]);
+            let at = full.as_ptr();
+            drop(full);
+            assert_eq!(shared_copy(b"next").as_ptr(), at, "a new block was allocated");
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
     fn unread_bytes_move_to_the_front_and_the_buffer_grows_to_its_limit() {
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
         rt.block_on(async {

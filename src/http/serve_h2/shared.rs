@@ -145,7 +145,7 @@ impl State {
     /// Wakes the streams waiting for connection window or output room.
     pub fn wake_blocked(&mut self) -> bool {
         let mut any = false;
-        for id in std::mem::take(&mut self.blocked) {
+        for id in self.blocked.drain(..) {
             let Some(stream) = self.streams.get_mut(&id) else {
                 continue;
             };

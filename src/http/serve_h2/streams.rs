@@ -58,9 +58,10 @@ impl<I: AsyncRead + AsyncWrite + Unpin, F: Future<Output = ()>> Conn<I, F> {
             Err(hpack::Error::Compression) => return Err(ConnError(Reason::Compression, "bad header block")),
             Err(_) => fields.problem = fields.problem.or(Some("invalid header field")),
         }
-        // Before the lock: making room may drop aborted streams' futures,
-        // and their request bodies lock the state when dropped.
-        let abort = self.tasks.next_abort();
+        // Only a new stream (its id above the last) takes a slot. Before the
+        // lock: making room may drop aborted streams' futures, and their
+        // request bodies lock the state when dropped.
+        let abort = (id > self.last_stream).then(|| self.tasks.next_abort());
         let mut guard = self.shared.lock();
         let state = &mut *guard;
         if let Some(stream) = state.streams.get_mut(&id) {
@@ -123,7 +124,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin, F: Future<Output = ()>> Conn<I, F> {
                 remote_open: !end_stream,
                 expected: length.ok().flatten(),
                 received: 0,
-                abort,
+                abort: abort.expect("ids not above the last one returned above"),
                 sender: None,
                 queued: false,
             },
