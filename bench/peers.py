@@ -29,7 +29,6 @@ import os
 import platform
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -38,7 +37,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from proxy_load import cpu_seconds, free_port, h2load_errors, pinned, wait_port  # noqa: E402
+from proxy_load import cpu_seconds, free_port, h2load_errors, median_measures, pinned, wait_port  # noqa: E402
 from proxy_load import rss_mb as one_rss_mb  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -266,14 +265,6 @@ def proxy_command(
     if name == "envoy":
         return config_envoy(tmp, ports, backend, crt, key)
     raise SystemExit(f"unknown proxy {name!r} (meshcore, envoy, haproxy, nginx)")
-
-
-def median_measures(rounds: list[dict]) -> dict:
-    """Each measure's median over the rounds; errors summed, disturbed if any round was."""
-    out = {k: statistics.median(r[k] for r in rounds) for k in rounds[0] if k not in ("errors", "disturbed")}
-    out["errors"] = sum(r["errors"] for r in rounds)
-    out["disturbed"] = any(r["disturbed"] for r in rounds)
-    return out
 
 
 def h2load(url: str, scenario: str, connections: int, duration: int, log: Path) -> dict:

@@ -8,7 +8,7 @@ speaking mutual TLS 1.3 over HTTP/2 to an inbound proxy, which verifies the
 caller against the mesh trust anchor and forwards HTTP/1.1 to nginx. The
 outbound side checks the inbound's SPIFFE ID (Envoy: a URI SAN matcher). One
 worker per proxy; both proxies of a pair on CPU 1, h2load and nginx on CPU 0.
-Rounds are interleaved; the median round is reported with the CPU of both
+Rounds are interleaved; each measure's median over them is reported, with the CPU of both
 proxies per request.
 """
 
@@ -24,7 +24,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from peers import h2load, make_certs, proc_cpu, rss_mb, start_backend, stop_all  # noqa: E402
-from proxy_load import free_port, median_round, pinned, wait_port  # noqa: E402
+from proxy_load import free_port, median_measures, pinned, wait_port  # noqa: E402
 
 API = "spiffe://bench.local/ns/bench/sa/proxy"
 
@@ -247,7 +247,7 @@ def main() -> int:
             stop_all([p for procs, _ in pairs.values() for p in procs])
             backend.terminate()
             backend.wait(5)
-    m, e = median_round(rounds["meshcore"]), median_round(rounds["envoy"])
+    m, e = median_measures(rounds["meshcore"]), median_measures(rounds["envoy"])
     report = (
         "\n".join(
             [

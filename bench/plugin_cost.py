@@ -25,7 +25,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from proxy_load import cpu_seconds, free_port, median_round, pinned, run_wrk, start_nginx, wait_port  # noqa: E402
+from proxy_load import cpu_seconds, free_port, median_measures, pinned, run_wrk, start_nginx, wait_port  # noqa: E402
 
 CASES = {
     "none": None,
@@ -95,11 +95,11 @@ def main() -> int:
                 proc.wait(15)
             nginx.terminate()
             nginx.wait(5)
-    results = {name: median_round(rs) for name, rs in rounds.items()}
+    results = {name: median_measures(rs) for name, rs in rounds.items()}
     base = results["none"]
     lines = [
         f"# Plugin cost per request ({args.connections} connections, {args.duration}s x {args.rounds} rounds "
-        "interleaved, median round; workers = 1 on CPU 1; nginx + wrk on CPU 0)",
+        "interleaved, median of each measure; workers = 1 on CPU 1; nginx + wrk on CPU 0)",
         "",
         "| case | req/s | req/s vs none | p50 ms | p99 ms | CPU µs/req | added CPU µs/req |",
         "|---|---:|---:|---:|---:|---:|---:|",

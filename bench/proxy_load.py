@@ -7,7 +7,7 @@ The backend is nginx (one worker) answering "ok" on an HTTP/1.1 port and an
 h2c (prior knowledge) port. meshcore runs as `meshcore run` with `workers = 1`.
 HTTP/1.1 load comes from wrk, HTTP/2 load from h2load. Each scenario runs
 direct and through the proxy in alternating rounds after a warm-up; the
-median round is reported, with the proxy's CPU microseconds per request read
+median of each measure is reported, with the proxy's CPU microseconds per request read
 from /proc/PID/stat. Pinning (2-core machine): the proxy on CPU 1; nginx and
 the load generator on CPU 0. Needs: nginx, wrk, h2load (bench/setup).
 """
@@ -21,6 +21,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -182,9 +183,22 @@ def measure(kind: str, url: str, args, tmp: Path, proxy_pid: int | None) -> dict
     return result
 
 
-def median_round(rounds: list[dict]) -> dict:
-    ordered = sorted(rounds, key=lambda r: r["rps"])
-    return ordered[len(ordered) // 2]
+def median_measures(rounds: list[dict]) -> dict:
+    """Each measure's median over the rounds (a median round, chosen by req/s,
+    would carry that round's CPU noise into every ratio); errors are summed
+    and a flag is set if any round set it."""
+    out: dict = {}
+    for key, first in rounds[0].items():
+        values = [r[key] for r in rounds]
+        if key == "errors":
+            out[key] = sum(values)
+        elif isinstance(first, bool):
+            out[key] = any(values)
+        elif isinstance(first, (int, float)):
+            out[key] = statistics.median(values)
+        else:
+            out[key] = first
+    return out
 
 
 def main() -> int:
@@ -218,7 +232,7 @@ def main() -> int:
                 for _ in range(args.rounds):
                     direct.append(measure(kind, direct_url, args, tmp, None))
                     proxied.append(measure(kind, proxy_url, args, tmp, proxy.pid))
-                results[name] = {"direct": median_round(direct), "meshcore": median_round(proxied)}
+                results[name] = {"direct": median_measures(direct), "meshcore": median_measures(proxied)}
                 print(f"{name}: {json.dumps(results[name])}", flush=True)
         finally:
             proxy.send_signal(signal.SIGTERM)
@@ -227,7 +241,7 @@ def main() -> int:
             nginx.wait(5)
     lines = [
         f"# meshcore vs direct ({args.connections} connections, {args.duration}s x {args.rounds} rounds, "
-        "median round; workers = 1; proxy on CPU 1, nginx + load generator on CPU 0)",
+        "median of each measure; workers = 1; proxy on CPU 1, nginx + load generator on CPU 0)",
         "",
         "| protocol | path | req/s | p50 ms | p99 ms | proxy CPU µs/req | proxy RSS MB | errors |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
