@@ -114,6 +114,26 @@ def test_shutdown_from_loopback_stops_the_proxy(admin_proxy):
     assert not p.running
 
 
+def test_admin_binds_an_ipv6_address(backend, proxy):
+    # "[::1]:0" must give an IPv6 socket, not fail or fall back to IPv4.
+    cfg = one_service([backend().addr])
+    cfg["admin"] = "[::1]:0"
+    p = proxy(cfg)
+    host, port = p.admin_address
+    assert host == "::1"
+    assert httpx.get(f"http://[::1]:{port}/ready").status_code == 200
+
+
+def test_dual_stack_admin_accepts_changes_from_ipv4_loopback(backend, proxy):
+    # On "[::]" an IPv4 caller shows up as ::ffff:127.0.0.1, which is still loopback.
+    cfg = one_service([backend().addr])
+    cfg["admin"] = "[::]:0"
+    p = proxy(cfg)
+    _host, port = p.admin_address
+    assert httpx.post(f"http://127.0.0.1:{port}/shutdown").status_code == 202
+    assert p.wait(5)
+
+
 class _UnknownService:
     def on_request(self, req):
         if req.path == "/nowhere":

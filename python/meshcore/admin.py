@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
@@ -60,7 +61,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         path = self.path.split("?", 1)[0]
-        if not ipaddress.ip_address(self.client_address[0]).is_loopback:
+        if not _is_loopback(self.client_address[0]):
             self._send(403, "admin changes are accepted from loopback only\n")
             return
         if path == "/plugins/reload":
@@ -74,16 +75,29 @@ class _Handler(BaseHTTPRequestHandler):
         threading.Thread(target=self.server.proxy.stop, name="meshcore-admin-shutdown", daemon=True).start()
 
 
+def _is_loopback(host: str) -> bool:
+    addr = ipaddress.ip_address(host)
+    # A dual-stack "[::]" socket sees IPv4 callers as ::ffff:a.b.c.d.
+    mapped = getattr(addr, "ipv4_mapped", None)
+    return (mapped or addr).is_loopback
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     proxy: Proxy
 
 
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
 class AdminServer:
     def __init__(self, proxy: Proxy, bind: str):
         host, _, port = bind.rpartition(":")
+        host = host.strip("[]")
+        server = _Server6 if ":" in host else _Server  # the socket's family follows the address
         try:
-            self._server = _Server((host.strip("[]"), int(port)), _Handler)
+            self._server = server((host, int(port)), _Handler)
         except OSError as e:
             raise BindError(f"admin cannot bind {bind}: {e.strerror or e}") from None
         self._server.proxy = proxy
