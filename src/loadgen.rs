@@ -1,6 +1,7 @@
 //! A load generator: constant-rate open loop corrected for coordinated
 //! omission (each request is timed from when it should have been sent, as
-//! wrk2 does), or a closed "max" loop; HTTP/1.1 or HTTP/2, with or without
+//! wrk2 does, on the schedule a generator without timer lateness would have
+//! kept), or a closed "max" loop; HTTP/1.1 or HTTP/2, with or without
 //! TLS. Latencies go to an HDR histogram in microseconds.
 
 use bytes::Bytes;
@@ -248,6 +249,9 @@ async fn lane(
     let end = start + plan.duration;
     let mut sender: Option<Sender> = shared.map(Sender::H2);
     let mut n: u32 = 0;
+    // When this lane would have been free again had every request gone out on
+    // time: the schedule a perfect generator would have kept.
+    let mut ideal_free = start;
     loop {
         let intended = match interval {
             Some(i) => start + i * n,
@@ -260,6 +264,7 @@ async fn lane(
             tokio::time::sleep_until(tokio::time::Instant::from_std(intended)).await;
         }
         n += 1;
+        let sent = Instant::now();
         if sender.is_none() {
             match open(&target).await {
                 Ok(s) => sender = Some(s),
@@ -272,10 +277,16 @@ async fn lane(
             }
         }
         let s = sender.as_mut().expect("connected above");
-        match tokio::time::timeout(plan.timeout, send(s, &target)).await {
+        let outcome = tokio::time::timeout(plan.timeout, send(s, &target)).await;
+        // Coordinated omission: a request held back by slow earlier answers is
+        // timed from when it should have gone out. Lateness of this generator's
+        // own (tokio's 1 ms) timer is not the server's doing, so the wait is
+        // taken from the ideal schedule, not from when the request really left.
+        let ideal_sent = intended.max(ideal_free);
+        ideal_free = ideal_sent + sent.elapsed();
+        match outcome {
             Ok(Ok((status, bytes))) => {
-                // From the intended send time: a stalled server is charged for the wait it caused.
-                let micros = intended.elapsed().as_micros().max(1) as u64;
+                let micros = ideal_free.duration_since(intended).as_micros().max(1) as u64;
                 let _ = tally.histogram.record(micros.min(3_600_000_000));
                 *tally.statuses.entry(status).or_default() += 1;
                 tally.bytes += bytes;
