@@ -66,6 +66,12 @@ def system_busy() -> float:
     return (sum(parts[:8]) - idle) / CLK_TCK
 
 
+def steal_seconds() -> float:
+    """CPU time the hypervisor took from this VM so far (all CPUs). Stolen
+    milliseconds stall whatever was running, so they show in the tail latency."""
+    return int(Path("/proc/stat").read_text().splitlines()[0].split()[8]) / CLK_TCK
+
+
 def rss_mb(pids: list[int]) -> float:
     return sum(_alive(one_rss_mb, pid) for pid in pids)
 
@@ -366,7 +372,7 @@ def main() -> int:
                         url = f"{'https' if scenario == 'tls' else 'http'}://127.0.0.1:{ports[scenario]}/"
                         pids = children(proc.pid)
                         known = pids + children(backend.pid)
-                        cpu0, busy0 = proc_cpu(pids), system_busy()
+                        cpu0, busy0, steal0 = proc_cpu(pids), system_busy(), steal_seconds()
                         known0 = proc_cpu(known)
                         r = load(url, scenario, args.connections, args.duration, tmp / "run.log")
                         cpu = proc_cpu(pids) - cpu0
@@ -377,6 +383,7 @@ def main() -> int:
                         r["proxy_busy_pct"] = cpu / args.duration * 100
                         r["rss_mb"] = rss_mb(pids)
                         r["disturbed"] = foreign > 0.10 * args.duration
+                        r["steal_ms"] = (steal_seconds() - steal0) * 1000
                         results[name][scenario].append(r)
                         print(f"{scenario:>5} {name:>8} {json.dumps(r)}", flush=True)
         finally:
@@ -391,10 +398,12 @@ def main() -> int:
         f"{args.connections} connections (h2c: {max(1, args.connections // 10)} x 10 streams), {args.duration}s x "
         f"{args.rounds} interleaved rounds after a warm-up, the median of each measure over the rounds. One worker per proxy on CPU 1; nginx "
         "backend and the load generator (wrk; h2load for h2c) on CPU 0. \"proxy busy\" is the proxy's CPU time over the run's length: near 100 % the "
-        "proxy was what limited req/s; well below it, the load generator and backend on CPU 0 were.",
+        'proxy was what limited req/s; well below it, the load generator and backend on CPU 0 were. "steal ms" is the '
+        "CPU time the hypervisor took from this VM, summed over the rounds: a stolen slice stalls the process on "
+        "that core and, in a closed loop, every request in flight, so it shows in the tail latency.",
         "",
-        "| scenario | proxy | req/s | p50 ms | p99 ms | p99.9 ms | CPU µs/req | proxy busy | RSS MB | errors | disturbed |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| scenario | proxy | req/s | p50 ms | p99 ms | p99.9 ms | CPU µs/req | proxy busy | RSS MB | errors | steal ms | disturbed |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for s in SCENARIOS:
         for name in summary:
@@ -402,7 +411,7 @@ def main() -> int:
             lines.append(
                 f"| {s} | {name} | {r['rps']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
                 f"{r['p999_ms']:.2f} | {r['cpu_us_per_req']:.1f} | {r.get('proxy_busy_pct', 0):.0f} % | "
-                f"{r['rss_mb']:.1f} | {r['errors']} | "
+                f"{r['rss_mb']:.1f} | {r['errors']} | {r.get('steal_ms', 0):.0f} | "
                 f"{'yes' if r['disturbed'] else 'no'} |"
             )
     if "meshcore" in summary:

@@ -190,12 +190,12 @@ def measure(kind: str, url: str, args, tmp: Path, proxy_pid: int | None) -> dict
 
 def median_measures(rounds: list[dict]) -> dict:
     """Each measure's median over the rounds (a median round, chosen by req/s,
-    would carry that round's CPU noise into every ratio); errors are summed
-    and a flag is set if any round set it."""
+    would carry that round's CPU noise into every ratio); errors and stolen
+    time are summed and a flag is set if any round set it."""
     out: dict = {}
     for key, first in rounds[0].items():
         values = [r[key] for r in rounds]
-        if key == "errors":
+        if key in ("errors", "steal_ms"):
             out[key] = sum(values)
         elif isinstance(first, bool):
             out[key] = any(values)
