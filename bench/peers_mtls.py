@@ -3,11 +3,11 @@
 
     bench/peers/setup && python bench/peers_mtls.py [--duration 10] [--rounds 2]
 
-Each pair: an outbound proxy taking plaintext HTTP/1.1 from h2load and
+Each pair: an outbound proxy taking plaintext HTTP/1.1 from wrk and
 speaking mutual TLS 1.3 over HTTP/2 to an inbound proxy, which verifies the
 caller against the mesh trust anchor and forwards HTTP/1.1 to nginx. The
 outbound side checks the inbound's SPIFFE ID (Envoy: a URI SAN matcher). One
-worker per proxy; both proxies of a pair on CPU 1, h2load and nginx on CPU 0.
+worker per proxy; both proxies of a pair on CPU 1, wrk and nginx on CPU 0.
 Rounds are interleaved; each measure's median over them is reported, with the CPU of both
 proxies per request.
 """
@@ -23,8 +23,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from peers import h2load, make_certs, proc_cpu, rss_mb, start_backend, stop_all  # noqa: E402
-from proxy_load import free_port, median_measures, pinned, wait_port  # noqa: E402
+from peers import make_certs, proc_cpu, rss_mb, start_backend, stop_all  # noqa: E402
+from proxy_load import free_port, median_measures, pinned, run_wrk, wait_port  # noqa: E402
 
 API = "spiffe://bench.local/ns/bench/sa/proxy"
 
@@ -227,18 +227,12 @@ def main() -> int:
                     wait_port(port, timeout=30)
                 pairs[name] = (procs, entry)
             for _procs, entry in pairs.values():  # warm-up
-                h2load(f"http://127.0.0.1:{entry}/", "http1", args.connections, 2, tmp / "warm.log")
+                run_wrk(f"http://127.0.0.1:{entry}/", args.connections, 2)
             for _ in range(args.rounds):
                 for name, (procs, entry) in pairs.items():
                     pids = [p.pid for p in procs]
                     before = proc_cpu(pids)
-                    r = h2load(
-                        f"http://127.0.0.1:{entry}/",
-                        "http1",
-                        args.connections,
-                        args.duration,
-                        tmp / "run.log",
-                    )
+                    r = run_wrk(f"http://127.0.0.1:{entry}/", args.connections, args.duration)
                     r["cpu_us_per_req"] = (proc_cpu(pids) - before) / max(r["requests"], 1) * 1e6
                     r["rss_mb"] = rss_mb(pids)
                     rounds[name].append(r)
