@@ -201,7 +201,8 @@ impl<F: Future<Output = ()>> StreamTasks<F> {
     }
 
     /// Runs a stream's future; `proxied` comes back when it finishes. The
-    /// future is made in place: moving its 1.6 KB state costs a copy each time.
+    /// future is made here rather than passed in: each move of its 1.6 KB
+    /// state is a copy.
     pub fn start(&mut self, make: impl FnOnce() -> F, proxied: bool) {
         let index = self.next_free();
         let popped = self.free_kept.pop().or_else(|| self.free_bare.pop());
@@ -216,9 +217,11 @@ impl<F: Future<Output = ()>> StreamTasks<F> {
         self.next_generation += 1;
         self.live += 1;
         // Listed for its first poll without waking the connection, which
-        // polls its tasks after it starts them.
-        slot.node.queued.store(true, Ordering::Release);
-        self.queue.lock().0.push(index);
+        // polls its tasks after it starts them. A slot reaped after an abort
+        // is still listed: listing it twice would poll it twice.
+        if !slot.node.queued.swap(true, Ordering::AcqRel) {
+            self.queue.lock().0.push(index);
+        }
     }
 
     /// Drops the futures of aborted streams, unpolled. Aborting wakes a
@@ -389,6 +392,9 @@ mod tests {
             abort.abort();
         }
         assert!(tasks.slots.len() <= 2, "{} slots", tasks.slots.len());
+        // Nor the wake queue: reusing a reaped slot must not list it again.
+        let queued = tasks.queue.lock().0.len();
+        assert!(queued <= 2, "{queued} queue entries");
         tasks.poll(&mut Context::from_waker(Waker::noop()), |_| {
             panic!("an aborted stream finished")
         });
