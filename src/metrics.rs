@@ -32,7 +32,7 @@ impl RequestLabels {
     /// The same labels, holding no part of a message they were taken from.
     fn detached(&self) -> Self {
         let authority = http::HeaderValue::from_bytes(self.authority.as_bytes())
-            .unwrap_or_else(|_| self.authority.clone());
+            .expect("a header value's bytes are a valid header value");
         RequestLabels {
             authority,
             ..self.clone()
@@ -148,11 +148,24 @@ pub struct Metrics {
 }
 
 fn series<K: Hash + Eq + Clone, V: Default>(family: &Family<K, V>, key: &K) -> Arc<V> {
+    series_with_key(family, key, K::clone).1
+}
+
+/// The series for `key` and the map's own copy of the key. A new key is
+/// stored as `own(key)`, so that a key borrowing a request's memory is not kept.
+fn series_with_key<K: Hash + Eq + Clone, V: Default>(
+    family: &Family<K, V>,
+    key: &K,
+    own: impl FnOnce(&K) -> K,
+) -> (K, Arc<V>) {
     let mut map = family.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(v) = map.get(key) {
-        return v.clone();
+    if let Some((stored, v)) = map.get_key_value(key) {
+        return (stored.clone(), v.clone());
     }
-    map.entry(key.clone()).or_default().clone()
+    let stored = own(key);
+    let v = Arc::<V>::default();
+    map.insert(stored.clone(), v.clone());
+    (stored, v)
 }
 
 fn snapshot<K: Clone, V>(family: &Family<K, V>) -> Vec<(K, Arc<V>)> {
@@ -189,10 +202,9 @@ impl Metrics {
                     if cache.len() == CACHE_ENTRIES {
                         cache.remove(0);
                     }
-                    // Kept for as long as the proxy runs: the authority gets a
-                    // copy of its own, not a slice of the request's head.
-                    let owned = labels.detached();
-                    let series = series(&self.requests, &owned);
+                    // Kept for as long as the proxy runs: a new series' authority
+                    // gets a copy of its own, not a slice of the request's head.
+                    let (owned, series) = series_with_key(&self.requests, labels, RequestLabels::detached);
                     cache.push((self.id, owned, series, None));
                     cache.len() - 1
                 }
@@ -483,6 +495,13 @@ mod tests {
             .as_ptr_range()
             .contains(&keys[0].authority.as_bytes().as_ptr());
         assert!(!within, "the series key points into the request's head");
+        // Nor does this thread's cache, which holds the map's own key.
+        let cached = SERIES_CACHE.with(|c| c.borrow().iter().find(|e| e.0 == m.id).map(|e| e.1.clone()));
+        let cached = cached.expect("the series is cached");
+        assert_eq!(
+            cached.authority.as_bytes().as_ptr(),
+            keys[0].authority.as_bytes().as_ptr()
+        );
     }
 
     #[test]
