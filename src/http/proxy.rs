@@ -115,8 +115,9 @@ fn answer_failure(failure: Failure, shared: &Shared, started: Instant) -> Respon
     resp
 }
 
-/// The request's authority: the URI's (HTTP/2, absolute-form), else the Host
-/// header, shared rather than copied. Empty when missing or not text.
+/// The request's authority: the URI's (HTTP/2, absolute-form), copied into
+/// the per-thread buffer, else the Host header, shared. Empty when missing or
+/// not text.
 fn authority_of(req: &Request<RequestBody>) -> HeaderValue {
     let found = match req.uri().authority() {
         // A shared copy: the value is cloned into labels, and a plain one

@@ -84,8 +84,9 @@ thread_local! {
     static COPIES: RefCell<BytesMut> = RefCell::new(BytesMut::new());
 }
 
-/// A shared copy of a message head, for header values and the target to
-/// point into. Heads are carved from one per-thread buffer: a fresh `Bytes`
+/// A shared copy of a message head (or of a short value such as an
+/// authority), for header values and the target to point into. Copies are
+/// carved from one per-thread buffer: a fresh `Bytes`
 /// would cost an allocation for the copy and another when it is first
 /// sliced. The buffer is reused in place once its heads are dropped; a head
 /// still held keeps only its own block alive.

@@ -58,7 +58,8 @@ impl<I: AsyncRead + AsyncWrite + Unpin, F: Future<Output = ()>> Conn<I, F> {
             Err(hpack::Error::Compression) => return Err(ConnError(Reason::Compression, "bad header block")),
             Err(_) => fields.problem = fields.problem.or(Some("invalid header field")),
         }
-        // Only a new stream (its id above the last) takes a slot. Before the
+        // Only an id above the last reserves a slot (trailers do not; a
+        // stream then refused leaves its slot free for the next). Before the
         // lock: making room may drop aborted streams' futures, and their
         // request bodies lock the state when dropped.
         let abort = (id > self.last_stream).then(|| self.tasks.next_abort());
