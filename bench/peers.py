@@ -40,7 +40,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from proxy_load import cpu_seconds, free_port, h2load_errors, median_measures, pinned, run_wrk, wait_port  # noqa: E402
+from proxy_load import cpu_seconds, free_port, median_measures, pinned, run_h2load, run_wrk, wait_port  # noqa: E402
 from proxy_load import rss_mb as one_rss_mb  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -276,28 +276,11 @@ def proxy_command(
     raise SystemExit(f"unknown proxy {name!r} (meshcore, envoy, haproxy, nginx)")
 
 
-def load(url: str, scenario: str, connections: int, duration: int, log: Path) -> dict:
+def load(url: str, scenario: str, connections: int, duration: int, tmp: Path) -> dict:
     """Closed-loop load from CPU 0: wrk for HTTP/1.1 and TLS, h2load for h2c."""
-    if scenario != "h2c":
-        return run_wrk(url, connections, duration)
-    log.unlink(missing_ok=True)  # h2load appends to an existing log
-    args = ["h2load", f"-D{duration}", f"--log-file={log}", f"-c{max(1, connections // 10)}", "-m10"]
-    out = subprocess.run(pinned(0, [*args, url]), capture_output=True, text=True).stdout
-    lat = sorted(int(line.split()[2]) for line in log.read_text().splitlines() if line.strip())
-    if not lat:
-        raise RuntimeError(f"h2load measured nothing against {url}:\n{out}")
-
-    def pct(q: float) -> float:
-        return lat[min(len(lat) - 1, int(q * len(lat)))] / 1000
-
-    return {
-        "rps": len(lat) / duration,
-        "requests": len(lat),
-        "p50_ms": pct(0.5),
-        "p99_ms": pct(0.99),
-        "p999_ms": pct(0.999),
-        "errors": h2load_errors(out),
-    }
+    if scenario == "h2c":
+        return run_h2load(url, connections, duration, tmp)
+    return run_wrk(url, connections, duration)
 
 
 def versions() -> dict:
@@ -366,7 +349,7 @@ def main() -> int:
             for scenario in SCENARIOS:
                 for _proc, ports in procs.values():  # warm-up
                     url = f"{'https' if scenario == 'tls' else 'http'}://127.0.0.1:{ports[scenario]}/"
-                    load(url, scenario, args.connections, 2, tmp / "warm.log")
+                    load(url, scenario, args.connections, 2, tmp)
                 for _ in range(args.rounds):
                     for name, (proc, ports) in procs.items():
                         url = f"{'https' if scenario == 'tls' else 'http'}://127.0.0.1:{ports[scenario]}/"
@@ -374,7 +357,7 @@ def main() -> int:
                         known = pids + children(backend.pid)
                         cpu0, busy0, steal0 = proc_cpu(pids), system_busy(), steal_seconds()
                         known0 = proc_cpu(known)
-                        r = load(url, scenario, args.connections, args.duration, tmp / "run.log")
+                        r = load(url, scenario, args.connections, args.duration, tmp)
                         cpu = proc_cpu(pids) - cpu0
                         # Foreign load: busy time not explained by the proxy, the backend or the load generator
                         # (the load generator is single-threaded, at most one core).

@@ -152,6 +152,9 @@ def h2load_errors(out: str) -> int:
 
 
 def run_h2load(url: str, connections: int, duration: int, tmp: Path) -> dict:
+    """One closed-loop h2load run over `connections` / 10 connections with 10
+    streams each: h2load's req/s, latency percentiles in ms from its
+    per-request log, and errors."""
     log = tmp / "h2load.log"
     log.unlink(missing_ok=True)  # h2load appends: earlier runs' samples must not mix in
     streams = 10
@@ -165,11 +168,14 @@ def run_h2load(url: str, connections: int, duration: int, tmp: Path) -> dict:
     rps = float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out).group(1))
     m = re.search(r"requests: \d+ total, \d+ started, (\d+) done", out)
     durations = sorted(int(line.split()[2]) for line in log.read_text().splitlines() if line.strip())
+    if not durations:
+        raise RuntimeError(f"h2load measured nothing against {url}:\n{out}")
     pct = lambda q: durations[min(len(durations) - 1, int(q * len(durations)))] / 1000  # noqa: E731
     return {
         "rps": rps,
         "p50_ms": pct(0.50),
         "p99_ms": pct(0.99),
+        "p999_ms": pct(0.999),
         "requests": int(m.group(1)),
         "errors": h2load_errors(out),
     }
