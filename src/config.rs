@@ -41,6 +41,9 @@ pub struct IdentityConfig {
     pub cert_pem: Option<String>,
     #[serde(default)]
     pub key_pem: Option<String>,
+    /// Accepted client trust domains; empty: this proxy's own.
+    #[serde(default)]
+    pub trust_domains: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
@@ -111,6 +114,11 @@ pub struct Listener {
     /// An HTTP/1.1 client must send a request's headers within this.
     #[serde(default = "header_read_timeout_ms")]
     pub header_read_timeout_ms: u64,
+    /// An HTTP/2 connection with no open stream is closed after this.
+    #[serde(default = "listener_idle_timeout_ms")]
+    pub idle_timeout_ms: u64,
+    #[serde(default = "max_connections")]
+    pub max_connections: usize,
     #[serde(default = "no_tls")]
     pub tls: TlsMode,
 }
@@ -347,6 +355,12 @@ fn detect_timeout_ms() -> u64 {
 }
 fn header_read_timeout_ms() -> u64 {
     30_000
+}
+fn listener_idle_timeout_ms() -> u64 {
+    300_000
+}
+fn max_connections() -> usize {
+    10_000
 }
 fn connect_timeout_ms() -> u64 {
     1_000

@@ -9,6 +9,7 @@ pub mod filters;
 pub mod http;
 pub mod listen;
 pub mod loadgen;
+pub mod log;
 pub mod metrics;
 pub mod microbench;
 pub mod plugin;

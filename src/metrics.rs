@@ -97,6 +97,77 @@ pub struct TcpSeries {
     pub open: AtomicI64,
     pub read_bytes: AtomicU64,
     pub write_bytes: AtomicU64,
+    /// By `ConnEvent`, rendered as `tcp_errors_total{error=...}`.
+    events: [AtomicU64; ConnEvent::ALL.len()],
+}
+
+/// Why a connection was refused or cut off. Every such event is counted
+/// here; the log line about it is rate-limited.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnEvent {
+    /// Over `max_connections` with no idle connection to close.
+    Refused,
+    /// An idle connection closed to make room (or descriptors ran out).
+    Evicted,
+    /// accept() failed for lack of file descriptors.
+    AcceptExhausted,
+    TlsHandshakeFailed,
+    /// The client's certificate is not one the mesh accepts.
+    TlsIdentityRefused,
+    /// Plaintext on a `tls = "mesh"` listener.
+    PlaintextRefused,
+    /// No HTTP/2 preface and SETTINGS within the header read timeout.
+    PrefaceTimeout,
+    /// An HTTP/2 connection error (GOAWAY with an error code).
+    Http2Protocol,
+    /// An HTTP/2 client cut off for abuse (GOAWAY ENHANCE_YOUR_CALM).
+    Http2Abuse,
+    /// A request head hyper could not parse (answered 400 or 431).
+    Http1Malformed,
+    /// A request head not finished within the header read timeout (slowloris).
+    Http1HeaderTimeout,
+}
+
+impl ConnEvent {
+    const ALL: [ConnEvent; 11] = [
+        ConnEvent::Refused,
+        ConnEvent::Evicted,
+        ConnEvent::AcceptExhausted,
+        ConnEvent::TlsHandshakeFailed,
+        ConnEvent::TlsIdentityRefused,
+        ConnEvent::PlaintextRefused,
+        ConnEvent::PrefaceTimeout,
+        ConnEvent::Http2Protocol,
+        ConnEvent::Http2Abuse,
+        ConnEvent::Http1Malformed,
+        ConnEvent::Http1HeaderTimeout,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            ConnEvent::Refused => "max_connections_refused",
+            ConnEvent::Evicted => "max_connections_evicted",
+            ConnEvent::AcceptExhausted => "accept_no_descriptors",
+            ConnEvent::TlsHandshakeFailed => "tls_handshake_failed",
+            ConnEvent::TlsIdentityRefused => "tls_identity_refused",
+            ConnEvent::PlaintextRefused => "tls_plaintext_refused",
+            ConnEvent::PrefaceTimeout => "http2_preface_timeout",
+            ConnEvent::Http2Protocol => "http2_protocol_error",
+            ConnEvent::Http2Abuse => "http2_enhance_your_calm",
+            ConnEvent::Http1Malformed => "http1_malformed",
+            ConnEvent::Http1HeaderTimeout => "http1_header_timeout",
+        }
+    }
+}
+
+impl TcpSeries {
+    pub fn count(&self, event: ConnEvent) {
+        self.events[event as usize].fetch_add(1, Relaxed);
+    }
+
+    pub fn events(&self, event: ConnEvent) -> u64 {
+        self.events[event as usize].load(Relaxed)
+    }
 }
 
 type Family<K, V> = Mutex<HashMap<K, Arc<V>>>;
@@ -433,6 +504,26 @@ impl Metrics {
                     escape(&l.listener),
                     field(s)
                 );
+            }
+        }
+        header(
+            out,
+            "tcp_errors_total",
+            "counter",
+            "Connections refused or cut off, by reason.",
+        );
+        for (l, s) in &tcp {
+            for event in ConnEvent::ALL {
+                let n = s.events(event);
+                if n > 0 {
+                    let _ = writeln!(
+                        out,
+                        "tcp_errors_total{{direction=\"{}\",listener=\"{}\",error=\"{}\"}} {n}",
+                        escape(&l.direction),
+                        escape(&l.listener),
+                        event.label()
+                    );
+                }
             }
         }
     }

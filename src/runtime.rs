@@ -51,8 +51,8 @@ fn load_identity(config: &Config) -> Result<Option<Arc<Identity>>, StartError> {
     let Some(cfg) = &config.identity else {
         return Ok(None);
     };
-    let identity =
-        Identity::new(&cfg.trust_anchors_pem).map_err(|e| StartError::Tls(format!("identity: {e}")))?;
+    let identity = Identity::new(&cfg.trust_anchors_pem, cfg.trust_domains.clone())
+        .map_err(|e| StartError::Tls(format!("identity: {e}")))?;
     if let (Some(cert), Some(key)) = (&cfg.cert_pem, &cfg.key_pem) {
         identity
             .update(cert, key)
@@ -115,6 +115,8 @@ pub fn start(mut config: Config, wrap: Option<ThreadWrapper>) -> Result<Running,
             protocol: l.protocol,
             detect_timeout: Duration::from_millis(l.detect_timeout_ms),
             header_read_timeout: Duration::from_millis(l.header_read_timeout_ms),
+            idle_timeout: Duration::from_millis(l.idle_timeout_ms),
+            admission: crate::listen::admission::Admission::new(l.max_connections),
             tls,
         });
         sockets[0].push((first, spec.clone()));

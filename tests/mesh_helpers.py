@@ -30,26 +30,44 @@ def issue(ca: Path, name: str, out: Path, ttl: timedelta = timedelta(hours=24)) 
 
 def issue_expired(ca: Path, name: str, out: Path) -> tuple[Path, Path]:
     """A leaf signed by the real issuer whose validity ended an hour ago."""
+    now = datetime.now(timezone.utc)
+    return issue_leaf(
+        ca,
+        [identity.spiffe_id(TRUST_DOMAIN, name)],
+        out,
+        not_before=now - timedelta(hours=3),
+        not_after=now - timedelta(hours=1),
+    )
+
+
+def issue_leaf(
+    ca: Path,
+    uris: list[str],
+    out: Path,
+    *,
+    not_before: Optional[datetime] = None,
+    not_after: Optional[datetime] = None,
+) -> tuple[Path, Path]:
+    """A leaf signed by the mesh's real issuer with exactly these URI SANs
+    (none, several, or ones the issuer would never write)."""
     issuer_cert = x509.load_pem_x509_certificate((ca / "issuer.pem").read_bytes())
     issuer_key = serialization.load_pem_private_key((ca / "issuer.key").read_bytes(), None)
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.now(timezone.utc)
-    cert = (
+    builder = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "expired")]))
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "leaf")]))
         .issuer_name(issuer_cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(hours=3))
-        .not_valid_after(now - timedelta(hours=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.UniformResourceIdentifier(identity.spiffe_id(TRUST_DOMAIN, name))]
-            ),
-            critical=False,
-        )
-        .sign(issuer_key, hashes.SHA256())
+        .not_valid_before(not_before or now - timedelta(minutes=5))
+        .not_valid_after(not_after or now + timedelta(hours=1))
     )
+    if uris:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(u) for u in uris]), critical=False
+        )
+    cert = builder.sign(issuer_key, hashes.SHA256())
     crt, keyf = Path(f"{out}.crt"), Path(f"{out}.key")
     crt.write_bytes(cert.public_bytes(serialization.Encoding.PEM) + (ca / "issuer.pem").read_bytes())
     keyf.write_bytes(

@@ -248,6 +248,11 @@ class Listener(_Model):
     detect_timeout: Duration = "10s"
     # An HTTP/1.1 client must finish each request's headers within this (slowloris).
     header_read_timeout: Duration = "30s"
+    # An HTTP/2 connection with no open stream is closed (GOAWAY) after this.
+    idle_timeout: Duration = "5m"
+    # Open connections this listener holds; past it the longest-idle one is
+    # closed to make room, or the new one is refused when none is idle.
+    max_connections: int = Field(default=10_000, ge=1)
     # mesh: require mTLS | permissive: mTLS or plaintext | none
     tls: Literal["none", "mesh", "permissive"] = "none"
 
@@ -258,11 +263,24 @@ class Identity(_Model):
     """This proxy's workload identity: certificate files, or the identity service."""
 
     trust_anchors: str
+    # Trust domains whose workloads may call this proxy's mTLS listeners;
+    # empty means this proxy's own trust domain only.
+    trust_domains: list[str] = []
     cert: Optional[str] = None
     key: Optional[str] = None
     issuer: Optional[str] = None
     token_file: Optional[str] = None
     name: Optional[str] = None
+
+    @field_validator("trust_domains")
+    @classmethod
+    def _domains(cls, v: list[str]) -> list[str]:
+        for domain in v:
+            if not re.fullmatch(r"[a-z0-9._-]+", domain):
+                raise ValueError(
+                    f"invalid trust domain {domain!r}: lowercase letters, digits, '.', '-' and '_' only"
+                )
+        return v
 
     @model_validator(mode="after")
     def _one_source(self) -> Identity:
@@ -416,6 +434,8 @@ class Config(_Model):
                     "service": lst.service,
                     "detect_timeout_ms": parse_duration(lst.detect_timeout),
                     "header_read_timeout_ms": parse_duration(lst.header_read_timeout),
+                    "idle_timeout_ms": parse_duration(lst.idle_timeout),
+                    "max_connections": lst.max_connections,
                     "tls": lst.tls,
                 }
                 for lst in self.listeners

@@ -36,6 +36,7 @@ class Proxy:
                 "trust_anchors_pem": self._identity.trust_anchors_pem,
                 "cert_pem": cert,
                 "key_pem": key,
+                "trust_domains": self._config.identity.trust_domains,
             }
         self._identity_document = document.get("identity")
         self._core = _core.ProxyCore(json.dumps(document))

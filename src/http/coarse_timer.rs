@@ -148,6 +148,26 @@ pub fn coarse_now() -> Instant {
     TICKED_AT.with(Cell::get).unwrap_or_else(Instant::now)
 }
 
+/// The latest tick of any worker, in nanoseconds since the process's first
+/// look at this clock: coarse like `coarse_now`, but one clock for every
+/// thread, so times taken on different workers can be ordered.
+static LATEST_TICK: AtomicU64 = AtomicU64::new(0);
+
+fn since_start(now: Instant) -> u64 {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let start = *START.get_or_init(Instant::now);
+    now.saturating_duration_since(start).as_nanos() as u64
+}
+
+/// Coarse nanoseconds on the process-wide clock (see `LATEST_TICK`); the
+/// precise time where no worker has ticked yet.
+pub fn shared_coarse_nanos() -> u64 {
+    match LATEST_TICK.load(Relaxed) {
+        0 => since_start(Instant::now()),
+        latest => latest,
+    }
+}
+
 /// Wakes this thread's expired sleeps once per `TICK`; runs for the life of
 /// the worker's runtime.
 pub async fn run_ticker() {
@@ -161,6 +181,7 @@ pub async fn run_ticker() {
 
 fn tick(now: Instant) {
     TICKED_AT.with(|t| t.set(Some(now)));
+    LATEST_TICK.fetch_max(since_start(now), Relaxed);
     // Collected first: waking must not happen while the list is borrowed.
     let expired: Vec<Waker> = WAITING.with(|w| {
         let w = w.borrow();

@@ -38,6 +38,7 @@ pub fn recycle(mut map: HeaderMap) {
 // Pre-parsed names: looking a header up by &str parses the name every time.
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+static HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 
 /// Where `Connection` and `TE` sit in [`hop_by_hop`]'s list.
 const CONNECTION_AT: usize = 0;
@@ -66,9 +67,23 @@ pub fn is_connection_specific(name: &HeaderName) -> bool {
         || name == PROXY_CONNECTION
 }
 
-/// True for an HTTP/1.1 upgrade request (e.g. WebSocket).
+/// True for an HTTP/1.1 upgrade request the proxy tunnels (e.g. WebSocket).
+/// An upgrade to h2c is not one: inside that tunnel a client could send
+/// any number of requests that policy never saw ("h2c smuggling"), so it is
+/// forwarded as a plain request with the upgrade stripped, as Envoy does.
 pub fn is_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE) && connection_has(headers, "upgrade")
+    headers.contains_key(header::UPGRADE)
+        && connection_has(headers, "upgrade")
+        && !headers.get_all(header::UPGRADE).iter().any(|v| lists(v, "h2c"))
+}
+
+/// Whether an upstream's 101 switches to a protocol the client asked for
+/// (`asked` is the request's Upgrade value).
+pub fn upgrade_agrees(asked: &HeaderValue, response: &HeaderMap) -> bool {
+    let Some(chosen) = response.get(header::UPGRADE).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    chosen.split(',').map(str::trim).all(|c| lists(asked, c))
 }
 
 /// Whether a `Connection` header lists `token`.
@@ -154,6 +169,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     } else if upgrade {
         headers.remove(header::UPGRADE);
+        // Belongs to an h2c upgrade, listed in Connection or not.
+        headers.remove(&HTTP2_SETTINGS);
     }
     if wants_trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
@@ -270,5 +287,25 @@ mod tests {
         let mut dropped = req;
         strip_hop_by_hop(&mut dropped, false);
         assert!(dropped.get("upgrade").is_none());
+    }
+
+    #[test]
+    fn h2c_upgrades_are_not_tunnelled() {
+        let mut h2c = map(&[
+            ("connection", "Upgrade"),
+            ("upgrade", "h2c"),
+            ("http2-settings", "AAMAAABkAAQAAP__"),
+        ]);
+        assert!(!is_upgrade(&h2c));
+        strip_hop_by_hop(&mut h2c, false);
+        assert!(h2c.is_empty(), "{h2c:?}");
+    }
+
+    #[test]
+    fn a_101_must_switch_to_what_was_asked() {
+        let asked = HeaderValue::from_static("websocket");
+        assert!(upgrade_agrees(&asked, &map(&[("upgrade", "WebSocket")])));
+        assert!(!upgrade_agrees(&asked, &map(&[("upgrade", "h2c")])));
+        assert!(!upgrade_agrees(&asked, &map(&[])));
     }
 }

@@ -15,6 +15,7 @@ pub mod replay;
 pub mod serve_h1;
 pub mod serve_h2;
 pub mod server;
+mod target;
 mod template;
 
 use bytes::Bytes;

@@ -4,7 +4,7 @@
 use super::body::{grpc_status, Observation, ObservedBody};
 use super::client::{UpstreamError, Wire};
 use super::deadline::{with_deadline, Elapsed};
-use super::headers::{is_upgrade, strip_hop_by_hop};
+use super::headers::{is_upgrade, strip_hop_by_hop, upgrade_agrees};
 use super::hooks;
 use super::local::{fail, header_list, local, plugin_failed, route_answers_itself, Failure};
 use super::replay::Replay;
@@ -19,7 +19,7 @@ use crate::resilience::retry::{Outcome, MAX_REPLAY_BYTES};
 use crate::route;
 use crate::shared::Shared;
 use futures_util::FutureExt;
-use http::header::HOST;
+use http::header::{HOST, UPGRADE};
 use http::uri::PathAndQuery;
 use http::{HeaderValue, Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
@@ -73,6 +73,13 @@ pub struct ConnContext {
     pub client_id: Option<HeaderValue>,
     /// An empty label value, shared so that requests do not allocate one.
     pub no_name: Arc<str>,
+    /// The connection's place in its listener: says when it is idle, and
+    /// hears when it must close to make room.
+    pub seat: Arc<crate::listen::admission::Seat>,
+    /// An HTTP/2 connection with no open stream closes after this.
+    pub idle_timeout: std::time::Duration,
+    /// The listener's connection counters, for protocol errors and abuse.
+    pub tcp: Arc<crate::metrics::TcpSeries>,
 }
 
 /// Proxies one request. The request's future is built from plain functions,
@@ -145,7 +152,11 @@ fn forward(
         let conn = &*conn;
         let shared = &conn.shared;
         let table = shared.table.load();
-        let authority = authority_of(&req);
+        let refused = super::target::check(&mut req).err();
+        let authority = match refused {
+            None => authority_of(&req),
+            Some(_) => HeaderValue::from_static(""),
+        };
         let mut labels = RequestLabels {
             direction: conn.direction.clone(),
             authority: authority.clone(),
@@ -154,6 +165,9 @@ fn forward(
             cross_zone: false,
             tls: conn.tls.label(),
         };
+        if let Some((status, reason)) = refused {
+            return Err(fail(status, reason, &labels));
+        }
         // Only this proxy may say who the caller is.
         match &conn.client_id {
             Some(id) => req.headers_mut().insert(&CLIENT_ID_HEADER, id.clone()),
@@ -232,6 +246,7 @@ fn forward(
             (UpstreamProtocol::Auto, _) => Wire::Http1,
         };
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        let asked_upgrade = req.headers().get(UPGRADE).filter(|_| upgrade).cloned();
         // In a block so that what is left of the request is not kept across awaits.
         let (mut template, body) = {
             let (mut parts, body) = req.into_parts();
@@ -406,7 +421,7 @@ fn forward(
                     pending.abandon();
                     endpoint.record_failure();
                     let reason = e.to_string();
-                    eprintln!("meshcore: {} -> {}: {reason}", service.name, endpoint.addr);
+                    crate::throttled!("{} -> {}: {reason}", service.name, endpoint.addr);
                     break Err(fail(StatusCode::BAD_GATEWAY, reason, &labels));
                 }
             };
@@ -416,6 +431,30 @@ fn forward(
                 }
             }
             let status = resp.status();
+            // A tunnel is one request: policy saw its head, and the upstream
+            // must switch to exactly what the client asked for.
+            if status == StatusCode::SWITCHING_PROTOCOLS
+                && !asked_upgrade
+                    .as_ref()
+                    .is_some_and(|a| upgrade_agrees(a, resp.headers()))
+            {
+                pending.abandon();
+                break Err(fail(
+                    StatusCode::BAD_GATEWAY,
+                    "unexpected 101 from upstream",
+                    &labels,
+                ));
+            }
+            // A status no client can take (RFC 9110, 15: three digits, 1xx-5xx).
+            if status.as_u16() > 599 {
+                pending.abandon();
+                endpoint.record_failure();
+                break Err(fail(
+                    StatusCode::BAD_GATEWAY,
+                    "invalid status from upstream",
+                    &labels,
+                ));
+            }
             let log = match (&plugins, plugin_req.take().filter(|r| r.has(ON_LOG))) {
                 (Some(host), Some(preq)) => Some((
                     host.clone(),

@@ -77,18 +77,25 @@ pub async fn serve<I>(
     let mut idle_limit = coarse_timer::sleep_until(limit());
     let mut drain_watch = draining.clone();
     let mut drained = std::pin::pin!(crate::shared::drained(&mut drain_watch));
+    let seat = ctx.seat.clone();
+    let mut evicted = std::pin::pin!(seat.evicted());
     loop {
         if conn.buf.is_empty() {
             idle_limit.reset(limit());
+            // Between requests the connection is idle: it may be closed to
+            // make room for a new one.
+            seat.idle();
             let read = tokio::select! {
                 biased;
                 read = conn.fill() => read,
                 () = &mut idle_limit => return,
                 () = drained.as_mut() => return,
+                () = evicted.as_mut() => return,
             };
             if !matches!(read, Ok(n) if n > 0) {
                 return;
             }
+            seat.busy();
             idle_limit.pause();
         }
         let Some((len, req)) = parse_request(conn.buf.unread()) else {

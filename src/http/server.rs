@@ -8,6 +8,7 @@ use hyper::rt::{Read, Write};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::Request;
+use crate::metrics::{ConnEvent, TcpSeries};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -22,6 +23,9 @@ pub async fn serve_http1<I>(
 ) where
     I: Read + Write + Unpin + Send + 'static,
 {
+    let seat = ctx.seat.clone();
+    let tcp = ctx.tcp.clone();
+    seat.idle();
     let svc = service_fn(move |req: Request<Incoming>| handle(req.map(RequestBody::Hyper), ctx.clone()));
     let conn = http1::Builder::new()
         // Armed per request; the coarse timer keeps that off tokio's timer wheel.
@@ -32,23 +36,35 @@ pub async fn serve_http1<I>(
         .serve_connection(io, svc)
         .with_upgrades();
     tokio::pin!(conn);
+    // hyper does not say when it is between requests, so these connections
+    // stay eligible for eviction; closing one gracefully finishes the
+    // request in progress first.
     let result = tokio::select! {
         r = conn.as_mut() => r,
         _ = crate::shared::drained(&mut draining) => {
             conn.as_mut().graceful_shutdown();
             conn.await
         }
+        () = seat.evicted() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
     };
     if let Err(e) = result {
-        log_conn_error("http/1.1", &e);
+        conn_error(&tcp, &e);
     }
 }
 
 /// Malformed requests are answered by hyper (400); the connection ends and
-/// is logged here.
-fn log_conn_error(proto: &str, e: &hyper::Error) {
+/// is counted and logged here.
+fn conn_error(tcp: &TcpSeries, e: &hyper::Error) {
     if e.is_incomplete_message() || e.is_canceled() {
         return; // the client went away; nothing worth logging
     }
-    eprintln!("meshcore: {proto} connection error: {e}");
+    if e.is_timeout() {
+        tcp.count(ConnEvent::Http1HeaderTimeout);
+    } else if e.is_parse() || e.is_parse_too_large() || e.is_parse_status() {
+        tcp.count(ConnEvent::Http1Malformed);
+    }
+    crate::throttled!("http/1.1 connection error: {e}");
 }

@@ -1,6 +1,7 @@
 //! Accept loops: one per listener. Each connection is (optionally) TLS
 //! terminated, its protocol detected, and handed to HTTP or TCP proxying.
 
+pub mod admission;
 pub mod detect;
 pub mod io;
 pub mod opaque;
@@ -9,7 +10,7 @@ use crate::config::{ListenerProtocol, TlsMode};
 use crate::http::client::Io;
 use crate::http::proxy::{ConnContext, PeerTls};
 use crate::http::{serve_h1, serve_h2};
-use crate::metrics::{TcpLabels, TcpSeries};
+use crate::metrics::{ConnEvent, TcpLabels, TcpSeries};
 use crate::shared::Shared;
 use bytes::Bytes;
 use detect::Protocol;
@@ -31,6 +32,8 @@ pub struct ListenerSpec {
     pub protocol: ListenerProtocol,
     pub detect_timeout: Duration,
     pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub admission: Arc<admission::Admission>,
     pub tls: Option<(tokio_rustls::TlsAcceptor, TlsMode)>,
 }
 
@@ -47,21 +50,45 @@ pub async fn accept_loop(listener: TcpListener, spec: Arc<ListenerSpec>, shared:
         };
         match accepted {
             Ok((stream, peer)) => {
+                let Some((admitted, took)) = spec.admission.admit() else {
+                    tcp.count(ConnEvent::Refused);
+                    crate::throttled!(
+                        "{}: connection from {peer} refused: max_connections reached and none idle",
+                        spec.name
+                    );
+                    continue; // dropping the stream closes it
+                };
+                if took == admission::Admit::Evicted {
+                    tcp.count(ConnEvent::Evicted);
+                }
                 let guard = shared.track_connection();
                 let (spec, shared, tcp) = (spec.clone(), shared.clone(), tcp.clone());
                 tokio::spawn(async move {
-                    serve_connection(stream, peer, spec, shared, tcp).await;
+                    serve_connection(stream, peer, spec, shared, tcp, admitted.seat.clone()).await;
+                    drop(admitted);
                     drop(guard);
                 });
             }
             Err(e) => {
-                // Usually EMFILE: back off instead of spinning.
-                eprintln!("meshcore: accept on {} failed: {e}", spec.name);
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                // Out of descriptors: make room by closing the longest-idle
+                // connection, and back off instead of spinning.
+                let exhausted = matches!(e.raw_os_error(), Some(code) if code == EMFILE || code == ENFILE);
+                if exhausted {
+                    tcp.count(ConnEvent::AcceptExhausted);
+                    if spec.admission.evict_one() {
+                        tcp.count(ConnEvent::Evicted);
+                    }
+                }
+                crate::throttled!("accept on {} failed: {e}", spec.name);
+                tokio::time::sleep(Duration::from_millis(if exhausted { 10 } else { 50 })).await;
             }
         }
     }
 }
+
+/// Linux's "too many open files" for the process and for the system.
+const EMFILE: i32 = 24;
+const ENFILE: i32 = 23;
 
 struct OpenConnection(Arc<TcpSeries>);
 
@@ -80,6 +107,7 @@ async fn accept_transport(
     stream: Counted<DirectTcp>,
     spec: &ListenerSpec,
     peer: SocketAddr,
+    tcp: &TcpSeries,
 ) -> Option<(BoxIo, PeerTls, bool)> {
     let Some((acceptor, mode)) = &spec.tls else {
         return Some((Box::new(stream), PeerTls::Plaintext, false));
@@ -97,10 +125,23 @@ async fn accept_transport(
         let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
             Ok(Ok(tls)) => tls,
             Ok(Err(e)) => {
-                eprintln!("meshcore: {}: TLS handshake from {peer} failed: {e}", spec.name);
+                // A certificate the mesh does not accept is a denial; anything
+                // else is a failed handshake.
+                let refused_identity = e
+                    .get_ref()
+                    .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+                    .is_some_and(|e| matches!(e, rustls::Error::InvalidCertificate(_)));
+                tcp.count(match refused_identity {
+                    true => ConnEvent::TlsIdentityRefused,
+                    false => ConnEvent::TlsHandshakeFailed,
+                });
+                crate::throttled!("{}: TLS handshake from {peer} failed: {e}", spec.name);
                 return None;
             }
-            Err(_) => return None,
+            Err(_) => {
+                tcp.count(ConnEvent::TlsHandshakeFailed);
+                return None;
+            }
         };
         let (_, session) = tls.get_ref();
         let identity = session
@@ -115,8 +156,9 @@ async fn accept_transport(
         return Some((Box::new(tls), peer_tls, h2));
     }
     if *mode == TlsMode::Mesh {
-        eprintln!(
-            "meshcore: {}: plaintext connection from {peer} refused (tls = \"mesh\")",
+        tcp.count(ConnEvent::PlaintextRefused);
+        crate::throttled!(
+            "{}: plaintext connection from {peer} refused (tls = \"mesh\")",
             spec.name
         );
         return None;
@@ -130,14 +172,14 @@ async fn serve_connection(
     spec: Arc<ListenerSpec>,
     shared: Arc<Shared>,
     tcp: Arc<TcpSeries>,
+    seat: Arc<admission::Seat>,
 ) {
     tcp.open_total.fetch_add(1, Relaxed);
     tcp.open.fetch_add(1, Relaxed);
     let _open = OpenConnection(tcp.clone());
     let _ = stream.set_nodelay(true);
-    let Some((mut io, tls, alpn_h2)) =
-        accept_transport(Counted::new(DirectTcp::new(stream), tcp), &spec, peer).await
-    else {
+    let counted = Counted::new(DirectTcp::new(stream), tcp.clone());
+    let Some((mut io, tls, alpn_h2)) = accept_transport(counted, &spec, peer, &tcp).await else {
         return;
     };
     let (protocol, prefix) = match spec.protocol {
@@ -162,11 +204,14 @@ async fn serve_connection(
         client_id: tls.identity().and_then(|id| http::HeaderValue::from_str(id).ok()),
         tls,
         no_name: Arc::from(""),
+        seat,
+        idle_timeout: spec.idle_timeout,
+        tcp,
     });
     let draining = shared.draining.clone();
     match protocol {
         Protocol::Http1 => serve_h1::serve(io, ctx, header_read_timeout, draining).await,
-        Protocol::Http2 => serve_h2::serve(io, ctx, draining).await,
+        Protocol::Http2 => serve_h2::serve(io, ctx, header_read_timeout, draining).await,
         Protocol::Opaque => opaque::forward(io, ctx).await,
         Protocol::Closed => {}
     }

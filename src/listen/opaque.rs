@@ -17,8 +17,8 @@ where
             .decide(&conn.listener_name, conn.peer.ip(), conn.tls.identity(), None);
         conn.shared.metrics.authorization(&conn.listener_name, &decision);
         if let Decision::Deny(rule) = decision {
-            eprintln!(
-                "meshcore: {}: connection from {} ({}) denied by {rule}",
+            crate::throttled!(
+                "{}: connection from {} ({}) denied by {rule}",
                 conn.listener_name,
                 conn.peer,
                 conn.tls.identity().unwrap_or("no identity")
@@ -27,12 +27,12 @@ where
         }
     }
     let Some(service) = table.opaque[listener].map(|i| &table.services[i]) else {
-        eprintln!("meshcore: opaque connection on listener {listener} has no service; closing");
+        crate::throttled!("opaque connection on listener {listener} has no service; closing");
         return;
     };
     let Ok(index) = service.balancer.pick() else {
-        eprintln!(
-            "meshcore: opaque service {} has no available endpoints; closing",
+        crate::throttled!(
+            "opaque service {} has no available endpoints; closing",
             service.name
         );
         return;
@@ -44,7 +44,7 @@ where
         Err(e) => {
             pending.abandon();
             endpoint.record_failure();
-            eprintln!("meshcore: opaque connection to {} failed: {e}", endpoint.addr);
+            crate::throttled!("opaque connection to {} failed: {e}", endpoint.addr);
             return;
         }
     };

@@ -22,6 +22,8 @@ pub struct Current {
 #[derive(Debug)]
 pub struct Identity {
     pub roots: Arc<RootCertStore>,
+    /// Client trust domains accepted; empty: the current certificate's.
+    trust_domains: Vec<String>,
     current: ArcSwapOption<Current>,
     refreshes: AtomicU64,
 }
@@ -37,7 +39,7 @@ fn parse_certs(pem: &str) -> Result<Vec<CertificateDer<'static>>, String> {
 }
 
 impl Identity {
-    pub fn new(trust_anchors_pem: &str) -> Result<Self, String> {
+    pub fn new(trust_anchors_pem: &str, trust_domains: Vec<String>) -> Result<Self, String> {
         let mut roots = RootCertStore::empty();
         for cert in parse_certs(trust_anchors_pem)? {
             roots
@@ -46,6 +48,7 @@ impl Identity {
         }
         Ok(Identity {
             roots: Arc::new(roots),
+            trust_domains,
             current: ArcSwapOption::empty(),
             refreshes: AtomicU64::new(0),
         })
@@ -74,6 +77,20 @@ impl Identity {
 
     pub fn current(&self) -> Option<Arc<Current>> {
         self.current.load_full()
+    }
+
+    /// The trust domains whose workloads may call in: as configured, else
+    /// the one this proxy's own certificate is in.
+    pub fn trust_domains(&self) -> Vec<String> {
+        if !self.trust_domains.is_empty() {
+            return self.trust_domains.clone();
+        }
+        let own = self.current();
+        let domain = own
+            .as_ref()
+            .and_then(|c| c.spiffe_id.as_deref())
+            .and_then(|id| super::verify::parse_spiffe_id(id).ok());
+        domain.map(str::to_string).into_iter().collect()
     }
 
     /// Certificates installed so far (the first counts as one).

@@ -21,11 +21,15 @@ pub fn server_config(
     identity: &Arc<Identity>,
     require_client_cert: bool,
 ) -> Result<Arc<ServerConfig>, String> {
-    let mut verifier = WebPkiClientVerifier::builder_with_provider(identity.roots.clone(), provider());
+    let mut chain = WebPkiClientVerifier::builder_with_provider(identity.roots.clone(), provider());
     if !require_client_cert {
-        verifier = verifier.allow_unauthenticated();
+        chain = chain.allow_unauthenticated();
     }
-    let verifier = verifier.build().map_err(|e| format!("client verifier: {e}"))?;
+    let chain = chain.build().map_err(|e| format!("client verifier: {e}"))?;
+    let verifier = Arc::new(verify::MeshClients {
+        chain,
+        identity: identity.clone(),
+    });
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| e.to_string())?

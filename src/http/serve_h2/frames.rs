@@ -2,7 +2,7 @@
 //! frames and DATA are handled here; header blocks in `streams.rs`.
 
 use super::frame::{self, Head, Reason};
-use super::{Conn, ConnError, DRAIN_PING, MAX_NET_RESETS, MAX_PROVOKED_RESETS};
+use super::{Conn, ConnError, CALM_WINDOW, DRAIN_PING, MAX_IDLE_FRAMES, MAX_NET_RESETS, MAX_PROVOKED_RESETS};
 use crate::http::read_buf::ReadBuffer;
 use std::future::Future;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -66,7 +66,14 @@ impl<I: AsyncRead + AsyncWrite + Unpin, F: Future<Output = ()>> Conn<I, F> {
             frame::CONTINUATION => self.on_continuation(head, payload),
             frame::PRIORITY => match (head.stream, head.len) {
                 (0, _) => Err(ConnError(Reason::Protocol, "PRIORITY on stream 0")),
-                (_, 5) => Ok(()),
+                (id, 5) => {
+                    self.count_idle_frame()?;
+                    // A stream cannot depend on itself (RFC 9113, 5.3.1).
+                    if frame::u32_at(payload) & 0x7fff_ffff == id {
+                        self.reset_for_error(id, Reason::Protocol)?;
+                    }
+                    Ok(())
+                }
                 // Only a live stream is reset: idle ones must not be (RFC 9113, 5.1).
                 (id, _) => {
                     let live = self.shared.lock().reset_stream_if_live(id, Reason::FrameSize);
@@ -86,8 +93,46 @@ impl<I: AsyncRead + AsyncWrite + Unpin, F: Future<Output = ()>> Conn<I, F> {
             },
             frame::WINDOW_UPDATE => self.on_window_update(head, payload),
             frame::PUSH_PROMISE => Err(ConnError(Reason::Protocol, "PUSH_PROMISE from a client")),
-            _ => Ok(()), // unknown frame types are ignored (RFC 9113, 4.1)
+            // Unknown frame types are ignored (RFC 9113, 4.1), but not for free.
+            _ => self.count_idle_frame(),
         }
+    }
+
+    /// A frame that did no useful work (a PING, SETTINGS, PRIORITY, empty
+    /// DATA or unknown frame). Many within `CALM_WINDOW` are a flood
+    /// (CVE-2019-9512, -9515, -9518), cut off as rapid reset is.
+    pub(super) fn count_idle_frame(&mut self) -> Result<(), ConnError> {
+        let now = crate::http::coarse_timer::coarse_now();
+        let seen = &mut self.idle_frames;
+        seen.count += 1;
+        if now.saturating_duration_since(seen.since) >= CALM_WINDOW {
+            seen.since = now;
+            seen.count = 1;
+            seen.sent_before = self.shared.lock().data_frames_sent;
+        }
+        if seen.count <= MAX_IDLE_FRAMES {
+            return Ok(());
+        }
+        // Over the base allowance: a client reading our DATA may ping as often.
+        let sent = self.shared.lock().data_frames_sent - seen.sent_before;
+        match seen.count > MAX_IDLE_FRAMES + sent {
+            true => Err(ConnError(Reason::EnhanceYourCalm, "too many frames without work")),
+            false => Ok(()),
+        }
+    }
+
+    /// A stream error for a stream that may be idle, live or closed: reset
+    /// it (once) and, if it was live, count it as provoked.
+    pub(super) fn reset_for_error(&mut self, id: u32, reason: Reason) -> Result<(), ConnError> {
+        let mut state = self.shared.lock();
+        let live = state.reset_stream(id, reason);
+        if !live && id > self.last_stream {
+            // An idle stream: the reset closes it, so later frames on it are
+            // frames on a stream we reset.
+            state.remember_reset(id);
+        }
+        drop(state);
+        self.count_provoked_reset(live)
     }
 
     fn on_settings(&mut self, head: Head, payload: &[u8]) -> Result<(), ConnError> {
@@ -105,6 +150,9 @@ impl<I: AsyncRead + AsyncWrite + Unpin, F: Future<Output = ()>> Conn<I, F> {
                 Reason::FrameSize,
                 "SETTINGS length not a multiple of 6",
             ));
+        }
+        if self.settings_seen {
+            self.count_idle_frame()?;
         }
         self.settings_seen = true;
         let mut state = self.shared.lock();
@@ -169,6 +217,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin, F: Future<Output = ()>> Conn<I, F> {
             return Err(ConnError(Reason::FrameSize, "PING length is not 8"));
         }
         if head.flags & frame::ACK == 0 {
+            self.count_idle_frame()?;
             frame::ping_ack(&mut self.shared.lock().out, payload);
         } else if self.drain_pinged && payload == DRAIN_PING {
             self.send_goaway(Reason::NoError);
@@ -260,6 +309,9 @@ impl<I: AsyncRead + AsyncWrite + Unpin, F: Future<Output = ()>> Conn<I, F> {
         }
         let data = unpad(head, payload)?;
         let end = head.flags & frame::END_STREAM != 0;
+        if head.len == 0 && !end {
+            self.count_idle_frame()?;
+        }
         let mut guard = self.shared.lock();
         let state = &mut *guard;
         state.recv_window -= head.len as i64;
@@ -275,6 +327,14 @@ impl<I: AsyncRead + AsyncWrite + Unpin, F: Future<Output = ()>> Conn<I, F> {
             }
             // A stream already closed or reset: only the connection window counts.
             state.return_connection_window(head.len);
+            // Frames may still be in flight for a stream we reset; on a
+            // stream the client closed or reset, DATA is an error (RFC 9113, 5.1).
+            if !state.recently_reset.contains(&id) {
+                frame::rst_stream(&mut state.out, id, Reason::StreamClosed);
+                state.remember_reset(id);
+                drop(guard);
+                return self.count_idle_frame();
+            }
             return Ok(());
         };
         stream.recv_window -= head.len as i64;

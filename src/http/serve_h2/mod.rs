@@ -9,10 +9,14 @@
 //!
 //! Limits: 200 concurrent streams (more are refused), 1 MiB stream and
 //! connection receive windows, 16 KiB frames, heads up to 96 KiB decoded
-//! (431 above that). Malformed requests get a 400 and a log line; protocol
-//! errors end the connection with GOAWAY. Clients that reset many streams
-//! in progress, or make the server reset them, are cut off. Draining sends
-//! GOAWAY twice, around a PING, so no stream in flight is refused.
+//! (431 above that). Malformed requests get a 400 and RST_STREAM
+//! (PROTOCOL_ERROR); protocol errors end the connection with GOAWAY.
+//! Clients that reset many streams in progress, make the server reset
+//! them, send floods of control or empty frames, or many oversized heads
+//! are cut off with ENHANCE_YOUR_CALM. A connection must send its preface
+//! within the header read timeout, and one with no open stream closes after
+//! the idle timeout. Draining sends GOAWAY twice, around a PING, so no
+//! stream in flight is refused.
 
 mod frame;
 mod frames;
@@ -24,10 +28,13 @@ mod task;
 
 pub use shared::RecvBody;
 
+use super::coarse_timer::{self, coarse_now};
 use super::hpack::Decoder;
 use super::proxy::ConnContext;
 use super::read_buf::ReadBuffer;
+use crate::metrics::ConnEvent;
 use frame::Reason;
+use futures_util::FutureExt;
 use shared::{Shared, State, RECV_WINDOW};
 use std::future::{poll_fn, Future};
 use std::io;
@@ -48,6 +55,17 @@ const MAX_NET_RESETS: u32 = 1000;
 /// (CVE-2025-8671, "made you reset"); never offset, as in h2's
 /// `max_local_error_reset_streams`.
 const MAX_PROVOKED_RESETS: u32 = 1024;
+/// Frames that cost work but carry no request (PING, SETTINGS, PRIORITY,
+/// empty DATA, unknown kinds) allowed per `CALM_WINDOW`, beyond one per
+/// DATA frame sent in it; more is a flood.
+const MAX_IDLE_FRAMES: u64 = 10_000;
+const CALM_WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
+/// CONTINUATION frames in one header block: a client splitting a block
+/// into more is stalling or flooding (MAX_BLOCK needs at most 8 full ones).
+const MAX_CONTINUATIONS: u32 = 64;
+/// Heads over the size limit (431) per connection: decoding each costs
+/// work however small the block (an HPACK bomb), so repeats are cut off.
+const MAX_OVERSIZED_HEADS: u32 = 16;
 /// How long a drain waits for the answer to its PING before the final GOAWAY.
 const DRAIN_PING_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 const READ_BUF: usize = 16 * 1024;
@@ -67,6 +85,16 @@ struct PendingBlock {
     stream: u32,
     end_stream: bool,
     block: Vec<u8>,
+    continuations: u32,
+    depends_on_itself: bool,
+}
+
+/// Frames that did no useful work, counted over a window of coarse time.
+struct IdleFrames {
+    since: std::time::Instant,
+    count: u64,
+    /// `State::data_frames_sent` when the window began.
+    sent_before: u64,
 }
 
 struct Conn<I, F> {
@@ -100,10 +128,19 @@ struct Conn<I, F> {
     drain_pinged: bool,
     net_resets: u32,
     provoked_resets: u32,
+    oversized_heads: u32,
+    idle_frames: IdleFrames,
+    /// No stream is open: the connection counts as idle for eviction and
+    /// for its idle timeout.
+    idle: bool,
 }
 
-pub async fn serve<I>(io: I, ctx: Arc<ConnContext>, draining: watch::Receiver<bool>)
-where
+pub async fn serve<I>(
+    io: I,
+    ctx: Arc<ConnContext>,
+    preface_timeout: std::time::Duration,
+    draining: watch::Receiver<bool>,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let mut state = State::new();
@@ -143,14 +180,28 @@ where
         drain_pinged: false,
         net_resets: 0,
         provoked_resets: 0,
+        oversized_heads: 0,
+        idle_frames: IdleFrames {
+            since: coarse_now(),
+            count: 0,
+            sent_before: 0,
+        },
+        idle: true,
     };
     let mut drain_watch = draining;
     let mut drained = std::pin::pin!(crate::shared::drained(&mut drain_watch));
+    let seat = conn.ctx.seat.clone();
+    let mut evicted = std::pin::pin!(seat.evicted());
+    // Until the preface and SETTINGS arrive, then whenever no stream is open.
+    let mut idle_limit = coarse_timer::sleep_until(coarse_now() + preface_timeout);
+    let idle_timeout = conn.ctx.idle_timeout;
+    let mut waiting_preface = true;
     // Armed when a drain starts: the final GOAWAY goes out when the PING is
     // answered or when this fires, whichever is first.
     let mut ping_wait: Option<Pin<Box<tokio::time::Sleep>>> = None;
     poll_fn(|cx| {
-        if !conn.drain_pinged && !conn.goaway_sent && drained.as_mut().poll(cx).is_ready() {
+        let quiet = !conn.drain_pinged && !conn.goaway_sent;
+        if quiet && (drained.as_mut().poll(cx).is_ready() || evicted.as_mut().poll(cx).is_ready()) {
             conn.begin_drain();
             ping_wait = Some(Box::pin(tokio::time::sleep(DRAIN_PING_WAIT)));
         }
@@ -159,7 +210,38 @@ where
                 conn.send_goaway(Reason::NoError);
             }
         }
-        conn.poll_drive(cx)
+        let driven = conn.poll_drive(cx);
+        if driven.is_ready() {
+            return driven;
+        }
+        if waiting_preface && conn.settings_seen {
+            waiting_preface = false;
+            idle_limit.reset(coarse_now() + idle_timeout);
+        }
+        let idle = conn.tasks.is_empty();
+        if idle != conn.idle {
+            conn.idle = idle;
+            match idle {
+                true => {
+                    seat.idle();
+                    idle_limit.reset(coarse_now() + idle_timeout);
+                }
+                false => {
+                    seat.busy();
+                    idle_limit.pause();
+                }
+            }
+        }
+        if (conn.idle || waiting_preface) && !conn.goaway_sent && idle_limit.poll_unpin(cx).is_ready() {
+            if waiting_preface {
+                conn.ctx.tcp.count(ConnEvent::PrefaceTimeout);
+                return Poll::Ready(());
+            }
+            // Idle too long: a clean goodbye; no stream is lost.
+            conn.send_goaway(Reason::NoError);
+            return conn.poll_drive(cx);
+        }
+        Poll::Pending
     })
     .await;
     if !conn.gone {
@@ -292,9 +374,14 @@ impl<I: AsyncRead + AsyncWrite + Unpin, F: Future<Output = ()>> Conn<I, F> {
 
     pub(super) fn fail(&mut self, reason: Reason, why: &str) {
         if reason != Reason::NoError {
-            eprintln!(
-                "meshcore: {}: HTTP/2 connection error from {}: {why} ({reason:?})",
-                self.ctx.listener_name, self.ctx.peer
+            self.ctx.tcp.count(match reason {
+                Reason::EnhanceYourCalm => ConnEvent::Http2Abuse,
+                _ => ConnEvent::Http2Protocol,
+            });
+            crate::throttled!(
+                "{}: HTTP/2 connection error from {}: {why} ({reason:?})",
+                self.ctx.listener_name,
+                self.ctx.peer
             );
         }
         self.send_goaway(reason);

@@ -4,7 +4,7 @@
 use crate::http::headers::is_connection_specific;
 use crate::http::hpack::{Name, Pseudo};
 use bytes::Bytes;
-use http::header::{CONTENT_LENGTH, COOKIE, TE};
+use http::header::{CONTENT_LENGTH, COOKIE, HOST, TE};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, HeaderValue, Method, Request, Uri, Version};
 
@@ -40,6 +40,10 @@ impl Fields {
                 self.size += name.as_str().len();
                 if self.size > MAX_HEADER_LIST {
                     return;
+                }
+                // RFC 9113, 8.2.1: no leading or trailing whitespace.
+                if matches!(value.first().zip(value.last()), Some((a, b)) if is_space(*a) || is_space(*b)) {
+                    self.problem = Some("header field value with surrounding whitespace");
                 }
                 let Ok(value) = HeaderValue::from_maybe_shared(value) else {
                     self.problem = Some("invalid header field value");
@@ -136,6 +140,14 @@ impl Fields {
         let mut uri = http::uri::Parts::default();
         if let Some(authority) = self.authority {
             let authority = Authority::from_maybe_shared(authority).map_err(|_| "bad :authority")?;
+            // Routing reads :authority; an upstream may read Host (RFC 9113, 8.3.1).
+            if self
+                .headers
+                .get(HOST)
+                .is_some_and(|h| h.as_bytes() != authority.as_str().as_bytes())
+            {
+                return Err("Host differs from :authority");
+            }
             uri.scheme = Some(Scheme::try_from(&scheme[..]).map_err(|_| "bad :scheme")?);
             uri.authority = Some(authority);
         }
@@ -158,4 +170,8 @@ impl Fields {
             .map(Some)
             .ok_or("bad content-length")
     }
+}
+
+fn is_space(b: u8) -> bool {
+    b == b' ' || b == b'\t'
 }

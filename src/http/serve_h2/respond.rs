@@ -4,11 +4,12 @@
 
 use super::frame::{self, Reason};
 use super::shared::{self, Shared, State};
+use super::task::ResetAfterHead;
 use crate::http::headers::is_connection_specific;
 use crate::http::hpack;
 use crate::http::ProxyBody;
 use bytes::{Buf, Bytes};
-use http::header::{DATE, TE};
+use http::header::{CONTENT_LENGTH, DATE, TE};
 use http::{HeaderMap, Response};
 use hyper::body::Body;
 use pin_project_lite::pin_project;
@@ -60,20 +61,30 @@ impl<F: Future<Output = Result<Response<ProxyBody>, Infallible>>> Future for Res
             match this.phase.as_mut().project() {
                 PhaseProj::Answering { answer } => {
                     let Ok(response) = ready!(answer.poll(cx));
-                    let (parts, body) = response.into_parts();
-                    let end = body.is_end_stream();
+                    let (mut parts, body) = response.into_parts();
+                    let status = parts.status.as_u16();
+                    let reset_after = parts.extensions.get::<ResetAfterHead>().is_some();
+                    // 1xx, 204 and 304 carry no content (RFC 9110, 15), and
+                    // 1xx and 204 no length either.
+                    let no_content = status < 200 || status == 204 || status == 304;
+                    if status < 200 || status == 204 {
+                        parts.headers.remove(CONTENT_LENGTH);
+                    }
+                    let end = (no_content || body.is_end_stream()) && !reset_after;
                     let mut state = shared.lock();
                     // Not live: the stream was reset while the answer was made.
                     let live = state.streams.contains_key(&id);
                     if live {
-                        write_head(&mut state, id, Some(parts.status.as_u16()), &parts.headers, end);
-                        if end {
+                        write_head(&mut state, id, Some(status), &parts.headers, end);
+                        if reset_after {
+                            state.reset_stream(id, Reason::Protocol);
+                        } else if end {
                             finish(&mut state, id);
                         }
                     }
                     drop(state);
                     crate::http::headers::recycle(parts.headers);
-                    if !live || end {
+                    if !live || end || reset_after {
                         this.phase.set(Phase::Done);
                         return Poll::Ready(());
                     }
@@ -152,6 +163,7 @@ fn poll_send_data(shared: &Shared, id: u32, data: &mut Bytes, end: bool, cx: &mu
         let last = n == data.len();
         let flags = if last && end { frame::END_STREAM } else { 0 };
         frame::write_head(&mut state.out, n, frame::DATA, flags, id);
+        state.data_frames_sent += 1;
         state.out.extend_from_slice(&data[..n]);
         data.advance(n);
         if last {
@@ -189,7 +201,8 @@ fn write_head(state: &mut State, id: u32, status: Option<u16>, headers: &HeaderM
     for (name, value) in headers {
         // The proxy strips these from upstream answers; its own answers and
         // plugins' are not stripped, and HTTP/2 forbids them outright.
-        if is_connection_specific(name) || name == TE {
+        // Trailers never carry framing (RFC 9110, 6.5.1).
+        if is_connection_specific(name) || name == TE || (status.is_none() && name == CONTENT_LENGTH) {
             continue;
         }
         has_date |= name == DATE;

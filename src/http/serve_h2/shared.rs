@@ -88,6 +88,9 @@ pub struct State {
     pub recv_window: i64,
     pub recv_owed: u32,
     pub recently_reset: VecDeque<u32>,
+    /// DATA frames written so far: a client may PING once per frame it
+    /// receives (gRPC's BDP estimate), which is not a flood.
+    pub data_frames_sent: u64,
 }
 
 impl State {
@@ -105,6 +108,7 @@ impl State {
             recv_window: RECV_WINDOW,
             recv_owed: 0,
             recently_reset: VecDeque::new(),
+            data_frames_sent: 0,
         }
     }
 

@@ -6,7 +6,10 @@ use super::frames::unpad;
 use super::request::Fields;
 use super::shared::{Inbound, Stream, RECV_WINDOW};
 use super::task::Answer;
-use super::{Conn, ConnError, PendingBlock, RecvBody, MAX_BLOCK, MAX_CONCURRENT_STREAMS};
+use super::{
+    Conn, ConnError, PendingBlock, RecvBody, MAX_BLOCK, MAX_CONCURRENT_STREAMS, MAX_CONTINUATIONS,
+    MAX_OVERSIZED_HEADS,
+};
 use crate::http::hpack;
 use crate::http::{error_response, RequestBody};
 use http::StatusCode;
@@ -19,10 +22,13 @@ impl<I: AsyncRead + AsyncWrite + Unpin, F: Future<Output = ()>> Conn<I, F> {
             return Err(ConnError(Reason::Protocol, "HEADERS on stream 0"));
         }
         let mut block = unpad(head, payload)?;
+        let mut depends_on_itself = false;
         if head.flags & frame::PRIORITY_FLAG != 0 {
-            block = block
-                .get(5..)
+            let priority = block
+                .get(..5)
                 .ok_or(ConnError(Reason::FrameSize, "HEADERS too short for its priority"))?;
+            depends_on_itself = frame::u32_at(priority) & 0x7fff_ffff == head.stream;
+            block = &block[5..];
         }
         let end_stream = head.flags & frame::END_STREAM != 0;
         if head.flags & frame::END_HEADERS == 0 {
@@ -30,10 +36,12 @@ impl<I: AsyncRead + AsyncWrite + Unpin, F: Future<Output = ()>> Conn<I, F> {
                 stream: head.stream,
                 end_stream,
                 block: block.to_vec(),
+                continuations: 0,
+                depends_on_itself,
             });
             return Ok(());
         }
-        self.on_header_block(head.stream, end_stream, block)
+        self.on_header_block(head.stream, end_stream, block, depends_on_itself)
     }
 
     pub(super) fn on_continuation(&mut self, head: Head, payload: &[u8]) -> Result<(), ConnError> {
@@ -41,22 +49,52 @@ impl<I: AsyncRead + AsyncWrite + Unpin, F: Future<Output = ()>> Conn<I, F> {
             return Err(ConnError(Reason::Protocol, "CONTINUATION without HEADERS"));
         };
         pending.block.extend_from_slice(payload);
+        pending.continuations += 1;
         if pending.block.len() > MAX_BLOCK {
             return Err(ConnError(Reason::EnhanceYourCalm, "header block too large"));
         }
+        // Empty or tiny CONTINUATION frames make work without progress.
+        if pending.continuations > MAX_CONTINUATIONS {
+            return Err(ConnError(
+                Reason::EnhanceYourCalm,
+                "header block in too many frames",
+            ));
+        }
         if head.flags & frame::END_HEADERS != 0 {
             let p = self.pending.take().expect("checked above");
-            return self.on_header_block(p.stream, p.end_stream, &p.block);
+            return self.on_header_block(p.stream, p.end_stream, &p.block, p.depends_on_itself);
         }
         Ok(())
     }
 
-    fn on_header_block(&mut self, id: u32, end_stream: bool, block: &[u8]) -> Result<(), ConnError> {
+    fn on_header_block(
+        &mut self,
+        id: u32,
+        end_stream: bool,
+        block: &[u8],
+        depends_on_itself: bool,
+    ) -> Result<(), ConnError> {
         let mut fields = Fields::new();
         match self.decoder.decode(block, |name, value| fields.push(name, value)) {
             Ok(()) => {}
             Err(hpack::Error::Compression) => return Err(ConnError(Reason::Compression, "bad header block")),
             Err(_) => fields.problem = fields.problem.or(Some("invalid header field")),
+        }
+        if fields.too_large() {
+            self.oversized_heads += 1;
+            if self.oversized_heads > MAX_OVERSIZED_HEADS {
+                return Err(ConnError(
+                    Reason::EnhanceYourCalm,
+                    "too many oversized header blocks",
+                ));
+            }
+        }
+        if depends_on_itself {
+            // Decoded first, so the HPACK table stays in step (RFC 9113, 5.3.1).
+            if id > self.last_stream {
+                self.last_stream = id;
+            }
+            return self.reset_for_error(id, Reason::Protocol);
         }
         // Only an id above the last reserves a slot (trailers do not; a
         // stream then refused leaves its slot free for the next). Before the
@@ -93,7 +131,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin, F: Future<Output = ()>> Conn<I, F> {
         }
         if id <= self.last_stream {
             // Frames may still be in flight for a stream we reset; any other
-            // lower id is one the client reused or opened out of order.
+            // lower id is one the client reused or opened out of order (5.1.1).
             if state.recently_reset.contains(&id) {
                 return Ok(());
             }
@@ -143,6 +181,9 @@ impl<I: AsyncRead + AsyncWrite + Unpin, F: Future<Output = ()>> Conn<I, F> {
         // Released first: dropping an unused body locks.
         drop(guard);
         let answer = self.answer(body, fields, length);
+        if matches!(answer, Answer::Malformed(_)) {
+            self.count_provoked_reset(true)?;
+        }
         let proxied = matches!(answer, Answer::Proxy(_));
         let (make, shared, ctx) = (self.make, self.shared.clone(), self.ctx.clone());
         self.tasks.start(|| make(shared, id, answer, ctx), proxied);
@@ -176,11 +217,14 @@ impl<I: AsyncRead + AsyncWrite + Unpin, F: Future<Output = ()>> Conn<I, F> {
                 "CONNECT is not served over HTTP/2",
             )),
             Err(problem) => {
-                eprintln!(
-                    "meshcore: {}: malformed HTTP/2 request from {}: {problem}",
-                    self.ctx.listener_name, self.ctx.peer
+                crate::throttled!(
+                    "{}: malformed HTTP/2 request from {}: {problem}",
+                    self.ctx.listener_name,
+                    self.ctx.peer
                 );
-                Answer::Own(error_response(StatusCode::BAD_REQUEST, problem))
+                // A 400 to say why, then RST_STREAM(PROTOCOL_ERROR) as
+                // RFC 9113 (8.1.1) asks for a malformed request.
+                Answer::Malformed(error_response(StatusCode::BAD_REQUEST, problem))
             }
         }
     }

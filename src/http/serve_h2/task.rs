@@ -23,11 +23,18 @@ use std::task::{Context, Wake, Waker};
 const SPARE_SLOTS: usize = 8;
 
 /// What a stream is answered with: the proxy's handling of its request, or
-/// an answer the server makes itself (400, 431, 501).
+/// an answer the server makes itself (431, 501), or a 400 for a malformed
+/// request, which is then reset.
 pub enum Answer {
     Proxy(Request<RequestBody>),
     Own(Response<ProxyBody>),
+    Malformed(Response<ProxyBody>),
 }
+
+/// Marks a response whose stream is reset with PROTOCOL_ERROR once its
+/// head is written.
+#[derive(Clone, Copy)]
+pub struct ResetAfterHead;
 
 pub type MakeFuture<F> = fn(Arc<Shared>, u32, Answer, Arc<ConnContext>) -> F;
 
@@ -47,6 +54,10 @@ pub fn stream_future(
     let answer = match answer {
         Answer::Proxy(req) => Either::Left(handle(req, ctx)),
         Answer::Own(resp) => Either::Right(std::future::ready(Ok(resp))),
+        Answer::Malformed(mut resp) => {
+            resp.extensions_mut().insert(ResetAfterHead);
+            Either::Right(std::future::ready(Ok(resp)))
+        }
     };
     Respond::new(shared, id, answer)
 }
