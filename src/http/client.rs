@@ -1,8 +1,9 @@
 //! Upstream connections to one endpoint: pools of idle HTTP/1.1 connections
-//! (hyper's, and those driven inline) and one shared, multiplexed HTTP/2
-//! connection.
+//! (hyper's, and those driven inline) and multiplexed HTTP/2 connections
+//! (`h2_pool`).
 
 use super::coarse_timer::coarse_now;
+use super::h2_pool::{self, H2Pool, Lease, SettingsSniffer, StreamSlot};
 use super::inline_h1::{self, InlineBody, InlineConn};
 use super::{BoxError, ProxyBody};
 use crate::listen::io::DirectTcp;
@@ -17,6 +18,7 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -105,10 +107,12 @@ fn refusal(e: &hyper::Error) -> Option<Refused> {
     None
 }
 
-/// A response body from upstream: hyper's, or read inline.
+/// A response body from upstream: hyper's, read inline, or hyper's on an
+/// HTTP/2 stream whose slot it holds until it is done.
 pub enum UpstreamBody {
     Hyper(Incoming),
     Inline(InlineBody),
+    H2(Incoming, StreamSlot),
 }
 
 impl Body for UpstreamBody {
@@ -120,21 +124,23 @@ impl Body for UpstreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
-            UpstreamBody::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(BoxError::from),
+            UpstreamBody::Hyper(b) | UpstreamBody::H2(b, _) => {
+                Pin::new(b).poll_frame(cx).map_err(BoxError::from)
+            }
             UpstreamBody::Inline(b) => Pin::new(b).poll_frame(cx),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
-            UpstreamBody::Hyper(b) => b.is_end_stream(),
+            UpstreamBody::Hyper(b) | UpstreamBody::H2(b, _) => b.is_end_stream(),
             UpstreamBody::Inline(b) => b.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            UpstreamBody::Hyper(b) => b.size_hint(),
+            UpstreamBody::Hyper(b) | UpstreamBody::H2(b, _) => b.size_hint(),
             UpstreamBody::Inline(b) => b.size_hint(),
         }
     }
@@ -192,12 +198,7 @@ pub struct EndpointPool {
     idle_h1: Mutex<Vec<(Instant, http1::SendRequest<ProxyBody>)>>,
     /// Newest at the back (reused first), oldest at the front (expired first).
     idle_inline: Mutex<VecDeque<(Instant, Box<InlineConn>)>>,
-    /// The shared HTTP/2 connection, numbered so that a request that saw it
-    /// fail forgets that one and not a newer one.
-    h2: Mutex<Option<(u64, http2::SendRequest<ProxyBody>)>>,
-    h2_made: std::sync::atomic::AtomicU64,
-    /// Held while a new HTTP/2 connection is made, so only one is.
-    h2_connecting: tokio::sync::Mutex<()>,
+    h2: H2Pool,
 }
 
 impl EndpointPool {
@@ -208,9 +209,7 @@ impl EndpointPool {
             tls,
             idle_h1: Mutex::new(Vec::new()),
             idle_inline: Mutex::new(VecDeque::new()),
-            h2: Mutex::new(None),
-            h2_made: std::sync::atomic::AtomicU64::new(0),
-            h2_connecting: tokio::sync::Mutex::new(()),
+            h2: H2Pool::default(),
         }
     }
 
@@ -235,10 +234,10 @@ impl EndpointPool {
                 };
                 Ok((resp.map(UpstreamBody::Hyper), Some(reusable)))
             }))),
-            Wire::Http2 => Either::Right(Either::Right(
-                self.send_h2(req)
-                    .map(|sent| Ok((sent?.map(UpstreamBody::Hyper), None))),
-            )),
+            Wire::Http2 => Either::Right(Either::Right(self.send_h2(req).map(|sent| {
+                let (resp, slot) = sent?;
+                Ok((resp.map(|body| UpstreamBody::H2(body, slot)), None))
+            }))),
         }
     }
 
@@ -415,26 +414,30 @@ impl EndpointPool {
     fn send_h2(
         &self,
         mut req: Request<ProxyBody>,
-    ) -> impl Future<Output = Result<Response<Incoming>, UpstreamError>> + '_ {
+    ) -> impl Future<Output = Result<(Response<Incoming>, StreamSlot), UpstreamError>> + '_ {
         async move {
             // A stream the server refused (above its GOAWAY's last stream, or
             // REFUSED_STREAM) was not processed (RFC 9113, 8.7): a bodiless
             // idempotent request is kept so that it can be sent again.
             let mut again =
                 (req.body().is_end_stream() && idempotent(req.method())).then(|| Box::new(copy_head(&req)));
-            let (generation, mut sender) = self.h2_sender().await?;
+            let Lease {
+                generation,
+                mut sender,
+                slot,
+            } = self.h2_lease().await?;
             let mut connection_gone = true;
             if sender.ready().await.is_ok() {
                 match sender.try_send_request(req).await {
-                    Ok(resp) => return Ok(resp),
+                    Ok(resp) => return Ok((resp, slot)),
                     Err(mut e) => match e.take_message() {
-                        // The shared connection went away (GOAWAY, idle close) before
+                        // The connection went away (GOAWAY, idle close) before
                         // this request was sent: hyper hands it back.
                         Some(unsent) => req = unsent,
                         None => match (again.take(), refusal(e.error())) {
                             (Some(copy), Some(refused)) => {
                                 // A stream refused on its own (the server's stream limit)
-                                // leaves the shared connection in use.
+                                // leaves the connection in use.
                                 connection_gone = refused == Refused::GoAway || sender.is_closed();
                                 req = *copy;
                             }
@@ -443,51 +446,43 @@ impl EndpointPool {
                     },
                 }
             }
+            drop(slot);
             if connection_gone {
-                self.forget_h2(generation);
+                self.h2.forget(generation);
             }
-            let (_, mut sender) = self.h2_sender().await?;
+            let Lease { mut sender, slot, .. } = self.h2_lease().await?;
             sender.ready().await.map_err(UpstreamError::Http)?;
-            sender.send_request(req).await.map_err(UpstreamError::Http)
+            let resp = sender.send_request(req).await.map_err(UpstreamError::Http)?;
+            Ok((resp, slot))
         }
     }
 
-    fn forget_h2(&self, generation: u64) {
-        let mut slot = self.h2.lock().unwrap_or_else(|p| p.into_inner());
-        if slot.as_ref().is_some_and(|(g, _)| *g == generation) {
-            *slot = None;
+    /// A stream on a connection with room; connecting is boxed, being rare
+    /// but large in every request's state otherwise.
+    async fn h2_lease(&self) -> Result<Lease, UpstreamError> {
+        match self.h2.try_lease() {
+            Some(lease) => Ok(lease),
+            None => Box::pin(self.h2.lease(|limit| self.connect_h2(limit))).await,
         }
     }
 
-    fn h2_open(&self) -> Option<(u64, http2::SendRequest<ProxyBody>)> {
-        let slot = self.h2.lock().unwrap_or_else(|p| p.into_inner());
-        slot.as_ref().filter(|(_, s)| !s.is_closed()).cloned()
-    }
-
-    async fn h2_sender(&self) -> Result<(u64, http2::SendRequest<ProxyBody>), UpstreamError> {
-        match self.h2_open() {
-            Some(sender) => Ok(sender),
-            None => Box::pin(self.connect_h2()).await,
-        }
-    }
-
-    async fn connect_h2(&self) -> Result<(u64, http2::SendRequest<ProxyBody>), UpstreamError> {
-        let _one_at_a_time = self.h2_connecting.lock().await;
-        if let Some(sender) = self.h2_open() {
-            return Ok(sender); // another request connected meanwhile
-        }
-        let io = self.connect(Wire::Http2).await?;
+    async fn connect_h2(
+        &self,
+        limit: Arc<AtomicUsize>,
+    ) -> Result<http2::SendRequest<ProxyBody>, UpstreamError> {
+        let io = self.connect(Wire::Http2).await?.into_inner();
+        let io = TokioIo::new(SettingsSniffer::new(io, limit));
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(hyper_util::rt::TokioTimer::new())
             .keep_alive_interval(Some(Duration::from_secs(10)))
+            .initial_stream_window_size(h2_pool::STREAM_WINDOW)
+            .initial_connection_window_size(h2_pool::CONNECTION_WINDOW)
             .handshake(io)
             .await
             .map_err(UpstreamError::Http)?;
         tokio::spawn(async move {
             let _ = conn.await;
         });
-        let generation = self.h2_made.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        *self.h2.lock().unwrap_or_else(|p| p.into_inner()) = Some((generation, sender.clone()));
-        Ok((generation, sender))
+        Ok(sender)
     }
 }

@@ -4,6 +4,7 @@ pub mod body;
 pub mod client;
 pub mod coarse_timer;
 mod deadline;
+mod h2_pool;
 pub mod headers;
 mod hooks;
 mod hpack;

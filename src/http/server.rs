@@ -3,12 +3,12 @@
 use super::coarse_timer::CoarseTimer;
 use super::proxy::{handle, ConnContext};
 use super::RequestBody;
+use crate::metrics::{ConnEvent, TcpSeries};
 use hyper::body::Incoming;
 use hyper::rt::{Read, Write};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::Request;
-use crate::metrics::{ConnEvent, TcpSeries};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;

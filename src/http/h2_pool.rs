@@ -1,0 +1,243 @@
+//! The HTTP/2 connections to one upstream endpoint.
+//!
+//! One connection per endpoint let a single client stall a service: its
+//! stalled streams filled the upstream's SETTINGS_MAX_CONCURRENT_STREAMS,
+//! and every later request queued behind them. So each connection carries
+//! at most as many streams as the upstream allows (read from its first
+//! SETTINGS) and at most `STREAMS_PER_CONNECTION`; past that another
+//! connection is opened, up to `CONNECTIONS_PER_ENDPOINT`. Each stream
+//! holds a [`StreamSlot`] until its response body is done.
+//!
+//! The connection window is the sum of its streams' windows, so a stream
+//! whose client stopped reading holds back only its own window's worth.
+
+use super::client::UpstreamError;
+use super::ProxyBody;
+use hyper::client::conn::http2::SendRequest;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Our own cap on streams per upstream connection, below common servers'
+/// limits (nginx 128, hyper 200, Go 250).
+pub const STREAMS_PER_CONNECTION: usize = 100;
+/// Connections per endpoint; past them a stream queues on the least loaded.
+pub const CONNECTIONS_PER_ENDPOINT: usize = 16;
+/// Receive window per upstream stream: what one stalled client can hold
+/// buffered per stream. The connection's window covers all its streams.
+pub const STREAM_WINDOW: u32 = 256 * 1024;
+pub const CONNECTION_WINDOW: u32 = STREAM_WINDOW * STREAMS_PER_CONNECTION as u32;
+
+#[derive(Clone)]
+struct Conn {
+    generation: u64,
+    sender: SendRequest<ProxyBody>,
+    /// Streams in flight on this connection.
+    streams: Arc<AtomicUsize>,
+    /// How many it may carry: the upstream's limit once known.
+    limit: Arc<AtomicUsize>,
+}
+
+/// A stream's place on its connection; given back when dropped.
+pub struct StreamSlot(Arc<AtomicUsize>);
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
+}
+
+/// A connection to send one request on, and the stream's slot.
+pub struct Lease {
+    pub generation: u64,
+    pub sender: SendRequest<ProxyBody>,
+    pub slot: StreamSlot,
+}
+
+#[derive(Default)]
+pub struct H2Pool {
+    conns: Mutex<Vec<Conn>>,
+    made: AtomicU64,
+    /// Held while a connection is made, so a burst opens one, not many.
+    connecting: tokio::sync::Mutex<()>,
+}
+
+impl H2Pool {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Conn>> {
+        self.conns.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The least loaded open connection, if it has room (or `any` is set).
+    fn pick(&self, any: bool) -> Option<Lease> {
+        let mut conns = self.lock();
+        conns.retain(|c| !c.sender.is_closed());
+        let conn = conns.iter().min_by_key(|c| c.streams.load(Relaxed))?;
+        if !any && conn.streams.load(Relaxed) >= conn.limit.load(Relaxed) {
+            return None;
+        }
+        conn.streams.fetch_add(1, Relaxed);
+        Some(Lease {
+            generation: conn.generation,
+            sender: conn.sender.clone(),
+            slot: StreamSlot(conn.streams.clone()),
+        })
+    }
+
+    /// A stream on an open connection with room, without waiting.
+    pub fn try_lease(&self) -> Option<Lease> {
+        self.pick(false)
+    }
+
+    /// A connection with room for a stream, opening one with `connect` when
+    /// all are full and there may be more.
+    pub async fn lease<F>(&self, connect: impl FnOnce(Arc<AtomicUsize>) -> F) -> Result<Lease, UpstreamError>
+    where
+        F: Future<Output = Result<SendRequest<ProxyBody>, UpstreamError>>,
+    {
+        if let Some(lease) = self.pick(false) {
+            return Ok(lease);
+        }
+        let _one_at_a_time = self.connecting.lock().await;
+        if let Some(lease) = self.pick(false) {
+            return Ok(lease); // another request connected meanwhile
+        }
+        if self.lock().len() >= CONNECTIONS_PER_ENDPOINT {
+            if let Some(lease) = self.pick(true) {
+                return Ok(lease);
+            }
+        }
+        let limit = Arc::new(AtomicUsize::new(STREAMS_PER_CONNECTION));
+        let sender = connect(limit.clone()).await?;
+        let conn = Conn {
+            generation: self.made.fetch_add(1, Relaxed),
+            sender,
+            streams: Arc::new(AtomicUsize::new(1)),
+            limit,
+        };
+        let lease = Lease {
+            generation: conn.generation,
+            sender: conn.sender.clone(),
+            slot: StreamSlot(conn.streams.clone()),
+        };
+        self.lock().push(conn);
+        Ok(lease)
+    }
+
+    /// Drops a connection a request saw fail (and not a newer one).
+    pub fn forget(&self, generation: u64) {
+        self.lock().retain(|c| c.generation != generation);
+    }
+}
+
+/// Reads the upstream's first SETTINGS frame as it passes, for its
+/// SETTINGS_MAX_CONCURRENT_STREAMS; after that, bytes only pass through.
+pub struct SettingsSniffer<I> {
+    io: I,
+    /// The first frame's bytes so far; None once it has been read.
+    seen: Option<Vec<u8>>,
+    limit: Arc<AtomicUsize>,
+}
+
+impl<I> SettingsSniffer<I> {
+    pub fn new(io: I, limit: Arc<AtomicUsize>) -> Self {
+        SettingsSniffer {
+            io,
+            seen: Some(Vec::new()),
+            limit,
+        }
+    }
+
+    fn inspect(&mut self, bytes: &[u8]) {
+        let Some(seen) = self.seen.as_mut() else {
+            return;
+        };
+        seen.extend_from_slice(bytes);
+        if seen.len() < 9 {
+            return;
+        }
+        let len = (seen[0] as usize) << 16 | (seen[1] as usize) << 8 | seen[2] as usize;
+        // The server preface is a SETTINGS frame (RFC 9113, 3.4); anything
+        // else is hyper's to refuse.
+        if seen[3] != 0x4 || len > 16 * 1024 {
+            self.seen = None;
+            return;
+        }
+        if seen.len() < 9 + len {
+            return;
+        }
+        for setting in seen[9..9 + len].chunks_exact(6) {
+            if u16::from_be_bytes([setting[0], setting[1]]) == 0x3 {
+                let value = u32::from_be_bytes([setting[2], setting[3], setting[4], setting[5]]);
+                // Zero streams would leave nothing to send on; one is kept.
+                let value = (value as usize).clamp(1, STREAMS_PER_CONNECTION);
+                self.limit.store(value, Relaxed);
+            }
+        }
+        self.seen = None;
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for SettingsSniffer<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.io).poll_read(cx, buf);
+        if self.seen.is_some() && matches!(polled, Poll::Ready(Ok(()))) {
+            let new = buf.filled()[before..].to_vec();
+            self.inspect(&new);
+        }
+        polled
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for SettingsSniffer<I> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_upstreams_stream_limit_is_read_from_its_first_settings() {
+        let limit = Arc::new(AtomicUsize::new(STREAMS_PER_CONNECTION));
+        let mut sniffer = SettingsSniffer::new((), limit.clone());
+        // SETTINGS: HEADER_TABLE_SIZE 4096, MAX_CONCURRENT_STREAMS 7, in pieces.
+        let frame = [0, 0, 12, 4, 0, 0, 0, 0, 0, 0, 1, 0, 0, 16, 0, 0, 3, 0, 0, 0, 7];
+        sniffer.inspect(&frame[..5]);
+        assert_eq!(limit.load(Relaxed), STREAMS_PER_CONNECTION);
+        sniffer.inspect(&frame[5..]);
+        assert_eq!(limit.load(Relaxed), 7);
+        assert!(sniffer.seen.is_none(), "later bytes are not looked at");
+        // A huge limit is capped by our own.
+        let limit = Arc::new(AtomicUsize::new(0));
+        SettingsSniffer::new((), limit.clone())
+            .inspect(&[0, 0, 6, 4, 0, 0, 0, 0, 0, 0, 3, 255, 255, 255, 255]);
+        assert_eq!(limit.load(Relaxed), STREAMS_PER_CONNECTION);
+    }
+}
