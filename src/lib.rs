@@ -189,6 +189,10 @@ impl ProxyCore {
     fn open_connections(&self) -> PyResult<usize> {
         self.with_running(|r| Ok(r.shared.connections.open()))
     }
+
+    fn connection_peak(&self) -> PyResult<(usize, usize)> {
+        self.with_running(|r| Ok(r.shared.connections.take_peak()))
+    }
 }
 
 fn identity_metrics(identity: &tls::identity::Identity) -> String {

@@ -23,6 +23,8 @@ pub struct Shared {
 #[derive(Default)]
 pub struct ConnectionTracker {
     open: AtomicUsize,
+    /// The most open at once since `take_peak` last looked.
+    peak: AtomicUsize,
     all_closed: Notify,
 }
 
@@ -31,6 +33,12 @@ pub struct ConnectionGuard(Arc<Shared>);
 impl ConnectionTracker {
     pub fn open(&self) -> usize {
         self.open.load(Ordering::Acquire)
+    }
+
+    /// The most connections open at once since the last call, and now.
+    pub fn take_peak(&self) -> (usize, usize) {
+        let now = self.open();
+        (self.peak.swap(now, Ordering::AcqRel).max(now), now)
     }
 
     pub async fn wait_all_closed(&self) {
@@ -46,7 +54,8 @@ impl ConnectionTracker {
 
 impl Shared {
     pub fn track_connection(self: &Arc<Self>) -> ConnectionGuard {
-        self.connections.open.fetch_add(1, Ordering::AcqRel);
+        let open = self.connections.open.fetch_add(1, Ordering::AcqRel) + 1;
+        self.connections.peak.fetch_max(open, Ordering::Relaxed);
         ConnectionGuard(self.clone())
     }
 }

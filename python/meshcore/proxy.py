@@ -11,6 +11,7 @@ from . import _core
 from .config import Config, load, parse_duration
 from .errors import ConfigError
 from .identity_agent import IdentityAgent
+from .memory import MemoryTrimmer
 from .plugins import PluginHost, PluginSpec
 
 __all__ = ["Proxy"]
@@ -42,6 +43,7 @@ class Proxy:
         self._core = _core.ProxyCore(json.dumps(document))
         self._admin: Any = None
         self._lock = threading.Lock()
+        self._memory: Optional[MemoryTrimmer] = None
         self._stopped = threading.Event()
 
     def _plugin_host(self, config: Config) -> Optional[PluginHost]:
@@ -73,6 +75,8 @@ class Proxy:
     def start(self) -> Proxy:
         with self._lock:
             self._core.start()
+            self._memory = MemoryTrimmer(self._core.connection_peak)
+            self._memory.start()
             if self._identity is not None:
                 self._identity.start(self._core.update_identity)
             if self._plugins is not None:
@@ -84,6 +88,7 @@ class Proxy:
                 try:
                     self._admin = AdminServer(self, self._config.admin)
                 except Exception:
+                    self._memory.stop()
                     self._core.stop(0.0)
                     raise
         return self
@@ -96,6 +101,9 @@ class Proxy:
                 self._admin = None
             if self._identity is not None:
                 self._identity.stop()
+            if self._memory is not None:
+                self._memory.stop()
+                self._memory = None
             self._core.stop(grace)
             if self._plugins is not None:
                 self._plugins.stop()

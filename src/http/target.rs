@@ -16,7 +16,7 @@
 
 use super::RequestBody;
 use http::header::{HOST, TRANSFER_ENCODING};
-use http::uri::{Authority, PathAndQuery};
+use http::uri::PathAndQuery;
 use http::{Method, Request, StatusCode, Uri, Version};
 
 /// Why a request was refused before it was looked at.
@@ -80,14 +80,34 @@ fn check_host(req: &Request<RequestBody>) -> Result<(), Refusal> {
             _ => Ok(()),
         };
     };
-    let value = host.as_bytes();
-    if value.is_empty() {
-        return Ok(()); // allowed when the target has no authority
+    match host_is_valid(host.as_bytes()) {
+        true => Ok(()),
+        false => Err(bad("invalid Host header")),
     }
-    if value.contains(&b'@') || value.contains(&b',') || Authority::try_from(value).is_err() {
-        return Err(bad("invalid Host header"));
-    }
-    Ok(())
+}
+
+/// `uri-host [ ":" port ]` (RFC 9110 7.2, RFC 3986 3.2.2), checked without
+/// a copy: a registered name or IPv4 of unreserved, sub-delims (but not
+/// `,`, which makes a list) and escapes, or a bracketed IP literal; then an
+/// optional numeric port. Empty is allowed (a target without authority).
+fn host_is_valid(value: &[u8]) -> bool {
+    let (host, port) = match value.iter().rposition(|b| *b == b':') {
+        // The colon of a port, not one inside an IPv6 literal.
+        Some(at) if !value[at..].contains(&b']') => (&value[..at], Some(&value[at + 1..])),
+        _ => (value, None),
+    };
+    let host_ok = match host {
+        [b'[', literal @ .., b']'] => {
+            !literal.is_empty() && literal.iter().all(|b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.'))
+        }
+        _ => host.iter().all(|b| {
+            b.is_ascii_alphanumeric()
+                || matches!(b, b'-' | b'.' | b'_' | b'~' | b'%' | b'!' | b'$' | b'&' | b'\'' | b'(' | b')')
+                || matches!(b, b'*' | b'+' | b';' | b'=')
+        }),
+    };
+    let port_ok = port.is_none_or(|p| p.len() <= 5 && p.iter().all(u8::is_ascii_digit));
+    host_ok && port_ok && (!host.is_empty() || port.is_none())
 }
 
 /// Only `chunked` is a transfer coding the proxy understands; another one
@@ -290,6 +310,11 @@ mod tests {
         assert_eq!(status("/", Version::HTTP_11, &["a, b"]), Some(400));
         assert_eq!(status("/", Version::HTTP_11, &["a@b"]), Some(400));
         assert_eq!(status("/", Version::HTTP_11, &["a:80"]), None);
+        assert_eq!(status("/", Version::HTTP_11, &["[::1]:8080"]), None);
+        assert_eq!(status("/", Version::HTTP_11, &["10.0.0.1"]), None);
+        for bad in ["a b", "a/b", "a:x", ":80", "[::1", "a:123456", "a?b", "a#b"] {
+            assert_eq!(status("/", Version::HTTP_11, &[bad]), Some(400), "{bad}");
+        }
         assert_eq!(status("http://a/", Version::HTTP_11, &[]), None);
         assert_eq!(
             status("http://internal.local:x@pub.example/", Version::HTTP_11, &["p"]),

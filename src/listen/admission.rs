@@ -9,17 +9,25 @@
 //! evicts the same way.
 
 use crate::http::coarse_timer::shared_coarse_nanos;
+use futures_util::task::AtomicWaker;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex};
-use tokio::sync::Notify;
+use std::task::{Context, Poll};
 
 /// One connection's place in its listener.
 pub struct Seat {
     /// When the connection last became idle, on the coarse process-wide
     /// clock; `BUSY` while a request is in progress.
     idle_since: AtomicU64,
-    evict: Notify,
+    /// Set once the listener wants the connection closed. A flag and an
+    /// atomic waker, not a `Notify`: the connection polls this at every
+    /// wait, and `Notify` takes a lock per poll.
+    evict: AtomicBool,
+    waker: AtomicWaker,
 }
 
 const BUSY: u64 = u64::MAX;
@@ -40,8 +48,32 @@ impl Seat {
     }
 
     /// Resolves when the listener wants this connection closed.
-    pub async fn evicted(&self) {
-        self.evict.notified().await
+    pub fn evicted(&self) -> Evicted<'_> {
+        Evicted(self)
+    }
+
+    fn ask_to_close(&self) {
+        self.evict.store(true, Release);
+        self.waker.wake();
+    }
+}
+
+pub struct Evicted<'a>(&'a Seat);
+
+impl Future for Evicted<'_> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let seat = self.0;
+        if seat.evict.load(Acquire) {
+            return Poll::Ready(());
+        }
+        seat.waker.register(cx.waker());
+        // Asked between the check and the registration: seen now.
+        match seat.evict.load(Acquire) {
+            true => Poll::Ready(()),
+            false => Poll::Pending,
+        }
     }
 }
 
@@ -108,7 +140,8 @@ impl Admission {
         seats.next += 1;
         let seat = Arc::new(Seat {
             idle_since: AtomicU64::new(0),
-            evict: Notify::new(),
+            evict: AtomicBool::new(false),
+            waker: AtomicWaker::new(),
         });
         seat.idle();
         seats.open.insert(key, seat.clone());
@@ -140,8 +173,8 @@ fn evict_longest_idle(open: &mut HashMap<u64, Arc<Seat>>) -> bool {
         return false;
     };
     if let Some(seat) = open.remove(&key) {
-        // A stored permit: the connection sees it whenever it next waits.
-        seat.evict.notify_one();
+        // The flag stays set: the connection sees it whenever it next waits.
+        seat.ask_to_close();
     }
     true
 }

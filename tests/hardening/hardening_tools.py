@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import socket
 import threading
 import time
@@ -129,6 +130,22 @@ def proxy_usage() -> tuple[float, int]:
     with open(f"/proc/{os.getpid()}/statm") as f:
         rss = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     return cpu, rss
+
+
+def connection_budget(wanted: int) -> int:
+    """Raises this process's descriptor limit for `wanted` client connections
+    (each costs two descriptors here: the client's and the proxy's), and
+    returns how many fit under the hard limit (at least half are required)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = 2 * wanted + 500
+    if soft < need:
+        resource.setrlimit(
+            resource.RLIMIT_NOFILE, (need if hard == resource.RLIM_INFINITY else min(need, hard), hard)
+        )
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    fits = min(wanted, (soft - 500) // 2)
+    assert fits >= wanted // 2, f"descriptor limit {soft} is too low for this test"
+    return fits
 
 
 def open_fds() -> int:

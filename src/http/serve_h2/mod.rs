@@ -68,7 +68,10 @@ const MAX_CONTINUATIONS: u32 = 64;
 const MAX_OVERSIZED_HEADS: u32 = 16;
 /// How long a drain waits for the answer to its PING before the final GOAWAY.
 const DRAIN_PING_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
-const READ_BUF: usize = 16 * 1024;
+/// The read buffer starts small and doubles as frames need (up to
+/// `READ_LIMIT`): a connection that never sends a request, or thousands of
+/// them, must cost little memory.
+const READ_BUF: usize = 1024;
 /// Room for one whole frame at the largest size we accept.
 const READ_LIMIT: usize = 2 * (frame::MIN_MAX_FRAME + frame::HEAD_LEN);
 

@@ -96,7 +96,8 @@ pub struct State {
 impl State {
     pub fn new() -> Self {
         State {
-            out: Vec::with_capacity(16 * 1024),
+            // Grown by what is written: an idle connection holds next to nothing.
+            out: Vec::new(),
             send_window: frame::DEFAULT_WINDOW,
             initial_send_window: frame::DEFAULT_WINDOW,
             max_frame: frame::MIN_MAX_FRAME,
