@@ -19,6 +19,8 @@
 //! stream in flight is refused.
 
 mod frame;
+#[cfg(test)]
+mod frame_tests;
 mod frames;
 mod request;
 mod respond;
