@@ -98,11 +98,17 @@ fn host_is_valid(value: &[u8]) -> bool {
     };
     let host_ok = match host {
         [b'[', literal @ .., b']'] => {
-            !literal.is_empty() && literal.iter().all(|b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.'))
+            !literal.is_empty()
+                && literal
+                    .iter()
+                    .all(|b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.'))
         }
         _ => host.iter().all(|b| {
             b.is_ascii_alphanumeric()
-                || matches!(b, b'-' | b'.' | b'_' | b'~' | b'%' | b'!' | b'$' | b'&' | b'\'' | b'(' | b')')
+                || matches!(
+                    b,
+                    b'-' | b'.' | b'_' | b'~' | b'%' | b'!' | b'$' | b'&' | b'\'' | b'(' | b')'
+                )
                 || matches!(b, b'*' | b'+' | b';' | b'=')
         }),
     };

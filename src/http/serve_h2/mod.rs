@@ -389,6 +389,13 @@ impl<I: AsyncRead + AsyncWrite + Unpin, F: Future<Output = ()>> Conn<I, F> {
                 self.ctx.peer
             );
         }
+        // Streams end with the connection: none may write after its GOAWAY,
+        // not even one woken by the frame that broke the connection.
+        {
+            let mut state = self.shared.lock();
+            let live: Vec<u32> = state.streams.keys().copied().collect();
+            live.into_iter().for_each(|id| drop(state.cancel_stream(id)));
+        }
         self.send_goaway(reason);
         self.closing = true;
     }
