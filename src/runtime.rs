@@ -133,7 +133,10 @@ pub fn start(mut config: Config, wrap: Option<ThreadWrapper>) -> Result<Running,
             .build()
             .map_err(|e| StartError::Runtime(e.to_string()))?;
         let (shared, deadline) = (shared.clone(), deadline.clone());
-        let body: Box<dyn FnOnce() + Send> = Box::new(move || serve_worker(runtime, mine, shared, deadline));
+        // One worker sweeps the (shared) upstream pools.
+        let sweeps = n == 0;
+        let body: Box<dyn FnOnce() + Send> =
+            Box::new(move || serve_worker(runtime, mine, shared, deadline, sweeps));
         let wrap = wrap.clone();
         let thread = std::thread::Builder::new()
             .name(format!("meshcore-worker-{n}"))
@@ -158,9 +161,13 @@ fn serve_worker(
     sockets: Vec<(std::net::TcpListener, Arc<ListenerSpec>)>,
     shared: Arc<Shared>,
     deadline: Arc<Mutex<Option<Instant>>>,
+    sweeps: bool,
 ) {
     runtime.block_on(async move {
         tokio::spawn(crate::http::coarse_timer::run_ticker());
+        if sweeps {
+            tokio::spawn(close_idle_upstreams(shared.clone()));
+        }
         for (socket, spec) in sockets {
             match tokio::net::TcpListener::from_std(socket) {
                 Ok(listener) => {
@@ -182,6 +189,22 @@ fn serve_worker(
     });
     // Dropping the runtime ends whatever outlived the grace period.
     drop(runtime);
+}
+
+/// How often idle upstream connections past their idle timeout are closed.
+const SWEEP_EVERY: Duration = Duration::from_secs(5);
+
+async fn close_idle_upstreams(shared: Arc<Shared>) {
+    let mut every = tokio::time::interval(SWEEP_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let table = shared.table.load();
+        let now = Instant::now();
+        for pool in table.services.iter().flat_map(|s| &s.pools) {
+            pool.close_expired(now);
+        }
+    }
 }
 
 impl Running {

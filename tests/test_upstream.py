@@ -286,3 +286,33 @@ def test_http2_stream_refused_alone_is_resent_on_the_same_connection(proxy):
     # The connection is still good: no new one for a refused stream.
     assert u.requests == [(1, "GET", "/a"), (1, "GET", "/b"), (1, "GET", "/b")]
     u.stop()
+
+
+def test_idle_upstream_connections_close_after_idle_timeout_without_traffic(proxy):
+    """Checkouts skip expired connections, but a pool nobody uses any more must
+    not keep them (and their descriptors) open: a sweep closes them."""
+    import socket
+    import threading
+
+    server = socket.create_server(("127.0.0.1", 0))
+    closed = threading.Event()
+
+    def serve() -> None:
+        conn, _ = server.accept()
+        with conn:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            while conn.recv(65536):  # until the proxy closes its end
+                pass
+            closed.set()
+
+    threading.Thread(target=serve, daemon=True).start()
+    cfg = one_service([f"127.0.0.1:{server.getsockname()[1]}"])
+    cfg["services"][0]["idle_timeout"] = "1s"
+    p = proxy(cfg)
+    assert httpx.get(p.url("outbound", "/")).text == "ok"
+    # Swept every 5 s: closed well within 15 s of going idle, with no request since.
+    assert closed.wait(15), "the idle upstream connection was never closed"
+    server.close()

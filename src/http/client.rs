@@ -354,6 +354,28 @@ impl EndpointPool {
         }
     }
 
+    /// Closes idle HTTP/1.1 connections past the idle timeout. Checkouts
+    /// skip expired ones, but a pool no request uses any more would keep
+    /// them (and their descriptors) open for good.
+    pub fn close_expired(&self, now: Instant) {
+        let fresh = |since: &Instant| now.saturating_duration_since(*since) < self.settings.idle_timeout;
+        let expired_h1 = {
+            let mut idle = self.idle_h1.lock().unwrap_or_else(|p| p.into_inner());
+            let (keep, expired) = std::mem::take(&mut *idle)
+                .into_iter()
+                .partition(|(since, sender)| fresh(since) && !sender.is_closed());
+            *idle = keep;
+            expired
+        };
+        let expired_inline: Vec<_> = {
+            let mut idle = self.idle_inline.lock().unwrap_or_else(|p| p.into_inner());
+            let keep = idle.iter().take_while(|(since, _)| !fresh(since)).count();
+            idle.drain(..keep).collect()
+        };
+        // Closed outside the locks.
+        drop((expired_h1, expired_inline));
+    }
+
     /// A raw byte stream for opaque TCP (TLS-wrapped when meshed).
     pub async fn open_stream(&self) -> Result<BoxIo, UpstreamError> {
         Ok(self.connect(Wire::Http1).await?.into_inner())

@@ -132,6 +132,24 @@ def proxy_usage() -> tuple[float, int]:
     return cpu, rss
 
 
+def worker_cpu() -> float:
+    """CPU seconds used so far by the proxy's worker threads in this process
+    (the test's own client threads are not counted)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for tid in os.listdir(f"/proc/{os.getpid()}/task"):
+        try:
+            with open(f"/proc/{os.getpid()}/task/{tid}/stat") as f:
+                stat = f.read()
+        except FileNotFoundError:
+            continue  # the thread ended while we looked
+        name, rest = stat.split("(", 1)[1].rsplit(")", 1)
+        if name.startswith("meshcore-worke"):  # comm is cut at 15 characters
+            fields = rest.split()
+            total += int(fields[11]) + int(fields[12])
+    return total / ticks
+
+
 def connection_budget(wanted: int) -> int:
     """Raises this process's descriptor limit for `wanted` client connections
     (each costs two descriptors here: the client's and the proxy's), and
