@@ -13,17 +13,19 @@ glibc there is no `malloc_trim` and nothing is done.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
+import functools
 import threading
 from typing import Callable, Optional
 
 __all__ = ["MemoryTrimmer"]
 
 
+@functools.cache
 def _find_malloc_trim() -> Optional[Callable[[int], int]]:
+    # By glibc's soname: ctypes.util.find_library would fork ldconfig, and a
+    # fork copies every socket of the running proxy into the child.
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        trim = libc.malloc_trim
+        trim = ctypes.CDLL("libc.so.6").malloc_trim
     except (OSError, AttributeError):
         return None
     trim.argtypes = [ctypes.c_size_t]
