@@ -201,3 +201,21 @@ def test_reload_refuses_listener_changes_it_cannot_apply(backend, proxy):
     cfg["listeners"][0]["header_read_timeout"] = "5s"
     with pytest.raises(ConfigError, match="restart"):
         p.reload(cfg)
+
+
+def test_a_config_file_that_is_not_utf8_is_a_config_error(tmp_path):
+    # Found by fuzzing (fuzz/README.md): read_text() raised UnicodeDecodeError.
+    path = tmp_path / "mesh.toml"
+    path.write_bytes(b'[[listeners]]\nname = "\xff"\n')
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load(path)
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("nan"), 1e300, "9999999999h"])
+def test_durations_must_be_finite_and_sane(value):
+    # Found by fuzzing: `idle_timeout = inf` raised OverflowError out of load().
+    with pytest.raises(ValueError, match="too long"):
+        parse_duration(value)
+    cfg = {"listeners": [{"name": "l", "bind": "127.0.0.1:0", "idle_timeout": value}]}
+    with pytest.raises(ConfigError, match="idle_timeout"):
+        load(cfg)

@@ -160,6 +160,15 @@ class _Server(ThreadingHTTPServer):
         self._lock = threading.Lock()
         self._open: set = set()
         super().server_activate()
+        # serve_forever accepts after its selector says a connection waits; a
+        # blocking accept then hangs (and stop() with it) if the connection is
+        # gone by the time it is taken. Non-blocking, it just returns.
+        self.socket.setblocking(False)
+
+    def get_request(self):  # type: ignore[no-untyped-def]
+        conn, addr = self.socket.accept()
+        conn.setblocking(True)  # handlers read and write blocking, as usual
+        return conn, addr
 
     def count(self) -> None:
         with self._lock:

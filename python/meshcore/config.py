@@ -45,6 +45,7 @@ __all__ = [
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$")
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000}
+_MAX_DURATION_MS = 10 * 365 * 86_400_000
 
 
 def parse_duration(value: Union[str, int, float]) -> int:
@@ -54,13 +55,18 @@ def parse_duration(value: Union[str, int, float]) -> int:
     if isinstance(value, (int, float)):
         if value < 0:
             raise ValueError("duration must not be negative")
-        return int(value * 1000)
-    m = _DURATION.match(str(value))
-    if not m:
-        raise ValueError(
-            f"invalid duration {value!r}: use a number with ms, s, m or h, e.g. '10s' or '300ms'"
-        )
-    return int(float(m.group(1)) * _UNIT_MS[m.group(2)])
+        ms = value * 1000
+    else:
+        m = _DURATION.match(str(value))
+        if not m:
+            raise ValueError(
+                f"invalid duration {value!r}: use a number with ms, s, m or h, e.g. '10s' or '300ms'"
+            )
+        ms = float(m.group(1)) * _UNIT_MS[m.group(2)]
+    # Not a number, infinite, or past what any timeout means (and what Rust's u64 holds).
+    if not ms <= _MAX_DURATION_MS:
+        raise ValueError(f"duration {value!r} is too long (at most 10 years)")
+    return int(ms)
 
 
 def _check_socket_addr(value: str) -> str:
@@ -544,9 +550,11 @@ def load(source: Union[str, Path, dict[str, Any], Config]) -> Config:
     path = Path(source)
     name = str(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise config_error([("", f"cannot read file: {e.strerror or e}")], name) from None
+    except UnicodeDecodeError as e:
+        raise config_error([("", f"not UTF-8 text (byte {e.start}): {e.reason}")], name) from None
     try:
         if path.suffix in (".yaml", ".yml"):
             import yaml

@@ -163,8 +163,9 @@ fn is_unreserved(b: u8) -> bool {
 }
 
 /// Decodes escapes of unreserved characters; refuses the dangerous ones.
+/// Works on bytes: a path may hold UTF-8, which passes through as it came.
 fn decode_unreserved(bytes: &[u8]) -> Result<String, Refusal> {
-    let mut out = String::with_capacity(bytes.len());
+    let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
         match bytes[i] {
@@ -180,24 +181,22 @@ fn decode_unreserved(bytes: &[u8]) -> Result<String, Refusal> {
                 match b {
                     b'/' | b'\\' => return Err(bad("encoded slash in path")),
                     0 => return Err(bad("encoded NUL in path")),
-                    _ if is_unreserved(b) => out.push(b as char),
+                    _ if is_unreserved(b) => out.push(b),
                     _ => {
                         const DIGITS: &[u8; 16] = b"0123456789ABCDEF";
-                        out.push('%');
-                        out.push(DIGITS[(b >> 4) as usize] as char);
-                        out.push(DIGITS[(b & 15) as usize] as char);
+                        out.extend_from_slice(&[b'%', DIGITS[(b >> 4) as usize], DIGITS[(b & 15) as usize]]);
                     }
                 }
                 i += 3;
             }
             b => {
-                // The path came from a parsed URI: ASCII, no controls.
-                out.push(b as char);
+                out.push(b);
                 i += 1;
             }
         }
     }
-    Ok(out)
+    // Only ASCII was decoded, so what was UTF-8 still is.
+    String::from_utf8(out).map_err(|_| bad("invalid path"))
 }
 
 /// RFC 3986 5.2.4 on an absolute path, merging repeated slashes too.
@@ -271,6 +270,8 @@ mod tests {
         assert_eq!(norm("/a%20b%3f").unwrap(), "/a%20b%3F");
         assert_eq!(normalize("/plain/path").unwrap(), None);
         assert_eq!(normalize("/a%20b").unwrap(), None);
+        // UTF-8 passes through as it came (each byte is not a character).
+        assert_eq!(norm("/café//x/./é").unwrap(), "/café/x/é");
     }
 
     #[test]

@@ -44,13 +44,20 @@ fn classify(buf: &[u8]) -> Verdict {
         });
     }
     let method_so_far = buf.split(|&b| b == b' ').next().unwrap_or_default();
-    let plausible =
-        method_so_far.len() <= 20 && method_so_far.iter().all(|b| b.is_ascii_uppercase() || *b == b'-');
+    let plausible = method_so_far.len() <= MAX_METHOD && is_method(method_so_far);
     if plausible && buf.len() < MAX_DETECT_BYTES {
         Verdict::NeedMore
     } else {
         Verdict::Is(Protocol::Opaque)
     }
+}
+
+/// Longer methods are not HTTP, however the bytes arrive (whole or in
+/// pieces, the verdict must be the same).
+const MAX_METHOD: usize = 20;
+
+fn is_method(bytes: &[u8]) -> bool {
+    bytes.iter().all(|b| b.is_ascii_uppercase() || *b == b'-')
 }
 
 /// `METHOD SP request-target SP HTTP/1.x`
@@ -62,7 +69,8 @@ fn is_http1_request_line(line: &[u8]) -> bool {
         return false;
     };
     !method.is_empty()
-        && method.iter().all(|b| b.is_ascii_uppercase() || *b == b'-')
+        && method.len() <= MAX_METHOD
+        && is_method(method)
         && !target.is_empty()
         && (version == b"HTTP/1.1" || version == b"HTTP/1.0")
 }
@@ -110,6 +118,10 @@ mod tests {
         );
         assert_eq!(classify(b"GET / HT"), Verdict::NeedMore);
         assert_eq!(classify(b"GET / HTTP/2.0\r\n"), Verdict::Is(Protocol::Opaque));
+        // A method too long for HTTP is opaque whether the line came whole or not.
+        let long = b"ABCDEFGHIJKLMNOPQRSTU / HTTP/1.1\r\n";
+        assert_eq!(classify(long), Verdict::Is(Protocol::Opaque));
+        assert_eq!(classify(&long[..22]), Verdict::Is(Protocol::Opaque));
     }
 
     #[test]

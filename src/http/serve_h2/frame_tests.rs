@@ -257,7 +257,11 @@ impl Client {
         // A connection error ends the connection (RFC 9113, 5.4.1), and no
         // stream writes after its GOAWAY.
         while let Some(frame) = self.next_frame().await {
-            assert_eq!(frame.stream, 0, "a frame for stream {} after the GOAWAY", frame.stream);
+            assert_eq!(
+                frame.stream, 0,
+                "a frame for stream {} after the GOAWAY",
+                frame.stream
+            );
         }
         (goaway.u32_at(0) & 0x7fff_ffff, code_name(goaway.u32_at(4)))
     }
