@@ -6,6 +6,8 @@ pub mod balance;
 pub mod config;
 mod errors;
 pub mod filters;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod listen;
 pub mod loadgen;

@@ -186,7 +186,7 @@ fn encode_head(req: &Request<ProxyBody>, out: &mut Vec<u8>) {
 }
 
 /// Parses a response head. Header values share one copy of the head.
-fn parse_head(buf: &[u8]) -> Result<Option<(usize, Response<()>)>, &'static str> {
+pub(crate) fn parse_head(buf: &[u8]) -> Result<Option<(usize, Response<()>)>, &'static str> {
     // Uninitialised slots: filling 128 empty headers would cost more than parsing a small head.
     let mut slots = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
     let mut parsed = httparse::Response::new(&mut []);
@@ -381,7 +381,7 @@ fn line_end(buf: &[u8]) -> Option<usize> {
 
 /// The hex size before any `;` extension: hex digits only (leading zeros
 /// allowed), optional spaces or tabs before the extension, no bare CR or LF.
-fn chunk_size(line: &[u8]) -> Result<u64, &'static str> {
+pub(crate) fn chunk_size(line: &[u8]) -> Result<u64, &'static str> {
     const INVALID: &str = "invalid chunk size";
     if line.iter().any(|b| *b == b'\r' || *b == b'\n') {
         return Err(INVALID);

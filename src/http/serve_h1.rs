@@ -117,7 +117,7 @@ pub async fn serve<I>(
 }
 
 /// A simple request, or None for anything hyper should have.
-fn parse_request(buf: &[u8]) -> Option<(usize, Request<RequestBody>)> {
+pub(crate) fn parse_request(buf: &[u8]) -> Option<(usize, Request<RequestBody>)> {
     let mut slots = [const { MaybeUninit::uninit() }; MAX_HEADERS];
     let mut parsed = httparse::Request::new(&mut []);
     let config = httparse::ParserConfig::default();
