@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import re
 import socket
-import time
 
 import httpx
 from h2.errors import ErrorCodes
 
 from conftest import one_service
 from h2_client import Client
-from hardening_tools import connection_budget, open_fds, worker_cpu
+from hardening_tools import connection_budget, open_fds, wait_until, worker_cpu
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
 
@@ -21,13 +20,6 @@ PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x
 def errors(p, kind: str) -> float:
     m = re.search(rf'^tcp_errors_total{{[^}}]*error="{kind}"}} (\S+)$', p.metrics(), re.M)
     return float(m.group(1)) if m else 0.0
-
-
-def wait_until(cond, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "timed out waiting"
-        time.sleep(0.02)
 
 
 def closed_by_peer(s: socket.socket, timeout: float) -> bool:

@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import re
 import socket
-import time
 
-from hardening_tools import connection_budget, proxy_usage
+from hardening_tools import connection_budget, proxy_usage, wait_until
 from meshcore.memory import MemoryTrimmer
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
@@ -39,10 +38,7 @@ def test_a_burst_of_idle_connections_is_given_back(proxy):
     _, held = proxy_usage()
     for s in socks:
         s.close()
-    deadline = time.monotonic() + 30
-    while open_now(p) > 0:
-        assert time.monotonic() < deadline, "the burst's connections did not close"
-        time.sleep(0.05)
+    wait_until(lambda: open_now(p) == 0, 30, "the burst's connections to close")
     assert trimmer.check_once(), "a burst of 4,000 connections went unnoticed"
     _, after = proxy_usage()
     taken = held - idle

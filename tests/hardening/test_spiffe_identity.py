@@ -7,10 +7,10 @@ from __future__ import annotations
 import re
 import socket
 import ssl
-import time
 
 import pytest
 
+from hardening_tools import wait_until
 from mesh_helpers import identity_files, inbound_config, issue, issue_leaf, make_ca
 
 
@@ -64,9 +64,7 @@ def test_certificates_from_the_mesh_issuer_with_bad_ids_are_refused(pki, backend
     cert, key = issue_leaf(ca, uris, tmp_path / "leaf")
     assert call(p.addresses["inbound"], ca, cert, key) == b""
     # Counted once the handshake's failure is handled, just after the alert goes out.
-    deadline = time.monotonic() + 5
-    while refused(p) != 1 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: refused(p) >= 1, 5, "the refused handshake to be counted")
     assert refused(p) == 1
 
 
@@ -98,7 +96,5 @@ def test_plaintext_on_a_mesh_listener_is_counted_as_refused(pki, backend, proxy)
             assert s.recv(100) == b""
         except ConnectionResetError:
             pass  # closed with our request unread: also no answer
-    deadline = time.monotonic() + 5
-    while 'error="tls_plaintext_refused"} 1' not in p.metrics() and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: "tls_plaintext_refused" in p.metrics(), 5, "the refusal to be counted")
     assert 'error="tls_plaintext_refused"} 1' in p.metrics()
