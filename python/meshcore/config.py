@@ -80,6 +80,27 @@ def _check_socket_addr(value: str) -> str:
     return value
 
 
+def _bind_address(value: str) -> tuple[Union[ipaddress.IPv4Address, ipaddress.IPv6Address], int]:
+    host, _, port = value.rpartition(":")
+    ip = ipaddress.ip_address(host.strip("[]"))
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip, int(port)
+
+
+def binds_conflict(a: str, b: str) -> bool:
+    """Whether two `ip:port` binds would claim the same port. Port 0 (any free port) never
+    conflicts; 0.0.0.0 takes the port on every IPv4 address, and [::] (dual stack) on every address."""
+    (ip_a, port_a), (ip_b, port_b) = _bind_address(a), _bind_address(b)
+    if port_a != port_b or port_a == 0:
+        return False
+
+    def covers(wildcard: Any, other: Any) -> bool:
+        return bool(wildcard.is_unspecified and (wildcard.version == 6 or other.version == 4))
+
+    return ip_a == ip_b or covers(ip_a, ip_b) or covers(ip_b, ip_a)
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -383,6 +404,24 @@ class Config(_Model):
                     problems.append((f"{path}[{i}].name", f"duplicate {kind} name {n!r}"))
                 seen.add(n)
         for i, lst in enumerate(self.listeners):
+            for j, earlier in enumerate(self.listeners[:i]):
+                if binds_conflict(lst.bind, earlier.bind):
+                    problems.append(
+                        (
+                            f"listeners[{i}].bind",
+                            f"{lst.bind} takes the port of listeners[{j}].bind {earlier.bind} "
+                            f"(listener {earlier.name!r}); each listener needs its own port",
+                        )
+                    )
+                    break
+            if self.admin is not None and binds_conflict(self.admin, lst.bind):
+                problems.append(
+                    (
+                        "admin",
+                        f"{self.admin} takes the port of listeners[{i}].bind {lst.bind} "
+                        f"(listener {lst.name!r}); the admin API needs its own port",
+                    )
+                )
             if lst.service is not None and lst.service not in services:
                 problems.append((f"listeners[{i}].service", unknown("service", lst.service, services)))
             if lst.protocol == "opaque" and lst.service is None:
