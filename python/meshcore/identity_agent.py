@@ -4,15 +4,18 @@ Two sources, as configured in `[identity]`:
 - files (`cert`, `key`): reloaded when they change on disk;
 - the identity service (`issuer`, `token_file`, `name`): the key is made in
   this process, a CSR is sent, and the certificate is renewed at 70 % of its
-  lifetime. A failed renewal is retried with backoff while the current
-  certificate stays in use until it expires.
+  lifetime. A failed renewal is retried with jittered exponential backoff
+  while the current certificate stays in use, also after it has expired
+  (then an error is logged once a minute, not at every retry).
 """
 
 from __future__ import annotations
 
+import random
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Optional
@@ -20,12 +23,47 @@ from typing import Callable, Optional
 from .config import Config
 from .errors import TlsError
 
-__all__ = ["IdentityAgent"]
+__all__ = ["IdentityAgent", "RenewalBackoff", "next_backoff", "retry_delay"]
 
 Install = Callable[[str, str], None]
+Clock = Callable[[], datetime]
+# Waits up to the given seconds; True when the agent was stopped meanwhile.
+Wait = Callable[[float], bool]
+# random.uniform's contract: a number between the two bounds.
+Uniform = Callable[[float, float], float]
 
 _FILE_POLL_SECONDS = 1.0
+_MIN_BACKOFF_SECONDS = 1.0
 _MAX_BACKOFF_SECONDS = 30.0
+_EXPIRED_LOG_INTERVAL_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class RenewalBackoff:
+    """How failed renewals are retried (seconds)."""
+
+    floor: float = _MIN_BACKOFF_SECONDS  # no retry comes sooner, not even just before expiry
+    cap: float = _MAX_BACKOFF_SECONDS
+    expired_log_interval: float = _EXPIRED_LOG_INTERVAL_SECONDS
+
+
+def next_backoff(
+    attempt: int, policy: RenewalBackoff = RenewalBackoff(), uniform: Uniform = random.uniform
+) -> float:
+    """The wait after failed attempt number `attempt` (0 for the first): full jitter, uniform between
+    the floor and a ceiling that doubles with each attempt up to the cap, so that proxies whose
+    renewals failed together (the identity service went down) do not all retry in step."""
+    ceiling = min(policy.cap, policy.floor * 2.0 ** min(attempt, 64))
+    return uniform(policy.floor, max(ceiling, policy.floor))
+
+
+def retry_delay(backoff: float, remaining: float, floor: float) -> float:
+    """While the certificate is still valid (`remaining` seconds), retry no later than its expiry, a
+    last chance to renew in time, but never sooner than `floor`; once it has expired, the backoff
+    alone decides (clamping by a lifetime that is gone made the agent spin)."""
+    if remaining > 0:
+        return max(floor, min(backoff, remaining))
+    return max(floor, backoff)
 
 
 def _log(message: str) -> None:
@@ -33,7 +71,17 @@ def _log(message: str) -> None:
 
 
 class IdentityAgent:
-    def __init__(self, config: Config):
+    """`clock`, `wait` and `uniform` exist so tests can run minutes of backoff in virtual time."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        backoff: RenewalBackoff = RenewalBackoff(),
+        clock: Optional[Clock] = None,
+        wait: Optional[Wait] = None,
+        uniform: Uniform = random.uniform,
+    ):
         identity = config.identity
         if identity is None:
             raise ValueError("no [identity] in the config")
@@ -45,6 +93,10 @@ class IdentityAgent:
             **({"token": config.resolve_path(identity.token_file)} if identity.token_file else {}),
         }
         self._stop = threading.Event()
+        self._backoff = backoff
+        self._clock: Clock = clock or (lambda: datetime.now(timezone.utc))
+        self._wait: Wait = wait or self._stop.wait
+        self._uniform = uniform
         self._thread: Optional[threading.Thread] = None
         self.trust_anchors_pem = self._read("trust_anchors")
         self.refreshes = 0
@@ -120,26 +172,51 @@ class IdentityAgent:
     def _renew(self, install: Install) -> None:
         from .identity import refresh_delay
 
-        not_before = datetime.now(timezone.utc)
         not_after = self._not_after
-        delay = refresh_delay(not_before, not_after)
-        backoff = 1.0
-        while not self._stop.wait(delay):
+        now = self._clock()
+        delay = refresh_delay(now, not_after, now=now)
+        attempt = 0
+        expired_reported_at: Optional[datetime] = None
+        failed_since_report = 0
+        while not self._wait(delay):
             try:
                 chain, key, new_not_after = self._request()
                 install(chain, key)
-            except Exception as e:  # noqa: BLE001 - retry with backoff until the cert expires
+            except Exception as e:  # noqa: BLE001 - keep retrying, with backoff, even once expired
                 self.last_error = str(e)
-                remaining = (not_after - datetime.now(timezone.utc)).total_seconds()
-                delay = max(0.1, min(backoff, _MAX_BACKOFF_SECONDS, max(remaining, 0.1)))
-                backoff *= 2
-                _log(
-                    f"renewal failed ({e}); retrying in {delay:.1f}s; "
-                    f"the current certificate is valid for {remaining:.0f}s more"
+                now = self._clock()
+                remaining = (not_after - now).total_seconds()
+                delay = retry_delay(
+                    next_backoff(attempt, self._backoff, self._uniform), remaining, self._backoff.floor
                 )
+                attempt += 1
+                if remaining > 0:
+                    _log(
+                        f"renewal failed ({e}); retrying in {delay:.1f}s; "
+                        f"the current certificate is valid for {remaining:.0f}s more"
+                    )
+                    continue
+                # Expired: every handshake with a peer now fails. Say so loudly, but once an
+                # interval rather than at every retry, so the cause stays readable in the log.
+                failed_since_report += 1
+                since = "it expired" if expired_reported_at is None else "the last report"
+                if (
+                    expired_reported_at is None
+                    or (now - expired_reported_at).total_seconds() >= self._backoff.expired_log_interval
+                ):
+                    _log(
+                        f"ERROR: certificate EXPIRED at {not_after:%Y-%m-%d %H:%M:%S} UTC "
+                        f"({max(-remaining, 0):.0f}s ago), mTLS to peers will fail; "
+                        f"{failed_since_report} renewal attempt(s) failed since {since}, "
+                        f"the last with: {e}; next attempt in {delay:.1f}s"
+                    )
+                    expired_reported_at, failed_since_report = now, 0
                 continue
+            if expired_reported_at is not None:
+                _log("renewed the expired certificate; mTLS to peers works again")
             self.refreshes += 1
             self.last_error = None
-            backoff = 1.0
-            not_before, not_after = datetime.now(timezone.utc), new_not_after
-            delay = refresh_delay(not_before, not_after)
+            attempt, expired_reported_at, failed_since_report = 0, None, 0
+            not_after = new_not_after
+            now = self._clock()
+            delay = refresh_delay(now, not_after, now=now)
