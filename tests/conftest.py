@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any, Callable, Optional
 
@@ -40,6 +43,66 @@ def proxy() -> Iterator[Callable[[dict[str, Any]], Proxy]]:
     yield make
     for p in started:
         p.stop(grace=0.5)
+
+
+def wait_until(cond: Callable[[], object], timeout: float = 10.0, what: str = "the condition") -> None:
+    """Waits for an event the test can observe (a counter, a closed socket, a
+    log line), polling until `timeout`; fails the test if it never happens.
+    The timeout is a deadline for a hang, not a measurement."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out after {timeout:g} s waiting for {what}"
+        time.sleep(0.01)
+
+
+# Set to 1 on a machine that cannot install a tool: its tests then skip, loudly,
+# instead of failing. ./scripts/test and CI leave it unset.
+ALLOW_MISSING_TOOLS = "MESHCORE_ALLOW_MISSING_TOOLS"
+
+
+def require_tool(name: str, package: str) -> str:
+    """The path of an external tool a test drives. Some behaviour is only
+    tested through such tools (nghttp for the two-step GOAWAY drain, promtool
+    for the metrics format), so a missing one fails the test rather than
+    quietly skipping it, unless MESHCORE_ALLOW_MISSING_TOOLS=1."""
+    path = shutil.which(name)
+    if path is not None:
+        return path
+    why = f"{name} is not installed (Debian package {package}; .ci/run installs it)"
+    if os.environ.get(ALLOW_MISSING_TOOLS) == "1":
+        pytest.skip(f"{why}; skipped because {ALLOW_MISSING_TOOLS}=1")
+    pytest.fail(f"{why}; install it, or set {ALLOW_MISSING_TOOLS}=1 to skip the tests that need it")
+
+
+def _tcp_queues(local: tuple[str, int], remote: tuple[str, int]) -> Optional[tuple[int, int]]:
+    """(send queue, receive queue) in bytes of the IPv4 TCP socket with this
+    local and remote address, from /proc/net/tcp; None if there is none."""
+
+    def hex_addr(addr: tuple[str, int]) -> str:
+        return socket.inet_aton(addr[0])[::-1].hex().upper() + f":{addr[1]:04X}"
+
+    want = (hex_addr(local), hex_addr(remote))
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            fields = line.split()
+            if (fields[1], fields[2]) == want:
+                tx, rx = fields[4].split(":")
+                return int(tx, 16), int(rx, 16)
+    return None
+
+
+def wait_until_read_by_peer(sock: socket.socket, timeout: float = 10.0) -> None:
+    """Waits until everything sent on `sock` has been read by the process at
+    the other end (the peer's socket holds none of it unread). The proxy runs
+    in this process, on this machine, so its side of the connection is visible
+    in /proc/net/tcp. Used to make sure a request really arrives in pieces."""
+    local, remote = sock.getsockname(), sock.getpeername()
+
+    def consumed() -> bool:
+        ours, theirs = _tcp_queues(local, remote), _tcp_queues(remote, local)
+        return ours is not None and theirs is not None and ours[0] == 0 and theirs[1] == 0
+
+    wait_until(consumed, timeout, f"the peer to read what was sent on {local}")
 
 
 def one_service(
@@ -133,13 +196,16 @@ Answer = Optional[bytes]  # None: close the connection without answering
 
 class ScriptedUpstream:
     """Reads request heads and replies with whatever `script(head, conn, n)`
-    returns, where `conn` counts connections and `n` requests on this one."""
+    returns, where `conn` counts connections and `n` requests on this one.
+    `closed` lists the connections (by number) that are over, in the order
+    they ended: closed by the proxy, or by this upstream after answering."""
 
     def __init__(self, script: Callable[[bytes, int, int], Answer], close_after: bool = False):
         self.script = script
         self.close_after = close_after
         self.heads: list[bytes] = []
         self.connections = 0
+        self.closed: list[int] = []
         self._sock = socket.create_server(("127.0.0.1", 0))
         self.addr = f"127.0.0.1:{self._sock.getsockname()[1]}"
         self._stopped = False
@@ -155,27 +221,33 @@ class ScriptedUpstream:
             threading.Thread(target=self._serve, args=(conn, self.connections), daemon=True).start()
 
     def _serve(self, conn: socket.socket, index: int) -> None:
+        try:
+            self._exchange(conn, index)
+        finally:
+            conn.close()
+            self.closed.append(index)
+
+    def _exchange(self, conn: socket.socket, index: int) -> None:
         buf = b""
         n = 0
-        with conn:
-            while True:
-                while b"\r\n\r\n" not in buf:
-                    try:
-                        data = conn.recv(65536)
-                    except OSError:
-                        return
-                    if not data:
-                        return
-                    buf += data
-                head, buf = buf.split(b"\r\n\r\n", 1)
-                self.heads.append(head)
-                n += 1
-                answer = self.script(head, index, n)
-                if answer is None:
+        while True:
+            while b"\r\n\r\n" not in buf:
+                try:
+                    data = conn.recv(65536)
+                except OSError:
                     return
-                conn.sendall(answer)
-                if self.close_after:
+                if not data:
                     return
+                buf += data
+            head, buf = buf.split(b"\r\n\r\n", 1)
+            self.heads.append(head)
+            n += 1
+            answer = self.script(head, index, n)
+            if answer is None:
+                return
+            conn.sendall(answer)
+            if self.close_after:
+                return
 
     def stop(self) -> None:
         self._stopped = True

@@ -132,15 +132,6 @@ def proxy_usage() -> tuple[float, int]:
     return cpu, rss
 
 
-def wait_until(cond, timeout: float = 10.0, what: str = "the condition") -> None:
-    """Waits for an event the proxy makes visible (a counter, a closed socket),
-    polling until `timeout`; fails the test if it never happens."""
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
-
-
 def worker_cpu() -> float:
     """CPU seconds used so far by the proxy's worker threads in this process
     (the test's own client threads are not counted)."""

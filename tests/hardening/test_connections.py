@@ -10,9 +10,9 @@ import socket
 import httpx
 from h2.errors import ErrorCodes
 
-from conftest import one_service
+from conftest import one_service, wait_until
 from h2_client import Client
-from hardening_tools import connection_budget, open_fds, wait_until, worker_cpu
+from hardening_tools import connection_budget, open_fds, worker_cpu
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
 

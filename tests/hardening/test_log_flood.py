@@ -8,9 +8,8 @@ import socket
 
 from h2.errors import ErrorCodes
 
-from conftest import one_service
+from conftest import one_service, wait_until
 from h2_client import Client
-from hardening_tools import wait_until
 
 
 def test_malformed_http2_requests_write_a_few_lines_not_one_each(backend, proxy, capfd):

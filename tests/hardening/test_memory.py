@@ -7,7 +7,8 @@ from __future__ import annotations
 import re
 import socket
 
-from hardening_tools import connection_budget, proxy_usage, wait_until
+from conftest import wait_until
+from hardening_tools import connection_budget, proxy_usage
 from meshcore.memory import MemoryTrimmer
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"

@@ -10,7 +10,7 @@ import ssl
 
 import pytest
 
-from hardening_tools import wait_until
+from conftest import wait_until
 from mesh_helpers import identity_files, inbound_config, issue, issue_leaf, make_ca
 
 
