@@ -381,6 +381,8 @@ class Config(_Model):
 
     # Where relative file paths (certificates, tokens) are resolved from.
     _base_dir: Optional[str] = PrivateAttr(default=None)
+    # The file this config was read from, for error messages.
+    _source: Optional[str] = PrivateAttr(default=None)
     # Names of routes that Python plugins apply to (set by the proxy).
 
     def resolve_path(self, path: str) -> Path:
@@ -609,4 +611,52 @@ def load(source: Union[str, Path, dict[str, Any], Config]) -> Config:
         raise config_error([("", f"cannot parse: {e}")], name) from None
     config = validate(data if data is not None else {}, name)
     config._base_dir = str(path.parent)
+    config._source = name
     return config
+
+
+def restart_needed(running: Config, new: Config) -> list[tuple[str, str]]:
+    """What differs between a running config and a new one that only a restart can apply, as
+    `(field path, reason)`: sockets are bound, threads started and the identity set up at start;
+    routes, services, policy, plugins and zones are rebuilt on reload."""
+    changes: list[tuple[str, str]] = []
+
+    def changed(field: str, old: Any, now: Any) -> None:
+        changes.append((field, f"changing it from {old!r} to {now!r} needs a restart"))
+
+    if new.admin != running.admin:
+        changed("admin", running.admin, new.admin)
+    if new.workers != running.workers:
+        changed("workers", running.workers, new.workers)
+    if (running.identity is None) != (new.identity is None):
+        what = "adding" if running.identity is None else "removing"
+        changes.append(("identity", f"{what} [identity] needs a restart"))
+    elif running.identity is not None and new.identity is not None:
+        old_identity, new_identity = running.identity.model_dump(), new.identity.model_dump()
+        for key, value in new_identity.items():
+            if value != old_identity[key]:
+                changed(f"identity.{key}", old_identity[key], value)
+    # As the core sees them (directions filled in); an opaque listener's target service may change.
+    old_listeners, new_listeners = running.to_core()["listeners"], new.to_core()["listeners"]
+    if len(old_listeners) != len(new_listeners):
+        changes.append(
+            (
+                "listeners",
+                f"going from {len(old_listeners)} to {len(new_listeners)} listeners needs a restart",
+            )
+        )
+    else:
+        for i, (old, now) in enumerate(zip(old_listeners, new_listeners)):
+            for key in now:
+                if key == "service" or now[key] == old[key]:
+                    continue
+                field = key.removesuffix("_ms")  # "10s" and "10000ms" are the same timeout
+                if field == "direction":
+                    changed(f"listeners[{i}].direction", old[key], now[key])
+                else:
+                    changed(
+                        f"listeners[{i}].{field}",
+                        getattr(running.listeners[i], field),
+                        getattr(new.listeners[i], field),
+                    )
+    return changes

@@ -8,11 +8,13 @@ from ._core import BindError, ConfigError, MeshcoreError, PluginError, TlsError
 __all__ = ["MeshcoreError", "ConfigError", "BindError", "TlsError", "PluginError", "config_error"]
 
 
-def config_error(problems: list[tuple[str, str]], source: str | None) -> ConfigError:
+def config_error(
+    problems: list[tuple[str, str]], source: str | None, headline: str = "invalid config"
+) -> ConfigError:
     """Builds a ConfigError listing `(field path, reason)` pairs for `source`."""
     where = source or "<config>"
     lines = [f"{where}: {path}: {reason}" if path else f"{where}: {reason}" for path, reason in problems]
-    err = ConfigError("invalid config\n  " + "\n  ".join(lines))
+    err = ConfigError(headline + "\n  " + "\n  ".join(lines))
     err.source = source  # type: ignore[attr-defined]
     err.problems = problems  # type: ignore[attr-defined]
     return err

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from . import _core
-from .config import Config, load, parse_duration
-from .errors import ConfigError
+from .config import Config, load, parse_duration, restart_needed
+from .errors import config_error
 from .identity_agent import IdentityAgent
 from .memory import MemoryTrimmer
 from .plugins import PluginHost, PluginSpec
@@ -114,11 +114,13 @@ class Proxy:
         return self._stopped.wait(timeout)
 
     def reload(self, config: Union[str, Path, dict[str, Any], Config]) -> None:
-        """Validates and swaps in new routes and services without dropping requests.
-        On any error the running config stays in place."""
+        """Validates and swaps in new routes, services, policy and plugins without dropping
+        requests. A change only a restart can apply (listeners, admin, workers, identity) is a
+        ConfigError naming the field. On any error the running config stays in place."""
         new = load(config)
-        if new.identity != self._config.identity:
-            raise ConfigError("identity: changing [identity] needs a restart")
+        needs_restart = restart_needed(self._config, new)
+        if needs_restart:
+            raise config_error(needs_restart, new._source, headline="cannot reload without a restart")
         host = self._plugins
         if [p.model_dump() for p in new.plugins] != [p.model_dump() for p in self._config.plugins]:
             host = self._plugin_host(new)  # a plugin that fails to load raises; the old ones stay
