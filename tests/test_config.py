@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 import meshcore
@@ -176,21 +174,54 @@ def test_good_reload_swaps_routes_without_restart(backend, proxy):
     assert p.addresses["outbound"] == addr
 
 
-def test_reload_applies_new_pool_settings(backend, proxy):
+OK = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+
+
+def test_idle_timeout_closes_pooled_connections_and_a_long_one_keeps_them(upstream, proxy):
     import httpx
 
-    from conftest import one_service
+    from conftest import one_service, wait_until
 
-    b = backend("web")
-    cfg = one_service([b.addr])
+    short_upstream, long_upstream = upstream(lambda *_: OK), upstream(lambda *_: OK)
+    short_cfg, long_cfg = one_service([short_upstream.addr]), one_service([long_upstream.addr])
+    short_cfg["services"][0]["idle_timeout"] = "200ms"
+    long_cfg["services"][0]["idle_timeout"] = "1h"
+    short, long = proxy(short_cfg), proxy(long_cfg)
+    with httpx.Client() as c:
+        assert c.get(short.url("outbound")).text == "ok"
+        assert c.get(long.url("outbound")).text == "ok"
+        # Nothing but the idle timeout closes a pooled connection that no request uses.
+        wait_until(
+            lambda: short_upstream.closed == [1], 15, "the proxy to close the connection idle past 200ms"
+        )
+        # The control, idle just as long: still open, and reused.
+        assert long_upstream.closed == []
+        assert c.get(short.url("outbound")).text == "ok"
+        assert c.get(long.url("outbound")).text == "ok"
+    assert (short_upstream.connections, long_upstream.connections) == (2, 1)
+    assert len(short_upstream.heads) == len(long_upstream.heads) == 2
+
+
+def test_reload_applies_a_new_idle_timeout(upstream, proxy):
+    import httpx
+
+    from conftest import one_service, wait_until
+
+    u = upstream(lambda *_: OK)
+    cfg = one_service([u.addr])
+    cfg["services"][0]["idle_timeout"] = "1h"
     p = proxy(cfg)
     with httpx.Client() as c:
-        assert c.get(p.url("outbound")).status_code == 200
-        cfg["services"][0]["idle_timeout"] = "100ms"
+        assert c.get(p.url("outbound")).text == "ok"
+        cfg["services"][0]["idle_timeout"] = "200ms"
         p.reload(cfg)
-        time.sleep(0.3)  # the pooled connection is now idle past the reloaded limit
-        assert c.get(p.url("outbound")).status_code == 200
-    assert b.connections == 2
+        assert c.get(p.url("outbound")).text == "ok"
+        used = u.connections  # the newest connection carried the request just made
+        wait_until(
+            lambda: used in u.closed, 15, "the proxy to close the connection idle past the reloaded 200ms"
+        )
+        assert c.get(p.url("outbound")).text == "ok"
+    assert u.connections == used + 1
 
 
 def test_reload_refuses_listener_changes_it_cannot_apply(backend, proxy):
