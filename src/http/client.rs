@@ -18,7 +18,7 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -155,6 +155,8 @@ pub enum UpstreamError {
     /// From a connection driven inline.
     Io(std::io::Error),
     Protocol(&'static str),
+    /// The endpoint answered the HTTP/2 preface with something else.
+    NotHttp2,
 }
 
 impl From<inline_h1::Error> for UpstreamError {
@@ -175,6 +177,7 @@ impl std::fmt::Display for UpstreamError {
             UpstreamError::Http(e) => write!(f, "upstream error: {e}"),
             UpstreamError::Io(e) => write!(f, "upstream error: {e}"),
             UpstreamError::Protocol(why) => write!(f, "upstream error: {why}"),
+            UpstreamError::NotHttp2 => write!(f, "upstream does not speak HTTP/2"),
         }
     }
 }
@@ -199,7 +202,14 @@ pub struct EndpointPool {
     /// Newest at the back (reused first), oldest at the front (expired first).
     idle_inline: Mutex<VecDeque<(Instant, Box<InlineConn>)>>,
     h2: H2Pool,
+    /// Whether the endpoint speaks HTTP/2 without TLS (h2c): learnt from
+    /// its answer to the first connection's preface, then remembered.
+    h2c: AtomicU8,
 }
+
+const H2C_UNKNOWN: u8 = 0;
+const H2C_YES: u8 = 1;
+const H2C_NO: u8 = 2;
 
 impl EndpointPool {
     pub fn new(addr: SocketAddr, settings: Arc<Settings>, tls: Option<UpstreamTls>) -> Self {
@@ -210,6 +220,7 @@ impl EndpointPool {
             idle_h1: Mutex::new(Vec::new()),
             idle_inline: Mutex::new(VecDeque::new()),
             h2: H2Pool::default(),
+            h2c: AtomicU8::new(H2C_UNKNOWN),
         }
     }
 
@@ -393,6 +404,26 @@ impl EndpointPool {
         self.tls.is_some()
     }
 
+    /// Whether a plain (h2c) connection to this endpoint is known to speak
+    /// HTTP/2; None until one has been tried.
+    pub fn speaks_h2c(&self) -> Option<bool> {
+        match self.h2c.load(Relaxed) {
+            H2C_YES => Some(true),
+            H2C_NO => Some(false),
+            _ => None,
+        }
+    }
+
+    /// Finds out whether the endpoint speaks h2c by opening its first
+    /// HTTP/2 connection (kept for the request). Other failures say yes:
+    /// the request itself will meet and report them.
+    pub async fn probe_h2c(&self) -> bool {
+        match self.h2_lease().await {
+            Err(UpstreamError::NotHttp2) => false,
+            _ => true,
+        }
+    }
+
     async fn connect_tcp(&self) -> Result<DirectTcp, UpstreamError> {
         let limit = self.settings.connect_timeout;
         let stream = tokio::time::timeout(limit, TcpStream::connect(self.addr))
@@ -493,7 +524,8 @@ impl EndpointPool {
         limit: Arc<AtomicUsize>,
     ) -> Result<http2::SendRequest<ProxyBody>, UpstreamError> {
         let io = self.connect(Wire::Http2).await?.into_inner();
-        let io = TokioIo::new(SettingsSniffer::new(io, limit));
+        let (verdict, heard) = tokio::sync::oneshot::channel();
+        let io = TokioIo::new(SettingsSniffer::new(io, limit, verdict));
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(hyper_util::rt::TokioTimer::new())
             .keep_alive_interval(Some(Duration::from_secs(10)))
@@ -505,6 +537,25 @@ impl EndpointPool {
         tokio::spawn(async move {
             let _ = conn.await;
         });
+        // Over TLS, ALPN said h2. In plain text nothing has yet: no request
+        // is sent before the server's preface shows it speaks HTTP/2, so one
+        // that does not can be asked in HTTP/1.1 instead.
+        if self.tls.is_none() {
+            let answer = tokio::time::timeout(self.settings.connect_timeout, heard).await;
+            match answer {
+                Err(_) => return Err(UpstreamError::ConnectTimeout),
+                Ok(Ok(true)) => self.h2c.store(H2C_YES, Relaxed),
+                Ok(Ok(false)) => {
+                    self.h2c.store(H2C_NO, Relaxed);
+                    return Err(UpstreamError::NotHttp2);
+                }
+                Ok(Err(_)) => {
+                    return Err(UpstreamError::Io(std::io::Error::other(
+                        "connection failed before the HTTP/2 preface",
+                    )))
+                }
+            }
+        }
         Ok(sender)
     }
 }

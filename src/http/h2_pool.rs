@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::oneshot;
 
 /// Our own cap on streams per upstream connection, below common servers'
 /// limits (nginx 128, hyper 200, Go 250).
@@ -135,19 +136,30 @@ impl H2Pool {
 
 /// Reads the upstream's first SETTINGS frame as it passes, for its
 /// SETTINGS_MAX_CONCURRENT_STREAMS; after that, bytes only pass through.
+/// Whether the first bytes were a SETTINGS frame at all tells whether the
+/// upstream speaks HTTP/2 (an HTTP/1.1 server answers the preface with a 400).
 pub struct SettingsSniffer<I> {
     io: I,
     /// The first frame's bytes so far; None once it has been read.
     seen: Option<Vec<u8>>,
     limit: Arc<AtomicUsize>,
+    verdict: Option<oneshot::Sender<bool>>,
 }
 
 impl<I> SettingsSniffer<I> {
-    pub fn new(io: I, limit: Arc<AtomicUsize>) -> Self {
+    /// `verdict` hears whether the upstream's first frame was SETTINGS.
+    pub fn new(io: I, limit: Arc<AtomicUsize>, verdict: oneshot::Sender<bool>) -> Self {
         SettingsSniffer {
             io,
             seen: Some(Vec::new()),
             limit,
+            verdict: Some(verdict),
+        }
+    }
+
+    fn decide(&mut self, speaks_h2: bool) {
+        if let Some(verdict) = self.verdict.take() {
+            let _ = verdict.send(speaks_h2);
         }
     }
 
@@ -155,16 +167,27 @@ impl<I> SettingsSniffer<I> {
         let Some(seen) = self.seen.as_mut() else {
             return;
         };
+        if bytes.is_empty() {
+            // Closed before a whole frame header: not an HTTP/2 server.
+            self.seen = None;
+            self.decide(false);
+            return;
+        }
         seen.extend_from_slice(bytes);
         if seen.len() < 9 {
             return;
         }
         let len = (seen[0] as usize) << 16 | (seen[1] as usize) << 8 | seen[2] as usize;
-        // The server preface is a SETTINGS frame (RFC 9113, 3.4); anything
-        // else is hyper's to refuse.
-        if seen[3] != 0x4 || len > 16 * 1024 {
+        // The server preface is a SETTINGS frame on stream 0 (RFC 9113, 3.4);
+        // anything else is hyper's to refuse.
+        let settings = seen[3] == 0x4 && seen[5..9] == [0, 0, 0, 0];
+        if !settings || len > 16 * 1024 {
             self.seen = None;
+            self.decide(false);
             return;
+        }
+        if let Some(verdict) = self.verdict.take() {
+            let _ = verdict.send(true);
         }
         if seen.len() < 9 + len {
             return;
@@ -226,7 +249,8 @@ mod tests {
     #[test]
     fn the_upstreams_stream_limit_is_read_from_its_first_settings() {
         let limit = Arc::new(AtomicUsize::new(STREAMS_PER_CONNECTION));
-        let mut sniffer = SettingsSniffer::new((), limit.clone());
+        let (verdict, mut heard) = oneshot::channel();
+        let mut sniffer = SettingsSniffer::new((), limit.clone(), verdict);
         // SETTINGS: HEADER_TABLE_SIZE 4096, MAX_CONCURRENT_STREAMS 7, in pieces.
         let frame = [0, 0, 12, 4, 0, 0, 0, 0, 0, 0, 1, 0, 0, 16, 0, 0, 3, 0, 0, 0, 7];
         sniffer.inspect(&frame[..5]);
@@ -234,10 +258,25 @@ mod tests {
         sniffer.inspect(&frame[5..]);
         assert_eq!(limit.load(Relaxed), 7);
         assert!(sniffer.seen.is_none(), "later bytes are not looked at");
+        assert_eq!(heard.try_recv(), Ok(true));
         // A huge limit is capped by our own.
         let limit = Arc::new(AtomicUsize::new(0));
-        SettingsSniffer::new((), limit.clone())
+        SettingsSniffer::new((), limit.clone(), oneshot::channel().0)
             .inspect(&[0, 0, 6, 4, 0, 0, 0, 0, 0, 0, 3, 255, 255, 255, 255]);
         assert_eq!(limit.load(Relaxed), STREAMS_PER_CONNECTION);
+    }
+
+    #[test]
+    fn an_http1_answer_to_the_preface_says_the_upstream_does_not_speak_http2() {
+        let (verdict, mut heard) = oneshot::channel();
+        let mut sniffer = SettingsSniffer::new((), Arc::new(AtomicUsize::new(1)), verdict);
+        sniffer.inspect(b"HTTP/1.1 400 Bad Request\r\n");
+        assert_eq!(heard.try_recv(), Ok(false));
+
+        let (verdict, mut heard) = oneshot::channel();
+        let mut sniffer = SettingsSniffer::new((), Arc::new(AtomicUsize::new(1)), verdict);
+        sniffer.inspect(b"HTT");
+        sniffer.inspect(b"");
+        assert_eq!(heard.try_recv(), Ok(false), "closed early");
     }
 }

@@ -32,6 +32,24 @@ use std::time::Instant;
 /// Header carrying the caller's verified identity to the application.
 pub static CLIENT_ID_HEADER: http::HeaderName = http::HeaderName::from_static("meshcore-client-id");
 
+/// The protocol a request arrived in at the first proxy, when the mesh hop
+/// carried it in HTTP/2: the proxy at the far end speaks it to the app
+/// (Linkerd's `l5d-orig-proto`).
+pub static ORIG_PROTO_HEADER: http::HeaderName = http::HeaderName::from_static("meshcore-orig-proto");
+static HTTP11: HeaderValue = HeaderValue::from_static("HTTP/1.1");
+
+/// Takes the carried protocol off the request: true when a meshed peer
+/// says it was HTTP/1.x. Only a peer proxy may say so; from anyone else
+/// the header is dropped.
+fn arrived_as_http1(req: &mut Request<RequestBody>, conn: &ConnContext) -> bool {
+    if req.version() != Version::HTTP_2 {
+        req.headers_mut().remove(&ORIG_PROTO_HEADER);
+        return false;
+    }
+    let carried = req.headers_mut().remove(&ORIG_PROTO_HEADER);
+    carried.is_some_and(|v| v.as_bytes().starts_with(b"HTTP/1.")) && conn.tls.identity().is_some()
+}
+
 /// What TLS established about the client of a connection.
 #[derive(Debug, Clone)]
 pub enum PeerTls {
@@ -238,12 +256,13 @@ fn forward(
         let deadline = route.timeout.map(|t| tokio::time::Instant::from_std(started + t));
 
         let upgrade = req.version() == Version::HTTP_11 && is_upgrade(req.headers());
-        let client_wire = match (service.protocol, req.version()) {
+        let client_h2 = req.version() == Version::HTTP_2 && !arrived_as_http1(&mut req, conn);
+        let client_wire = match (service.protocol, client_h2) {
             _ if upgrade => Wire::Http1,
             (UpstreamProtocol::Http1, _) => Wire::Http1,
             (UpstreamProtocol::Http2, _) => Wire::Http2,
-            (UpstreamProtocol::Auto, Version::HTTP_2) => Wire::Http2,
-            (UpstreamProtocol::Auto, _) => Wire::Http1,
+            (UpstreamProtocol::Auto, true) => Wire::Http2,
+            (UpstreamProtocol::Auto, false) => Wire::Http1,
         };
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let asked_upgrade = req.headers().get(UPGRADE).filter(|_| upgrade).cloned();
@@ -320,6 +339,24 @@ fn forward(
             if attempt == 0 {
                 shared.metrics.request(&labels);
             }
+            let pool = &service.pools[index];
+            // Between meshed proxies the transport is HTTP/2, whatever the client
+            // spoke; `auto` towards an app speaks HTTP/1.1 to one without h2c.
+            let wire = if pool.is_meshed() && !upgrade {
+                Wire::Http2
+            } else if client_wire == Wire::Http2 && service.protocol == UpstreamProtocol::Auto {
+                let h2c = match pool.speaks_h2c() {
+                    Some(known) => known,
+                    None => Box::pin(pool.probe_h2c()).await,
+                };
+                if h2c {
+                    Wire::Http2
+                } else {
+                    Wire::Http1
+                }
+            } else {
+                client_wire
+            };
             let attempt_body = match (&replay, body.take()) {
                 (Some(r), _) => r.attempt().map_err(BoxError::from).boxed_unsync(),
                 // Boxing a zero-sized body allocates nothing.
@@ -328,13 +365,6 @@ fn forward(
                     .boxed_unsync(),
                 (None, Some(b)) => b.map_err(BoxError::from).boxed_unsync(),
                 (None, None) => unreachable!("a request without retries is sent once"),
-            };
-            let pool = &service.pools[index];
-            // Between meshed proxies the transport is HTTP/2, whatever the client spoke.
-            let wire = if pool.is_meshed() && !upgrade {
-                Wire::Http2
-            } else {
-                client_wire
             };
             // In a block: the edited template and the built request are not kept across the send.
             let upstream_req = {
@@ -363,7 +393,12 @@ fn forward(
                     None => build_request(template.clone(), attempt_body, wire),
                 };
                 match built {
-                    Ok(req) => req,
+                    Ok(mut req) => {
+                        if wire == Wire::Http2 && pool.is_meshed() && !client_h2 {
+                            req.headers_mut().insert(&ORIG_PROTO_HEADER, HTTP11.clone());
+                        }
+                        req
+                    }
                     Err(reason) => break Err(fail(StatusCode::BAD_REQUEST, reason, &labels)),
                 }
             };
@@ -393,9 +428,12 @@ fn forward(
             }
             let outcome = || match &result {
                 Ok((resp, _)) => Outcome::Status(resp.status().as_u16(), grpc_status(resp.headers())),
-                Err(UpstreamError::Connect(_) | UpstreamError::ConnectTimeout | UpstreamError::Tls(_)) => {
-                    Outcome::ConnectFailure
-                }
+                Err(
+                    UpstreamError::Connect(_)
+                    | UpstreamError::ConnectTimeout
+                    | UpstreamError::Tls(_)
+                    | UpstreamError::NotHttp2,
+                ) => Outcome::ConnectFailure,
                 Err(UpstreamError::Http(_) | UpstreamError::Io(_) | UpstreamError::Protocol(_)) => {
                     Outcome::Reset
                 }
