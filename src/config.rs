@@ -121,6 +121,10 @@ pub struct Listener {
     pub max_connections: usize,
     #[serde(default = "no_tls")]
     pub tls: TlsMode,
+    /// Share the port with other processes that ask for sharing too (the
+    /// kernel spreads connections between them); off, a port in use is an error.
+    #[serde(default)]
+    pub share_port: bool,
 }
 
 fn no_tls() -> TlsMode {

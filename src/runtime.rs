@@ -47,6 +47,19 @@ fn bind_socket(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
+/// Fails when another socket holds `addr`. The workers' sockets share their
+/// port with SO_REUSEPORT, which would as well let a second process on the
+/// same port take a share of the connections; a socket without it conflicts
+/// with every listening socket on the port, including those.
+fn check_port_free(addr: SocketAddr) -> std::io::Result<()> {
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    probe.set_reuse_address(true)?;
+    probe.bind(&addr.into())
+}
+
 fn load_identity(config: &Config) -> Result<Option<Arc<Identity>>, StartError> {
     let Some(cfg) = &config.identity else {
         return Ok(None);
@@ -92,6 +105,9 @@ pub fn start(mut config: Config, wrap: Option<ThreadWrapper>) -> Result<Running,
             .map_err(|e| StartError::Config(format!("listeners[{index}].bind: {e}")))?;
         let bind_error =
             |e: std::io::Error| StartError::Bind(format!("listener {:?} cannot bind {wanted}: {e}", l.name));
+        if !l.share_port {
+            check_port_free(wanted).map_err(bind_error)?;
+        }
         let first = bind_socket(wanted).map_err(bind_error)?;
         // Port 0 resolves on the first bind; the other workers share that port.
         let local = first.local_addr().map_err(bind_error)?;
