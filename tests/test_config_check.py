@@ -81,3 +81,126 @@ def test_the_admin_api_cannot_share_a_listener_port(tmp_path):
     ok = tmp_path / "ok.toml"
     ok.write_text('admin = "127.0.0.1:0"\n' + listener("outbound", "127.0.0.1:0") + SERVICE)
     assert load(ok).admin == "127.0.0.1:0"
+
+
+# -- check runs every validation run does (#14.7) ---------------------------------------------
+
+
+def run_refusal(path: Path) -> str:
+    """`meshcore run`'s stderr for a config it must refuse before serving."""
+    r = subprocess.run([*MESHCORE, "run", str(path)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1, r.stdout + r.stderr
+    return r.stderr
+
+
+def check_and_run_refuse(path: Path, field: str, reason: str) -> None:
+    """check fails naming the file, the field and the reason, with exactly run's message."""
+    refused(path, field, reason)
+    assert check(path).stderr == run_refusal(path)
+
+
+OUTBOUND = listener("outbound", "127.0.0.1:0") + SERVICE
+
+
+@pytest.fixture(scope="module")
+def ca(tmp_path_factory):
+    from mesh_helpers import make_ca
+
+    return make_ca(tmp_path_factory.mktemp("ca"))
+
+
+def with_identity(tmp_path: Path, ca: Path, **files: str) -> Path:
+    """A config with [identity] from files; `files` overrides trust_anchors, cert or key."""
+    from mesh_helpers import issue
+
+    crt, key = issue(ca, "ns/default/sa/web", tmp_path / "web")
+    paths = {"trust_anchors": str(ca / "trust-anchor.pem"), "cert": crt.name, "key": key.name, **files}
+    path = tmp_path / "mesh.toml"
+    path.write_text("[identity]\n" + "".join(f'{k} = "{v}"\n' for k, v in paths.items()) + "\n" + OUTBOUND)
+    return path
+
+
+def test_good_identity_files_pass(tmp_path, ca):
+    r = check(with_identity(tmp_path, ca))
+    assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize("field", ["trust_anchors", "cert", "key"])
+def test_a_missing_identity_file_is_refused(tmp_path, ca, field):
+    path = with_identity(tmp_path, ca, **{field: "missing.pem"})
+    check_and_run_refuse(
+        path, f"identity.{field}", f"cannot read {tmp_path / 'missing.pem'}: No such file or directory"
+    )
+
+
+@pytest.mark.parametrize(
+    "field, content, reason",
+    [
+        ("cert", "not a certificate\n", "no PEM certificate"),
+        ("trust_anchors", "", "no PEM certificate"),
+        ("key", "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n", "no PEM private key"),
+        ("cert", "-----BEGIN CERTIFICATE-----\n%%%%\n-----END CERTIFICATE-----\n", "not valid base64"),
+        (
+            "trust_anchors",
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+            "not a usable certificate",
+        ),
+    ],
+)
+def test_an_identity_file_that_is_not_pem_is_refused(tmp_path, ca, field, content, reason):
+    (tmp_path / "bad.pem").write_text(content)
+    path = with_identity(tmp_path, ca, **{field: "bad.pem"})
+    check_and_run_refuse(path, f"identity.{field}", reason)
+
+
+def test_a_key_that_does_not_match_its_certificate_is_refused(tmp_path, ca):
+    from mesh_helpers import issue
+
+    _, other_key = issue(ca, "ns/default/sa/other", tmp_path / "other")
+    path = with_identity(tmp_path, ca, key=other_key.name)
+    check_and_run_refuse(path, "identity.key", f"{other_key} does not match the certificate in")
+
+
+def test_a_plugin_with_a_misspelled_hook_is_refused(tmp_path):
+    (tmp_path / "auth.py").write_text("def on_reqeust(req):\n    pass\n")
+    path = tmp_path / "mesh.toml"
+    path.write_text('[[plugins]]\npath = "auth.py"\n\n' + OUTBOUND)
+    check_and_run_refuse(
+        path,
+        "plugins[0].path",
+        f"{tmp_path / 'auth.py'}: unknown hook 'on_reqeust'; did you mean 'on_request'?",
+    )
+    assert "PluginError" in check(path).stderr
+
+
+@pytest.mark.parametrize(
+    "route, field, reason",
+    [
+        ('request_headers = { add = { "x bad" = "1" } }', "routes[0].request_headers.add", "'x bad'"),
+        ('response_headers = { remove = ["x:y"] }', "routes[0].response_headers.remove", "'x:y'"),
+        ('headers = { "" = "1" }', "routes[0].headers", "invalid header name ''"),
+        (
+            'request_headers = { set = { "x-ok" = "a\\nb" } }',
+            "routes[0].request_headers.set",
+            "invalid value for header 'x-ok'",
+        ),
+    ],
+)
+def test_invalid_header_names_and_values_are_refused(tmp_path, route, field, reason):
+    path = tmp_path / "mesh.toml"
+    path.write_text(
+        OUTBOUND + f'[[routes]]\nlistener = "outbound"\n{route}\nbackends = [{{ service = "web" }}]\n'
+    )
+    check_and_run_refuse(path, field, reason)
+
+
+@pytest.mark.parametrize(
+    "name, text", [("empty.toml", ""), ("comments.toml", "# nothing yet\n"), ("e.yaml", "")]
+)
+def test_an_empty_file_is_refused(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text)
+    r = check(path)
+    assert r.returncode == 1
+    assert f"{path}: the file is empty" in r.stderr
+    assert r.stderr == run_refusal(path)

@@ -5,18 +5,26 @@ load is open-loop at a constant rate and each latency counts from when the
 request was due (correcting coordinated omission, as wrk2 does); without it,
 each connection sends as fast as it can ("max" mode). Latencies are recorded in
 an HDR histogram. `https://` URLs use TLS without verifying the server, as wrk.
+`plot` needs matplotlib: `pip install 'meshcore[plot]'`.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import socket
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from pathlib import Path
+from typing import Any, Callable, Optional
+from urllib.parse import urlsplit
 
 from . import _core
+from .errors import MeshcoreError
 
-__all__ = ["BenchResult", "run", "format_table", "plot"]
+__all__ = ["BenchResult", "check_url", "check_resolves", "run", "format_table", "plot", "check_plot"]
+
+PLOT_INSTALL_HINT = "pip install 'meshcore[plot]'"
 
 
 @dataclass
@@ -44,6 +52,43 @@ class BenchResult:
         return json.dumps(self.__dict__, indent=2)
 
 
+def check_url(url: str) -> str:
+    """`url` if the load generator can use it, else ValueError saying what is wrong with it."""
+    if any(c.isspace() or not c.isprintable() or not c.isascii() for c in url):
+        raise ValueError(f"invalid URL {url!r}: spaces, control or non-ASCII characters; percent-encode them")
+    try:
+        parts = urlsplit(url)
+    except ValueError as e:  # unbalanced [ ] around an IPv6 address
+        raise ValueError(f"invalid URL {url!r}: {e}") from None
+    try:
+        port = parts.port
+    except ValueError:
+        port = 0
+    if parts.scheme not in ("http", "https"):
+        looks_like_host = "://" not in url and not url.startswith("/")
+        hint = f"; did you mean 'http://{url}'?" if looks_like_host else ""
+        raise ValueError(f"invalid URL {url!r}: bench needs http:// or https://{hint}")
+    if not parts.hostname:
+        raise ValueError(f"invalid URL {url!r}: no host")
+    if port == 0:
+        raise ValueError(f"invalid URL {url!r}: the port must be a number from 1 to 65535")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError(
+            f"invalid URL {url!r}: credentials (user@host) are not sent by bench; leave them out"
+        )
+    return url
+
+
+def check_resolves(url: str) -> None:
+    """MeshcoreError if the host of a valid `url` has no address (a typo, or no DNS)."""
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme.lower() == "https" else 80)
+    try:
+        socket.getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        raise MeshcoreError(f"cannot resolve {parts.hostname!r} in {url}: {e.strerror}") from None
+
+
 def run(
     url: str,
     rate: Optional[float] = None,
@@ -60,6 +105,7 @@ def run(
     """
     if rate is not None and rate <= 0:
         raise ValueError("rate must be positive (or None for max mode)")
+    check_url(url)
     handle = _core._bench_start(
         url, rate, float(duration), int(connections), bool(http2), int(streams), float(timeout)
     )
@@ -98,13 +144,33 @@ def format_table(r: BenchResult) -> str:
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
+def _pyplot() -> Any:
+    """matplotlib's pyplot on the file-only Agg backend; MeshcoreError naming the extra if missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as e:
+        raise MeshcoreError(
+            f"plotting needs matplotlib, which cannot be imported ({e}): {PLOT_INSTALL_HINT}"
+        ) from None
+    return plt
+
+
+def check_plot(path: str) -> None:
+    """Fails before a run, not after it, if `plot(result, path)` could not write its PNG."""
+    _pyplot()
+    directory = Path(path).parent
+    if not directory.is_dir():
+        raise MeshcoreError(f"cannot write the plot to {path}: directory {str(directory)!r} does not exist")
+    if not os.access(directory, os.W_OK):
+        raise MeshcoreError(f"cannot write the plot to {path}: directory {str(directory)!r} is not writable")
+
+
 def plot(r: BenchResult, path: str) -> None:
-    """A latency-by-percentile PNG (needs matplotlib)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """A latency-by-percentile PNG (needs matplotlib: pip install 'meshcore[plot]')."""
+    plt = _pyplot()
     xs = [100.0 / max(100.0 - q, 0.001) for q, _ in r.distribution]  # 1/(1-q): tail to the right
     ys = [ms for _, ms in r.distribution]
     fig, ax = plt.subplots(figsize=(8, 4.5))
@@ -116,4 +182,9 @@ def plot(r: BenchResult, path: str) -> None:
     ax.set_title(f"{r.url}: {r.rps:.0f} req/s")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    try:
+        fig.savefig(path, dpi=110)
+    except OSError as e:
+        raise MeshcoreError(f"cannot write the plot to {path}: {e.strerror or e}") from None
+    finally:
+        plt.close(fig)

@@ -10,7 +10,6 @@ import time
 from typing import Optional
 
 from . import __version__
-from .config import load
 from .errors import MeshcoreError
 from .identity_cli import duration
 
@@ -55,7 +54,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    config = load(args.config)
+    from .proxy import check
+
+    config = check(args.config)
     print(
         f"{args.config}: ok ({len(config.listeners)} listeners, {len(config.routes)} routes, "
         f"{len(config.services)} services)"

@@ -7,9 +7,11 @@ converted to milliseconds on the way (`timeout = "10s"` -> `timeout_ms`).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 import re
-from collections.abc import Collection
+from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
@@ -99,6 +101,31 @@ def binds_conflict(a: str, b: str) -> bool:
         return bool(wildcard.is_unspecified and (wildcard.version == 6 or other.version == 4))
 
     return ip_a == ip_b or covers(ip_a, ip_b) or covers(ip_b, ip_a)
+
+
+# RFC 9110 token characters: what the core's header types accept in a name.
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,65535}")
+
+
+def _check_header_names(names: Iterable[str]) -> None:
+    for name in names:
+        if not _HEADER_NAME.fullmatch(name):
+            raise ValueError(
+                f"invalid header name {name!r}: use letters, digits and !#$%&'*+-.^_`|~ (no spaces or ':')"
+            )
+
+
+def _check_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    _check_header_names(headers)
+    for name, value in headers.items():
+        # The core refuses control characters other than tab, and DEL.
+        if any((ord(c) < 32 and c != "\t") or ord(c) == 127 for c in value):
+            raise ValueError(f"invalid value for header {name!r}: control characters are not allowed")
+    return dict(headers)
+
+
+# Header names and values, checked on load as the data plane will parse them at start.
+HeaderMap = Annotated[dict[str, str], AfterValidator(_check_headers)]
 
 
 class _Model(BaseModel):
@@ -199,9 +226,15 @@ class Backend(_Model):
 
 
 class HeaderOps(_Model):
-    add: dict[str, str] = {}
-    set: dict[str, str] = {}
+    add: HeaderMap = {}
+    set: HeaderMap = {}
     remove: list[str] = []
+
+    @field_validator("remove")
+    @classmethod
+    def _names(cls, v: list[str]) -> list[str]:
+        _check_header_names(v)
+        return v
 
 
 class Rewrite(_Model):
@@ -225,7 +258,7 @@ class Redirect(_Model):
 class DirectResponse(_Model):
     status: int = Field(ge=100, le=599)
     body: str = ""
-    headers: dict[str, str] = {}
+    headers: HeaderMap = {}
 
 
 class RateLimit(_Model):
@@ -238,7 +271,7 @@ class Route(_Model):
     name: Optional[str] = None
     host: Optional[str] = None
     path_prefix: Optional[str] = None
-    headers: dict[str, str] = {}
+    headers: HeaderMap = {}
     timeout: Optional[Duration] = None
     response_timeout: Optional[Duration] = None
     retry: Optional[Retry] = None
@@ -388,6 +421,52 @@ class Config(_Model):
     def resolve_path(self, path: str) -> Path:
         p = Path(path)
         return p if p.is_absolute() or self._base_dir is None else Path(self._base_dir) / p
+
+    def check_files(self) -> list[tuple[str, str]]:
+        """The files [identity] names, read and checked as the data plane will load them at
+        start: readable, PEM, and a key that matches its certificate."""
+        identity = self.identity
+        if identity is None:
+            return []
+        problems: list[tuple[str, str]] = []
+        paths: dict[str, Path] = {}
+        blocks: dict[str, list[tuple[str, bool]]] = {}
+        for field in ("trust_anchors", "cert", "key", "token_file"):
+            name = getattr(identity, field)
+            if name is None:
+                continue
+            path = paths[field] = self.resolve_path(name)
+            try:
+                text = path.read_bytes().decode("latin-1")
+            except OSError as e:
+                problems.append((f"identity.{field}", f"cannot read {path}: {e.strerror or e}"))
+                continue
+            if field == "token_file":
+                if not text.strip():
+                    problems.append(("identity.token_file", f"{path} is empty"))
+                continue
+            try:
+                blocks[field] = _pem_blocks(text)
+            except ValueError as e:
+                problems.append((f"identity.{field}", f"{path}: {e}"))
+        for field in ("trust_anchors", "cert"):
+            if field in blocks and not any(kind == "CERTIFICATE" for kind, _ in blocks[field]):
+                problems.append(
+                    (f"identity.{field}", f"{paths[field]}: no PEM certificate (-----BEGIN CERTIFICATE-----)")
+                )
+        if "key" in blocks:
+            keys = [(kind, encrypted) for kind, encrypted in blocks["key"] if kind.endswith("PRIVATE KEY")]
+            if not keys:
+                problems.append(
+                    ("identity.key", f"{paths['key']}: no PEM private key (-----BEGIN PRIVATE KEY-----)")
+                )
+            elif keys[0][0] == "ENCRYPTED PRIVATE KEY" or keys[0][1]:
+                problems.append(
+                    ("identity.key", f"{paths['key']}: an encrypted private key is not supported")
+                )
+        if problems:
+            return problems
+        return _check_with_openssl(paths)
 
     def cross_check(self) -> list[tuple[str, str]]:
         """References between sections, which pydantic cannot see field by field."""
@@ -551,6 +630,52 @@ class Config(_Model):
         }
 
 
+_PEM_BLOCK = re.compile(r"-----BEGIN ([A-Z0-9 ]+)-----(.*?)-----END \1-----", re.S)
+
+
+def _pem_blocks(text: str) -> list[tuple[str, bool]]:
+    """Each PEM block's label, and whether it is encrypted; ValueError if one is not base64."""
+    out = []
+    for m in _PEM_BLOCK.finditer(text):
+        lines = m.group(2).strip().splitlines()
+        headers = [line for line in lines if ":" in line]  # RFC 1421 headers of legacy encrypted keys
+        body = "".join(line.strip() for line in lines if ":" not in line)
+        try:
+            base64.b64decode(body, validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError(f"the {m.group(1)} block is not valid base64") from None
+        out.append((m.group(1), any("ENCRYPTED" in h for h in headers)))
+    return out
+
+
+def _check_with_openssl(paths: dict[str, Path]) -> list[tuple[str, str]]:
+    """Parses the certificates and the key, and matches the key to its certificate."""
+    import ssl  # only a config with [identity] pays for it
+
+    problems: list[tuple[str, str]] = []
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    try:
+        context.load_verify_locations(cafile=str(paths["trust_anchors"]))
+    except ssl.SSLError as e:
+        problems.append(
+            ("identity.trust_anchors", f"{paths['trust_anchors']}: not a usable certificate ({e.reason})")
+        )
+    if "cert" in paths:
+        try:
+            # Never prompt for a pass phrase: encrypted keys were refused above.
+            context.load_cert_chain(str(paths["cert"]), str(paths["key"]), password=lambda: b"")
+        except ssl.SSLError as e:
+            if e.reason == "KEY_VALUES_MISMATCH":
+                problems.append(
+                    ("identity.key", f"{paths['key']} does not match the certificate in {paths['cert']}")
+                )
+            else:
+                problems.append(
+                    ("identity.cert", f"{paths['cert']} with {paths['key']}: not usable ({e.reason})")
+                )
+    return problems
+
+
 def _field_path(loc: tuple[Any, ...]) -> str:
     out = ""
     for part in loc:
@@ -609,7 +734,9 @@ def load(source: Union[str, Path, dict[str, Any], Config]) -> Config:
             data = tomllib.loads(text)
     except Exception as e:  # noqa: BLE001 - parser errors vary by library
         raise config_error([("", f"cannot parse: {e}")], name) from None
-    config = validate(data if data is not None else {}, name)
+    if not data:
+        raise config_error([("", "the file is empty: no listeners, routes or services to run")], name)
+    config = validate(data, name)
     config._base_dir = str(path.parent)
     config._source = name
     return config

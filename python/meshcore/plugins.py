@@ -214,6 +214,7 @@ class PluginSpec:
         on_error: str = "fail-closed",
         timeout: float = 1.0,
         name: Optional[str] = None,
+        origin: Optional[str] = None,
     ):
         if sum(x is not None for x in (path, module, obj)) != 1:
             raise PluginError("a plugin needs exactly one of path, module or an object")
@@ -224,6 +225,8 @@ class PluginSpec:
         self.on_error = on_error
         self.timeout = timeout
         self.name = name or path and Path(path).stem or module or type(obj).__name__
+        # Where the plugin was configured ("mesh.toml: plugins[0].path"), for load errors.
+        self.origin = origin
 
 
 def _hooks_of(target: Any, where: str) -> dict[str, Callable[..., Any]]:
@@ -384,7 +387,12 @@ class PluginHost:
     def _load(self, spec: PluginSpec) -> _Loaded:
         path = self._source_path(spec)
         mtime = path.stat().st_mtime_ns if path is not None and path.exists() else 0
-        target, hooks = load_plugin(spec, self._base_dir)
+        try:
+            target, hooks = load_plugin(spec, self._base_dir)
+        except PluginError as e:
+            if spec.origin is None:
+                raise
+            raise PluginError(f"{spec.origin}: {e}") from e.__cause__
         return _Loaded(spec, target, hooks, mtime)
 
     def add(self, spec: PluginSpec) -> None:

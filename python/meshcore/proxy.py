@@ -14,7 +14,54 @@ from .identity_agent import IdentityAgent
 from .memory import MemoryTrimmer
 from .plugins import PluginHost, PluginSpec
 
-__all__ = ["Proxy"]
+__all__ = ["Proxy", "check"]
+
+Source = Union[str, Path, dict[str, Any], Config]
+
+
+def _plugin_host(config: Config) -> Optional[PluginHost]:
+    """Loads the config's plugins (running their module code), as start needs them."""
+    if not config.plugins:
+        return None
+    base = Path(config._base_dir) if config._base_dir else None
+    specs = [
+        PluginSpec(
+            path=p.path,
+            module=p.module,
+            name=p.name,
+            routes=p.routes,
+            on_error=p.on_error,
+            timeout=parse_duration(p.timeout) / 1000,
+            origin=f"{config._source or '<config>'}: plugins[{i}].{'path' if p.path else 'module'}",
+        )
+        for i, p in enumerate(config.plugins)
+    ]
+    return PluginHost(specs, base)
+
+
+def _core_document(config: Config, plugins: Optional[PluginHost]) -> dict[str, Any]:
+    """The config for Rust, with each route marked if plugins apply to it."""
+    return config.to_core(plugins.routes_with_plugins(config.route_names()) if plugins else ())
+
+
+def _prepare(source: Source) -> tuple[Config, Optional[PluginHost], dict[str, Any]]:
+    """Every check that `Proxy()` makes before it binds anything: the config itself, the files
+    it names, and its plugins, loaded. `meshcore check` runs this same function, so whatever
+    check accepts, run starts (short of a port in use or the identity service)."""
+    config = load(source)
+    problems = config.check_files()
+    if problems:
+        raise config_error(problems, config._source)
+    plugins = _plugin_host(config)
+    return config, plugins, _core_document(config, plugins)
+
+
+def check(source: Source) -> Config:
+    """Validates a config as `Proxy(source).start()` would, without binding ports or asking
+    the identity service for a certificate. Raises ConfigError or PluginError."""
+    _config, _plugins, document = _prepare(source)
+    _core.ProxyCore(json.dumps(document))  # the core's own checks of the document it is handed
+    return _config
 
 
 class Proxy:
@@ -25,11 +72,9 @@ class Proxy:
     stop (and drain) on exit.
     """
 
-    def __init__(self, config: Union[str, Path, dict[str, Any], Config]):
-        self._config = load(config)
+    def __init__(self, config: Source):
+        self._config, self._plugins, document = _prepare(config)
         self._identity: Optional[IdentityAgent] = None
-        self._plugins: Optional[PluginHost] = self._plugin_host(self._config)
-        document = self._core_document(self._config)
         if self._config.identity is not None:
             self._identity = IdentityAgent(self._config)
             cert, key = self._identity.initial()
@@ -46,27 +91,8 @@ class Proxy:
         self._memory: Optional[MemoryTrimmer] = None
         self._stopped = threading.Event()
 
-    def _plugin_host(self, config: Config) -> Optional[PluginHost]:
-        if not config.plugins:
-            return None
-        base = Path(config._base_dir) if config._base_dir else None
-        specs = [
-            PluginSpec(
-                path=p.path,
-                module=p.module,
-                name=p.name,
-                routes=p.routes,
-                on_error=p.on_error,
-                timeout=parse_duration(p.timeout) / 1000,
-            )
-            for p in config.plugins
-        ]
-        return PluginHost(specs, base)
-
     def _core_document(self, config: Config) -> dict[str, Any]:
-        """The config for Rust, with each route marked if plugins apply to it."""
-        plugins = self._plugins
-        return config.to_core(plugins.routes_with_plugins(config.route_names()) if plugins else ())
+        return _core_document(config, self._plugins)
 
     @property
     def config(self) -> Config:
@@ -113,7 +139,7 @@ class Proxy:
         """Blocks until the proxy is stopped (e.g. by the admin API's /shutdown)."""
         return self._stopped.wait(timeout)
 
-    def reload(self, config: Union[str, Path, dict[str, Any], Config]) -> None:
+    def reload(self, config: Source) -> None:
         """Validates and swaps in new routes, services, policy and plugins without dropping
         requests. A change only a restart can apply (listeners, admin, workers, identity) is a
         ConfigError naming the field. On any error the running config stays in place."""
@@ -123,7 +149,7 @@ class Proxy:
             raise config_error(needs_restart, new._source, headline="cannot reload without a restart")
         host = self._plugins
         if [p.model_dump() for p in new.plugins] != [p.model_dump() for p in self._config.plugins]:
-            host = self._plugin_host(new)  # a plugin that fails to load raises; the old ones stay
+            host = _plugin_host(new)  # a plugin that fails to load raises; the old ones stay
         previous, self._plugins = self._plugins, host
         try:
             document = self._core_document(new)
