@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 
 import httpx
 import pytest
 
-from conftest import metric, one_service
+from conftest import metric, one_service, require_tool
 from meshcore import Proxy
 
 
@@ -88,16 +87,14 @@ def test_metrics_names_labels_and_buckets(admin_proxy):
         assert f"# TYPE {name} " in text
 
 
-@pytest.mark.skipif(
-    shutil.which("promtool") is None, reason="promtool (Debian package prometheus) not installed"
-)
 def test_promtool_accepts_metrics(admin_proxy):
+    promtool = require_tool("promtool", "prometheus")
     p, admin = admin_proxy
     with httpx.Client() as c:
         c.get(p.url("outbound"))
         c.get(p.url("outbound", "/status/503"))
     text = httpx.get(f"{admin}/metrics").text
-    lint = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True)
+    lint = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True)
     findings = [line for line in (lint.stdout + lint.stderr).splitlines() if line.strip()]
     # Exit 1 would be a parse error. The one lint finding allowed is promtool's
     # style rule against "_ms" in a name: response_latency_ms is Linkerd's name,
