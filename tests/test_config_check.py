@@ -204,3 +204,66 @@ def test_an_empty_file_is_refused(tmp_path, name, text):
     assert r.returncode == 1
     assert f"{path}: the file is empty" in r.stderr
     assert r.stderr == run_refusal(path)
+
+
+# -- unknown fields get help (#14.8) ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text, field, reason",
+    [
+        (
+            listener("outbound", "127.0.0.1:0").replace("bind", "bnid") + SERVICE,
+            "listeners[0].bnid",
+            "unknown field; did you mean 'bind'?",
+        ),
+        (
+            OUTBOUND + "retry = { limit = 2 }\n",
+            "services[0].retry",
+            "unknown field; 'retry' belongs on routes (routes[].retry)",
+        ),
+        ('zoen = "zone-a"\n' + OUTBOUND, "zoen", "unknown field; did you mean 'zone'?"),
+        (
+            OUTBOUND + "breaker = { consecutive_failure = 3 }\n",
+            "services[0].breaker.consecutive_failure",
+            "unknown field; did you mean 'consecutive_failures'?",
+        ),
+        (
+            listener("outbound", "127.0.0.1:0") + 'zone = "zone-a"\n\n' + SERVICE,
+            "listeners[0].zone",
+            "unknown field; 'zone' belongs at the top level or on endpoints (services[].endpoints[].zone)",
+        ),
+        (
+            OUTBOUND + 'timeout = "2s"\n',
+            "services[0].timeout",
+            "unknown field; did you mean 'idle_timeout'? 'timeout' belongs on plugins (plugins[].timeout) "
+            "or on routes (routes[].timeout)",
+        ),
+    ],
+)
+def test_an_unknown_field_gets_a_suggestion(tmp_path, text, field, reason):
+    path = tmp_path / "mesh.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load(path)
+    assert (field, reason) in err.value.problems, str(err.value)
+    refused(path, field, reason)
+
+
+def test_an_unknown_field_with_nothing_close_says_only_that(tmp_path):
+    path = tmp_path / "mesh.toml"
+    path.write_text(OUTBOUND + "frobnicate = true\n")
+    with pytest.raises(ConfigError) as err:
+        load(path)
+    assert err.value.problems == [("services[0].frobnicate", "unknown field")]
+
+
+def test_a_table_with_a_typo_is_not_reported_as_a_failed_false(tmp_path):
+    # `breaker` is a table or `false`; pydantic reports both members, under its own tag names.
+    path = tmp_path / "mesh.toml"
+    path.write_text(OUTBOUND + "breaker = { jiter = 0.1 }\n")
+    with pytest.raises(ConfigError) as err:
+        load(path)
+    assert err.value.problems == [
+        ("services[0].breaker.jiter", "unknown field; did you mean 'jitter'?"),
+    ]

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import difflib
 import ipaddress
 import re
 from collections.abc import Collection, Iterable, Mapping
+from functools import cache
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union, get_args, get_origin
 
 from pydantic import (
     AfterValidator,
@@ -190,6 +192,11 @@ class Breaker(_Model):
     min_penalty: Duration = "1s"
     max_penalty: Duration = "60s"
     jitter: float = Field(default=0.5, ge=0, le=1)
+    # Never eject more than this share of a service's endpoints (rounded
+    # down: a lone endpoint stays), and below `panic_threshold_percent`
+    # available, use them all again (Envoy's outlier detection semantics).
+    max_ejection_percent: int = Field(default=50, ge=0, le=100)
+    panic_threshold_percent: int = Field(default=50, ge=0, le=100)
 
 
 class Retry(_Model):
@@ -623,6 +630,8 @@ class Config(_Model):
                         "min_penalty_ms": parse_duration(s.breaker.min_penalty),
                         "max_penalty_ms": parse_duration(s.breaker.max_penalty),
                         "jitter": s.breaker.jitter,
+                        "max_ejection_percent": s.breaker.max_ejection_percent,
+                        "panic_threshold_percent": s.breaker.panic_threshold_percent,
                     },
                 }
                 for s in self.services
@@ -676,21 +685,114 @@ def _check_with_openssl(paths: dict[str, Path]) -> list[tuple[str, str]]:
     return problems
 
 
-def _field_path(loc: tuple[Any, ...]) -> str:
-    out = ""
+def _alternatives(annotation: Any) -> list[Any]:
+    """The types a field may hold: Annotated and Optional unwrapped, a Union's members listed."""
+    while get_origin(annotation) is Annotated:
+        annotation = get_args(annotation)[0]
+    if get_origin(annotation) is Union:
+        return [m for alt in get_args(annotation) if alt is not type(None) for m in _alternatives(alt)]
+    return [annotation]
+
+
+def _is_model(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+
+
+def _field_names(model: type[BaseModel]) -> list[str]:
+    names = []
+    for name, field in model.model_fields.items():
+        names += [name] + [a for a in (field.alias, field.validation_alias) if isinstance(a, str)]
+    return names
+
+
+def _walk(loc: tuple[Any, ...]) -> tuple[str, Any, list[tuple[str, str]]]:
+    """Follows a pydantic error location through the config models: the field path as a user
+    writes it, the type found there (None if lost), and the union members the error went
+    through, as (path, tag) (pydantic puts a member's tag, such as 'Breaker', in the location)."""
+    path, at, through = "", Config, []
     for part in loc:
+        alternatives = _alternatives(at)
         if isinstance(part, int):
-            out += f"[{part}]"
+            path += f"[{part}]"
+            lists = [get_args(a)[0] for a in alternatives if get_origin(a) is list and get_args(a)]
+            at = lists[0] if lists else None
+        elif len(alternatives) > 1:  # `part` is the tag of the union member that was tried
+            through.append((path, str(part)))
+            named = [a for a in alternatives if getattr(a, "__name__", None) == part]
+            at = named[0] if named else None
         else:
-            out += ("." if out else "") + str(part)
-    return out
+            path += ("." if path else "") + str(part)
+            model = alternatives[0] if alternatives else None
+            if _is_model(model):
+                field = model.model_fields.get(part)
+                at = field.annotation if field is not None else None
+            elif get_origin(model) is dict:
+                at = get_args(model)[1] if get_args(model) else None
+            else:
+                at = None
+    return path, at, through
 
 
-def _reason(err: dict[str, Any]) -> str:
-    if err["type"] == "extra_forbidden":
-        return "unknown field"
-    msg = str(err["msg"])
-    return msg.removeprefix("Value error, ")
+@cache
+def _field_homes() -> dict[str, tuple[str, ...]]:
+    """Field name -> every place in the config it is valid ('routes[]', 'services[].breaker', '')."""
+    homes: dict[str, list[str]] = {}
+
+    def visit(model: type[BaseModel], where: str) -> None:
+        for name, field in model.model_fields.items():
+            for alias in {name, *(a for a in (field.alias, field.validation_alias) if isinstance(a, str))}:
+                homes.setdefault(alias, []).append(where)
+            path = f"{where}.{name}" if where else name
+            for alt in _alternatives(field.annotation):
+                if get_origin(alt) is list and get_args(alt) and _is_model(get_args(alt)[0]):
+                    visit(get_args(alt)[0], path + "[]")
+                elif _is_model(alt):
+                    visit(alt, path)
+
+    visit(Config, "")
+    return {name: tuple(dict.fromkeys(places)) for name, places in homes.items()}
+
+
+def _unknown_field(loc: tuple[Any, ...]) -> str:
+    """'unknown field', with the valid name it is closest to and where else it is valid."""
+    name = str(loc[-1])
+    _, parent, _ = _walk(loc[:-1])
+    hints = []
+    models = [a for a in _alternatives(parent) if _is_model(a)]
+    if models:
+        close = difflib.get_close_matches(name, _field_names(models[0]), n=1)
+        if close:
+            hints.append(f"did you mean {close[0]!r}?")
+    places = []
+    for where in _field_homes().get(name, ()):
+        if not where:
+            places.append("at the top level")
+        elif where.endswith("[]"):
+            places.append(f"on {where[:-2].rpartition('.')[2]} ({where}.{name})")
+        else:
+            places.append(f"in {where}")
+    if places:
+        hints.append(f"{name!r} belongs {' or '.join(places)}")
+    return "unknown field" + ("; " + " ".join(hints) if hints else "")
+
+
+def _problems(errors: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """(field path, reason) for pydantic's errors. When a table fits no member of a union such
+    as `breaker = <table> | false`, the errors inside the table are kept and the failed
+    `false` is dropped: a table with a typo in it was not meant to be `false`."""
+    walked = [(_walk(err["loc"]), err) for err in errors]
+    inside: set[str] = set()  # unions with an error inside one of their members' values
+    for (path, _, through), _ in walked:
+        inside.update(where for where, _ in through if path != where)
+    problems = []
+    for (path, _, through), err in walked:
+        if any(tag.startswith("literal[") and where in inside for where, tag in through):
+            continue
+        if err["type"] == "extra_forbidden":
+            problems.append((path, _unknown_field(err["loc"])))
+        else:
+            problems.append((path, str(err["msg"]).removeprefix("Value error, ")))
+    return problems
 
 
 def validate(data: dict[str, Any], source: Optional[str] = None) -> Config:
@@ -700,7 +802,7 @@ def validate(data: dict[str, Any], source: Optional[str] = None) -> Config:
     try:
         config = Config.model_validate(data)
     except ValidationError as e:
-        raise config_error([(_field_path(err["loc"]), _reason(err)) for err in e.errors()], source) from None
+        raise config_error(_problems(e.errors()), source) from None
     problems = config.cross_check()
     if problems:
         raise config_error(problems, source)
