@@ -8,8 +8,8 @@ import shutil
 import socket
 import threading
 import time
-from collections.abc import Iterator
-from typing import Any, Callable, Optional
+from collections.abc import Iterable, Iterator
+from typing import Any, Callable, Optional, Union
 
 import pytest
 
@@ -191,7 +191,9 @@ def metric(text: str, name: str) -> float:
     return sum(float(m) for m in re.findall(rf"^{name}{{[^}}]*}} (\S+)$", text, re.M))
 
 
-Answer = Optional[bytes]  # None: close the connection without answering
+# None: close the connection without answering. Pieces (an iterable, such as a
+# generator) are sent one after the other, so a script can wait between them.
+Answer = Optional[Union[bytes, Iterable[bytes]]]
 
 
 class ScriptedUpstream:
@@ -245,7 +247,8 @@ class ScriptedUpstream:
             answer = self.script(head, index, n)
             if answer is None:
                 return
-            conn.sendall(answer)
+            for piece in [answer] if isinstance(answer, bytes) else answer:
+                conn.sendall(piece)
             if self.close_after:
                 return
 

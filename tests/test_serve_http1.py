@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import email.utils
 import socket
+import threading
 import time
+from collections.abc import Iterator
 
 import httpx
 
-from conftest import one_service
+from conftest import one_service, wait_until_read_by_peer
 
 
 def read_response(s: socket.socket, buf: bytes = b"") -> tuple[bytes, dict[str, str], bytes, bytes]:
@@ -67,7 +69,7 @@ def test_head_answer_keeps_its_length_and_the_connection(backend, proxy):
         s.sendall(b"HEAD /x HTTP/1.1\r\nHost: x\r\n\r\n")
         status, headers, _, _ = read_response_head(s)
         assert status == b"HTTP/1.1 200 OK"
-        assert int(headers["content-length"]) > 0
+        assert headers["content-length"] == str(len(b"hello from b (zone-a) path=/x\n"))  # the GET's
         s.sendall(b"GET /y HTTP/1.1\r\nHost: x\r\n\r\n")
         status, _, body, _ = read_response(s)
         assert body.endswith(b"path=/y\n")
@@ -88,12 +90,15 @@ def test_local_answers_carry_date_and_length(proxy):
     cfg["routes"][0]["path_prefix"] = "/only"
     p = proxy(cfg)
     with socket.create_connection(p.addresses["outbound"], timeout=5) as s:
+        before = time.time()
         s.sendall(b"GET /elsewhere HTTP/1.1\r\nHost: x\r\n\r\n")
         status, headers, body, _ = read_response(s)
+        after = time.time()
     assert status == b"HTTP/1.1 404 Not Found"
     assert body == b"no route\n" and headers["content-length"] == str(len(body))
+    # The date of the answer, to the second (a cached date may be a second old).
     sent = email.utils.parsedate_to_datetime(headers["date"]).timestamp()
-    assert abs(sent - time.time()) < 5
+    assert int(before) - 1 <= sent <= after
 
 
 def test_body_of_unknown_length_is_chunked_and_not_held_back(upstream, proxy):
@@ -112,18 +117,27 @@ def test_body_of_unknown_length_is_chunked_and_not_held_back(upstream, proxy):
     assert b"6\r\nfirst;\r\n" in got
 
 
-def test_streamed_chunks_are_not_held_back(backend, proxy):
-    p = proxy(one_service([backend().addr]))
-    with socket.create_connection(p.addresses["outbound"], timeout=5) as s:
-        s.sendall(b"GET /drip/3/400 HTTP/1.1\r\nHost: x\r\n\r\n")
-        started = time.monotonic()
+def test_streamed_chunks_are_not_held_back(upstream, proxy):
+    # The upstream sends its second chunk only once the client has the first:
+    # a proxy that held chunks back would deliver neither.
+    first_arrived = threading.Event()
+
+    def answer(head: bytes, c: int, n: int) -> Iterator[bytes]:
+        yield b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n7\r\ndrop 0\n\r\n"
+        if first_arrived.wait(10):
+            yield b"7\r\ndrop 1\n\r\n0\r\n\r\n"
+
+    p = proxy(one_service([upstream(answer).addr]))
+    with socket.create_connection(p.addresses["outbound"], timeout=10) as s:
+        s.sendall(b"GET /drip HTTP/1.1\r\nHost: x\r\n\r\n")
         got = b""
         while b"drop 0" not in got:
-            got += s.recv(65536)
-        # The first drop is sent at once; the last comes 800 ms later.
-        assert time.monotonic() - started < 0.6
+            chunk = s.recv(65536)
+            assert chunk, got
+            got += chunk
+        first_arrived.set()
         status, _, body, _ = read_response(s, got)
-        assert body == b"drop 0\ndrop 1\ndrop 2\n"
+    assert (status, body) == (b"HTTP/1.1 200 OK", b"drop 0\ndrop 1\n")
 
 
 def test_requests_hyper_handles_keep_the_connection_serving(backend, proxy):
@@ -146,8 +160,9 @@ def test_expect_continue_and_split_heads_are_served(backend, proxy):
         s.sendall(b"abc")
         assert read_response(s)[2] == b"3"
     with socket.create_connection(p.addresses["outbound"], timeout=5) as s:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         s.sendall(b"GET /sp")
-        time.sleep(0.2)
+        wait_until_read_by_peer(s)  # the proxy has read the first piece alone
         s.sendall(b"lit HTTP/1.1\r\nHost: x\r\n\r\n")
         assert read_response(s)[2].endswith(b"path=/split\n")
 
@@ -178,11 +193,11 @@ def test_idle_keep_alive_connection_is_closed_after_the_header_timeout(backend, 
     with socket.create_connection(p.addresses["outbound"], timeout=10) as s:
         s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         assert read_response(s)[0] == b"HTTP/1.1 200 OK"
-        started = time.monotonic()
-        assert s.recv(100) == b""  # the proxy closed the idle connection
-        waited = time.monotonic() - started
-    # 1 s limit on a 1 s tick, never early: closed between 1 and 3 s (with slack).
-    assert 1.0 <= waited < 4.5, waited
+        # Kept alive for a request that follows at once...
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_response(s)[0] == b"HTTP/1.1 200 OK"
+        # ...and closed once idle: recv returns the end of the stream, long before its own 10 s timeout.
+        assert s.recv(100) == b""
 
 
 def test_stop_closes_idle_keep_alive_connections(backend, proxy):
@@ -190,10 +205,12 @@ def test_stop_closes_idle_keep_alive_connections(backend, proxy):
     with socket.create_connection(p.addresses["outbound"], timeout=10) as s:
         s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         assert read_response(s)[0] == b"HTTP/1.1 200 OK"
-        started = time.monotonic()
-        p.stop(grace=5)
+        stopper = threading.Thread(target=p.stop, kwargs={"grace": 60})
+        stopper.start()
+        # Closed by the drain, not left open until the 60 s grace runs out.
         assert s.recv(100) == b""
-        assert time.monotonic() - started < 4
+        stopper.join(30)
+        assert not stopper.is_alive(), "stop() waited out the grace for an idle connection"
 
 
 def test_head_answer_of_unknown_length_states_none(upstream, proxy):
