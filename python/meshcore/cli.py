@@ -14,15 +14,36 @@ from .errors import MeshcoreError
 from .identity_cli import duration
 
 
-def _wait_for_signal(proxy, duration: Optional[float] = None) -> None:  # type: ignore[no-untyped-def]
-    """Serves until SIGINT/SIGTERM, an admin /shutdown, or `duration` seconds."""
+def _handle_signals() -> threading.Event:
+    """SIGINT and SIGTERM set the returned event (stop, then drain). SIGHUP, which by default
+    kills the process at once with no drain, is ignored with a log line: reloading the config
+    by signal is not supported yet (hot reload will give SIGHUP its meaning)."""
     stop = threading.Event()
 
-    def on_signal(signum: int, _frame: object) -> None:
+    def on_stop(_signum: int, _frame: object) -> None:
         stop.set()
 
+    def on_hangup(_signum: int, _frame: object) -> None:
+        print(
+            "meshcore: SIGHUP ignored: reloading the config by signal is not supported yet; "
+            "restart to apply a changed config",
+            file=sys.stderr,
+            flush=True,
+        )
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, on_signal)
+        signal.signal(sig, on_stop)
+    if hasattr(signal, "SIGHUP"):  # not on Windows
+        signal.signal(signal.SIGHUP, on_hangup)
+    return stop
+
+
+def _wait_for_signal(  # type: ignore[no-untyped-def]
+    proxy, duration: Optional[float] = None, stop: Optional[threading.Event] = None
+) -> None:
+    """Serves until SIGINT/SIGTERM, an admin /shutdown, or `duration` seconds."""
+    if stop is None:
+        stop = _handle_signals()
     # A helper thread passes on a stop from elsewhere (the admin API), so this
     # thread can wait long: on POSIX a signal interrupts the wait at once, and
     # elsewhere the 5 s only bounds how late Ctrl-C is seen. (It woke five
@@ -39,6 +60,7 @@ def _wait_for_signal(proxy, duration: Optional[float] = None) -> None:  # type: 
 def cmd_run(args: argparse.Namespace) -> int:
     from .proxy import Proxy
 
+    stop = _handle_signals()  # before anything starts: a signal from here on is handled
     proxy = Proxy(args.config).start()
     for name, (host, port) in proxy.addresses.items():
         print(f"meshcore: listener {name} on {host}:{port}", flush=True)
@@ -46,7 +68,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         host, port = proxy.admin_address
         print(f"meshcore: admin on http://{host}:{port}", flush=True)
     print("meshcore: ready", flush=True)
-    _wait_for_signal(proxy)
+    _wait_for_signal(proxy, stop=stop)
     print(f"meshcore: draining (grace {args.grace}s)", flush=True)
     proxy.stop(args.grace)
     print("meshcore: stopped", flush=True)
