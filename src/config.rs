@@ -286,6 +286,23 @@ pub struct Breaker {
     pub min_penalty_ms: u64,
     pub max_penalty_ms: u64,
     pub jitter: f64,
+    /// At most this share of a service's endpoints is ejected at once.
+    #[serde(default = "max_ejection_percent")]
+    pub max_ejection_percent: u32,
+    /// Below this share of available endpoints the balancer uses them all.
+    #[serde(default = "panic_threshold_percent")]
+    pub panic_threshold_percent: u32,
+}
+
+/// The zone label of an endpoint configured without one.
+pub const UNKNOWN_ZONE: &str = "unknown";
+
+fn max_ejection_percent() -> u32 {
+    50
+}
+
+fn panic_threshold_percent() -> u32 {
+    50
 }
 
 impl Default for Breaker {
@@ -295,6 +312,8 @@ impl Default for Breaker {
             min_penalty_ms: 1_000,
             max_penalty_ms: 60_000,
             jitter: 0.5,
+            max_ejection_percent: max_ejection_percent(),
+            panic_threshold_percent: panic_threshold_percent(),
         }
     }
 }

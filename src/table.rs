@@ -139,6 +139,7 @@ impl Table {
                 serde_json::json!({
                     "name": &*s.name,
                     "balancer": s.balancer.kind(),
+                    "panic": s.balancer.in_panic(now),
                     "active_tiers": zonal.map(|z| z.active_tiers()),
                     "load": zonal.map(|z| (z.load() * 1000.0).round() / 1000.0),
                     "endpoints": eps,
@@ -176,6 +177,15 @@ impl Table {
                 }
             };
             let _ = writeln!(out, "balancer_load{{dst_service=\"{}\"}} {load}", s.name);
+        }
+        let _ = writeln!(
+            out,
+            "# HELP balancer_panic 1 while too few endpoints are available and the balancer uses all of them.\n\
+             # TYPE balancer_panic gauge"
+        );
+        for s in &self.services {
+            let panic = u8::from(s.balancer.in_panic(now));
+            let _ = writeln!(out, "balancer_panic{{dst_service=\"{}\"}} {panic}", s.name);
         }
         let _ = writeln!(
             out,

@@ -137,7 +137,14 @@ def test_all_tripped_fails_fast_with_503(backend, proxy):
     bad = backend("bad")
     bad.set_failing(500)
     cfg = one_service([bad.addr])
-    cfg["services"][0]["breaker"] = {"consecutive_failures": 2, "min_penalty": "10s", "jitter": 0}
+    # A lone endpoint is ejected only when the cap allows all, and without panic.
+    cfg["services"][0]["breaker"] = {
+        "consecutive_failures": 2,
+        "min_penalty": "10s",
+        "jitter": 0,
+        "max_ejection_percent": 100,
+        "panic_threshold_percent": 0,
+    }
     p = proxy(cfg)
     with httpx.Client() as c:
         assert [c.get(p.url("outbound")).status_code for _ in range(2)] == [500, 500]

@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 pub const DEFAULT_DECAY: Duration = Duration::from_secs(10);
 pub const DEFAULT_RTT: Duration = Duration::from_millis(30);
+/// The least round trip an unreachable endpoint is charged.
+pub const UNREACHABLE_PENALTY: Duration = Duration::from_secs(1);
 const MIN_SEED: Duration = Duration::from_millis(1);
 
 #[derive(Debug, Clone, Copy)]

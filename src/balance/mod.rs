@@ -7,12 +7,44 @@ pub mod zonal;
 
 use crate::config::{self, BalancerKind};
 use crate::resilience::breaker::{FailureAccrual, State};
+use arc_swap::ArcSwap;
 use ewma::RttEstimate;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use zonal::ZonalState;
+
+/// How many of a service's endpoints may be ejected at once, and how many are.
+#[derive(Debug)]
+pub struct Ejections {
+    max: usize,
+    ejected: AtomicUsize,
+}
+
+impl Ejections {
+    /// No cap: an endpoint outside a service's balancer.
+    pub fn unlimited() -> Self {
+        Ejections {
+            max: usize::MAX,
+            ejected: AtomicUsize::new(0),
+        }
+    }
+
+    fn try_eject(&self) -> bool {
+        self.ejected
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    fn release(&self) {
+        let _ = self
+            .ejected
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+    }
+}
 
 /// Live state of one endpoint, shared by every request that uses it.
 #[derive(Debug)]
@@ -24,6 +56,8 @@ pub struct Endpoint {
     pub tier: u32,
     rtt: Mutex<RttEstimate>,
     breaker: Mutex<FailureAccrual>,
+    /// The service's ejection cap; replaced when a reload rebuilds the service.
+    ejections: ArcSwap<Ejections>,
     /// Mirrors "the breaker is closed" so the common pick takes no lock.
     closed: AtomicBool,
     /// Set by a failure, cleared by a success: a success with no failure
@@ -48,11 +82,12 @@ impl Endpoint {
     ) -> Self {
         Endpoint {
             addr,
-            zone: Arc::from(zone.unwrap_or("unknown")),
+            zone: Arc::from(zone.unwrap_or(config::UNKNOWN_ZONE)),
             cluster: cluster.map(Arc::from),
             tier,
             rtt: Mutex::new(RttEstimate::new(ewma::DEFAULT_RTT, Instant::now())),
             breaker: Mutex::new(FailureAccrual::new(breaker)),
+            ejections: ArcSwap::from_pointee(Ejections::unlimited()),
             closed: AtomicBool::new(true),
             failing: AtomicBool::new(false),
             pending: AtomicUsize::new(0),
@@ -119,7 +154,9 @@ impl Endpoint {
             return;
         }
         let mut breaker = lock(&self.breaker);
-        breaker.on_success();
+        if breaker.on_success() {
+            self.ejections.load().release();
+        }
         self.failing.store(false, Ordering::Release);
         self.closed
             .store(breaker.state() == State::Closed, Ordering::Release);
@@ -128,7 +165,7 @@ impl Endpoint {
     pub fn record_failure(&self) {
         self.failures.fetch_add(1, Ordering::Relaxed);
         let mut breaker = lock(&self.breaker);
-        breaker.on_failure(Instant::now());
+        breaker.on_failure(Instant::now(), || self.ejections.load().try_eject());
         self.failing.store(true, Ordering::Release);
         self.closed
             .store(breaker.state() == State::Closed, Ordering::Release);
@@ -156,6 +193,21 @@ impl PendingRequest {
     pub fn finish_at(&mut self, now: Instant) {
         if let Some(ep) = self.endpoint.take() {
             lock(&ep.rtt).observe(now - self.started, now, ewma::DEFAULT_DECAY);
+            ep.pending.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Ends the pending state with a penalty sample: the endpoint could not
+    /// be reached, so its cost rises at once (peak-EWMA takes a high sample
+    /// whole) and the balancer turns away before the breaker would.
+    pub fn unreachable(&mut self) {
+        if let Some(ep) = self.endpoint.take() {
+            let now = Instant::now();
+            let mut rtt = lock(&ep.rtt);
+            let current = Duration::from_nanos(rtt.current_ns(now, ewma::DEFAULT_DECAY) as u64);
+            let penalty = (current * 10).max(ewma::UNREACHABLE_PENALTY);
+            rtt.observe(penalty, now, ewma::DEFAULT_DECAY);
+            drop(rtt);
             ep.pending.fetch_sub(1, Ordering::Relaxed);
         }
     }
@@ -190,6 +242,8 @@ pub struct Balancer {
     zonal: Option<ZonalState>,
     /// Distinct tiers, cheapest first.
     tiers: Vec<u32>,
+    /// Below this percentage of available endpoints, all are used (0: never).
+    panic_threshold_percent: u32,
 }
 
 /// How one endpoint stands in its balancer right now.
@@ -216,15 +270,43 @@ impl Balancer {
     }
 
     pub fn with_zonal(kind: BalancerKind, endpoints: Vec<Arc<Endpoint>>, settings: config::Zonal) -> Self {
+        Self::with_settings(kind, endpoints, settings, None)
+    }
+
+    /// A balancer over `endpoints`, which from now on eject within this
+    /// service's cap (`breaker.max_ejection_percent`).
+    pub fn with_settings(
+        kind: BalancerKind,
+        endpoints: Vec<Arc<Endpoint>>,
+        zonal: config::Zonal,
+        breaker: Option<&config::Breaker>,
+    ) -> Self {
         let mut tiers: Vec<u32> = endpoints.iter().map(|e| e.tier).collect();
         tiers.sort_unstable();
         tiers.dedup();
+        if let Some(b) = breaker {
+            // Rounded down: one endpoint of one is never ejected, as a
+            // flaky endpoint still serves better than none.
+            let max = endpoints.len() * b.max_ejection_percent.min(100) as usize / 100;
+            let ejected = endpoints
+                .iter()
+                .filter(|e| e.breaker_state() != State::Closed)
+                .count();
+            let ejections = Arc::new(Ejections {
+                max,
+                ejected: AtomicUsize::new(ejected),
+            });
+            for e in &endpoints {
+                e.ejections.store(ejections.clone());
+            }
+        }
         Balancer {
             kind,
             endpoints,
             next: AtomicUsize::new(0),
-            zonal: (kind == BalancerKind::Zonal).then(|| ZonalState::new(settings)),
+            zonal: (kind == BalancerKind::Zonal).then(|| ZonalState::new(zonal)),
             tiers,
+            panic_threshold_percent: breaker.map_or(0, |b| b.panic_threshold_percent.min(100)),
         }
     }
 
@@ -240,7 +322,7 @@ impl Balancer {
             .iter()
             .filter_map(|e| {
                 let addr: SocketAddr = e.addr.parse().ok()?;
-                let zone = e.zone.as_deref().unwrap_or("unknown");
+                let zone = e.zone.as_deref().unwrap_or(config::UNKNOWN_ZONE);
                 let tier = zonal::tier_of(
                     e.zone.as_deref(),
                     e.cluster.as_deref(),
@@ -264,7 +346,12 @@ impl Balancer {
                 }))
             })
             .collect();
-        Balancer::with_zonal(service.balancer, endpoints, service.zonal.clone())
+        Balancer::with_settings(
+            service.balancer,
+            endpoints,
+            service.zonal.clone(),
+            service.breaker.as_ref(),
+        )
     }
 
     pub fn kind(&self) -> BalancerKind {
@@ -307,7 +394,9 @@ impl Balancer {
                 _ => p2c::choose(eps.len(), |i| eps[i].cost(now)),
             };
         }
-        let usable = |i: usize| !exclude.contains(&i) && eps[i].available(now);
+        // In panic, being ejected no longer keeps an endpoint out.
+        let panic = self.in_panic(now);
+        let usable = |i: usize| !exclude.contains(&i) && (panic || eps[i].available(now));
         let candidates: Vec<usize> = match &self.zonal {
             Some(z) => self.zonal_candidates(z, now, &usable, exclude.is_empty()),
             None => (0..self.endpoints.len()).filter(|&i| usable(i)).collect(),
@@ -355,6 +444,17 @@ impl Balancer {
         };
         let k = z.decide(healthy.len(), load_of, now, observe);
         healthy.into_iter().take(k).flatten().collect()
+    }
+
+    /// Whether so few endpoints are available (below the panic threshold)
+    /// that the balancer uses all of them, ejected or not.
+    pub fn in_panic(&self, now: Instant) -> bool {
+        let n = self.endpoints.len();
+        if self.panic_threshold_percent == 0 || n == 0 {
+            return false;
+        }
+        let available = self.endpoints.iter().filter(|e| e.available(now)).count();
+        available * 100 < self.panic_threshold_percent as usize * n
     }
 
     /// Active, standby or tripped, for metrics and the admin API.
@@ -497,6 +597,99 @@ mod tests {
         }
         eps[1].record_failure();
         assert_eq!(b.pick(), Err(NoPick::AllTripped));
+    }
+
+    fn capped(n: usize, max_ejection_percent: u32, panic_threshold_percent: u32) -> Balancer {
+        let breaker = config::Breaker {
+            consecutive_failures: 1,
+            max_ejection_percent,
+            panic_threshold_percent,
+            ..Default::default()
+        };
+        let eps = (0..n)
+            .map(|i| {
+                let addr = format!("127.0.0.1:{}", 10_000 + i).parse().unwrap();
+                Arc::new(Endpoint::with_details(
+                    addr,
+                    Some("z"),
+                    None,
+                    0,
+                    Some(breaker.clone()),
+                ))
+            })
+            .collect();
+        Balancer::with_settings(
+            BalancerKind::PeakEwma,
+            eps,
+            config::Zonal::default(),
+            Some(&breaker),
+        )
+    }
+
+    #[test]
+    fn at_most_the_capped_share_of_endpoints_is_ejected() {
+        let b = capped(4, 50, 0);
+        for e in b.endpoints() {
+            e.record_failure();
+        }
+        let ejected = b
+            .endpoints()
+            .iter()
+            .filter(|e| e.breaker_state() != State::Closed)
+            .count();
+        assert_eq!(ejected, 2);
+        // A lone endpoint is never ejected: failing half the time beats none.
+        let single = capped(1, 50, 50);
+        for _ in 0..20 {
+            single.endpoints()[0].record_failure();
+        }
+        assert_eq!(single.pick(), Ok(0));
+        // An ejected endpoint that recovers gives its place back.
+        let b = capped(2, 50, 0);
+        b.endpoints()[0].record_failure();
+        b.endpoints()[1].record_failure();
+        assert_eq!(b.endpoints()[1].breaker_state(), State::Closed, "over the cap");
+        let mut probe = b.endpoints()[0].start_at(Instant::now() + Duration::from_secs(120));
+        probe.finish();
+        b.endpoints()[0].record_success();
+        b.endpoints()[1].record_failure();
+        assert_ne!(
+            b.endpoints()[1].breaker_state(),
+            State::Closed,
+            "its place is free again"
+        );
+    }
+
+    #[test]
+    fn below_the_panic_threshold_every_endpoint_is_used() {
+        // Nothing caps ejection here, so three of four trip.
+        let b = capped(4, 100, 50);
+        for e in &b.endpoints()[..3] {
+            e.record_failure();
+        }
+        assert!(b.in_panic(Instant::now()));
+        let mut seen = [false; 4];
+        for _ in 0..400 {
+            seen[b.pick().unwrap()] = true;
+        }
+        // (The healthy one may lose every tie on cost: it was made last, so
+        // its seed estimate has decayed least.)
+        assert_eq!(seen[..3], [true; 3], "the tripped endpoints get traffic again");
+        // With panic off, only the healthy one gets traffic.
+        let b = capped(4, 100, 0);
+        for e in &b.endpoints()[..3] {
+            e.record_failure();
+        }
+        assert!(!b.in_panic(Instant::now()));
+        assert!((0..100).all(|_| b.pick() == Ok(3)));
+    }
+
+    #[test]
+    fn an_unreachable_endpoint_costs_more_at_once() {
+        let b = Balancer::new(BalancerKind::PeakEwma, endpoints(2));
+        b.endpoints()[0].start().unreachable();
+        assert!(b.endpoints()[0].rtt_ms() > 900.0);
+        assert!((0..50).all(|_| b.pick() == Ok(1)));
     }
 
     #[test]

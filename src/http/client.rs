@@ -418,10 +418,7 @@ impl EndpointPool {
     /// HTTP/2 connection (kept for the request). Other failures say yes:
     /// the request itself will meet and report them.
     pub async fn probe_h2c(&self) -> bool {
-        match self.h2_lease().await {
-            Err(UpstreamError::NotHttp2) => false,
-            _ => true,
-        }
+        !matches!(self.h2_lease().await, Err(UpstreamError::NotHttp2))
     }
 
     async fn connect_tcp(&self) -> Result<DirectTcp, UpstreamError> {

@@ -323,6 +323,7 @@ fn forward(
             let index = match service.balancer.pick_at(now, &exclude) {
                 Ok(i) => i,
                 Err(no) => {
+                    labels.dst_zone = Arc::from(crate::config::UNKNOWN_ZONE);
                     if attempt == 0 {
                         shared.metrics.request(&labels);
                     }
@@ -425,6 +426,12 @@ fn forward(
                     pending.abandon();
                     break Err(fail(StatusCode::BAD_REQUEST, "request body error", &labels));
                 }
+            }
+            if matches!(
+                result,
+                Err(UpstreamError::Connect(_) | UpstreamError::ConnectTimeout | UpstreamError::Tls(_))
+            ) {
+                pending.unreachable();
             }
             let outcome = || match &result {
                 Ok((resp, _)) => Outcome::Status(resp.status().as_u16(), grpc_status(resp.headers())),

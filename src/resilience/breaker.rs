@@ -62,22 +62,31 @@ impl FailureAccrual {
         }
     }
 
-    pub fn on_success(&mut self) {
+    /// Returns true when this ends an ejection.
+    pub fn on_success(&mut self) -> bool {
         self.consecutive = 0;
-        if self.state != State::Closed {
-            self.state = State::Closed;
-            if let Some(s) = &self.settings {
-                self.next_penalty = Duration::from_millis(s.min_penalty_ms);
-            }
+        if self.state == State::Closed {
+            return false;
         }
+        self.state = State::Closed;
+        if let Some(s) = &self.settings {
+            self.next_penalty = Duration::from_millis(s.min_penalty_ms);
+        }
+        true
     }
 
-    pub fn on_failure(&mut self, now: Instant) {
+    /// Counts a failure. A closed breaker that has seen enough trips only if
+    /// `may_eject` agrees (the service's ejection cap); a failed probe
+    /// re-trips at once, being ejected already.
+    pub fn on_failure(&mut self, now: Instant, may_eject: impl FnOnce() -> bool) {
         let Some(settings) = &self.settings else { return };
         self.consecutive = self.consecutive.saturating_add(1);
         let probe_failed = self.state == State::Probing;
-        if probe_failed || (self.state == State::Closed && self.consecutive >= settings.consecutive_failures)
-        {
+        let trips = probe_failed
+            || (self.state == State::Closed
+                && self.consecutive >= settings.consecutive_failures
+                && may_eject());
+        if trips {
             let jitter = settings.jitter.clamp(0.0, 1.0);
             let scale = 1.0 - jitter * (rng::below(1_000_000) as f64 / 1_000_000.0);
             self.state = State::Open(now + self.next_penalty.mul_f64(scale));
@@ -98,6 +107,7 @@ mod tests {
             min_penalty_ms: 1_000,
             max_penalty_ms: 4_000,
             jitter,
+            ..Default::default()
         }))
     }
 
@@ -112,13 +122,13 @@ mod tests {
     fn trips_after_consecutive_failures_only() {
         let now = Instant::now();
         let mut b = breaker(3, 0.0);
-        b.on_failure(now);
-        b.on_failure(now);
+        b.on_failure(now, || true);
+        b.on_failure(now, || true);
         b.on_success(); // resets the run
-        b.on_failure(now);
-        b.on_failure(now);
+        b.on_failure(now, || true);
+        b.on_failure(now, || true);
         assert!(b.available(now));
-        b.on_failure(now);
+        b.on_failure(now, || true);
         assert!(!b.available(now));
         assert_eq!(open_for(&b, now), Duration::from_secs(1));
     }
@@ -127,7 +137,7 @@ mod tests {
     fn one_probe_after_penalty_and_backoff_doubles_to_max() {
         let t0 = Instant::now();
         let mut b = breaker(1, 0.0);
-        b.on_failure(t0);
+        b.on_failure(t0, || true);
         let mut now = t0;
         for expected in [1, 2, 4, 4] {
             assert_eq!(open_for(&b, now), Duration::from_secs(expected));
@@ -137,14 +147,14 @@ mod tests {
             b.on_dispatch(now);
             assert_eq!(b.state(), State::Probing);
             assert!(!b.available(now), "only one probe at a time");
-            b.on_failure(now);
+            b.on_failure(now, || true);
         }
         // A successful probe closes it and resets the penalty.
         now += Duration::from_secs(4);
         b.on_dispatch(now);
         b.on_success();
         assert_eq!(b.state(), State::Closed);
-        b.on_failure(now);
+        b.on_failure(now, || true);
         assert_eq!(open_for(&b, now), Duration::from_secs(1));
     }
 
@@ -153,7 +163,7 @@ mod tests {
         let now = Instant::now();
         for _ in 0..200 {
             let mut b = breaker(1, 0.5);
-            b.on_failure(now);
+            b.on_failure(now, || true);
             let d = open_for(&b, now);
             assert!(
                 d >= Duration::from_millis(500) && d <= Duration::from_secs(1),
@@ -163,11 +173,25 @@ mod tests {
     }
 
     #[test]
+    fn a_trip_the_ejection_cap_refuses_leaves_the_breaker_closed() {
+        let now = Instant::now();
+        let mut b = breaker(2, 0.0);
+        for _ in 0..10 {
+            b.on_failure(now, || false);
+        }
+        assert_eq!(b.state(), State::Closed);
+        b.on_failure(now, || true);
+        assert!(!b.available(now), "trips as soon as the cap allows");
+        assert!(b.on_success(), "closing ends the ejection");
+        assert!(!b.on_success());
+    }
+
+    #[test]
     fn disabled_never_trips() {
         let now = Instant::now();
         let mut b = FailureAccrual::new(None);
         for _ in 0..100 {
-            b.on_failure(now);
+            b.on_failure(now, || true);
         }
         assert!(b.available(now));
     }
