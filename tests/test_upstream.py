@@ -11,7 +11,7 @@ import threading
 import httpx
 import pytest
 
-from conftest import Answer, one_service
+from conftest import Answer, one_service, wait_until
 
 OK = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
 
@@ -135,12 +135,12 @@ def test_idle_close_is_noticed_before_reuse(upstream, proxy):
     u = upstream(lambda head, c, n: OK, close_after=True)
     p = proxy(one_service([u.addr]))
     with httpx.Client() as client:
-        for _ in range(3):
+        for i in range(3):
             assert client.get(p.url("outbound", "/")).text == "ok"
-            # Let the close reach the proxy before the next request.
-            threading.Event().wait(0.1)
+            # The upstream has closed: its FIN is on the way to the proxy's pooled connection.
+            wait_until(lambda: len(u.closed) == 2 * i + 1, what="the upstream to close")  # noqa: B023
             assert client.post(p.url("outbound", "/")).text == "ok"
-            threading.Event().wait(0.1)
+            wait_until(lambda: len(u.closed) == 2 * i + 2, what="the upstream to close")  # noqa: B023
     assert u.connections == 6
 
 
