@@ -9,7 +9,7 @@ from typing import Any, Optional, Union
 
 from . import _core
 from .config import Config, load, parse_duration, restart_needed
-from .errors import config_error
+from .errors import ConfigError, config_error
 from .identity_agent import IdentityAgent
 from .memory import MemoryTrimmer
 from .plugins import PluginHost, PluginSpec
@@ -175,7 +175,15 @@ class Proxy:
         timeout: float = 1.0,
         name: Optional[str] = None,
     ) -> None:
-        """Adds a plugin object (its methods are the hooks) to a running or new proxy."""
+        """Adds a plugin object (its methods are the hooks) to a running or new proxy.
+        `routes` names the routes it applies to (all when None); an unknown name is a ConfigError."""
+        if isinstance(routes, str):
+            raise ConfigError(f"add_plugin: routes must be a list of route names, not the string {routes!r}")
+        valid = self._config.route_names()
+        for i, route in enumerate(routes or []):
+            if route not in valid:
+                choices = ", ".join(valid) if valid else "none defined"
+                raise ConfigError(f"add_plugin: routes[{i}]: unknown route {route!r} (valid: {choices})")
         spec = PluginSpec(obj=plugin, routes=routes, on_error=on_error, timeout=timeout, name=name)
         if self._plugins is None:
             self._plugins = PluginHost([spec])
