@@ -46,8 +46,13 @@ def add_identity_commands(sub: argparse._SubParsersAction) -> None:  # type: ign
 
 
 def duration(value: str) -> timedelta:
-    """'24h', '10s', '300ms' -> timedelta (named for argparse's 'invalid duration value' message)."""
-    return timedelta(milliseconds=parse_duration(value))
+    """'24h', '10s', '300ms', or bare seconds ('10') as in the config -> timedelta
+    (named for argparse's 'invalid duration value' message)."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        return timedelta(milliseconds=parse_duration(value))
+    return timedelta(milliseconds=parse_duration(seconds))
 
 
 def cmd_init(args: argparse.Namespace) -> int:
