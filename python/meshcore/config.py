@@ -322,6 +322,9 @@ class Listener(_Model):
     max_connections: int = Field(default=10_000, ge=1)
     # mesh: require mTLS | permissive: mTLS or plaintext | none
     tls: Literal["none", "mesh", "permissive"] = "none"
+    # Share the port with other processes that ask for it too (the kernel spreads connections
+    # between them, e.g. for a hand-over); off, a port in use is a BindError.
+    share_port: bool = False
 
     _bind = field_validator("bind")(classmethod(lambda cls, v: _check_socket_addr(v)))
 
@@ -570,6 +573,7 @@ class Config(_Model):
                     "idle_timeout_ms": parse_duration(lst.idle_timeout),
                     "max_connections": lst.max_connections,
                     "tls": lst.tls,
+                    "share_port": lst.share_port,
                 }
                 for lst in self.listeners
             ],
