@@ -208,7 +208,8 @@ impl PluginHost {
     }
 
     /// Hands the summary to Python on a blocking thread: never on the response path.
-    pub fn on_log(self: &std::sync::Arc<Self>, req: PluginRequest, summary: LogSummary) {
+    /// `req` is None for a request the proxy answered before any hook saw it.
+    pub fn on_log(self: &std::sync::Arc<Self>, req: Option<PluginRequest>, summary: LogSummary) {
         let host = self.clone();
         tokio::task::spawn_blocking(move || {
             Python::attach(|py| {
@@ -227,7 +228,9 @@ impl PluginHost {
                     dict.set_item("response_bytes", summary.response_bytes)?;
                     dict.set_item("retried", summary.retried)?;
                     dict.set_item("identity", summary.identity)?;
-                    host.host.bind(py).call_method1("on_log", (req.0, dict))?;
+                    host.host
+                        .bind(py)
+                        .call_method1("on_log", (req.map(|r| r.0), dict))?;
                     Ok(())
                 };
                 if let Err(e) = fill() {

@@ -6,6 +6,7 @@ refused connection makes an endpoint costly at once."""
 from __future__ import annotations
 
 import httpx
+
 from conftest import closed_port, metric, one_service, wait_until
 
 

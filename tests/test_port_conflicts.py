@@ -9,8 +9,8 @@ import sys
 
 import httpx
 import pytest
-from conftest import one_service
 
+from conftest import one_service
 from meshcore import BindError, MeshcoreError, Proxy
 
 

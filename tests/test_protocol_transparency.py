@@ -12,6 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
+
 from asgi_backend import AsgiBackend
 from conftest import one_service
 from mesh_helpers import addr, identity_files, inbound_config, issue, make_ca, outbound_config
@@ -72,7 +73,9 @@ def asgi():
 @pytest.fixture
 def certs(tmp_path):
     ca = make_ca(tmp_path / "ca")
-    return {who: identity_files(ca, *issue(ca, f"ns/default/sa/{who}", tmp_path / who)) for who in ("web", "api")}
+    return {
+        who: identity_files(ca, *issue(ca, f"ns/default/sa/{who}", tmp_path / who)) for who in ("web", "api")
+    }
 
 
 def mesh_to(proxy, certs, app_addr: str):

@@ -596,11 +596,13 @@ class PluginHost:
 
         return self._run("on_response", req.route, (req, resp), changes)
 
-    def on_log(self, req: Request, summary: dict[str, Any]) -> None:
+    def on_log(self, req: Optional[Request], summary: dict[str, Any]) -> None:
         """Rust calls this off the request path, so it never delays a response; sync hooks run
-        here, async ones on the plugin loop (their outcome goes nowhere)."""
-        summary["ctx"] = req.ctx
-        self._run("on_log", req.route, (summary,), lambda: None)
+        here, async ones on the plugin loop (their outcome goes nowhere). `req` is None for a
+        request the proxy answered before any hook saw it (a 403, a 404, a rate limit ...):
+        the plugins of its route get it, or those on every route when it had none."""
+        summary["ctx"] = req.ctx if req is not None else {}
+        self._run("on_log", req.route if req is not None else summary["route"], (summary,), lambda: None)
 
 
 def _respond(resp: Response) -> tuple:

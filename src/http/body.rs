@@ -94,7 +94,7 @@ impl Drop for Observation {
             summary.duration_ms = self.started.elapsed().as_secs_f64() * 1000.0;
             summary.ttfb_ms = latency.as_secs_f64() * 1000.0;
             summary.response_bytes = self.bytes;
-            host.on_log(req, summary);
+            host.on_log(Some(req), summary);
         }
     }
 }

@@ -2,7 +2,7 @@
 //! (`crate::plugin` talks to Python; this module only edits HTTP messages.)
 
 use super::client::UpstreamBody;
-use super::local::{header_list, header_map, local, plugin_failed, plugin_response, Failure};
+use super::local::{header_list, header_map, local, plugin_failed, plugin_response, Failure, FailureLog};
 use super::template::Template;
 use crate::balance::Endpoint;
 use crate::metrics::RequestLabels;
@@ -12,7 +12,7 @@ use http::{Request, Response, StatusCode};
 
 /// What `on_request` decided, applied to `req`; `Ok(Some(name))` when a plugin chose a service.
 pub(super) async fn on_request(
-    host: &PluginHost,
+    host: &std::sync::Arc<PluginHost>,
     facts: RequestFacts<'_>,
     req: &mut Request<super::RequestBody>,
     labels: &RequestLabels,
@@ -26,7 +26,16 @@ pub(super) async fn on_request(
             status,
             headers,
             body,
-        } => Err(local(plugin_response(status, headers, body), labels)),
+        } => {
+            // The request a hook answered keeps its `ctx` for `on_log`.
+            let mut answered = local(plugin_response(status, headers, body), labels);
+            answered.log = Some(Box::new(FailureLog {
+                host: host.clone(),
+                req: Some(preq),
+                summary: Default::default(),
+            }));
+            Err(answered)
+        }
         Change::Request {
             path,
             headers,

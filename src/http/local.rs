@@ -3,9 +3,10 @@
 
 use super::{error_response, ProxyBody};
 use crate::metrics::RequestLabels;
-use crate::plugin::HeaderList;
+use crate::plugin::{HeaderList, LogSummary, PluginHost, PluginRequest};
 use crate::route;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// A request the proxy answers itself: an error, or a local response
@@ -17,6 +18,17 @@ pub(super) struct Failure {
     pub response: Option<Response<ProxyBody>>,
     /// Whether `request_total` already has this request.
     pub counted: bool,
+    /// For the plugins' `on_log`, when some plugin may want it.
+    pub log: Option<Box<FailureLog>>,
+}
+
+/// What `on_log` gets of an answer the proxy made; status and times are
+/// filled in when it is sent.
+pub(super) struct FailureLog {
+    pub host: Arc<PluginHost>,
+    /// None when no hook saw the request before it was answered.
+    pub req: Option<PluginRequest>,
+    pub summary: LogSummary,
 }
 
 impl Failure {
@@ -35,6 +47,7 @@ pub(super) fn fail(status: StatusCode, reason: impl Into<String>, labels: &Reque
         labels: labels.clone(),
         response: None,
         counted: false,
+        log: None,
     }
 }
 
@@ -45,6 +58,7 @@ pub(super) fn local(response: Response<ProxyBody>, labels: &RequestLabels) -> Fa
         labels: labels.clone(),
         response: Some(response),
         counted: false,
+        log: None,
     }
 }
 

@@ -6,14 +6,14 @@ use super::client::{UpstreamError, Wire};
 use super::deadline::{with_deadline, Elapsed};
 use super::headers::{is_upgrade, strip_hop_by_hop, upgrade_agrees};
 use super::hooks;
-use super::local::{fail, header_list, local, plugin_failed, route_answers_itself, Failure};
+use super::local::{fail, header_list, local, plugin_failed, route_answers_itself, Failure, FailureLog};
 use super::replay::Replay;
 use super::template::{build_request, Template};
 use super::{error_response, BoxError, ProxyBody, RequestBody};
 use crate::balance::NoPick;
 use crate::config::UpstreamProtocol;
 use crate::metrics::{RequestLabels, RouteLabels};
-use crate::plugin::{LogSummary, RequestFacts, ON_LOG, ON_RESPONSE, ON_UPSTREAM_REQUEST};
+use crate::plugin::{LogSummary, PluginRequest, RequestFacts, ON_LOG, ON_RESPONSE, ON_UPSTREAM_REQUEST};
 use crate::policy::Decision;
 use crate::resilience::retry::{Outcome, MAX_REPLAY_BYTES};
 use crate::route;
@@ -126,6 +126,19 @@ fn answer_failure(failure: Failure, shared: &Shared, started: Instant) -> Respon
         .response
         .unwrap_or_else(|| error_response(failure.status, &failure.reason));
     let status = resp.status();
+    if let Some(log) = failure.log {
+        let FailureLog {
+            host,
+            req,
+            mut summary,
+        } = *log;
+        summary.status = status.as_u16();
+        summary.zone = failure.labels.dst_zone.to_string();
+        summary.duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+        summary.ttfb_ms = summary.duration_ms;
+        summary.response_bytes = hyper::body::Body::size_hint(resp.body()).exact().unwrap_or(0);
+        host.on_log(req, summary);
+    }
     let classification = if status.is_server_error() {
         "failure"
     } else {
@@ -153,6 +166,69 @@ fn authority_of(req: &Request<RequestBody>) -> HeaderValue {
     found
         .filter(|v| v.to_str().is_ok())
         .unwrap_or_else(|| HeaderValue::from_static(""))
+}
+
+/// What a log summary says of a request the proxy answered itself.
+struct Said<'a> {
+    method: &'a http::Method,
+    path: &'a str,
+    authority: &'a HeaderValue,
+    route: Option<&'a route::Route>,
+    service: Option<&'a str>,
+    retried: bool,
+}
+
+impl<'a> Said<'a> {
+    fn of(
+        req: &'a Request<RequestBody>,
+        authority: &'a HeaderValue,
+        route: Option<&'a route::Route>,
+    ) -> Self {
+        Said {
+            method: req.method(),
+            path: req.uri().path_and_query().map_or("/", |p| p.as_str()),
+            authority,
+            route,
+            service: None,
+            retried: false,
+        }
+    }
+}
+
+/// Gives an answer the proxy made itself what the plugins' `on_log` needs,
+/// when a plugin may log it: one of its route's, or before a route was
+/// found, one on every route (Python picks them). Without plugins this is
+/// one pointer load, on error paths only.
+fn logged(mut failure: Failure, conn: &ConnContext, preq: Option<PluginRequest>, said: Said<'_>) -> Failure {
+    if said.route.is_some_and(|r| !r.plugins) {
+        return failure;
+    }
+    let mut log = match (failure.log.take(), preq) {
+        (Some(log), _) => log,
+        (None, preq) => match conn.shared.plugins.load_full() {
+            Some(host) => Box::new(FailureLog {
+                host,
+                req: preq,
+                summary: LogSummary::default(),
+            }),
+            None => return failure,
+        },
+    };
+    if log.req.as_ref().is_some_and(|r| !r.has(ON_LOG)) {
+        return failure;
+    }
+    log.summary = LogSummary {
+        method: said.method.to_string(),
+        path: said.path.to_string(),
+        authority: text(said.authority).to_string(),
+        route: said.route.map(|r| r.name.clone()).unwrap_or_default(),
+        service: said.service.unwrap_or_default().to_string(),
+        retried: said.retried,
+        identity: conn.tls.identity().map(str::to_string),
+        ..Default::default()
+    };
+    failure.log = Some(log);
+    failure
 }
 
 /// A header value known to be text (see `authority_of`).
@@ -184,7 +260,8 @@ fn forward(
             tls: conn.tls.label(),
         };
         if let Some((status, reason)) = refused {
-            return Err(fail(status, reason, &labels));
+            let refusal = fail(status, reason, &labels);
+            return Err(logged(refusal, conn, None, Said::of(&req, &authority, None)));
         }
         // Only this proxy may say who the caller is.
         match &conn.client_id {
@@ -208,16 +285,21 @@ fn forward(
                     conn.peer,
                     conn.tls.identity().unwrap_or("no identity")
                 ),
-                Decision::Deny(_) => return Err(fail(StatusCode::FORBIDDEN, "unauthorized", &labels)),
+                Decision::Deny(_) => {
+                    let denied = fail(StatusCode::FORBIDDEN, "unauthorized", &labels);
+                    return Err(logged(denied, conn, None, Said::of(&req, &authority, None)));
+                }
             }
         }
         let routes = &table.routes[conn.listener];
         let host = route::host_of(text(&authority));
         let Some(route) = route::find(routes, host, req.uri().path(), req.headers()) else {
-            return Err(fail(StatusCode::NOT_FOUND, "no route", &labels));
+            let unrouted = fail(StatusCode::NOT_FOUND, "no route", &labels);
+            return Err(logged(unrouted, conn, None, Said::of(&req, &authority, None)));
         };
         if let Some(resp) = route_answers_itself(route, &req, text(&authority)) {
-            return Err(local(resp, &labels));
+            let said = Said::of(&req, &authority, Some(route));
+            return Err(logged(local(resp, &labels), conn, None, said));
         }
         let mut service_index = route.pick_service();
         let plugins = if route.plugins {
@@ -239,17 +321,27 @@ fn forward(
                 identity: conn.tls.identity(),
                 service: service_index.map(|i| &*table.services[i].name),
             };
-            let (preq, chosen) = Box::pin(hooks::on_request(host, facts, &mut req, &labels)).await?;
-            plugin_req = Some(preq);
+            let (preq, chosen) = Box::pin(hooks::on_request(host, facts, &mut req, &labels))
+                .await
+                .map_err(|f| logged(f, conn, None, Said::of(&req, &authority, Some(route))))?;
             if let Some(name) = chosen {
-                let found = table.services.iter().position(|s| *s.name == name);
-                service_index = Some(found.ok_or_else(|| {
-                    plugin_failed(&format!("plugin chose unknown service {name:?}"), &labels)
-                })?);
+                let Some(found) = table.services.iter().position(|s| *s.name == name) else {
+                    let failed = plugin_failed(&format!("plugin chose unknown service {name:?}"), &labels);
+                    return Err(logged(
+                        failed,
+                        conn,
+                        Some(preq),
+                        Said::of(&req, &authority, Some(route)),
+                    ));
+                };
+                service_index = Some(found);
             }
+            plugin_req = Some(preq);
         }
         let Some(service_index) = service_index else {
-            return Err(fail(StatusCode::SERVICE_UNAVAILABLE, "no backends", &labels));
+            let unserved = fail(StatusCode::SERVICE_UNAVAILABLE, "no backends", &labels);
+            let said = Said::of(&req, &authority, Some(route));
+            return Err(logged(unserved, conn, plugin_req.take(), said));
         };
         let service = &table.services[service_index];
         labels.dst_service = service.name.clone();
@@ -281,9 +373,19 @@ fn forward(
             if let Some(replacement) = &route.filters.rewrite_prefix {
                 let rewritten =
                     crate::filters::rewrite_prefix(path.as_str(), route.path_prefix(), replacement);
-                path = rewritten
-                    .parse()
-                    .map_err(|_| fail(StatusCode::BAD_REQUEST, "invalid rewritten path", &labels))?;
+                let Ok(parsed) = rewritten.parse() else {
+                    let invalid = fail(StatusCode::BAD_REQUEST, "invalid rewritten path", &labels);
+                    let said = Said {
+                        method: &parts.method,
+                        path: path.as_str(),
+                        authority: &authority,
+                        route: Some(route),
+                        service: Some(&service.name),
+                        retried: false,
+                    };
+                    return Err(logged(invalid, conn, plugin_req.take(), said));
+                };
+                path = parsed;
             }
             let template = Template {
                 method: parts.method,
@@ -544,7 +646,17 @@ fn forward(
             strip_hop_by_hop(resp.headers_mut(), false);
             break Ok(resp.map(|body| ObservedBody::new(body, obs, deadline, reusable).boxed_unsync()));
         };
-        dispatched.map_err(Failure::counted)
+        dispatched.map_err(|failure| {
+            let said = Said {
+                method: &template.method,
+                path: template.path.as_str(),
+                authority: &template.authority,
+                route: Some(route),
+                service: Some(&service.name),
+                retried: attempt > 0,
+            };
+            logged(failure.counted(), conn, plugin_req.take(), said)
+        })
     }
 }
 
