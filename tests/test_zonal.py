@@ -9,6 +9,7 @@ from collections import Counter
 import httpx
 import pytest
 
+from conftest import wait_until
 from meshcore.backend import Backend
 
 
@@ -103,7 +104,11 @@ def test_burst_spills_to_next_zone_only_then_returns(mesh):
 
     for b in backends["zone-a"]:
         b.set_delay(0)
-    time.sleep(0.3)  # one dwell period
+    # Light load again: after a dwell period, back to the local tier alone.
+    wait_until(
+        lambda: sequential(p, 1) and 'balancer_active_tiers{dst_service="web"} 1' in p.metrics(),
+        what="the balancer to drop back to one tier",
+    )
     after = sequential(p, 100)
     assert after["zone-a"] >= 95, after
     assert 'balancer_active_tiers{dst_service="web"} 1' in p.metrics()
@@ -125,9 +130,16 @@ def test_losing_every_local_backend_loses_no_request(mesh):
     assert states == ["tripped"] * len(ports)
 
     revived = [Backend(f"zone-a-{i}", "zone-a", port=port) for i, port in enumerate(ports, 1)]
+
+    def local_states() -> list[str]:
+        return [e["state"] for e in p.endpoints()["services"][0]["endpoints"] if e["zone"] == "zone-a"]
+
     try:
-        time.sleep(1.0)  # past the longest penalty: the next requests probe and close the breakers
-        sequential(p, 20)
+        # Past their penalties, requests probe the revived endpoints and close the breakers.
+        wait_until(
+            lambda: sequential(p, 1) and "tripped" not in local_states(),
+            what="probes to close the local breakers",
+        )
         back = sequential(p, 50)
         assert back["zone-a"] >= 45, back
     finally:
