@@ -95,7 +95,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from . import bench
 
+    def usage_error(message: str) -> int:
+        print(f"meshcore bench: error: {message}", file=sys.stderr)
+        return 2
+
+    # Everything that can be checked is checked before the run, not after minutes of load.
     duration = args.duration.total_seconds()
+    if duration <= 0:
+        return usage_error("--duration must be positive")
+    if args.rate is not None and not 0 < args.rate < float("inf"):
+        return usage_error("--rate must be a positive number of requests per second")
+    if args.connections < 1 or args.streams < 1:
+        return usage_error("--connections and --streams must be at least 1")
+    try:
+        bench.check_url(args.url)
+    except ValueError as e:
+        return usage_error(str(e))
+    bench.check_resolves(args.url)
+    if args.plot:
+        bench.check_plot(args.plot)
     show = not args.json and sys.stderr.isatty()
 
     def progress(elapsed: float, done: int, errors: int) -> None:
@@ -106,18 +124,27 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 f"\r[{bar}] {elapsed:5.1f}s {done} done, {errors} errors", end="", file=sys.stderr, flush=True
             )
 
-    result = bench.run(
-        args.url,
-        rate=args.rate,
-        duration=duration,
-        connections=args.connections,
-        http2=args.http2,
-        streams=args.streams,
-        progress=progress,
-    )
+    try:
+        result = bench.run(
+            args.url,
+            rate=args.rate,
+            duration=duration,
+            connections=args.connections,
+            http2=args.http2,
+            streams=args.streams,
+            progress=progress,
+        )
+    except ValueError as e:  # what only the Rust URL parser catches
+        return usage_error(str(e))
     if show:
         print(file=sys.stderr)
     print(result.to_json() if args.json else bench.format_table(result))
+    if result.requests == 0:
+        # No response at all is no benchmark: scripts must not take it for one.
+        errors = ", ".join(f"{k}: {v}" for k, v in sorted(result.errors.items()))
+        what = f"every request failed ({errors}); nothing answered at" if errors else "no request sent to"
+        print(f"meshcore bench: {what} {args.url}", file=sys.stderr)
+        return 1
     if args.plot:
         bench.plot(result, args.plot)
     return 0
@@ -156,7 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     b.add_argument("--streams", type=int, default=10, help="concurrent streams per HTTP/2 connection")
     b.add_argument("--json", action="store_true", help="print the result as JSON")
-    b.add_argument("--plot", metavar="PNG", help="write a latency-by-percentile plot")
+    b.add_argument(
+        "--plot", metavar="PNG", help="write a latency-by-percentile plot (pip install 'meshcore[plot]')"
+    )
     b.set_defaults(func=cmd_bench)
 
     from .identity_cli import add_identity_commands
