@@ -4,13 +4,24 @@ from __future__ import annotations
 
 import ssl
 import threading
-import time
 from datetime import timedelta
 
 import httpx
 
+from conftest import wait_until
 from mesh_helpers import API, addr, identity_files, inbound_config, issue, make_ca, outbound_config
 from meshcore import identity
+
+
+def wait_for_log(capfd, text: str, timeout: float, what: str) -> None:
+    """Waits until the proxy's stderr (captured by `capfd`) has said `text`."""
+    seen: list[str] = []
+
+    def logged() -> bool:
+        seen.append(capfd.readouterr().err)
+        return text in "".join(seen)
+
+    wait_until(logged, timeout, what)
 
 
 def test_rotation_from_the_identity_service_under_load(tmp_path, backend, proxy):
@@ -34,11 +45,12 @@ def test_rotation_from_the_identity_service_under_load(tmp_path, backend, proxy)
         first_in, first_out = inbound.identity(), outbound.identity()
         assert first_in["spiffe_id"] == API
 
-        failures, done = [], 0
+        failures: list[object] = []
+        done = [0]
+        lock = threading.Lock()
         stop = threading.Event()
 
         def load():
-            nonlocal done
             with httpx.Client(timeout=5) as c:
                 while not stop.is_set():
                     try:
@@ -47,26 +59,30 @@ def test_rotation_from_the_identity_service_under_load(tmp_path, backend, proxy)
                             failures.append(r.status_code)
                     except httpx.HTTPError as e:
                         failures.append(repr(e))
-                    done += 1
+                    with lock:
+                        done[0] += 1
 
         threads = [threading.Thread(target=load) for _ in range(4)]
         for t in threads:
             t.start()
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if (
-                inbound.identity()["not_after"] != first_in["not_after"]
-                and outbound.identity()["not_after"] != first_out["not_after"]
-            ):
-                break
-            time.sleep(0.2)
-        time.sleep(1)  # keep the load on across the switch
-        stop.set()
-        for t in threads:
-            t.join()
+        try:
+            wait_until(
+                lambda: (
+                    inbound.identity()["not_after"] != first_in["not_after"]
+                    and outbound.identity()["not_after"] != first_out["not_after"]
+                ),
+                30,
+                "both proxies to renew their certificates",
+            )
+            # Keep the load on across the switch: 100 more requests on the new certificates.
+            at_switch = done[0]
+            wait_until(lambda: done[0] >= at_switch + 100, what="100 requests after the switch")
+        finally:
+            stop.set()
+            for t in threads:
+                t.join()
 
         assert failures == []
-        assert done > 100
         assert inbound.identity()["not_after"] > first_in["not_after"]
         assert outbound.identity()["not_after"] > first_out["not_after"]
         assert "identity_cert_refresh_total 2" in inbound.metrics()
@@ -83,20 +99,17 @@ def test_rotation_from_the_identity_service_under_load(tmp_path, backend, proxy)
         assert int(served["not_after"].timestamp()) == inbound.identity()["not_after"]
 
 
-def test_certificate_files_are_reloaded_when_they_change(tmp_path, backend, proxy):
+def test_certificate_files_are_reloaded_when_they_change(tmp_path, backend, proxy, capfd):
     ca = make_ca(tmp_path / "ca")
     crt, key = issue(ca, "ns/default/sa/api", tmp_path / "api", ttl=timedelta(hours=1))
     inbound = proxy(inbound_config(identity_files(ca, crt, key), backend("app").addr))
     before = inbound.identity()["not_after"]
     issue(ca, "ns/default/sa/api", tmp_path / "api", ttl=timedelta(hours=2))
-    deadline = time.monotonic() + 5
-    while inbound.identity()["not_after"] == before and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert inbound.identity()["not_after"] > before
+    wait_until(lambda: inbound.identity()["not_after"] > before, what="the new files to be loaded")
     # A broken replacement is refused and the current certificate stays.
     current = inbound.identity()["not_after"]
     crt.write_text("not a certificate")
-    time.sleep(2)
+    wait_for_log(capfd, "new certificate files rejected", 10, "the broken files to be tried and refused")
     assert inbound.identity()["not_after"] == current
 
 
@@ -120,8 +133,7 @@ def test_failed_renewal_keeps_serving_with_the_current_certificate(tmp_path, bac
     svc.close()  # the identity service goes away before the renewal at 10.5 s
     web = identity_files(ca, *issue(ca, "ns/default/sa/web", tmp_path / "web"))
     outbound = proxy(outbound_config(web, addr(inbound, "inbound")))
-    time.sleep(12)
+    wait_for_log(capfd, "renewal failed", 30, "the renewal at 10.5 s to be tried and fail")
     with httpx.Client() as c:
-        assert all(c.get(outbound.url("outbound")).status_code == 200 for _ in range(10))
+        assert [c.get(outbound.url("outbound")).status_code for _ in range(10)] == [200] * 10
     assert inbound.identity()["not_after"] == first
-    assert "renewal failed" in capfd.readouterr().err
