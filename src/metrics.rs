@@ -24,8 +24,9 @@ pub struct RequestLabels {
     pub dst_service: Arc<str>,
     pub dst_zone: Arc<str>,
     pub cross_zone: bool,
-    /// "true" (mTLS with a client identity), "no_identity" or "false".
-    pub tls: &'static str,
+    pub tls: TlsLabel,
+    /// The route's name; empty before one is found.
+    pub route: Arc<str>,
 }
 
 impl RequestLabels {
@@ -36,6 +37,25 @@ impl RequestLabels {
         RequestLabels {
             authority,
             ..self.clone()
+        }
+    }
+}
+
+/// The `tls` label, as Linkerd spells it; one byte in every request's labels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TlsLabel {
+    /// mTLS with a client identity.
+    True,
+    NoIdentity,
+    False,
+}
+
+impl TlsLabel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsLabel::True => "true",
+            TlsLabel::NoIdentity => "no_identity",
+            TlsLabel::False => "false",
         }
     }
 }
@@ -57,6 +77,8 @@ pub struct RouteLabels {
 pub struct ResponseLabels {
     pub request: RequestLabels,
     pub status_code: u16,
+    /// A gRPC response's `grpc-status`; the label is left out for others.
+    pub grpc_status: Option<u32>,
     pub classification: &'static str,
 }
 
@@ -176,21 +198,21 @@ type Family<K, V> = Mutex<HashMap<K, Arc<V>>>;
 #[derive(Default, Debug)]
 pub struct RequestSeries {
     total: AtomicU64,
-    /// Responses by (status, classification).
-    responses: Mutex<Vec<(u16, &'static str, Arc<ResponseSeries>)>>,
+    /// Responses by outcome.
+    responses: Mutex<Vec<(ResponseKey, Arc<ResponseSeries>)>>,
 }
 
+/// What tells a request's responses apart: status, gRPC status, classification.
+type ResponseKey = (u16, Option<u32>, &'static str);
+
 impl RequestSeries {
-    fn response(&self, status: u16, classification: &'static str) -> Arc<ResponseSeries> {
+    fn response(&self, key: ResponseKey) -> Arc<ResponseSeries> {
         let mut set = self.responses.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((_, _, s)) = set
-            .iter()
-            .find(|(st, c, _)| *st == status && *c == classification)
-        {
+        if let Some((_, s)) = set.iter().find(|(k, _)| *k == key) {
             return s.clone();
         }
         let s = Arc::new(ResponseSeries::default());
-        set.push((status, classification, s.clone()));
+        set.push((key, s.clone()));
         s
     }
 }
@@ -199,7 +221,7 @@ static NEXT_METRICS_ID: AtomicU64 = AtomicU64::new(1);
 
 /// Per-thread cache entries: (metrics id, labels, series, last response series).
 type CachedSeries = (u64, RequestLabels, Arc<RequestSeries>, Option<CachedResponse>);
-type CachedResponse = (u16, &'static str, Arc<ResponseSeries>);
+type CachedResponse = (ResponseKey, Arc<ResponseSeries>);
 const CACHE_ENTRIES: usize = 8;
 
 thread_local! {
@@ -292,17 +314,15 @@ impl Metrics {
         &self,
         request: &RequestLabels,
         status: u16,
+        grpc_status: Option<u32>,
         classification: &'static str,
         latency: Duration,
     ) {
+        let key = (status, grpc_status, classification);
         self.with_cached(request, |(_, _, series, last)| {
             let s = match last {
-                Some((st, c, s)) if *st == status && *c == classification => s,
-                _ => {
-                    &mut last
-                        .insert((status, classification, series.response(status, classification)))
-                        .2
-                }
+                Some((k, s)) if *k == key => s,
+                _ => &mut last.insert((key, series.response(key))).1,
             };
             s.total.fetch_add(1, Relaxed);
             s.latency.observe(latency);
@@ -313,10 +333,11 @@ impl Metrics {
         let mut out = Vec::new();
         for (request, series) in snapshot(&self.requests) {
             let set = series.responses.lock().unwrap_or_else(|p| p.into_inner());
-            for (status_code, classification, s) in set.iter() {
+            for &((status_code, grpc_status, classification), ref s) in set.iter() {
                 let labels = ResponseLabels {
                     request: request.clone(),
-                    status_code: *status_code,
+                    status_code,
+                    grpc_status,
                     classification,
                 };
                 out.push((labels, s.clone()));
@@ -535,19 +556,24 @@ fn header(out: &mut String, name: &str, kind: &str, help: &str) {
 
 fn request_labels(l: &RequestLabels) -> String {
     format!(
-        "direction=\"{}\",authority=\"{}\",tls=\"{}\",dst_service=\"{}\",dst_zone=\"{}\",cross_zone=\"{}\"",
+        "direction=\"{}\",authority=\"{}\",tls=\"{}\",dst_service=\"{}\",dst_zone=\"{}\",cross_zone=\"{}\",route=\"{}\"",
         escape(&l.direction),
         escape(l.authority.to_str().unwrap_or_default()),
-        l.tls,
+        l.tls.as_str(),
         escape(&l.dst_service),
         escape(&l.dst_zone),
-        l.cross_zone
+        l.cross_zone,
+        escape(&l.route)
     )
 }
 
 fn response_labels(l: &ResponseLabels) -> String {
+    let grpc = l
+        .grpc_status
+        .map(|g| format!(",grpc_status=\"{g}\""))
+        .unwrap_or_default();
     format!(
-        "{},status_code=\"{}\",classification=\"{}\"",
+        "{},status_code=\"{}\"{grpc},classification=\"{}\"",
         request_labels(&l.request),
         l.status_code,
         l.classification
@@ -569,7 +595,8 @@ mod tests {
             dst_service: "web".into(),
             dst_zone: "zone-a".into(),
             cross_zone: false,
-            tls: "false",
+            tls: TlsLabel::False,
+            route: "api".into(),
         }
     }
 
@@ -599,11 +626,16 @@ mod tests {
     fn histogram_buckets_are_cumulative() {
         let m = Metrics::default();
         let r = labels();
-        m.response(&r, 200, "success", Duration::from_micros(500));
-        m.response(&r, 200, "success", Duration::from_millis(15));
-        m.response(&r, 200, "success", Duration::from_secs(100));
-        m.response(&r, 503, "failure", Duration::from_millis(2));
+        m.response(&r, 200, None, "success", Duration::from_micros(500));
+        m.response(&r, 200, None, "success", Duration::from_millis(15));
+        m.response(&r, 200, None, "success", Duration::from_secs(100));
+        m.response(&r, 503, None, "failure", Duration::from_millis(2));
+        m.response(&r, 200, Some(14), "failure", Duration::from_millis(2));
         let text = m.render();
+        assert!(
+            text.contains("status_code=\"200\",grpc_status=\"14\",classification=\"failure\"} 1\n"),
+            "{text}"
+        );
         assert!(
             text.contains("status_code=\"503\",classification=\"failure\"} 1\n"),
             "{text}"
@@ -623,7 +655,7 @@ mod tests {
         m.request(&labels());
         let text = m.render();
         assert!(text.contains(
-            "request_total{direction=\"outbound\",authority=\"web.local\",tls=\"false\",dst_service=\"web\",dst_zone=\"zone-a\",cross_zone=\"false\"} 2"
+            "request_total{direction=\"outbound\",authority=\"web.local\",tls=\"false\",dst_service=\"web\",dst_zone=\"zone-a\",cross_zone=\"false\",route=\"api\"} 2"
         ));
     }
 
@@ -635,10 +667,10 @@ mod tests {
         other.dst_zone = "zone-b".into();
         for _ in 0..3 {
             a.request(&labels());
-            a.response(&labels(), 200, "success", Duration::from_millis(1));
+            a.response(&labels(), 200, None, "success", Duration::from_millis(1));
         }
         b.request(&labels());
-        b.response(&labels(), 503, "failure", Duration::from_millis(1));
+        b.response(&labels(), 503, None, "failure", Duration::from_millis(1));
         a.request(&other);
         // More label sets than the cache holds: evicted entries are found again.
         for i in 0..(2 * CACHE_ENTRIES) {
@@ -649,11 +681,11 @@ mod tests {
         a.request(&labels());
         let (ta, tb) = (a.render(), b.render());
         assert!(
-            ta.contains("dst_zone=\"zone-a\",cross_zone=\"false\"} 4\n"),
+            ta.contains("dst_zone=\"zone-a\",cross_zone=\"false\",route=\"api\"} 4\n"),
             "{ta}"
         );
         assert!(
-            ta.contains("dst_zone=\"zone-b\",cross_zone=\"false\"} 1\n"),
+            ta.contains("dst_zone=\"zone-b\",cross_zone=\"false\",route=\"api\"} 1\n"),
             "{ta}"
         );
         assert!(ta.contains("authority=\"host15\""), "{ta}");
@@ -663,7 +695,7 @@ mod tests {
         );
         assert!(!ta.contains("status_code=\"503\""), "{ta}");
         assert!(
-            tb.contains("dst_zone=\"zone-a\",cross_zone=\"false\"} 1\n"),
+            tb.contains("dst_zone=\"zone-a\",cross_zone=\"false\",route=\"api\"} 1\n"),
             "{tb}"
         );
         assert!(

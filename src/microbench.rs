@@ -95,13 +95,15 @@ pub fn metrics_record(iterations: usize) -> u64 {
         dst_service: Arc::from("web"),
         dst_zone: Arc::from("zone-a"),
         cross_zone: false,
-        tls: "false",
+        tls: crate::metrics::TlsLabel::False,
+        route: Arc::from("route-0"),
     };
     for i in 0..iterations {
         metrics.request(&labels);
         metrics.response(
             &labels,
             200,
+            None,
             "success",
             Duration::from_micros(100 + i as u64 % 5000),
         );

@@ -5,11 +5,12 @@ use crate::balance::rng;
 use crate::filters::Filters;
 use crate::resilience::retry::RetryPolicy;
 use http::{HeaderMap, HeaderName, HeaderValue};
+use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Debug)]
 pub struct Route {
-    pub name: String,
+    pub name: Arc<str>,
     host: Option<String>,
     path_prefix: Option<String>,
     headers: Vec<(HeaderName, HeaderValue)>,
@@ -50,7 +51,7 @@ impl Route {
             backends.push((svc, total));
         }
         Ok(Route {
-            name: cfg.name.clone().unwrap_or_else(|| format!("route-{index}")),
+            name: Arc::from(cfg.name.clone().unwrap_or_else(|| format!("route-{index}"))),
             host: cfg.host.as_ref().map(|h| h.to_ascii_lowercase()),
             path_prefix: cfg.path_prefix.clone(),
             headers,

@@ -40,7 +40,7 @@ def test_metrics_names_labels_and_buckets(admin_proxy):
     text = r.text
     labels = (
         'direction="outbound",authority="web.local",tls="false",dst_service="web",dst_zone="zone-a",'
-        'cross_zone="false"'
+        'cross_zone="false",route="route-0"'
     )
     assert f"request_total{{{labels}}} 1" in text
     assert f'response_total{{{labels},status_code="200",classification="success"}} 1' in text

@@ -72,8 +72,9 @@ def test_error_status_passes_through_trailers(channel):
         ch.unary_unary("/test.Echo/Unary")(b"missing", timeout=10)
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
     assert err.value.details() == "no such thing"
-    # A non-zero grpc-status in the trailers is a failure, though HTTP said 200.
-    assert 'status_code="200",classification="failure"} 1' in p.metrics()
+    # A non-zero grpc-status in the trailers is a failure, though HTTP said 200,
+    # and the response is counted under its gRPC status (as Linkerd's route metrics are).
+    assert 'status_code="200",grpc_status="5",classification="failure"} 1' in p.metrics()
 
 
 def test_bidirectional_streaming_interleaves(channel):

@@ -86,9 +86,13 @@ impl Drop for Observation {
             self.endpoint.record_success();
         }
         let classification = if failure { "failure" } else { "success" };
-        self.shared
-            .metrics
-            .response(&self.labels, self.status, classification, latency);
+        self.shared.metrics.response(
+            &self.labels,
+            self.status,
+            self.grpc_status,
+            classification,
+            latency,
+        );
         if let Some((host, req, mut summary)) = self.log.take().map(|log| *log) {
             summary.status = self.status;
             summary.duration_ms = self.started.elapsed().as_secs_f64() * 1000.0;

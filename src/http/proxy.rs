@@ -12,7 +12,7 @@ use super::template::{build_request, Template};
 use super::{error_response, BoxError, ProxyBody, RequestBody};
 use crate::balance::NoPick;
 use crate::config::UpstreamProtocol;
-use crate::metrics::{RequestLabels, RouteLabels};
+use crate::metrics::{RequestLabels, RouteLabels, TlsLabel};
 use crate::plugin::{LogSummary, PluginRequest, RequestFacts, ON_LOG, ON_RESPONSE, ON_UPSTREAM_REQUEST};
 use crate::policy::Decision;
 use crate::resilience::retry::{Outcome, MAX_REPLAY_BYTES};
@@ -67,12 +67,12 @@ impl PeerTls {
         }
     }
 
-    /// The `tls` metric label, as Linkerd spells it.
-    pub fn label(&self) -> &'static str {
+    /// The `tls` metric label.
+    pub fn label(&self) -> TlsLabel {
         match self {
-            PeerTls::Plaintext => "false",
-            PeerTls::NoIdentity => "no_identity",
-            PeerTls::Identity(_) => "true",
+            PeerTls::Plaintext => TlsLabel::False,
+            PeerTls::NoIdentity => TlsLabel::NoIdentity,
+            PeerTls::Identity(_) => TlsLabel::True,
         }
     }
 }
@@ -147,6 +147,7 @@ fn answer_failure(failure: Failure, shared: &Shared, started: Instant) -> Respon
     metrics.response(
         &failure.labels,
         status.as_u16(),
+        grpc_status(resp.headers()),
         classification,
         started.elapsed(),
     );
@@ -221,7 +222,7 @@ fn logged(mut failure: Failure, conn: &ConnContext, preq: Option<PluginRequest>,
         method: said.method.to_string(),
         path: said.path.to_string(),
         authority: text(said.authority).to_string(),
-        route: said.route.map(|r| r.name.clone()).unwrap_or_default(),
+        route: said.route.map(|r| r.name.to_string()).unwrap_or_default(),
         service: said.service.unwrap_or_default().to_string(),
         retried: said.retried,
         identity: conn.tls.identity().map(str::to_string),
@@ -258,6 +259,7 @@ fn forward(
             dst_zone: conn.no_name.clone(),
             cross_zone: false,
             tls: conn.tls.label(),
+            route: conn.no_name.clone(),
         };
         if let Some((status, reason)) = refused {
             let refusal = fail(status, reason, &labels);
@@ -297,6 +299,7 @@ fn forward(
             let unrouted = fail(StatusCode::NOT_FOUND, "no route", &labels);
             return Err(logged(unrouted, conn, None, Said::of(&req, &authority, None)));
         };
+        labels.route = route.name.clone();
         if let Some(resp) = route_answers_itself(route, &req, text(&authority)) {
             let said = Said::of(&req, &authority, Some(route));
             return Err(logged(local(resp, &labels), conn, None, said));
@@ -399,7 +402,7 @@ fn forward(
         let retry = route.retry.as_ref().filter(|_| !upgrade);
         let route_labels = || RouteLabels {
             direction: conn.direction.clone(),
-            route: Arc::from(route.name.as_str()),
+            route: route.name.clone(),
             dst_service: service.name.clone(),
         };
         let (replay, mut body) = match retry {
@@ -610,7 +613,7 @@ fn forward(
                         method: template.method.to_string(),
                         path: template.path.to_string(),
                         authority: text(&template.authority).to_string(),
-                        route: route.name.clone(),
+                        route: route.name.to_string(),
                         service: service.name.to_string(),
                         endpoint: endpoint.addr.to_string(),
                         zone: endpoint.zone.to_string(),

@@ -101,6 +101,9 @@ impl Drop for OpenConnection {
 
 type BoxIo = Box<dyn Io>;
 
+/// The `rule` label of a plaintext connection refused by a `tls = "mesh"` listener.
+const PLAINTEXT_DENIED_RULE: &str = "tls:mesh";
+
 /// Terminates TLS when the listener asks for it. Returns the transport, what
 /// TLS established, and whether ALPN chose h2. None: the connection is refused.
 async fn accept_transport(
@@ -108,6 +111,7 @@ async fn accept_transport(
     spec: &ListenerSpec,
     peer: SocketAddr,
     tcp: &TcpSeries,
+    metrics: &crate::metrics::Metrics,
 ) -> Option<(BoxIo, PeerTls, bool)> {
     let Some((acceptor, mode)) = &spec.tls else {
         return Some((Box::new(stream), PeerTls::Plaintext, false));
@@ -157,6 +161,10 @@ async fn accept_transport(
     }
     if *mode == TlsMode::Mesh {
         tcp.count(ConnEvent::PlaintextRefused);
+        // A connection without an identity where one is required is a denial,
+        // counted with the requests policy denies.
+        let rule = crate::policy::Decision::Deny(Arc::from(PLAINTEXT_DENIED_RULE));
+        metrics.authorization(&spec.name, &rule);
         crate::throttled!(
             "{}: plaintext connection from {peer} refused (tls = \"mesh\")",
             spec.name
@@ -179,7 +187,8 @@ async fn serve_connection(
     let _open = OpenConnection(tcp.clone());
     let _ = stream.set_nodelay(true);
     let counted = Counted::new(DirectTcp::new(stream), tcp.clone());
-    let Some((mut io, tls, alpn_h2)) = accept_transport(counted, &spec, peer, &tcp).await else {
+    let Some((mut io, tls, alpn_h2)) = accept_transport(counted, &spec, peer, &tcp, &shared.metrics).await
+    else {
         return;
     };
     let (protocol, prefix) = match spec.protocol {
