@@ -11,7 +11,7 @@ import time
 import httpx
 
 import meshcore
-from conftest import one_service
+from conftest import metric, one_service, wait_until
 
 MESHCORE = [sys.executable, "-m", "meshcore.cli"]
 
@@ -96,11 +96,23 @@ def test_demo_starts_a_two_zone_mesh():
         assert "zone-a" in text and "zone-b" in text
         proxy_url = re.search(r"curl (http://127\.0\.0\.1:\d+)/ ", text).group(1)
         admin_url = re.search(r"curl (http://127\.0\.0\.1:\d+)/metrics", text).group(1)
+        answers: list[tuple[str, str]] = []  # (backend, zone) of each answer
         with httpx.Client() as c:
-            zones = {c.get(proxy_url + "/").headers["x-zone"] for _ in range(40)}
+
+            def served_by_both_zones() -> bool:
+                r = c.get(proxy_url + "/")
+                assert r.status_code == 200
+                answers.append((r.headers["x-backend"], r.headers["x-zone"]))
+                return {zone for _, zone in answers} == {"zone-a", "zone-b"}
+
+            # Peak-EWMA across zones, 90 % web and 10 % web-v2: both zones answer.
+            wait_until(served_by_both_zones, what="answers from both zones")
             assert c.get(proxy_url + "/", headers={"x-canary": "1"}).headers["x-backend"] == "web-v2-a1"
-        assert zones <= {"zone-a", "zone-b"}
-        assert "request_total" in httpx.get(admin_url + "/metrics").text
+        backends = {"web-a1": "zone-a", "web-a2": "zone-a", "web-b1": "zone-b", "web-b2": "zone-b"}
+        backends["web-v2-a1"] = "zone-a"
+        assert all(backends[name] == zone for name, zone in answers), answers
+        # Every request, the canary one too, is in the demo's metrics.
+        assert metric(httpx.get(admin_url + "/metrics").text, "request_total") == len(answers) + 1
         proc.send_signal(signal.SIGINT)
         assert proc.wait(10) == 0
     finally:
