@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import queue
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -78,10 +79,26 @@ def test_error_status_passes_through_trailers(channel):
 
 
 def test_bidirectional_streaming_interleaves(channel):
+    # Each message is sent only once the answer to the one before has come back
+    # through the proxy: a proxy that held either direction until its stream
+    # ended would stall the call.
     ch, _ = channel
-    call = ch.stream_stream("/test.Echo/Bidi")
-    messages = [b"msg-%d" % i for i in range(100)]
-    assert list(call(iter(messages), timeout=10)) == [m.upper() for m in messages]
+    events: list[str] = []
+    answers: queue.Queue[bytes] = queue.Queue()
+
+    def lock_step():
+        for i in range(20):
+            events.append(f"sent {i}")
+            yield b"msg-%d" % i
+            try:
+                answers.get(timeout=10)
+            except queue.Empty:
+                return  # no answer: end the stream, and the check below fails
+
+    for reply in ch.stream_stream("/test.Echo/Bidi")(lock_step(), timeout=30):
+        events.append(f"got {reply.decode()}")
+        answers.put(reply)
+    assert events == [e for i in range(20) for e in (f"sent {i}", f"got MSG-{i}")]
 
 
 def test_server_and_client_streaming(channel):
