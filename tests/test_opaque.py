@@ -56,11 +56,12 @@ def test_auto_detects_non_http_as_opaque(tcp_echo, proxy):
 def test_silent_client_falls_back_to_opaque_after_detect_timeout(tcp_echo, proxy):
     greeter = tcp_echo(greeting=b"220 server speaks first\r\n")
     p = proxy(opaque_config(greeter.addr, protocol="auto", detect_timeout="300ms"))
+    started = time.monotonic()  # before connecting: the proxy's timer cannot start earlier
     with socket.create_connection(p.addresses["tcp"], timeout=5) as s:
-        started = time.monotonic()
         greeting = s.recv(100)
         waited = time.monotonic() - started
     assert greeting == b"220 server speaks first\r\n"
+    # Never before the detect timeout (a lower bound, which a busy machine only lengthens).
     assert waited >= 0.25
 
 
