@@ -255,3 +255,29 @@ class Backend:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    """`python -m meshcore.backend HOST:PORT [--name N] [--zone Z]`: serves until interrupted."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m meshcore.backend", description=__doc__.splitlines()[0])
+    p.add_argument("bind", help="HOST:PORT to listen on")
+    p.add_argument("--name", default="backend")
+    p.add_argument("--zone", default="unknown")
+    p.add_argument("--fail", type=int, metavar="STATUS", help="answer every request with this status")
+    args = p.parse_args(argv)
+    host, _, port = args.bind.rpartition(":")
+    b = Backend(args.name, args.zone, host=host.strip("[]"), port=int(port))
+    b.set_failing(args.fail)
+    print(f"backend {args.name} on {b.addr}", flush=True)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        b.stop()
+
+
+if __name__ == "__main__":
+    main()
