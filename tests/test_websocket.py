@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 
 from websockets.sync.client import connect
@@ -27,4 +28,6 @@ def test_websocket_round_trip(proxy):
             ws.send(b"\x01\x02\x03")
             assert ws.recv(timeout=5) == b"\x03\x02\x01"
         server.shutdown()
-    assert 'status_code="101"' in p.metrics()
+    # One upgrade, answered 101 once (the whole spliced session is one response).
+    upgrades = re.findall(r'^response_total\{[^}]*status_code="101"[^}]*\} (\S+)$', p.metrics(), re.M)
+    assert upgrades == ["1"]
