@@ -279,6 +279,31 @@ fn _bench_start(
 }
 
 /// Proves the panic boundary: panics inside Rust and must surface as MeshcoreError.
+/// Loads identity PEMs as the data plane will at start, without starting:
+/// (field, reason) for what it refuses, else None. `meshcore check` uses it
+/// so that it refuses exactly what `run` would, without loading OpenSSL.
+#[pyfunction]
+#[pyo3(signature = (trust_anchors_pem, cert_pem=None, key_pem=None))]
+fn check_identity(
+    trust_anchors_pem: &str,
+    cert_pem: Option<&str>,
+    key_pem: Option<&str>,
+) -> PyResult<Option<(&'static str, String)>> {
+    guarded(|| {
+        let identity = match tls::identity::Identity::new(trust_anchors_pem, Vec::new()) {
+            Ok(identity) => identity,
+            Err(e) => return Ok(Some(("trust_anchors", e))),
+        };
+        if let (Some(cert), Some(key)) = (cert_pem, key_pem) {
+            if let Err(e) = identity.update(cert, key) {
+                let field = if e.contains("key") { "key" } else { "cert" };
+                return Ok(Some((field, e)));
+            }
+        }
+        Ok(None)
+    })
+}
+
 #[pyfunction]
 fn _panic_for_test() -> PyResult<()> {
     guarded(|| panic!("deliberate test panic"))
@@ -311,6 +336,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add_class::<ProxyCore>()?;
     m.add_function(wrap_pyfunction!(_panic_for_test, m)?)?;
+    m.add_function(wrap_pyfunction!(check_identity, m)?)?;
     m.add_function(wrap_pyfunction!(_bench_loop, m)?)?;
     m.add_function(wrap_pyfunction!(_bench_start, m)?)?;
     m.add_class::<LoadRun>()?;

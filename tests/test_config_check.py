@@ -143,7 +143,7 @@ def test_a_missing_identity_file_is_refused(tmp_path, ca, field):
         (
             "trust_anchors",
             "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
-            "not a usable certificate",
+            "invalid trust anchor",
         ),
     ],
 )
@@ -158,7 +158,7 @@ def test_a_key_that_does_not_match_its_certificate_is_refused(tmp_path, ca):
 
     _, other_key = issue(ca, "ns/default/sa/other", tmp_path / "other")
     path = with_identity(tmp_path, ca, key=other_key.name)
-    check_and_run_refuse(path, "identity.key", f"{other_key} does not match the certificate in")
+    check_and_run_refuse(path, "identity.key", f"{other_key}: certificate and key do not match")
 
 
 def test_a_plugin_with_a_misspelled_hook_is_refused(tmp_path):

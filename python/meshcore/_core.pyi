@@ -25,6 +25,12 @@ class ProxyCore:
         """(the most client connections open at once since the last call, open now)."""
         ...
 
+def check_identity(
+    trust_anchors_pem: str, cert_pem: Optional[str] = None, key_pem: Optional[str] = None
+) -> Optional[tuple[str, str]]:
+    """Loads identity PEMs as the data plane does at start: (field, reason) for what it
+    refuses ("trust_anchors", "cert" or "key"), else None."""
+
 def _panic_for_test() -> None: ...
 def _bench_loop(what: str, size: int, iterations: int) -> int: ...
 

@@ -476,7 +476,7 @@ class Config(_Model):
                 )
         if problems:
             return problems
-        return _check_with_openssl(paths)
+        return _check_with_the_core(paths)
 
     def cross_check(self) -> list[tuple[str, str]]:
         """References between sections, which pydantic cannot see field by field."""
@@ -661,32 +661,19 @@ def _pem_blocks(text: str) -> list[tuple[str, bool]]:
     return out
 
 
-def _check_with_openssl(paths: dict[str, Path]) -> list[tuple[str, str]]:
-    """Parses the certificates and the key, and matches the key to its certificate."""
-    import ssl  # only a config with [identity] pays for it
+def _check_with_the_core(paths: dict[str, Path]) -> list[tuple[str, str]]:
+    """Loads the certificates and the key as the data plane does at start (rustls), so check
+    refuses exactly what run would, and run does not load OpenSSL into the sidecar."""
+    from . import _core
 
-    problems: list[tuple[str, str]] = []
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    try:
-        context.load_verify_locations(cafile=str(paths["trust_anchors"]))
-    except ssl.SSLError as e:
-        problems.append(
-            ("identity.trust_anchors", f"{paths['trust_anchors']}: not a usable certificate ({e.reason})")
-        )
-    if "cert" in paths:
-        try:
-            # Never prompt for a pass phrase: encrypted keys were refused above.
-            context.load_cert_chain(str(paths["cert"]), str(paths["key"]), password=lambda: b"")
-        except ssl.SSLError as e:
-            if e.reason == "KEY_VALUES_MISMATCH":
-                problems.append(
-                    ("identity.key", f"{paths['key']} does not match the certificate in {paths['cert']}")
-                )
-            else:
-                problems.append(
-                    ("identity.cert", f"{paths['cert']} with {paths['key']}: not usable ({e.reason})")
-                )
-    return problems
+    def text(field: str) -> Optional[str]:
+        return paths[field].read_bytes().decode("latin-1") if field in paths else None
+
+    refused = _core.check_identity(text("trust_anchors") or "", text("cert"), text("key"))
+    if refused is None:
+        return []
+    field, reason = refused
+    return [(f"identity.{field}", f"{paths[field]}: {reason}")]
 
 
 def _alternatives(annotation: Any) -> list[Any]:
