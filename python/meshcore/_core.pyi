@@ -26,8 +26,8 @@ class ProxyCore:
         ...
 
 def check_identity(
-    trust_anchors_pem: str, cert_pem: Optional[str] = None, key_pem: Optional[str] = None
-) -> Optional[tuple[str, str]]:
+    trust_anchors_pem: str, cert_pem: str | None = None, key_pem: str | None = None
+) -> tuple[str, str] | None:
     """Loads identity PEMs as the data plane does at start: (field, reason) for what it
     refuses ("trust_anchors", "cert" or "key"), else None."""
 
