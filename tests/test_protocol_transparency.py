@@ -139,3 +139,7 @@ def test_only_a_peer_proxy_may_say_what_the_client_spoke(proxy, asgi):
         seen = c.get(p.url("outbound", "/"), headers={"meshcore-orig-proto": "HTTP/1.1"}).json()
     assert seen["http_version"] == "2"
     assert "meshcore-orig-proto" not in seen["headers"]
+    with httpx.Client() as c:
+        seen = c.get(p.url("outbound", "/"), headers={"meshcore-orig-proto": "HTTP/2"}).json()
+    assert seen["http_version"] == "1.1"
+    assert "meshcore-orig-proto" not in seen["headers"]

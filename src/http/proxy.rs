@@ -351,7 +351,8 @@ fn forward(
         let deadline = route.timeout.map(|t| tokio::time::Instant::from_std(started + t));
 
         let upgrade = req.version() == Version::HTTP_11 && is_upgrade(req.headers());
-        let client_h2 = req.version() == Version::HTTP_2 && !arrived_as_http1(&mut req, conn);
+        let carried_http1 = arrived_as_http1(&mut req, conn);
+        let client_h2 = req.version() == Version::HTTP_2 && !carried_http1;
         let client_wire = match (service.protocol, client_h2) {
             _ if upgrade => Wire::Http1,
             (UpstreamProtocol::Http1, _) => Wire::Http1,
