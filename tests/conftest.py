@@ -132,6 +132,15 @@ def one_service(
     return cfg
 
 
+def refuses_connections(addr: tuple[str, int]) -> bool:
+    """Whether nothing listens at `addr` any more (a stopped listener)."""
+    try:
+        socket.create_connection(addr, timeout=5).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
 def closed_port() -> int:
     """A port on 127.0.0.1 with nothing listening."""
     s = socket.socket()

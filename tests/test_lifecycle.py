@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 import meshcore
-from conftest import one_service, wait_until
+from conftest import one_service, refuses_connections, wait_until
 from meshcore import BindError, MeshcoreError, Proxy
 
 OK = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
@@ -18,14 +18,6 @@ OK = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
 def held_upstream(upstream, release: threading.Event):
     """An upstream that answers each request only once `release` is set."""
     return upstream(lambda *_: OK if release.wait(30) else None)
-
-
-def refuses_connections(addr: tuple[str, int]) -> bool:
-    try:
-        socket.create_connection(addr, timeout=5).close()
-    except ConnectionRefusedError:
-        return True
-    return False
 
 
 def test_graceful_drain_loses_no_in_flight_request(upstream, proxy):

@@ -14,7 +14,7 @@ import pytest
 from h2.errors import ErrorCodes
 from h2.settings import SettingCodes
 
-from conftest import one_service, require_tool, wait_until
+from conftest import one_service, refuses_connections, require_tool, wait_until
 from h2_client import Client
 
 
@@ -491,14 +491,6 @@ def test_cookie_crumbs_are_joined_for_the_upstream(h2proxy):
 
 
 OK = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
-
-
-def refuses_connections(addr: tuple[str, int]) -> bool:
-    try:
-        socket.create_connection(addr, timeout=5).close()
-    except ConnectionRefusedError:
-        return True
-    return False
 
 
 def test_drain_answers_in_flight_streams_and_names_the_last_one(upstream, proxy):
