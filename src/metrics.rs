@@ -550,8 +550,24 @@ impl Metrics {
     }
 }
 
-fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+/// A family's HELP and TYPE lines.
+pub fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// One sample, its label values escaped: for families rendered outside this
+/// module (the balancer's, from the routing table), so that every label
+/// value is escaped by the same rule.
+pub fn sample(out: &mut String, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
+    out.push_str(name);
+    out.push('{');
+    for (i, (key, v)) in labels.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        let _ = write!(out, "{key}=\"{}\"", escape(v));
+    }
+    let _ = writeln!(out, "}} {value}");
 }
 
 fn request_labels(l: &RequestLabels) -> String {
@@ -646,6 +662,13 @@ mod tests {
         assert!(text.contains("le=\"50000\"} 2\n"));
         assert!(text.contains("le=\"+Inf\"} 3\n"));
         assert!(text.contains("response_latency_ms_count{"));
+    }
+
+    #[test]
+    fn samples_escape_their_label_values() {
+        let mut out = String::new();
+        sample(&mut out, "x", &[("dst_service", "we\"b\\\n"), ("state", "a")], 1);
+        assert_eq!(out, "x{dst_service=\"we\\\"b\\\\\\n\",state=\"a\"} 1\n");
     }
 
     #[test]

@@ -151,22 +151,29 @@ impl Table {
 
     /// Balancer gauges, rendered from live state at scrape time.
     pub fn render_balancer_metrics(&self) -> String {
-        use std::fmt::Write;
+        use crate::metrics::{header, sample};
         let now = std::time::Instant::now();
         let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "# HELP balancer_active_tiers Cost tiers in use by a service's balancer.\n\
-             # TYPE balancer_active_tiers gauge"
+        header(
+            &mut out,
+            "balancer_active_tiers",
+            "gauge",
+            "Cost tiers in use by a service's balancer.",
         );
         for s in &self.services {
             let tiers = s.balancer.zonal().map_or(1, |z| z.active_tiers());
-            let _ = writeln!(out, "balancer_active_tiers{{dst_service=\"{}\"}} {tiers}", s.name);
+            sample(
+                &mut out,
+                "balancer_active_tiers",
+                &[("dst_service", &s.name)],
+                tiers,
+            );
         }
-        let _ = writeln!(
-            out,
-            "# HELP balancer_load In-flight requests per active endpoint, as last seen by the balancer.\n\
-             # TYPE balancer_load gauge"
+        header(
+            &mut out,
+            "balancer_load",
+            "gauge",
+            "In-flight requests per active endpoint, as last seen by the balancer.",
         );
         for s in &self.services {
             let load = match s.balancer.zonal() {
@@ -176,32 +183,30 @@ impl Table {
                     eps.iter().map(|e| e.pending()).sum::<usize>() as f64 / eps.len().max(1) as f64
                 }
             };
-            let _ = writeln!(out, "balancer_load{{dst_service=\"{}\"}} {load}", s.name);
+            sample(&mut out, "balancer_load", &[("dst_service", &s.name)], load);
         }
-        let _ = writeln!(
-            out,
-            "# HELP balancer_panic 1 while too few endpoints are available and the balancer uses all of them.\n\
-             # TYPE balancer_panic gauge"
+        header(
+            &mut out,
+            "balancer_panic",
+            "gauge",
+            "1 while too few endpoints are available and the balancer uses all of them.",
         );
         for s in &self.services {
             let panic = u8::from(s.balancer.in_panic(now));
-            let _ = writeln!(out, "balancer_panic{{dst_service=\"{}\"}} {panic}", s.name);
+            sample(&mut out, "balancer_panic", &[("dst_service", &s.name)], panic);
         }
-        let _ = writeln!(
-            out,
-            "# HELP balancer_endpoints Endpoints per state (active, standby, tripped).\n\
-             # TYPE balancer_endpoints gauge"
+        header(
+            &mut out,
+            "balancer_endpoints",
+            "gauge",
+            "Endpoints per state (active, standby, tripped).",
         );
         for s in &self.services {
             let standing = s.balancer.standing(now);
             for state in [Standing::Active, Standing::Standby, Standing::Tripped] {
                 let n = standing.iter().filter(|&&x| x == state).count();
-                let _ = writeln!(
-                    out,
-                    "balancer_endpoints{{dst_service=\"{}\",state=\"{}\"}} {n}",
-                    s.name,
-                    state.as_str()
-                );
+                let labels = [("dst_service", &*s.name), ("state", state.as_str())];
+                sample(&mut out, "balancer_endpoints", &labels, n);
             }
         }
         out

@@ -330,13 +330,13 @@ class _Stats:
         ]
         with self.lock:
             for (plugin, phase), n in sorted(self.errors.items()):
-                out.append(f'plugin_errors_total{{plugin="{plugin}",phase="{phase}"}} {n}')
+                out.append(f'plugin_errors_total{{plugin="{_label(plugin)}",phase="{phase}"}} {n}')
             out += [
                 "# HELP plugin_duration_seconds Time spent in plugin hooks.",
                 "# TYPE plugin_duration_seconds histogram",
             ]
             for (plugin, phase), h in sorted(self.durations.items()):
-                labels = f'plugin="{plugin}",phase="{phase}"'
+                labels = f'plugin="{_label(plugin)}",phase="{phase}"'
                 cumulative = 0.0
                 for bound, n in zip(_BUCKETS, h):
                     cumulative += n
@@ -354,6 +354,11 @@ _FAIL_CLOSED = (
     [("content-type", "text/plain"), ("meshcore-error", "plugin error")],
     b"plugin error\n",
 )
+
+
+def _label(value: str) -> str:
+    """A Prometheus label value, escaped by the same rule as the core's metrics."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
 def _log(message: str) -> None:
