@@ -12,9 +12,9 @@
 //! within `HANG` of its input being sent is a finding.
 
 use crate::config::Config;
+use crate::conn::{ConnContext, PeerTls};
 use crate::http::client::{EndpointPool, Settings, Wire};
 use crate::http::hpack::{self, Decoder, Name};
-use crate::http::proxy::{ConnContext, PeerTls};
 use crate::http::{full, inline_h1, serve_h1, serve_h2, target, RequestBody};
 use crate::listen::admission::Admission;
 use crate::listen::detect::{self, Protocol, H2_PREFACE, MAX_DETECT_BYTES};

@@ -4,11 +4,13 @@
 
 pub mod balance;
 pub mod config;
+pub mod conn;
 mod errors;
 pub mod filters;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod http;
+pub mod io;
 pub mod listen;
 pub mod loadgen;
 pub mod log;
@@ -17,10 +19,12 @@ pub mod microbench;
 pub mod plugin;
 pub mod policy;
 pub mod resilience;
+pub mod rng;
 pub mod route;
 pub mod runtime;
 pub mod shared;
 pub mod table;
+pub mod time;
 pub mod tls;
 
 use errors::{BindError, ConfigError, MeshcoreError, PluginError, TlsError};

@@ -1,9 +1,9 @@
 //! Request matching (host, path prefix, headers; first match wins) and the
 //! weighted split across a route's backends.
 
-use crate::balance::rng;
 use crate::filters::Filters;
 use crate::resilience::retry::RetryPolicy;
+use crate::rng;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use std::sync::Arc;
 use std::time::Duration;

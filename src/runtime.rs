@@ -180,7 +180,7 @@ fn serve_worker(
     sweeps: bool,
 ) {
     runtime.block_on(async move {
-        tokio::spawn(crate::http::coarse_timer::run_ticker());
+        tokio::spawn(crate::time::coarse::run_ticker());
         if sweeps {
             tokio::spawn(close_idle_upstreams(shared.clone()));
         }

@@ -2,7 +2,6 @@
 
 pub mod ewma;
 pub mod p2c;
-pub mod rng;
 pub mod zonal;
 
 use crate::config::{self, BalancerKind};

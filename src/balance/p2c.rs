@@ -1,6 +1,6 @@
 //! Power of two choices: pick two distinct candidates at random, keep the cheaper.
 
-use super::rng;
+use crate::rng;
 
 /// Returns the index of the chosen candidate, or None when there are none.
 pub fn choose(len: usize, cost: impl Fn(usize) -> f64) -> Option<usize> {

@@ -2,11 +2,11 @@
 //! (hyper's, and those driven inline) and multiplexed HTTP/2 connections
 //! (`h2_pool`).
 
-use super::coarse_timer::coarse_now;
 use super::h2_pool::{self, H2Pool, Lease, SettingsSniffer, StreamSlot};
 use super::inline_h1::{self, InlineBody, InlineConn};
 use super::{BoxError, ProxyBody};
-use crate::listen::io::DirectTcp;
+use crate::io::DirectTcp;
+use crate::time::coarse::coarse_now;
 use bytes::Bytes;
 use futures_util::future::Either;
 use futures_util::FutureExt;
@@ -22,12 +22,10 @@ use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncRead, AsyncWrite};
+
 use tokio::net::TcpStream;
 
-/// Any upstream transport: plain TCP or TLS over it.
-pub trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
-impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
+use crate::io::Io;
 type BoxIo = Box<dyn Io>;
 
 /// mTLS towards an upstream proxy; one config per ALPN.

@@ -9,8 +9,8 @@
 
 use super::client::EndpointPool;
 use super::headers::connection_has;
-use super::read_buf::{shared_copy, ReadBuffer};
 use super::{BoxError, ProxyBody};
+use crate::io::read_buf::{shared_copy, ReadBuffer};
 use bytes::Bytes;
 use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll, Waker};
 use tokio::io::AsyncWriteExt;
 
-use crate::listen::io::DirectTcp;
+use crate::io::DirectTcp;
 
 /// A connection's read buffer to begin with; it grows for a large head.
 const READ_BUF: usize = 16 * 1024;

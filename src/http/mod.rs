@@ -2,8 +2,6 @@
 
 pub mod body;
 pub mod client;
-pub mod coarse_timer;
-mod deadline;
 mod h2_pool;
 pub mod headers;
 mod hooks;
@@ -11,7 +9,6 @@ pub(crate) mod hpack;
 pub(crate) mod inline_h1;
 mod local;
 pub mod proxy;
-mod read_buf;
 pub mod replay;
 pub mod serve_h1;
 pub mod serve_h2;

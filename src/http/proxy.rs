@@ -3,7 +3,6 @@
 
 use super::body::{grpc_status, Observation, ObservedBody};
 use super::client::{UpstreamError, Wire};
-use super::deadline::{with_deadline, Elapsed};
 use super::headers::{is_upgrade, strip_hop_by_hop, upgrade_agrees};
 use super::hooks;
 use super::local::{fail, header_list, local, plugin_failed, route_answers_itself, Failure, FailureLog};
@@ -12,12 +11,14 @@ use super::template::{build_request, Template};
 use super::{error_response, BoxError, ProxyBody, RequestBody};
 use crate::balance::NoPick;
 use crate::config::UpstreamProtocol;
-use crate::metrics::{RequestLabels, RouteLabels, TlsLabel};
+use crate::conn::ConnContext;
+use crate::metrics::{RequestLabels, RouteLabels};
 use crate::plugin::{LogSummary, PluginRequest, RequestFacts, ON_LOG, ON_RESPONSE, ON_UPSTREAM_REQUEST};
 use crate::policy::Decision;
 use crate::resilience::retry::{Outcome, MAX_REPLAY_BYTES};
 use crate::route;
 use crate::shared::Shared;
+use crate::time::deadline::{with_deadline, Elapsed};
 use futures_util::FutureExt;
 use http::header::{HOST, UPGRADE};
 use http::uri::PathAndQuery;
@@ -48,56 +49,6 @@ fn arrived_as_http1(req: &mut Request<RequestBody>, conn: &ConnContext) -> bool 
     }
     let carried = req.headers_mut().remove(&ORIG_PROTO_HEADER);
     carried.is_some_and(|v| v.as_bytes().starts_with(b"HTTP/1.")) && conn.tls.identity().is_some()
-}
-
-/// What TLS established about the client of a connection.
-#[derive(Debug, Clone)]
-pub enum PeerTls {
-    Plaintext,
-    /// TLS without a client certificate (permissive listeners).
-    NoIdentity,
-    Identity(Arc<str>),
-}
-
-impl PeerTls {
-    pub fn identity(&self) -> Option<&str> {
-        match self {
-            PeerTls::Identity(id) => Some(id),
-            _ => None,
-        }
-    }
-
-    /// The `tls` metric label.
-    pub fn label(&self) -> TlsLabel {
-        match self {
-            PeerTls::Plaintext => TlsLabel::False,
-            PeerTls::NoIdentity => TlsLabel::NoIdentity,
-            PeerTls::Identity(_) => TlsLabel::True,
-        }
-    }
-}
-
-/// What a connection knows about itself, shared by its requests.
-pub struct ConnContext {
-    pub shared: Arc<Shared>,
-    pub listener: usize,
-    pub listener_name: Arc<str>,
-    pub direction: Arc<str>,
-    /// Inbound listeners enforce the authorization policy.
-    pub inbound: bool,
-    pub peer: std::net::SocketAddr,
-    pub tls: PeerTls,
-    /// The verified identity as the `meshcore-client-id` value, made once per connection.
-    pub client_id: Option<HeaderValue>,
-    /// An empty label value, shared so that requests do not allocate one.
-    pub no_name: Arc<str>,
-    /// The connection's place in its listener: says when it is idle, and
-    /// hears when it must close to make room.
-    pub seat: Arc<crate::listen::admission::Seat>,
-    /// An HTTP/2 connection with no open stream closes after this.
-    pub idle_timeout: std::time::Duration,
-    /// The listener's connection counters, for protocol errors and abuse.
-    pub tcp: Arc<crate::metrics::TcpSeries>,
 }
 
 /// Proxies one request. The request's future is built from plain functions,
@@ -161,7 +112,9 @@ fn authority_of(req: &Request<RequestBody>) -> HeaderValue {
     let found = match req.uri().authority() {
         // A shared copy: the value is cloned into labels, and a plain one
         // would be allocated twice (for the copy, then to share it).
-        Some(a) => HeaderValue::from_maybe_shared(super::read_buf::shared_copy(a.as_str().as_bytes())).ok(),
+        Some(a) => {
+            HeaderValue::from_maybe_shared(crate::io::read_buf::shared_copy(a.as_str().as_bytes())).ok()
+        }
         None => req.headers().get(HOST).cloned(),
     };
     found

@@ -8,13 +8,14 @@
 //! heads (400, 431), request bodies, `Expect: 100-continue`, upgrades and
 //! HTTP/1.0, and a head that arrives in pieces is read under its timeout.
 
-use super::coarse_timer;
 use super::headers;
-use super::proxy::{handle, ConnContext};
-use super::read_buf::ReadBuffer;
+use super::proxy::handle;
 use super::server::serve_http1;
 use super::{ProxyBody, RequestBody};
-use crate::listen::io::Prefixed;
+use crate::conn::ConnContext;
+use crate::io::read_buf::ReadBuffer;
+use crate::io::Prefixed;
+use crate::time::coarse as coarse_timer;
 use bytes::Bytes;
 use http::header::{CONNECTION, CONTENT_LENGTH, DATE, EXPECT, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
@@ -133,7 +134,7 @@ pub(crate) fn parse_request(buf: &[u8]) -> Option<(usize, Request<RequestBody>)>
         return None;
     }
     // Header values and the target share one copy of the head.
-    let head = super::read_buf::shared_copy(&buf[..len]);
+    let head = crate::io::read_buf::shared_copy(&buf[..len]);
     let slice = |part: &[u8]| {
         let at = part.as_ptr() as usize - buf.as_ptr() as usize;
         head.slice(at..at + part.len())

@@ -1,9 +1,10 @@
 //! Serving one HTTP/1.1 client connection with hyper, and draining it on shutdown.
 
-use super::coarse_timer::CoarseTimer;
-use super::proxy::{handle, ConnContext};
+use super::proxy::handle;
 use super::RequestBody;
+use crate::conn::ConnContext;
 use crate::metrics::{ConnEvent, TcpSeries};
+use crate::time::coarse::CoarseTimer;
 use hyper::body::Incoming;
 use hyper::rt::{Read, Write};
 use hyper::server::conn::http1;

@@ -8,7 +8,7 @@
 //! idle, the new connection is refused. Descriptor exhaustion (EMFILE)
 //! evicts the same way.
 
-use crate::http::coarse_timer::shared_coarse_nanos;
+use crate::time::coarse::shared_coarse_nanos;
 use futures_util::task::AtomicWaker;
 use std::collections::HashMap;
 use std::future::Future;

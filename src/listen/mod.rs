@@ -3,18 +3,17 @@
 
 pub mod admission;
 pub mod detect;
-pub mod io;
 pub mod opaque;
 
 use crate::config::{ListenerProtocol, TlsMode};
-use crate::http::client::Io;
-use crate::http::proxy::{ConnContext, PeerTls};
+use crate::conn::{ConnContext, PeerTls};
 use crate::http::{serve_h1, serve_h2};
+use crate::io::Io;
+use crate::io::{Counted, DirectTcp, Prefixed};
 use crate::metrics::{ConnEvent, TcpLabels, TcpSeries};
 use crate::shared::Shared;
 use bytes::Bytes;
 use detect::Protocol;
-use io::{Counted, DirectTcp, Prefixed};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;

@@ -1,6 +1,6 @@
 //! Opaque TCP: pick an endpoint of the listener's service and splice bytes.
 
-use crate::http::proxy::ConnContext;
+use crate::conn::ConnContext;
 use crate::policy::Decision;
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite};

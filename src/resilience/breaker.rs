@@ -6,8 +6,8 @@
 //! real request probes the endpoint: success closes the breaker, failure
 //! re-trips it with the next penalty.
 
-use crate::balance::rng;
 use crate::config;
+use crate::rng;
 use std::time::{Duration, Instant};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

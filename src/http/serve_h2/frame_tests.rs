@@ -8,7 +8,7 @@
 
 use super::serve;
 use crate::config::Config;
-use crate::http::proxy::{ConnContext, PeerTls};
+use crate::conn::{ConnContext, PeerTls};
 use crate::listen::admission::{Admission, Admitted};
 use crate::metrics::{Metrics, TcpSeries};
 use crate::shared::{ConnectionTracker, Shared};

@@ -3,7 +3,7 @@
 
 use super::frame::{self, Head, Reason};
 use super::{Conn, ConnError, CALM_WINDOW, DRAIN_PING, MAX_IDLE_FRAMES, MAX_NET_RESETS, MAX_PROVOKED_RESETS};
-use crate::http::read_buf::ReadBuffer;
+use crate::io::read_buf::ReadBuffer;
 use std::future::Future;
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -102,7 +102,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin, F: Future<Output = ()>> Conn<I, F> {
     /// DATA or unknown frame). Many within `CALM_WINDOW` are a flood
     /// (CVE-2019-9512, -9515, -9518), cut off as rapid reset is.
     pub(super) fn count_idle_frame(&mut self) -> Result<(), ConnError> {
-        let now = crate::http::coarse_timer::coarse_now();
+        let now = crate::time::coarse::coarse_now();
         let seen = &mut self.idle_frames;
         seen.count += 1;
         if now.saturating_duration_since(seen.since) >= CALM_WINDOW {

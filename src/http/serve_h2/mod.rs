@@ -30,11 +30,11 @@ mod task;
 
 pub use shared::RecvBody;
 
-use super::coarse_timer::{self, coarse_now};
 use super::hpack::Decoder;
-use super::proxy::ConnContext;
-use super::read_buf::ReadBuffer;
+use crate::conn::ConnContext;
+use crate::io::read_buf::ReadBuffer;
 use crate::metrics::ConnEvent;
+use crate::time::coarse::{self as coarse_timer, coarse_now};
 use frame::Reason;
 use futures_util::FutureExt;
 use shared::{Shared, State, RECV_WINDOW};

@@ -6,7 +6,8 @@
 
 use super::respond::Respond;
 use super::shared::Shared;
-use crate::http::proxy::{handle, ConnContext};
+use crate::conn::ConnContext;
+use crate::http::proxy::handle;
 use crate::http::{ProxyBody, RequestBody};
 use futures_util::future::Either;
 use http::{Request, Response};

@@ -1,5 +1,5 @@
-//! A tiny per-thread xorshift generator: the balancer and the traffic split
-//! need cheap, unbiased-enough randomness, not cryptographic quality.
+//! A tiny per-thread xorshift generator: the balancer, the traffic split and
+//! the breaker's jitter need cheap, unbiased-enough randomness, not cryptographic quality.
 
 use std::cell::Cell;
 use std::time::{SystemTime, UNIX_EPOCH};

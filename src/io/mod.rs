@@ -1,5 +1,8 @@
-//! Stream wrappers: replaying the bytes read during detection, and counting
-//! bytes for the TCP metrics.
+//! Streams and buffers, both sides of the proxy: the direct TCP stream,
+//! replaying the bytes read during detection, counting bytes for the TCP
+//! metrics, and the connections' read buffers.
+
+pub mod read_buf;
 
 use crate::metrics::TcpSeries;
 use bytes::{Buf, Bytes};
@@ -9,6 +12,10 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Any transport: plain TCP or TLS over it.
+pub trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
 
 /// A stream whose first bytes were already read; they are served again first.
 pub struct Prefixed<T> {

@@ -1,0 +1,57 @@
+//! What a client connection knows about itself (its peer, what TLS
+//! established, its listener), shared by its requests, HTTP or opaque TCP.
+
+use crate::metrics::TlsLabel;
+use crate::shared::Shared;
+use http::HeaderValue;
+use std::sync::Arc;
+
+/// What TLS established about the client of a connection.
+#[derive(Debug, Clone)]
+pub enum PeerTls {
+    Plaintext,
+    /// TLS without a client certificate (permissive listeners).
+    NoIdentity,
+    Identity(Arc<str>),
+}
+
+impl PeerTls {
+    pub fn identity(&self) -> Option<&str> {
+        match self {
+            PeerTls::Identity(id) => Some(id),
+            _ => None,
+        }
+    }
+
+    /// The `tls` metric label.
+    pub fn label(&self) -> TlsLabel {
+        match self {
+            PeerTls::Plaintext => TlsLabel::False,
+            PeerTls::NoIdentity => TlsLabel::NoIdentity,
+            PeerTls::Identity(_) => TlsLabel::True,
+        }
+    }
+}
+
+/// What a connection knows about itself, shared by its requests.
+pub struct ConnContext {
+    pub shared: Arc<Shared>,
+    pub listener: usize,
+    pub listener_name: Arc<str>,
+    pub direction: Arc<str>,
+    /// Inbound listeners enforce the authorization policy.
+    pub inbound: bool,
+    pub peer: std::net::SocketAddr,
+    pub tls: PeerTls,
+    /// The verified identity as the `meshcore-client-id` value, made once per connection.
+    pub client_id: Option<HeaderValue>,
+    /// An empty label value, shared so that requests do not allocate one.
+    pub no_name: Arc<str>,
+    /// The connection's place in its listener: says when it is idle, and
+    /// hears when it must close to make room.
+    pub seat: Arc<crate::listen::admission::Seat>,
+    /// An HTTP/2 connection with no open stream closes after this.
+    pub idle_timeout: std::time::Duration,
+    /// The listener's connection counters, for protocol errors and abuse.
+    pub tcp: Arc<crate::metrics::TcpSeries>,
+}

@@ -1,0 +1,5 @@
+//! Time on the request path: a coarse shared clock and timer (no clock read
+//! or timer registration per request), and per-request deadlines.
+
+pub mod coarse;
+pub mod deadline;
