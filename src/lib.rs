@@ -149,7 +149,11 @@ impl ProxyCore {
                 let mut text = r.shared.metrics.render();
                 text.push_str(&r.shared.table.load().render_balancer_metrics());
                 if let Some(identity) = &r.shared.identity {
-                    text.push_str(&identity_metrics(identity));
+                    metrics::render_identity(
+                        &mut text,
+                        identity.current().map_or(0, |c| c.not_after),
+                        identity.refreshes(),
+                    );
                 }
                 Ok(text)
             })
@@ -199,19 +203,6 @@ impl ProxyCore {
     fn connection_peak(&self) -> PyResult<(usize, usize)> {
         self.with_running(|r| Ok(r.shared.connections.take_peak()))
     }
-}
-
-fn identity_metrics(identity: &tls::identity::Identity) -> String {
-    let expiry = identity.current().map_or(0, |c| c.not_after);
-    format!(
-        "# HELP identity_cert_expiration_timestamp_seconds When the workload certificate in use expires.\n\
-         # TYPE identity_cert_expiration_timestamp_seconds gauge\n\
-         identity_cert_expiration_timestamp_seconds {expiry}\n\
-         # HELP identity_cert_refresh_total Workload certificates installed.\n\
-         # TYPE identity_cert_refresh_total counter\n\
-         identity_cert_refresh_total {}\n",
-        identity.refreshes()
-    )
 }
 
 /// A load-generator run on its own thread; Python polls progress and waits.

@@ -550,6 +550,24 @@ impl Metrics {
     }
 }
 
+/// The workload certificate's gauges (no labels).
+pub fn render_identity(out: &mut String, not_after: i64, refreshes: u64) {
+    header(
+        out,
+        "identity_cert_expiration_timestamp_seconds",
+        "gauge",
+        "When the workload certificate in use expires.",
+    );
+    let _ = writeln!(out, "identity_cert_expiration_timestamp_seconds {not_after}");
+    header(
+        out,
+        "identity_cert_refresh_total",
+        "counter",
+        "Workload certificates installed.",
+    );
+    let _ = writeln!(out, "identity_cert_refresh_total {refreshes}");
+}
+
 /// A family's HELP and TYPE lines.
 pub fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");

@@ -8,16 +8,29 @@ import json
 import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any
+from typing import Any, Optional, Protocol
 
 from .errors import BindError
-
-if TYPE_CHECKING:
-    from .proxy import Proxy
 
 __all__ = ["AdminServer"]
 
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class Proxy(Protocol):
+    """What the admin API reads and does of the proxy it serves (`meshcore.Proxy`); named
+    here so that the two modules do not import each other."""
+
+    @property
+    def running(self) -> bool: ...
+    @property
+    def config(self) -> Any: ...
+    def metrics(self) -> str: ...
+    def endpoints(self) -> dict[str, Any]: ...
+    def plugins(self) -> list[dict[str, Any]]: ...
+    def reload_plugins(self) -> dict[str, str]: ...
+    def stop(self, grace: float = ...) -> None: ...
+    def wait(self, timeout: Optional[float] = None) -> bool: ...
 
 
 class _Handler(BaseHTTPRequestHandler):

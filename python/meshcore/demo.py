@@ -34,8 +34,8 @@ def demo_config(backends: dict[str, list[Backend]], listen: str, admin: str) -> 
 
 
 def run_demo(listen: str, admin: str, duration: Optional[float] = None) -> int:
-    from .cli import _wait_for_signal
     from .proxy import Proxy
+    from .signals import serve_until_stopped
 
     backends = {
         "web": [
@@ -68,7 +68,7 @@ Try:
 Press Ctrl-C to stop.""",
                 flush=True,
             )
-            _wait_for_signal(proxy, duration)
+            serve_until_stopped(proxy, duration)
     finally:
         for group in backends.values():
             for b in group:
