@@ -22,13 +22,11 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll, Waker};
 use tokio::io::AsyncWriteExt;
 
+use super::limits::{MAX_HEADERS, MAX_HEAD_BYTES};
 use crate::io::DirectTcp;
 
 /// A connection's read buffer to begin with; it grows for a large head.
 const READ_BUF: usize = 16 * 1024;
-/// The largest response head accepted, like the listener's request limit.
-const MAX_HEAD: usize = 96 * 1024;
-const MAX_HEADERS: usize = 128;
 /// A chunk-size line (with extensions) longer than this is refused.
 const MAX_CHUNK_LINE: usize = 1024;
 
@@ -76,7 +74,7 @@ impl InlineConn {
     /// Reads more. A short read tells tokio the socket is drained, so the
     /// idle check below costs no system call.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        self.buf.poll_read_from(&mut self.stream, MAX_HEAD, cx)
+        self.buf.poll_read_from(&mut self.stream, MAX_HEAD_BYTES, cx)
     }
 
     /// Gives back a read buffer grown for a large head before pooling.
@@ -334,7 +332,7 @@ impl Framing {
                     let (len, trailers) = match httparse::parse_headers(conn.buffered(), &mut headers) {
                         Ok(httparse::Status::Complete(done)) => done,
                         Ok(httparse::Status::Partial) => {
-                            return need_more(available, MAX_HEAD, "trailers too large")
+                            return need_more(available, MAX_HEAD_BYTES, "trailers too large")
                         }
                         Err(_) => return Err("malformed trailers"),
                     };

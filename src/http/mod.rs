@@ -7,6 +7,7 @@ pub mod headers;
 mod hooks;
 pub(crate) mod hpack;
 pub(crate) mod inline_h1;
+pub mod limits;
 mod local;
 pub mod proxy;
 pub mod replay;

@@ -9,6 +9,7 @@
 //! HTTP/1.0, and a head that arrives in pieces is read under its timeout.
 
 use super::headers;
+use super::limits::MAX_HEADERS;
 use super::proxy::handle;
 use super::server::serve_http1;
 use super::{ProxyBody, RequestBody};
@@ -34,8 +35,6 @@ use tokio::sync::watch;
 
 /// Holds a whole request head; a bigger one goes to hyper.
 const READ_BUF: usize = 8 * 1024;
-/// hyper's limit too; more headers go to hyper, which answers 431.
-const MAX_HEADERS: usize = 100;
 /// Response bytes gathered before they are written.
 const WRITE_BATCH: usize = 64 * 1024;
 

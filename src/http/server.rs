@@ -1,5 +1,6 @@
 //! Serving one HTTP/1.1 client connection with hyper, and draining it on shutdown.
 
+use super::limits::MAX_HEAD_BYTES;
 use super::proxy::handle;
 use super::RequestBody;
 use crate::conn::ConnContext;
@@ -13,8 +14,6 @@ use hyper::Request;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
-
-const MAX_HEADER_BYTES: usize = 96 * 1024;
 
 pub async fn serve_http1<I>(
     io: I,
@@ -33,7 +32,7 @@ pub async fn serve_http1<I>(
         .timer(CoarseTimer)
         .header_read_timeout(header_read_timeout)
         // Caps request-line plus headers (answered with 431), like Envoy's 60-96 KiB.
-        .max_buf_size(MAX_HEADER_BYTES)
+        .max_buf_size(MAX_HEAD_BYTES)
         .serve_connection(io, svc)
         .with_upgrades();
     tokio::pin!(conn);

@@ -3,13 +3,11 @@
 
 use crate::http::headers::is_connection_specific;
 use crate::http::hpack::{Name, Pseudo};
+use crate::http::limits::MAX_HEAD_BYTES;
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, COOKIE, HOST, TE};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, HeaderValue, Method, Request, Uri, Version};
-
-/// Caps the decoded size of a head, counted as RFC 9113 (6.5.2) counts it.
-pub const MAX_HEADER_LIST: usize = 96 * 1024;
 
 #[derive(Default)]
 pub struct Fields {
@@ -38,7 +36,7 @@ impl Fields {
         match name {
             Name::Header(name) => {
                 self.size += name.as_str().len();
-                if self.size > MAX_HEADER_LIST {
+                if self.size > MAX_HEAD_BYTES {
                     return;
                 }
                 // RFC 9113, 8.2.1: no leading or trailing whitespace.
@@ -81,7 +79,7 @@ impl Fields {
     }
 
     pub fn too_large(&self) -> bool {
-        self.size > MAX_HEADER_LIST
+        self.size > MAX_HEAD_BYTES
     }
 
     /// Trailers carry no pseudo-fields.
