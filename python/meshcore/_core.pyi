@@ -1,29 +1,89 @@
-"""Stubs for meshcore's native module. Use the public API in `meshcore` instead."""
+"""meshcore's native module: the Rust data plane. Private: use the public API in `meshcore`
+(`Proxy`, `meshcore.bench`) instead. Every call returns at once or releases the GIL while
+it waits; a panic in Rust comes back as `MeshcoreError`, never as a crash.
 
+`tests/test_stubs.py` checks these stubs against the module with `mypy.stubtest`."""
+
+from typing import final
+
+__all__ = [
+    "BindError",
+    "ConfigError",
+    "LoadRun",
+    "MeshcoreError",
+    "PluginError",
+    "ProxyCore",
+    "TlsError",
+    "__version__",
+    "_bench_loop",
+    "_bench_start",
+    "_panic_for_test",
+    "check_identity",
+]
 __version__: str
 
-class MeshcoreError(Exception): ...
-class ConfigError(MeshcoreError): ...
-class BindError(MeshcoreError): ...
-class TlsError(MeshcoreError): ...
-class PluginError(MeshcoreError): ...
+class MeshcoreError(Exception):
+    """Every error meshcore raises."""
 
+class ConfigError(MeshcoreError):
+    """A config the data plane refuses (Python validates first, so this is rare)."""
+
+class BindError(MeshcoreError):
+    """A listener's address could not be bound (in use, not local, no permission)."""
+
+class TlsError(MeshcoreError):
+    """Certificates, keys or trust anchors the TLS layer cannot use."""
+
+class PluginError(MeshcoreError):
+    """A plugin that could not be loaded or run."""
+
+@final
 class ProxyCore:
-    def __init__(self, config_json: str) -> None: ...
-    def start(self) -> None: ...
-    def stop(self, grace: float) -> None: ...
-    def reload(self, config_json: str) -> None: ...
-    def set_plugin_host(self, host: object) -> None: ...
-    def is_running(self) -> bool: ...
-    def addresses(self) -> list[tuple[str, str]]: ...
-    def metrics(self) -> str: ...
-    def endpoints(self) -> str: ...
-    def update_identity(self, cert_pem: str, key_pem: str) -> None: ...
-    def identity_info(self) -> tuple[str | None, int] | None: ...
-    def open_connections(self) -> int: ...
+    """One proxy: its listeners, routing table, pools and metrics, run on worker threads."""
+
+    def __new__(cls, config_json: str) -> ProxyCore:
+        """Parses the config document `Config.to_core()` made (JSON). Nothing is bound yet.
+        Raises ConfigError if the document is refused."""
+
+    def start(self) -> None:
+        """Binds every listener, then starts the workers; returns once they serve.
+        Raises BindError (a port in use, unless `share_port`), TlsError or ConfigError."""
+
+    def stop(self, grace: float) -> None:
+        """Stops accepting, lets in-flight requests finish for up to `grace` seconds, then
+        closes what is left; returns when the workers have ended."""
+
+    def reload(self, config_json: str) -> None:
+        """Swaps in a new routing table without dropping a request. Raises ConfigError (the
+        running table stays) for a change only a restart can make, such as a listener's."""
+
+    def set_plugin_host(self, host: object) -> None:
+        """Installs the Python plugin host whose hooks routes marked `plugins` call."""
+
+    def is_running(self) -> bool:
+        """Whether `start` has succeeded and `stop` has not been called."""
+
+    def addresses(self) -> list[tuple[str, str]]:
+        """(listener name, "ip:port" actually bound), in config order."""
+
+    def metrics(self) -> str:
+        """The Prometheus text exposition of every family the core keeps."""
+
+    def endpoints(self) -> str:
+        """Balancer state per service and endpoint, as a JSON document (`/endpoints`)."""
+
+    def update_identity(self, cert_pem: str, key_pem: str) -> None:
+        """Installs a new workload certificate chain and key (PEM) without a restart.
+        Raises TlsError if they are unusable or the proxy has no [identity]."""
+
+    def identity_info(self) -> tuple[str | None, int] | None:
+        """(SPIFFE ID, expiry in unix seconds) of the certificate in use, or None."""
+
+    def open_connections(self) -> int:
+        """Client connections open now."""
+
     def connection_peak(self) -> tuple[int, int]:
         """(the most client connections open at once since the last call, open now)."""
-        ...
 
 def check_identity(
     trust_anchors_pem: str, cert_pem: str | None = None, key_pem: str | None = None
@@ -31,12 +91,16 @@ def check_identity(
     """Loads identity PEMs as the data plane does at start: (field, reason) for what it
     refuses ("trust_anchors", "cert" or "key"), else None."""
 
-def _panic_for_test() -> None: ...
-def _bench_loop(what: str, size: int, iterations: int) -> int: ...
-
+@final
 class LoadRun:
-    def progress(self) -> tuple[float, int, int]: ...
-    def wait(self) -> str: ...
+    """A load-generator run on its own thread (`meshcore.bench.run`)."""
+
+    def progress(self) -> tuple[float, int, int]:
+        """(seconds elapsed, requests completed, errors) so far."""
+
+    def wait(self) -> str:
+        """Blocks (without the GIL) until the run ends; its report as JSON.
+        Raises MeshcoreError if the run failed to start."""
 
 def _bench_start(
     url: str,
@@ -46,4 +110,13 @@ def _bench_start(
     http2: bool,
     streams: int,
     timeout: float,
-) -> LoadRun: ...
+) -> LoadRun:
+    """Starts a load-generator run (see `meshcore.bench.run`). Raises ValueError for a URL
+    it cannot use."""
+
+def _panic_for_test() -> None:
+    """Panics inside Rust, for the test that a panic becomes MeshcoreError."""
+
+def _bench_loop(what: str, size: int, iterations: int) -> int:
+    """Runs an inner loop of the core (balancer picks, metric updates) `iterations` times,
+    for the micro-benchmarks in bench/; returns a checksum so the work is not optimised away."""
