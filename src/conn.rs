@@ -33,6 +33,28 @@ impl PeerTls {
     }
 }
 
+impl ConnContext {
+    /// A plaintext outbound connection from 127.0.0.1:50000 on listener 0,
+    /// outside any listener: for driving the servers in frame tests and fuzzing.
+    #[doc(hidden)]
+    pub fn detached(shared: Arc<Shared>, seat: Arc<crate::listen::admission::Seat>) -> Self {
+        ConnContext {
+            shared,
+            listener: 0,
+            listener_name: Arc::from("l"),
+            direction: Arc::from("outbound"),
+            inbound: false,
+            peer: std::net::SocketAddr::from(([127, 0, 0, 1], 50000)),
+            tls: PeerTls::Plaintext,
+            client_id: None,
+            no_name: Arc::from(""),
+            seat,
+            idle_timeout: std::time::Duration::from_secs(300),
+            tcp: Arc::new(crate::metrics::TcpSeries::default()),
+        }
+    }
+}
+
 /// What a connection knows about itself, shared by its requests.
 pub struct ConnContext {
     pub shared: Arc<Shared>,

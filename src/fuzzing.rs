@@ -12,17 +12,15 @@
 //! within `HANG` of its input being sent is a finding.
 
 use crate::config::Config;
-use crate::conn::{ConnContext, PeerTls};
+use crate::conn::ConnContext;
 use crate::http::client::{EndpointPool, Settings, Wire};
 use crate::http::hpack::{self, Decoder, Name};
 use crate::http::{full, inline_h1, serve_h1, serve_h2, target, RequestBody};
 use crate::listen::admission::Admission;
 use crate::listen::detect::{self, Protocol, H2_PREFACE, MAX_DETECT_BYTES};
-use crate::metrics::{Metrics, TcpSeries};
 use crate::route::{self, Route};
-use crate::shared::{ConnectionTracker, Shared};
+use crate::shared::Shared;
 use crate::table::Table;
-use arc_swap::{ArcSwap, ArcSwapOption};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri, Version};
 use hyper::body::Body;
 use std::future::{poll_fn, Future};
@@ -145,33 +143,13 @@ fn peer() -> Peer {
             let table = Table::build(config, None, None).expect("a routing table");
             // Kept, never sent on: a closed channel would read as a drain.
             let (drain, draining) = watch::channel(false);
-            let shared = Arc::new(Shared {
-                table: ArcSwap::from_pointee(table),
-                metrics: Metrics::default(),
-                connections: ConnectionTracker::default(),
-                plugins: ArcSwapOption::empty(),
-                identity: None,
-                draining,
-            });
+            let shared = Arc::new(Shared::new(table, None, draining));
             (shared, Admission::new(1024), drain)
         };
     }
     SHARED.with(|(shared, admission, _)| {
         let (seat, _) = admission.admit().expect("a seat");
-        let ctx = Arc::new(ConnContext {
-            shared: shared.clone(),
-            listener: 0,
-            listener_name: Arc::from("l"),
-            direction: Arc::from("outbound"),
-            inbound: false,
-            peer: "127.0.0.1:50000".parse().expect("an address"),
-            tls: PeerTls::Plaintext,
-            client_id: None,
-            no_name: Arc::from(""),
-            seat: seat.seat.clone(),
-            idle_timeout: Duration::from_secs(300),
-            tcp: Arc::new(TcpSeries::default()),
-        });
+        let ctx = Arc::new(ConnContext::detached(shared.clone(), seat.seat.clone()));
         Peer { ctx, _seat: seat }
     })
 }

@@ -5,11 +5,9 @@
 
 use crate::config::{Config, TlsMode};
 use crate::listen::{accept_loop, ListenerSpec};
-use crate::metrics::Metrics;
-use crate::shared::{ConnectionTracker, Shared};
+use crate::shared::Shared;
 use crate::table::Table;
 use crate::tls::{self, identity::Identity};
-use arc_swap::ArcSwap;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -85,14 +83,7 @@ pub fn start(mut config: Config, wrap: Option<ThreadWrapper>) -> Result<Running,
     config.identity = None;
     let table = Table::build(config, None, identity.as_ref()).map_err(StartError::Config)?;
     let (drain, draining) = watch::channel(false);
-    let shared = Arc::new(Shared {
-        table: ArcSwap::from_pointee(table),
-        metrics: Metrics::default(),
-        connections: ConnectionTracker::default(),
-        identity: identity.clone(),
-        plugins: arc_swap::ArcSwapOption::empty(),
-        draining,
-    });
+    let shared = Arc::new(Shared::new(table, identity.clone(), draining));
 
     // sockets[worker] = that worker's socket for every listener
     let mut sockets: Vec<Vec<(std::net::TcpListener, Arc<ListenerSpec>)>> =

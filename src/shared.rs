@@ -19,6 +19,25 @@ pub struct Shared {
     pub draining: watch::Receiver<bool>,
 }
 
+impl Shared {
+    /// A proxy's shared state before any connection or plugin: fresh metrics,
+    /// no connections, `draining` false until its sender flips it.
+    pub fn new(
+        table: Table,
+        identity: Option<Arc<crate::tls::identity::Identity>>,
+        draining: watch::Receiver<bool>,
+    ) -> Self {
+        Shared {
+            table: ArcSwap::from_pointee(table),
+            metrics: Metrics::default(),
+            connections: ConnectionTracker::default(),
+            plugins: arc_swap::ArcSwapOption::empty(),
+            identity,
+            draining,
+        }
+    }
+}
+
 /// Counts open client connections so a drain knows when it is done.
 #[derive(Default)]
 pub struct ConnectionTracker {

@@ -8,12 +8,10 @@
 
 use super::serve;
 use crate::config::Config;
-use crate::conn::{ConnContext, PeerTls};
+use crate::conn::ConnContext;
 use crate::listen::admission::{Admission, Admitted};
-use crate::metrics::{Metrics, TcpSeries};
-use crate::shared::{ConnectionTracker, Shared};
+use crate::shared::Shared;
 use crate::table::Table;
-use arc_swap::{ArcSwap, ArcSwapOption};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -145,29 +143,9 @@ impl Client {
         let config = Config::from_json(config).expect("the test's config");
         let table = Table::build(config, None, None).expect("a routing table");
         let (drain, draining) = watch::channel(false);
-        let shared = Arc::new(Shared {
-            table: ArcSwap::from_pointee(table),
-            metrics: Metrics::default(),
-            connections: ConnectionTracker::default(),
-            plugins: ArcSwapOption::empty(),
-            identity: None,
-            draining: draining.clone(),
-        });
+        let shared = Arc::new(Shared::new(table, None, draining.clone()));
         let (seat, _) = Admission::new(16).admit().expect("a seat");
-        let ctx = Arc::new(ConnContext {
-            shared,
-            listener: 0,
-            listener_name: Arc::from("l"),
-            direction: Arc::from("outbound"),
-            inbound: false,
-            peer: "127.0.0.1:50000".parse().expect("an address"),
-            tls: PeerTls::Plaintext,
-            client_id: None,
-            no_name: Arc::from(""),
-            seat: seat.seat.clone(),
-            idle_timeout: Duration::from_secs(300),
-            tcp: Arc::new(TcpSeries::default()),
-        });
+        let ctx = Arc::new(ConnContext::detached(shared, seat.seat.clone()));
         // Room for every test's input, so that writes never wait for the server.
         let (io, server_io) = tokio::io::duplex(4 << 20);
         tokio::spawn(serve(server_io, ctx, WAIT, draining));
