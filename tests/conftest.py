@@ -6,6 +6,7 @@ import os
 import re
 import shutil
 import socket
+import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -130,6 +131,40 @@ def one_service(
     if admin:
         cfg["admin"] = "127.0.0.1:0"
     return cfg
+
+
+# The `meshcore` command, run with this interpreter.
+MESHCORE = [sys.executable, "-m", "meshcore.cli"]
+
+
+class OutputLines:
+    """Collects a subprocess pipe's lines on a thread, so that a test can wait for
+    one with a deadline (a blocking readline would wait past any deadline)."""
+
+    def __init__(self, pipe) -> None:  # type: ignore[no-untyped-def]
+        self.lines: list[str] = []
+        self._thread = threading.Thread(target=self._read, args=(pipe,), daemon=True)
+        self._thread.start()
+
+    def _read(self, pipe) -> None:  # type: ignore[no-untyped-def]
+        for line in pipe:
+            self.lines.append(line)
+
+    def wait_for(self, pattern: str, timeout: float = 15.0) -> str:
+        """The first line matching `pattern` (a regex), once there is one."""
+        found: list[str] = []
+
+        def seen() -> bool:
+            found[:] = [line for line in self.lines if re.search(pattern, line)]
+            return bool(found)
+
+        wait_until(seen, timeout, f"a line matching {pattern!r} (got {self.lines})")
+        return found[0]
+
+    def text(self) -> str:
+        """Everything, once the pipe has closed."""
+        self._thread.join(10)
+        return "".join(self.lines)
 
 
 def refuses_connections(addr: tuple[str, int]) -> bool:

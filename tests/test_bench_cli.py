@@ -11,10 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import closed_port
+from conftest import MESHCORE, closed_port
 from meshcore import bench
-
-MESHCORE = [sys.executable, "-m", "meshcore.cli"]
 
 
 def meshcore_bench(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

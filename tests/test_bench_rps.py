@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 
 import pytest
 
-MESHCORE = [sys.executable, "-m", "meshcore.cli"]
+from conftest import MESHCORE
 
 
 def test_paced_rps_is_what_a_server_that_cannot_keep_up_managed(backend):

@@ -6,14 +6,11 @@ import re
 import signal
 import subprocess
 import sys
-import time
 
 import httpx
 
 import meshcore
-from conftest import metric, one_service, wait_until
-
-MESHCORE = [sys.executable, "-m", "meshcore.cli"]
+from conftest import MESHCORE, OutputLines, metric, one_service, wait_until
 
 
 def test_version():
@@ -37,19 +34,6 @@ def test_check_good_and_bad(tmp_path):
     assert f"{bad}: listeners[0].service: unknown service 'dbx' (valid: db)" in r.stderr
 
 
-def wait_for_line(proc: subprocess.Popen, pattern: str, timeout: float = 15) -> list[str]:
-    lines = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        lines.append(line)
-        if re.search(pattern, line):
-            return lines
-    raise AssertionError(f"never saw {pattern!r}; got {lines}")
-
-
 def test_run_serves_until_sigterm_then_drains(tmp_path, backend):
     import json
 
@@ -63,14 +47,15 @@ def test_run_serves_until_sigterm_then_drains(tmp_path, backend):
         text=True,
     )
     try:
-        lines = wait_for_line(proc, "ready")
-        listen = re.search(r"listener outbound on (\S+)", "".join(lines)).group(1)
-        admin = re.search(r"admin on (\S+)", "".join(lines)).group(1)
+        out = OutputLines(proc.stdout)
+        out.wait_for("ready")
+        listen = re.search(r"listener outbound on (\S+)", "".join(out.lines)).group(1)
+        admin = re.search(r"admin on (\S+)", "".join(out.lines)).group(1)
         assert httpx.get(f"http://{listen}/").headers["x-backend"] == "web"
         assert httpx.get(f"{admin}/ready").status_code == 200
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 0
-        assert "stopped" in proc.stdout.read()
+        assert "stopped" in out.text()
     finally:
         proc.kill()
 
@@ -91,8 +76,9 @@ def test_demo_starts_a_two_zone_mesh():
         text=True,
     )
     try:
-        lines = wait_for_line(proc, "Press Ctrl-C")
-        text = "".join(lines)
+        out = OutputLines(proc.stdout)
+        out.wait_for("Press Ctrl-C")
+        text = "".join(out.lines)
         assert "zone-a" in text and "zone-b" in text
         proxy_url = re.search(r"curl (http://127\.0\.0\.1:\d+)/ ", text).group(1)
         admin_url = re.search(r"curl (http://127\.0\.0\.1:\d+)/metrics", text).group(1)

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from datetime import timedelta
 
 import pytest
 
+from conftest import MESHCORE
 from meshcore.cli import build_parser
 from meshcore.identity import cert_info
-
-MESHCORE = [sys.executable, "-m", "meshcore.cli"]
 
 
 @pytest.mark.parametrize(

@@ -6,41 +6,10 @@ import json
 import re
 import signal
 import subprocess
-import sys
-import threading
 
 import httpx
 
-from conftest import one_service, wait_until
-
-MESHCORE = [sys.executable, "-m", "meshcore.cli"]
-
-
-class Lines:
-    """Collects a pipe's lines on a thread, so a test can wait for one with a deadline."""
-
-    def __init__(self, pipe) -> None:  # type: ignore[no-untyped-def]
-        self.lines: list[str] = []
-        self._thread = threading.Thread(target=self._read, args=(pipe,), daemon=True)
-        self._thread.start()
-
-    def _read(self, pipe) -> None:  # type: ignore[no-untyped-def]
-        for line in pipe:
-            self.lines.append(line)
-
-    def wait_for(self, pattern: str, timeout: float = 15.0) -> str:
-        found: list[str] = []
-
-        def seen() -> bool:
-            found[:] = [line for line in self.lines if re.search(pattern, line)]
-            return bool(found)
-
-        wait_until(seen, timeout, f"a line matching {pattern!r} (got {self.lines})")
-        return found[0]
-
-    def text(self) -> str:
-        self._thread.join(10)
-        return "".join(self.lines)
+from conftest import MESHCORE, OutputLines, one_service, wait_until
 
 
 def test_sighup_is_logged_and_ignored_then_sigterm_drains(tmp_path, backend):
@@ -53,7 +22,7 @@ def test_sighup_is_logged_and_ignored_then_sigterm_drains(tmp_path, backend):
         text=True,
     )
     try:
-        out, err = Lines(proc.stdout), Lines(proc.stderr)
+        out, err = OutputLines(proc.stdout), OutputLines(proc.stderr)
         listen = re.search(r"listener outbound on (\S+)", out.wait_for("listener outbound on")).group(1)
         out.wait_for("ready")
 

@@ -4,15 +4,13 @@ with the file, the field and the reason."""
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from conftest import MESHCORE
 from meshcore import ConfigError, Proxy
 from meshcore.config import load
-
-MESHCORE = [sys.executable, "-m", "meshcore.cli"]
 
 SERVICE = """
 [[services]]

@@ -7,7 +7,6 @@ import signal
 import ssl
 import stat
 import subprocess
-import sys
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -19,6 +18,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from conftest import MESHCORE
 from meshcore.errors import TlsError
 from meshcore.identity import (
     IdentityService,
@@ -31,7 +31,6 @@ from meshcore.identity import (
     spiffe_id,
 )
 
-MESHCORE = [sys.executable, "-m", "meshcore.cli"]
 WEB = "ns/default/sa/web"
 DB = "ns/default/sa/db"
 TOKENS = {"tok-web": WEB, "tok-db": DB}

@@ -6,16 +6,13 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import re
 import subprocess
-import threading
-import time
 from pathlib import Path
 
 import pytest
 
-from conftest import require_tool
+from conftest import OutputLines, require_tool
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -59,7 +56,8 @@ class Namespace:
             return done.stdout
         proc = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.procs.append(proc)
-        return first_line(proc, command)
+        # Serving: meshcore says it is ready, the example app names itself.
+        return OutputLines(proc.stdout).wait_for(r"ready|^backend ", timeout=30)
 
     def close(self) -> None:
         for proc in self.procs:
@@ -70,24 +68,6 @@ class Namespace:
             except subprocess.TimeoutExpired:
                 proc.kill()
         subprocess.run(["ip", "netns", "del", self.name], check=False)
-
-
-def first_line(proc: subprocess.Popen, command: str, timeout: float = 30.0) -> str:
-    """Output lines until one says the process is serving (read on a thread:
-    a pipe's buffered lines are not visible to select)."""
-    lines: queue.Queue = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
-    deadline = time.monotonic() + timeout
-    seen = []
-    while time.monotonic() < deadline:
-        try:
-            line = lines.get(timeout=max(deadline - time.monotonic(), 0.01))
-        except queue.Empty:
-            break
-        seen.append(line)
-        if "ready" in line or line.startswith("backend "):
-            return line
-    raise AssertionError(f"{command!r} did not start: {''.join(seen)}")
 
 
 @pytest.fixture
