@@ -393,9 +393,11 @@ impl Balancer {
                 _ => p2c::choose(eps.len(), |i| eps[i].cost(now)),
             };
         }
+        // Each endpoint's breaker is asked once (a tripped one takes a lock).
+        let available: Vec<bool> = eps.iter().map(|e| e.available(now)).collect();
         // In panic, being ejected no longer keeps an endpoint out.
-        let panic = self.in_panic(now);
-        let usable = |i: usize| !exclude.contains(&i) && (panic || eps[i].available(now));
+        let panic = self.panics_with(available.iter().filter(|&&a| a).count());
+        let usable = |i: usize| !exclude.contains(&i) && (panic || available[i]);
         let candidates: Vec<usize> = match &self.zonal {
             Some(z) => self.zonal_candidates(z, now, &usable, exclude.is_empty()),
             None => (0..self.endpoints.len()).filter(|&i| usable(i)).collect(),
@@ -448,12 +450,12 @@ impl Balancer {
     /// Whether so few endpoints are available (below the panic threshold)
     /// that the balancer uses all of them, ejected or not.
     pub fn in_panic(&self, now: Instant) -> bool {
-        let n = self.endpoints.len();
-        if self.panic_threshold_percent == 0 || n == 0 {
-            return false;
-        }
-        let available = self.endpoints.iter().filter(|e| e.available(now)).count();
-        available * 100 < self.panic_threshold_percent as usize * n
+        self.panics_with(self.endpoints.iter().filter(|e| e.available(now)).count())
+    }
+
+    /// Whether `available` endpoints are below the panic threshold.
+    fn panics_with(&self, available: usize) -> bool {
+        available * 100 < self.panic_threshold_percent as usize * self.endpoints.len()
     }
 
     /// Active, standby or tripped, for metrics and the admin API.
