@@ -173,6 +173,8 @@ def refuses_connections(addr: tuple[str, int]) -> bool:
         socket.create_connection(addr, timeout=5).close()
     except ConnectionRefusedError:
         return True
+    except ConnectionResetError:
+        return False  # queued on a listener as it closed: ask again
     return False
 
 
