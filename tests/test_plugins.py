@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import textwrap
 import threading
+import types
 
 import httpx
 import pytest
@@ -295,3 +297,45 @@ def test_module_plugins_load_by_import_path(tmp_path, backend, monkeypatch):
     cfg["plugins"] = [{"module": "my_plugins:Stamp"}]
     with Proxy(cfg) as p:
         assert httpx.get(p.url("outbound")).headers["x-stamp"] == "module"
+
+
+GATED_PLUGIN = """
+import reload_gate
+
+reload_gate.importing.set()
+reload_gate.proceed.wait(10)
+
+
+def on_response(req, resp):
+    resp.headers["x-file"] = "1"
+"""
+
+
+class Stamp:
+    def on_response(self, req, resp):
+        resp.headers["x-stamp"] = "added"
+
+
+def test_a_plugin_added_while_plugins_reload_is_kept(tmp_path, backend, proxy, monkeypatch):
+    # The file plugin's import waits on `proceed`, so add_plugin runs in the middle of a reload.
+    gate = types.ModuleType("reload_gate")
+    gate.importing, gate.proceed = threading.Event(), threading.Event()
+    gate.proceed.set()
+    monkeypatch.setitem(sys.modules, "reload_gate", gate)
+    (tmp_path / "gated.py").write_text(GATED_PLUGIN)
+    cfg = one_service([backend().addr])
+    cfg["plugins"] = [{"path": str(tmp_path / "gated.py")}]
+    p = proxy(cfg)
+    gate.importing.clear()
+    gate.proceed.clear()
+    reloading = threading.Thread(target=p.reload_plugins)
+    reloading.start()
+    try:
+        assert gate.importing.wait(10), "the reload never began importing the file"
+        p.add_plugin(Stamp(), name="stamp")
+    finally:
+        gate.proceed.set()
+        reloading.join()
+    assert [plugin["name"] for plugin in p.plugins()] == ["gated", "stamp"]
+    r = httpx.get(p.url("outbound"))
+    assert (r.headers.get("x-file"), r.headers.get("x-stamp")) == ("1", "added")

@@ -49,6 +49,7 @@ class PluginHost:
     def __init__(self, specs: list[PluginSpec], base_dir: Optional[Path] = None):
         self._base_dir = base_dir
         self._lock = threading.Lock()
+        self._reloading = threading.Lock()  # one reload at a time (the watcher and the admin API)
         self._plugins: list[LoadedPlugin] = [load(s, base_dir) for s in specs]
         self._by_route: dict[str, list[LoadedPlugin]] = {}
         self._masks: dict[str, int] = {}
@@ -71,26 +72,29 @@ class PluginHost:
         """Loads every file or module plugin again. A plugin that fails keeps its old version;
         returns the errors by plugin name. (A file is read again; a module already imported is
         not, but its class, if one is named, is instantiated anew.)"""
-        errors = {}
-        fresh = []
-        for old in self._plugins:
-            if old.spec.obj is not None:
-                fresh.append(old)
-                continue
-            try:
-                fresh.append(load(old.spec, self._base_dir))
-            except PluginError as e:
-                errors[old.spec.name] = str(e)
-                path = source_path(old.spec, self._base_dir)
-                if path is not None and path.exists():
-                    old.mtime = path.stat().st_mtime_ns  # this version failed: wait for the next edit
-                fresh.append(old)
-                _log(f"reload of {old.spec.name} failed, keeping the running version: {e}")
-        with self._lock:
-            self._plugins = fresh
-            self._by_route = {}
-            self._masks = {}
-        self.errors = errors
+        with self._reloading:
+            before = self._plugins
+            errors: dict[str, str] = {}
+            fresh: list[LoadedPlugin] = []
+            for old in before:
+                if old.spec.obj is not None:
+                    fresh.append(old)
+                    continue
+                try:
+                    fresh.append(load(old.spec, self._base_dir))
+                except PluginError as e:
+                    errors[old.spec.name] = str(e)
+                    path = source_path(old.spec, self._base_dir)
+                    if path is not None and path.exists():
+                        old.mtime = path.stat().st_mtime_ns  # this version failed: wait for the next edit
+                    fresh.append(old)
+                    _log(f"reload of {old.spec.name} failed, keeping the running version: {e}")
+            with self._lock:
+                # add() may have appended plugins while these loaded: they stay, after the rest.
+                self._plugins = fresh + self._plugins[len(before) :]
+                self._by_route = {}
+                self._masks = {}
+            self.errors = errors
         return errors
 
     def render_metrics(self) -> str:
