@@ -339,3 +339,30 @@ def test_a_plugin_added_while_plugins_reload_is_kept(tmp_path, backend, proxy, m
     assert [plugin["name"] for plugin in p.plugins()] == ["gated", "stamp"]
     r = httpx.get(p.url("outbound"))
     assert (r.headers.get("x-file"), r.headers.get("x-stamp")) == ("1", "added")
+
+
+def test_a_plugin_class_that_fails_to_start_is_a_plugin_error(tmp_path, backend):
+    (tmp_path / "needs_token.py").write_text(
+        textwrap.dedent("""
+        class Plugin:
+            def __init__(self):
+                raise RuntimeError("no token configured")
+
+            def on_request(self, req):
+                pass
+    """)
+    )
+    cfg = one_service([backend().addr])
+    cfg["plugins"] = [{"path": str(tmp_path / "needs_token.py")}]
+    with pytest.raises(
+        PluginError, match=r"needs_token.py: failed to load: RuntimeError: no token configured"
+    ):
+        Proxy(cfg)
+
+
+def test_a_file_the_plugin_reads_is_not_mistaken_for_the_plugin_file(tmp_path, backend):
+    (tmp_path / "reads_rules.py").write_text('RULES = open("/nonexistent/rules.json").read()\n')
+    cfg = one_service([backend().addr])
+    cfg["plugins"] = [{"path": str(tmp_path / "reads_rules.py")}]
+    with pytest.raises(PluginError, match=r"reads_rules.py: failed to load: FileNotFoundError: .*rules.json"):
+        Proxy(cfg)

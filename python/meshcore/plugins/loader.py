@@ -86,16 +86,17 @@ def _import_file(path: Path, name: str) -> Any:
             raise PluginError(f"{path}: not a Python file")
         module = importlib.util.module_from_spec(loader_spec)
         loader_spec.loader.exec_module(module)
+        # A file may hold its hooks in a class named Plugin instead of module functions.
+        if hasattr(module, "Plugin") and inspect.isclass(module.Plugin):
+            return module.Plugin()
+        return module
     except PluginError:
         raise
-    except FileNotFoundError:
-        raise PluginError(f"{path}: no such plugin file") from None
-    except Exception as e:  # noqa: BLE001 - any import-time failure is the plugin's
+    except Exception as e:  # noqa: BLE001 - any failure to import or construct it is the plugin's
+        # Only the plugin file itself missing is "no such file"; a file its code opens is its error.
+        if isinstance(e, FileNotFoundError) and e.filename == str(path):
+            raise PluginError(f"{path}: no such plugin file") from None
         raise PluginError(f"{path}: failed to load: {type(e).__name__}: {e}") from e
-    # A file may hold its hooks in a class named Plugin instead of module functions.
-    if hasattr(module, "Plugin") and inspect.isclass(module.Plugin):
-        return module.Plugin()
-    return module
 
 
 def _import_module(reference: str) -> Any:
