@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod microbench;
 pub mod plugin;
 pub mod policy;
+pub mod proxy;
 pub mod resilience;
 pub mod rng;
 pub mod route;

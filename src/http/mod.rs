@@ -1,21 +1,15 @@
 //! HTTP proxying: hyper server side, upstream pools, the proxy handler.
 
-pub mod body;
 pub mod client;
 mod h2_pool;
 pub mod headers;
-mod hooks;
 pub(crate) mod hpack;
 pub(crate) mod inline_h1;
 pub mod limits;
-mod local;
-pub mod proxy;
-pub mod replay;
 pub mod serve_h1;
 pub mod serve_h2;
 pub mod server;
 pub(crate) mod target;
-mod template;
 
 use bytes::Bytes;
 use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full};

@@ -10,12 +10,12 @@
 
 use super::headers;
 use super::limits::MAX_HEADERS;
-use super::proxy::handle;
 use super::server::serve_http1;
 use super::{ProxyBody, RequestBody};
 use crate::conn::ConnContext;
 use crate::io::read_buf::ReadBuffer;
 use crate::io::Prefixed;
+use crate::proxy::handle;
 use crate::time::coarse as coarse_timer;
 use bytes::Bytes;
 use http::header::{CONNECTION, CONTENT_LENGTH, DATE, EXPECT, TRANSFER_ENCODING, UPGRADE};

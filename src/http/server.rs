@@ -1,10 +1,10 @@
 //! Serving one HTTP/1.1 client connection with hyper, and draining it on shutdown.
 
 use super::limits::MAX_HEAD_BYTES;
-use super::proxy::handle;
 use super::RequestBody;
 use crate::conn::ConnContext;
 use crate::metrics::{ConnEvent, TcpSeries};
+use crate::proxy::handle;
 use crate::time::coarse::CoarseTimer;
 use hyper::body::Incoming;
 use hyper::rt::{Read, Write};

@@ -1,8 +1,9 @@
-//! Which outcomes a route retries, and how many times.
+//! Which outcomes a route retries, how many times, and whether the budget
+//! allows one more: the decisions of the dispatch stage's retry loop.
 
 use super::budget::RetryBudget;
 use crate::config;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Request bodies larger than this are not kept for replay, so not retried.
 pub const MAX_REPLAY_BYTES: usize = 64 * 1024;
@@ -22,6 +23,16 @@ pub enum Outcome {
     Status(u16, Option<u32>),
     ConnectFailure,
     Reset,
+}
+
+/// What follows an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    Retry,
+    /// Not retried: the outcome, the attempt limit or the body rules it out.
+    Done,
+    /// It would be retried, but the route's retry budget is spent.
+    BudgetExhausted,
 }
 
 #[derive(Debug)]
@@ -59,6 +70,19 @@ impl RetryPolicy {
             }
         }
         Ok(p)
+    }
+
+    /// After attempt number `attempt` (0 is the first) ended in `outcome`:
+    /// whether to send another. `outcome` is asked only when it matters.
+    pub fn next(&self, attempt: u32, outcome: impl FnOnce() -> Outcome, replayable: bool) -> Next {
+        if attempt >= self.limit || !self.retries(outcome()) || !replayable {
+            return Next::Done;
+        }
+        if self.budget.withdraw(Instant::now()) {
+            Next::Retry
+        } else {
+            Next::BudgetExhausted
+        }
     }
 
     pub fn retries(&self, outcome: Outcome) -> bool {

@@ -7,8 +7,8 @@
 use super::respond::Respond;
 use super::shared::Shared;
 use crate::conn::ConnContext;
-use crate::http::proxy::handle;
 use crate::http::{ProxyBody, RequestBody};
+use crate::proxy::handle;
 use futures_util::future::Either;
 use http::{Request, Response};
 use std::convert::Infallible;

@@ -1,0 +1,90 @@
+//! Stage 2, route: finds the listener's route for the request, answers it
+//! when the route does so itself (rate limit, redirect, direct response), and
+//! picks the route's service.
+
+use super::answer::{fail, local, Failure};
+use super::ctx::{text, RequestCtx, Said};
+use super::observe::logged;
+use crate::http::{error_response, full, ProxyBody, RequestBody};
+use crate::route::{self, Route};
+use crate::table::Table;
+use http::{HeaderValue, Request, Response, StatusCode};
+use std::time::Instant;
+
+/// Where the request goes, as indexes into the request's table.
+#[derive(Clone, Copy)]
+pub(super) struct Routed {
+    route: u32,
+    /// None: the route has no backends, and a plugin must choose.
+    service: Option<u32>,
+}
+
+impl Routed {
+    pub fn route<'t>(&self, table: &'t Table, listener: usize) -> &'t Route {
+        &table.routes[listener][self.route as usize]
+    }
+
+    pub fn service(&self) -> Option<usize> {
+        self.service.map(|s| s as usize)
+    }
+}
+
+pub(super) fn route(req: &Request<RequestBody>, ctx: &mut RequestCtx) -> Result<Routed, Failure> {
+    let routes = &ctx.table.routes[ctx.conn.listener];
+    let host = route::host_of(text(&ctx.authority));
+    let Some(index) = routes
+        .iter()
+        .position(|r| r.matches(host, req.uri().path(), req.headers()))
+    else {
+        let unrouted = fail(StatusCode::NOT_FOUND, "no route", &ctx.labels);
+        return Err(logged(
+            unrouted,
+            &ctx.conn,
+            None,
+            Said::of(req, &ctx.authority, None),
+        ));
+    };
+    let found = &routes[index];
+    ctx.labels.route = found.name.clone();
+    if let Some(resp) = answers_itself(found, req, text(&ctx.authority)) {
+        let said = Said::of(req, &ctx.authority, Some(found));
+        return Err(logged(local(resp, &ctx.labels), &ctx.conn, None, said));
+    }
+    Ok(Routed {
+        // A table holds far fewer than 2^32 routes and services.
+        route: index as u32,
+        service: found.pick_service().map(|s| s as u32),
+    })
+}
+
+/// Rate limit, redirect and direct response: answered without an upstream.
+fn answers_itself(route: &Route, req: &Request<RequestBody>, authority: &str) -> Option<Response<ProxyBody>> {
+    let filters = &route.filters;
+    if let Some(limit) = &filters.rate_limit {
+        if let Err(wait) = limit.try_acquire(Instant::now()) {
+            let mut resp = error_response(StatusCode::TOO_MANY_REQUESTS, "rate limited");
+            let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
+            resp.headers_mut()
+                .insert(http::header::RETRY_AFTER, HeaderValue::from(seconds));
+            return Some(resp);
+        }
+    }
+    if let Some(redirect) = &filters.redirect {
+        let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        let mut resp = Response::new(full(bytes::Bytes::new()));
+        *resp.status_mut() = redirect.status;
+        if let Ok(location) = HeaderValue::from_str(&redirect.location(authority, path)) {
+            resp.headers_mut().insert(http::header::LOCATION, location);
+        }
+        return Some(resp);
+    }
+    if let Some(direct) = &filters.direct {
+        let mut resp = Response::new(full(direct.body.clone()));
+        *resp.status_mut() = direct.status;
+        for (k, v) in &direct.headers {
+            resp.headers_mut().append(k.clone(), v.clone());
+        }
+        return Some(resp);
+    }
+    None
+}
