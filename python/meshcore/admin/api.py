@@ -1,0 +1,223 @@
+"""The admin routes. Each handler's docstring ends with its OpenAPI operation in YAML (after
+"---"); openapi.py refuses a route without one. Handlers are plain functions: Starlette runs
+them on worker threads, so a slow proxy call never stalls the event loop."""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import threading
+from typing import Any, Optional
+
+from starlette.applications import Starlette
+from starlette.background import BackgroundTask
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from .._core import __version__
+from .contract import Proxy
+from .guards import TEXT, BoundedBody, ChangesFromLoopbackOnly
+from .openapi import describe
+
+PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
+JSON = "application/json"
+
+
+def _text(status: int, body: str, media_type: str = TEXT, **extra: Any) -> Response:
+    return Response(body, status_code=status, media_type=media_type, **extra)
+
+
+def _json(status: int, value: Any) -> Response:
+    return _text(status, json.dumps(value, indent=2) + "\n", JSON)
+
+
+def _proxy(request: Request) -> Proxy:
+    return request.app.state.proxy  # type: ignore[no-any-return]
+
+
+def _running(proxy: Proxy) -> Response:
+    return _text(200, "ready\n") if proxy.running else _text(503, "not ready\n")
+
+
+def live(request: Request) -> Response:
+    """---
+    summary: Liveness probe; 200 while the proxy runs
+    responses:
+      "200":
+        description: The proxy is running.
+        content: {"text/plain; charset=utf-8": {schema: {type: string, example: "ready\\n"}}}
+      "503":
+        description: The proxy has stopped.
+        content: {"text/plain; charset=utf-8": {schema: {type: string, example: "not ready\\n"}}}
+    """
+    return _running(_proxy(request))
+
+
+def ready(request: Request) -> Response:
+    """---
+    summary: Readiness probe; 200 once the listeners are bound and serving
+    responses:
+      "200":
+        description: The proxy is serving.
+        content: {"text/plain; charset=utf-8": {schema: {type: string, example: "ready\\n"}}}
+      "503":
+        description: The proxy has stopped.
+        content: {"text/plain; charset=utf-8": {schema: {type: string, example: "not ready\\n"}}}
+    """
+    return _running(_proxy(request))
+
+
+def metrics(request: Request) -> Response:
+    """---
+    summary: Prometheus metrics of the proxy and its plugins
+    responses:
+      "200":
+        description: Prometheus text exposition 0.0.4; empty once the proxy has stopped.
+        content: {"text/plain; version=0.0.4; charset=utf-8": {schema: {type: string}}}
+    """
+    proxy = _proxy(request)
+    return _text(200, proxy.metrics() if proxy.running else "", PROMETHEUS_TEXT)
+
+
+def config(request: Request) -> Response:
+    """---
+    summary: The running config, defaults filled in
+    responses:
+      "200":
+        description: The validated config, as JSON.
+        content: {application/json: {schema: {type: object}}}
+    """
+    return _json(200, _proxy(request).config.model_dump(mode="json"))
+
+
+def endpoints(request: Request) -> Response:
+    """---
+    summary: Each service's endpoints with their balancer state
+    responses:
+      "200":
+        description: Per service, its balancer and endpoints (address, zone, EWMA, pending, requests).
+        content:
+          application/json:
+            schema:
+              type: object
+              required: [services]
+              properties: {services: {type: array, items: {type: object}}}
+    """
+    proxy = _proxy(request)
+    return _json(200, proxy.endpoints() if proxy.running else {"services": []})
+
+
+def plugins(request: Request) -> Response:
+    """---
+    summary: Loaded plugins and their last load error
+    responses:
+      "200":
+        description: One entry per plugin.
+        content:
+          application/json:
+            schema:
+              type: object
+              required: [plugins]
+              properties: {plugins: {type: array, items: {type: object}}}
+    """
+    return _json(200, {"plugins": _proxy(request).plugins()})
+
+
+def reload_plugins(request: Request) -> Response:
+    """---
+    summary: Re-import file and module plugins (loopback callers only)
+    description: A plugin that fails to load keeps its previous version running.
+    responses:
+      "200":
+        description: Every plugin reloaded.
+        content:
+          application/json:
+            schema: &reload
+              type: object
+              required: [reloaded, errors]
+              properties:
+                reloaded: {type: boolean}
+                errors: {type: object, additionalProperties: {type: string}}
+      "500":
+        description: Some plugins failed to load; errors maps each to its error.
+        content:
+          application/json:
+            schema: *reload
+      "403":
+        description: The caller is not on this host.
+        content: {"text/plain; charset=utf-8": {schema: {type: string}}}
+    """
+    errors = _proxy(request).reload_plugins()
+    return _json(200 if not errors else 500, {"reloaded": not errors, "errors": errors})
+
+
+def shutdown(request: Request) -> Response:
+    """---
+    summary: Stop the proxy, draining in-flight requests (loopback callers only)
+    responses:
+      "202":
+        description: The proxy is stopping.
+        content: {"text/plain; charset=utf-8": {schema: {type: string, example: "shutting down\\n"}}}
+      "403":
+        description: The caller is not on this host.
+        content: {"text/plain; charset=utf-8": {schema: {type: string}}}
+    """
+    # stop() closes this server, which waits for this answer: it runs on a thread of its own,
+    # started once the answer is sent.
+    return _text(202, "shutting down\n", background=BackgroundTask(_stop_soon, _proxy(request)))
+
+
+async def _stop_soon(proxy: Proxy) -> None:
+    # In a fresh context: this thread is not one of the server's requests, so the close()
+    # inside stop() waits for the server to end.
+    stop = contextvars.Context().run
+    threading.Thread(target=stop, args=(proxy.stop,), name="meshcore-admin-shutdown", daemon=True).start()
+
+
+async def openapi(request: Request) -> Response:
+    """---
+    summary: This API's OpenAPI description
+    responses:
+      "200":
+        description: An OpenAPI 3 document.
+        content: {application/json: {schema: {type: object}}}
+    """
+    return _json(200, request.app.state.openapi)
+
+
+ROUTES = [
+    Route("/live", live, methods=["GET"]),
+    Route("/ready", ready, methods=["GET"]),
+    Route("/metrics", metrics, methods=["GET"]),
+    Route("/config", config, methods=["GET"]),
+    Route("/endpoints", endpoints, methods=["GET"]),
+    Route("/plugins", plugins, methods=["GET"]),
+    Route("/plugins/reload", reload_plugins, methods=["POST"]),
+    Route("/shutdown", shutdown, methods=["POST"]),
+    Route("/openapi.json", openapi, methods=["GET"]),
+]
+
+_ERROR_TEXT = {404: "not found\n", 405: "method not allowed\n"}
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    headers: Optional[dict[str, str]] = dict(exc.headers) if exc.headers else None
+    if headers and "Allow" in headers:  # Starlette joins a set: give a stable order
+        headers["Allow"] = ", ".join(sorted(headers["Allow"].split(", ")))
+    return _text(exc.status_code, _ERROR_TEXT.get(exc.status_code, f"{exc.detail}\n"), headers=headers)
+
+
+def build_app(proxy: Proxy) -> Starlette:
+    app = Starlette(
+        routes=ROUTES,
+        middleware=[Middleware(ChangesFromLoopbackOnly), Middleware(BoundedBody)],
+        exception_handlers={HTTPException: _http_error},
+    )
+    app.router.redirect_slashes = False  # "/live/" is a 404, not a redirect
+    app.state.proxy = proxy
+    app.state.openapi = describe(app.routes, title="meshcore admin API", version=__version__)
+    return app
