@@ -16,7 +16,7 @@ import pytest
 from mesh_helpers import inbound_config, make_ca
 from meshcore import identity
 from meshcore.config import load
-from meshcore.identity_agent import IdentityAgent, RenewalBackoff, next_backoff, retry_delay
+from meshcore.identity import IdentityAgent, RenewalBackoff, next_backoff, retry_delay
 
 POLICY = RenewalBackoff(floor=1.0, cap=30.0)
 

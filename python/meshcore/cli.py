@@ -8,7 +8,7 @@ from typing import Optional
 
 from . import __version__
 from .errors import MeshcoreError
-from .identity_cli import duration
+from .identity.cli import duration
 from .signals import handle_signals, serve_until_stopped
 
 
@@ -143,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     b.set_defaults(func=cmd_bench)
 
-    from .identity_cli import add_identity_commands
+    from .identity.cli import add_identity_commands
 
     add_identity_commands(sub)
     return p

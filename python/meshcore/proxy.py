@@ -10,7 +10,7 @@ from typing import Any, Optional, Union
 from . import _core
 from .config import Config, load, parse_duration, restart_needed
 from .errors import ConfigError, config_error
-from .identity_agent import IdentityAgent
+from .identity.agent import IdentityAgent
 from .memory import MemoryTrimmer
 from .plugins import PluginHost, PluginSpec
 

@@ -10,7 +10,7 @@ import threading
 from datetime import timedelta
 from typing import Callable
 
-from .config import parse_duration
+from ..config import parse_duration
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -56,18 +56,18 @@ def duration(value: str) -> timedelta:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    from . import identity  # cryptography is loaded only by identity commands
+    from .ca import init_ca  # cryptography is loaded only by identity commands
 
-    identity.init_ca(args.dir, trust_domain=args.trust_domain, ttl=args.ttl)
+    init_ca(args.dir, trust_domain=args.trust_domain, ttl=args.ttl)
     print(f"meshcore: trust anchor and issuer for {args.trust_domain} written to {args.dir}")
     return 0
 
 
 def cmd_issue(args: argparse.Namespace) -> int:
-    from . import identity  # cryptography is loaded only by identity commands
+    from .ca import cert_info, issue  # cryptography is loaded only by identity commands
 
-    chain, _ = identity.issue(args.dir, args.name, ttl=args.ttl, out_prefix=args.out)
-    info = identity.cert_info(chain)
+    chain, _ = issue(args.dir, args.name, ttl=args.ttl, out_prefix=args.out)
+    info = cert_info(chain)
     print(
         f"meshcore: {info['spiffe_id']} valid until {info['not_after']:%Y-%m-%d %H:%M:%S} UTC "
         f"written to {args.out}.crt and {args.out}.key"
@@ -76,10 +76,10 @@ def cmd_issue(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from . import identity  # cryptography is loaded only by identity commands
+    from .service import IdentityService  # cryptography is loaded only by identity commands
 
     stop = _stop_on_signals()  # before printing the URL, so a signal right after it is handled
-    with identity.IdentityService(args.dir, args.bind, tokens=args.tokens, ttl=args.ttl) as service:
+    with IdentityService(args.dir, args.bind, tokens=args.tokens, ttl=args.ttl) as service:
         print(f"identity service on {service.url}", flush=True)
         # A timed wait keeps signal handling prompt on every platform.
         while not stop.wait(0.5):

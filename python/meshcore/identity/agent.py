@@ -20,8 +20,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Optional
 
-from .config import Config
-from .errors import TlsError
+from ..config import Config
+from ..errors import TlsError
 
 __all__ = ["IdentityAgent", "RenewalBackoff", "next_backoff", "retry_delay"]
 
@@ -122,7 +122,7 @@ class IdentityAgent:
         return chain, key
 
     def _request(self) -> tuple[str, str, datetime]:
-        from .identity import request_certificate
+        from .client import request_certificate  # cryptography, only when an issuer is used
 
         token = self._read("token").strip()
         assert self._identity.issuer and self._identity.name
@@ -170,7 +170,7 @@ class IdentityAgent:
                 _log(f"new certificate files rejected, keeping the current one: {e}")
 
     def _renew(self, install: Install) -> None:
-        from .identity import refresh_delay
+        from .ca import refresh_delay
 
         not_after = self._not_after
         now = self._clock()
