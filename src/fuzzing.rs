@@ -13,14 +13,17 @@
 
 use crate::config::Config;
 use crate::conn::ConnContext;
-use crate::http::client::{EndpointPool, Settings, Wire};
-use crate::http::hpack::{self, Decoder, Name};
-use crate::http::{full, inline_h1, serve_h1, serve_h2, target, RequestBody};
 use crate::listen::admission::Admission;
 use crate::listen::detect::{self, Protocol, H2_PREFACE, MAX_DETECT_BYTES};
+use crate::proto::h1::server as serve_h1;
+use crate::proto::h2::hpack::{self, Decoder, Name};
+use crate::proto::h2::server as serve_h2;
+use crate::proto::{full, target, RequestBody};
 use crate::route::{self, Route};
 use crate::shared::Shared;
 use crate::table::Table;
+use crate::upstream::h1 as inline_h1;
+use crate::upstream::{EndpointPool, Settings, Wire};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri, Version};
 use hyper::body::Body;
 use std::future::{poll_fn, Future};

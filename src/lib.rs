@@ -9,7 +9,6 @@ mod errors;
 pub mod filters;
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod http;
 pub mod io;
 pub mod listen;
 pub mod loadgen;
@@ -18,6 +17,7 @@ pub mod metrics;
 pub mod microbench;
 pub mod plugin;
 pub mod policy;
+pub mod proto;
 pub mod proxy;
 pub mod resilience;
 pub mod rng;
@@ -27,6 +27,7 @@ pub mod shared;
 pub mod table;
 pub mod time;
 pub mod tls;
+pub mod upstream;
 
 use errors::{BindError, ConfigError, MeshcoreError, PluginError, TlsError};
 use pyo3::prelude::*;

@@ -3,10 +3,10 @@
 
 use crate::balance::{Balancer, Standing};
 use crate::config::{Config, UpstreamProtocol};
-use crate::http::client::{EndpointPool, Settings, UpstreamTls};
 use crate::policy::Policy;
 use crate::route::Route;
 use crate::tls::{self, identity::Identity};
+use crate::upstream::{EndpointPool, Settings, UpstreamTls};
 use std::sync::Arc;
 use std::time::Duration;
 

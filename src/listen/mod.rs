@@ -7,10 +7,10 @@ pub mod opaque;
 
 use crate::config::{ListenerProtocol, TlsMode};
 use crate::conn::{ConnContext, PeerTls};
-use crate::http::{serve_h1, serve_h2};
 use crate::io::Io;
 use crate::io::{Counted, DirectTcp, Prefixed};
 use crate::metrics::{ConnEvent, TcpLabels, TcpSeries};
+use crate::proto::{h1, h2};
 use crate::shared::Shared;
 use bytes::Bytes;
 use detect::Protocol;
@@ -218,8 +218,8 @@ async fn serve_connection(
     });
     let draining = shared.draining.clone();
     match protocol {
-        Protocol::Http1 => serve_h1::serve(io, ctx, header_read_timeout, draining).await,
-        Protocol::Http2 => serve_h2::serve(io, ctx, header_read_timeout, draining).await,
+        Protocol::Http1 => h1::server::serve(io, ctx, header_read_timeout, draining).await,
+        Protocol::Http2 => h2::server::serve(io, ctx, header_read_timeout, draining).await,
         Protocol::Opaque => opaque::forward(io, ctx).await,
         Protocol::Closed => {}
     }

@@ -5,8 +5,8 @@
 use super::answer::{fail, Failure};
 use super::ctx::{authority_of, RequestCtx, Said};
 use super::observe::logged;
-use crate::http::RequestBody;
 use crate::policy::Decision;
+use crate::proto::RequestBody;
 use http::{Request, StatusCode};
 
 /// Header carrying the caller's verified identity to the application.
@@ -14,7 +14,7 @@ pub static CLIENT_ID_HEADER: http::HeaderName = http::HeaderName::from_static("m
 
 pub(super) fn authorize(req: &mut Request<RequestBody>, ctx: &mut RequestCtx) -> Result<(), Failure> {
     let conn = &*ctx.conn;
-    if let Err((status, reason)) = crate::http::target::check(req) {
+    if let Err((status, reason)) = crate::proto::target::check(req) {
         let refusal = fail(status, reason, &ctx.labels);
         return Err(logged(refusal, conn, None, Said::of(req, &ctx.authority, None)));
     }

@@ -3,8 +3,8 @@
 //! metric labels.
 
 use crate::conn::ConnContext;
-use crate::http::RequestBody;
 use crate::metrics::RequestLabels;
+use crate::proto::RequestBody;
 use crate::route::Route;
 use crate::table::Table;
 use arc_swap::Guard;

@@ -15,15 +15,15 @@ use super::template::{build_request, Template};
 use crate::balance::NoPick;
 use crate::config::UpstreamProtocol;
 use crate::conn::ConnContext;
-use crate::http::client::{Reusable, UpstreamBody, UpstreamError, Wire};
-use crate::http::headers::{is_upgrade, strip_hop_by_hop, upgrade_agrees};
-use crate::http::{BoxError, ProxyBody, RequestBody};
 use crate::metrics::RouteLabels;
 use crate::plugin::{LogSummary, ON_LOG, ON_RESPONSE, ON_UPSTREAM_REQUEST};
+use crate::proto::headers::{is_upgrade, strip_hop_by_hop, upgrade_agrees};
+use crate::proto::{BoxError, ProxyBody, RequestBody};
 use crate::resilience::replay::Replay;
 use crate::resilience::retry::{Next, Outcome, MAX_REPLAY_BYTES};
 use crate::resilience::timeout::{attempt_deadline, request_deadline};
 use crate::time::deadline::{with_deadline, Elapsed};
+use crate::upstream::{Reusable, UpstreamBody, UpstreamError, Wire};
 use http::header::UPGRADE;
 use http::uri::PathAndQuery;
 use http::{HeaderValue, Request, Response, StatusCode, Version};
@@ -377,7 +377,7 @@ pub(super) fn dispatch(
                 }
                 drop(obs);
                 strip_hop_by_hop(resp.headers_mut(), true);
-                break Ok(resp.map(|_| crate::http::full(bytes::Bytes::new())));
+                break Ok(resp.map(|_| crate::proto::full(bytes::Bytes::new())));
             }
             strip_hop_by_hop(resp.headers_mut(), false);
             break Ok(resp.map(|body| ObservedBody::new(body, obs, deadline, reusable).boxed_unsync()));

@@ -30,7 +30,7 @@ pub use dispatch::ORIG_PROTO_HEADER;
 pub use observe::grpc_status;
 
 use crate::conn::ConnContext;
-use crate::http::{ProxyBody, RequestBody};
+use crate::proto::{ProxyBody, RequestBody};
 use answer::Failure;
 use ctx::RequestCtx;
 use futures_util::future::{ready, Either, Ready};

@@ -1,7 +1,7 @@
 //! The request template every attempt is built from.
 
-use crate::http::client::Wire;
-use crate::http::ProxyBody;
+use crate::proto::ProxyBody;
+use crate::upstream::Wire;
 use http::header::HOST;
 use http::uri::{Authority, PathAndQuery, Scheme, Uri};
 use http::{HeaderMap, HeaderValue, Method, Request, Version};

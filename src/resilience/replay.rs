@@ -3,7 +3,7 @@
 //! what was already sent and then go on reading the client's stream. Once the
 //! copy would pass the limit it is dropped and the body is no longer replayable.
 
-use crate::http::{BoxError, RequestBody};
+use crate::proto::{BoxError, RequestBody};
 use bytes::Bytes;
 use http::HeaderMap;
 use hyper::body::{Body, Frame, SizeHint};

@@ -5,9 +5,9 @@
 use super::frame::{self, Reason};
 use super::shared::{self, Shared, State};
 use super::task::ResetAfterHead;
-use crate::http::headers::is_connection_specific;
-use crate::http::hpack;
-use crate::http::ProxyBody;
+use crate::proto::h2::hpack;
+use crate::proto::headers::is_connection_specific;
+use crate::proto::ProxyBody;
 use bytes::{Buf, Bytes};
 use http::header::{CONTENT_LENGTH, DATE, TE};
 use http::{HeaderMap, Response};
@@ -83,7 +83,7 @@ impl<F: Future<Output = Result<Response<ProxyBody>, Infallible>>> Future for Res
                         }
                     }
                     drop(state);
-                    crate::http::headers::recycle(parts.headers);
+                    crate::proto::headers::recycle(parts.headers);
                     if !live || end || reset_after {
                         this.phase.set(Phase::Done);
                         return Poll::Ready(());
@@ -209,7 +209,7 @@ fn write_head(state: &mut State, id: u32, status: Option<u16>, headers: &HeaderM
         hpack::encode_field(name.as_str(), value.as_bytes(), out);
     }
     if status.is_some() && !has_date {
-        crate::http::serve_h1::with_date(|date| hpack::encode_field("date", date, out));
+        crate::proto::date::with_date(|date| hpack::encode_field("date", date, out));
     }
     let len = out.len() - start - frame::HEAD_LEN;
     let flags = frame::END_HEADERS | if end { frame::END_STREAM } else { 0 };
@@ -230,12 +230,12 @@ fn write_head(state: &mut State, id: u32, status: Option<u16>, headers: &HeaderM
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::serve_h2::shared::Stream;
+    use crate::proto::h2::server::shared::Stream;
 
     #[test]
     fn a_stream_waiting_for_the_connection_window_is_listed_once() {
         let shared = Shared::new(State::new());
-        let abort = crate::http::serve_h2::task::AbortStream::unattached();
+        let abort = crate::proto::h2::server::task::AbortStream::unattached();
         {
             let mut state = shared.lock();
             state.send_window = 0;

@@ -10,8 +10,8 @@ use super::{
     Conn, ConnError, PendingBlock, RecvBody, MAX_BLOCK, MAX_CONCURRENT_STREAMS, MAX_CONTINUATIONS,
     MAX_OVERSIZED_HEADS,
 };
-use crate::http::hpack;
-use crate::http::{error_response, RequestBody};
+use crate::proto::h2::hpack;
+use crate::proto::{error_response, RequestBody};
 use http::StatusCode;
 use std::future::Future;
 use tokio::io::{AsyncRead, AsyncWrite};

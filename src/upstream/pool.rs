@@ -1,11 +1,14 @@
 //! Upstream connections to one endpoint: pools of idle HTTP/1.1 connections
-//! (hyper's, and those driven inline) and multiplexed HTTP/2 connections
-//! (`h2_pool`).
+//! (hyper's, and those driven inline by `h1`) and multiplexed HTTP/2
+//! connections (`h2`). What may be sent again is decided in `resend`.
 
-use super::h2_pool::{self, H2Pool, Lease, SettingsSniffer, StreamSlot};
-use super::inline_h1::{self, InlineBody, InlineConn};
-use super::{BoxError, ProxyBody};
+use super::error::UpstreamError;
+use super::h1::{self as inline_h1, InlineBody, InlineConn};
+use super::h2::{self as h2_pool, H2Pool, Lease, SettingsSniffer, StreamSlot};
+use super::idle::{IdleList, Look};
+use super::resend::{copy_head, idempotent, refusal, Refused};
 use crate::io::DirectTcp;
+use crate::proto::{BoxError, ProxyBody};
 use crate::time::coarse::coarse_now;
 use bytes::Bytes;
 use futures_util::future::Either;
@@ -14,12 +17,11 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::{http1, http2};
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use std::collections::VecDeque;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -37,7 +39,6 @@ pub struct UpstreamTls {
 }
 
 /// Idle HTTP/1.1 connections kept per endpoint; more are closed when returned.
-const MAX_IDLE_PER_ENDPOINT: usize = 512;
 /// Connections still finishing a response that a checkout steps over before
 /// it opens a new one.
 const CHECKOUT_SCAN: usize = 8;
@@ -58,52 +59,6 @@ impl Reusable {
 
 /// What a send gives: the response and, for hyper's HTTP/1.1, the connection.
 pub type Sent = Result<(Response<UpstreamBody>, Option<Reusable>), UpstreamError>;
-
-/// Methods that may be sent again when the upstream turns out not to have
-/// processed them: a stale pooled connection, a refused stream (RFC 9110, 9.2.2).
-fn idempotent(method: &http::Method) -> bool {
-    use http::Method;
-    matches!(
-        *method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
-    )
-}
-
-/// A bodiless request's head, to send again.
-fn copy_head(req: &Request<ProxyBody>) -> Request<ProxyBody> {
-    let mut copy = Request::new(super::full(Bytes::new()));
-    *copy.method_mut() = req.method().clone();
-    *copy.uri_mut() = req.uri().clone();
-    *copy.version_mut() = req.version();
-    *copy.headers_mut() = req.headers().clone();
-    copy
-}
-
-/// How the server refused an HTTP/2 stream, unprocessed, if it did.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Refused {
-    /// Above the last stream of its GOAWAY: the connection is going away.
-    GoAway,
-    /// REFUSED_STREAM on this stream only: the connection is still good.
-    Stream,
-}
-
-fn refusal(e: &hyper::Error) -> Option<Refused> {
-    let mut source = std::error::Error::source(e);
-    while let Some(err) = source {
-        if let Some(h2) = err.downcast_ref::<h2::Error>() {
-            return if h2.is_go_away() && h2.is_remote() {
-                Some(Refused::GoAway)
-            } else if h2.is_reset() && h2.reason() == Some(h2::Reason::REFUSED_STREAM) {
-                Some(Refused::Stream)
-            } else {
-                None
-            };
-        }
-        source = err.source();
-    }
-    None
-}
 
 /// A response body from upstream: hyper's, read inline, or hyper's on an
 /// HTTP/2 stream whose slot it holds until it is done.
@@ -144,42 +99,6 @@ impl Body for UpstreamBody {
     }
 }
 
-#[derive(Debug)]
-pub enum UpstreamError {
-    Connect(std::io::Error),
-    ConnectTimeout,
-    Tls(std::io::Error),
-    Http(hyper::Error),
-    /// From a connection driven inline.
-    Io(std::io::Error),
-    Protocol(&'static str),
-    /// The endpoint answered the HTTP/2 preface with something else.
-    NotHttp2,
-}
-
-impl From<inline_h1::Error> for UpstreamError {
-    fn from(e: inline_h1::Error) -> Self {
-        match e {
-            inline_h1::Error::Stale(e) | inline_h1::Error::Io(e) => UpstreamError::Io(e),
-            inline_h1::Error::Protocol(why) => UpstreamError::Protocol(why),
-        }
-    }
-}
-
-impl std::fmt::Display for UpstreamError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            UpstreamError::Connect(e) => write!(f, "connect failed: {e}"),
-            UpstreamError::ConnectTimeout => write!(f, "connect timed out"),
-            UpstreamError::Tls(e) => write!(f, "tls: {e}"),
-            UpstreamError::Http(e) => write!(f, "upstream error: {e}"),
-            UpstreamError::Io(e) => write!(f, "upstream error: {e}"),
-            UpstreamError::Protocol(why) => write!(f, "upstream error: {why}"),
-            UpstreamError::NotHttp2 => write!(f, "upstream does not speak HTTP/2"),
-        }
-    }
-}
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Wire {
     Http1,
@@ -196,9 +115,8 @@ pub struct EndpointPool {
     addr: SocketAddr,
     settings: Arc<Settings>,
     tls: Option<UpstreamTls>,
-    idle_h1: Mutex<Vec<(Instant, http1::SendRequest<ProxyBody>)>>,
-    /// Newest at the back (reused first), oldest at the front (expired first).
-    idle_inline: Mutex<VecDeque<(Instant, Box<InlineConn>)>>,
+    idle_h1: IdleList<http1::SendRequest<ProxyBody>>,
+    idle_inline: IdleList<Box<InlineConn>>,
     h2: H2Pool,
     /// Whether the endpoint speaks HTTP/2 without TLS (h2c): learnt from
     /// its answer to the first connection's preface, then remembered.
@@ -213,10 +131,10 @@ impl EndpointPool {
     pub fn new(addr: SocketAddr, settings: Arc<Settings>, tls: Option<UpstreamTls>) -> Self {
         EndpointPool {
             addr,
+            idle_h1: IdleList::new(settings.idle_timeout),
+            idle_inline: IdleList::new(settings.idle_timeout),
             settings,
             tls,
-            idle_h1: Mutex::new(Vec::new()),
-            idle_inline: Mutex::new(VecDeque::new()),
             h2: H2Pool::default(),
             h2c: AtomicU8::new(H2C_UNKNOWN),
         }
@@ -270,7 +188,7 @@ impl EndpointPool {
                     // new connection (only a reused one can be stale).
                     Err(inline_h1::Error::Stale(_)) if resend => from_pool = false,
                     sent => {
-                        super::headers::recycle(std::mem::take(req.headers_mut()));
+                        crate::proto::headers::recycle(std::mem::take(req.headers_mut()));
                         return sent.map_err(UpstreamError::from);
                     }
                 }
@@ -281,13 +199,9 @@ impl EndpointPool {
     fn checkout_inline(&self) -> Option<Box<InlineConn>> {
         let now = coarse_now();
         loop {
-            let (since, mut conn) = self
-                .idle_inline
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .pop_back()?;
+            let mut conn = self.idle_inline.pop_newest(now)?;
             // Checked outside the lock: it may read from the socket.
-            if now - since < self.settings.idle_timeout && !conn.went_bad_while_idle() {
+            if !conn.went_bad_while_idle() {
                 return Some(conn);
             }
         }
@@ -295,18 +209,7 @@ impl EndpointPool {
 
     pub(super) fn checkin_inline(&self, mut conn: Box<InlineConn>) {
         conn.shrink();
-        let now = coarse_now();
-        let mut idle = self.idle_inline.lock().unwrap_or_else(|p| p.into_inner());
-        // Expired connections are closed from the old end, not left until reached.
-        while idle
-            .front()
-            .is_some_and(|(since, _)| now - *since >= self.settings.idle_timeout)
-        {
-            idle.pop_front();
-        }
-        if idle.len() < MAX_IDLE_PER_ENDPOINT {
-            idle.push_back((now, conn));
-        }
+        self.idle_inline.check_in(coarse_now(), conn);
     }
 
     #[allow(clippy::manual_async_fn)] // one copy of the request in the state, not two
@@ -338,51 +241,27 @@ impl EndpointPool {
     /// One returned moments ago may still be finishing its last response on
     /// its own task; it is left for a later request.
     fn checkout_h1(&self) -> Option<http1::SendRequest<ProxyBody>> {
-        let mut idle = self.idle_h1.lock().unwrap_or_else(|p| p.into_inner());
-        let now = coarse_now();
-        let mut i = idle.len();
-        let mut scanned = 0;
-        while i > 0 && scanned < CHECKOUT_SCAN {
-            i -= 1;
-            let (since, sender) = &idle[i];
-            if sender.is_closed() || now - *since >= self.settings.idle_timeout {
-                idle.remove(i);
+        self.idle_h1.find_newest(coarse_now(), CHECKOUT_SCAN, |sender| {
+            if sender.is_closed() {
+                Look::Drop
             } else if sender.is_ready() {
-                return Some(idle.remove(i).1);
+                Look::Take
             } else {
-                scanned += 1;
+                Look::Skip
             }
-        }
-        None
+        })
     }
 
     fn checkin_h1(&self, sender: http1::SendRequest<ProxyBody>) {
-        let mut idle = self.idle_h1.lock().unwrap_or_else(|p| p.into_inner());
-        if idle.len() < MAX_IDLE_PER_ENDPOINT {
-            idle.push((coarse_now(), sender));
-        }
+        self.idle_h1.check_in(coarse_now(), sender);
     }
 
     /// Closes idle HTTP/1.1 connections past the idle timeout. Checkouts
     /// skip expired ones, but a pool no request uses any more would keep
     /// them (and their descriptors) open for good.
     pub fn close_expired(&self, now: Instant) {
-        let fresh = |since: &Instant| now.saturating_duration_since(*since) < self.settings.idle_timeout;
-        let expired_h1 = {
-            let mut idle = self.idle_h1.lock().unwrap_or_else(|p| p.into_inner());
-            let (keep, expired) = std::mem::take(&mut *idle)
-                .into_iter()
-                .partition(|(since, sender)| fresh(since) && !sender.is_closed());
-            *idle = keep;
-            expired
-        };
-        let expired_inline: Vec<_> = {
-            let mut idle = self.idle_inline.lock().unwrap_or_else(|p| p.into_inner());
-            let keep = idle.iter().take_while(|(since, _)| !fresh(since)).count();
-            idle.drain(..keep).collect()
-        };
-        // Closed outside the locks.
-        drop((expired_h1, expired_inline));
+        self.idle_h1.close_expired(now, |sender| sender.is_closed());
+        self.idle_inline.close_expired(now, |_| false);
     }
 
     /// A raw byte stream for opaque TCP (TLS-wrapped when meshed).

@@ -11,8 +11,8 @@
 //! The connection window is the sum of its streams' windows, so a stream
 //! whose client stopped reading holds back only its own window's worth.
 
-use super::client::UpstreamError;
-use super::ProxyBody;
+use super::error::UpstreamError;
+use crate::proto::ProxyBody;
 use hyper::client::conn::http2::SendRequest;
 use std::future::Future;
 use std::io;

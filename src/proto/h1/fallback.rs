@@ -1,9 +1,9 @@
 //! Serving one HTTP/1.1 client connection with hyper, and draining it on shutdown.
 
-use super::limits::MAX_HEAD_BYTES;
-use super::RequestBody;
 use crate::conn::ConnContext;
 use crate::metrics::{ConnEvent, TcpSeries};
+use crate::proto::limits::MAX_HEAD_BYTES;
+use crate::proto::RequestBody;
 use crate::proxy::handle;
 use crate::time::coarse::CoarseTimer;
 use hyper::body::Incoming;

@@ -7,7 +7,7 @@
 use super::respond::Respond;
 use super::shared::Shared;
 use crate::conn::ConnContext;
-use crate::http::{ProxyBody, RequestBody};
+use crate::proto::{ProxyBody, RequestBody};
 use crate::proxy::handle;
 use futures_util::future::Either;
 use http::{Request, Response};

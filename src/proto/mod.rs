@@ -1,14 +1,16 @@
-//! HTTP proxying: hyper server side, upstream pools, the proxy handler.
+//! Wire engines: HTTP/1.1 and HTTP/2 as bytes on a connection, and the
+//! message types they hand to the proxy. No routes, metrics or plugins here:
+//! a server engine hands each request to `crate::proxy::handle`.
+//!
+//! - `h1`: the HTTP/1.1 server (own fast path, hyper behind it)
+//! - `h2`: the own HTTP/2 server and its HPACK codec
+//! - `headers`, `target`, `limits`, `date`: what every engine shares
 
-pub mod client;
-mod h2_pool;
+pub mod date;
+pub mod h1;
+pub mod h2;
 pub mod headers;
-pub(crate) mod hpack;
-pub(crate) mod inline_h1;
 pub mod limits;
-pub mod serve_h1;
-pub mod serve_h2;
-pub mod server;
 pub(crate) mod target;
 
 use bytes::Bytes;
@@ -22,7 +24,7 @@ pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
 /// none for a bodiless request.
 pub enum RequestBody {
     Hyper(hyper::body::Incoming),
-    H2(serve_h2::RecvBody),
+    H2(h2::server::RecvBody),
     Empty,
 }
 

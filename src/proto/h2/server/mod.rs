@@ -49,7 +49,7 @@ use tokio::sync::watch;
 const MAX_CONCURRENT_STREAMS: usize = 200;
 const HEADER_TABLE_SIZE: usize = 4096;
 /// A header block bigger than this before decoding ends the connection.
-const MAX_BLOCK: usize = crate::http::limits::MAX_HEAD_BYTES + 16 * 1024;
+const MAX_BLOCK: usize = crate::proto::limits::MAX_HEAD_BYTES + 16 * 1024;
 /// Streams the client resets while in progress, net of those the proxy
 /// served, before the connection is closed (CVE-2023-44487, "rapid reset").
 const MAX_NET_RESETS: u32 = 1000;
@@ -159,7 +159,7 @@ pub async fn serve<I>(
             (frame::SETTINGS_INITIAL_WINDOW_SIZE, RECV_WINDOW as u32),
             (
                 frame::SETTINGS_MAX_HEADER_LIST_SIZE,
-                crate::http::limits::MAX_HEAD_BYTES as u32,
+                crate::proto::limits::MAX_HEAD_BYTES as u32,
             ),
         ],
     );
