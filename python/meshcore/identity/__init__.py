@@ -5,7 +5,7 @@ name is a SPIFFE ID (``spiffe://<trust domain>/<name>``). A proxy obtains its ce
 CSR together with a bootstrap token, so its private key never leaves the workload.
 
 - ``ca``: the CA on disk, issuing and signing, SPIFFE IDs, certificate facts;
-- ``service``: IdentityService, the certify API over HTTPS;
+- ``service``: IdentityService, the certify API over HTTPS (served as ``https`` describes);
 - ``client``: request_certificate, the client side of that API;
 - ``agent``: IdentityAgent, which keeps a running proxy's certificate fresh;
 - ``cli``: the ``meshcore identity`` commands.
@@ -22,12 +22,14 @@ if TYPE_CHECKING:
     from .agent import IdentityAgent, RenewalBackoff, next_backoff, retry_delay
     from .ca import cert_info, init_ca, issue, refresh_delay, sign_csr, spiffe_id
     from .client import request_certificate
+    from .https import ServerLimits
     from .service import IdentityService
 
 __all__ = [
     "IdentityAgent",
     "IdentityService",
     "RenewalBackoff",
+    "ServerLimits",
     "cert_info",
     "init_ca",
     "issue",
@@ -51,6 +53,7 @@ _MODULE_OF = {
     "sign_csr": "ca",
     "spiffe_id": "ca",
     "request_certificate": "client",
+    "ServerLimits": "https",
     "IdentityService": "service",
 }
 

@@ -76,7 +76,7 @@ def cmd_issue(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .service import IdentityService  # cryptography is loaded only by identity commands
+    from .service import IdentityService  # cryptography and uvicorn, only for this command
 
     stop = _stop_on_signals()  # before printing the URL, so a signal right after it is handled
     with IdentityService(args.dir, args.bind, tokens=args.tokens, ttl=args.ttl) as service:

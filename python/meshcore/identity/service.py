@@ -1,4 +1,4 @@
-"""The identity service: the certify API over HTTPS.
+"""The identity service: the certify API over HTTPS, a Starlette app on uvicorn (see https.py).
 
 - ``POST /v1/certify`` with a bootstrap token as bearer and ``{"name": ..., "csr": <PEM>}``
   answers ``{"certificate": <chain PEM>, "not_after": <unix time>, "spiffe_id": ...}``;
@@ -9,35 +9,39 @@ A refusal is ``{"error": "<why>"}`` with its status, and closes the connection.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import ipaddress
 import json
 import ssl
-import sys
 import tempfile
-import threading
 from collections.abc import Mapping
 from datetime import timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Optional, Union
 
 from cryptography import x509
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+from starlette.routing import Route
 
 from .ca import PathLike, check_ttl, csr_public_key, key_pem, load_issuer, new_key, spiffe_id, utc_now
+from .https import HttpsServer, ServerLimits
 
 __all__ = ["IdentityService"]
-
-_MAX_BODY = 64 * 1024
 
 TokenSource = Union[Mapping[str, str], PathLike]
 
 
 class IdentityService:
-    """The certify API over HTTPS, served from a daemon thread until close().
+    """The certify API over HTTPS, served from a background thread until close().
 
     `tokens` maps each bootstrap token to the one identity name it may request; it is a mapping or a
-    file holding a JSON object or lines of "token name".
+    file holding a JSON object or lines of "token name". `limits` bound what one client may take
+    (ServerLimits' defaults if not given). A port in use raises BindError.
     """
 
     def __init__(
@@ -47,6 +51,7 @@ class IdentityService:
         *,
         tokens: TokenSource,
         ttl: timedelta = timedelta(hours=24),
+        limits: Optional[ServerLimits] = None,
     ) -> None:
         check_ttl(ttl)
         self._issuer = load_issuer(directory)
@@ -54,19 +59,14 @@ class IdentityService:
         for name in self._tokens.values():
             spiffe_id(self._issuer.trust_domain, name)  # fail at startup rather than on every request
         self._ttl = ttl
+        self._limits = limits = limits or ServerLimits()
         host, port = _parse_bind(bind)
-        self._server = _Server((host, port), _Handler)
-        self._server.service = self
-        self._server.tls = self._tls_context(ipaddress.IPv4Address(host))
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="meshcore-identity", daemon=True
-        )
-        self._thread.start()
+        tls = self._tls_context(ipaddress.IPv4Address(host))
+        self._server = HttpsServer(self._app(), host, port, tls, limits, "identity service")
 
     @property
     def address(self) -> tuple[str, int]:
-        host, port = self._server.server_address[:2]
-        return str(host), int(port)
+        return self._server.address
 
     @property
     def url(self) -> str:
@@ -79,15 +79,31 @@ class IdentityService:
         return self._issuer.trust_anchor_pem
 
     def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join()
+        self._server.close()
 
     def __enter__(self) -> IdentityService:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def _app(self) -> Starlette:
+        return Starlette(
+            routes=[
+                Route("/v1/trust-anchors", self._serve_trust_anchors, methods=["GET"]),
+                Route("/v1/certify", self._serve_certify, methods=["POST"]),
+            ],
+            exception_handlers={_HttpError: _refusal, HTTPException: _refusal},
+        )
+
+    async def _serve_trust_anchors(self, request: Request) -> Response:
+        return Response(self.trust_anchors_pem, media_type="application/x-pem-file")
+
+    async def _serve_certify(self, request: Request) -> Response:
+        body = await _read_body(request, self._limits)
+        # Signing is CPU work: a worker thread does it while the event loop serves other clients.
+        reply = await run_in_threadpool(self._certify, request.headers.get("authorization"), body)
+        return _json(200, reply)
 
     def _tls_context(self, host: ipaddress.IPv4Address) -> ssl.SSLContext:
         names: list[x509.GeneralName] = [
@@ -144,6 +160,70 @@ class IdentityService:
         return found
 
 
+class _HttpError(Exception):
+    def __init__(self, status: int, message: str, headers: Optional[Mapping[str, str]] = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.headers = dict(headers or {})
+
+
+async def _read_body(request: Request, limits: ServerLimits) -> bytes:
+    """The request body, refused with 413 as soon as it is known to be too large: from its
+    Content-Length, or while it streams in (chunked), so no more than the limit is ever held."""
+    too_large = _HttpError(413, f"body larger than {limits.max_body} bytes")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limits.max_body:
+        raise too_large
+    body = bytearray()
+
+    async def read() -> None:
+        async for chunk in request.stream():
+            body.extend(chunk)
+            if len(body) > limits.max_body:
+                raise too_large
+
+    try:
+        await asyncio.wait_for(read(), limits.body_timeout)
+    except asyncio.TimeoutError:
+        raise _HttpError(408, f"body not received within {limits.body_timeout:g}s") from None
+    except ClientDisconnect:
+        raise _HttpError(400, "the client went away before the end of the body") from None
+    return bytes(body)
+
+
+async def _refusal(request: Request, error: Exception) -> Response:
+    """An _HttpError, or Starlette's own for an unknown path (404) or method (405), as JSON."""
+    if isinstance(error, HTTPException):
+        error = _HttpError(error.status_code, str(error.detail).lower(), error.headers)
+    assert isinstance(error, _HttpError)
+    # Close after an error: an unread body must not be taken for the next request.
+    headers = {**error.headers, "Connection": "close"}
+    if error.status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    return _json(error.status, {"error": str(error)}, headers)
+
+
+def _json(status: int, payload: dict[str, Any], headers: Optional[Mapping[str, str]] = None) -> Response:
+    return Response(json.dumps(payload).encode(), status, headers, media_type="application/json")
+
+
+def _bearer_token(authorization: Optional[str]) -> str:
+    scheme, _, token = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise _HttpError(401, "missing bearer token")
+    return token.strip()
+
+
+def _parse_certify_request(body: bytes) -> tuple[str, str]:
+    try:
+        request = json.loads(body)
+    except (ValueError, RecursionError):
+        raise _HttpError(400, "body is not JSON") from None
+    if not isinstance(request, dict) or not all(isinstance(request.get(k), str) for k in ("name", "csr")):
+        raise _HttpError(400, 'expected {"name": "<identity name>", "csr": "<PEM>"}')
+    return request["name"], request["csr"]
+
+
 def _load_tokens(tokens: TokenSource) -> dict[str, str]:
     table = dict(tokens) if isinstance(tokens, Mapping) else _parse_tokens(Path(tokens))
     if not table:
@@ -181,100 +261,3 @@ def _parse_bind(bind: str) -> tuple[str, int]:
     if not port.isdigit() or int(port) > 65535:
         raise ValueError(f"expected an IPv4 'ip:port' to bind, got {bind!r}")
     return host, int(port)
-
-
-class _HttpError(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-def _bearer_token(authorization: Optional[str]) -> str:
-    scheme, _, token = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise _HttpError(401, "missing bearer token")
-    return token.strip()
-
-
-def _parse_certify_request(body: bytes) -> tuple[str, str]:
-    try:
-        request = json.loads(body)
-    except (ValueError, RecursionError):
-        raise _HttpError(400, "body is not JSON") from None
-    if not isinstance(request, dict) or not all(isinstance(request.get(k), str) for k in ("name", "csr")):
-        raise _HttpError(400, 'expected {"name": "<identity name>", "csr": "<PEM>"}')
-    return request["name"], request["csr"]
-
-
-class _Server(ThreadingHTTPServer):
-    service: IdentityService
-    tls: ssl.SSLContext
-
-    def finish_request(self, request: Any, client_address: Any) -> None:
-        # The TLS handshake runs here, in the connection's own thread, so a client that stalls it
-        # cannot block accept() for everyone else.
-        request.settimeout(_Handler.timeout)
-        try:
-            connection = self.tls.wrap_socket(request, server_side=True)
-        except OSError:
-            return
-        with connection:
-            super().finish_request(connection, client_address)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        if not isinstance(sys.exc_info()[1], OSError):  # a client going away is no error of ours
-            super().handle_error(request, client_address)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: _Server
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True
-    timeout = 10  # seconds a client may stall before its connection is dropped
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Silent: the service runs inside other programs and must not write to their output."""
-
-    def do_GET(self) -> None:
-        if self.path == "/v1/trust-anchors":
-            self._send(200, self.server.service.trust_anchors_pem, "application/x-pem-file")
-        else:
-            self._send_error(_HttpError(404, "not found"))
-
-    def do_POST(self) -> None:
-        try:
-            if self.path != "/v1/certify":
-                raise _HttpError(404, "not found")
-            reply = self.server.service._certify(self.headers.get("Authorization"), self._read_body())
-        except _HttpError as e:
-            self._send_error(e)
-            return
-        self._send(200, json.dumps(reply).encode(), "application/json")
-
-    def _read_body(self) -> bytes:
-        length = self.headers.get("Content-Length", "")
-        if not length.isdigit():
-            raise _HttpError(411, "Content-Length required")
-        if int(length) > _MAX_BODY:
-            raise _HttpError(413, f"body larger than {_MAX_BODY} bytes")
-        return self.rfile.read(int(length))
-
-    def _send_error(self, error: _HttpError) -> None:
-        # Close after an error: an unread body must not be taken for the next request.
-        headers = {"Connection": "close"}
-        if error.status == 401:
-            headers["WWW-Authenticate"] = "Bearer"
-        self._send(error.status, json.dumps({"error": str(error)}).encode(), "application/json", headers)
-
-    def _send(
-        self, status: int, body: bytes, content_type: str, headers: Optional[dict[str, str]] = None
-    ) -> None:
-        self.send_response(status)
-        for name, value in {
-            "Content-Type": content_type,
-            "Content-Length": str(len(body)),
-            **(headers or {}),
-        }.items():
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(body)
