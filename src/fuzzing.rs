@@ -12,13 +12,15 @@
 //! within `HANG` of its input being sent is a finding.
 
 use crate::config::Config;
+use crate::conn::admission::Admission;
 use crate::conn::ConnContext;
-use crate::listen::admission::Admission;
 use crate::listen::detect::{self, Protocol, H2_PREFACE, MAX_DETECT_BYTES};
+use crate::message::full;
 use crate::proto::h1::server as serve_h1;
 use crate::proto::h2::hpack::{self, Decoder, Name};
 use crate::proto::h2::server as serve_h2;
-use crate::proto::{full, target, RequestBody};
+use crate::proto::{target, RequestBody};
+use crate::proxy::handle;
 use crate::route::{self, Route};
 use crate::shared::Shared;
 use crate::table::Table;
@@ -136,7 +138,7 @@ const SELF_ANSWERING: &str = r#"{
 struct Peer {
     ctx: Arc<ConnContext>,
     /// The connection's seat; freed when dropped.
-    _seat: crate::listen::admission::Admitted,
+    _seat: crate::conn::admission::Admitted,
 }
 
 fn peer() -> Peer {
@@ -242,7 +244,7 @@ pub fn h2_connection(data: &[u8]) {
     };
     let mut input = H2_PREFACE.to_vec();
     input.extend_from_slice(frames);
-    let serve = |io, ctx, draining| serve_h2::serve(io, ctx, Duration::from_secs(10), draining);
+    let serve = |io, ctx, draining| serve_h2::serve(io, ctx, Duration::from_secs(10), draining, handle);
     let out = run(
         HANG * 2,
         "HTTP/2 connection",
@@ -320,7 +322,7 @@ pub fn h1_server(data: &[u8]) {
         return;
     };
     check_parse_request(bytes);
-    let serve = |io, ctx, draining| serve_h1::serve(io, ctx, Duration::from_secs(10), draining);
+    let serve = |io, ctx, draining| serve_h1::serve(io, ctx, Duration::from_secs(10), draining, handle);
     let out = run(
         HANG * 2,
         "HTTP/1.1 connection",

@@ -13,6 +13,7 @@ pub mod io;
 pub mod listen;
 pub mod loadgen;
 pub mod log;
+pub mod message;
 pub mod metrics;
 pub mod microbench;
 pub mod plugin;

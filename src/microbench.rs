@@ -4,8 +4,8 @@
 
 use crate::balance::{simulate_request, Balancer, Endpoint};
 use crate::config::{self, BalancerKind};
+use crate::message::headers::strip_hop_by_hop;
 use crate::metrics::{Metrics, RequestLabels};
-use crate::proto::headers::strip_hop_by_hop;
 use crate::route::{self, Route};
 use http::HeaderMap;
 use std::sync::Arc;

@@ -123,7 +123,7 @@ pub fn start(mut config: Config, wrap: Option<ThreadWrapper>) -> Result<Running,
             detect_timeout: Duration::from_millis(l.detect_timeout_ms),
             header_read_timeout: Duration::from_millis(l.header_read_timeout_ms),
             idle_timeout: Duration::from_millis(l.idle_timeout_ms),
-            admission: crate::listen::admission::Admission::new(l.max_connections),
+            admission: crate::conn::admission::Admission::new(l.max_connections),
             tls,
         });
         sockets[0].push((first, spec.clone()));

@@ -1,16 +1,17 @@
 //! Accept loops: one per listener. Each connection is (optionally) TLS
 //! terminated, its protocol detected, and handed to HTTP or TCP proxying.
 
-pub mod admission;
 pub mod detect;
 pub mod opaque;
 
 use crate::config::{ListenerProtocol, TlsMode};
+use crate::conn::admission;
 use crate::conn::{ConnContext, PeerTls};
 use crate::io::Io;
 use crate::io::{Counted, DirectTcp, Prefixed};
 use crate::metrics::{ConnEvent, TcpLabels, TcpSeries};
 use crate::proto::{h1, h2};
+use crate::proxy::handle;
 use crate::shared::Shared;
 use bytes::Bytes;
 use detect::Protocol;
@@ -218,8 +219,8 @@ async fn serve_connection(
     });
     let draining = shared.draining.clone();
     match protocol {
-        Protocol::Http1 => h1::server::serve(io, ctx, header_read_timeout, draining).await,
-        Protocol::Http2 => h2::server::serve(io, ctx, header_read_timeout, draining).await,
+        Protocol::Http1 => h1::server::serve(io, ctx, header_read_timeout, draining, handle).await,
+        Protocol::Http2 => h2::server::serve(io, ctx, header_read_timeout, draining, handle).await,
         Protocol::Opaque => opaque::forward(io, ctx).await,
         Protocol::Closed => {}
     }

@@ -1,24 +1,20 @@
-//! Wire engines: HTTP/1.1 and HTTP/2 as bytes on a connection, and the
-//! message types they hand to the proxy. No routes, metrics or plugins here:
-//! a server engine hands each request to `crate::proxy::handle`.
+//! Server engines: HTTP/1.1 and HTTP/2 from clients, as bytes on a
+//! connection, handed request by request to a `Handler` (the proxy's
+//! `handle`; `listen` wires the two). No routes, metrics or plugins here.
 //!
 //! - `h1`: the HTTP/1.1 server (own fast path, hyper behind it)
 //! - `h2`: the own HTTP/2 server and its HPACK codec
-//! - `headers`, `target`, `limits`, `date`: what every engine shares
+//! - `target`: the request target, checked and made canonical once
 
-pub mod date;
 pub mod h1;
 pub mod h2;
-pub mod headers;
-pub mod limits;
+mod handler;
 pub(crate) mod target;
 
-use bytes::Bytes;
-use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full};
-use hyper::{Response, StatusCode};
+pub use handler::Handler;
 
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
+use crate::message::BoxError;
+use bytes::Bytes;
 
 /// A client's request body: hyper's, the proxy's own HTTP/2 server's, or
 /// none for a bodiless request.
@@ -58,28 +54,4 @@ impl hyper::body::Body for RequestBody {
             RequestBody::Empty => hyper::body::SizeHint::with_exact(0),
         }
     }
-}
-
-/// Header naming why the proxy itself answered.
-pub const ERROR_HEADER: &str = "meshcore-error";
-
-pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {
-    Full::new(bytes.into())
-        .map_err(|never| match never {})
-        .boxed_unsync()
-}
-
-/// A short response the proxy makes itself, with the reason in a header.
-pub fn error_response(status: StatusCode, reason: &str) -> Response<ProxyBody> {
-    let mut resp = Response::new(full(format!("{reason}\n")));
-    *resp.status_mut() = status;
-    let headers = resp.headers_mut();
-    headers.insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("text/plain"),
-    );
-    if let Ok(v) = http::HeaderValue::from_str(reason) {
-        headers.insert(ERROR_HEADER, v);
-    }
-    resp
 }

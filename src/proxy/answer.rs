@@ -2,9 +2,9 @@
 //! limiting and plugin short-circuits. Every stage returns one of these to
 //! stop the request; `observe` counts, logs and sends it.
 
+use crate::message::ProxyBody;
 use crate::metrics::RequestLabels;
 use crate::plugin::{LogSummary, PluginHost, PluginRequest};
-use crate::proto::ProxyBody;
 use http::{Response, StatusCode};
 use std::sync::Arc;
 

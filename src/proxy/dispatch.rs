@@ -15,10 +15,11 @@ use super::template::{build_request, Template};
 use crate::balance::NoPick;
 use crate::config::UpstreamProtocol;
 use crate::conn::ConnContext;
+use crate::message::headers::{is_upgrade, strip_hop_by_hop, upgrade_agrees};
+use crate::message::{BoxError, ProxyBody};
 use crate::metrics::RouteLabels;
 use crate::plugin::{LogSummary, ON_LOG, ON_RESPONSE, ON_UPSTREAM_REQUEST};
-use crate::proto::headers::{is_upgrade, strip_hop_by_hop, upgrade_agrees};
-use crate::proto::{BoxError, ProxyBody, RequestBody};
+use crate::proto::RequestBody;
 use crate::resilience::replay::Replay;
 use crate::resilience::retry::{Next, Outcome, MAX_REPLAY_BYTES};
 use crate::resilience::timeout::{attempt_deadline, request_deadline};
@@ -377,7 +378,7 @@ pub(super) fn dispatch(
                 }
                 drop(obs);
                 strip_hop_by_hop(resp.headers_mut(), true);
-                break Ok(resp.map(|_| crate::proto::full(bytes::Bytes::new())));
+                break Ok(resp.map(|_| crate::message::full(bytes::Bytes::new())));
             }
             strip_hop_by_hop(resp.headers_mut(), false);
             break Ok(resp.map(|body| ObservedBody::new(body, obs, deadline, reusable).boxed_unsync()));

@@ -30,7 +30,8 @@ pub use dispatch::ORIG_PROTO_HEADER;
 pub use observe::grpc_status;
 
 use crate::conn::ConnContext;
-use crate::proto::{ProxyBody, RequestBody};
+use crate::message::ProxyBody;
+use crate::proto::RequestBody;
 use answer::Failure;
 use ctx::RequestCtx;
 use futures_util::future::{ready, Either, Ready};

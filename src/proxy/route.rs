@@ -5,7 +5,8 @@
 use super::answer::{fail, local, Failure};
 use super::ctx::{text, RequestCtx, Said};
 use super::observe::logged;
-use crate::proto::{error_response, full, ProxyBody, RequestBody};
+use crate::message::{error_response, full, ProxyBody};
+use crate::proto::RequestBody;
 use crate::route::{self, Route};
 use crate::table::Table;
 use http::{HeaderValue, Request, Response, StatusCode};

@@ -1,6 +1,6 @@
 //! The request template every attempt is built from.
 
-use crate::proto::ProxyBody;
+use crate::message::ProxyBody;
 use crate::upstream::Wire;
 use http::header::HOST;
 use http::uri::{Authority, PathAndQuery, Scheme, Uri};

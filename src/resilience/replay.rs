@@ -3,7 +3,7 @@
 //! what was already sent and then go on reading the client's stream. Once the
 //! copy would pass the limit it is dropped and the body is no longer replayable.
 
-use crate::proto::{BoxError, RequestBody};
+use crate::message::BoxError;
 use bytes::Bytes;
 use http::HeaderMap;
 use hyper::body::{Body, Frame, SizeHint};
@@ -11,8 +11,8 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
-struct Shared {
-    source: Option<RequestBody>,
+struct Shared<B> {
+    source: Option<B>,
     kept: Vec<Bytes>,
     kept_bytes: usize,
     trailers: Option<HeaderMap>,
@@ -23,10 +23,10 @@ struct Shared {
 
 /// Hands out one body per attempt.
 #[derive(Clone)]
-pub struct Replay(Arc<Mutex<Shared>>);
+pub struct Replay<B>(Arc<Mutex<Shared<B>>>);
 
-impl Replay {
-    pub fn new(source: RequestBody, limit: usize) -> Self {
+impl<B: Body<Data = Bytes, Error = BoxError> + Unpin> Replay<B> {
+    pub fn new(source: B, limit: usize) -> Self {
         let ended = source.is_end_stream();
         Replay(Arc::new(Mutex::new(Shared {
             source: Some(source),
@@ -44,7 +44,7 @@ impl Replay {
         !self.0.lock().unwrap_or_else(|p| p.into_inner()).overflowed
     }
 
-    pub fn attempt(&self) -> AttemptBody {
+    pub fn attempt(&self) -> AttemptBody<B> {
         AttemptBody {
             shared: self.0.clone(),
             position: 0,
@@ -53,13 +53,13 @@ impl Replay {
     }
 }
 
-pub struct AttemptBody {
-    shared: Arc<Mutex<Shared>>,
+pub struct AttemptBody<B> {
+    shared: Arc<Mutex<Shared<B>>>,
     position: usize,
     trailers_sent: bool,
 }
 
-impl Body for AttemptBody {
+impl<B: Body<Data = Bytes, Error = BoxError> + Unpin> Body for AttemptBody<B> {
     type Data = Bytes;
     type Error = BoxError;
 

@@ -9,8 +9,8 @@
 
 use super::pool::EndpointPool;
 use crate::io::read_buf::{shared_copy, ReadBuffer};
-use crate::proto::headers::connection_has;
-use crate::proto::{BoxError, ProxyBody};
+use crate::message::headers::connection_has;
+use crate::message::{BoxError, ProxyBody};
 use bytes::Bytes;
 use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
@@ -23,7 +23,7 @@ use std::task::{ready, Context, Poll, Waker};
 use tokio::io::AsyncWriteExt;
 
 use crate::io::DirectTcp;
-use crate::proto::limits::{MAX_HEADERS, MAX_HEAD_BYTES};
+use crate::message::limits::{MAX_HEADERS, MAX_HEAD_BYTES};
 
 /// A connection's read buffer to begin with; it grows for a large head.
 const READ_BUF: usize = 16 * 1024;
@@ -203,7 +203,7 @@ pub(crate) fn parse_head(buf: &[u8]) -> Result<Option<(usize, Response<()>)>, &'
         .and_then(|c| StatusCode::from_u16(c).ok())
         .ok_or("invalid response status")?;
     let head = shared_copy(&buf[..len]);
-    let mut map = crate::proto::headers::map_with_capacity(parsed.headers.len());
+    let mut map = crate::message::headers::map_with_capacity(parsed.headers.len());
     for h in parsed.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| "invalid response header name")?;
         // The value lies inside `buf`; take the same range of the copy.
@@ -265,7 +265,7 @@ fn framing(method: &Method, status: StatusCode, headers: &mut HeaderMap) -> Resu
     if !headers.contains_key(CONTENT_LENGTH) {
         return Ok(Framing::UntilClose);
     }
-    match crate::proto::headers::declared_length(headers) {
+    match crate::message::headers::declared_length(headers) {
         Some(n) => Ok(Framing::Length(n)),
         None => Err("invalid or conflicting content-length"),
     }

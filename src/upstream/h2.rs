@@ -12,7 +12,7 @@
 //! whose client stopped reading holds back only its own window's worth.
 
 use super::error::UpstreamError;
-use crate::proto::ProxyBody;
+use crate::message::ProxyBody;
 use hyper::client::conn::http2::SendRequest;
 use std::future::Future;
 use std::io;

@@ -8,7 +8,7 @@ use super::h2::{self as h2_pool, H2Pool, Lease, SettingsSniffer, StreamSlot};
 use super::idle::{IdleList, Look};
 use super::resend::{copy_head, idempotent, refusal, Refused};
 use crate::io::DirectTcp;
-use crate::proto::{BoxError, ProxyBody};
+use crate::message::{BoxError, ProxyBody};
 use crate::time::coarse::coarse_now;
 use bytes::Bytes;
 use futures_util::future::Either;
@@ -188,7 +188,7 @@ impl EndpointPool {
                     // new connection (only a reused one can be stale).
                     Err(inline_h1::Error::Stale(_)) if resend => from_pool = false,
                     sent => {
-                        crate::proto::headers::recycle(std::mem::take(req.headers_mut()));
+                        crate::message::headers::recycle(std::mem::take(req.headers_mut()));
                         return sent.map_err(UpstreamError::from);
                     }
                 }

@@ -8,7 +8,7 @@
 //!   stream; RFC 9113, 8.7): only a bodiless idempotent request is sent
 //!   again, once, on another connection.
 
-use crate::proto::ProxyBody;
+use crate::message::ProxyBody;
 use bytes::Bytes;
 use hyper::Request;
 
@@ -24,7 +24,7 @@ pub(super) fn idempotent(method: &http::Method) -> bool {
 
 /// A bodiless request's head, to send again.
 pub(super) fn copy_head(req: &Request<ProxyBody>) -> Request<ProxyBody> {
-    let mut copy = Request::new(crate::proto::full(Bytes::new()));
+    let mut copy = Request::new(crate::message::full(Bytes::new()));
     *copy.method_mut() = req.method().clone();
     *copy.uri_mut() = req.uri().clone();
     *copy.version_mut() = req.version();

@@ -1,10 +1,10 @@
 //! Serving one HTTP/1.1 client connection with hyper, and draining it on shutdown.
 
 use crate::conn::ConnContext;
+use crate::message::limits::MAX_HEAD_BYTES;
 use crate::metrics::{ConnEvent, TcpSeries};
-use crate::proto::limits::MAX_HEAD_BYTES;
+use crate::proto::Handler;
 use crate::proto::RequestBody;
-use crate::proxy::handle;
 use crate::time::coarse::CoarseTimer;
 use hyper::body::Incoming;
 use hyper::rt::{Read, Write};
@@ -15,18 +15,21 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
-pub async fn serve_http1<I>(
+pub async fn serve_http1<I, H>(
     io: I,
     ctx: Arc<ConnContext>,
     header_read_timeout: Duration,
     mut draining: watch::Receiver<bool>,
+    handler: H,
 ) where
     I: Read + Write + Unpin + Send + 'static,
+    H: Handler,
 {
     let seat = ctx.seat.clone();
     let tcp = ctx.tcp.clone();
     seat.idle();
-    let svc = service_fn(move |req: Request<Incoming>| handle(req.map(RequestBody::Hyper), ctx.clone()));
+    let svc =
+        service_fn(move |req: Request<Incoming>| handler.call(req.map(RequestBody::Hyper), ctx.clone()));
     let conn = http1::Builder::new()
         // Armed per request; the coarse timer keeps that off tokio's timer wheel.
         .timer(CoarseTimer)

@@ -12,10 +12,11 @@ use super::fallback::serve_http1;
 use crate::conn::ConnContext;
 use crate::io::read_buf::ReadBuffer;
 use crate::io::Prefixed;
-use crate::proto::headers;
-use crate::proto::limits::MAX_HEADERS;
-use crate::proto::{ProxyBody, RequestBody};
-use crate::proxy::handle;
+use crate::message::headers;
+use crate::message::limits::MAX_HEADERS;
+use crate::message::ProxyBody;
+use crate::proto::Handler;
+use crate::proto::RequestBody;
 use crate::time::coarse as coarse_timer;
 use bytes::Bytes;
 use http::header::{CONNECTION, CONTENT_LENGTH, DATE, EXPECT, TRANSFER_ENCODING, UPGRADE};
@@ -56,13 +57,15 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
     }
 }
 
-pub async fn serve<I>(
+pub async fn serve<I, H>(
     io: I,
     ctx: Arc<ConnContext>,
     header_read_timeout: Duration,
     draining: watch::Receiver<bool>,
+    handler: H,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    H: Handler,
 {
     let mut conn = Conn {
         io,
@@ -100,12 +103,12 @@ pub async fn serve<I>(
         let Some((len, req)) = parse_request(conn.buf.unread()) else {
             let read = Bytes::copy_from_slice(conn.buf.unread());
             let io = TokioIo::new(Prefixed::new(read, conn.io));
-            return serve_http1(io, ctx, header_read_timeout, draining).await;
+            return serve_http1(io, ctx, header_read_timeout, draining, handler).await;
         };
         conn.buf.consume(len);
         let head_only = req.method() == Method::HEAD;
         let close = headers::connection_has(req.headers(), "close");
-        let Ok(resp) = handle(req, ctx.clone()).await;
+        let Ok(resp) = handler.call(req, ctx.clone()).await;
         let draining_now = *draining.borrow();
         let written = write_response(&mut conn, resp, head_only, close || draining_now).await;
         if !matches!(written, Ok(false)) {
@@ -220,7 +223,7 @@ where
         Framing::Chunked
     };
     if !has_date {
-        crate::proto::date::with_date(|date| push_header(out, "date", date));
+        crate::message::date::with_date(|date| push_header(out, "date", date));
     }
     if close {
         push_header(out, "connection", b"close");

@@ -8,8 +8,8 @@
 
 use super::serve;
 use crate::config::Config;
+use crate::conn::admission::{Admission, Admitted};
 use crate::conn::ConnContext;
-use crate::listen::admission::{Admission, Admitted};
 use crate::shared::Shared;
 use crate::table::Table;
 use std::future::Future;
@@ -148,7 +148,7 @@ impl Client {
         let ctx = Arc::new(ConnContext::detached(shared, seat.seat.clone()));
         // Room for every test's input, so that writes never wait for the server.
         let (io, server_io) = tokio::io::duplex(4 << 20);
-        tokio::spawn(serve(server_io, ctx, WAIT, draining));
+        tokio::spawn(serve(server_io, ctx, WAIT, draining, crate::proxy::handle));
         Client {
             io,
             unread: Vec::new(),

@@ -4,10 +4,10 @@
 use super::frame::{self, Head, Reason};
 use super::{Conn, ConnError, CALM_WINDOW, DRAIN_PING, MAX_IDLE_FRAMES, MAX_NET_RESETS, MAX_PROVOKED_RESETS};
 use crate::io::read_buf::ReadBuffer;
-use std::future::Future;
+use crate::proto::Handler;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-impl<I: AsyncRead + AsyncWrite + Unpin, F: Future<Output = ()>> Conn<I, F> {
+impl<I: AsyncRead + AsyncWrite + Unpin, H: Handler> Conn<I, H> {
     pub(super) fn process_input(&mut self) -> Result<(), ConnError> {
         let mut input = std::mem::replace(&mut self.input, ReadBuffer::new(0));
         let result = self.process_frames(&mut input);

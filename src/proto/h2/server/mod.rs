@@ -34,6 +34,7 @@ use super::hpack::Decoder;
 use crate::conn::ConnContext;
 use crate::io::read_buf::ReadBuffer;
 use crate::metrics::ConnEvent;
+use crate::proto::Handler;
 use crate::time::coarse::{self as coarse_timer, coarse_now};
 use frame::Reason;
 use futures_util::FutureExt;
@@ -49,7 +50,7 @@ use tokio::sync::watch;
 const MAX_CONCURRENT_STREAMS: usize = 200;
 const HEADER_TABLE_SIZE: usize = 4096;
 /// A header block bigger than this before decoding ends the connection.
-const MAX_BLOCK: usize = crate::proto::limits::MAX_HEAD_BYTES + 16 * 1024;
+const MAX_BLOCK: usize = crate::message::limits::MAX_HEAD_BYTES + 16 * 1024;
 /// Streams the client resets while in progress, net of those the proxy
 /// served, before the connection is closed (CVE-2023-44487, "rapid reset").
 const MAX_NET_RESETS: u32 = 1000;
@@ -102,16 +103,15 @@ struct IdleFrames {
     sent_before: u64,
 }
 
-struct Conn<I, F> {
+struct Conn<I, H: Handler> {
     io: I,
     input: ReadBuffer,
     write: Vec<u8>,
     written: usize,
     shared: Arc<Shared>,
-    tasks: task::StreamTasks<F>,
-    /// Always `task::stream_future`: held as a field so that `F` names its
-    /// return type, which has no name of its own.
-    make: task::MakeFuture<F>,
+    tasks: task::StreamTasks<task::StreamFuture<H>>,
+    /// What each proxied stream's request is handed to.
+    handler: H,
     decoder: Decoder,
     ctx: Arc<ConnContext>,
     /// Highest stream id the client has used.
@@ -140,13 +140,15 @@ struct Conn<I, F> {
     idle: bool,
 }
 
-pub async fn serve<I>(
+pub async fn serve<I, H>(
     io: I,
     ctx: Arc<ConnContext>,
     preface_timeout: std::time::Duration,
     draining: watch::Receiver<bool>,
+    handler: H,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    H: Handler,
 {
     let mut state = State::new();
     frame::settings(
@@ -159,7 +161,7 @@ pub async fn serve<I>(
             (frame::SETTINGS_INITIAL_WINDOW_SIZE, RECV_WINDOW as u32),
             (
                 frame::SETTINGS_MAX_HEADER_LIST_SIZE,
-                crate::proto::limits::MAX_HEAD_BYTES as u32,
+                crate::message::limits::MAX_HEAD_BYTES as u32,
             ),
         ],
     );
@@ -171,7 +173,7 @@ pub async fn serve<I>(
         written: 0,
         shared: Shared::new(state),
         tasks: task::StreamTasks::new(),
-        make: task::stream_future,
+        handler,
         decoder: Decoder::new(HEADER_TABLE_SIZE),
         ctx,
         last_stream: 0,
@@ -258,7 +260,7 @@ pub async fn serve<I>(
     state.bodies.values_mut().for_each(shared::Inbound::fail);
 }
 
-impl<I: AsyncRead + AsyncWrite + Unpin, F: Future<Output = ()>> Conn<I, F> {
+impl<I: AsyncRead + AsyncWrite + Unpin, H: Handler> Conn<I, H> {
     fn poll_drive(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         loop {
             let mut again = false;

@@ -1,9 +1,9 @@
 //! A request head from decoded HTTP/2 fields, checked as RFC 9113 (8.2, 8.3)
 //! asks: pseudo-fields first, once each; no connection-specific fields.
 
+use crate::message::headers::is_connection_specific;
+use crate::message::limits::MAX_HEAD_BYTES;
 use crate::proto::h2::hpack::{Name, Pseudo};
-use crate::proto::headers::is_connection_specific;
-use crate::proto::limits::MAX_HEAD_BYTES;
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, COOKIE, HOST, TE};
 use http::uri::{Authority, PathAndQuery, Scheme};
@@ -26,7 +26,7 @@ impl Fields {
     /// With a recycled header map when the thread has one.
     pub fn new() -> Self {
         Fields {
-            headers: crate::proto::headers::map_with_capacity(0),
+            headers: crate::message::headers::map_with_capacity(0),
             ..Fields::default()
         }
     }
@@ -164,7 +164,7 @@ impl Fields {
         if !self.headers.contains_key(CONTENT_LENGTH) {
             return Ok(None);
         }
-        crate::proto::headers::declared_length(&self.headers)
+        crate::message::headers::declared_length(&self.headers)
             .map(Some)
             .ok_or("bad content-length")
     }

@@ -5,9 +5,9 @@
 use super::frame::{self, Reason};
 use super::shared::{self, Shared, State};
 use super::task::ResetAfterHead;
+use crate::message::headers::is_connection_specific;
+use crate::message::ProxyBody;
 use crate::proto::h2::hpack;
-use crate::proto::headers::is_connection_specific;
-use crate::proto::ProxyBody;
 use bytes::{Buf, Bytes};
 use http::header::{CONTENT_LENGTH, DATE, TE};
 use http::{HeaderMap, Response};
@@ -83,7 +83,7 @@ impl<F: Future<Output = Result<Response<ProxyBody>, Infallible>>> Future for Res
                         }
                     }
                     drop(state);
-                    crate::proto::headers::recycle(parts.headers);
+                    crate::message::headers::recycle(parts.headers);
                     if !live || end || reset_after {
                         this.phase.set(Phase::Done);
                         return Poll::Ready(());
@@ -209,7 +209,7 @@ fn write_head(state: &mut State, id: u32, status: Option<u16>, headers: &HeaderM
         hpack::encode_field(name.as_str(), value.as_bytes(), out);
     }
     if status.is_some() && !has_date {
-        crate::proto::date::with_date(|date| hpack::encode_field("date", date, out));
+        crate::message::date::with_date(|date| hpack::encode_field("date", date, out));
     }
     let len = out.len() - start - frame::HEAD_LEN;
     let flags = frame::END_HEADERS | if end { frame::END_STREAM } else { 0 };

@@ -3,7 +3,7 @@
 //! body chunks each stream has received. One lock: every holder is brief.
 
 use super::frame::{self, Reason};
-use crate::proto::BoxError;
+use crate::message::BoxError;
 use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
 use hyper::body::{Body, Frame, SizeHint};

@@ -5,18 +5,19 @@ use super::frame::{self, Head, Reason};
 use super::frames::unpad;
 use super::request::Fields;
 use super::shared::{Inbound, Stream, RECV_WINDOW};
-use super::task::Answer;
+use super::task::{self, Answer};
 use super::{
     Conn, ConnError, PendingBlock, RecvBody, MAX_BLOCK, MAX_CONCURRENT_STREAMS, MAX_CONTINUATIONS,
     MAX_OVERSIZED_HEADS,
 };
+use crate::message::error_response;
 use crate::proto::h2::hpack;
-use crate::proto::{error_response, RequestBody};
+use crate::proto::Handler;
+use crate::proto::RequestBody;
 use http::StatusCode;
-use std::future::Future;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-impl<I: AsyncRead + AsyncWrite + Unpin, F: Future<Output = ()>> Conn<I, F> {
+impl<I: AsyncRead + AsyncWrite + Unpin, H: Handler> Conn<I, H> {
     pub(super) fn on_headers(&mut self, head: Head, payload: &[u8]) -> Result<(), ConnError> {
         if head.stream == 0 {
             return Err(ConnError(Reason::Protocol, "HEADERS on stream 0"));
@@ -185,8 +186,9 @@ impl<I: AsyncRead + AsyncWrite + Unpin, F: Future<Output = ()>> Conn<I, F> {
             self.count_provoked_reset(true)?;
         }
         let proxied = matches!(answer, Answer::Proxy(_));
-        let (make, shared, ctx) = (self.make, self.shared.clone(), self.ctx.clone());
-        self.tasks.start(|| make(shared, id, answer, ctx), proxied);
+        let (handler, shared, ctx) = (self.handler, self.shared.clone(), self.ctx.clone());
+        self.tasks
+            .start(|| task::stream_future(handler, shared, id, answer, ctx), proxied);
         Ok(())
     }
 

@@ -7,8 +7,9 @@
 use super::respond::Respond;
 use super::shared::Shared;
 use crate::conn::ConnContext;
-use crate::proto::{ProxyBody, RequestBody};
-use crate::proxy::handle;
+use crate::message::ProxyBody;
+use crate::proto::Handler;
+use crate::proto::RequestBody;
 use futures_util::future::Either;
 use http::{Request, Response};
 use std::convert::Infallible;
@@ -37,23 +38,20 @@ pub enum Answer {
 #[derive(Clone, Copy)]
 pub struct ResetAfterHead;
 
-pub type MakeFuture<F> = fn(Arc<Shared>, u32, Answer, Arc<ConnContext>) -> F;
+/// One stream's future: the handler's, or an answer the server made itself.
+pub type StreamFuture<H> =
+    Respond<Either<<H as Handler>::Future, Ready<Result<Response<ProxyBody>, Infallible>>>>;
 
 /// A plain function, not an `async fn`, so the request is not kept twice.
-#[allow(clippy::type_complexity)]
-pub fn stream_future(
+pub fn stream_future<H: Handler>(
+    handler: H,
     shared: Arc<Shared>,
     id: u32,
     answer: Answer,
     ctx: Arc<ConnContext>,
-) -> Respond<
-    Either<
-        impl Future<Output = Result<Response<ProxyBody>, Infallible>>,
-        Ready<Result<Response<ProxyBody>, Infallible>>,
-    >,
-> {
+) -> StreamFuture<H> {
     let answer = match answer {
-        Answer::Proxy(req) => Either::Left(handle(req, ctx)),
+        Answer::Proxy(req) => Either::Left(handler.call(req, ctx)),
         Answer::Own(resp) => Either::Right(std::future::ready(Ok(resp))),
         Answer::Malformed(mut resp) => {
             resp.extensions_mut().insert(ResetAfterHead);
@@ -305,8 +303,8 @@ impl<F: Future<Output = ()>> StreamTasks<F> {
 mod tests {
     use super::*;
 
-    fn output_size<F>(_: MakeFuture<F>) -> usize {
-        std::mem::size_of::<F>()
+    fn output_size<H: Handler>(_: H) -> usize {
+        std::mem::size_of::<StreamFuture<H>>()
     }
 
     /// A future that finishes on its `n`th poll, counting its polls.
@@ -443,7 +441,7 @@ mod tests {
     /// handler's future plus a little: an `async fn` here kept it twice (4 KB).
     #[test]
     fn a_streams_future_holds_the_handlers_once() {
-        let size = output_size(stream_future);
+        let size = output_size(crate::proxy::handle);
         assert!(size <= 1664 + 64, "a stream's future grew to {size} bytes");
     }
 }

@@ -1,6 +1,8 @@
 //! What a client connection knows about itself (its peer, what TLS
 //! established, its listener), shared by its requests, HTTP or opaque TCP.
 
+pub mod admission;
+
 use crate::metrics::TlsLabel;
 use crate::shared::Shared;
 use http::HeaderValue;
@@ -37,7 +39,7 @@ impl ConnContext {
     /// A plaintext outbound connection from 127.0.0.1:50000 on listener 0,
     /// outside any listener: for driving the servers in frame tests and fuzzing.
     #[doc(hidden)]
-    pub fn detached(shared: Arc<Shared>, seat: Arc<crate::listen::admission::Seat>) -> Self {
+    pub fn detached(shared: Arc<Shared>, seat: Arc<admission::Seat>) -> Self {
         ConnContext {
             shared,
             listener: 0,
@@ -71,7 +73,7 @@ pub struct ConnContext {
     pub no_name: Arc<str>,
     /// The connection's place in its listener: says when it is idle, and
     /// hears when it must close to make room.
-    pub seat: Arc<crate::listen::admission::Seat>,
+    pub seat: Arc<admission::Seat>,
     /// An HTTP/2 connection with no open stream closes after this.
     pub idle_timeout: std::time::Duration,
     /// The listener's connection counters, for protocol errors and abuse.
