@@ -1,8 +1,10 @@
 """Configuration: pydantic models, TOML/YAML/dict loading, and errors that name
 the file, the field path and the reason.
 
-Python validates everything and hands Rust one JSON document; durations are
-converted to milliseconds on the way (`timeout = "10s"` -> `timeout_ms`).
+Python is the one validator and holds the one set of defaults: it refuses here, naming the
+file and the field, everything the Rust core would refuse, and hands the core one complete
+document (`to_core()`, schema in `meshcore.snapshot`) with durations in milliseconds
+(`timeout = "10s"` -> `timeout_ms`).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from pydantic import (
     model_validator,
 )
 
+from . import snapshot
 from .errors import config_error
 
 __all__ = [
@@ -411,6 +414,7 @@ class Config(_Model):
     admin: Optional[str] = None
     zone: Optional[str] = None
     cluster: Optional[str] = None
+    # Tier cost per "zone" or "cluster/zone".
     costs: dict[str, int] = {}
     identity: Optional[Identity] = None
     policy: Policy = Policy()
@@ -551,96 +555,129 @@ class Config(_Model):
         """Each route's name; an unnamed route is `route-<index>`."""
         return [r.name or f"route-{i}" for i, r in enumerate(self.routes)]
 
-    def to_core(self, plugin_routes: Collection[str] = ()) -> dict[str, Any]:
-        """The document the Rust core takes; `plugin_routes` names the routes plugins apply to."""
+    def to_core(self, plugin_routes: Collection[str] = ()) -> snapshot.Snapshot:
+        """The document the Rust core takes: every field, defaults filled, durations in
+        milliseconds; `plugin_routes` names the routes plugins apply to. `identity` is None:
+        `Proxy` fills it once it holds a certificate."""
         names = self.route_names()
-        """The document handed to Rust: durations in milliseconds, defaults filled."""
         return {
             "zone": self.zone,
             "cluster": self.cluster,
-            "costs": self.costs,
+            "costs": dict(self.costs),
             "workers": self.workers,
-            "policy": self.policy.model_dump(),
-            "listeners": [
-                {
-                    "name": lst.name,
-                    "bind": lst.bind,
-                    "protocol": lst.protocol,
-                    "direction": lst.direction or ("inbound" if "inbound" in lst.name else "outbound"),
-                    "service": lst.service,
-                    "detect_timeout_ms": parse_duration(lst.detect_timeout),
-                    "header_read_timeout_ms": parse_duration(lst.header_read_timeout),
-                    "idle_timeout_ms": parse_duration(lst.idle_timeout),
-                    "max_connections": lst.max_connections,
-                    "tls": lst.tls,
-                    "share_port": lst.share_port,
-                }
-                for lst in self.listeners
-            ],
+            "listeners": [_core_listener(lst) for lst in self.listeners],
             "routes": [
-                {
-                    "listener": r.listener,
-                    "name": names[i],
-                    "host": r.host,
-                    "path_prefix": r.path_prefix,
-                    "headers": r.headers,
-                    "timeout_ms": None if r.timeout is None else parse_duration(r.timeout),
-                    "response_timeout_ms": None
-                    if r.response_timeout is None
-                    else parse_duration(r.response_timeout),
-                    "retry": None
-                    if r.retry is None
-                    else {
-                        "on": r.retry.on,
-                        "limit": r.retry.limit,
-                        "budget": r.retry.budget,
-                        "min_per_second": r.retry.min_per_second,
-                        "ttl_ms": parse_duration(r.retry.ttl),
-                    },
-                    "backends": [b.model_dump() for b in r.backends],
-                    **{
-                        k: getattr(r, k).model_dump()
-                        for k in (
-                            "request_headers",
-                            "response_headers",
-                            "rewrite",
-                            "redirect",
-                            "direct_response",
-                            "rate_limit",
-                        )
-                        if getattr(r, k) is not None
-                    },
-                    "plugins": names[i] in plugin_routes,
-                }
-                for i, r in enumerate(self.routes)
+                _core_route(r, names[i], names[i] in plugin_routes) for i, r in enumerate(self.routes)
             ],
-            "services": [
-                {
-                    "name": s.name,
-                    "balancer": s.balancer,
-                    "protocol": s.protocol,
-                    "endpoints": [e.model_dump() for e in s.endpoints],
-                    "connect_timeout_ms": parse_duration(s.connect_timeout),
-                    "idle_timeout_ms": parse_duration(s.idle_timeout),
-                    "zonal": {
-                        "load_low": s.zonal.load_low,
-                        "load_high": s.zonal.load_high,
-                        "dwell_ms": parse_duration(s.zonal.dwell),
-                    },
-                    "breaker": None
-                    if s.breaker is False
-                    else {
-                        "consecutive_failures": s.breaker.consecutive_failures,
-                        "min_penalty_ms": parse_duration(s.breaker.min_penalty),
-                        "max_penalty_ms": parse_duration(s.breaker.max_penalty),
-                        "jitter": s.breaker.jitter,
-                        "max_ejection_percent": s.breaker.max_ejection_percent,
-                        "panic_threshold_percent": s.breaker.panic_threshold_percent,
-                    },
-                }
-                for s in self.services
-            ],
+            "services": [_core_service(s) for s in self.services],
+            "identity": None,
+            "policy": {
+                "default": self.policy.default,
+                "rules": [
+                    {
+                        "name": rule.name,
+                        "listener": rule.listener,
+                        "path_prefix": rule.path_prefix,
+                        "identities": list(rule.identities),
+                        "networks": list(rule.networks),
+                    }
+                    for rule in self.policy.rules
+                ],
+            },
         }
+
+
+def _core_listener(lst: Listener) -> snapshot.Listener:
+    return {
+        "name": lst.name,
+        "bind": lst.bind,
+        "protocol": lst.protocol,
+        "direction": lst.direction or ("inbound" if "inbound" in lst.name else "outbound"),
+        "service": lst.service,
+        "detect_timeout_ms": parse_duration(lst.detect_timeout),
+        "header_read_timeout_ms": parse_duration(lst.header_read_timeout),
+        "idle_timeout_ms": parse_duration(lst.idle_timeout),
+        "max_connections": lst.max_connections,
+        "tls": lst.tls,
+        "share_port": lst.share_port,
+    }
+
+
+def _core_header_ops(ops: Optional[HeaderOps]) -> Optional[snapshot.HeaderOps]:
+    if ops is None:
+        return None
+    return {"add": dict(ops.add), "set": dict(ops.set), "remove": list(ops.remove)}
+
+
+def _core_route(r: Route, name: str, plugins: bool) -> snapshot.Route:
+    retry, redirect, direct = r.retry, r.redirect, r.direct_response
+    return {
+        "listener": r.listener,
+        "name": name,
+        "host": r.host,
+        "path_prefix": r.path_prefix,
+        "headers": dict(r.headers),
+        "timeout_ms": None if r.timeout is None else parse_duration(r.timeout),
+        "response_timeout_ms": None if r.response_timeout is None else parse_duration(r.response_timeout),
+        "retry": None
+        if retry is None
+        else {
+            "on": list(retry.on),
+            "limit": retry.limit,
+            "budget": retry.budget,
+            "min_per_second": retry.min_per_second,
+            "ttl_ms": parse_duration(retry.ttl),
+        },
+        "request_headers": _core_header_ops(r.request_headers),
+        "response_headers": _core_header_ops(r.response_headers),
+        "rewrite": None if r.rewrite is None else {"path_prefix": r.rewrite.path_prefix},
+        "redirect": None
+        if redirect is None
+        else {
+            "status": redirect.status,
+            "scheme": redirect.scheme,
+            "host": redirect.host,
+            "path": redirect.path,
+        },
+        "direct_response": None
+        if direct is None
+        else {"status": direct.status, "body": direct.body, "headers": dict(direct.headers)},
+        "rate_limit": None
+        if r.rate_limit is None
+        else {"rps": r.rate_limit.rps, "burst": r.rate_limit.burst},
+        "plugins": plugins,
+        "backends": [{"service": b.service, "weight": b.weight} for b in r.backends],
+    }
+
+
+def _core_service(s: Service) -> snapshot.Service:
+    breaker = s.breaker
+    return {
+        "name": s.name,
+        "balancer": s.balancer,
+        "protocol": s.protocol,
+        "endpoints": [
+            {"addr": e.addr, "zone": e.zone, "cluster": e.cluster, "identity": e.identity}
+            for e in s.endpoints
+        ],
+        "connect_timeout_ms": parse_duration(s.connect_timeout),
+        "idle_timeout_ms": parse_duration(s.idle_timeout),
+        "zonal": {
+            "load_low": s.zonal.load_low,
+            "load_high": s.zonal.load_high,
+            "dwell_ms": parse_duration(s.zonal.dwell),
+        },
+        "breaker": None
+        if breaker is False
+        else {
+            "consecutive_failures": breaker.consecutive_failures,
+            "min_penalty_ms": parse_duration(breaker.min_penalty),
+            "max_penalty_ms": parse_duration(breaker.max_penalty),
+            "jitter": breaker.jitter,
+            "max_ejection_percent": breaker.max_ejection_percent,
+            "panic_threshold_percent": breaker.panic_threshold_percent,
+        },
+    }
 
 
 _PEM_BLOCK = re.compile(r"-----BEGIN ([A-Z0-9 ]+)-----(.*?)-----END \1-----", re.S)
