@@ -53,6 +53,9 @@ __all__ = [
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$")
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000}
 _MAX_DURATION_MS = 10 * 365 * 86_400_000
+# What the core's integer fields hold (u32; usize on 64-bit).
+_U32_MAX = 2**32 - 1
+_U64_MAX = 2**64 - 1
 
 
 def parse_duration(value: Union[str, int, float]) -> int:
@@ -76,7 +79,8 @@ def parse_duration(value: Union[str, int, float]) -> int:
     return int(ms)
 
 
-def _check_socket_addr(value: str) -> str:
+def _check_admin_addr(value: str) -> str:
+    """'ip:port' for the admin API, which Python binds: brackets around IPv6 are optional."""
     host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ValueError(f"expected 'ip:port', got {value!r}")
@@ -85,6 +89,42 @@ def _check_socket_addr(value: str) -> str:
     except ValueError:
         raise ValueError(f"expected an IP address before the port, got {host!r}") from None
     return value
+
+
+def _check_socket_addr(value: str) -> str:
+    """'ip:port' exactly as the core parses it (Rust's SocketAddr): an IPv6 address in
+    brackets with a numeric scope if any ('[fe80::1%2]:80'), IPv4 without, ASCII digits."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not (port.isascii() and port.isdigit()) or int(port) > 65535:
+        raise ValueError(f"expected 'ip:port', got {value!r}")
+    bracketed = host.startswith("[") and host.endswith("]")
+    address, percent, scope = host[1:-1].partition("%") if bracketed else (host, "", "")
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        raise ValueError(f"expected an IP address before the port, got {host!r}") from None
+    if ip.version == 6 and not bracketed:
+        raise ValueError(f"put an IPv6 address in brackets, as in '[{address}]:{port}'")
+    if ip.version == 4 and bracketed:
+        raise ValueError(f"an IPv4 address takes no brackets: '{address}:{port}'")
+    if percent and not (scope.isascii() and scope.isdigit() and int(scope) <= _U32_MAX):
+        raise ValueError(f"the scope of {address!r} must be an interface number, got {scope!r}")
+    return value
+
+
+def _check_network(net: str) -> None:
+    """An address with an optional prefix length ('10.0.0.0/8', '::1'), as the core parses it:
+    no netmask ('/255.0.0.0') and no IPv6 scope."""
+    address, slash, length = net.partition("/")
+    try:
+        ip = None if "%" in address else ipaddress.ip_address(address)
+    except ValueError:
+        ip = None
+    fits = ip is not None and (
+        not slash or (length.isascii() and length.isdigit() and int(length) <= ip.max_prefixlen)
+    )
+    if not fits:
+        raise ValueError(f"invalid network {net!r}: use CIDR notation such as '10.0.0.0/8'")
 
 
 def _bind_address(value: str) -> tuple[Union[ipaddress.IPv4Address, ipaddress.IPv6Address], int]:
@@ -179,8 +219,8 @@ class Endpoint(_Model):
 
 
 class Zonal(_Model):
-    load_low: float = Field(default=0.8, ge=0)
-    load_high: float = Field(default=2.0, gt=0)
+    load_low: float = Field(default=0.8, ge=0, allow_inf_nan=False)
+    load_high: float = Field(default=2.0, gt=0, allow_inf_nan=False)
     dwell: Duration = "1s"
 
     @model_validator(mode="after")
@@ -191,7 +231,7 @@ class Zonal(_Model):
 
 
 class Breaker(_Model):
-    consecutive_failures: int = Field(default=7, ge=1)
+    consecutive_failures: int = Field(default=7, ge=1, le=_U32_MAX)
     min_penalty: Duration = "1s"
     max_penalty: Duration = "60s"
     jitter: float = Field(default=0.5, ge=0, le=1)
@@ -206,7 +246,7 @@ class Retry(_Model):
     on: list[str] = ["gateway-error", "connect-failure"]
     limit: int = Field(default=1, ge=0, le=10)
     budget: float = Field(default=0.2, ge=0, le=10)
-    min_per_second: int = Field(default=10, ge=0)
+    min_per_second: int = Field(default=10, ge=0, le=_U32_MAX)
     ttl: Duration = "10s"
 
     @field_validator("on")
@@ -272,8 +312,8 @@ class DirectResponse(_Model):
 
 
 class RateLimit(_Model):
-    rps: float = Field(gt=0)
-    burst: int = Field(ge=1)
+    rps: float = Field(gt=0, allow_inf_nan=False)
+    burst: int = Field(ge=1, le=_U32_MAX)
 
 
 class Route(_Model):
@@ -322,7 +362,7 @@ class Listener(_Model):
     idle_timeout: Duration = "5m"
     # Open connections this listener holds; past it the longest-idle one is
     # closed to make room, or the new one is refused when none is idle.
-    max_connections: int = Field(default=10_000, ge=1)
+    max_connections: int = Field(default=10_000, ge=1, le=_U64_MAX)
     # mesh: require mTLS | permissive: mTLS or plaintext | none
     tls: Literal["none", "mesh", "permissive"] = "none"
     # Share the port with other processes that ask for it too (the kernel spreads connections
@@ -383,10 +423,7 @@ class PolicyRule(_Model):
     @classmethod
     def _cidrs(cls, v: list[str]) -> list[str]:
         for net in v:
-            try:
-                ipaddress.ip_network(net, strict=False)
-            except ValueError:
-                raise ValueError(f"invalid network {net!r}: use CIDR notation such as '10.0.0.0/8'") from None
+            _check_network(net)
         return v
 
 
@@ -415,7 +452,7 @@ class Config(_Model):
     zone: Optional[str] = None
     cluster: Optional[str] = None
     # Tier cost per "zone" or "cluster/zone".
-    costs: dict[str, int] = {}
+    costs: dict[str, Annotated[int, Field(ge=0, le=_U32_MAX)]] = {}
     identity: Optional[Identity] = None
     policy: Policy = Policy()
     plugins: list[PluginConfig] = []
@@ -424,7 +461,7 @@ class Config(_Model):
     routes: list[Route] = []
     services: list[Service] = []
 
-    _admin = field_validator("admin")(classmethod(lambda cls, v: v if v is None else _check_socket_addr(v)))
+    _admin = field_validator("admin")(classmethod(lambda cls, v: v if v is None else _check_admin_addr(v)))
 
     # Where relative file paths (certificates, tokens) are resolved from.
     _base_dir: Optional[str] = PrivateAttr(default=None)
