@@ -931,7 +931,8 @@ def restart_needed(running: Config, new: Config) -> list[tuple[str, str]]:
             if value != old_identity[key]:
                 changed(f"identity.{key}", old_identity[key], value)
     # As the core sees them (directions filled in); an opaque listener's target service may change.
-    old_listeners, new_listeners = running.to_core()["listeners"], new.to_core()["listeners"]
+    old_listeners: list[dict[str, Any]] = [dict(lst) for lst in running.to_core()["listeners"]]
+    new_listeners: list[dict[str, Any]] = [dict(lst) for lst in new.to_core()["listeners"]]
     if len(old_listeners) != len(new_listeners):
         changes.append(
             (
