@@ -1,34 +1,32 @@
 //! The validated config snapshot Rust receives from Python (as JSON).
 //!
-//! Python owns user-facing validation and error messages; this module only
-//! re-checks what Rust itself depends on (addresses, cross references), so a
-//! hand-built config from a script cannot put the data plane in a bad state.
+//! Python (`meshcore.config`) is the one validator and holds the one set of
+//! defaults; it sends every field, and its schema is `meshcore.snapshot`.
+//! So nothing here has a default: a missing field is an error naming it,
+//! which only a script that hand-builds a document can meet. `check` is a
+//! guard, not a validator: Python refuses first what it would refuse, so a
+//! hand-built document cannot put the data plane in a bad state.
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    #[serde(default)]
+    #[serde(deserialize_with = "nullable")]
     pub zone: Option<String>,
-    #[serde(default)]
+    #[serde(deserialize_with = "nullable")]
     pub cluster: Option<String>,
     /// Cost overrides keyed by "zone" or "cluster/zone".
-    #[serde(default)]
     pub costs: BTreeMap<String, u32>,
-    #[serde(default)]
+    #[serde(deserialize_with = "nullable")]
     pub workers: Option<usize>,
-    #[serde(default)]
     pub listeners: Vec<Listener>,
-    #[serde(default)]
     pub routes: Vec<Route>,
-    #[serde(default)]
     pub services: Vec<Service>,
-    #[serde(default)]
+    #[serde(deserialize_with = "nullable")]
     pub identity: Option<IdentityConfig>,
-    #[serde(default)]
     pub policy: Policy,
 }
 
@@ -37,12 +35,11 @@ pub struct Config {
 #[serde(deny_unknown_fields)]
 pub struct IdentityConfig {
     pub trust_anchors_pem: String,
-    #[serde(default)]
+    #[serde(deserialize_with = "nullable")]
     pub cert_pem: Option<String>,
-    #[serde(default)]
+    #[serde(deserialize_with = "nullable")]
     pub key_pem: Option<String>,
     /// Accepted client trust domains; empty: this proxy's own.
-    #[serde(default)]
     pub trust_domains: Vec<String>,
 }
 
@@ -54,36 +51,31 @@ pub enum TlsMode {
     Permissive,
 }
 
-#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
 pub enum DefaultPolicy {
-    #[default]
     AllUnauthenticated,
     AllAuthenticated,
     Deny,
     Audit,
 }
 
-#[derive(Clone, Debug, Deserialize, Serialize, Default)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Policy {
-    #[serde(default)]
     pub default: DefaultPolicy,
-    #[serde(default)]
     pub rules: Vec<PolicyRule>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyRule {
-    #[serde(default)]
+    #[serde(deserialize_with = "nullable")]
     pub name: Option<String>,
     pub listener: String,
-    #[serde(default)]
+    #[serde(deserialize_with = "nullable")]
     pub path_prefix: Option<String>,
-    #[serde(default)]
     pub identities: Vec<String>,
-    #[serde(default)]
     pub networks: Vec<String>,
 }
 
@@ -101,75 +93,60 @@ pub enum ListenerProtocol {
 pub struct Listener {
     pub name: String,
     pub bind: String,
-    #[serde(default = "auto_listener")]
     pub protocol: ListenerProtocol,
     /// inbound | outbound; used as the `direction` metric label.
-    #[serde(default = "outbound")]
     pub direction: String,
     /// Target for opaque traffic (pinned or detected).
-    #[serde(default)]
+    #[serde(deserialize_with = "nullable")]
     pub service: Option<String>,
-    #[serde(default = "detect_timeout_ms")]
     pub detect_timeout_ms: u64,
     /// An HTTP/1.1 client must send a request's headers within this.
-    #[serde(default = "header_read_timeout_ms")]
     pub header_read_timeout_ms: u64,
     /// An HTTP/2 connection with no open stream is closed after this.
-    #[serde(default = "listener_idle_timeout_ms")]
     pub idle_timeout_ms: u64,
-    #[serde(default = "max_connections")]
     pub max_connections: usize,
-    #[serde(default = "no_tls")]
     pub tls: TlsMode,
     /// Share the port with other processes that ask for sharing too (the
     /// kernel spreads connections between them); off, a port in use is an error.
-    #[serde(default)]
     pub share_port: bool,
 }
 
-fn no_tls() -> TlsMode {
-    TlsMode::None
-}
-
-#[derive(Clone, Debug, Deserialize, Serialize, Default)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Route {
     pub listener: String,
-    #[serde(default)]
+    #[serde(deserialize_with = "nullable")]
     pub name: Option<String>,
-    #[serde(default)]
+    #[serde(deserialize_with = "nullable")]
     pub host: Option<String>,
-    #[serde(default)]
+    #[serde(deserialize_with = "nullable")]
     pub path_prefix: Option<String>,
-    #[serde(default)]
     pub headers: BTreeMap<String, String>,
-    #[serde(default)]
+    #[serde(deserialize_with = "nullable")]
     pub timeout_ms: Option<u64>,
-    #[serde(default)]
+    #[serde(deserialize_with = "nullable")]
     pub response_timeout_ms: Option<u64>,
-    #[serde(default)]
+    #[serde(deserialize_with = "nullable")]
     pub retry: Option<Retry>,
-    #[serde(default)]
+    #[serde(deserialize_with = "nullable")]
     pub request_headers: Option<HeaderOps>,
-    #[serde(default)]
+    #[serde(deserialize_with = "nullable")]
     pub response_headers: Option<HeaderOps>,
-    #[serde(default)]
+    #[serde(deserialize_with = "nullable")]
     pub rewrite: Option<Rewrite>,
-    #[serde(default)]
+    #[serde(deserialize_with = "nullable")]
     pub redirect: Option<Redirect>,
-    #[serde(default)]
+    #[serde(deserialize_with = "nullable")]
     pub direct_response: Option<DirectResponse>,
-    #[serde(default)]
+    #[serde(deserialize_with = "nullable")]
     pub rate_limit: Option<RateLimitConfig>,
     /// Python plugins apply to this route (Python decides which).
-    #[serde(default)]
     pub plugins: bool,
-    #[serde(default)]
     pub backends: Vec<Backend>,
 }
 
-#[derive(Clone, Debug, Deserialize, Serialize, Default)]
-#[serde(deny_unknown_fields, default)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
 pub struct HeaderOps {
     pub add: BTreeMap<String, String>,
     pub set: BTreeMap<String, String>,
@@ -185,27 +162,20 @@ pub struct Rewrite {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Redirect {
-    #[serde(default = "found")]
     pub status: u16,
-    #[serde(default)]
+    #[serde(deserialize_with = "nullable")]
     pub scheme: Option<String>,
-    #[serde(default)]
+    #[serde(deserialize_with = "nullable")]
     pub host: Option<String>,
-    #[serde(default)]
+    #[serde(deserialize_with = "nullable")]
     pub path: Option<String>,
-}
-
-fn found() -> u16 {
-    302
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DirectResponse {
     pub status: u16,
-    #[serde(default)]
     pub body: String,
-    #[serde(default)]
     pub headers: BTreeMap<String, String>,
 }
 
@@ -220,7 +190,6 @@ pub struct RateLimitConfig {
 #[serde(deny_unknown_fields)]
 pub struct Backend {
     pub service: String,
-    #[serde(default = "one")]
     pub weight: u32,
 }
 
@@ -244,86 +213,43 @@ pub enum UpstreamProtocol {
 #[serde(deny_unknown_fields)]
 pub struct Service {
     pub name: String,
-    #[serde(default = "peak_ewma")]
     pub balancer: BalancerKind,
-    #[serde(default = "auto_upstream")]
     pub protocol: UpstreamProtocol,
-    #[serde(default)]
     pub endpoints: Vec<Endpoint>,
-    #[serde(default = "connect_timeout_ms")]
     pub connect_timeout_ms: u64,
-    #[serde(default = "idle_timeout_ms")]
     pub idle_timeout_ms: u64,
-    #[serde(default)]
     pub zonal: Zonal,
     /// Failure accrual; `None` turns it off.
-    #[serde(default = "default_breaker")]
+    #[serde(deserialize_with = "nullable")]
     pub breaker: Option<Breaker>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
+#[serde(deny_unknown_fields)]
 pub struct Zonal {
     pub load_low: f64,
     pub load_high: f64,
     pub dwell_ms: u64,
 }
 
-impl Default for Zonal {
-    fn default() -> Self {
-        Zonal {
-            load_low: 0.8,
-            load_high: 2.0,
-            dwell_ms: 1_000,
-        }
-    }
-}
-
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
+#[serde(deny_unknown_fields)]
 pub struct Breaker {
     pub consecutive_failures: u32,
     pub min_penalty_ms: u64,
     pub max_penalty_ms: u64,
     pub jitter: f64,
     /// At most this share of a service's endpoints is ejected at once.
-    #[serde(default = "max_ejection_percent")]
     pub max_ejection_percent: u32,
     /// Below this share of available endpoints the balancer uses them all.
-    #[serde(default = "panic_threshold_percent")]
     pub panic_threshold_percent: u32,
 }
 
 /// The zone label of an endpoint configured without one.
 pub const UNKNOWN_ZONE: &str = "unknown";
 
-fn max_ejection_percent() -> u32 {
-    50
-}
-
-fn panic_threshold_percent() -> u32 {
-    50
-}
-
-impl Default for Breaker {
-    fn default() -> Self {
-        Breaker {
-            consecutive_failures: 7,
-            min_penalty_ms: 1_000,
-            max_penalty_ms: 60_000,
-            jitter: 0.5,
-            max_ejection_percent: max_ejection_percent(),
-            panic_threshold_percent: panic_threshold_percent(),
-        }
-    }
-}
-
-fn default_breaker() -> Option<Breaker> {
-    Some(Breaker::default())
-}
-
 #[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(deny_unknown_fields)]
 pub struct Retry {
     /// Conditions: "5xx", "gateway-error", "connect-failure", "reset", or gRPC status names.
     pub on: Vec<String>,
@@ -333,72 +259,37 @@ pub struct Retry {
     pub ttl_ms: u64,
 }
 
-impl Default for Retry {
-    fn default() -> Self {
-        Retry {
-            on: vec!["gateway-error".into(), "connect-failure".into()],
-            limit: 1,
-            budget: 0.2,
-            min_per_second: 10,
-            ttl_ms: 10_000,
-        }
-    }
-}
-
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Endpoint {
     pub addr: String,
-    #[serde(default)]
+    #[serde(deserialize_with = "nullable")]
     pub zone: Option<String>,
-    #[serde(default)]
+    #[serde(deserialize_with = "nullable")]
     pub cluster: Option<String>,
     /// The upstream proxy's SPIFFE ID: traffic to it is mTLS and verified.
-    #[serde(default)]
+    #[serde(deserialize_with = "nullable")]
     pub identity: Option<String>,
 }
 
-fn auto_listener() -> ListenerProtocol {
-    ListenerProtocol::Auto
-}
-fn auto_upstream() -> UpstreamProtocol {
-    UpstreamProtocol::Auto
-}
-fn outbound() -> String {
-    "outbound".to_string()
-}
-fn peak_ewma() -> BalancerKind {
-    BalancerKind::PeakEwma
-}
-fn one() -> u32 {
-    1
-}
-fn detect_timeout_ms() -> u64 {
-    10_000
-}
-fn header_read_timeout_ms() -> u64 {
-    30_000
-}
-fn listener_idle_timeout_ms() -> u64 {
-    300_000
-}
-fn max_connections() -> usize {
-    10_000
-}
-fn connect_timeout_ms() -> u64 {
-    1_000
-}
-fn idle_timeout_ms() -> u64 {
-    90_000
+/// Reads an `Option` field that must be present, `null` meaning None:
+/// serde would otherwise read a missing `Option` as None, a default by
+/// another name.
+fn nullable<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
+    Option::<T>::deserialize(d)
 }
 
 impl Config {
+    /// Parses a whole snapshot; a missing field is an error that names it.
     pub fn from_json(text: &str) -> Result<Config, String> {
         let config: Config = serde_json::from_str(text).map_err(|e| e.to_string())?;
         config.check()?;
         Ok(config)
     }
 
+    /// What the data plane relies on (addresses parse, names resolve). Python
+    /// refuses all of it first, with the file and field; this guards hand-built
+    /// documents.
     fn check(&self) -> Result<(), String> {
         let has_service = |name: &str| self.services.iter().any(|s| s.name == name);
         for (i, l) in self.listeners.iter().enumerate() {
@@ -439,37 +330,272 @@ impl Config {
     }
 }
 
-#[cfg(test)]
-mod tests {
+/// Complete values for tests and fuzz drivers, which build snapshots by hand
+/// instead of through Python: the values Python's defaults send, spelled
+/// out. Never compiled into the extension: the data plane has no defaults.
+#[cfg(any(test, fuzzing))]
+pub mod fixtures {
     use super::*;
 
+    /// No listeners, routes or services; the default policy allows all.
+    pub fn config() -> Config {
+        Config {
+            zone: None,
+            cluster: None,
+            costs: BTreeMap::new(),
+            workers: None,
+            listeners: Vec::new(),
+            routes: Vec::new(),
+            services: Vec::new(),
+            identity: None,
+            policy: Policy {
+                default: DefaultPolicy::AllUnauthenticated,
+                rules: Vec::new(),
+            },
+        }
+    }
+
+    pub fn listener(name: &str, bind: &str) -> Listener {
+        Listener {
+            name: name.into(),
+            bind: bind.into(),
+            protocol: ListenerProtocol::Auto,
+            direction: "outbound".into(),
+            service: None,
+            detect_timeout_ms: 10_000,
+            header_read_timeout_ms: 30_000,
+            idle_timeout_ms: 300_000,
+            max_connections: 10_000,
+            tls: TlsMode::None,
+            share_port: false,
+        }
+    }
+
+    /// A route on `listener` that matches everything and has no backends yet.
+    pub fn route(listener: &str) -> Route {
+        Route {
+            listener: listener.into(),
+            name: None,
+            host: None,
+            path_prefix: None,
+            headers: BTreeMap::new(),
+            timeout_ms: None,
+            response_timeout_ms: None,
+            retry: None,
+            request_headers: None,
+            response_headers: None,
+            rewrite: None,
+            redirect: None,
+            direct_response: None,
+            rate_limit: None,
+            plugins: false,
+            backends: Vec::new(),
+        }
+    }
+
+    pub fn backend(service: &str) -> Backend {
+        Backend {
+            service: service.into(),
+            weight: 1,
+        }
+    }
+
+    pub fn header_ops() -> HeaderOps {
+        HeaderOps {
+            add: BTreeMap::new(),
+            set: BTreeMap::new(),
+            remove: Vec::new(),
+        }
+    }
+
+    pub fn redirect() -> Redirect {
+        Redirect {
+            status: 302,
+            scheme: None,
+            host: None,
+            path: None,
+        }
+    }
+
+    pub fn direct_response(status: u16) -> DirectResponse {
+        DirectResponse {
+            status,
+            body: String::new(),
+            headers: BTreeMap::new(),
+        }
+    }
+
+    pub fn retry() -> Retry {
+        Retry {
+            on: vec!["gateway-error".into(), "connect-failure".into()],
+            limit: 1,
+            budget: 0.2,
+            min_per_second: 10,
+            ttl_ms: 10_000,
+        }
+    }
+
+    pub fn service(name: &str, addrs: &[&str]) -> Service {
+        Service {
+            name: name.into(),
+            balancer: BalancerKind::PeakEwma,
+            protocol: UpstreamProtocol::Auto,
+            endpoints: addrs.iter().map(|a| endpoint(a)).collect(),
+            connect_timeout_ms: 1_000,
+            idle_timeout_ms: 90_000,
+            zonal: zonal(),
+            breaker: Some(breaker()),
+        }
+    }
+
+    pub fn endpoint(addr: &str) -> Endpoint {
+        Endpoint {
+            addr: addr.into(),
+            zone: None,
+            cluster: None,
+            identity: None,
+        }
+    }
+
+    pub fn zonal() -> Zonal {
+        Zonal {
+            load_low: 0.8,
+            load_high: 2.0,
+            dwell_ms: 1_000,
+        }
+    }
+
+    pub fn breaker() -> Breaker {
+        Breaker {
+            consecutive_failures: 7,
+            min_penalty_ms: 1_000,
+            max_penalty_ms: 60_000,
+            jitter: 0.5,
+            max_ejection_percent: 50,
+            panic_threshold_percent: 50,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::*;
+    use super::*;
+    use serde_json::Value;
+
+    /// A snapshot that holds every struct and every optional section once.
+    fn everything() -> Config {
+        let mut c = config();
+        c.listeners = vec![listener("out", "127.0.0.1:0")];
+        c.services = vec![service("web", &["127.0.0.1:1"])];
+        c.routes = vec![
+            Route {
+                retry: Some(retry()),
+                request_headers: Some(header_ops()),
+                response_headers: Some(header_ops()),
+                rewrite: Some(Rewrite {
+                    path_prefix: "/".into(),
+                }),
+                rate_limit: Some(RateLimitConfig { rps: 1.0, burst: 1 }),
+                backends: vec![backend("web")],
+                ..route("out")
+            },
+            Route {
+                redirect: Some(redirect()),
+                direct_response: Some(direct_response(200)),
+                ..route("out")
+            },
+        ];
+        c.identity = Some(IdentityConfig {
+            trust_anchors_pem: "anchors".into(),
+            cert_pem: Some("cert".into()),
+            key_pem: Some("key".into()),
+            trust_domains: Vec::new(),
+        });
+        c.policy.rules = vec![PolicyRule {
+            name: None,
+            listener: "out".into(),
+            path_prefix: None,
+            identities: Vec::new(),
+            networks: Vec::new(),
+        }];
+        c
+    }
+
+    fn json(config: &Config) -> Value {
+        serde_json::to_value(config).expect("a config serializes")
+    }
+
     #[test]
-    fn defaults_fill_in() {
-        let c = Config::from_json(
-            r#"{"listeners":[{"name":"out","bind":"127.0.0.1:0"}],
-                "services":[{"name":"web","endpoints":[{"addr":"127.0.0.1:1"}]}],
-                "routes":[{"listener":"out","backends":[{"service":"web"}]}]}"#,
-        )
-        .unwrap();
-        assert_eq!(c.listeners[0].protocol, ListenerProtocol::Auto);
-        assert_eq!(c.listeners[0].detect_timeout_ms, 10_000);
-        assert_eq!(c.services[0].balancer, BalancerKind::PeakEwma);
-        assert_eq!(c.routes[0].backends[0].weight, 1);
+    fn a_complete_snapshot_parses_back_to_itself() {
+        let document = json(&everything());
+        let parsed = Config::from_json(&document.to_string()).expect("a complete snapshot");
+        assert_eq!(json(&parsed), document);
+    }
+
+    /// Every key of every object in `value`, as a path of keys and indexes.
+    fn key_paths(value: &Value, at: &mut Vec<Value>, out: &mut Vec<Vec<Value>>) {
+        match value {
+            Value::Object(map) => {
+                for (key, inner) in map {
+                    at.push(Value::from(key.as_str()));
+                    out.push(at.clone());
+                    key_paths(inner, at, out);
+                    at.pop();
+                }
+            }
+            Value::Array(items) => {
+                for (i, inner) in items.iter().enumerate() {
+                    at.push(Value::from(i));
+                    key_paths(inner, at, out);
+                    at.pop();
+                }
+            }
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn every_missing_field_is_an_error_naming_it() {
+        let document = json(&everything());
+        let mut paths = Vec::new();
+        key_paths(&document, &mut Vec::new(), &mut paths);
+        assert!(paths.len() > 80, "{} keys", paths.len());
+        for path in paths {
+            let (last, parents) = path.split_last().expect("a key");
+            let mut without = document.clone();
+            let parent = parents.iter().fold(&mut without, |v, step| match step {
+                Value::String(key) => &mut v[key.as_str()],
+                index => &mut v[index.as_u64().expect("an index") as usize],
+            });
+            let key = last.as_str().expect("a key");
+            parent.as_object_mut().expect("an object").remove(key);
+            let err = Config::from_json(&without.to_string()).expect_err(key);
+            assert!(err.contains(&format!("missing field `{key}`")), "{path:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn null_is_none_for_an_optional_field() {
+        let mut document = json(&everything());
+        document["routes"][0]["retry"] = Value::Null;
+        let parsed = Config::from_json(&document.to_string()).expect("null retry");
+        assert!(parsed.routes[0].retry.is_none());
     }
 
     #[test]
     fn unknown_service_is_named() {
-        let err = Config::from_json(
-            r#"{"listeners":[{"name":"out","bind":"127.0.0.1:0"}],
-                "routes":[{"listener":"out","backends":[{"service":"nope"}]}]}"#,
-        )
-        .unwrap_err();
+        let mut c = everything();
+        c.routes[0].backends[0].service = "nope".into();
+        let err = Config::from_json(&json(&c).to_string()).unwrap_err();
         assert!(err.contains("routes[0].backends[0].service"), "{err}");
     }
 
     #[test]
     fn bad_bind_is_rejected() {
-        let err = Config::from_json(r#"{"listeners":[{"name":"x","bind":"nonsense"}]}"#).unwrap_err();
+        let mut c = everything();
+        c.listeners[0].bind = "nonsense".into();
+        let err = Config::from_json(&json(&c).to_string()).unwrap_err();
         assert!(err.contains("listeners[0].bind"), "{err}");
     }
 }

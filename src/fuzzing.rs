@@ -1,7 +1,8 @@
 //! Entry points for the fuzz targets in `fuzz/` (cargo-fuzz): each takes the
 //! fuzzer's bytes, drives one piece of the proxy with them, and panics when
-//! an invariant breaks. Not an API: compiled always, so it cannot rot, and
-//! hidden from the docs.
+//! an invariant breaks. Not an API: compiled with the tests (so `cargo test`
+//! and clippy keep it in step) and for the fuzz targets (`--cfg fuzzing`),
+//! never into the extension; hidden from the docs.
 //!
 //! The connection-level targets run the real servers (`serve_h1::serve`,
 //! `serve_h2::serve`) over an in-memory pipe on a current-thread runtime, as
@@ -11,7 +12,7 @@
 //! fuzzer's bytes. Every run is bounded: a connection that does not end
 //! within `HANG` of its input being sent is a finding.
 
-use crate::config::Config;
+use crate::config::{fixtures, Config, DirectResponse, Redirect};
 use crate::conn::admission::Admission;
 use crate::conn::ConnContext;
 use crate::listen::detect::{self, Protocol, H2_PREFACE, MAX_DETECT_BYTES};
@@ -122,18 +123,38 @@ fn check_reencodes(name: &Name, value: &[u8]) {
 
 /// A routing table whose routes answer by themselves: a body, a redirect,
 /// a 404 for the rest. Nothing is proxied upstream.
-const SELF_ANSWERING: &str = r#"{
-  "listeners": [{"name": "l", "bind": "127.0.0.1:0"}],
-  "routes": [
-    {"listener": "l", "path_prefix": "/d",
-     "direct_response": {"status": 200, "body": "hello from the fuzzer\n",
-                         "headers": {"x-fuzz": "1"}}},
-    {"listener": "l", "host": "*.example", "path_prefix": "/r",
-     "redirect": {"status": 308, "host": "elsewhere.example"}},
-    {"listener": "l", "path_prefix": "/e",
-     "direct_response": {"status": 204}}
-  ]
-}"#;
+fn self_answering() -> Config {
+    let on_l = fixtures::route("l");
+    let mut config = fixtures::config();
+    config.listeners = vec![fixtures::listener("l", "127.0.0.1:0")];
+    config.routes = vec![
+        crate::config::Route {
+            path_prefix: Some("/d".into()),
+            direct_response: Some(DirectResponse {
+                body: "hello from the fuzzer\n".into(),
+                headers: [("x-fuzz".to_string(), "1".to_string())].into(),
+                ..fixtures::direct_response(200)
+            }),
+            ..on_l.clone()
+        },
+        crate::config::Route {
+            host: Some("*.example".into()),
+            path_prefix: Some("/r".into()),
+            redirect: Some(Redirect {
+                status: 308,
+                host: Some("elsewhere.example".into()),
+                ..fixtures::redirect()
+            }),
+            ..on_l.clone()
+        },
+        crate::config::Route {
+            path_prefix: Some("/e".into()),
+            direct_response: Some(fixtures::direct_response(204)),
+            ..on_l
+        },
+    ];
+    config
+}
 
 struct Peer {
     ctx: Arc<ConnContext>,
@@ -144,8 +165,7 @@ struct Peer {
 fn peer() -> Peer {
     thread_local! {
         static SHARED: (Arc<Shared>, Arc<Admission>, watch::Sender<bool>) = {
-            let config = Config::from_json(SELF_ANSWERING).expect("the fuzz config");
-            let table = Table::build(config, None, None).expect("a routing table");
+            let table = Table::build(self_answering(), None, None).expect("a routing table");
             // Kept, never sent on: a closed channel would read as a drain.
             let (drain, draining) = watch::channel(false);
             let shared = Arc::new(Shared::new(table, None, draining));
@@ -689,16 +709,11 @@ fn routes_from(data: &[u8]) -> Vec<Route> {
             .into_iter()
             .collect();
         let cfg = crate::config::Route {
-            listener: "l".into(),
             host,
             path_prefix,
             headers,
-            direct_response: Some(crate::config::DirectResponse {
-                status: 200,
-                body: String::new(),
-                headers: Default::default(),
-            }),
-            ..Default::default()
+            direct_response: Some(fixtures::direct_response(200)),
+            ..fixtures::route("l")
         };
         if let Ok(r) = Route::new(routes.len(), &cfg, |_| None) {
             routes.push(r);

@@ -7,6 +7,7 @@ pub mod config;
 pub mod conn;
 mod errors;
 pub mod filters;
+#[cfg(any(test, fuzzing))]
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod io;

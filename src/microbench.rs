@@ -18,7 +18,13 @@ pub fn balancer_pick(kind: BalancerKind, endpoints: usize, iterations: usize) ->
             Arc::new(Endpoint::new(addr, Some("zone-a")))
         })
         .collect();
-    let balancer = Balancer::new(kind, eps);
+    // The kinds benchmarked here have no tiers, so no zonal band to read.
+    let unread = config::Zonal {
+        load_low: 0.0,
+        load_high: 1.0,
+        dwell_ms: 0,
+    };
+    let balancer = Balancer::with_zonal(kind, eps, unread);
     let now = Instant::now();
     let mut sum = 0u64;
     for i in 0..iterations {
@@ -39,15 +45,27 @@ pub fn balancer_pick(kind: BalancerKind, endpoints: usize, iterations: usize) ->
 pub fn route_match(routes: usize, iterations: usize) -> u64 {
     let table: Vec<Route> = (0..routes)
         .map(|i| {
+            // Every field spelled out: the config has no defaults in Rust.
             let cfg = config::Route {
                 listener: "l".into(),
+                name: None,
                 host: Some(format!("svc-{i}.mesh.local")),
                 path_prefix: Some(format!("/api/v{i}")),
+                headers: Default::default(),
+                timeout_ms: None,
+                response_timeout_ms: None,
+                retry: None,
+                request_headers: None,
+                response_headers: None,
+                rewrite: None,
+                redirect: None,
+                direct_response: None,
+                rate_limit: None,
+                plugins: false,
                 backends: vec![config::Backend {
                     service: "s".into(),
                     weight: 1,
                 }],
-                ..Default::default()
             };
             Route::new(i, &cfg, |_| Some(0)).expect("valid route")
         })

@@ -140,7 +140,6 @@ mod tests {
 
     fn route(host: Option<&str>, prefix: Option<&str>, headers: &[(&str, &str)], weights: &[u32]) -> Route {
         let cfg = config::Route {
-            listener: "l".into(),
             host: host.map(String::from),
             path_prefix: prefix.map(String::from),
             headers: headers
@@ -155,7 +154,7 @@ mod tests {
                     weight: *w,
                 })
                 .collect(),
-            ..Default::default()
+            ..config::fixtures::route("l")
         };
         Route::new(0, &cfg, |name| name[1..].parse().ok()).unwrap()
     }

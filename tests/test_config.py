@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 import meshcore
@@ -135,11 +137,16 @@ def test_durations():
 
 def test_rust_rechecks_what_it_is_handed():
     # Python is the front door, but the native core refuses a bad document too.
+    document = load(
+        {
+            "listeners": [{"name": "o", "bind": "127.0.0.1:0"}],
+            "services": [{"name": "web"}],
+            "routes": [{"listener": "o", "backends": [{"service": "web"}]}],
+        }
+    ).to_core()
+    document["routes"][0]["backends"][0]["service"] = "nope"
     with pytest.raises(ConfigError, match="unknown service"):
-        meshcore._core.ProxyCore(
-            '{"listeners":[{"name":"o","bind":"127.0.0.1:0"}],'
-            '"routes":[{"listener":"o","backends":[{"service":"nope"}]}]}'
-        )
+        meshcore._core.ProxyCore(json.dumps(document))
 
 
 def test_bad_reload_keeps_running_config(backend, proxy):

@@ -42,8 +42,11 @@ class ProxyCore:
     """One proxy: its listeners, routing table, pools and metrics, run on worker threads."""
 
     def __new__(cls, config_json: str) -> ProxyCore:
-        """Parses the config document `Config.to_core()` made (JSON). Nothing is bound yet.
-        Raises ConfigError if the document is refused."""
+        """Parses `config_json`, a `meshcore.snapshot.Snapshot` as JSON (what
+        `Config.to_core()` returns, with `identity` filled in by `Proxy`). Every field must be
+        present, None as null: the core has no defaults. Nothing is bound yet.
+        Raises ConfigError naming a missing, unknown or mistyped field, or a reference or
+        address the core cannot use (which `meshcore.config` refuses first)."""
 
     def start(self) -> None:
         """Binds every listener, then starts the workers; returns once they serve.
@@ -54,8 +57,10 @@ class ProxyCore:
         closes what is left; returns when the workers have ended."""
 
     def reload(self, config_json: str) -> None:
-        """Swaps in a new routing table without dropping a request. Raises ConfigError (the
-        running table stays) for a change only a restart can make, such as a listener's."""
+        """Swaps in a new routing table, from a `meshcore.snapshot.Snapshot` as JSON (its
+        `identity` is ignored: the running certificate stays), without dropping a request.
+        Raises ConfigError (the running table stays) for a document `__new__` would refuse,
+        or a change only a restart can make, such as a listener's."""
 
     def set_plugin_host(self, host: object) -> None:
         """Installs the Python plugin host whose hooks routes marked `plugins` call."""

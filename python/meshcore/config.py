@@ -1,8 +1,10 @@
 """Configuration: pydantic models, TOML/YAML/dict loading, and errors that name
 the file, the field path and the reason.
 
-Python validates everything and hands Rust one JSON document; durations are
-converted to milliseconds on the way (`timeout = "10s"` -> `timeout_ms`).
+Python is the one validator and holds the one set of defaults: it refuses here, naming the
+file and the field, everything the Rust core would refuse, and hands the core one complete
+document (`to_core()`, schema in `meshcore.snapshot`) with durations in milliseconds
+(`timeout = "10s"` -> `timeout_ms`).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from pydantic import (
     model_validator,
 )
 
+from . import snapshot
 from .errors import config_error
 
 __all__ = [
@@ -50,6 +53,9 @@ __all__ = [
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$")
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000}
 _MAX_DURATION_MS = 10 * 365 * 86_400_000
+# What the core's integer fields hold (u32; usize on 64-bit).
+_U32_MAX = 2**32 - 1
+_U64_MAX = 2**64 - 1
 
 
 def parse_duration(value: Union[str, int, float]) -> int:
@@ -73,7 +79,8 @@ def parse_duration(value: Union[str, int, float]) -> int:
     return int(ms)
 
 
-def _check_socket_addr(value: str) -> str:
+def _check_admin_addr(value: str) -> str:
+    """'ip:port' for the admin API, which Python binds: brackets around IPv6 are optional."""
     host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ValueError(f"expected 'ip:port', got {value!r}")
@@ -82,6 +89,42 @@ def _check_socket_addr(value: str) -> str:
     except ValueError:
         raise ValueError(f"expected an IP address before the port, got {host!r}") from None
     return value
+
+
+def _check_socket_addr(value: str) -> str:
+    """'ip:port' exactly as the core parses it (Rust's SocketAddr): an IPv6 address in
+    brackets with a numeric scope if any ('[fe80::1%2]:80'), IPv4 without, ASCII digits."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not (port.isascii() and port.isdigit()) or int(port) > 65535:
+        raise ValueError(f"expected 'ip:port', got {value!r}")
+    bracketed = host.startswith("[") and host.endswith("]")
+    address, percent, scope = host[1:-1].partition("%") if bracketed else (host, "", "")
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        raise ValueError(f"expected an IP address before the port, got {host!r}") from None
+    if ip.version == 6 and not bracketed:
+        raise ValueError(f"put an IPv6 address in brackets, as in '[{address}]:{port}'")
+    if ip.version == 4 and bracketed:
+        raise ValueError(f"an IPv4 address takes no brackets: '{address}:{port}'")
+    if percent and not (scope.isascii() and scope.isdigit() and int(scope) <= _U32_MAX):
+        raise ValueError(f"the scope of {address!r} must be an interface number, got {scope!r}")
+    return value
+
+
+def _check_network(net: str) -> None:
+    """An address with an optional prefix length ('10.0.0.0/8', '::1'), as the core parses it:
+    no netmask ('/255.0.0.0') and no IPv6 scope."""
+    address, slash, length = net.partition("/")
+    try:
+        ip = None if "%" in address else ipaddress.ip_address(address)
+    except ValueError:
+        ip = None
+    fits = ip is not None and (
+        not slash or (length.isascii() and length.isdigit() and int(length) <= ip.max_prefixlen)
+    )
+    if not fits:
+        raise ValueError(f"invalid network {net!r}: use CIDR notation such as '10.0.0.0/8'")
 
 
 def _bind_address(value: str) -> tuple[Union[ipaddress.IPv4Address, ipaddress.IPv6Address], int]:
@@ -176,8 +219,8 @@ class Endpoint(_Model):
 
 
 class Zonal(_Model):
-    load_low: float = Field(default=0.8, ge=0)
-    load_high: float = Field(default=2.0, gt=0)
+    load_low: float = Field(default=0.8, ge=0, allow_inf_nan=False)
+    load_high: float = Field(default=2.0, gt=0, allow_inf_nan=False)
     dwell: Duration = "1s"
 
     @model_validator(mode="after")
@@ -188,7 +231,7 @@ class Zonal(_Model):
 
 
 class Breaker(_Model):
-    consecutive_failures: int = Field(default=7, ge=1)
+    consecutive_failures: int = Field(default=7, ge=1, le=_U32_MAX)
     min_penalty: Duration = "1s"
     max_penalty: Duration = "60s"
     jitter: float = Field(default=0.5, ge=0, le=1)
@@ -203,7 +246,7 @@ class Retry(_Model):
     on: list[str] = ["gateway-error", "connect-failure"]
     limit: int = Field(default=1, ge=0, le=10)
     budget: float = Field(default=0.2, ge=0, le=10)
-    min_per_second: int = Field(default=10, ge=0)
+    min_per_second: int = Field(default=10, ge=0, le=_U32_MAX)
     ttl: Duration = "10s"
 
     @field_validator("on")
@@ -269,8 +312,8 @@ class DirectResponse(_Model):
 
 
 class RateLimit(_Model):
-    rps: float = Field(gt=0)
-    burst: int = Field(ge=1)
+    rps: float = Field(gt=0, allow_inf_nan=False)
+    burst: int = Field(ge=1, le=_U32_MAX)
 
 
 class Route(_Model):
@@ -319,7 +362,7 @@ class Listener(_Model):
     idle_timeout: Duration = "5m"
     # Open connections this listener holds; past it the longest-idle one is
     # closed to make room, or the new one is refused when none is idle.
-    max_connections: int = Field(default=10_000, ge=1)
+    max_connections: int = Field(default=10_000, ge=1, le=_U64_MAX)
     # mesh: require mTLS | permissive: mTLS or plaintext | none
     tls: Literal["none", "mesh", "permissive"] = "none"
     # Share the port with other processes that ask for it too (the kernel spreads connections
@@ -380,10 +423,7 @@ class PolicyRule(_Model):
     @classmethod
     def _cidrs(cls, v: list[str]) -> list[str]:
         for net in v:
-            try:
-                ipaddress.ip_network(net, strict=False)
-            except ValueError:
-                raise ValueError(f"invalid network {net!r}: use CIDR notation such as '10.0.0.0/8'") from None
+            _check_network(net)
         return v
 
 
@@ -411,7 +451,8 @@ class Config(_Model):
     admin: Optional[str] = None
     zone: Optional[str] = None
     cluster: Optional[str] = None
-    costs: dict[str, int] = {}
+    # Tier cost per "zone" or "cluster/zone".
+    costs: dict[str, Annotated[int, Field(ge=0, le=_U32_MAX)]] = {}
     identity: Optional[Identity] = None
     policy: Policy = Policy()
     plugins: list[PluginConfig] = []
@@ -420,7 +461,7 @@ class Config(_Model):
     routes: list[Route] = []
     services: list[Service] = []
 
-    _admin = field_validator("admin")(classmethod(lambda cls, v: v if v is None else _check_socket_addr(v)))
+    _admin = field_validator("admin")(classmethod(lambda cls, v: v if v is None else _check_admin_addr(v)))
 
     # Where relative file paths (certificates, tokens) are resolved from.
     _base_dir: Optional[str] = PrivateAttr(default=None)
@@ -551,96 +592,129 @@ class Config(_Model):
         """Each route's name; an unnamed route is `route-<index>`."""
         return [r.name or f"route-{i}" for i, r in enumerate(self.routes)]
 
-    def to_core(self, plugin_routes: Collection[str] = ()) -> dict[str, Any]:
-        """The document the Rust core takes; `plugin_routes` names the routes plugins apply to."""
+    def to_core(self, plugin_routes: Collection[str] = ()) -> snapshot.Snapshot:
+        """The document the Rust core takes: every field, defaults filled, durations in
+        milliseconds; `plugin_routes` names the routes plugins apply to. `identity` is None:
+        `Proxy` fills it once it holds a certificate."""
         names = self.route_names()
-        """The document handed to Rust: durations in milliseconds, defaults filled."""
         return {
             "zone": self.zone,
             "cluster": self.cluster,
-            "costs": self.costs,
+            "costs": dict(self.costs),
             "workers": self.workers,
-            "policy": self.policy.model_dump(),
-            "listeners": [
-                {
-                    "name": lst.name,
-                    "bind": lst.bind,
-                    "protocol": lst.protocol,
-                    "direction": lst.direction or ("inbound" if "inbound" in lst.name else "outbound"),
-                    "service": lst.service,
-                    "detect_timeout_ms": parse_duration(lst.detect_timeout),
-                    "header_read_timeout_ms": parse_duration(lst.header_read_timeout),
-                    "idle_timeout_ms": parse_duration(lst.idle_timeout),
-                    "max_connections": lst.max_connections,
-                    "tls": lst.tls,
-                    "share_port": lst.share_port,
-                }
-                for lst in self.listeners
-            ],
+            "listeners": [_core_listener(lst) for lst in self.listeners],
             "routes": [
-                {
-                    "listener": r.listener,
-                    "name": names[i],
-                    "host": r.host,
-                    "path_prefix": r.path_prefix,
-                    "headers": r.headers,
-                    "timeout_ms": None if r.timeout is None else parse_duration(r.timeout),
-                    "response_timeout_ms": None
-                    if r.response_timeout is None
-                    else parse_duration(r.response_timeout),
-                    "retry": None
-                    if r.retry is None
-                    else {
-                        "on": r.retry.on,
-                        "limit": r.retry.limit,
-                        "budget": r.retry.budget,
-                        "min_per_second": r.retry.min_per_second,
-                        "ttl_ms": parse_duration(r.retry.ttl),
-                    },
-                    "backends": [b.model_dump() for b in r.backends],
-                    **{
-                        k: getattr(r, k).model_dump()
-                        for k in (
-                            "request_headers",
-                            "response_headers",
-                            "rewrite",
-                            "redirect",
-                            "direct_response",
-                            "rate_limit",
-                        )
-                        if getattr(r, k) is not None
-                    },
-                    "plugins": names[i] in plugin_routes,
-                }
-                for i, r in enumerate(self.routes)
+                _core_route(r, names[i], names[i] in plugin_routes) for i, r in enumerate(self.routes)
             ],
-            "services": [
-                {
-                    "name": s.name,
-                    "balancer": s.balancer,
-                    "protocol": s.protocol,
-                    "endpoints": [e.model_dump() for e in s.endpoints],
-                    "connect_timeout_ms": parse_duration(s.connect_timeout),
-                    "idle_timeout_ms": parse_duration(s.idle_timeout),
-                    "zonal": {
-                        "load_low": s.zonal.load_low,
-                        "load_high": s.zonal.load_high,
-                        "dwell_ms": parse_duration(s.zonal.dwell),
-                    },
-                    "breaker": None
-                    if s.breaker is False
-                    else {
-                        "consecutive_failures": s.breaker.consecutive_failures,
-                        "min_penalty_ms": parse_duration(s.breaker.min_penalty),
-                        "max_penalty_ms": parse_duration(s.breaker.max_penalty),
-                        "jitter": s.breaker.jitter,
-                        "max_ejection_percent": s.breaker.max_ejection_percent,
-                        "panic_threshold_percent": s.breaker.panic_threshold_percent,
-                    },
-                }
-                for s in self.services
-            ],
+            "services": [_core_service(s) for s in self.services],
+            "identity": None,
+            "policy": {
+                "default": self.policy.default,
+                "rules": [
+                    {
+                        "name": rule.name,
+                        "listener": rule.listener,
+                        "path_prefix": rule.path_prefix,
+                        "identities": list(rule.identities),
+                        "networks": list(rule.networks),
+                    }
+                    for rule in self.policy.rules
+                ],
+            },
         }
+
+
+def _core_listener(lst: Listener) -> snapshot.Listener:
+    return {
+        "name": lst.name,
+        "bind": lst.bind,
+        "protocol": lst.protocol,
+        "direction": lst.direction or ("inbound" if "inbound" in lst.name else "outbound"),
+        "service": lst.service,
+        "detect_timeout_ms": parse_duration(lst.detect_timeout),
+        "header_read_timeout_ms": parse_duration(lst.header_read_timeout),
+        "idle_timeout_ms": parse_duration(lst.idle_timeout),
+        "max_connections": lst.max_connections,
+        "tls": lst.tls,
+        "share_port": lst.share_port,
+    }
+
+
+def _core_header_ops(ops: Optional[HeaderOps]) -> Optional[snapshot.HeaderOps]:
+    if ops is None:
+        return None
+    return {"add": dict(ops.add), "set": dict(ops.set), "remove": list(ops.remove)}
+
+
+def _core_route(r: Route, name: str, plugins: bool) -> snapshot.Route:
+    retry, redirect, direct = r.retry, r.redirect, r.direct_response
+    return {
+        "listener": r.listener,
+        "name": name,
+        "host": r.host,
+        "path_prefix": r.path_prefix,
+        "headers": dict(r.headers),
+        "timeout_ms": None if r.timeout is None else parse_duration(r.timeout),
+        "response_timeout_ms": None if r.response_timeout is None else parse_duration(r.response_timeout),
+        "retry": None
+        if retry is None
+        else {
+            "on": list(retry.on),
+            "limit": retry.limit,
+            "budget": retry.budget,
+            "min_per_second": retry.min_per_second,
+            "ttl_ms": parse_duration(retry.ttl),
+        },
+        "request_headers": _core_header_ops(r.request_headers),
+        "response_headers": _core_header_ops(r.response_headers),
+        "rewrite": None if r.rewrite is None else {"path_prefix": r.rewrite.path_prefix},
+        "redirect": None
+        if redirect is None
+        else {
+            "status": redirect.status,
+            "scheme": redirect.scheme,
+            "host": redirect.host,
+            "path": redirect.path,
+        },
+        "direct_response": None
+        if direct is None
+        else {"status": direct.status, "body": direct.body, "headers": dict(direct.headers)},
+        "rate_limit": None
+        if r.rate_limit is None
+        else {"rps": r.rate_limit.rps, "burst": r.rate_limit.burst},
+        "plugins": plugins,
+        "backends": [{"service": b.service, "weight": b.weight} for b in r.backends],
+    }
+
+
+def _core_service(s: Service) -> snapshot.Service:
+    breaker = s.breaker
+    return {
+        "name": s.name,
+        "balancer": s.balancer,
+        "protocol": s.protocol,
+        "endpoints": [
+            {"addr": e.addr, "zone": e.zone, "cluster": e.cluster, "identity": e.identity}
+            for e in s.endpoints
+        ],
+        "connect_timeout_ms": parse_duration(s.connect_timeout),
+        "idle_timeout_ms": parse_duration(s.idle_timeout),
+        "zonal": {
+            "load_low": s.zonal.load_low,
+            "load_high": s.zonal.load_high,
+            "dwell_ms": parse_duration(s.zonal.dwell),
+        },
+        "breaker": None
+        if breaker is False
+        else {
+            "consecutive_failures": breaker.consecutive_failures,
+            "min_penalty_ms": parse_duration(breaker.min_penalty),
+            "max_penalty_ms": parse_duration(breaker.max_penalty),
+            "jitter": breaker.jitter,
+            "max_ejection_percent": breaker.max_ejection_percent,
+            "panic_threshold_percent": breaker.panic_threshold_percent,
+        },
+    }
 
 
 _PEM_BLOCK = re.compile(r"-----BEGIN ([A-Z0-9 ]+)-----(.*?)-----END \1-----", re.S)
@@ -857,7 +931,8 @@ def restart_needed(running: Config, new: Config) -> list[tuple[str, str]]:
             if value != old_identity[key]:
                 changed(f"identity.{key}", old_identity[key], value)
     # As the core sees them (directions filled in); an opaque listener's target service may change.
-    old_listeners, new_listeners = running.to_core()["listeners"], new.to_core()["listeners"]
+    old_listeners: list[dict[str, Any]] = [dict(lst) for lst in running.to_core()["listeners"]]
+    new_listeners: list[dict[str, Any]] = [dict(lst) for lst in new.to_core()["listeners"]]
     if len(old_listeners) != len(new_listeners):
         changes.append(
             (

@@ -7,7 +7,7 @@ import threading
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from . import _core
+from . import _core, snapshot
 from .config import Config, load, parse_duration, restart_needed
 from .errors import ConfigError, config_error
 from .identity.agent import IdentityAgent
@@ -39,12 +39,13 @@ def _plugin_host(config: Config) -> Optional[PluginHost]:
     return PluginHost(specs, base)
 
 
-def _core_document(config: Config, plugins: Optional[PluginHost]) -> dict[str, Any]:
-    """The config for Rust, with each route marked if plugins apply to it."""
+def _core_document(config: Config, plugins: Optional[PluginHost]) -> snapshot.Snapshot:
+    """The complete document for the core (every field sent: the core has no defaults), each
+    route marked if plugins apply to it."""
     return config.to_core(plugins.routes_with_plugins(config.route_names()) if plugins else ())
 
 
-def _prepare(source: Source) -> tuple[Config, Optional[PluginHost], dict[str, Any]]:
+def _prepare(source: Source) -> tuple[Config, Optional[PluginHost], snapshot.Snapshot]:
     """Every check that `Proxy()` makes before it binds anything: the config itself, the files
     it names, and its plugins, loaded. `meshcore check` runs this same function, so whatever
     check accepts, run starts (short of a port in use or the identity service)."""
@@ -60,7 +61,8 @@ def check(source: Source) -> Config:
     """Validates a config as `Proxy(source).start()` would, without binding ports or asking
     the identity service for a certificate. Raises ConfigError or PluginError."""
     _config, _plugins, document = _prepare(source)
-    _core.ProxyCore(json.dumps(document))  # the core's own checks of the document it is handed
+    # A guard, not a second validator: Python has refused whatever the core would.
+    _core.ProxyCore(json.dumps(document))
     return _config
 
 
@@ -91,7 +93,7 @@ class Proxy:
         self._memory: Optional[MemoryTrimmer] = None
         self._stopped = threading.Event()
 
-    def _core_document(self, config: Config) -> dict[str, Any]:
+    def _core_document(self, config: Config) -> snapshot.Snapshot:
         return _core_document(config, self._plugins)
 
     @property

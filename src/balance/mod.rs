@@ -264,8 +264,11 @@ impl Standing {
 }
 
 impl Balancer {
+    /// With the zonal band Python sends by default (tests only: the data
+    /// plane takes every setting from the config).
+    #[cfg(test)]
     pub fn new(kind: BalancerKind, endpoints: Vec<Arc<Endpoint>>) -> Self {
-        Self::with_zonal(kind, endpoints, config::Zonal::default())
+        Self::with_zonal(kind, endpoints, config::fixtures::zonal())
     }
 
     pub fn with_zonal(kind: BalancerKind, endpoints: Vec<Arc<Endpoint>>, settings: config::Zonal) -> Self {
@@ -506,7 +509,7 @@ mod tests {
                 let addr = format!("127.0.0.1:{}", 10_000 + i).parse().unwrap();
                 let breaker = config::Breaker {
                     consecutive_failures: 1,
-                    ..Default::default()
+                    ..config::fixtures::breaker()
                 };
                 Arc::new(Endpoint::with_details(addr, Some("z"), None, tier, Some(breaker)))
             })
@@ -605,7 +608,7 @@ mod tests {
             consecutive_failures: 1,
             max_ejection_percent,
             panic_threshold_percent,
-            ..Default::default()
+            ..config::fixtures::breaker()
         };
         let eps = (0..n)
             .map(|i| {
@@ -622,7 +625,7 @@ mod tests {
         Balancer::with_settings(
             BalancerKind::PeakEwma,
             eps,
-            config::Zonal::default(),
+            config::fixtures::zonal(),
             Some(&breaker),
         )
     }
@@ -708,7 +711,7 @@ mod tests {
         let b = Balancer::with_zonal(
             BalancerKind::Zonal,
             tiered(&[0, 0, 1, 1, 2]),
-            config::Zonal::default(),
+            config::fixtures::zonal(),
         );
         for _ in 0..200 {
             assert_eq!(b.endpoints()[b.pick().unwrap()].tier, 0);
@@ -719,7 +722,7 @@ mod tests {
     fn zonal_spills_when_loaded_and_when_tier_is_down() {
         let settings = config::Zonal {
             dwell_ms: 0,
-            ..Default::default()
+            ..config::fixtures::zonal()
         };
         let eps = tiered(&[0, 1, 1, 2]);
         let b = Balancer::with_zonal(BalancerKind::Zonal, eps.clone(), settings);

@@ -107,7 +107,7 @@ mod tests {
             min_penalty_ms: 1_000,
             max_penalty_ms: 4_000,
             jitter,
-            ..Default::default()
+            ..config::fixtures::breaker()
         }))
     }
 

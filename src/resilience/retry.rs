@@ -105,7 +105,7 @@ mod tests {
     fn policy(on: &[&str]) -> RetryPolicy {
         RetryPolicy::new(&config::Retry {
             on: on.iter().map(|s| s.to_string()).collect(),
-            ..Default::default()
+            ..config::fixtures::retry()
         })
         .unwrap()
     }
@@ -129,7 +129,7 @@ mod tests {
     fn unknown_condition_is_an_error() {
         let err = RetryPolicy::new(&config::Retry {
             on: vec!["sometimes".into()],
-            ..Default::default()
+            ..config::fixtures::retry()
         })
         .unwrap_err();
         assert!(err.contains("sometimes"));

@@ -7,7 +7,7 @@
 //! real proxy: with no routes they get its own 404.
 
 use super::serve;
-use crate::config::Config;
+use crate::config::{fixtures, Config};
 use crate::conn::admission::{Admission, Admitted};
 use crate::conn::ConnContext;
 use crate::shared::Shared;
@@ -53,7 +53,12 @@ const GET_WEB: &[u8] = &[0x82, 0x86, 0x84, 0x01, 0x03, b'w', b'e', b'b'];
 /// How long the server may stay silent before a test fails.
 const WAIT: Duration = Duration::from_secs(10);
 
-const NO_ROUTES: &str = r#"{"listeners":[{"name":"l","bind":"127.0.0.1:0"}]}"#;
+fn no_routes() -> Config {
+    Config {
+        listeners: vec![fixtures::listener("l", "127.0.0.1:0")],
+        ..fixtures::config()
+    }
+}
 
 /// Error codes by their RFC 9113 (section 7) names.
 fn code_name(code: u32) -> &'static str {
@@ -137,10 +142,9 @@ struct Client {
 }
 
 impl Client {
-    /// A connection to a proxy configured by `config` (JSON), served by a
-    /// task of the current runtime.
-    fn connect(config: &str) -> Client {
-        let config = Config::from_json(config).expect("the test's config");
+    /// A connection to a proxy configured by `config`, served by a task of
+    /// the current runtime.
+    fn connect(config: Config) -> Client {
         let table = Table::build(config, None, None).expect("a routing table");
         let (drain, draining) = watch::channel(false);
         let shared = Arc::new(Shared::new(table, None, draining.clone()));
@@ -297,7 +301,7 @@ impl Client {
 
 /// A fresh connection past its handshake.
 async fn connected(values: &[(u16, u32)]) -> Client {
-    let mut client = Client::connect(NO_ROUTES);
+    let mut client = Client::connect(no_routes());
     client.handshake(values).await;
     client
 }
@@ -473,12 +477,16 @@ fn data_beyond_the_connection_window_is_a_flow_control_error() {
         // window is not given back.
         let upstream = std::net::TcpListener::bind("127.0.0.1:0").expect("a listener");
         let addr = upstream.local_addr().expect("its address");
-        let config = format!(
-            r#"{{"listeners":[{{"name":"l","bind":"127.0.0.1:0"}}],
-                "services":[{{"name":"web","protocol":"http2","endpoints":[{{"addr":"{addr}"}}]}}],
-                "routes":[{{"listener":"l","backends":[{{"service":"web"}}]}}]}}"#
-        );
-        let mut client = Client::connect(&config);
+        let mut config = no_routes();
+        config.services = vec![crate::config::Service {
+            protocol: crate::config::UpstreamProtocol::Http2,
+            ..fixtures::service("web", &[&addr.to_string()])
+        }];
+        config.routes = vec![crate::config::Route {
+            backends: vec![fixtures::backend("web")],
+            ..fixtures::route("l")
+        }];
+        let mut client = Client::connect(config);
         client.handshake(&[]).await;
         client.send(&raw(HEADERS, END_HEADERS, 1, GET_WEB)).await;
         let mut frames = Vec::new();
@@ -576,7 +584,7 @@ fn a_first_frame_other_than_settings_is_a_protocol_error() {
             raw(HEADERS, END_STREAM | END_HEADERS, 1, GET_WEB),
         ];
         for first in firsts {
-            let mut client = Client::connect(NO_ROUTES);
+            let mut client = Client::connect(no_routes());
             let mut opening = PREFACE.to_vec();
             opening.extend_from_slice(&first);
             client.send(&opening).await;
