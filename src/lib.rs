@@ -148,16 +148,12 @@ impl ProxyCore {
     fn metrics(&self) -> PyResult<String> {
         guarded(|| {
             self.with_running(|r| {
-                let mut text = r.shared.metrics.render();
-                text.push_str(&r.shared.table.load().render_balancer_metrics());
-                if let Some(identity) = &r.shared.identity {
-                    metrics::render_identity(
-                        &mut text,
-                        identity.current().map_or(0, |c| c.not_after),
-                        identity.refreshes(),
-                    );
-                }
-                Ok(text)
+                let table = r.shared.table.load();
+                let scrape = metrics::Scrape {
+                    table: Some(&table),
+                    identity: r.shared.identity.as_deref(),
+                };
+                Ok(r.shared.metrics.render(&scrape))
             })
         })
     }
