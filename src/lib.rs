@@ -30,8 +30,9 @@ pub mod tools;
 pub mod upstream;
 
 use bindings::errors::{BindError, ConfigError, MeshcoreError, PluginError, TlsError};
-use bindings::{identity, proxy_core, tools as bench};
+use bindings::{identity, metrics as plugin_metrics, proxy_core, tools as bench};
 use pyo3::prelude::*;
+use pyo3::types::PyTuple;
 
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -39,6 +40,11 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<proxy_core::ProxyCore>()?;
     m.add_function(wrap_pyfunction!(bindings::_panic_for_test, m)?)?;
     m.add_function(wrap_pyfunction!(identity::check_identity, m)?)?;
+    m.add_function(wrap_pyfunction!(plugin_metrics::render_plugin_metrics, m)?)?;
+    m.add(
+        "PLUGIN_DURATION_BUCKETS",
+        PyTuple::new(py, metrics::plugins::HOOK_DURATION_BUCKETS)?,
+    )?;
     m.add_function(wrap_pyfunction!(bench::_bench_loop, m)?)?;
     m.add_function(wrap_pyfunction!(bench::_bench_start, m)?)?;
     m.add_class::<bench::LoadRun>()?;

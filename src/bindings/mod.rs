@@ -1,8 +1,10 @@
 //! What `_core` exposes to Python: the proxy handle, the typed exceptions,
-//! the identity check and the measuring tools. `lib.rs` registers them; the ideas live in the other modules.
+//! the identity check, the plugin families' renderer and the measuring
+//! tools. `lib.rs` registers them; the ideas live in the other modules.
 
 pub mod errors;
 pub mod identity;
+pub mod metrics;
 pub mod proxy_core;
 pub mod tools;
 

@@ -2,6 +2,7 @@
 
 use super::errors::{BindError, ConfigError, MeshcoreError, TlsError};
 use super::guarded;
+use super::metrics::{plugin_report, PyPluginReport};
 use crate::{config, metrics, plugin, runtime};
 use pyo3::prelude::*;
 use std::sync::{Arc, Mutex};
@@ -100,14 +101,18 @@ impl ProxyCore {
         })
     }
 
-    /// Prometheus text exposition of every family the core keeps.
-    fn metrics(&self) -> PyResult<String> {
+    /// Prometheus text exposition of every family, the plugin host's numbers
+    /// (`PluginHost.metrics_report()`) included when it is given.
+    #[pyo3(signature = (plugins=None))]
+    fn metrics(&self, plugins: Option<PyPluginReport>) -> PyResult<String> {
         guarded(|| {
+            let plugins = plugins.map(plugin_report).transpose()?;
             self.with_running(|r| {
                 let table = r.shared.table.load();
                 let scrape = metrics::Scrape {
                     table: Some(&table),
                     identity: r.shared.identity.as_deref(),
+                    plugins: plugins.as_ref(),
                 };
                 Ok(r.shared.metrics.render(&scrape))
             })

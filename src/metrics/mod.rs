@@ -11,12 +11,14 @@ mod family;
 mod http;
 mod identity;
 mod labels;
+pub mod plugins;
 mod retry;
 mod tcp;
 mod text;
 
 pub use http::{Histogram, RequestSeries, ResponseSeries, LATENCY_BUCKETS_MS};
 pub use labels::{AuthzLabels, RequestLabels, ResponseLabels, RouteLabels, TcpLabels, TlsLabel};
+pub use plugins::{HookCounts, PluginReport};
 pub use tcp::{ConnEvent, TcpSeries};
 
 use crate::table::Table;
@@ -60,11 +62,13 @@ pub struct Scrape<'a> {
     pub table: Option<&'a Table>,
     /// The workload identity, for its certificate gauges.
     pub identity: Option<&'a Identity>,
+    /// The plugin hooks' numbers; None when no plugin host is installed.
+    pub plugins: Option<&'a PluginReport>,
 }
 
 impl Metrics {
     /// The whole exposition, every family in a fixed order: HTTP, TCP,
-    /// retries, authorization, balancer, identity.
+    /// retries, authorization, balancer, identity, plugins.
     pub fn render(&self, scrape: &Scrape<'_>) -> String {
         let mut out = String::with_capacity(4096);
         self.render_http(&mut out);
@@ -76,6 +80,9 @@ impl Metrics {
         }
         if let Some(identity) = scrape.identity {
             identity::render(&mut out, identity);
+        }
+        if let Some(report) = scrape.plugins {
+            plugins::render(&mut out, report);
         }
         out
     }

@@ -113,6 +113,51 @@ fn escape(out: &mut String, value: &str) {
     }
 }
 
+/// A float written as Python's `repr` writes it (`1e-05`, `0.0001`, `2.0`):
+/// the plugin families were first rendered by Python, and their bucket bounds
+/// and sums keep that spelling.
+pub struct PyFloat(pub f64);
+
+impl Display for PyFloat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let v = self.0;
+        if v.is_nan() {
+            return f.write_str("nan");
+        }
+        if v.is_infinite() {
+            return f.write_str(if v > 0.0 { "inf" } else { "-inf" });
+        }
+        if v == 0.0 {
+            return f.write_str(if v.is_sign_negative() { "-0.0" } else { "0.0" });
+        }
+        // Rust's `{:e}` gives the shortest digits that read back as `v`, as repr does.
+        let scientific = format!("{:e}", v.abs());
+        let (mantissa, exponent) = scientific
+            .split_once('e')
+            .expect("{:e} always writes an exponent");
+        let exponent: i32 = exponent.parse().expect("{:e} writes a decimal exponent");
+        let digits: String = mantissa.chars().filter(|c| *c != '.').collect();
+        if v < 0.0 {
+            f.write_str("-")?;
+        }
+        if !(-4..16).contains(&exponent) {
+            let sign = if exponent < 0 { '-' } else { '+' };
+            return write!(f, "{mantissa}e{sign}{:02}", exponent.abs());
+        }
+        if exponent < 0 {
+            let zeros = "0".repeat((-exponent - 1) as usize);
+            return write!(f, "0.{zeros}{digits}");
+        }
+        let whole = exponent as usize + 1;
+        if digits.len() <= whole {
+            let zeros = "0".repeat(whole - digits.len());
+            write!(f, "{digits}{zeros}.0")
+        } else {
+            write!(f, "{}.{}", &digits[..whole], &digits[whole..])
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -153,5 +198,33 @@ mod tests {
             bare.starts_with("h_bucket{le=\"1\"} 1\nh_bucket{le=\"+Inf\"} 1\nh_sum 0\n"),
             "{bare}"
         );
+    }
+
+    #[test]
+    fn floats_are_spelled_as_python_repr_spells_them() {
+        // Each pair: a value and what Python's repr(value) prints.
+        let cases = [
+            (0.00001, "1e-05"),
+            (0.000025, "2.5e-05"),
+            (0.00005, "5e-05"),
+            (0.0001, "0.0001"),
+            (0.00025, "0.00025"),
+            (0.025, "0.025"),
+            (1.0, "1.0"),
+            (0.0, "0.0"),
+            (2.5, "2.5"),
+            (0.1 + 0.2, "0.30000000000000004"),
+            (1.2345678e-7, "1.2345678e-07"),
+            (123456.789, "123456.789"),
+            (1e15, "1000000000000000.0"),
+            (1e16, "1e+16"),
+            (1.5e300, "1.5e+300"),
+            (-0.00001, "-1e-05"),
+            (-3.0, "-3.0"),
+            (3.0001220703125e-05, "3.0001220703125e-05"),
+        ];
+        for (value, repr) in cases {
+            assert_eq!(PyFloat(value).to_string(), repr, "{value:e}");
+        }
     }
 }
