@@ -1,8 +1,9 @@
 //! The routing table: everything a request needs, built from one config
 //! snapshot and swapped atomically on reload.
 
-use crate::balance::{Balancer, Standing};
+use crate::balance::Balancer;
 use crate::config::{Config, UpstreamProtocol};
+use crate::metrics::{BalancerGauges, ENDPOINT_STATES};
 use crate::policy::Policy;
 use crate::route::Route;
 use crate::tls::{self, identity::Identity};
@@ -148,67 +149,32 @@ impl Table {
             .collect();
         serde_json::json!({ "services": services })
     }
+}
 
-    /// Balancer gauges, rendered from live state at scrape time.
-    pub fn render_balancer_metrics(&self) -> String {
-        use crate::metrics::{header, sample};
+impl Table {
+    /// Each service's balancer as it stands now, for the metrics scrape.
+    pub fn balancer_gauges(&self) -> Vec<BalancerGauges> {
         let now = std::time::Instant::now();
-        let mut out = String::new();
-        header(
-            &mut out,
-            "balancer_active_tiers",
-            "gauge",
-            "Cost tiers in use by a service's balancer.",
-        );
-        for s in &self.services {
-            let tiers = s.balancer.zonal().map_or(1, |z| z.active_tiers());
-            sample(
-                &mut out,
-                "balancer_active_tiers",
-                &[("dst_service", &s.name)],
-                tiers,
-            );
-        }
-        header(
-            &mut out,
-            "balancer_load",
-            "gauge",
-            "In-flight requests per active endpoint, as last seen by the balancer.",
-        );
-        for s in &self.services {
-            let load = match s.balancer.zonal() {
-                Some(z) => z.load(),
-                None => {
-                    let eps = s.balancer.endpoints();
-                    eps.iter().map(|e| e.pending()).sum::<usize>() as f64 / eps.len().max(1) as f64
+        self.services
+            .iter()
+            .map(|s| {
+                let load = match s.balancer.zonal() {
+                    Some(z) => z.load(),
+                    None => {
+                        let eps = s.balancer.endpoints();
+                        eps.iter().map(|e| e.pending()).sum::<usize>() as f64 / eps.len().max(1) as f64
+                    }
+                };
+                let standing = s.balancer.standing(now);
+                let count = |state| standing.iter().filter(|&&x| x == state).count();
+                BalancerGauges {
+                    service: s.name.clone(),
+                    active_tiers: s.balancer.zonal().map_or(1, |z| z.active_tiers()),
+                    load,
+                    panic: s.balancer.in_panic(now),
+                    endpoints: ENDPOINT_STATES.map(count),
                 }
-            };
-            sample(&mut out, "balancer_load", &[("dst_service", &s.name)], load);
-        }
-        header(
-            &mut out,
-            "balancer_panic",
-            "gauge",
-            "1 while too few endpoints are available and the balancer uses all of them.",
-        );
-        for s in &self.services {
-            let panic = u8::from(s.balancer.in_panic(now));
-            sample(&mut out, "balancer_panic", &[("dst_service", &s.name)], panic);
-        }
-        header(
-            &mut out,
-            "balancer_endpoints",
-            "gauge",
-            "Endpoints per state (active, standby, tripped).",
-        );
-        for s in &self.services {
-            let standing = s.balancer.standing(now);
-            for state in [Standing::Active, Standing::Standby, Standing::Tripped] {
-                let n = standing.iter().filter(|&&x| x == state).count();
-                let labels = [("dst_service", &*s.name), ("state", state.as_str())];
-                sample(&mut out, "balancer_endpoints", &labels, n);
-            }
-        }
-        out
+            })
+            .collect()
     }
 }

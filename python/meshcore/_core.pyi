@@ -4,13 +4,14 @@ it waits; a panic in Rust comes back as `MeshcoreError`, never as a crash.
 
 `tests/test_stubs.py` checks these stubs against the module with `mypy.stubtest`."""
 
-from typing import final
+from typing import TypeAlias, final
 
 __all__ = [
     "BindError",
     "ConfigError",
     "LoadRun",
     "MeshcoreError",
+    "PLUGIN_DURATION_BUCKETS",
     "PluginError",
     "ProxyCore",
     "TlsError",
@@ -19,8 +20,20 @@ __all__ = [
     "_bench_start",
     "_panic_for_test",
     "check_identity",
+    "render_plugin_metrics",
 ]
 __version__: str
+
+PLUGIN_DURATION_BUCKETS: tuple[float, ...]
+"""Upper bounds in seconds of the `plugin_duration_seconds` buckets, which `HookStats` counts by."""
+
+_HookCounts: TypeAlias = tuple[str, str, int, list[int], float, int]
+"""One plugin hook's numbers: (plugin, phase, errors, calls per bucket of
+`PLUGIN_DURATION_BUCKETS` (not cumulative), sum of seconds, calls)."""
+
+_PluginReport: TypeAlias = tuple[list[_HookCounts], list[str]]
+"""`PluginHost.metrics_report()`: every hook's numbers, and the Prometheus text plugins with a
+`metrics()` method wrote themselves (appended as written)."""
 
 class MeshcoreError(Exception):
     """Every error meshcore raises."""
@@ -71,8 +84,10 @@ class ProxyCore:
     def addresses(self) -> list[tuple[str, str]]:
         """(listener name, "ip:port" actually bound), in config order."""
 
-    def metrics(self) -> str:
-        """The Prometheus text exposition of every family the core keeps."""
+    def metrics(self, plugins: _PluginReport | None = None) -> str:
+        """The Prometheus text exposition of every family: HTTP, TCP, retries, authorization,
+        balancer, identity, and the plugin families from `plugins` when given. Raises
+        ValueError if a hook's bucket counts do not match `PLUGIN_DURATION_BUCKETS`."""
 
     def endpoints(self) -> str:
         """Balancer state per service and endpoint, as a JSON document (`/endpoints`)."""
@@ -95,6 +110,10 @@ def check_identity(
 ) -> tuple[str, str] | None:
     """Loads identity PEMs as the data plane does at start: (field, reason) for what it
     refuses ("trust_anchors", "cert" or "key"), else None."""
+
+def render_plugin_metrics(report: _PluginReport) -> str:
+    """The plugin families alone (`plugin_errors_total`, `plugin_duration_seconds`, then what
+    plugins wrote), for a plugin host without a proxy. Raises ValueError as `metrics` does."""
 
 @final
 class LoadRun:

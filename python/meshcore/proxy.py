@@ -232,9 +232,8 @@ class Proxy:
         return self._admin.address if self._admin else None
 
     def metrics(self) -> str:
-        """Prometheus text exposition of the proxy's metrics."""
-        text = self._core.metrics()
-        return text + self._plugins.render_metrics() if self._plugins else text
+        """Prometheus text exposition of the proxy's metrics, its plugins' included."""
+        return self._core.metrics(self._plugins.metrics_report() if self._plugins else None)
 
     def endpoints(self) -> dict[str, Any]:
         return json.loads(self._core.endpoints())

@@ -15,9 +15,10 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
+from .. import _core
 from ..errors import PluginError
 from .loader import PHASES, LoadedPlugin, PluginSpec, load, source_path
-from .stats import HookStats
+from .stats import HookCounts, HookStats
 from .types import Endpoint, Headers, Request, Response
 from .watch import SourceWatcher
 
@@ -97,17 +98,23 @@ class PluginHost:
             self.errors = errors
         return errors
 
-    def render_metrics(self) -> str:
-        """The hooks' own metrics, plus what plugins with a `metrics()` method report."""
-        parts = [self.stats.render()]
+    def metrics_report(self) -> tuple[list[HookCounts], list[str]]:
+        """What the core renders at a scrape: every hook's numbers, and the text plugins with a
+        `metrics()` method write themselves (theirs, appended as written)."""
+        own: list[str] = []
         for p in self._plugins:
             extra = getattr(p.target, "metrics", None)
             if callable(extra):
                 try:
-                    parts.append(str(extra()).rstrip("\n") + "\n")
+                    own.append(str(extra()))
                 except Exception as e:  # noqa: BLE001 - a broken plugin must not break /metrics
                     _log(f"{p.spec.name}.metrics failed: {e}")
-        return "".join(parts)
+        return self.stats.snapshot(), own
+
+    def render_metrics(self) -> str:
+        """The plugin families alone as Prometheus text, for a host without a proxy (the
+        testing kit); a running proxy's `metrics()` includes them."""
+        return _core.render_plugin_metrics(self.metrics_report())
 
     def routes_with_plugins(self, routes: list[str]) -> set[str]:
         return {r for r in routes if any(p.spec.routes is None or r in p.spec.routes for p in self._plugins)}

@@ -1,19 +1,32 @@
-"""Per-hook metrics: plugin_errors_total and plugin_duration_seconds, by plugin and phase,
-rendered as Prometheus text next to the core's families."""
+"""Per-hook numbers behind plugin_errors_total and plugin_duration_seconds, by plugin and phase.
+
+Python counts, since it runs the hooks; the core writes them as Prometheus text with its other
+families (`_core.ProxyCore.metrics`), so that every label value is escaped in one place."""
 
 from __future__ import annotations
 
+import bisect
 import threading
 
-__all__ = ["BUCKETS", "HookStats"]
+from .._core import PLUGIN_DURATION_BUCKETS
 
-# Seconds; the same buckets as Prometheus client defaults, shifted down for in-process hooks.
-BUCKETS = (0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1.0)
+__all__ = ["BUCKETS", "HookCounts", "HookStats"]
+
+# Upper bounds in seconds of plugin_duration_seconds; the core owns them, as it writes the family.
+BUCKETS: tuple[float, ...] = PLUGIN_DURATION_BUCKETS
+
+# (plugin, phase, errors, calls per bucket (not cumulative), sum of seconds, calls)
+HookCounts = tuple[str, str, int, list[int], float, int]
 
 
-def _label(value: str) -> str:
-    """A Prometheus label value, escaped by the same rule as the core's metrics."""
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+class _Hook:
+    __slots__ = ("buckets", "count", "errors", "seconds")
+
+    def __init__(self) -> None:
+        self.errors = 0
+        self.buckets = [0] * len(BUCKETS)
+        self.count = 0
+        self.seconds = 0.0
 
 
 class HookStats:
@@ -21,46 +34,31 @@ class HookStats:
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.errors: dict[tuple[str, str], int] = {}
-        # Per (plugin, phase): a count per bucket (not cumulative), then the total count and sum.
-        self.durations: dict[tuple[str, str], list[float]] = {}
+        self._hooks: dict[tuple[str, str], _Hook] = {}
+
+    def _hook(self, plugin: str, phase: str) -> _Hook:
+        hook = self._hooks.get((plugin, phase))
+        if hook is None:
+            hook = self._hooks[(plugin, phase)] = _Hook()
+        return hook
 
     def observe(self, plugin: str, phase: str, seconds: float) -> None:
-        key = (plugin, phase)
+        i = bisect.bisect_left(BUCKETS, seconds)  # the first bound >= seconds; past the last: none
         with self.lock:
-            h = self.durations.get(key)
-            if h is None:
-                h = self.durations[key] = [0.0] * (len(BUCKETS) + 2)
-            for i, bound in enumerate(BUCKETS):
-                if seconds <= bound:
-                    h[i] += 1
-                    break
-            h[-2] += 1
-            h[-1] += seconds
+            hook = self._hook(plugin, phase)
+            if i < len(BUCKETS):
+                hook.buckets[i] += 1
+            hook.count += 1
+            hook.seconds += seconds
 
     def error(self, plugin: str, phase: str) -> None:
         with self.lock:
-            self.errors[(plugin, phase)] = self.errors.get((plugin, phase), 0) + 1
+            self._hook(plugin, phase).errors += 1
 
-    def render(self) -> str:
-        out = [
-            "# HELP plugin_errors_total Plugin hooks that raised or timed out.",
-            "# TYPE plugin_errors_total counter",
-        ]
+    def snapshot(self) -> list[HookCounts]:
+        """Every hook's numbers as plain data, for the core to render."""
         with self.lock:
-            for (plugin, phase), n in sorted(self.errors.items()):
-                out.append(f'plugin_errors_total{{plugin="{_label(plugin)}",phase="{phase}"}} {n}')
-            out += [
-                "# HELP plugin_duration_seconds Time spent in plugin hooks.",
-                "# TYPE plugin_duration_seconds histogram",
+            return [
+                (plugin, phase, h.errors, list(h.buckets), h.seconds, h.count)
+                for (plugin, phase), h in self._hooks.items()
             ]
-            for (plugin, phase), h in sorted(self.durations.items()):
-                labels = f'plugin="{_label(plugin)}",phase="{phase}"'
-                cumulative = 0.0
-                for bound, in_bucket in zip(BUCKETS, h):
-                    cumulative += in_bucket
-                    out.append(f'plugin_duration_seconds_bucket{{{labels},le="{bound}"}} {int(cumulative)}')
-                out.append(f'plugin_duration_seconds_bucket{{{labels},le="+Inf"}} {int(h[-2])}')
-                out.append(f"plugin_duration_seconds_sum{{{labels}}} {h[-1]}")
-                out.append(f"plugin_duration_seconds_count{{{labels}}} {int(h[-2])}")
-        return "\n".join(out) + "\n"

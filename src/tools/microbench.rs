@@ -5,7 +5,7 @@
 use crate::balance::{simulate_request, Balancer, Endpoint};
 use crate::config::{self, BalancerKind};
 use crate::message::headers::strip_hop_by_hop;
-use crate::metrics::{Metrics, RequestLabels};
+use crate::metrics::{Metrics, RequestLabels, Scrape};
 use crate::route::{self, Route};
 use http::HeaderMap;
 use std::sync::Arc;
@@ -126,5 +126,5 @@ pub fn metrics_record(iterations: usize) -> u64 {
             Duration::from_micros(100 + i as u64 % 5000),
         );
     }
-    metrics.render().len() as u64
+    metrics.render(&Scrape::default()).len() as u64
 }

@@ -1,0 +1,166 @@
+//! `ProxyCore`: one proxy instance, as Python's `meshcore.Proxy` drives it.
+
+use super::errors::{BindError, ConfigError, MeshcoreError, TlsError};
+use super::guarded;
+use super::metrics::{plugin_report, PyPluginReport};
+use crate::{config, metrics, plugin, runtime};
+use pyo3::prelude::*;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+fn start_error(e: runtime::StartError) -> PyErr {
+    match e {
+        runtime::StartError::Config(m) => ConfigError::new_err(m),
+        runtime::StartError::Bind(m) => BindError::new_err(m),
+        runtime::StartError::Tls(m) => TlsError::new_err(m),
+        runtime::StartError::Runtime(m) => MeshcoreError::new_err(m),
+    }
+}
+
+/// One proxy instance. Python's `meshcore.Proxy` wraps it.
+#[pyclass(module = "meshcore._core")]
+pub struct ProxyCore {
+    config: Mutex<Option<config::Config>>,
+    running: Mutex<Option<runtime::Running>>,
+}
+
+impl ProxyCore {
+    fn with_running<T>(&self, f: impl FnOnce(&runtime::Running) -> PyResult<T>) -> PyResult<T> {
+        let running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        match running.as_ref() {
+            Some(r) => f(r),
+            None => Err(MeshcoreError::new_err("proxy is not running")),
+        }
+    }
+}
+
+#[pymethods]
+impl ProxyCore {
+    #[new]
+    fn new(config_json: &str) -> PyResult<Self> {
+        guarded(|| {
+            let config = config::Config::from_json(config_json).map_err(ConfigError::new_err)?;
+            Ok(ProxyCore {
+                config: Mutex::new(Some(config)),
+                running: Mutex::new(None),
+            })
+        })
+    }
+
+    /// Binds every listener and starts serving; returns once bound.
+    fn start(&self, py: Python<'_>) -> PyResult<()> {
+        guarded(|| {
+            let config = self
+                .config
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take()
+                .ok_or_else(|| MeshcoreError::new_err("proxy was already started"))?;
+            // Each worker thread attaches to the interpreter once and then detaches
+            // for its whole life: its thread state stays, so plugin calls on that
+            // thread only take the GIL instead of creating a thread state each time.
+            let wrap: runtime::ThreadWrapper = Arc::new(|body| Python::attach(|py| py.detach(body)));
+            let running = py
+                .detach(|| runtime::start(config, Some(wrap)))
+                .map_err(start_error)?;
+            *self.running.lock().unwrap_or_else(|p| p.into_inner()) = Some(running);
+            Ok(())
+        })
+    }
+
+    /// Drains in-flight requests for up to `grace` seconds, then stops.
+    fn stop(&self, py: Python<'_>, grace: f64) -> PyResult<()> {
+        guarded(|| {
+            let running = self.running.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(running) = running {
+                let grace = Duration::from_secs_f64(grace.max(0.0));
+                py.detach(|| running.stop(grace));
+            }
+            Ok(())
+        })
+    }
+
+    fn reload(&self, config_json: &str) -> PyResult<()> {
+        guarded(|| {
+            let config = config::Config::from_json(config_json).map_err(ConfigError::new_err)?;
+            self.with_running(|r| r.reload(config).map_err(ConfigError::new_err))
+        })
+    }
+
+    fn is_running(&self) -> bool {
+        self.running.lock().unwrap_or_else(|p| p.into_inner()).is_some()
+    }
+
+    /// Listener name -> "ip:port" actually bound.
+    fn addresses(&self) -> PyResult<Vec<(String, String)>> {
+        self.with_running(|r| {
+            Ok(r.addresses
+                .iter()
+                .map(|(n, a)| (n.clone(), a.to_string()))
+                .collect())
+        })
+    }
+
+    /// Prometheus text exposition of every family, the plugin host's numbers
+    /// (`PluginHost.metrics_report()`) included when it is given.
+    #[pyo3(signature = (plugins=None))]
+    fn metrics(&self, plugins: Option<PyPluginReport>) -> PyResult<String> {
+        guarded(|| {
+            let plugins = plugins.map(plugin_report).transpose()?;
+            self.with_running(|r| {
+                let table = r.shared.table.load();
+                let balancers = table.balancer_gauges();
+                let scrape = metrics::Scrape {
+                    balancers: Some(&balancers),
+                    identity: r.shared.identity.as_deref(),
+                    plugins: plugins.as_ref(),
+                };
+                Ok(r.shared.metrics.render(&scrape))
+            })
+        })
+    }
+
+    /// Per-endpoint balancer state as a JSON document.
+    fn endpoints(&self) -> PyResult<String> {
+        guarded(|| self.with_running(|r| Ok(r.shared.table.load().endpoints_json().to_string())))
+    }
+
+    /// Installs a new workload certificate chain and key (PEM) without a restart.
+    fn update_identity(&self, cert_pem: &str, key_pem: &str) -> PyResult<()> {
+        guarded(|| {
+            self.with_running(|r| match &r.shared.identity {
+                Some(identity) => identity.update(cert_pem, key_pem).map_err(TlsError::new_err),
+                None => Err(TlsError::new_err("this proxy has no [identity] configured")),
+            })
+        })
+    }
+
+    /// Installs the Python plugin host whose hooks routes with `plugins` call.
+    fn set_plugin_host(&self, host: Py<PyAny>) -> PyResult<()> {
+        self.with_running(|r| {
+            r.shared
+                .plugins
+                .store(Some(Arc::new(plugin::PluginHost::new(host))));
+            Ok(())
+        })
+    }
+
+    /// (SPIFFE ID, expiry as unix seconds) of the certificate in use, if any.
+    fn identity_info(&self) -> PyResult<Option<(Option<String>, i64)>> {
+        self.with_running(|r| {
+            Ok(r.shared
+                .identity
+                .as_ref()
+                .and_then(|i| i.current())
+                .map(|c| (c.spiffe_id.clone(), c.not_after)))
+        })
+    }
+
+    fn open_connections(&self) -> PyResult<usize> {
+        self.with_running(|r| Ok(r.shared.connections.open()))
+    }
+
+    fn connection_peak(&self) -> PyResult<(usize, usize)> {
+        self.with_running(|r| Ok(r.shared.connections.take_peak()))
+    }
+}

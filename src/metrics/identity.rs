@@ -1,0 +1,32 @@
+//! The workload certificate's gauges (no labels).
+
+use super::text::{header, sample, Kind, Labels};
+use crate::tls::identity::Identity;
+
+pub(super) fn render(out: &mut String, identity: &Identity) {
+    let not_after = identity.current().map_or(0, |c| c.not_after);
+    header(
+        out,
+        "identity_cert_expiration_timestamp_seconds",
+        Kind::Gauge,
+        "When the workload certificate in use expires.",
+    );
+    sample(
+        out,
+        "identity_cert_expiration_timestamp_seconds",
+        &Labels::new(),
+        not_after,
+    );
+    header(
+        out,
+        "identity_cert_refresh_total",
+        Kind::Counter,
+        "Workload certificates installed.",
+    );
+    sample(
+        out,
+        "identity_cert_refresh_total",
+        &Labels::new(),
+        identity.refreshes(),
+    );
+}
