@@ -10,7 +10,7 @@ import socket
 import httpx
 from h2.errors import ErrorCodes
 
-from conftest import one_service, wait_until
+from conftest import metric, one_service, wait_until
 from h2_client import Client
 from hardening_tools import connection_budget, open_fds, worker_cpu
 
@@ -105,6 +105,9 @@ def test_past_max_connections_with_none_idle_new_ones_are_refused(proxy):
         c.request("/")
         c.pump(lambda: c.settings_acked)  # noqa: B023
     wait_until(lambda: counter(p, "tcp_open_connections") == 3)
+    # Each connection is busy once its stream is open: the SETTINGS ack can come before the
+    # HEADERS were read, and an idle one would be evicted instead. A counted request is open.
+    wait_until(lambda: metric(p.metrics(), "request_total") == 3)
     s = socket.create_connection(p.addresses["outbound"])
     assert closed_by_peer(s, 5)
     s.close()
