@@ -40,6 +40,8 @@ use pyo3::types::PyTuple;
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add_class::<proxy_core::ProxyCore>()?;
+    m.add_class::<bindings::handover::Inherited>()?;
+    m.add_function(wrap_pyfunction!(bindings::handover::inherit_sockets, m)?)?;
     m.add_function(wrap_pyfunction!(bindings::_panic_for_test, m)?)?;
     m.add_function(wrap_pyfunction!(identity::check_identity, m)?)?;
     m.add_function(wrap_pyfunction!(plugin_metrics::render_plugin_metrics, m)?)?;

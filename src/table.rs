@@ -21,9 +21,14 @@ pub struct Service {
 
 pub struct Table {
     pub services: Vec<Service>,
-    /// Routes per listener, indexed like `Config::listeners`.
+    /// Each listener's id, in `Config::listeners` order. A listener keeps
+    /// its id across reloads while its name stays, so that a connection
+    /// accepted before a reload finds its routes in the new table; ids of
+    /// removed listeners are not reused.
+    pub listener_ids: Vec<usize>,
+    /// Routes per listener id (none for a removed listener).
     pub routes: Vec<Vec<Route>>,
-    /// Opaque target per listener.
+    /// Opaque target per listener id.
     pub opaque: Vec<Option<usize>>,
     pub policy: Policy,
     pub config: Config,
@@ -84,28 +89,43 @@ impl Table {
             });
         }
         let service_index = |name: &str| config.services.iter().position(|s| s.name == name);
-        let mut routes: Vec<Vec<Route>> = config.listeners.iter().map(|_| Vec::new()).collect();
+        let mut next_id = previous.map_or(0, |p| p.routes.len());
+        let listener_ids: Vec<usize> = (config.listeners.iter())
+            .map(|l| {
+                previous.and_then(|p| p.listener_id(&l.name)).unwrap_or_else(|| {
+                    next_id += 1;
+                    next_id - 1
+                })
+            })
+            .collect();
+        let mut routes: Vec<Vec<Route>> = (0..next_id).map(|_| Vec::new()).collect();
         for (i, r) in config.routes.iter().enumerate() {
             let listener = config
                 .listeners
                 .iter()
                 .position(|l| l.name == r.listener)
                 .ok_or_else(|| format!("routes[{i}].listener: unknown listener {:?}", r.listener))?;
-            routes[listener].push(Route::new(i, r, service_index)?);
+            routes[listener_ids[listener]].push(Route::new(i, r, service_index)?);
         }
-        let opaque = config
-            .listeners
-            .iter()
-            .map(|l| l.service.as_deref().and_then(service_index))
-            .collect();
+        let mut opaque = vec![None; next_id];
+        for (l, &id) in config.listeners.iter().zip(&listener_ids) {
+            opaque[id] = l.service.as_deref().and_then(service_index);
+        }
         let policy = Policy::new(&config.policy)?;
         Ok(Table {
             services,
+            listener_ids,
             routes,
             opaque,
             policy,
             config,
         })
+    }
+
+    /// The id of the listener named `name`, if this table has it.
+    pub fn listener_id(&self, name: &str) -> Option<usize> {
+        let position = self.config.listeners.iter().position(|l| l.name == name)?;
+        Some(self.listener_ids[position])
     }
 
     /// Per-endpoint state as JSON for the admin API.

@@ -9,6 +9,7 @@ from typing import TypeAlias, final
 __all__ = [
     "BindError",
     "ConfigError",
+    "Inherited",
     "LoadRun",
     "MeshcoreError",
     "PLUGIN_DURATION_BUCKETS",
@@ -20,6 +21,7 @@ __all__ = [
     "_bench_start",
     "_panic_for_test",
     "check_identity",
+    "inherit_sockets",
     "render_plugin_metrics",
 ]
 __version__: str
@@ -61,9 +63,14 @@ class ProxyCore:
         Raises ConfigError naming a missing, unknown or mistyped field, or a reference or
         address the core cannot use (which `meshcore.config` refuses first)."""
 
-    def start(self) -> None:
-        """Binds every listener, then starts the workers; returns once they serve.
-        Raises BindError (a port in use, unless `share_port`), TlsError or ConfigError."""
+    def start(
+        self, inherited: Inherited | None = None, assignment: dict[str, list[int]] | None = None
+    ) -> None:
+        """Binds every listener, then starts the workers; returns once they serve. A listener
+        named in `assignment` serves on those sockets of `inherited` (taking them) instead of
+        binding; more workers than sockets bind more beside them. Raises BindError (a port in
+        use, unless `share_port`; an inherited socket bound elsewhere than the config says),
+        TlsError, ConfigError, or MeshcoreError for an index taken already or never sent."""
 
     def stop(self, grace: float) -> None:
         """Stops accepting, lets in-flight requests finish for up to `grace` seconds, then
@@ -72,8 +79,10 @@ class ProxyCore:
     def reload(self, config_json: str) -> None:
         """Swaps in a new routing table, from a `meshcore.snapshot.Snapshot` as JSON (its
         `identity` is ignored: the running certificate stays), without dropping a request.
-        Raises ConfigError (the running table stays) for a document `__new__` would refuse,
-        or a change only a restart can make, such as a listener's."""
+        Listeners are matched by name and bind: new ones open, removed ones stop accepting
+        and drain their connections, changed ones take their new settings for new
+        connections, and a renamed one keeps its sockets. Raises ConfigError or BindError,
+        and then nothing has changed."""
 
     def set_plugin_host(self, host: object) -> None:
         """Installs the Python plugin host whose hooks routes marked `plugins` call."""
@@ -83,6 +92,11 @@ class ProxyCore:
 
     def addresses(self) -> list[tuple[str, str]]:
         """(listener name, "ip:port" actually bound), in config order."""
+
+    def listening_sockets(self) -> list[tuple[str, str, int]]:
+        """(listener name, configured bind, file descriptor) of every listening socket (one per
+        worker per listener), for a process taking over. The descriptors stay the proxy's:
+        send them (`socket.send_fds`), never close them."""
 
     def metrics(self, plugins: _PluginReport | None = None) -> str:
         """The Prometheus text exposition of every family: HTTP, TCP, retries, authorization,
@@ -114,6 +128,30 @@ class ProxyCore:
 
     def connection_peak(self) -> tuple[int, int]:
         """(the most client connections open at once since the last call, open now)."""
+
+@final
+class Inherited:
+    """Listening sockets received from the process being replaced (`inherit_sockets`); each
+    descriptor is taken once, by `ProxyCore.start` or by `take`."""
+
+    def count(self) -> int:
+        """How many descriptors arrived."""
+
+    def take(self, index: int) -> int:
+        """Hands descriptor `index` to the caller, who then owns and closes it. Raises
+        MeshcoreError if it was taken already or never sent."""
+
+    def control(self) -> int:
+        """Hands over the connected Unix stream (a descriptor the caller then owns), for the
+        rest of the conversation with the old process. Raises MeshcoreError the second time."""
+
+def inherit_sockets(path: str, hello: bytes) -> tuple[bytes, Inherited]:
+    """Connects to the Unix socket at `path` of the process being replaced, sends `hello` (one
+    line), and receives its metadata line (JSON; its `"fds"` says how many descriptors follow,
+    in batches of at most 253, the first batch with the line) and its descriptors. Waits up to
+    30 s for them. Returns the line (without its newline) and the descriptors. Raises
+    MeshcoreError if the connection fails, the metadata is not JSON or holds `"error"`, or
+    the old process closes first."""
 
 def check_identity(
     trust_anchors_pem: str, cert_pem: str | None = None, key_pem: str | None = None

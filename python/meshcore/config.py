@@ -911,8 +911,9 @@ def load(source: Union[str, Path, dict[str, Any], Config]) -> Config:
 
 def restart_needed(running: Config, new: Config) -> list[tuple[str, str]]:
     """What differs between a running config and a new one that only a restart can apply, as
-    `(field path, reason)`: sockets are bound, threads started and the identity set up at start;
-    routes, services, policy, plugins and zones are rebuilt on reload."""
+    `(field path, reason)`: worker threads, the admin API and the identity are set up at start;
+    listeners (opened, closed or changed in place), routes, services, policy, plugins and zones
+    change on reload."""
     changes: list[tuple[str, str]] = []
 
     def changed(field: str, old: Any, now: Any) -> None:
@@ -930,28 +931,4 @@ def restart_needed(running: Config, new: Config) -> list[tuple[str, str]]:
         for key, value in new_identity.items():
             if value != old_identity[key]:
                 changed(f"identity.{key}", old_identity[key], value)
-    # As the core sees them (directions filled in); an opaque listener's target service may change.
-    old_listeners: list[dict[str, Any]] = [dict(lst) for lst in running.to_core()["listeners"]]
-    new_listeners: list[dict[str, Any]] = [dict(lst) for lst in new.to_core()["listeners"]]
-    if len(old_listeners) != len(new_listeners):
-        changes.append(
-            (
-                "listeners",
-                f"going from {len(old_listeners)} to {len(new_listeners)} listeners needs a restart",
-            )
-        )
-    else:
-        for i, (old, now) in enumerate(zip(old_listeners, new_listeners)):
-            for key in now:
-                if key == "service" or now[key] == old[key]:
-                    continue
-                field = key.removesuffix("_ms")  # "10s" and "10000ms" are the same timeout
-                if field == "direction":
-                    changed(f"listeners[{i}].direction", old[key], now[key])
-                else:
-                    changed(
-                        f"listeners[{i}].{field}",
-                        getattr(running.listeners[i], field),
-                        getattr(new.listeners[i], field),
-                    )
     return changes

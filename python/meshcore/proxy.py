@@ -142,9 +142,11 @@ class Proxy:
         return self._stopped.wait(timeout)
 
     def reload(self, config: Source) -> None:
-        """Validates and swaps in new routes, services, policy and plugins without dropping
-        requests. A change only a restart can apply (listeners, admin, workers, identity) is a
-        ConfigError naming the field. On any error the running config stays in place."""
+        """Validates and swaps in new listeners, routes, services, policy and plugins without
+        dropping requests: added listeners open, removed ones stop accepting and drain, and the
+        sockets of those that stay are untouched. A change only a restart can apply (admin,
+        workers, identity) is a ConfigError naming the field; a listener that cannot bind is a
+        BindError. On any error the running config stays in place."""
         new = load(config)
         needs_restart = restart_needed(self._config, new)
         if needs_restart:

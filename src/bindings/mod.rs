@@ -3,6 +3,7 @@
 //! tools. `lib.rs` registers them; the ideas live in the other modules.
 
 pub mod errors;
+pub mod handover;
 pub mod identity;
 pub mod metrics;
 pub mod proxy_core;

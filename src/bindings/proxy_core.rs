@@ -2,9 +2,11 @@
 
 use super::errors::{BindError, ConfigError, MeshcoreError, TlsError};
 use super::guarded;
+use super::handover::Inherited;
 use super::metrics::{plugin_report, PyPluginReport};
 use crate::{config, metrics, plugin, runtime};
 use pyo3::prelude::*;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -47,9 +49,28 @@ impl ProxyCore {
         })
     }
 
-    /// Binds every listener and starts serving; returns once bound.
-    fn start(&self, py: Python<'_>) -> PyResult<()> {
+    /// Binds every listener and starts serving; returns once bound. A
+    /// listener named in `assignment` serves on those `inherited` sockets
+    /// instead of binding its own.
+    #[pyo3(signature = (inherited=None, assignment=None))]
+    fn start(
+        &self,
+        py: Python<'_>,
+        inherited: Option<PyRef<'_, Inherited>>,
+        assignment: Option<HashMap<String, Vec<usize>>>,
+    ) -> PyResult<()> {
         guarded(|| {
+            let mut sockets = runtime::Inherited::default();
+            for (name, indexes) in assignment.unwrap_or_default() {
+                let from = inherited
+                    .as_deref()
+                    .ok_or_else(|| MeshcoreError::new_err("an assignment needs the inherited sockets"))?;
+                let taken = (indexes
+                    .iter()
+                    .map(|&i| from.take_fd(i).map(std::net::TcpListener::from)))
+                .collect::<PyResult<Vec<_>>>()?;
+                sockets.insert(name, taken);
+            }
             let config = self
                 .config
                 .lock()
@@ -61,7 +82,7 @@ impl ProxyCore {
             // thread only take the GIL instead of creating a thread state each time.
             let wrap: runtime::ThreadWrapper = Arc::new(|body| Python::attach(|py| py.detach(body)));
             let running = py
-                .detach(|| runtime::start(config, Some(wrap)))
+                .detach(|| runtime::start(config, Some(wrap), sockets))
                 .map_err(start_error)?;
             *self.running.lock().unwrap_or_else(|p| p.into_inner()) = Some(running);
             Ok(())
@@ -80,10 +101,12 @@ impl ProxyCore {
         })
     }
 
-    fn reload(&self, config_json: &str) -> PyResult<()> {
+    fn reload(&self, py: Python<'_>, config_json: &str) -> PyResult<()> {
         guarded(|| {
             let config = config::Config::from_json(config_json).map_err(ConfigError::new_err)?;
-            self.with_running(|r| r.reload(config).map_err(ConfigError::new_err))
+            // Without the GIL: closing a listener waits for worker threads,
+            // which may be waiting for it in a plugin hook.
+            self.with_running(|r| py.detach(|| r.reload(config)).map_err(start_error))
         })
     }
 
@@ -94,11 +117,17 @@ impl ProxyCore {
     /// Listener name -> "ip:port" actually bound.
     fn addresses(&self) -> PyResult<Vec<(String, String)>> {
         self.with_running(|r| {
-            Ok(r.addresses
-                .iter()
-                .map(|(n, a)| (n.clone(), a.to_string()))
+            Ok(r.addresses()
+                .into_iter()
+                .map(|(n, a)| (n, a.to_string()))
                 .collect())
         })
+    }
+
+    /// (listener name, configured bind, descriptor) of every listening
+    /// socket, for a process taking over. The descriptors stay this proxy's.
+    fn listening_sockets(&self) -> PyResult<Vec<(String, String, i32)>> {
+        self.with_running(|r| Ok(r.listening_sockets()))
     }
 
     /// Prometheus text exposition of every family, the plugin host's numbers

@@ -1,6 +1,7 @@
 //! Accept loops: one per listener. Each connection is (optionally) TLS
 //! terminated, its protocol detected, and handed to HTTP or TCP proxying.
 
+pub mod bind;
 pub mod detect;
 pub mod opaque;
 
@@ -9,7 +10,7 @@ use crate::conn::admission;
 use crate::conn::{ConnContext, PeerTls};
 use crate::io::Io;
 use crate::io::{Counted, DirectTcp, Prefixed};
-use crate::metrics::{ConnEvent, TcpLabels, TcpSeries};
+use crate::metrics::{ConnEvent, TcpSeries};
 use crate::proto::{h1, h2};
 use crate::proxy::handle;
 use crate::shared::Shared;
@@ -25,8 +26,12 @@ use tokio::net::{TcpListener, TcpStream};
 /// A TLS handshake that takes longer than this is abandoned.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How a listener serves its connections. A reload that changes settings
+/// but not the address swaps in a new spec over the same sockets; each
+/// connection keeps the spec it was accepted with.
 pub struct ListenerSpec {
-    pub index: usize,
+    /// The listener's id in the routing table (`Table::listener_ids`).
+    pub id: usize,
     pub name: Arc<str>,
     pub direction: Arc<str>,
     pub protocol: ListenerProtocol,
@@ -35,19 +40,31 @@ pub struct ListenerSpec {
     pub idle_timeout: Duration,
     pub admission: Arc<admission::Admission>,
     pub tls: Option<(tokio_rustls::TlsAcceptor, TlsMode)>,
+    /// The listener's connection counters.
+    pub tcp: Arc<TcpSeries>,
+    /// Flips to true when this listener stops: removed by a reload, or the
+    /// proxy draining. Its accept loops end and its connections drain.
+    pub draining: tokio::sync::watch::Receiver<bool>,
 }
 
-pub async fn accept_loop(listener: TcpListener, spec: Arc<ListenerSpec>, shared: Arc<Shared>) {
-    let mut draining = shared.draining.clone();
-    let tcp = shared.metrics.tcp(&TcpLabels {
-        direction: spec.direction.clone(),
-        listener: spec.name.clone(),
-    });
+/// A listener's spec as it is now; reloads store a new one.
+pub type CurrentSpec = Arc<arc_swap::ArcSwap<ListenerSpec>>;
+
+/// Accepts on one socket until `stop` flips, serving each connection with
+/// the listener's spec as it is when the connection arrives.
+pub async fn accept_loop(
+    listener: TcpListener,
+    current: CurrentSpec,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    shared: Arc<Shared>,
+) {
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
-            _ = crate::shared::drained(&mut draining) => return,
+            _ = crate::shared::drained(&mut stop) => return,
         };
+        let spec = current.load_full();
+        let tcp = &spec.tcp;
         match accepted {
             Ok((stream, peer)) => {
                 let Some((admitted, took)) = spec.admission.admit() else {
@@ -62,7 +79,7 @@ pub async fn accept_loop(listener: TcpListener, spec: Arc<ListenerSpec>, shared:
                     tcp.count(ConnEvent::Evicted);
                 }
                 let guard = shared.track_connection();
-                let (spec, shared, tcp) = (spec.clone(), shared.clone(), tcp.clone());
+                let (shared, tcp) = (shared.clone(), tcp.clone());
                 tokio::spawn(async move {
                     serve_connection(stream, peer, spec, shared, tcp, admitted.seat.clone()).await;
                     drop(admitted);
@@ -205,7 +222,7 @@ async fn serve_connection(
     let header_read_timeout = spec.header_read_timeout;
     let ctx = Arc::new(ConnContext {
         shared: shared.clone(),
-        listener: spec.index,
+        listener: spec.id,
         listener_name: spec.name.clone(),
         direction: spec.direction.clone(),
         inbound: &*spec.direction == "inbound",
@@ -217,7 +234,7 @@ async fn serve_connection(
         idle_timeout: spec.idle_timeout,
         tcp,
     });
-    let draining = shared.draining.clone();
+    let draining = spec.draining.clone();
     match protocol {
         Protocol::Http1 => h1::server::serve(io, ctx, header_read_timeout, draining, handle).await,
         Protocol::Http2 => h2::server::serve(io, ctx, header_read_timeout, draining, handle).await,
