@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from asgi_backend import AsgiBackend
-from conftest import one_service
+from conftest import one_service, wait_until
 from meshcore import bench
 
 # How close the numbers come to the truth on a quiet machine (overhead over the
@@ -107,3 +107,15 @@ def test_bad_arguments():
         bench.run("http://127.0.0.1:1/", rate=0)
     with pytest.raises(ValueError, match="invalid URL"):
         bench.run("http://[not a url/", duration=0.1)
+
+
+def test_a_run_stopped_early_ends_and_reports_what_it_did(backend):
+    from meshcore import bench
+
+    b = backend("web")
+    load = bench.start(f"http://{b.addr}/", duration=120, connections=2)
+    wait_until(lambda: load.progress()[1] >= 20, what="20 requests answered")
+    load.stop()
+    result = load.wait()
+    assert result.requests >= 20 and result.errors == {}
+    assert result.seconds < 120, "stop() ended the run before its duration"

@@ -170,8 +170,13 @@ class LoadRun:
     def progress(self) -> tuple[float, int, int]:
         """(seconds elapsed, requests completed, errors) so far."""
 
+    def stop(self) -> None:
+        """Ends the run before its duration: each connection stops once its request in flight
+        is answered."""
+
     def wait(self) -> str:
-        """Blocks (without the GIL) until the run ends; its report as JSON.
+        """Blocks (without the GIL) until the run ends; its report as JSON (`resent` counts
+        requests sent again because the server closed a connection without taking them).
         Raises MeshcoreError if the run failed to start."""
 
 def _bench_start(

@@ -22,7 +22,17 @@ from urllib.parse import urlsplit
 from . import _core
 from .errors import MeshcoreError
 
-__all__ = ["BenchResult", "check_url", "check_resolves", "run", "format_table", "plot", "check_plot"]
+__all__ = [
+    "BenchResult",
+    "LoadRun",
+    "check_url",
+    "check_resolves",
+    "run",
+    "start",
+    "format_table",
+    "plot",
+    "check_plot",
+]
 
 PLOT_INSTALL_HINT = "pip install 'meshcore[plot]'"
 
@@ -39,6 +49,9 @@ class BenchResult:
     errors: dict[str, int]
     bytes: int
     distribution: list[tuple[float, float]] = field(default_factory=list)
+    # Requests sent again on a new connection because the server closed the old one without
+    # taking them (a graceful close, a GOAWAY above them), as any HTTP client does; not errors.
+    resent: int = 0
 
     @property
     def p50(self) -> float:
@@ -89,6 +102,58 @@ def check_resolves(url: str) -> None:
         raise MeshcoreError(f"cannot resolve {parts.hostname!r} in {url}: {e.strerror}") from None
 
 
+class LoadRun:
+    """A load test running on its own thread (`start`): `progress()`, `stop()` early, `wait()`."""
+
+    def __init__(self, url: str, handle: Any) -> None:
+        self.url = url
+        self._handle = handle
+
+    def progress(self) -> tuple[float, int, int]:
+        """(seconds elapsed, requests completed, errors) so far."""
+        return self._handle.progress()  # type: ignore[no-any-return]
+
+    def stop(self) -> None:
+        """Ends the run before its duration; each connection finishes its request in flight."""
+        self._handle.stop()
+
+    def wait(self) -> BenchResult:
+        """Blocks until the run ends; its result."""
+        data = json.loads(self._handle.wait())
+        return BenchResult(
+            url=self.url,
+            requests=data["requests"],
+            seconds=data["seconds"],
+            rps=data["rps"],
+            target_rps=data["target_rps"],
+            latency_ms=data["latency_ms"],
+            statuses={int(k): v for k, v in data["statuses"].items()},
+            errors=data["errors"],
+            bytes=data["bytes"],
+            distribution=[tuple(x) for x in data["distribution"]],
+            resent=data["resent"],
+        )
+
+
+def start(
+    url: str,
+    rate: Optional[float] = None,
+    duration: float = 10.0,
+    connections: int = 10,
+    http2: bool = False,
+    streams: int = 10,
+    timeout: float = 10.0,
+) -> LoadRun:
+    """Starts a load test against `url` (see `run`) and returns at once."""
+    if rate is not None and rate <= 0:
+        raise ValueError("rate must be positive (or None for max mode)")
+    check_url(url)
+    handle = _core._bench_start(
+        url, rate, float(duration), int(connections), bool(http2), int(streams), float(timeout)
+    )
+    return LoadRun(url, handle)
+
+
 def run(
     url: str,
     rate: Optional[float] = None,
@@ -103,32 +168,15 @@ def run(
 
     `progress(elapsed_s, completed, errors)` is called about ten times a second, if given.
     """
-    if rate is not None and rate <= 0:
-        raise ValueError("rate must be positive (or None for max mode)")
-    check_url(url)
-    handle = _core._bench_start(
-        url, rate, float(duration), int(connections), bool(http2), int(streams), float(timeout)
-    )
+    load = start(url, rate, duration, connections, http2, streams, timeout)
     if progress is not None:
         while True:
-            elapsed, done, errors = handle.progress()
+            elapsed, done, errors = load.progress()
             progress(elapsed, done, errors)
             if elapsed >= duration:
                 break
             time.sleep(0.1)
-    data = json.loads(handle.wait())
-    return BenchResult(
-        url=url,
-        requests=data["requests"],
-        seconds=data["seconds"],
-        rps=data["rps"],
-        target_rps=data["target_rps"],
-        latency_ms=data["latency_ms"],
-        statuses={int(k): v for k, v in data["statuses"].items()},
-        errors=data["errors"],
-        bytes=data["bytes"],
-        distribution=[tuple(x) for x in data["distribution"]],
-    )
+    return load.wait()
 
 
 def format_table(r: BenchResult) -> str:

@@ -30,6 +30,12 @@ impl LoadRun {
         )
     }
 
+    /// Ends the run before its duration: each connection stops once its
+    /// request in flight is answered.
+    fn stop(&self) {
+        self.progress.stop.store(true, Relaxed);
+    }
+
     /// Blocks (without the GIL) until the run ends; returns the report as JSON.
     fn wait(&self, py: Python<'_>) -> PyResult<String> {
         let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();

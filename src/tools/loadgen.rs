@@ -11,7 +11,7 @@ use hyper::client::conn::{http1, http2};
 use hyper::Request;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -32,6 +32,8 @@ pub struct Plan {
 pub struct Progress {
     pub completed: AtomicU64,
     pub errors: AtomicU64,
+    /// Set to end the run before its duration.
+    pub stop: AtomicBool,
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -43,6 +45,10 @@ pub struct Report {
     pub latency_ms: BTreeMap<String, f64>,
     pub statuses: BTreeMap<u16, u64>,
     pub errors: BTreeMap<String, u64>,
+    /// Requests sent again on a new connection because the server had
+    /// closed the old one without taking them (a graceful close, a GOAWAY
+    /// above them), as any HTTP client does; not errors.
+    pub resent: u64,
     pub bytes: u64,
     /// (percentile, latency ms) for plotting.
     pub distribution: Vec<(f64, f64)>,
@@ -52,6 +58,7 @@ struct Tally {
     histogram: Histogram<u64>,
     statuses: BTreeMap<u16, u64>,
     errors: BTreeMap<String, u64>,
+    resent: u64,
     bytes: u64,
 }
 
@@ -61,6 +68,7 @@ impl Tally {
             histogram: Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds"),
             statuses: BTreeMap::new(),
             errors: BTreeMap::new(),
+            resent: 0,
             bytes: 0,
         }
     }
@@ -73,6 +81,7 @@ impl Tally {
         for (k, v) in other.errors {
             *self.errors.entry(k).or_default() += v;
         }
+        self.resent += other.resent;
         self.bytes += other.bytes;
     }
 }
@@ -218,23 +227,43 @@ async fn open(target: &Target) -> Result<Sender, String> {
     }
 }
 
-/// Sends one request; Ok((status, body bytes)) or an error class.
-async fn send(sender: &mut Sender, target: &Target) -> Result<(u16, u64), &'static str> {
+/// Why a request got no answer.
+enum Unanswered {
+    /// The server closed the connection, or refused the stream, before it
+    /// took the request: it goes out again on a new connection.
+    Unsent,
+    Failed(&'static str),
+}
+
+/// Sends one request; Ok((status, body bytes)) or why there is none.
+async fn send(sender: &mut Sender, target: &Target) -> Result<(u16, u64), Unanswered> {
     let resp = match sender {
         Sender::H1(s) => {
-            s.ready().await.map_err(|_| "connection")?;
+            s.ready().await.map_err(|_| Unanswered::Unsent)?;
             s.send_request(target.request()).await
         }
         Sender::H2(s) => {
-            s.ready().await.map_err(|_| "connection")?;
+            s.ready().await.map_err(|_| Unanswered::Unsent)?;
             s.send_request(target.request()).await
         }
     }
-    .map_err(|_| "http")?;
+    .map_err(
+        |e| match e.is_canceled() || crate::upstream::refused_unprocessed(&e) {
+            true => Unanswered::Unsent,
+            false => Unanswered::Failed("http"),
+        },
+    )?;
     let status = resp.status().as_u16();
-    let body = resp.into_body().collect().await.map_err(|_| "body")?;
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|_| Unanswered::Failed("body"))?;
     Ok((status, body.to_bytes().len() as u64))
 }
+
+/// How many times in a row a request goes out again before it counts as failed.
+const MAX_RESENDS: u32 = 3;
 
 /// One closed or paced loop of requests over a shared or own connection.
 async fn lane(
@@ -252,12 +281,13 @@ async fn lane(
     // When this lane would have been free again had every request gone out on
     // time: the schedule a perfect generator would have kept.
     let mut ideal_free = start;
+    let mut resends = 0;
     loop {
         let intended = match interval {
             Some(i) => start + i * n,
             None => Instant::now(),
         };
-        if intended >= end {
+        if intended >= end || progress.stop.load(Relaxed) {
             break;
         }
         if interval.is_some() {
@@ -286,13 +316,27 @@ async fn lane(
         ideal_free = ideal_sent + sent.elapsed();
         match outcome {
             Ok(Ok((status, bytes))) => {
+                resends = 0;
                 let micros = ideal_free.duration_since(intended).as_micros().max(1) as u64;
                 let _ = tally.histogram.record(micros.min(3_600_000_000));
                 *tally.statuses.entry(status).or_default() += 1;
                 tally.bytes += bytes;
                 progress.completed.fetch_add(1, Relaxed);
             }
+            Ok(Err(Unanswered::Unsent)) if resends < MAX_RESENDS => {
+                // The same request again, on a new connection, timed from
+                // when it was first due.
+                resends += 1;
+                tally.resent += 1;
+                n -= 1;
+                sender = None;
+            }
             Ok(Err(e)) => {
+                resends = 0;
+                let e = match e {
+                    Unanswered::Unsent => "connection",
+                    Unanswered::Failed(e) => e,
+                };
                 *tally.errors.entry(e.to_string()).or_default() += 1;
                 progress.errors.fetch_add(1, Relaxed);
                 if !matches!(sender, Some(Sender::H2(_))) || e == "connection" {
@@ -300,6 +344,7 @@ async fn lane(
                 }
             }
             Err(_) => {
+                resends = 0;
                 *tally.errors.entry("timeout".into()).or_default() += 1;
                 progress.errors.fetch_add(1, Relaxed);
                 sender = None;
@@ -379,6 +424,7 @@ pub fn run(plan: Plan, progress: Arc<Progress>) -> Result<Report, String> {
             latency_ms: latency,
             statuses: total.statuses,
             errors: total.errors,
+            resent: total.resent,
             bytes: total.bytes,
             distribution,
         })

@@ -11,3 +11,4 @@ mod resend;
 
 pub use error::UpstreamError;
 pub use pool::{EndpointPool, Reusable, Sent, Settings, UpstreamBody, UpstreamTls, Wire};
+pub use resend::refused_unprocessed;

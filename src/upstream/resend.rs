@@ -57,3 +57,9 @@ pub(super) fn refusal(e: &hyper::Error) -> Option<Refused> {
     }
     None
 }
+
+/// Whether an HTTP/2 server refused the request's stream unprocessed (a
+/// GOAWAY above it, or REFUSED_STREAM), so that it may be sent again.
+pub fn refused_unprocessed(e: &hyper::Error) -> bool {
+    refusal(e).is_some()
+}
