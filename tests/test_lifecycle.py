@@ -146,3 +146,40 @@ def test_double_start_is_an_error(backend, proxy):
     p = proxy(one_service([backend().addr]))
     with pytest.raises(MeshcoreError, match="already started"):
         p.start()
+
+
+def read_answer(sock: socket.socket) -> bytes:
+    """The head of one small answer with a content-length body (read whole)."""
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        chunk = sock.recv(4096)
+        assert chunk, f"closed after {answer!r}"
+        answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":")[1]) for line in head.lower().split(b"\r\n") if b"content-length" in line
+    )
+    while len(body) < length:
+        body += sock.recv(4096)
+    return head
+
+
+def test_a_request_on_an_idle_connection_just_after_the_drain_starts_is_answered_with_close(backend, proxy):
+    # Closing idle keep-alive connections the moment the drain starts would close them under a
+    # request already on its way; they linger briefly and answer it with `Connection: close`.
+    p = proxy(one_service([backend().addr]))
+    addr = p.addresses["outbound"]
+    get = b"GET / HTTP/1.1\r\nhost: web\r\n\r\n"
+    with socket.create_connection(addr) as s:
+        s.sendall(get)
+        assert read_answer(s).startswith(b"HTTP/1.1 200")
+        stopper = threading.Thread(target=p.stop, kwargs={"grace": 30})
+        stopper.start()
+        wait_until(lambda: refuses_connections(addr), what="the drain to start")
+        s.sendall(get)
+        head = read_answer(s)
+        assert head.startswith(b"HTTP/1.1 200") and b"connection: close" in head.lower(), head
+        s.settimeout(10)
+        assert s.recv(10) == b"", "closed after that answer"
+    stopper.join(30)
+    assert not stopper.is_alive()

@@ -57,6 +57,11 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
     }
 }
 
+/// How long a connection idle between requests stays open once the drain
+/// starts: a client that sends its next request meanwhile gets it answered
+/// with `Connection: close` instead of a closed connection under it.
+pub const DRAIN_IDLE_LINGER: Duration = Duration::from_secs(1);
+
 pub async fn serve<I, H>(
     io: I,
     ctx: Arc<ConnContext>,
@@ -75,24 +80,36 @@ pub async fn serve<I, H>(
     // Made once per connection and re-armed per wait: no clock read, timer
     // registration or drain-watch registration per request. A coarse start
     // time plus one tick is never early and at most two ticks late.
-    let limit = || coarse_timer::coarse_now() + header_read_timeout + coarse_timer::TICK;
-    let mut idle_limit = coarse_timer::sleep_until(limit());
+    let limit = |wait| coarse_timer::coarse_now() + wait + coarse_timer::TICK;
+    let mut idle_limit = coarse_timer::sleep_until(limit(header_read_timeout));
     let mut drain_watch = draining.clone();
     let mut drained = std::pin::pin!(crate::shared::drained(&mut drain_watch));
+    let mut draining_seen = false;
     let seat = ctx.seat.clone();
     let mut evicted = std::pin::pin!(seat.evicted());
     loop {
         if conn.buf.is_empty() {
-            idle_limit.reset(limit());
+            let wait = match draining_seen {
+                false => header_read_timeout,
+                true => header_read_timeout.min(DRAIN_IDLE_LINGER),
+            };
+            idle_limit.reset(limit(wait));
             // Between requests the connection is idle: it may be closed to
             // make room for a new one.
             seat.idle();
             let read = tokio::select! {
                 biased;
-                read = conn.fill() => read,
+                read = conn.fill() => Some(read),
                 () = &mut idle_limit => return,
-                () = drained.as_mut() => return,
+                () = drained.as_mut(), if !draining_seen => None,
                 () = evicted.as_mut() => return,
+            };
+            let Some(read) = read else {
+                // Draining: wait a little for a request that may be on its
+                // way, to answer it with `Connection: close`, rather than
+                // close under it (HAProxy's idle-close-on-response).
+                draining_seen = true;
+                continue;
             };
             if !matches!(read, Ok(n) if n > 0) {
                 return;
