@@ -23,13 +23,16 @@ pub struct Table {
     pub services: Vec<Service>,
     /// Each listener's id, in `Config::listeners` order. A listener keeps
     /// its id across reloads while its name stays, so that a connection
-    /// accepted before a reload finds its routes in the new table; ids of
-    /// removed listeners are not reused.
+    /// accepted before a reload finds its routes in the new table.
     pub listener_ids: Vec<usize>,
-    /// Routes per listener id (none for a removed listener).
-    pub routes: Vec<Vec<Route>>,
-    /// Opaque target per listener id.
-    pub opaque: Vec<Option<usize>>,
+    /// Per listener id ever given: its listener's place in
+    /// `Config::listeners` (None for a removed listener). A renamed listener's
+    /// old id points at its new place too (`alias`).
+    slots: Vec<Option<usize>>,
+    /// Routes per listener, in `Config::listeners` order.
+    routes: Vec<Vec<Route>>,
+    /// Opaque target per listener, in `Config::listeners` order.
+    opaque: Vec<Option<usize>>,
     pub policy: Policy,
     pub config: Config,
 }
@@ -89,7 +92,7 @@ impl Table {
             });
         }
         let service_index = |name: &str| config.services.iter().position(|s| s.name == name);
-        let mut next_id = previous.map_or(0, |p| p.routes.len());
+        let mut next_id = previous.map_or(0, |p| p.slots.len());
         let listener_ids: Vec<usize> = (config.listeners.iter())
             .map(|l| {
                 previous.and_then(|p| p.listener_id(&l.name)).unwrap_or_else(|| {
@@ -98,23 +101,27 @@ impl Table {
                 })
             })
             .collect();
-        let mut routes: Vec<Vec<Route>> = (0..next_id).map(|_| Vec::new()).collect();
+        let mut slots = vec![None; next_id];
+        for (place, &id) in listener_ids.iter().enumerate() {
+            slots[id] = Some(place);
+        }
+        let mut routes: Vec<Vec<Route>> = config.listeners.iter().map(|_| Vec::new()).collect();
         for (i, r) in config.routes.iter().enumerate() {
             let listener = config
                 .listeners
                 .iter()
                 .position(|l| l.name == r.listener)
                 .ok_or_else(|| format!("routes[{i}].listener: unknown listener {:?}", r.listener))?;
-            routes[listener_ids[listener]].push(Route::new(i, r, service_index)?);
+            routes[listener].push(Route::new(i, r, service_index)?);
         }
-        let mut opaque = vec![None; next_id];
-        for (l, &id) in config.listeners.iter().zip(&listener_ids) {
-            opaque[id] = l.service.as_deref().and_then(service_index);
-        }
+        let opaque = (config.listeners.iter())
+            .map(|l| l.service.as_deref().and_then(service_index))
+            .collect();
         let policy = Policy::new(&config.policy)?;
         Ok(Table {
             services,
             listener_ids,
+            slots,
             routes,
             opaque,
             policy,
@@ -126,6 +133,28 @@ impl Table {
     pub fn listener_id(&self, name: &str) -> Option<usize> {
         let position = self.config.listeners.iter().position(|l| l.name == name)?;
         Some(self.listener_ids[position])
+    }
+
+    /// The routes of the listener with id `id`; none for a removed listener.
+    pub fn routes_of(&self, id: usize) -> &[Route] {
+        match self.slots.get(id).copied().flatten() {
+            Some(place) => &self.routes[place],
+            None => &[],
+        }
+    }
+
+    /// The opaque target service of the listener with id `id`.
+    pub fn opaque_of(&self, id: usize) -> Option<usize> {
+        self.opaque[self.slots.get(id).copied().flatten()?]
+    }
+
+    /// Lets connections of listener `old_id` (renamed to `name` in this
+    /// table, its sockets kept) find `name`'s routes.
+    pub fn alias(&mut self, old_id: usize, name: &str) {
+        let place = self.config.listeners.iter().position(|l| l.name == name);
+        if let Some(slot) = self.slots.get_mut(old_id) {
+            *slot = place;
+        }
     }
 
     /// Per-endpoint state as JSON for the admin API.

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import sys
 import textwrap
 import threading
@@ -259,9 +260,12 @@ def test_rejected_reload_keeps_the_running_plugins(tmp_path, backend, proxy):
     cfg = one_service([backend().addr])
     p = proxy(cfg)
     cfg["plugins"] = [{"path": str(tmp_path / "versioned.py")}]
-    cfg["listeners"][0]["header_read_timeout"] = "5s"  # the core refuses this without a restart
-    with pytest.raises(MeshcoreError, match="restart"):
-        p.reload(cfg)
+    with socket.socket() as taken:  # the core refuses a listener it cannot bind
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        cfg["listeners"].append({"name": "busy", "bind": f"127.0.0.1:{taken.getsockname()[1]}"})
+        with pytest.raises(MeshcoreError, match="cannot bind"):
+            p.reload(cfg)
     assert "x-version" not in httpx.get(p.url("outbound")).headers
     assert p.config.plugins == []
 

@@ -134,3 +134,29 @@ def test_a_reload_that_cannot_bind_changes_nothing(backend, proxy):
     assert list(p.addresses) == ["outbound"]
     assert httpx.get(p.url("outbound")).headers["x-backend"] == "old", "the routes did not change either"
     assert p.config.services[0].endpoints[0].addr == old.addr
+
+
+@pytest.mark.parametrize("http2", [False, True], ids=["http1", "http2"])
+def test_a_renamed_listener_under_load_loses_no_request(backend, proxy, http2):
+    from conftest import wait_until
+    from meshcore import bench
+
+    b = backend("web")
+    cfg = one_service([b.addr], listener_protocol="http2" if http2 else "auto")
+    cfg["listeners"][0]["bind"] = f"127.0.0.1:{closed_port()}"
+    p = proxy(cfg)
+    load = bench.start(p.url("outbound"), rate=400, duration=60, connections=4, http2=http2, streams=2)
+    try:
+        wait_until(lambda: load.progress()[1] >= 100, what="load under way")
+        renamed = copy.deepcopy(cfg)
+        renamed["listeners"][0]["name"] = "edge"
+        renamed["routes"][0]["listener"] = "edge"
+        p.reload(renamed)  # the old name's connections drain: clients move to new ones
+        done = load.progress()[1]
+        wait_until(lambda: load.progress()[1] >= done + 100, what="load after the reload")
+    finally:
+        load.stop()
+    result = load.wait()
+    assert result.errors == {}, result.errors
+    assert set(result.statuses) == {200}, result.statuses
+    assert result.resent >= 1, "the old connections drained: requests moved to new ones"

@@ -26,7 +26,7 @@ where
             return;
         }
     }
-    let Some(service) = table.opaque[listener].map(|i| &table.services[i]) else {
+    let Some(service) = table.opaque_of(listener).map(|i| &table.services[i]) else {
         crate::throttled!("opaque connection on listener {listener} has no service; closing");
         return;
     };

@@ -22,7 +22,7 @@ pub(super) struct Routed {
 
 impl Routed {
     pub fn route<'t>(&self, table: &'t Table, listener: usize) -> &'t Route {
-        &table.routes[listener][self.route as usize]
+        &table.routes_of(listener)[self.route as usize]
     }
 
     pub fn service(&self) -> Option<usize> {
@@ -31,7 +31,7 @@ impl Routed {
 }
 
 pub(super) fn route(req: &Request<RequestBody>, ctx: &mut RequestCtx) -> Result<Routed, Failure> {
-    let routes = &ctx.table.routes[ctx.conn.listener];
+    let routes = ctx.table.routes_of(ctx.conn.listener);
     let host = route::host_of(text(&ctx.authority));
     let Some(index) = routes
         .iter()

@@ -80,6 +80,8 @@ struct Kept {
 pub struct Change {
     keep: Vec<Kept>,
     open: Vec<Opening>,
+    /// (old listener id, new name) of renamed listeners, for `Table::alias`.
+    pub renamed: Vec<(usize, String)>,
 }
 
 pub struct Listeners {
@@ -147,6 +149,9 @@ impl Listeners {
                 .find(|&g| !claimed[g] && self.groups[g].config.bind == l.bind && fixed_port(&l.bind));
             if let Some(g) = free {
                 claimed[g] = true;
+                change
+                    .renamed
+                    .push((self.groups[g].spec.load().id, l.name.clone()));
                 let (drain, draining) = watch::channel(false);
                 let spec = self.spec(index, l, table, None, draining)?;
                 change.keep.push(Kept {

@@ -163,9 +163,13 @@ impl Running {
         let mut listeners = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
         let current = self.shared.table.load();
         let wanted = config.listeners.clone();
-        let table = Table::build(config, Some(&current), self.shared.identity.as_ref())
+        let mut table = Table::build(config, Some(&current), self.shared.identity.as_ref())
             .map_err(StartError::Config)?;
         let change = listeners.plan(&wanted, &table, Inherited::default())?;
+        // A renamed listener's open connections find its routes under the new name.
+        for (old_id, name) in &change.renamed {
+            table.alias(*old_id, name);
+        }
         self.shared.table.store(Arc::new(table));
         listeners.apply(change);
         Ok(())
