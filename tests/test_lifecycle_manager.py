@@ -6,6 +6,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from conftest import wait_until
 from meshcore import Proxy
 from meshcore.lifecycle.history import History
 from meshcore.lifecycle.manager import Lifecycle, state_dir_of
@@ -127,3 +128,62 @@ def test_a_version_has_its_text_and_validated_config(running):
     assert v["text"] == mesh("one") and v["format"] == "toml"
     assert v["config"]["routes"][0]["direct_response"]["body"] == "one"
     assert lifecycle.version(7) is None
+
+
+class JudgesEveryReloadBad:
+    """Stands in for lifecycle/verify.py's Verifier (another branch): its verdict comes at once."""
+
+    made: list[JudgesEveryReloadBad] = []
+
+    def __init__(self, route_stats, policy, on_bad) -> None:
+        self.route_stats, self.policy, self.on_bad = route_stats, policy, on_bad
+        self.begun: list[int] = []
+        self.cancelled = 0
+        JudgesEveryReloadBad.made.append(self)
+
+    def start(self) -> None:
+        self.route_stats()
+
+    def begin(self, version: int) -> None:
+        self.begun.append(version)
+        self.on_bad(version, "verify-success-rate", "success rate 50% < 99%")
+
+    def cancel(self) -> None:
+        self.cancelled += 1
+
+    def status(self):
+        return {"version": self.begun[-1] if self.begun else None}
+
+    def stop(self) -> None:
+        pass
+
+
+def test_a_version_that_fails_verification_is_marked_bad_and_rolled_back(tmp_path):
+    policy = 'reload = { verify = "30s" }\n'
+    path = tmp_path / "mesh.toml"
+    path.write_text(mesh("one", policy))
+    proxy = Proxy(path).start()
+    proxy.route_stats = lambda: {"buckets_ms": [1], "routes": {}}  # the lead's, until it lands
+    lifecycle = Lifecycle(proxy, path, History(tmp_path / "state"), JudgesEveryReloadBad)
+    try:
+        lifecycle.start()
+        path.write_text(mesh("two", policy))
+        assert lifecycle.reload(source="file", who="ops").version == 2
+        verifier = JudgesEveryReloadBad.made[-1]
+        assert verifier.begun == [2] and verifier.policy.verify == "30s"
+        # The rollback runs on a thread of its own.
+        wait_until(lambda: lifecycle.status()["version"] == 3, what="the automatic rollback")
+        assert answer(proxy) == "one"
+        history = lifecycle.history()
+        assert (history[0]["source"], history[0]["who"], history[0]["rollback_of"]) == (
+            "rollback",
+            "verify",
+            1,
+        )
+        assert history[1]["version"] == 2 and history[1]["bad"] == "verify-success-rate"
+        assert verifier.cancelled == 1  # the rollback itself is not judged
+        # The bad version is skipped by a later plain rollback: there is none left to go to.
+        assert lifecycle.rollback(None, who="ops").result == "nothing"
+    finally:
+        lifecycle.close()
+        proxy.stop(0.5)

@@ -240,7 +240,11 @@ class Lifecycle:
         if self._verifier_factory is None:
             _log("reload verification is configured but meshcore.lifecycle.verify is not installed")
             return
-        self._verifier = self._verifier_factory(self.proxy.route_stats, policy, self._on_bad)
+        route_stats = getattr(self.proxy, "route_stats", None)  # lands with the lead's Rust
+        if route_stats is None:
+            _log("reload verification is configured but this proxy has no route_stats()")
+            return
+        self._verifier = self._verifier_factory(route_stats, policy, self._on_bad)
         self._verifier.start()
 
     def _on_bad(self, version: int, label: str, message: str) -> None:
