@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Optional
 
 from . import __version__
@@ -13,10 +14,28 @@ from .signals import handle_signals, serve_until_stopped
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from .lifecycle.manager import Lifecycle
     from .proxy import Proxy
 
-    stop = handle_signals()  # before anything starts: a signal from here on is handled
-    proxy = Proxy(args.config).start()
+    running: list[Lifecycle] = []  # set once serving: a SIGHUP before that has nothing to reload
+
+    def on_hangup() -> None:
+        if running:
+            running[0].reload(source="signal", who="signal")
+        else:
+            print("meshcore: SIGHUP before ready: nothing to reload yet", file=sys.stderr, flush=True)
+
+    stop = handle_signals(on_hangup)  # before anything starts: a signal from here on is handled
+    proxy = Proxy(args.config)
+    lifecycle = Lifecycle.for_proxy(proxy, Path(args.config))  # its state_dir, before any port is bound
+    proxy.start()
+    try:
+        lifecycle.start()
+    except BaseException:
+        proxy.stop(0.0)
+        raise
+    proxy.lifecycle = lifecycle
+    running.append(lifecycle)
     for name, (host, port) in proxy.addresses.items():
         print(f"meshcore: listener {name} on {host}:{port}", flush=True)
     if proxy.admin_address:
@@ -25,6 +44,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     print("meshcore: ready", flush=True)
     serve_until_stopped(proxy, stop=stop)
     print(f"meshcore: draining (grace {args.grace}s)", flush=True)
+    lifecycle.close()
     proxy.stop(args.grace)
     print("meshcore: stopped", flush=True)
     return 0
@@ -110,7 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"meshcore {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="serve with a config file until SIGINT/SIGTERM, then drain")
+    run = sub.add_parser(
+        "run", help="serve with a config file until SIGINT/SIGTERM, then drain; SIGHUP reloads the config"
+    )
     run.add_argument("config")
     run.add_argument("--grace", type=float, default=10.0, help="seconds to drain in-flight requests")
     run.set_defaults(func=cmd_run)
@@ -144,8 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(func=cmd_bench)
 
     from .identity.cli import add_identity_commands
+    from .lifecycle.cli import add_lifecycle_commands
 
     add_identity_commands(sub)
+    add_lifecycle_commands(sub)
     return p
 
 

@@ -92,6 +92,9 @@ class Proxy:
         self._lock = threading.Lock()
         self._memory: Optional[MemoryTrimmer] = None
         self._stopped = threading.Event()
+        # The meshcore.lifecycle.Lifecycle that applies config changes, set by whoever runs one
+        # (`meshcore run`); the admin API's /config routes reach it here.
+        self.lifecycle: Any = None
 
     def _core_document(self, config: Config) -> snapshot.Snapshot:
         return _core_document(config, self._plugins)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextvars
 import json
 import threading
+from pathlib import Path
 from typing import Any, Optional
 
 from starlette.applications import Starlette
@@ -18,8 +19,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from .._core import __version__
+from .config_routes import CONFIG_ROUTES
 from .contract import Proxy
-from .guards import TEXT, BoundedBody, ChangesFromLoopbackOnly
+from .guards import TEXT, AdminTokens, BoundedBody, ChangesAuthorized
 from .openapi import describe
 
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
@@ -128,7 +130,7 @@ def plugins(request: Request) -> Response:
 
 def reload_plugins(request: Request) -> Response:
     """---
-    summary: Re-import file and module plugins (loopback callers only)
+    summary: Re-import file and module plugins (loopback callers, or an admin token)
     description: A plugin that fails to load keeps its previous version running.
     responses:
       "200":
@@ -146,8 +148,11 @@ def reload_plugins(request: Request) -> Response:
         content:
           application/json:
             schema: *reload
+      "401":
+        description: A wrong or missing admin token (a caller on another host needs one).
+        content: {"text/plain; charset=utf-8": {schema: {type: string}}}
       "403":
-        description: The caller is not on this host.
+        description: The caller is not on this host and no admin_token_file is configured.
         content: {"text/plain; charset=utf-8": {schema: {type: string}}}
     """
     errors = _proxy(request).reload_plugins()
@@ -156,13 +161,16 @@ def reload_plugins(request: Request) -> Response:
 
 def shutdown(request: Request) -> Response:
     """---
-    summary: Stop the proxy, draining in-flight requests (loopback callers only)
+    summary: Stop the proxy, draining in-flight requests (loopback callers, or an admin token)
     responses:
       "202":
         description: The proxy is stopping.
         content: {"text/plain; charset=utf-8": {schema: {type: string, example: "shutting down\\n"}}}
+      "401":
+        description: A wrong or missing admin token (a caller on another host needs one).
+        content: {"text/plain; charset=utf-8": {schema: {type: string}}}
       "403":
-        description: The caller is not on this host.
+        description: The caller is not on this host and no admin_token_file is configured.
         content: {"text/plain; charset=utf-8": {schema: {type: string}}}
     """
     # stop() closes this server, which waits for this answer: it runs on a thread of its own,
@@ -193,6 +201,7 @@ ROUTES = [
     Route("/ready", ready, methods=["GET"]),
     Route("/metrics", metrics, methods=["GET"]),
     Route("/config", config, methods=["GET"]),
+    *CONFIG_ROUTES,
     Route("/endpoints", endpoints, methods=["GET"]),
     Route("/plugins", plugins, methods=["GET"]),
     Route("/plugins/reload", reload_plugins, methods=["POST"]),
@@ -206,15 +215,32 @@ _ERROR_TEXT = {404: "not found\n", 405: "method not allowed\n"}
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     headers: Optional[dict[str, str]] = dict(exc.headers) if exc.headers else None
-    if headers and "Allow" in headers:  # Starlette joins a set: give a stable order
-        headers["Allow"] = ", ".join(sorted(headers["Allow"].split(", ")))
+    if headers and "Allow" in headers:
+        # Starlette names the methods of the first route on the path (GET and PUT /config are
+        # two) and joins a set: name them all, in a stable order.
+        allowed = {
+            method
+            for route in request.app.routes
+            if isinstance(route, Route) and route.methods and route.path_regex.match(request.url.path)
+            for method in route.methods
+        }
+        headers["Allow"] = ", ".join(sorted(allowed))
     return _text(exc.status_code, _ERROR_TEXT.get(exc.status_code, f"{exc.detail}\n"), headers=headers)
+
+
+def _token_file(proxy: Proxy) -> Optional[Path]:
+    config = proxy.config
+    name = getattr(config, "admin_token_file", None)
+    return None if name is None else Path(config.resolve_path(name))
 
 
 def build_app(proxy: Proxy) -> Starlette:
     app = Starlette(
         routes=ROUTES,
-        middleware=[Middleware(ChangesFromLoopbackOnly), Middleware(BoundedBody)],
+        middleware=[
+            Middleware(ChangesAuthorized, tokens=AdminTokens(lambda: _token_file(proxy))),
+            Middleware(BoundedBody),
+        ],
         exception_handlers={HTTPException: _http_error},
     )
     app.router.redirect_slashes = False  # "/live/" is a 404, not a redirect

@@ -7,6 +7,9 @@ from typing import Any, Optional, Protocol
 
 
 class Proxy(Protocol):
+    # A meshcore.lifecycle.Lifecycle, or None when nothing manages config changes.
+    lifecycle: Any
+
     @property
     def running(self) -> bool: ...
     @property
