@@ -1,0 +1,1 @@
+"""Config lifecycle: history, rollback, verified change and process upgrade."""
