@@ -14,7 +14,8 @@ The numbers
   percentile slower than the last bound is the last bound).
 - The window after runs from the reload to now. The window before has the same length and ends at
   the reload; it comes from a ring of `route_stats()` samples taken once a second (at most
-  2 x verify + 5 of them) and is shorter if the proxy has not run that long. A count that went down
+  2 x verify + 5 of them) and is shorter if the proxy has not run that long. It starts no earlier
+  than the Verifier's first sample: counts from before start() may be of any age. A count that went down
   (a route removed and added back) counts from zero, as Prometheus' rate() does.
 
 The verdict, per route with at least `min_requests` responses after the reload
@@ -288,7 +289,7 @@ class Verifier:
         self._on_bad = on_bad
         self._interval = interval
         self._ring: deque[tuple[float, RouteStats]] = deque(
-            maxlen=2 * math.ceil(self._limits.verify / interval) + 5
+            maxlen=2 * math.ceil(self._limits.verify / interval - 1e-9) + 5
         )
         self._cond = threading.Condition()
         self._check: Optional[_Check] = None
