@@ -311,7 +311,8 @@ class Verifier:
 
     def begin(self, version: int) -> None:
         """A reload to `version` was just applied: judge it over the next `verify` seconds. Any
-        check still running is superseded. Errors from route_stats() raise here."""
+        check still running is superseded. Errors from route_stats() raise here. Call it after
+        start(): the sampler gives the verdicts, and the window before reaches back to start()."""
         stats = self._route_stats()
         now = time.monotonic()
         with self._cond:
