@@ -375,9 +375,6 @@ def test_no_status_before_the_first_reload(verifier):
 
 # -- end to end: a real proxy under load ------------------------------------------------------
 
-needs_route_stats = pytest.mark.skipif(
-    not hasattr(Proxy, "route_stats"), reason="Proxy.route_stats() is not in the core yet (#17)"
-)
 OK = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
 UNAVAILABLE = b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n"
 ROUTE = "web-route"
@@ -422,7 +419,6 @@ def route_responses(p: Proxy) -> int:
 E2E = {"min_success_rate": 0.99, "max_p99_ratio": 1000.0, "min_requests": 20}
 
 
-@needs_route_stats
 def test_a_reload_to_a_failing_upstream_is_reported_within_the_window(upstream, proxy):
     healthy, failing = upstream(lambda *_: OK), upstream(lambda *_: UNAVAILABLE)
     p = proxy(routed_to(healthy.addr))
@@ -444,7 +440,6 @@ def test_a_reload_to_a_failing_upstream_is_reported_within_the_window(upstream, 
     assert 503 in load.statuses and failing.heads
 
 
-@needs_route_stats
 def test_a_reload_to_an_equally_healthy_upstream_is_verified(upstream, proxy):
     first, second = upstream(lambda *_: OK), upstream(lambda *_: OK)
     p = proxy(routed_to(first.addr))

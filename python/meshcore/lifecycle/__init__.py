@@ -5,4 +5,5 @@ numbered version and can be rolled back.
     diff.py     what changed between two versions
     manager.py  Lifecycle: validates, applies, records and rolls back config changes
     watch.py    ConfigWatcher: reloads when the config or a file it names changes
+    verify.py   Verifier: each route's golden metrics after a reload against the window before
 """

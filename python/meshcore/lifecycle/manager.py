@@ -216,9 +216,8 @@ class Lifecycle:
         return outcome
 
     def _count(self, event: str, label: str) -> None:
-        count = getattr(self.proxy, "count_lifecycle", None)  # lands with the lead's metrics
-        if count is not None:
-            count(event, label)
+        if self.proxy.running:
+            self.proxy.count_lifecycle(event, label)
 
     # -- verification and watching follow the running config
 
@@ -237,14 +236,9 @@ class Lifecycle:
         self._verify_policy = policy
         if policy is None:
             return
-        if self._verifier_factory is None:
-            _log("reload verification is configured but meshcore.lifecycle.verify is not installed")
+        if self._verifier_factory is None:  # a Lifecycle built without verification
             return
-        route_stats = getattr(self.proxy, "route_stats", None)  # lands with the lead's Rust
-        if route_stats is None:
-            _log("reload verification is configured but this proxy has no route_stats()")
-            return
-        self._verifier = self._verifier_factory(route_stats, policy, self._on_bad)
+        self._verifier = self._verifier_factory(self.proxy.route_stats, policy, self._on_bad)
         self._verifier.start()
 
     def _on_bad(self, version: int, label: str, message: str) -> None:
@@ -354,9 +348,7 @@ class Lifecycle:
             verifier.stop()
 
 
-def _verifier_factory() -> Optional[Callable[..., Any]]:
-    try:
-        from .verify import Verifier  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:
-        return None
-    return Verifier  # type: ignore[no-any-return]
+def _verifier_factory() -> Callable[..., Any]:
+    from .verify import Verifier
+
+    return Verifier
