@@ -6,8 +6,9 @@ says it is ready, the old one drains and exits. The new process may be another i
 The conversation, JSON lines on `<state_dir>/upgrade.sock` (mode 0600), protocol 1:
 
     new -> old   {"protocol": 1, "pid": P, "version": V}                      the hello
-    old -> new   {"protocol": 1, "pid": P, "version": V, "sockets": [{"index": i, "kind":
-                 "listener" | "admin", "name": N, "bind": B}, ...]} and the fds (SCM_RIGHTS)
+    old -> new   {"protocol": 1, "pid": P, "version": V, "fds": n, "sockets": [{"index": i,
+                 "kind": "listener" | "admin", "name": N, "bind": B}, ...]} and the n fds
+                 (SCM_RIGHTS, at most 253 a message, the first batch with the line)
                  or {"error": reason} and no fds (another upgrade is in progress, ...)
     new -> old   {"ready": true} once it serves, or {"failed": reason}, or it hangs up
     old -> new   {"draining": true}; the old stops (drains for its grace) and exits 0
@@ -38,7 +39,8 @@ __all__ = ["PROTOCOL", "SOCKET_NAME", "Handover", "Outcome", "UpgradeServer", "i
 PROTOCOL = 1
 SOCKET_NAME = "upgrade.sock"
 MAX_MESSAGE = 64 * 1024
-MAX_FDS = 1024
+MAX_FDS = 4096  # as many as the core takes in one handover
+FDS_PER_MESSAGE = 253  # the kernel's limit (SCM_MAX_FD)
 HELLO_TIMEOUT = 10.0  # the new process says hello as soon as it connects
 READY_TIMEOUT = 120.0  # it starts (certificates, plugins) and serves within this
 ANSWER_TIMEOUT = 10.0  # the old answers "draining" at once
@@ -107,6 +109,7 @@ class UpgradeServer:
         self._thread = threading.Thread(target=self._accept, name="meshcore-upgrade", daemon=True)
         self._accepting = True
         self._closed = False
+        self._handed_over = False  # then the socket file is the new process's
 
     def start(self) -> UpgradeServer:
         self._thread.start()
@@ -124,7 +127,7 @@ class UpgradeServer:
         self._wake_r.close()
         self._wake_w.close()
         try:
-            if os.stat(self.path).st_ino == self._inode:
+            if not self._handed_over and os.stat(self.path).st_ino == self._inode:
                 self.path.unlink()
         except FileNotFoundError:
             pass
@@ -199,7 +202,7 @@ class UpgradeServer:
                 _send_quietly(conn, {"error": reason})
                 return Outcome(pid, False, f"{who}: {reason}")
             meta, fds = self._sockets()
-            socket.send_fds(conn, [_encode(meta)], fds)
+            _send_with_fds(conn, _encode(meta), fds)
             conn.settimeout(self._ready_timeout)
             try:
                 answer = _decode(reader.readline(MAX_MESSAGE), "ready message")
@@ -214,6 +217,7 @@ class UpgradeServer:
         except (OSError, ValueError) as e:
             return Outcome(pid, False, f"{who}: {e}")
         # The new process serves the path from now on; this one no longer answers there.
+        self._handed_over = True
         self._stop_accepting()
         return Outcome(pid, True)
 
@@ -231,7 +235,13 @@ class UpgradeServer:
             fds.append(admin.fileno())
         if len(fds) > MAX_FDS:
             raise ValueError(f"{len(fds)} listening sockets, more than the {MAX_FDS} one message can carry")
-        meta = {"protocol": PROTOCOL, "pid": os.getpid(), "version": _core.__version__, "sockets": entries}
+        meta = {
+            "protocol": PROTOCOL,
+            "pid": os.getpid(),
+            "version": _core.__version__,
+            "fds": len(fds),
+            "sockets": entries,
+        }
         return meta, fds
 
 
@@ -245,7 +255,8 @@ def _listen_unix(path: Path, replace: bool) -> socket.socket:
                 f"another meshcore is running with the state dir {path.parent} (it answers on {path}); "
                 "stop it, give this one another state_dir, or replace it with `meshcore run CONFIG --upgrade`"
             )
-        path.unlink()  # stale: left by a process that ended without removing it, or being replaced
+        # Stale (left by a process that ended without removing it), or the one being replaced.
+        path.unlink(missing_ok=True)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.bind(str(path))
@@ -266,6 +277,14 @@ def _answers(path: Path) -> bool:
     finally:
         probe.close()
     return True
+
+
+def _send_with_fds(conn: socket.socket, line: bytes, fds: list[int]) -> None:
+    # The kernel passes at most 253 descriptors a message: the first batch goes with the line,
+    # the others each with a byte the receiver ignores (it counts descriptors up to "fds").
+    socket.send_fds(conn, [line], fds[:FDS_PER_MESSAGE])
+    for start in range(FDS_PER_MESSAGE, len(fds), FDS_PER_MESSAGE):
+        socket.send_fds(conn, [b"\n"], fds[start : start + FDS_PER_MESSAGE])
 
 
 def _send_quietly(conn: socket.socket, message: dict[str, Any]) -> None:
@@ -358,10 +377,15 @@ def inherit(path: Path) -> Handover:
     """Connects to the running meshcore at `path` and receives its listening sockets. Raises
     MeshcoreError with the reason if there is none, or it refuses (the old keeps serving)."""
     hello = _encode({"protocol": PROTOCOL, "pid": os.getpid(), "version": _core.__version__})
+    if not os.path.exists(path):
+        raise MeshcoreError(
+            f"no running meshcore to take over from: nothing at {path} "
+            "(is it running with this config, or the same state_dir?)"
+        )
     try:
         raw, inherited = _core.inherit_sockets(str(path), hello)
     except (OSError, MeshcoreError) as e:
-        raise MeshcoreError(f"no running meshcore to take over from at {path}: {e}") from None
+        raise MeshcoreError(f"cannot take over from the running meshcore: {e}") from None
     control = socket.socket(fileno=inherited.control())
     try:
         meta = _decode(raw if raw.endswith(b"\n") else raw + b"\n", "running meshcore's sockets")
