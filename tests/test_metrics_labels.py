@@ -39,3 +39,34 @@ def test_plaintext_refused_by_a_mesh_listener_is_a_denial(proxy, backend, tmp_pa
         assert answer == b"", "closed without an answer"
     denied = 'inbound_http_authz_deny_total{listener="inbound",rule="tls:mesh"} 1'
     wait_until(lambda: denied in p.metrics(), what="the refusal counted as a denial")
+
+
+def test_route_stats_give_each_route_its_responses_failures_and_latencies(proxy, backend, upstream):
+    failing = upstream(lambda *_: b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n")
+    cfg = one_service([backend().addr], route={"name": "api", "path_prefix": "/api"})
+    cfg["services"].append({"name": "down", "protocol": "http1", "endpoints": [{"addr": failing.addr}]})
+    cfg["routes"].insert(0, {"listener": "outbound", "name": "bad", "path_prefix": "/bad",
+                             "backends": [{"service": "down"}]})  # fmt: skip
+    p = proxy(cfg)
+    with httpx.Client() as c:
+        for path in ("/api/1", "/api/2", "/bad", "/nowhere"):
+            c.get(p.url("outbound", path))
+    stats = p.route_stats()
+    assert stats["buckets_ms"][:3] == [1, 2, 3]
+    routes = stats["routes"]
+    assert set(routes) == {"api", "bad"}, "a request that matched no route is left out"
+    assert (routes["api"]["responses"], routes["api"]["failures"]) == (2, 0)
+    assert (routes["bad"]["responses"], routes["bad"]["failures"]) == (1, 1)
+    assert sum(routes["api"]["buckets"]) == 2
+
+
+def test_lifecycle_events_are_counted_in_metrics(proxy, backend):
+    p = proxy(one_service([backend().addr]))
+    p.count_lifecycle("reload", "applied")
+    p.count_lifecycle("reload", "refused")
+    p.count_lifecycle("reload", "applied")
+    p.count_lifecycle("rollback", "verify-success-rate")
+    text = p.metrics()
+    assert 'config_reload_total{result="applied"} 2\n' in text
+    assert 'config_reload_total{result="refused"} 1\n' in text
+    assert 'config_rollback_total{reason="verify-success-rate"} 1\n' in text

@@ -89,6 +89,16 @@ class ProxyCore:
         balancer, identity, and the plugin families from `plugins` when given. Raises
         ValueError if a hook's bucket counts do not match `PLUGIN_DURATION_BUCKETS`."""
 
+    def route_stats(self) -> str:
+        """Golden numbers per route since start, as JSON: `{"buckets_ms": [bounds...],
+        "routes": {name: {"responses": n, "failures": n, "buckets": [n per bucket, not
+        cumulative]}}}`. Failures are responses classified "failure" (5xx, errors, gRPC errors)."""
+
+    def count_lifecycle(self, event: str, label: str) -> None:
+        """Counts a lifecycle event for `/metrics`: "reload" with its result (as
+        `config_reload_total{result}`) or "rollback" with its reason
+        (`config_rollback_total{reason}`). Raises ValueError for another event."""
+
     def endpoints(self) -> str:
         """Balancer state per service and endpoint, as a JSON document (`/endpoints`)."""
 

@@ -260,6 +260,14 @@ class Proxy:
         """Prometheus text exposition of the proxy's metrics, its plugins' included."""
         return self._core.metrics(self._plugins.metrics_report() if self._plugins else None)
 
+    def route_stats(self) -> dict[str, Any]:
+        """Responses, failures and latency buckets per route since start (see `_core.pyi`)."""
+        return json.loads(self._core.route_stats())  # type: ignore[no-any-return]
+
+    def count_lifecycle(self, event: str, label: str) -> None:
+        """Counts a reload (label: its result) or a rollback (label: its reason) in /metrics."""
+        self._core.count_lifecycle(event, label)
+
     def endpoints(self) -> dict[str, Any]:
         return json.loads(self._core.endpoints())
 

@@ -120,6 +120,45 @@ impl ProxyCore {
         })
     }
 
+    /// Golden numbers per route since start, as a JSON document: the
+    /// latency bucket bounds, then per route its responses, failures and
+    /// latencies per bucket (not cumulative).
+    fn route_stats(&self) -> PyResult<String> {
+        guarded(|| {
+            self.with_running(|r| {
+                let routes: serde_json::Map<String, serde_json::Value> = r
+                    .shared
+                    .metrics
+                    .route_stats()
+                    .into_iter()
+                    .map(|(route, s)| {
+                        let value = serde_json::json!({
+                            "responses": s.responses,
+                            "failures": s.failures,
+                            "buckets": s.buckets.to_vec(),
+                        });
+                        (route.to_string(), value)
+                    })
+                    .collect();
+                let doc = serde_json::json!({
+                    "buckets_ms": metrics::LATENCY_BUCKETS_MS.to_vec(),
+                    "routes": routes,
+                });
+                Ok(doc.to_string())
+            })
+        })
+    }
+
+    /// Counts a lifecycle event for `/metrics`: "reload" with its result, or
+    /// "rollback" with its reason. ValueError for another event.
+    fn count_lifecycle(&self, event: &str, label: &str) -> PyResult<()> {
+        self.with_running(|r| {
+            (r.shared.metrics)
+                .lifecycle(event, label)
+                .map_err(pyo3::exceptions::PyValueError::new_err)
+        })
+    }
+
     /// Per-endpoint balancer state as a JSON document.
     fn endpoints(&self) -> PyResult<String> {
         guarded(|| self.with_running(|r| Ok(r.shared.table.load().endpoints_json().to_string())))

@@ -36,6 +36,15 @@ impl Histogram {
     }
 }
 
+/// One route's responses, failures among them, and latencies per bucket
+/// of `LATENCY_BUCKETS_MS` (not cumulative; slower than the last, none).
+#[derive(Default, Debug, Clone, PartialEq)]
+pub struct RouteStats {
+    pub responses: u64,
+    pub failures: u64,
+    pub buckets: [u64; LATENCY_BUCKETS_MS.len()],
+}
+
 #[derive(Default, Debug)]
 pub struct ResponseSeries {
     pub total: AtomicU64,
@@ -140,6 +149,36 @@ impl Metrics {
         out
     }
 
+    /// Golden numbers per route name, summed over its series since start:
+    /// what the lifecycle's verification compares before and after a reload.
+    /// Requests that matched no route are left out.
+    pub fn route_stats(&self) -> Vec<(Arc<str>, RouteStats)> {
+        let mut out: Vec<(Arc<str>, RouteStats)> = Vec::new();
+        for (labels, s) in self.response_snapshot() {
+            let route = &labels.request.route;
+            if route.is_empty() {
+                continue;
+            }
+            let i = match out.iter().position(|(r, _)| r == route) {
+                Some(i) => i,
+                None => {
+                    out.push((route.clone(), RouteStats::default()));
+                    out.len() - 1
+                }
+            };
+            let stats = &mut out[i].1;
+            let n = s.total.load(Relaxed);
+            stats.responses += n;
+            if labels.classification == "failure" {
+                stats.failures += n;
+            }
+            for (sum, b) in stats.buckets.iter_mut().zip(&s.latency.buckets) {
+                *sum += b.load(Relaxed);
+            }
+        }
+        out
+    }
+
     pub(super) fn render_http(&self, out: &mut String) {
         header(
             out,
@@ -224,6 +263,23 @@ mod tests {
             cached.authority.as_bytes().as_ptr(),
             keys[0].authority.as_bytes().as_ptr()
         );
+    }
+
+    #[test]
+    fn route_stats_sum_a_route_over_its_series() {
+        let m = Metrics::default();
+        let mut r = labels();
+        m.response(&r, 200, None, "success", Duration::from_millis(2));
+        m.response(&r, 503, None, "failure", Duration::from_millis(15));
+        r.authority = http::HeaderValue::from_static("other.local");
+        m.response(&r, 200, None, "success", Duration::from_millis(2));
+        r.route = "".into();
+        m.response(&r, 404, None, "failure", Duration::from_millis(1));
+        let stats = m.route_stats();
+        assert_eq!(stats.len(), 1, "{stats:?}");
+        let (route, s) = &stats[0];
+        assert_eq!((&**route, s.responses, s.failures), ("api", 3, 1));
+        assert_eq!((s.buckets[1], s.buckets[6]), (2, 1), "2 ms twice, 15 ms once");
     }
 
     #[test]

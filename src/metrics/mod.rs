@@ -11,13 +11,14 @@ mod family;
 mod http;
 mod identity;
 mod labels;
+mod lifecycle;
 pub mod plugins;
 mod retry;
 mod tcp;
 mod text;
 
 pub use balancer::{BalancerGauges, ENDPOINT_STATES};
-pub use http::{Histogram, RequestSeries, ResponseSeries, LATENCY_BUCKETS_MS};
+pub use http::{Histogram, RequestSeries, ResponseSeries, RouteStats, LATENCY_BUCKETS_MS};
 pub use labels::{AuthzLabels, RequestLabels, ResponseLabels, RouteLabels, TcpLabels, TlsLabel};
 pub use plugins::{HookCounts, PluginReport};
 pub use tcp::{ConnEvent, TcpSeries};
@@ -38,6 +39,7 @@ pub struct Metrics {
     authz_allow: Family<AuthzLabels, AtomicU64>,
     authz_deny: Family<AuthzLabels, AtomicU64>,
     budget_exhausted: Family<RouteLabels, AtomicU64>,
+    lifecycle: lifecycle::LifecycleCounts,
 }
 
 impl Default for Metrics {
@@ -50,6 +52,7 @@ impl Default for Metrics {
             authz_allow: Family::default(),
             authz_deny: Family::default(),
             budget_exhausted: Family::default(),
+            lifecycle: Family::default(),
         }
     }
 }
@@ -68,13 +71,14 @@ pub struct Scrape<'a> {
 
 impl Metrics {
     /// The whole exposition, every family in a fixed order: HTTP, TCP,
-    /// retries, authorization, balancer, identity, plugins.
+    /// retries, authorization, lifecycle, balancer, identity, plugins.
     pub fn render(&self, scrape: &Scrape<'_>) -> String {
         let mut out = String::with_capacity(4096);
         self.render_http(&mut out);
         self.render_tcp(&mut out);
         self.render_retries(&mut out);
         self.render_authz(&mut out);
+        self.render_lifecycle(&mut out);
         if let Some(balancers) = scrape.balancers {
             balancer::render(&mut out, balancers);
         }
