@@ -426,3 +426,39 @@ def test_meshcore_upgrade_without_an_admin_api_says_so(tmp_path):
     r = subprocess.run([*MESHCORE, "upgrade", "--admin", f"127.0.0.1:{port}"], capture_output=True, text=True)
     assert r.returncode == 1
     assert f"cannot reach the admin API at http://127.0.0.1:{port}" in r.stderr
+
+
+def test_one_upgrade_at_a_time_and_a_peer_that_hangs_up_changes_nothing(tmp_path, backend):
+    config = write_config(tmp_path / "mesh.json.yaml", backend("web").addr)
+    old = Run(config).ready()
+    listen = old.listener()
+    peer = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        # A new process of our own making: it says hello and receives the sockets, then stalls.
+        peer.connect(str(tmp_path / "mesh.json.state" / "upgrade.sock"))
+        peer.sendall(json.dumps({"protocol": 1, "pid": os.getpid(), "version": "test"}).encode() + b"\n")
+        line, fds, _flags, _addr = socket.recv_fds(peer, 64 * 1024, 16)
+        meta = json.loads(line)
+        assert meta["protocol"] == 1 and meta["pid"] == old.pid
+        assert meta["fds"] == len(fds) == len(meta["sockets"])
+        # One socket per worker for the listener, and the admin API's.
+        assert {(s["kind"], s["name"]) for s in meta["sockets"]} == {
+            ("admin", "admin"),
+            ("listener", "outbound"),
+        }
+        for fd in fds:
+            os.close(fd)
+        second = subprocess.run(
+            [*MESHCORE, "run", str(config), "--upgrade"], capture_output=True, text=True, timeout=60
+        )
+        assert second.returncode == 1
+        assert "another upgrade is in progress" in second.stderr
+        peer.close()  # before "ready": the old one keeps serving
+        logged = old.err.wait_for("upgrade failed")
+        assert f"process ({os.getpid()}, meshcore test) hung up before it was ready" in logged
+        assert httpx.get(f"http://{listen}/").status_code == 200
+        assert old.proc.poll() is None
+    finally:
+        peer.close()
+        old.stop()
+    assert old.proc.returncode == 0
