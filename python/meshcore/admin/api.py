@@ -12,6 +12,7 @@ from typing import Any, Optional
 
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -178,6 +179,64 @@ def shutdown(request: Request) -> Response:
     return _text(202, "shutting down\n", background=BackgroundTask(_stop_soon, _proxy(request)))
 
 
+async def upgrade(request: Request) -> Response:
+    """---
+    summary: Replace this process with a new one that takes over its sockets (loopback callers only)
+    description: >-
+      Starts `COMMAND run CONFIG --upgrade` (COMMAND defaults to this interpreter's meshcore; it may
+      name another installed version) detached, its output appended to upgrade.log in the state
+      directory. The new process receives every listening socket, the admin API's included; once it
+      is ready this one drains and exits. If it fails before it is ready, this one keeps serving.
+      The optional JSON body names the command, as {"command": ["/path/to/meshcore"]}.
+    responses:
+      "200":
+        description: The new process serves; this one is draining.
+        content:
+          application/json:
+            schema: {type: object, required: [pid], properties: {pid: {type: integer}}}
+      "400":
+        description: 'The body is not {"command": [strings]}.'
+        content: {"text/plain; charset=utf-8": {schema: {type: string}}}
+      "403":
+        description: The caller is not on this host.
+        content: {"text/plain; charset=utf-8": {schema: {type: string}}}
+      "409":
+        description: >-
+          An upgrade is under way, or this proxy was not started by `meshcore run` with a config
+          file.
+        content:
+          application/json:
+            schema: &failed {type: object, required: [error], properties: {error: {type: string}}}
+      "500":
+        description: The new process failed before it was ready (error says why); this one still serves.
+        content:
+          application/json:
+            schema: *failed
+    """
+    upgrader = getattr(_proxy(request), "upgrader", None)
+    body = await request.body()
+    command = None
+    if body.strip():
+        try:
+            command = json.loads(body).get("command")
+        except (ValueError, AttributeError):
+            return _text(400, 'the body must be a JSON object: {"command": ["/path/to/meshcore", ...]}\n')
+        if command is not None and (
+            not isinstance(command, list) or not command or not all(isinstance(a, str) and a for a in command)
+        ):
+            return _text(400, "command must be a non-empty list of non-empty strings\n")
+    if upgrader is None:
+        return _json(
+            409,
+            {
+                "error": "this proxy was not started by `meshcore run` with a config file: "
+                "it cannot start its replacement"
+            },
+        )
+    status, answer = await run_in_threadpool(upgrader.upgrade, command)
+    return _json(status, answer)
+
+
 async def _stop_soon(proxy: Proxy) -> None:
     # In a fresh context: this thread is not one of the server's requests, so the close()
     # inside stop() waits for the server to end.
@@ -206,6 +265,7 @@ ROUTES = [
     Route("/plugins", plugins, methods=["GET"]),
     Route("/plugins/reload", reload_plugins, methods=["POST"]),
     Route("/shutdown", shutdown, methods=["POST"]),
+    Route("/upgrade", upgrade, methods=["POST"]),
     Route("/openapi.json", openapi, methods=["GET"]),
 ]
 

@@ -22,6 +22,7 @@ from ..config import Config, format_of, loads
 from ..proxy import check
 from .diff import canonical_json
 from .history import History, Version
+from .state import state_dir_of
 
 if TYPE_CHECKING:
     from ..proxy import Proxy
@@ -46,17 +47,6 @@ class Outcome:
 
 def config_hash(config: Config) -> str:
     return "sha256:" + hashlib.sha256(canonical_json(config.model_dump(mode="json")).encode()).hexdigest()
-
-
-def state_dir_of(config: Config) -> Optional[Path]:
-    """`state_dir`, relative to the config's directory; by default `<config stem>.state` beside
-    the config file; None for a config given as a dict without one (history in memory only)."""
-    if config.state_dir:
-        return config.resolve_path(config.state_dir).absolute()
-    if config._source is None:
-        return None
-    source = Path(config._source)
-    return (source.parent / f"{source.stem}.state").absolute()
 
 
 def _log(message: str) -> None:
