@@ -357,7 +357,7 @@ def test_upgrade_with_nothing_running_fails_with_the_reason(tmp_path, backend):
     assert "no running meshcore to take over from" in r.stderr
     assert str(tmp_path / "mesh.json.state" / "upgrade.sock") in r.stderr
     # A socket file left by a process that was killed: nobody answers on it.
-    (tmp_path / "mesh.json.state").mkdir()
+    (tmp_path / "mesh.json.state").mkdir(exist_ok=True)  # the history may have made it
     stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     stale.bind(str(tmp_path / "mesh.json.state" / "upgrade.sock"))
     stale.close()
