@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Optional
 
 from . import __version__
@@ -13,21 +14,50 @@ from .signals import handle_signals, serve_until_stopped
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from .lifecycle.manager import Lifecycle
+    from .lifecycle.run import start_upgradable
     from .proxy import Proxy
 
-    stop = handle_signals()  # before anything starts: a signal from here on is handled
-    proxy = Proxy(args.config).start()
-    for name, (host, port) in proxy.addresses.items():
-        print(f"meshcore: listener {name} on {host}:{port}", flush=True)
-    if proxy.admin_address:
-        host, port = proxy.admin_address
-        print(f"meshcore: admin on http://{host}:{port}", flush=True)
+    running: list[Lifecycle] = []  # set once serving: a SIGHUP before that has nothing to reload
+
+    def on_hangup() -> None:
+        if running:
+            running[0].reload(source="signal", who="signal")
+        else:
+            print("meshcore: SIGHUP before ready: nothing to reload yet", file=sys.stderr, flush=True)
+
+    stop = handle_signals(on_hangup)  # before anything starts: a signal from here on is handled
+    proxy = Proxy(args.config)  # validated in full before a running process is asked for anything
+    lifecycle = Lifecycle.for_proxy(proxy, Path(args.config))  # its state_dir, before any port is bound
+    upgrades = start_upgradable(
+        proxy, args.config, upgrade=args.upgrade, grace=args.grace, on_handover=stop.set
+    )
+    try:
+        lifecycle.start()
+    except BaseException:
+        if upgrades is not None:
+            upgrades.close()
+        proxy.stop(args.grace)
+        raise
+    proxy.lifecycle = lifecycle
+    running.append(lifecycle)
     print("meshcore: ready", flush=True)
-    serve_until_stopped(proxy, stop=stop)
+    try:
+        serve_until_stopped(proxy, stop=stop)
+    finally:
+        if upgrades is not None:
+            upgrades.close()
     print(f"meshcore: draining (grace {args.grace}s)", flush=True)
+    lifecycle.close()
     proxy.stop(args.grace)
     print("meshcore: stopped", flush=True)
     return 0
+
+
+def cmd_upgrade(args: argparse.Namespace) -> int:
+    from .lifecycle.client import request_upgrade
+
+    return request_upgrade(args.admin, args.meshcore)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -110,10 +140,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"meshcore {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="serve with a config file until SIGINT/SIGTERM, then drain")
+    run = sub.add_parser(
+        "run", help="serve with a config file until SIGINT/SIGTERM, then drain; SIGHUP reloads the config"
+    )
     run.add_argument("config")
     run.add_argument("--grace", type=float, default=10.0, help="seconds to drain in-flight requests")
+    run.add_argument(
+        "--upgrade",
+        action="store_true",
+        help="take over the listening sockets of the meshcore running with this config's state dir, "
+        "then tell it to drain and exit",
+    )
     run.set_defaults(func=cmd_run)
+
+    up = sub.add_parser(
+        "upgrade", help="replace a running meshcore with a new process (another version too), losing nothing"
+    )
+    up.add_argument("--admin", required=True, metavar="ADDR", help="the running proxy's admin address")
+    up.add_argument(
+        "--meshcore",
+        metavar="PATH",
+        help="the meshcore command the new process runs (default: the running one's interpreter's)",
+    )
+    up.set_defaults(func=cmd_upgrade)
 
     check = sub.add_parser("check", help="validate a config file; exit 1 with the errors if invalid")
     check.add_argument("config")
@@ -144,8 +193,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(func=cmd_bench)
 
     from .identity.cli import add_identity_commands
+    from .lifecycle.cli import add_lifecycle_commands
 
     add_identity_commands(sub)
+    add_lifecycle_commands(sub)
     return p
 
 

@@ -46,7 +46,9 @@ __all__ = [
     "Zonal",
     "Breaker",
     "Retry",
+    "ReloadPolicy",
     "load",
+    "loads",
     "parse_duration",
 ]
 
@@ -447,8 +449,33 @@ class PluginConfig(_Model):
         return self
 
 
+class ReloadPolicy(_Model):
+    """Verified change: for `verify` after a reload, golden metrics per route are compared with
+    the window before; worse past these limits rolls the change back."""
+
+    verify: Duration
+    min_success_rate: float = Field(default=0.99, ge=0, le=1)
+    max_p99_ratio: float = Field(default=1.5, ge=1, allow_inf_nan=False)
+    min_requests: int = Field(default=20, ge=0, le=_U32_MAX)
+
+    @field_validator("verify")
+    @classmethod
+    def _positive(cls, v: Union[str, float]) -> Union[str, float]:
+        if parse_duration(v) <= 0:
+            raise ValueError("the verify window must be longer than 0")
+        return v
+
+
 class Config(_Model):
     admin: Optional[str] = None
+    # Lifecycle (Python only; never sent to the core). Where history is kept: None is
+    # "<config dir>/<config stem>.state/"; relative paths resolve against the config's directory.
+    state_dir: Optional[str] = None
+    # Reload when the config file, or a file it names, changes.
+    watch: bool = False
+    # "NAME TOKEN" per line: callers presenting a token may change the proxy from other hosts.
+    admin_token_file: Optional[str] = None
+    reload: Optional[ReloadPolicy] = None
     zone: Optional[str] = None
     cluster: Optional[str] = None
     # Tier cost per "zone" or "cluster/zone".
@@ -474,8 +501,23 @@ class Config(_Model):
         return p if p.is_absolute() or self._base_dir is None else Path(self._base_dir) / p
 
     def check_files(self) -> list[tuple[str, str]]:
-        """The files [identity] names, read and checked as the data plane will load them at
-        start: readable, PEM, and a key that matches its certificate."""
+        """The files the config names, read and checked as they will be used: the admin token
+        file parsed, and [identity]'s files readable, PEM, and a key that matches its certificate."""
+        problems = self._check_admin_token_file()
+        return problems + self._check_identity_files()
+
+    def _check_admin_token_file(self) -> list[tuple[str, str]]:
+        if self.admin_token_file is None:
+            return []
+        from .tokens import TokenFileError, read_token_file
+
+        try:
+            read_token_file(self.resolve_path(self.admin_token_file))
+        except TokenFileError as e:
+            return [("admin_token_file", str(e))]
+        return []
+
+    def _check_identity_files(self) -> list[tuple[str, str]]:
         identity = self.identity
         if identity is None:
             return []
@@ -888,23 +930,43 @@ def load(source: Union[str, Path, dict[str, Any], Config]) -> Config:
         raise config_error([("", f"cannot read file: {e.strerror or e}")], name) from None
     except UnicodeDecodeError as e:
         raise config_error([("", f"not UTF-8 text (byte {e.start}): {e.reason}")], name) from None
+    return loads(text, format_of(path), name=name, base_dir=path.parent)
+
+
+FORMATS = ("toml", "yaml", "json")
+
+
+def format_of(path: Path) -> str:
+    """The format a config file is read in, by its suffix: YAML for .yaml/.yml, else TOML."""
+    return "yaml" if path.suffix in (".yaml", ".yml") else "toml"
+
+
+def loads(text: str, fmt: str, *, name: str, base_dir: Optional[Path] = None) -> Config:
+    """Parses and validates config text in `fmt` (toml, yaml or json); `name` is what errors
+    call it, `base_dir` where its relative paths resolve."""
     try:
-        if path.suffix in (".yaml", ".yml"):
+        if fmt == "yaml":
             import yaml
 
             data = yaml.safe_load(text)
-        else:
+        elif fmt == "json":
+            import json
+
+            data = json.loads(text)
+        elif fmt == "toml":
             try:
                 import tomllib
             except ImportError:  # Python < 3.11
                 import tomli as tomllib  # type: ignore[no-redef]
             data = tomllib.loads(text)
+        else:
+            raise ValueError(f"unknown config format {fmt!r} (valid: {', '.join(FORMATS)})")
     except Exception as e:  # noqa: BLE001 - parser errors vary by library
         raise config_error([("", f"cannot parse: {e}")], name) from None
     if not data:
         raise config_error([("", "the file is empty: no listeners, routes or services to run")], name)
     config = validate(data, name)
-    config._base_dir = str(path.parent)
+    config._base_dir = None if base_dir is None else str(base_dir)
     config._source = name
     return config
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import socket
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -14,9 +16,20 @@ from .identity.agent import IdentityAgent
 from .memory import MemoryTrimmer
 from .plugins import PluginHost, PluginSpec
 
-__all__ = ["Proxy", "check"]
+__all__ = ["InheritedSockets", "Proxy", "check"]
 
 Source = Union[str, Path, dict[str, Any], Config]
+
+
+@dataclass
+class InheritedSockets:
+    """Listening sockets handed over by the process this one replaces (meshcore.lifecycle.upgrade):
+    `sockets` is the core's `_core.Inherited`, `assignment` maps a listener's name to the indexes of
+    the sockets it serves on instead of binding, `admin` is the admin API's socket, if inherited."""
+
+    sockets: Any
+    assignment: dict[str, list[int]]
+    admin: Optional[socket.socket] = None
 
 
 def _plugin_host(config: Config) -> Optional[PluginHost]:
@@ -92,6 +105,11 @@ class Proxy:
         self._lock = threading.Lock()
         self._memory: Optional[MemoryTrimmer] = None
         self._stopped = threading.Event()
+        # The meshcore.lifecycle.Lifecycle that applies config changes, set by whoever runs one
+        # (`meshcore run`); the admin API's /config routes reach it here.
+        self.lifecycle: Any = None
+        # Set by whoever can start a process to replace this one (`meshcore run`), for POST /upgrade.
+        self.upgrader: Any = None
 
     def _core_document(self, config: Config) -> snapshot.Snapshot:
         return _core_document(config, self._plugins)
@@ -100,9 +118,13 @@ class Proxy:
     def config(self) -> Config:
         return self._config
 
-    def start(self) -> Proxy:
+    def start(self, inherited: Optional[InheritedSockets] = None) -> Proxy:
+        """Binds the listeners (or serves on the `inherited` sockets assigned to them) and starts."""
         with self._lock:
-            self._core.start()
+            if inherited is None:
+                self._core.start()
+            else:
+                self._core.start(inherited.sockets, inherited.assignment)
             self._memory = MemoryTrimmer(self._core.connection_peak)
             self._memory.start()
             if self._identity is not None:
@@ -114,7 +136,8 @@ class Proxy:
                 from .admin import AdminServer
 
                 try:
-                    self._admin = AdminServer(self, self._config.admin)
+                    admin_socket = inherited.admin if inherited is not None else None
+                    self._admin = AdminServer(self, self._config.admin, sock=admin_socket)
                 except Exception:
                     self._memory.stop()
                     self._core.stop(0.0)
@@ -232,6 +255,11 @@ class Proxy:
     @property
     def admin_address(self) -> Optional[tuple[str, int]]:
         return self._admin.address if self._admin else None
+
+    @property
+    def admin_socket(self) -> Optional[socket.socket]:
+        """The admin API's listening socket, handed over on an upgrade."""
+        return self._admin.listening_socket if self._admin else None
 
     def metrics(self) -> str:
         """Prometheus text exposition of the proxy's metrics, its plugins' included."""

@@ -6,7 +6,7 @@ import signal
 import sys
 import threading
 import time
-from typing import Optional, Protocol
+from typing import Callable, Optional, Protocol
 
 __all__ = ["handle_signals", "serve_until_stopped"]
 
@@ -15,27 +15,26 @@ class Stoppable(Protocol):
     def wait(self, timeout: Optional[float] = None) -> bool: ...
 
 
-def handle_signals() -> threading.Event:
+def handle_signals(on_hangup: Optional[Callable[[], None]] = None) -> threading.Event:
     """SIGINT and SIGTERM set the returned event (stop, then drain). SIGHUP, which by default
-    kills the process at once with no drain, is ignored with a log line: reloading the config
-    by signal is not supported yet (hot reload will give SIGHUP its meaning)."""
+    kills the process at once with no drain, runs `on_hangup` (`meshcore run` reloads its
+    config) on a thread of its own, never inside the handler: a reload takes locks and time.
+    Without `on_hangup` it is ignored with a log line."""
     stop = threading.Event()
 
     def on_stop(_signum: int, _frame: object) -> None:
         stop.set()
 
-    def on_hangup(_signum: int, _frame: object) -> None:
-        print(
-            "meshcore: SIGHUP ignored: reloading the config by signal is not supported yet; "
-            "restart to apply a changed config",
-            file=sys.stderr,
-            flush=True,
-        )
+    def hangup(_signum: int, _frame: object) -> None:
+        if on_hangup is None:
+            print("meshcore: SIGHUP ignored: nothing to reload here", file=sys.stderr, flush=True)
+            return
+        threading.Thread(target=on_hangup, name="meshcore-sighup", daemon=True).start()
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, on_stop)
     if hasattr(signal, "SIGHUP"):  # not on Windows
-        signal.signal(signal.SIGHUP, on_hangup)
+        signal.signal(signal.SIGHUP, hangup)
     return stop
 
 

@@ -5,7 +5,8 @@ request path: the proxy answers traffic in Rust whatever happens here.
     contract.py  what the admin needs of the proxy (a Protocol, so neither imports the other)
     api.py       the Starlette app: routes and handlers, each described by its docstring
     openapi.py   the OpenAPI document, built from the route table
-    guards.py    changes from loopback only; request bodies capped
+    config_routes.py  /config/status, history, PUT /config, reload and rollback (#17)
+    guards.py    changes from loopback or with an admin token; request bodies capped
     server.py    uvicorn on a background thread, on a socket bound up front
 """
 

@@ -7,10 +7,12 @@ from __future__ import annotations
 import contextvars
 import json
 import threading
+from pathlib import Path
 from typing import Any, Optional
 
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -18,8 +20,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from .._core import __version__
+from .config_routes import CONFIG_ROUTES
 from .contract import Proxy
-from .guards import TEXT, BoundedBody, ChangesFromLoopbackOnly
+from .guards import TEXT, AdminTokens, BoundedBody, ChangesAuthorized
 from .openapi import describe
 
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
@@ -128,7 +131,7 @@ def plugins(request: Request) -> Response:
 
 def reload_plugins(request: Request) -> Response:
     """---
-    summary: Re-import file and module plugins (loopback callers only)
+    summary: Re-import file and module plugins (loopback callers, or an admin token)
     description: A plugin that fails to load keeps its previous version running.
     responses:
       "200":
@@ -146,8 +149,11 @@ def reload_plugins(request: Request) -> Response:
         content:
           application/json:
             schema: *reload
+      "401":
+        description: A wrong or missing admin token (a caller on another host needs one).
+        content: {"text/plain; charset=utf-8": {schema: {type: string}}}
       "403":
-        description: The caller is not on this host.
+        description: The caller is not on this host and no admin_token_file is configured.
         content: {"text/plain; charset=utf-8": {schema: {type: string}}}
     """
     errors = _proxy(request).reload_plugins()
@@ -156,18 +162,79 @@ def reload_plugins(request: Request) -> Response:
 
 def shutdown(request: Request) -> Response:
     """---
-    summary: Stop the proxy, draining in-flight requests (loopback callers only)
+    summary: Stop the proxy, draining in-flight requests (loopback callers, or an admin token)
     responses:
       "202":
         description: The proxy is stopping.
         content: {"text/plain; charset=utf-8": {schema: {type: string, example: "shutting down\\n"}}}
+      "401":
+        description: A wrong or missing admin token (a caller on another host needs one).
+        content: {"text/plain; charset=utf-8": {schema: {type: string}}}
       "403":
-        description: The caller is not on this host.
+        description: The caller is not on this host and no admin_token_file is configured.
         content: {"text/plain; charset=utf-8": {schema: {type: string}}}
     """
     # stop() closes this server, which waits for this answer: it runs on a thread of its own,
     # started once the answer is sent.
     return _text(202, "shutting down\n", background=BackgroundTask(_stop_soon, _proxy(request)))
+
+
+async def upgrade(request: Request) -> Response:
+    """---
+    summary: Replace this process with a new one that takes over its sockets (loopback callers only)
+    description: >-
+      Starts `COMMAND run CONFIG --upgrade` (COMMAND defaults to this interpreter's meshcore; it may
+      name another installed version) detached, its output appended to upgrade.log in the state
+      directory. The new process receives every listening socket, the admin API's included; once it
+      is ready this one drains and exits. If it fails before it is ready, this one keeps serving.
+      The optional JSON body names the command, as {"command": ["/path/to/meshcore"]}.
+    responses:
+      "200":
+        description: The new process serves; this one is draining.
+        content:
+          application/json:
+            schema: {type: object, required: [pid], properties: {pid: {type: integer}}}
+      "400":
+        description: 'The body is not {"command": [strings]}.'
+        content: {"text/plain; charset=utf-8": {schema: {type: string}}}
+      "403":
+        description: The caller is not on this host.
+        content: {"text/plain; charset=utf-8": {schema: {type: string}}}
+      "409":
+        description: >-
+          An upgrade is under way, or this proxy was not started by `meshcore run` with a config
+          file.
+        content:
+          application/json:
+            schema: &failed {type: object, required: [error], properties: {error: {type: string}}}
+      "500":
+        description: The new process failed before it was ready (error says why); this one still serves.
+        content:
+          application/json:
+            schema: *failed
+    """
+    upgrader = getattr(_proxy(request), "upgrader", None)
+    body = await request.body()
+    command = None
+    if body.strip():
+        try:
+            command = json.loads(body).get("command")
+        except (ValueError, AttributeError):
+            return _text(400, 'the body must be a JSON object: {"command": ["/path/to/meshcore", ...]}\n')
+        if command is not None and (
+            not isinstance(command, list) or not command or not all(isinstance(a, str) and a for a in command)
+        ):
+            return _text(400, "command must be a non-empty list of non-empty strings\n")
+    if upgrader is None:
+        return _json(
+            409,
+            {
+                "error": "this proxy was not started by `meshcore run` with a config file: "
+                "it cannot start its replacement"
+            },
+        )
+    status, answer = await run_in_threadpool(upgrader.upgrade, command)
+    return _json(status, answer)
 
 
 async def _stop_soon(proxy: Proxy) -> None:
@@ -193,10 +260,12 @@ ROUTES = [
     Route("/ready", ready, methods=["GET"]),
     Route("/metrics", metrics, methods=["GET"]),
     Route("/config", config, methods=["GET"]),
+    *CONFIG_ROUTES,
     Route("/endpoints", endpoints, methods=["GET"]),
     Route("/plugins", plugins, methods=["GET"]),
     Route("/plugins/reload", reload_plugins, methods=["POST"]),
     Route("/shutdown", shutdown, methods=["POST"]),
+    Route("/upgrade", upgrade, methods=["POST"]),
     Route("/openapi.json", openapi, methods=["GET"]),
 ]
 
@@ -206,15 +275,32 @@ _ERROR_TEXT = {404: "not found\n", 405: "method not allowed\n"}
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     headers: Optional[dict[str, str]] = dict(exc.headers) if exc.headers else None
-    if headers and "Allow" in headers:  # Starlette joins a set: give a stable order
-        headers["Allow"] = ", ".join(sorted(headers["Allow"].split(", ")))
+    if headers and "Allow" in headers:
+        # Starlette names the methods of the first route on the path (GET and PUT /config are
+        # two) and joins a set: name them all, in a stable order.
+        allowed = {
+            method
+            for route in request.app.routes
+            if isinstance(route, Route) and route.methods and route.path_regex.match(request.url.path)
+            for method in route.methods
+        }
+        headers["Allow"] = ", ".join(sorted(allowed))
     return _text(exc.status_code, _ERROR_TEXT.get(exc.status_code, f"{exc.detail}\n"), headers=headers)
+
+
+def _token_file(proxy: Proxy) -> Optional[Path]:
+    config = proxy.config
+    name = getattr(config, "admin_token_file", None)
+    return None if name is None else Path(config.resolve_path(name))
 
 
 def build_app(proxy: Proxy) -> Starlette:
     app = Starlette(
         routes=ROUTES,
-        middleware=[Middleware(ChangesFromLoopbackOnly), Middleware(BoundedBody)],
+        middleware=[
+            Middleware(ChangesAuthorized, tokens=AdminTokens(lambda: _token_file(proxy))),
+            Middleware(BoundedBody),
+        ],
         exception_handlers={HTTPException: _http_error},
     )
     app.router.redirect_slashes = False  # "/live/" is a 404, not a redirect

@@ -7,6 +7,12 @@ from typing import Any, Optional, Protocol
 
 
 class Proxy(Protocol):
+    # A meshcore.lifecycle.Lifecycle, or None when nothing manages config changes.
+    lifecycle: Any
+    # What starts the process that replaces this one (POST /upgrade): `upgrade(command)` answers
+    # (HTTP status, JSON body). None when the proxy was not started by `meshcore run`.
+    upgrader: Any
+
     @property
     def running(self) -> bool: ...
     @property

@@ -4,6 +4,9 @@ as it is for the proxy's own listeners."""
 
 from __future__ import annotations
 
+import socket
+from typing import Optional
+
 from ..serving import BackgroundServer, ServerLimits
 from .api import build_app
 from .contract import Proxy
@@ -22,8 +25,13 @@ LIMITS = ServerLimits(
 
 
 class AdminServer(BackgroundServer):
-    """The admin API on `bind` ("host:port", "[v6]:port"), serving until `close()`."""
+    """The admin API on `bind` ("host:port", "[v6]:port"), serving until `close()`; on `sock`
+    instead, when given: a listening socket handed over by the process this one replaces."""
 
-    def __init__(self, proxy: Proxy, bind: str, *, limits: ServerLimits = LIMITS) -> None:
+    def __init__(
+        self, proxy: Proxy, bind: str, *, limits: ServerLimits = LIMITS, sock: Optional[socket.socket] = None
+    ) -> None:
         host, _, port = bind.rpartition(":")
-        super().__init__(build_app(proxy), host.strip("[]"), int(port), name="admin", limits=limits)
+        super().__init__(
+            build_app(proxy), host.strip("[]"), int(port), name="admin", limits=limits, sock=sock
+        )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 import threading
 from contextvars import ContextVar
@@ -24,6 +25,8 @@ class BackgroundServer:
 
     The socket is bound here, so a port in use raises BindError at once, and with port 0 `address`
     holds the port the system chose. `name` names the service in errors and its thread's name.
+    `sock`, a socket already listening (one handed over by the process being replaced), is served
+    instead of binding host:port; the server owns it from then on.
     """
 
     def __init__(
@@ -35,8 +38,9 @@ class BackgroundServer:
         name: str,
         limits: ServerLimits,
         tls: Optional[ssl.SSLContext] = None,
+        sock: Optional[socket.socket] = None,
     ) -> None:
-        self._socket = listen(host, port, name, limits.backlog)
+        self._socket = sock if sock is not None else listen(host, port, name, limits.backlog)
         bound_host, bound_port = self._socket.getsockname()[:2]
         self._address = (str(bound_host), int(bound_port))
         self._failure: Optional[BaseException] = None
@@ -57,6 +61,11 @@ class BackgroundServer:
     def address(self) -> tuple[str, int]:
         """The bound address; a port 0 is resolved here."""
         return self._address
+
+    @property
+    def listening_socket(self) -> socket.socket:
+        """The socket served, for handing over to the process that replaces this one."""
+        return self._socket
 
     def close(self) -> None:
         """Stops accepting, lets requests in flight finish (within the grace), cuts off the rest, and
