@@ -54,12 +54,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_upgrade(args: argparse.Namespace) -> int:
-    from .lifecycle.client import request_upgrade
-
-    return request_upgrade(args.admin, args.meshcore)
-
-
 def cmd_check(args: argparse.Namespace) -> int:
     from .proxy import check
 
@@ -152,17 +146,6 @@ def build_parser() -> argparse.ArgumentParser:
         "then tell it to drain and exit",
     )
     run.set_defaults(func=cmd_run)
-
-    up = sub.add_parser(
-        "upgrade", help="replace a running meshcore with a new process (another version too), losing nothing"
-    )
-    up.add_argument("--admin", required=True, metavar="ADDR", help="the running proxy's admin address")
-    up.add_argument(
-        "--meshcore",
-        metavar="PATH",
-        help="the meshcore command the new process runs (default: the running one's interpreter's)",
-    )
-    up.set_defaults(func=cmd_upgrade)
 
     check = sub.add_parser("check", help="validate a config file; exit 1 with the errors if invalid")
     check.add_argument("config")

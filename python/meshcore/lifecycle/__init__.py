@@ -11,5 +11,5 @@ version too) that takes over its listening sockets.
     upgrade.py  the handover of listening sockets to a new process, both sides
     spawn.py    starting the new process for POST /upgrade
     run.py      how `meshcore run` starts a proxy that can be replaced
-    cli.py, client.py  the lifecycle's CLI verbs
+    cli.py      the lifecycle's CLI verbs (reload, rollback, config, upgrade)
 """

@@ -1,6 +1,6 @@
-"""`meshcore reload`, `meshcore rollback` and `meshcore config history|diff`: clients of a running
-proxy's admin API (stdlib urllib, nothing to install). A refusal exits 1 with the server's reason;
-a usage problem (a bad token file) exits 2."""
+"""`meshcore reload`, `meshcore rollback`, `meshcore config history|diff` and `meshcore upgrade`:
+clients of a running proxy's admin API (stdlib urllib, nothing to install). A refusal exits 1
+with the server's reason; a usage problem (a bad token file) exits 2."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ from typing import Any, Optional
 
 from ..tokens import TokenFileError, read_token_file
 from .diff import render_diff
+from .spawn import ANSWER_SLACK
+from .upgrade import READY_TIMEOUT
 
 __all__ = ["add_lifecycle_commands"]
 
@@ -26,7 +28,8 @@ class Refused(Exception):
 
 
 class AdminClient:
-    def __init__(self, admin: str, token_file: Optional[str]) -> None:
+    def __init__(self, admin: str, token_file: Optional[str], timeout: float = TIMEOUT_SECONDS) -> None:
+        self.timeout = timeout
         self.base = (admin if "://" in admin else f"http://{admin}").rstrip("/")
         self.token: Optional[str] = None
         if token_file is not None:
@@ -40,10 +43,14 @@ class AdminClient:
         if self.token is not None:
             req.add_header("authorization", f"Bearer {self.token}")
         try:
-            with urllib.request.urlopen(req, timeout=TIMEOUT_SECONDS) as r:
+            with urllib.request.urlopen(req, timeout=self.timeout) as r:
                 return json.loads(r.read())
         except urllib.error.HTTPError as e:
             reason = e.read().decode("utf-8", "replace").strip()
+            try:  # a JSON answer says why in "error"
+                reason = json.loads(reason)["error"]
+            except (ValueError, KeyError, TypeError):
+                pass
             raise Refused(f"{method} {path}: {e.code} {e.reason}\n{reason}") from None
         except (urllib.error.URLError, OSError) as e:
             why = getattr(e, "reason", e)
@@ -91,9 +98,16 @@ def cmd_diff(args: argparse.Namespace, client: AdminClient) -> str:
     return render_diff(a, b).rstrip("\n")
 
 
+def cmd_upgrade(args: argparse.Namespace, client: AdminClient) -> str:
+    answer = client.request("POST", "/upgrade", {"command": [args.meshcore]} if args.meshcore else {})
+    return f"process {answer.get('pid')} serves; the previous one is draining"
+
+
 def _run(args: argparse.Namespace) -> int:
+    # An upgrade is answered once the new process serves, which may take its ready deadline.
+    timeout = READY_TIMEOUT + 2 * ANSWER_SLACK if args.command == "upgrade" else TIMEOUT_SECONDS
     try:
-        client = AdminClient(args.admin, args.token_file)
+        client = AdminClient(args.admin, args.token_file, timeout)
     except TokenFileError as e:
         print(f"meshcore {args.command}: --token-file: {e}", file=sys.stderr)
         return 2
@@ -142,3 +156,14 @@ def add_lifecycle_commands(sub: Any) -> None:
     diff.add_argument("b", type=_positive)
     _admin_options(diff)
     diff.set_defaults(lifecycle_func=cmd_diff)
+
+    upgrade = sub.add_parser(
+        "upgrade", help="replace a running meshcore with a new process (another version too), losing nothing"
+    )
+    upgrade.add_argument(
+        "--meshcore",
+        metavar="PATH",
+        help="the meshcore command the new process runs (default: the running one's interpreter's)",
+    )
+    _admin_options(upgrade)
+    upgrade.set_defaults(lifecycle_func=cmd_upgrade)
