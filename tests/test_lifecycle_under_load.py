@@ -466,10 +466,10 @@ def meshcore_command(path: Path) -> list[str]:
     return [str(path)]
 
 
-def upgrade(admin: str, command: list[str]) -> int:
-    """`meshcore upgrade --admin ADMIN --meshcore COMMAND`; the new process's pid."""
+def upgrade(admin: str, command: Optional[list[str]] = None) -> int:
+    """`meshcore upgrade --admin ADMIN [--meshcore COMMAND]`; the new process's pid."""
     done = subprocess.run(
-        [*MESHCORE, "upgrade", "--admin", admin, "--meshcore", command[0]],
+        [*MESHCORE, "upgrade", "--admin", admin, *(["--meshcore", command[0]] if command else [])],
         capture_output=True,
         text=True,
         timeout=150,
@@ -563,3 +563,37 @@ def test_a_new_process_failing_before_ready_leaves_the_old_serving(mesh, tmp_pat
     assert upstream_total(backends) == all_ok(results)
     assert run.proc.poll() is None
     assert httpx.get(f"{run.admin}/ready", timeout=10).status_code == 200
+
+
+# -- an upgrade keeps the running config -----------------------------------------------------------
+
+
+def test_an_upgrade_keeps_a_config_applied_by_put_not_the_file(mesh, tmp_path):
+    # The config a PUT /config (or a rollback) applied lives in the history, not in the file: the
+    # new process starts with the version the old one runs (`--config-version`), not the file.
+    run, base, backends = mesh()
+    traffic = Traffic(run.listen, stream=False)  # the old process exits here: no stream to drain
+    try:
+        put = copy.deepcopy(base)
+        http_route(put)["backends"] = [{"service": "spare"}]
+        assert run.put(put).json() == {"result": "applied", "version": 2}
+        traffic.advance(40, "after the PUT")
+        served_by_spare = backends["c"].requests
+        new_pid = upgrade(run.admin)
+        assert run.proc.wait(30) == 0
+        traffic.advance(100, "after the upgrade")
+        results = traffic.finish()
+    except BaseException:
+        traffic.abandon()
+        raise
+    try:
+        assert upstream_total(backends) == all_ok(results)
+        assert backends["c"].requests > served_by_spare, "the new process went back to the file's config"
+        status = run.status()
+        assert (status["version"], status["source"]) == (2, "api")
+        assert status["file"]["matches"] is False
+        log = (tmp_path / "mesh.state" / "upgrade.log").read_text()
+        assert "--config-version 2" in log
+    finally:
+        os.kill(new_pid, signal.SIGTERM)
+        wait_until(lambda: gone(new_pid), 30, f"process {new_pid} to stop")
