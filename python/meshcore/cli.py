@@ -15,7 +15,7 @@ from .signals import handle_signals, serve_until_stopped
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .lifecycle.manager import Lifecycle
-    from .lifecycle.run import start_upgradable
+    from .lifecycle.run import start_upgradable, version_config
     from .proxy import Proxy
 
     running: list[Lifecycle] = []  # set once serving: a SIGHUP before that has nothing to reload
@@ -27,7 +27,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             print("meshcore: SIGHUP before ready: nothing to reload yet", file=sys.stderr, flush=True)
 
     stop = handle_signals(on_hangup)  # before anything starts: a signal from here on is handled
-    proxy = Proxy(args.config)  # validated in full before a running process is asked for anything
+    source = args.config if args.config_version is None else version_config(args.config, args.config_version)
+    proxy = Proxy(source)  # validated in full before a running process is asked for anything
     lifecycle = Lifecycle.for_proxy(proxy, Path(args.config))  # its state_dir, before any port is bound
     upgrades = start_upgradable(
         proxy, args.config, upgrade=args.upgrade, grace=args.grace, on_handover=stop.set
@@ -144,6 +145,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="take over the listening sockets of the meshcore running with this config's state dir, "
         "then tell it to drain and exit",
+    )
+    run.add_argument(
+        "--config-version",
+        type=int,
+        metavar="N",
+        help="start with version N of the config history instead of the file (what `meshcore upgrade` "
+        "passes: the version the running process serves)",
     )
     run.set_defaults(func=cmd_run)
 

@@ -8,8 +8,10 @@ import sys
 from pathlib import Path
 from typing import Callable, Optional
 
-from ..errors import MeshcoreError
+from ..config import Config, load, loads
+from ..errors import ConfigError, MeshcoreError
 from ..proxy import Proxy
+from .history import History
 from .spawn import Upgrader
 from .state import state_dir_of
 from .upgrade import SOCKET_NAME, UpgradeServer, inherit
@@ -52,8 +54,24 @@ def start_upgradable(
         _announce(proxy)
     if server is not None and state_dir is not None:
         server.start()
-        proxy.upgrader = Upgrader(server, config_path, state_dir, grace)
+        proxy.upgrader = Upgrader(server, config_path, state_dir, grace, lambda: _running_version(proxy))
     return server
+
+
+def _running_version(proxy: Proxy) -> Optional[int]:
+    lifecycle = getattr(proxy, "lifecycle", None)  # set by `meshcore run` once serving
+    return lifecycle.status()["version"] if lifecycle is not None else None
+
+
+def version_config(config_path: str, version: int) -> Config:
+    """Version `version` of the history kept for the config at `config_path`, read as that
+    file would be (its relative paths, its state dir): what `--config-version` starts with."""
+    path = Path(config_path)
+    state_dir = state_dir_of(load(config_path))
+    found = History(state_dir).get(version) if state_dir is not None else None
+    if found is None:
+        raise ConfigError(f"{config_path}: no version {version} in the history in {state_dir}")
+    return loads(found.text, found.format, name=config_path, base_dir=path.parent)
 
 
 def _upgrade_server(

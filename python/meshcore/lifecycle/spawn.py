@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from .upgrade import READY_TIMEOUT, UpgradeServer
 
@@ -26,8 +26,18 @@ class Upgrader:
     """Starts a new meshcore on `config_path` that takes over from this one through `server`.
     Its output is appended to `<state_dir>/upgrade.log`."""
 
-    def __init__(self, server: UpgradeServer, config_path: str, state_dir: Path, grace: float) -> None:
+    def __init__(
+        self,
+        server: UpgradeServer,
+        config_path: str,
+        state_dir: Path,
+        grace: float,
+        running_version: Callable[[], Optional[int]] = lambda: None,
+    ) -> None:
         self._server = server
+        # The new process starts with the version this one runs, not the file: a config applied
+        # by PUT /config or a rollback is not in the file, and an upgrade must not undo it.
+        self._running_version = running_version
         self._config_path = os.path.abspath(config_path)
         self.log_path = Path(state_dir) / LOG_NAME
         self._grace = grace
@@ -45,6 +55,9 @@ class Upgrader:
 
     def _upgrade(self, command: list[str]) -> tuple[int, dict[str, Any]]:
         argv = [*command, "run", self._config_path, "--upgrade", "--grace", str(self._grace)]
+        version = self._running_version()
+        if version is not None:
+            argv += ["--config-version", str(version)]
         with open(self.log_path, "ab") as log:
             log.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S%z')} {' '.join(argv)}\n".encode())
             log.flush()
