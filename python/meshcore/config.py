@@ -18,6 +18,7 @@ from collections.abc import Collection, Iterable, Mapping
 from functools import cache
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union, get_args, get_origin
+from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -466,8 +467,44 @@ class ReloadPolicy(_Model):
         return v
 
 
+class Discovery(_Model):
+    """Where services listed without endpoints take theirs from: a control plane
+    (`meshcore control serve`), over mTLS with the proxy's identity, or plain HTTP on loopback."""
+
+    control: str
+
+    @field_validator("control")
+    @classmethod
+    def _control_url(cls, v: str) -> str:
+        parts = urlsplit(v)
+        if parts.scheme not in ("https", "http") or not parts.hostname:
+            raise ValueError(f"{v!r} is not an https:// (or loopback http://) URL of a control plane")
+        try:
+            port = parts.port
+        except ValueError:
+            port = 0
+        if not port:
+            raise ValueError(f"{v!r}: give the port, a number from 1 to 65535")
+        if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
+            raise ValueError(f"{v!r}: give only scheme, host and port")
+        if parts.scheme == "http" and not _is_loopback_host(parts.hostname):
+            raise ValueError(f"{v!r}: plain http:// is for a control plane on loopback only; use https://")
+        return v
+
+
+def _is_loopback_host(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class Config(_Model):
     admin: Optional[str] = None
+    # Services without endpoints take them from this control plane (Python only).
+    discovery: Optional[Discovery] = None
     # Lifecycle (Python only; never sent to the core). Where history is kept: None is
     # "<config dir>/<config stem>.state/"; relative paths resolve against the config's directory.
     state_dir: Optional[str] = None
@@ -602,6 +639,17 @@ class Config(_Model):
                 problems.append((f"listeners[{i}].service", "an opaque listener needs a target service"))
             if lst.tls != "none" and self.identity is None:
                 problems.append((f"listeners[{i}].tls", "TLS needs an [identity] section"))
+        if (
+            self.discovery is not None
+            and self.discovery.control.startswith("https:")
+            and self.identity is None
+        ):
+            problems.append(
+                (
+                    "discovery.control",
+                    "an https:// control plane takes the proxy's mTLS identity: add [identity]",
+                )
+            )
         for i, s in enumerate(self.services):
             for j, e in enumerate(s.endpoints):
                 if e.identity is not None and self.identity is None:

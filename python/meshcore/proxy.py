@@ -103,6 +103,10 @@ class Proxy:
         self._core = _core.ProxyCore(json.dumps(document))
         self._admin: Any = None
         self._lock = threading.Lock()
+        # Serialises the changes that rebuild the core's table (reload, discovered endpoints,
+        # plugins added), so that none overwrites another.
+        self._changes = threading.RLock()
+        self._discovered: dict[str, list[snapshot.Endpoint]] = {}
         self._memory: Optional[MemoryTrimmer] = None
         self._stopped = threading.Event()
         # The meshcore.lifecycle.Lifecycle that applies config changes, set by whoever runs one
@@ -112,7 +116,67 @@ class Proxy:
         self.upgrader: Any = None
 
     def _core_document(self, config: Config) -> snapshot.Snapshot:
-        return _core_document(config, self._plugins)
+        """The core's document for `config`, with the endpoints discovered so far filled in for
+        the services the config lists without any."""
+        document = _core_document(config, self._plugins)
+        for service in document["services"]:
+            if not service["endpoints"]:
+                service["endpoints"] = list(self._discovered.get(service["name"], []))
+        return document
+
+    def update_endpoints(self, service: str, endpoints: Optional[list[dict[str, Any]]]) -> None:
+        """Sets the endpoints of `service`, one the config lists without endpoints (they come from
+        discovery), without dropping a request: endpoints that stay keep their balancer state and
+        connections. Each endpoint is a dict as in the config (`addr`, `zone`, `cluster`,
+        `identity`); None or [] leaves the service with none (its requests get 503). Raises
+        ConfigError for an unknown service, one with endpoints of its own, or a bad endpoint."""
+        from .config import Endpoint
+
+        with self._changes:
+            names = [s.name for s in self._config.services]
+            if service not in names:
+                choices = ", ".join(names) if names else "none defined"
+                raise ConfigError(f"update_endpoints: unknown service {service!r} (valid: {choices})")
+            if self._config.services[names.index(service)].endpoints:
+                raise ConfigError(
+                    f"update_endpoints: service {service!r} lists its own endpoints in the config"
+                )
+            checked: list[snapshot.Endpoint] = []
+            for i, raw in enumerate(endpoints or []):
+                try:
+                    e = Endpoint.model_validate(raw)
+                except ValueError as err:
+                    raise ConfigError(f"update_endpoints: {service}: endpoints[{i}]: {err}") from None
+                if e.identity is not None and self._config.identity is None:
+                    where = f"update_endpoints: {service}: endpoints[{i}].identity"
+                    raise ConfigError(f"{where}: mTLS needs an [identity] section")
+                checked.append({"addr": e.addr, "zone": e.zone, "cluster": e.cluster, "identity": e.identity})
+            previous = self._discovered.get(service)
+            self._discovered[service] = checked
+            try:
+                self._rebuild()
+            except Exception:
+                if previous is None:
+                    self._discovered.pop(service, None)
+                else:
+                    self._discovered[service] = previous
+                raise
+
+    def _rebuild(self) -> None:
+        """Hands the core the running config's document again (discovered endpoints, plugin
+        marks): swapped in if running, else a new core built for start()."""
+        document = self._core_document(self._config)
+        if self.running:
+            document["identity"] = None  # the running certificate stays
+            self._core.reload(json.dumps(document))
+        else:
+            document["identity"] = self._identity_document
+            self._core = _core.ProxyCore(json.dumps(document))
+
+    def discovered_endpoints(self) -> dict[str, list[dict[str, Any]]]:
+        """The endpoints set by `update_endpoints`, per service."""
+        with self._changes:
+            return {name: [dict(e) for e in eps] for name, eps in self._discovered.items()}
 
     @property
     def config(self) -> Config:
@@ -170,7 +234,10 @@ class Proxy:
         sockets of those that stay are untouched. A change only a restart can apply (admin,
         workers, identity) is a ConfigError naming the field; a listener that cannot bind is a
         BindError. On any error the running config stays in place."""
-        new = load(config)
+        with self._changes:
+            self._reload(load(config))
+
+    def _reload(self, new: Config) -> None:
         needs_restart = restart_needed(self._config, new)
         if needs_restart:
             raise config_error(needs_restart, new._source, headline="cannot reload without a restart")
@@ -219,14 +286,8 @@ class Proxy:
                 self._core.set_plugin_host(self._plugins)
         else:
             self._plugins.add(spec)
-        document = self._core_document(self._config)
-        if self.running:
-            document["identity"] = None
-            self._core.reload(json.dumps(document))
-        else:
-            # Not started yet: rebuild the core with the new route marks.
-            document["identity"] = self._identity_document
-            self._core = _core.ProxyCore(json.dumps(document))
+        with self._changes:
+            self._rebuild()  # the new route marks
 
     def reload_plugins(self) -> dict[str, str]:
         """Re-imports file and module plugins; returns load errors (the old version stays)."""
