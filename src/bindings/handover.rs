@@ -91,9 +91,16 @@ pub fn inherit_sockets<'py>(
 fn receive(path: &str, hello: &[u8]) -> std::io::Result<(Vec<u8>, Vec<OwnedFd>, UnixStream)> {
     let mut stream = UnixStream::connect(path)?;
     stream.set_read_timeout(Some(ANSWER_TIMEOUT))?;
-    stream.write_all(hello)?;
-    if !hello.ends_with(b"\n") {
-        stream.write_all(b"\n")?;
+    let mut line = hello.to_vec();
+    if !line.ends_with(b"\n") {
+        line.push(b'\n');
+    }
+    // An old process that refuses (another upgrade under way) may answer and
+    // close before the hello is written: its answer is still there to read.
+    if let Err(e) = stream.write_all(&line) {
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            return Err(e);
+        }
     }
     let mut meta: Vec<u8> = Vec::new();
     let mut fds: Vec<OwnedFd> = Vec::new();

@@ -173,6 +173,13 @@ class UpgradeServer:
     def _serve(self, conn: socket.socket) -> None:
         with conn:
             if not self._busy.acquire(blocking=False):
+                # The hello first: answering and closing before it arrives would break the
+                # peer's write of it, and it would never read why.
+                try:
+                    conn.settimeout(HELLO_TIMEOUT)
+                    conn.makefile("rb").readline(MAX_MESSAGE)
+                except OSError:
+                    pass
                 _send_quietly(conn, {"error": "another upgrade is in progress"})
                 return
             try:
