@@ -1,9 +1,11 @@
-"""`meshcore control serve`: the control plane, until SIGINT/SIGTERM."""
+"""`meshcore control serve`: the control plane, until SIGINT/SIGTERM.
+
+asyncio and grpc are imported by the command, not here: every `meshcore` command builds this parser,
+and `meshcore run` keeps them unloaded (tests/test_cli.py)."""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import signal
 import sys
@@ -33,6 +35,8 @@ def add_control_commands(sub: argparse._SubParsersAction) -> None:  # type: igno
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    import asyncio
+
     from .server import ServerTls
 
     given = [f"--{n}" for n in ("tls-cert", "tls-key", "trust-anchors") if getattr(args, n.replace("-", "_"))]
@@ -48,6 +52,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 async def serve(bind: str, docs: Path, tls: Optional[object] = None) -> None:
+    import asyncio
+
     from .server import ControlServer, ServerTls
     from .sources.directory import DirectorySource
     from .store import Store
@@ -64,8 +70,10 @@ async def serve(bind: str, docs: Path, tls: Optional[object] = None) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         count = sum(1 for s in store.all() if s.exists)
-        print(f"meshcore-control: serving on {server.address} ({'mTLS' if tls else 'plaintext, loopback'})",
-              flush=True)
+        print(
+            f"meshcore-control: serving on {server.address} ({'mTLS' if tls else 'plaintext, loopback'})",
+            flush=True,
+        )
         print(f"meshcore-control: ready ({count} services from {docs}, epoch {store.epoch})", flush=True)
         await stop.wait()
         await server.stop(grace=1.0)

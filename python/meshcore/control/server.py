@@ -10,9 +10,10 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator, Optional
+from typing import Any, Optional
 
 import grpc
 

@@ -111,7 +111,7 @@ class DirectorySource(Source):
 
     def _refuse(self, path: Path, error: DocumentError) -> None:
         if self._refused.get(path) != str(error):  # a file retried for the same reason is not logged again
-            kept = "its previous content stays in force" if path in self._accepted else "nothing from it is served"
+            kept = "its previous content stays in force" if path in self._accepted else "nothing of it served"
             for line in str(error).splitlines():
                 log.error("refused %s (%s)", line, kept)
         self._refused[path] = str(error)
