@@ -6,9 +6,11 @@ issuer signs, whose only name is a SPIFFE ID (``spiffe://<trust domain>/<name>``
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -39,6 +41,9 @@ _MAX_REFRESH = 24 * 3600.0
 _MAX_TRUST_DOMAIN = 55
 _TRUST_DOMAIN = re.compile(r"[a-z0-9._-]+")
 _NAME_SEGMENT = re.compile(r"[A-Za-z0-9._-]+")
+_DNS_NAME = re.compile(
+    r"(\*\.)?[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*"
+)
 PEM = serialization.Encoding.PEM
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -96,18 +101,37 @@ def issue(
     name: str,
     ttl: timedelta = timedelta(hours=24),
     out_prefix: Optional[PathLike] = None,
+    hosts: Sequence[str] = (),
 ) -> tuple[bytes, bytes]:
     """A new key and a certificate for `name` -> (chain PEM: leaf then issuer, key PEM).
 
+    `hosts` adds DNS names or IP addresses beside the SPIFFE ID, for a server that clients reach by
+    host name and check as HTTPS does (the control plane: gRPC checks the host).
     With `out_prefix`, also writes `<prefix>.crt` and `<prefix>.key` (mode 0600), replacing old ones.
     """
     key = new_key()
-    chain = load_issuer(directory).certify(key.public_key(), name, ttl)
+    issuer = load_issuer(directory)
+    if hosts:
+        names = [x509.UniformResourceIdentifier(spiffe_id(issuer.trust_domain, name))]
+        names += [_host_name(h) for h in hosts]
+        chain = issuer.chain_pem(issuer.sign_leaf(key.public_key(), names, ttl))
+    else:
+        chain = issuer.certify(key.public_key(), name, ttl)
     private_pem = key_pem(key)
     if out_prefix is not None:
         _replace(Path(f"{out_prefix}.key"), private_pem, 0o600)
         _replace(Path(f"{out_prefix}.crt"), chain, 0o644)
     return chain, private_pem
+
+
+def _host_name(host: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(host))
+    except ValueError:
+        pass
+    if not _DNS_NAME.fullmatch(host):
+        raise ValueError(f"invalid host {host!r}: expected a DNS name or an IP address")
+    return x509.DNSName(host)
 
 
 def sign_csr(

@@ -33,6 +33,12 @@ def add_identity_commands(sub: argparse._SubParsersAction) -> None:  # type: ign
     issue.add_argument("--name", required=True, help="identity name, e.g. ns/default/sa/web")
     issue.add_argument("--ttl", type=duration, default="24h", help="certificate lifetime (default 24h)")
     issue.add_argument("--out", required=True, metavar="PREFIX", help="write PREFIX.crt and PREFIX.key")
+    issue.add_argument(
+        "--host",
+        action="append",
+        default=[],
+        help="a DNS name or IP address clients reach this server by (repeatable; for the control plane)",
+    )
     issue.set_defaults(func=_clean_errors(cmd_issue))
 
     serve = commands.add_parser("serve", help="serve the certify API over HTTPS until SIGINT/SIGTERM")
@@ -66,7 +72,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 def cmd_issue(args: argparse.Namespace) -> int:
     from .ca import cert_info, issue  # cryptography is loaded only by identity commands
 
-    chain, _ = issue(args.dir, args.name, ttl=args.ttl, out_prefix=args.out)
+    chain, _ = issue(args.dir, args.name, ttl=args.ttl, out_prefix=args.out, hosts=args.host)
     info = cert_info(chain)
     print(
         f"meshcore: {info['spiffe_id']} valid until {info['not_after']:%Y-%m-%d %H:%M:%S} UTC "

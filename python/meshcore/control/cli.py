@@ -1,0 +1,81 @@
+"""`meshcore control serve`: the control plane, until SIGINT/SIGTERM.
+
+asyncio and grpc are imported by the command, not here: every `meshcore` command builds this parser,
+and `meshcore run` keeps them unloaded (tests/test_cli.py)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Optional
+
+from ..errors import ConfigError
+
+__all__ = ["add_control_commands"]
+
+
+def add_control_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Registers the control subcommands on the `meshcore` parser."""
+    parser = sub.add_parser("control", help="the control plane: services and endpoints pushed to proxies")
+    commands = parser.add_subparsers(dest="control_command", required=True)
+    serve = commands.add_parser(
+        "serve", help="serve a directory of service documents to subscribed proxies until SIGINT/SIGTERM"
+    )
+    serve.add_argument("--bind", default="127.0.0.1:8470", help="HOST:PORT (default 127.0.0.1:8470)")
+    serve.add_argument("--dir", required=True, metavar="DOCS", help="directory of TOML/YAML [[services]]")
+    serve.add_argument("--tls-cert", metavar="FILE", help="the control plane's certificate chain (PEM)")
+    serve.add_argument("--tls-key", metavar="FILE", help="its private key (PEM)")
+    serve.add_argument(
+        "--trust-anchors", metavar="FILE", help="clients must present a certificate from these (mTLS)"
+    )
+    serve.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from .server import ServerTls
+
+    given = [f"--{n}" for n in ("tls-cert", "tls-key", "trust-anchors") if getattr(args, n.replace("-", "_"))]
+    if given and len(given) != 3:
+        raise ConfigError(
+            f"{', '.join(given)} given alone: TLS needs --tls-cert, --tls-key and --trust-anchors together"
+        )
+    tls = ServerTls(Path(args.tls_cert), Path(args.tls_key), Path(args.trust_anchors)) if given else None
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="meshcore-control: %(message)s")
+    asyncio.run(serve(args.bind, Path(args.dir), tls))
+    print("meshcore-control: stopped", flush=True)
+    return 0
+
+
+async def serve(bind: str, docs: Path, tls: Optional[object] = None) -> None:
+    import asyncio
+
+    from .server import ControlServer, ServerTls
+    from .sources.directory import DirectorySource
+    from .store import Store
+
+    assert tls is None or isinstance(tls, ServerTls)
+    store = Store()
+    server = ControlServer(store, bind, tls)  # checks the bind before any file is read
+    source = DirectorySource(docs)
+    source.start(store.apply)
+    try:
+        await server.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        count = sum(1 for s in store.all() if s.exists)
+        print(
+            f"meshcore-control: serving on {server.address} ({'mTLS' if tls else 'plaintext, loopback'})",
+            flush=True,
+        )
+        print(f"meshcore-control: ready ({count} services from {docs}, epoch {store.epoch})", flush=True)
+        await stop.wait()
+        await server.stop(grace=1.0)
+    finally:
+        source.stop()

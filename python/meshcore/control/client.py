@@ -1,0 +1,209 @@
+"""`Subscription`: what a proxy runs to follow the control plane.
+
+It runs its own asyncio loop in a daemon thread, so a synchronous caller (the proxy) only calls
+`start()`, `wait_synced()`, `state()` and `stop()`, and gets `on_update(changed)` from that thread
+with only the resources whose content changed. When the control plane goes away it keeps its
+last-known state, reconnects with exponential backoff and full jitter (0.1 s doubling to 10 s: a
+delay drawn between 0 and that), and resumes with the versions it holds, so the snapshot that
+follows leaves out what it already has.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import socket
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Callable, Optional, Union
+from urllib.parse import urlsplit
+
+import grpc
+
+from .. import __version__
+from ..errors import ConfigError, TlsError
+from .protocol import SUBSCRIBE_PATH, ProxyInfo, ResourceWire, SubscribeRequest, decode, encode
+from .server import is_loopback
+
+__all__ = ["Subscription", "backoff_delay"]
+
+log = logging.getLogger("meshcore.control.client")
+
+BACKOFF_BASE = 0.1
+BACKOFF_CAP = 10.0
+CHANNEL_OPTIONS = [
+    # Notice a control plane that vanished without closing (a cut cable, a frozen host).
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.max_receive_message_length", 256 * 1024 * 1024),  # a full snapshot of a large mesh
+    ("grpc.enable_retries", 0),  # this class retries, with its own backoff
+]
+
+OnUpdate = Callable[[list[ResourceWire]], None]
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+def backoff_delay(attempt: int, rng: Callable[[float, float], float] = random.uniform) -> float:
+    """Full jitter: a delay between 0 and 0.1 s x 2^attempt, capped at 10 s."""
+    return rng(0.0, min(BACKOFF_CAP, BACKOFF_BASE * 2**attempt))
+
+
+class Subscription:
+    """Follows `services` (names, or ["*"]) at `url` (https://HOST:PORT, or http:// on loopback)."""
+
+    def __init__(
+        self,
+        url: str,
+        services: Iterable[str],
+        on_update: OnUpdate,
+        *,
+        tls: Optional[tuple[PathLike, PathLike, PathLike]] = None,
+        proxy_info: Union[ProxyInfo, dict[str, Any], None] = None,
+        server_name: Optional[str] = None,
+    ):
+        """`tls` is (certificate chain, key, trust anchors) as PEM files, read at each connect so a
+        renewed certificate is used; `server_name` is the name to check the control plane's
+        certificate against when it is not the URL's host."""
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.port is None:
+            raise ConfigError(f"control plane URL {url!r}: expected https://HOST:PORT (http:// on loopback)")
+        if parts.scheme == "http" and not is_loopback(parts.hostname):
+            raise ConfigError(
+                f"control plane URL {url!r}: plain http:// is accepted for loopback hosts only; use https://"
+            )
+        if parts.scheme == "https" and tls is None:
+            raise ConfigError(f"control plane URL {url!r}: https needs tls=(cert, key, trust anchors)")
+        self.url = url
+        host = parts.hostname
+        self._target = f"[{host}]:{parts.port}" if ":" in host else f"{host}:{parts.port}"
+        self._secure = parts.scheme == "https"
+        self._tls = tls
+        self._server_name = server_name
+        self.services = sorted(set(services))
+        if not self.services:
+            raise ConfigError('a subscription needs service names, or ["*"] for all')
+        self._on_update = on_update
+        if isinstance(proxy_info, dict):
+            proxy_info = ProxyInfo(**proxy_info)
+        self.proxy_info = proxy_info or ProxyInfo(f"{socket.gethostname()}-{os.getpid()}", __version__)
+        self._lock = threading.Lock()
+        self._state: dict[str, ResourceWire] = {}
+        self._epoch: Optional[str] = None
+        self._synced = threading.Event()
+        self.connects = 0  # streams opened (each one's snapshot received)
+        self.last_error: Optional[str] = None
+        self._thread: Optional[threading.Thread] = None
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._task: Optional[asyncio.Task[None]] = None
+        self._started = threading.Event()
+
+    def start(self) -> Subscription:
+        self._thread = threading.Thread(target=self._thread_main, name="meshcore-control-client", daemon=True)
+        self._thread.start()
+        self._started.wait()
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        if self._loop is not None and self._task is not None:
+            self._loop.call_soon_threadsafe(self._task.cancel)
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def wait_synced(self, timeout: Optional[float] = None) -> bool:
+        """True once the first snapshot has been received and applied."""
+        return self._synced.wait(timeout)
+
+    def state(self) -> dict[str, ResourceWire]:
+        """The last known resources by name, "does not exist" ones included."""
+        with self._lock:
+            return dict(self._state)
+
+    def _thread_main(self) -> None:
+        async def main() -> None:
+            self._loop = asyncio.get_running_loop()
+            self._task = asyncio.current_task()  # type: ignore[assignment]
+            self._started.set()
+            await self._follow()
+
+        try:
+            asyncio.run(main())
+        except asyncio.CancelledError:
+            pass
+
+    def _channel(self) -> grpc.aio.Channel:
+        if not self._secure:
+            return grpc.aio.insecure_channel(self._target, options=CHANNEL_OPTIONS)
+        assert self._tls is not None
+        cert, key, anchors = (self._read(p) for p in self._tls)
+        options = list(CHANNEL_OPTIONS)
+        if self._server_name:
+            options.append(("grpc.ssl_target_name_override", self._server_name))
+        credentials = grpc.ssl_channel_credentials(anchors, private_key=key, certificate_chain=cert)
+        return grpc.aio.secure_channel(self._target, credentials, options=options)
+
+    @staticmethod
+    def _read(path: PathLike) -> bytes:
+        try:
+            return Path(path).read_bytes()
+        except OSError as e:
+            raise TlsError(f"{path}: cannot read: {e.strerror or e}") from None
+
+    def _request(self) -> dict[str, Any]:
+        with self._lock:
+            versions = {name: r["version"] for name, r in self._state.items()}
+            epoch = self._epoch
+        return SubscribeRequest(self.proxy_info, frozenset(self.services), versions, epoch).to_wire()
+
+    async def _follow(self) -> None:
+        attempt = 0
+        while True:
+            try:
+                async with self._channel() as channel:
+                    subscribe = channel.unary_stream(
+                        SUBSCRIBE_PATH, request_serializer=encode, response_deserializer=decode
+                    )
+                    async for message in subscribe(self._request()):
+                        attempt = 0
+                        self._apply(message)
+                self.last_error = "the control plane ended the stream"
+            except grpc.aio.AioRpcError as e:
+                self.last_error = f"{e.code().name}: {e.details()}"
+            except (OSError, ConfigError, TlsError) as e:  # a certificate file unreadable now
+                self.last_error = str(e)
+            delay = backoff_delay(attempt)
+            attempt += 1
+            log.warning(
+                "control plane %s: %s; keeping the last known state, reconnecting in %.2fs",
+                self.url,
+                self.last_error,
+                delay,
+            )
+            await asyncio.sleep(delay)
+
+    def _apply(self, message: Any) -> None:
+        kind = message.get("kind")
+        changed: list[ResourceWire] = []
+        with self._lock:
+            if kind == "snapshot":
+                self._epoch = message.get("epoch")
+                self.connects += 1
+            for resource in message.get("resources", ()):
+                old = self._state.get(resource["name"])
+                self._state[resource["name"]] = resource
+                if old is None or _content(old) != _content(resource):
+                    changed.append(resource)
+        if changed:
+            try:
+                self._on_update(changed)
+            except Exception:  # noqa: BLE001 - the caller's bug must not end the subscription
+                log.exception("on_update raised; the subscription goes on")
+        if kind == "snapshot":
+            self._synced.set()
+
+
+def _content(resource: ResourceWire) -> tuple[bool, list[Any]]:
+    return resource["exists"], list(resource["endpoints"])
