@@ -23,14 +23,17 @@ fn start_error(e: runtime::StartError) -> PyErr {
 #[pyclass(module = "meshcore._core")]
 pub struct ProxyCore {
     config: Mutex<Option<config::Config>>,
-    running: Mutex<Option<runtime::Running>>,
+    /// Shared, and the lock held only to clone it: a call that waits (a
+    /// reload closing listeners, without the GIL) must never hold a lock that
+    /// another call takes while holding the GIL.
+    running: Mutex<Option<Arc<runtime::Running>>>,
 }
 
 impl ProxyCore {
     fn with_running<T>(&self, f: impl FnOnce(&runtime::Running) -> PyResult<T>) -> PyResult<T> {
-        let running = self.running.lock().unwrap_or_else(|p| p.into_inner());
-        match running.as_ref() {
-            Some(r) => f(r),
+        let running = self.running.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        match running {
+            Some(r) => f(&r),
             None => Err(MeshcoreError::new_err("proxy is not running")),
         }
     }
@@ -84,7 +87,7 @@ impl ProxyCore {
             let running = py
                 .detach(|| runtime::start(config, Some(wrap), sockets))
                 .map_err(start_error)?;
-            *self.running.lock().unwrap_or_else(|p| p.into_inner()) = Some(running);
+            *self.running.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(running));
             Ok(())
         })
     }

@@ -87,6 +87,8 @@ pub struct Change {
 pub struct Listeners {
     workers: Vec<Handle>,
     groups: Vec<Group>,
+    /// Set by `close_all`: the proxy is stopping, and nothing opens again.
+    closed: bool,
     shared: Arc<Shared>,
     identity: Option<Arc<Identity>>,
 }
@@ -96,6 +98,7 @@ impl Listeners {
         Listeners {
             workers,
             groups: Vec::new(),
+            closed: false,
             shared,
             identity,
         }
@@ -109,6 +112,9 @@ impl Listeners {
         table: &Table,
         mut inherited: Inherited,
     ) -> Result<Change, StartError> {
+        if self.closed {
+            return Err(StartError::Runtime("the proxy is stopping".into()));
+        }
         let mut change = Change::default();
         let mut claimed = vec![false; self.groups.len()];
         let mut unplaced = Vec::new();
@@ -229,6 +235,7 @@ impl Listeners {
 
     /// Stops every listener: no more accepts, and every connection drains.
     pub fn close_all(&mut self) {
+        self.closed = true;
         for group in &mut self.groups {
             group.close();
         }

@@ -31,7 +31,8 @@ pub enum StartError {
 pub type ThreadWrapper = Arc<dyn Fn(Box<dyn FnOnce() + Send>) + Send + Sync>;
 
 pub struct Running {
-    threads: Vec<std::thread::JoinHandle<()>>,
+    /// The workers, joined (and emptied) by `stop`.
+    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
     drain: watch::Sender<bool>,
     /// When the drain gives up on open connections; set by `stop`.
     deadline: Arc<Mutex<Option<Instant>>>,
@@ -105,7 +106,7 @@ pub fn start(
     }
     listeners.apply(opening);
     Ok(Running {
-        threads,
+        threads: Mutex::new(threads),
         drain,
         deadline,
         shared,
@@ -190,14 +191,16 @@ impl Running {
 
     /// Stops accepting, lets in-flight requests finish for up to `grace`,
     /// then tears everything down.
-    pub fn stop(self, grace: Duration) {
+    /// A reload that comes after is refused. Stopping twice waits for nothing.
+    pub fn stop(&self, grace: Duration) {
         *self.deadline.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now() + grace);
         self.listeners
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .close_all();
         let _ = self.drain.send(true);
-        for thread in self.threads {
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
+        for thread in threads {
             let _ = thread.join();
         }
     }
