@@ -4,19 +4,17 @@ the `Subscription` client, against real server processes on loopback."""
 from __future__ import annotations
 
 import asyncio
-import os
 import queue
-import re
-import signal
 import subprocess
 import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import grpc
 import pytest
+from control_helpers import ControlPlane, service_toml, write
 
 from conftest import wait_until
 from mesh_helpers import make_ca
@@ -27,55 +25,6 @@ from meshcore.errors import ConfigError
 
 MESHCORE = [sys.executable, "-m", "meshcore"]
 PROXY = {"id": "test-proxy", "version": "0.1.0", "zone": "zone-a", "cluster": None}
-
-
-def write(path: Path, text: str) -> None:
-    """Replaces the file whole (as a deploy tool does), so the watcher never reads half of it."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def service_toml(name: str, *addrs: str, zone: str = "zone-a") -> str:
-    endpoints = ", ".join(f'{{ addr = "{a}", zone = "{zone}" }}' for a in addrs)
-    return f'[[services]]\nname = "{name}"\nendpoints = [{endpoints}]\n'
-
-
-class ControlPlane:
-    """`meshcore control serve` as a process; its stderr lines kept for the tests to wait on."""
-
-    def __init__(self, docs: Path, bind: str = "127.0.0.1:0", tls: Optional[list[str]] = None):
-        self.proc = subprocess.Popen(
-            [*MESHCORE, "control", "serve", "--dir", str(docs), "--bind", bind, *(tls or [])],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self.log: list[str] = []
-        threading.Thread(target=self._read_log, daemon=True).start()
-        assert self.proc.stdout is not None
-        serving = self.proc.stdout.readline()
-        match = re.match(r"meshcore-control: serving on (\S+)", serving)
-        assert match, f"no serving line: {serving!r}, log: {self.log}"
-        self.addr = match.group(1)
-        assert "meshcore-control: ready" in self.proc.stdout.readline()
-
-    def _read_log(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.log.append(line.rstrip("\n"))
-
-    def logged(self, *parts: str) -> bool:
-        return any(all(p in line for p in parts) for line in list(self.log))
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(10)
-
-    def kill(self) -> None:
-        self.proc.kill()
-        self.proc.wait(10)
 
 
 @pytest.fixture

@@ -639,17 +639,13 @@ class Config(_Model):
                 problems.append((f"listeners[{i}].service", "an opaque listener needs a target service"))
             if lst.tls != "none" and self.identity is None:
                 problems.append((f"listeners[{i}].tls", "TLS needs an [identity] section"))
-        if (
-            self.discovery is not None
-            and self.discovery.control.startswith("https:")
-            and self.identity is None
-        ):
-            problems.append(
-                (
-                    "discovery.control",
-                    "an https:// control plane takes the proxy's mTLS identity: add [identity]",
-                )
-            )
+        if self.discovery is not None and self.discovery.control.startswith("https:"):
+            if self.identity is None:
+                why = "an https:// control plane takes the proxy's mTLS identity: add [identity]"
+                problems.append(("discovery.control", why))
+            elif self.identity.cert is None or self.identity.key is None:
+                why = "an https:// control plane needs [identity] cert and key files (one from"
+                problems.append(("discovery.control", f"{why} an identity service is not handed to it yet)"))
         for i, s in enumerate(self.services):
             for j, e in enumerate(s.endpoints):
                 if e.identity is not None and self.identity is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import threading
 from dataclasses import dataclass
@@ -107,6 +108,13 @@ class Proxy:
         # plugins added), so that none overwrites another.
         self._changes = threading.RLock()
         self._discovered: dict[str, list[snapshot.Endpoint]] = {}
+        self._follower: Any = None
+        if self._config.discovery is not None:
+            from .control.follower import Follower  # grpc is loaded only for a proxy that needs it
+
+            self._follower = Follower(
+                self._config, f"{socket.gethostname()}/{os.getpid()}", self._set_discovered
+            )
         self._memory: Optional[MemoryTrimmer] = None
         self._stopped = threading.Event()
         # The meshcore.lifecycle.Lifecycle that applies config changes, set by whoever runs one
@@ -130,8 +138,6 @@ class Proxy:
         connections. Each endpoint is a dict as in the config (`addr`, `zone`, `cluster`,
         `identity`); None or [] leaves the service with none (its requests get 503). Raises
         ConfigError for an unknown service, one with endpoints of its own, or a bad endpoint."""
-        from .config import Endpoint
-
         with self._changes:
             names = [s.name for s in self._config.services]
             if service not in names:
@@ -141,8 +147,17 @@ class Proxy:
                 raise ConfigError(
                     f"update_endpoints: service {service!r} lists its own endpoints in the config"
                 )
-            checked: list[snapshot.Endpoint] = []
-            for i, raw in enumerate(endpoints or []):
+            self._set_discovered({service: endpoints or []})
+
+    def _set_discovered(self, services: dict[str, list[dict[str, Any]]]) -> None:
+        """Checks and keeps the endpoints of each service (any name: a reload may add the service
+        later), then rebuilds the core's table once. On an error nothing changes."""
+        from .config import Endpoint
+
+        checked: dict[str, list[snapshot.Endpoint]] = {}
+        for service, endpoints in services.items():
+            checked[service] = []
+            for i, raw in enumerate(endpoints):
                 try:
                     e = Endpoint.model_validate(raw)
                 except ValueError as err:
@@ -150,16 +165,16 @@ class Proxy:
                 if e.identity is not None and self._config.identity is None:
                     where = f"update_endpoints: {service}: endpoints[{i}].identity"
                     raise ConfigError(f"{where}: mTLS needs an [identity] section")
-                checked.append({"addr": e.addr, "zone": e.zone, "cluster": e.cluster, "identity": e.identity})
-            previous = self._discovered.get(service)
-            self._discovered[service] = checked
+                checked[service].append(
+                    {"addr": e.addr, "zone": e.zone, "cluster": e.cluster, "identity": e.identity}
+                )
+        with self._changes:
+            previous = dict(self._discovered)
+            self._discovered.update(checked)
             try:
                 self._rebuild()
             except Exception:
-                if previous is None:
-                    self._discovered.pop(service, None)
-                else:
-                    self._discovered[service] = previous
+                self._discovered = previous
                 raise
 
     def _rebuild(self) -> None:
@@ -196,6 +211,8 @@ class Proxy:
             if self._plugins is not None:
                 self._plugins.start()
                 self._core.set_plugin_host(self._plugins)
+            if self._follower is not None:
+                self._follower.start()
             if self._config.admin:
                 from .admin import AdminServer
 
@@ -203,6 +220,8 @@ class Proxy:
                     admin_socket = inherited.admin if inherited is not None else None
                     self._admin = AdminServer(self, self._config.admin, sock=admin_socket)
                 except Exception:
+                    if self._follower is not None:
+                        self._follower.stop()
                     self._memory.stop()
                     self._core.stop(0.0)
                     raise
@@ -211,6 +230,8 @@ class Proxy:
     def stop(self, grace: float = 5.0) -> None:
         """Stops accepting, drains in-flight requests for up to `grace` seconds, then stops."""
         with self._lock:
+            if self._follower is not None:
+                self._follower.stop()
             if self._admin is not None:
                 self._admin.close()
                 self._admin = None

@@ -1,0 +1,71 @@
+"""The proxy's side of discovery: a `Subscription` to the control plane named by
+`[discovery] control`, whose updates become the endpoints of the services the config lists
+without any. It follows every service ("*"), so a reload that adds such a service finds its
+endpoints already known; the proxy keeps serving from the last known state while the control
+plane is away."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Callable, Optional
+
+from .. import __version__
+from ..config import Config
+from .client import Subscription
+from .protocol import ResourceWire
+
+__all__ = ["Follower"]
+
+# How long start() waits for the first snapshot before serving without it.
+FIRST_SNAPSHOT_WAIT = 5.0
+
+Apply = Callable[[dict[str, list[dict[str, Any]]]], None]
+
+
+def _endpoints(resource: ResourceWire) -> list[dict[str, Any]]:
+    """What the core takes of an endpoint; "does not exist" and "none now" are both none."""
+    if not resource["exists"]:
+        return []
+    keys = ("addr", "zone", "cluster", "identity")
+    return [{k: e.get(k) for k in keys} for e in resource["endpoints"]]
+
+
+class Follower:
+    def __init__(self, config: Config, proxy_id: str, apply: Apply) -> None:
+        assert config.discovery is not None
+        url = config.discovery.control
+        tls = None
+        if url.startswith("https:"):
+            identity = config.identity
+            # config.cross_check refuses https without an identity and its files.
+            assert identity is not None and identity.cert is not None and identity.key is not None
+            tls = (
+                config.resolve_path(identity.cert),
+                config.resolve_path(identity.key),
+                config.resolve_path(identity.trust_anchors),
+            )
+        self._apply = apply
+        info = {"id": proxy_id, "version": __version__, "zone": config.zone, "cluster": config.cluster}
+        self._subscription = Subscription(url, ["*"], self._on_update, tls=tls, proxy_info=info)
+
+    def start(self, wait: Optional[float] = FIRST_SNAPSHOT_WAIT) -> None:
+        self._subscription.start()
+        if wait and not self._subscription.wait_synced(wait):
+            print(
+                f"meshcore: control plane not reached within {wait:g}s; serving without discovered "
+                "endpoints until it answers",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    def stop(self) -> None:
+        self._subscription.stop()
+
+    def _on_update(self, changed: list[ResourceWire]) -> None:
+        services = {r["name"]: _endpoints(r) for r in changed if r["type"] == "service"}
+        if not services:
+            return
+        try:
+            self._apply(services)
+        except Exception as e:  # noqa: BLE001 - a bad update must not end the subscription
+            print(f"meshcore: discovery update refused: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
