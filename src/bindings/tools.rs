@@ -50,6 +50,7 @@ impl LoadRun {
 
 #[pyfunction]
 #[pyo3(signature = (url, rate, duration, connections, http2, streams, timeout, host=None))]
+#[allow(clippy::too_many_arguments)] // one per keyword of meshcore.bench.start
 pub fn _bench_start(
     url: &str,
     rate: Option<f64>,
