@@ -227,7 +227,14 @@ class Endpoint(_Model):
         return v
 
 
-class Zonal(_Model):
+class _Value(_Model):
+    """A settings table that is a value: frozen, so that every service left at its defaults shares
+    one instance (pydantic copies a default only if it can change), as a mesh holds thousands."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+
+class Zonal(_Value):
     load_low: float = Field(default=0.8, ge=0, allow_inf_nan=False)
     load_high: float = Field(default=2.0, gt=0, allow_inf_nan=False)
     dwell: Duration = "1s"
@@ -239,7 +246,7 @@ class Zonal(_Model):
         return self
 
 
-class Breaker(_Model):
+class Breaker(_Value):
     consecutive_failures: int = Field(default=7, ge=1, le=_U32_MAX)
     min_penalty: Duration = "1s"
     max_penalty: Duration = "60s"
@@ -271,13 +278,13 @@ class Service(_Model):
     name: str = Field(min_length=1)
     balancer: Literal["peak-ewma", "round-robin", "zonal"] = "peak-ewma"
     protocol: Literal["auto", "http1", "http2"] = "auto"
-    # Factories, not shared defaults that pydantic deep-copies per service: a mesh holds thousands.
+    # A factory, not a default that pydantic deep-copies per service: a mesh holds thousands.
     endpoints: list[Endpoint] = Field(default_factory=list)
     connect_timeout: Duration = "1s"
     idle_timeout: Duration = "90s"
-    zonal: Zonal = Field(default_factory=Zonal)
+    zonal: Zonal = Zonal()
     # Failure accrual; `false` turns it off.
-    breaker: Union[Breaker, Literal[False]] = Field(default_factory=Breaker)
+    breaker: Union[Breaker, Literal[False]] = Breaker()
 
 
 class Backend(_Model):
