@@ -291,7 +291,10 @@ impl Config {
     /// refuses all of it first, with the file and field; this guards hand-built
     /// documents.
     fn check(&self) -> Result<(), String> {
-        let has_service = |name: &str| self.services.iter().any(|s| s.name == name);
+        // A set: a mesh's thousands of routes each name a service.
+        let services: std::collections::HashSet<&str> =
+            self.services.iter().map(|s| s.name.as_str()).collect();
+        let has_service = |name: &str| services.contains(name);
         for (i, l) in self.listeners.iter().enumerate() {
             l.bind
                 .parse::<SocketAddr>()

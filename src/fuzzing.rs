@@ -606,7 +606,8 @@ pub fn detect(data: &[u8]) {
 ///
 /// Checks: the normal form of a path is stable (normalising it again
 /// changes nothing), starts with `/` and has no `//`, `/./` or `/../`; the
-/// route found is the first that matches; host matching ignores case;
+/// route found is the first that matches, by a scan and by the host index
+/// (`route::Routes`); host matching ignores case;
 /// `host_of` returns the start of the authority; a prefix matches whole
 /// segments.
 pub fn route(data: &[u8]) {
@@ -692,6 +693,12 @@ pub fn route(data: &[u8]) {
             );
         }
     }
+    let index = route::Routes::new(routes);
+    assert_eq!(
+        index.find(host, &path, req.headers()),
+        first,
+        "the host index finds the route the in-order scan finds"
+    );
 }
 
 /// Routes from lines of `host|prefix|name=value`, built as config loading

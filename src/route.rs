@@ -5,6 +5,7 @@ use crate::filters::Filters;
 use crate::resilience::retry::RetryPolicy;
 use crate::rng;
 use http::{HeaderMap, HeaderName, HeaderValue};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -70,7 +71,12 @@ impl Route {
     /// `host` is the request's authority without its port.
     pub fn matches(&self, host: &str, path: &str, headers: &HeaderMap) -> bool {
         self.host.as_deref().is_none_or(|want| host_matches(want, host))
-            && self.path_prefix.as_deref().is_none_or(|p| path_matches(p, path))
+            && self.matches_beyond_host(path, headers)
+    }
+
+    /// The path prefix and headers match (the host is matched by `Routes`' index).
+    fn matches_beyond_host(&self, path: &str, headers: &HeaderMap) -> bool {
+        self.path_prefix.as_deref().is_none_or(|p| path_matches(p, path))
             && self
                 .headers
                 .iter()
@@ -122,6 +128,86 @@ pub(crate) fn path_matches(prefix: &str, path: &str) -> bool {
 /// First route that matches, in config order.
 pub fn find<'a>(routes: &'a [Route], host: &str, path: &str, headers: &HeaderMap) -> Option<&'a Route> {
     routes.iter().find(|r| r.matches(host, path, headers))
+}
+
+/// A listener's routes, indexed by host so that a request looks at the few
+/// routes its host can match instead of scanning them all: exact hosts and
+/// wildcard suffixes (`*.example.com` under `example.com`) in maps, and the
+/// routes without a host. Each candidate list is in config order; the answer
+/// is the lowest route index among the candidates that match, which is the
+/// route an in-order scan finds first.
+#[derive(Debug, Default)]
+pub struct Routes {
+    routes: Vec<Route>,
+    /// Lowercase exact host -> route indexes, ascending.
+    exact: HashMap<Box<[u8]>, Vec<u32>>,
+    /// Lowercase suffix after `*.` -> route indexes, ascending.
+    wildcard: HashMap<Box<[u8]>, Vec<u32>>,
+    /// Routes without a host, ascending.
+    any_host: Vec<u32>,
+}
+
+impl Routes {
+    pub fn new(routes: Vec<Route>) -> Routes {
+        let mut index = Routes::default();
+        for (i, r) in routes.iter().enumerate() {
+            // A table holds far fewer than 2^32 routes.
+            let i = i as u32;
+            match r.host.as_deref() {
+                None => index.any_host.push(i),
+                Some(want) => match want.strip_prefix("*.") {
+                    Some(suffix) => index
+                        .wildcard
+                        .entry(suffix.as_bytes().into())
+                        .or_default()
+                        .push(i),
+                    None => index.exact.entry(want.as_bytes().into()).or_default().push(i),
+                },
+            }
+        }
+        index.exact.shrink_to_fit();
+        index.wildcard.shrink_to_fit();
+        index.routes = routes;
+        index
+    }
+
+    pub fn as_slice(&self) -> &[Route] {
+        &self.routes
+    }
+
+    /// The index of the first route, in config order, that matches.
+    pub fn find(&self, host: &str, path: &str, headers: &HeaderMap) -> Option<usize> {
+        // Hosts are stored lowercase (`Route::new`); most requests' already are.
+        let lower: std::borrow::Cow<'_, [u8]> = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            host.to_ascii_lowercase().into_bytes().into()
+        } else {
+            host.as_bytes().into()
+        };
+        let mut best: Option<u32> = None;
+        let mut consider = |candidates: &[u32]| {
+            // The first candidate that matches is this list's lowest; none past `best` can win.
+            let found = candidates
+                .iter()
+                .take_while(|&&i| best.is_none_or(|b| i < b))
+                .find(|&&i| self.routes[i as usize].matches_beyond_host(path, headers));
+            if let Some(&i) = found {
+                best = Some(i);
+            }
+        };
+        if let Some(candidates) = self.exact.get(&*lower) {
+            consider(candidates);
+        }
+        if !self.wildcard.is_empty() {
+            // `*.s` matches a host that ends in `.s` with at least one byte before the dot.
+            for (dot, _) in lower.iter().enumerate().skip(1).filter(|(_, &b)| b == b'.') {
+                if let Some(candidates) = self.wildcard.get(&lower[dot + 1..]) {
+                    consider(candidates);
+                }
+            }
+        }
+        consider(&self.any_host);
+        best.map(|i| i as usize)
+    }
 }
 
 /// Strips the port from an authority ("web.local:80" -> "web.local", "[::1]:80" -> "[::1]").
@@ -198,6 +284,122 @@ mod tests {
         let h = HeaderMap::new();
         assert_eq!(find(&routes, "x", "/a/b", &h).unwrap().pick_service(), Some(0));
         assert_eq!(find(&routes, "x", "/b", &h).unwrap().pick_service(), Some(1));
+    }
+
+    fn pick<'a>(choices: &[&'a str]) -> &'a str {
+        choices[rng::below(choices.len() as u64) as usize]
+    }
+
+    /// The host index answers what an in-order scan answers, on many
+    /// generated route sets: exact and wildcard hosts overlapping each other
+    /// and host-less routes, in mixed case, with paths and headers that
+    /// make some candidates miss.
+    #[test]
+    fn host_index_agrees_with_the_in_order_scan() {
+        let route_hosts = [
+            "",
+            "a.example",
+            "A.Example",
+            "b.example",
+            "example",
+            "*.example",
+            "*.EXAMPLE",
+            "*.b.example",
+            "*.a.b.example",
+            "*.",
+            "*.x",
+            "x",
+            "*.*.example",
+            "a.b.example",
+            "[::1]",
+            "127.0.0.1",
+        ];
+        let request_hosts = [
+            "a.example",
+            "A.EXAMPLE",
+            "b.example",
+            "a.b.example",
+            "x.a.b.example",
+            "example",
+            ".example",
+            "..example",
+            "x.",
+            "x..",
+            ".",
+            "",
+            "x",
+            "y.x",
+            "c.*.example",
+            "B.Example",
+            "[::1]",
+            "127.0.0.1",
+            "ab.example",
+            "a.bexample",
+        ];
+        let prefixes = ["", "", "/", "/api", "/api/v1", "/web"];
+        let paths = ["/", "/api", "/api/v1/x", "/apix", "/web/a", "/other"];
+        let header_values = ["", "", "1", "2"];
+        let mut compared = 0;
+        for _ in 0..2_000 {
+            let count = 1 + rng::below(12) as usize;
+            let list: Vec<Route> = (0..count)
+                .map(|_| {
+                    let host = Some(pick(&route_hosts)).filter(|h| !h.is_empty());
+                    let prefix = Some(pick(&prefixes)).filter(|p| !p.is_empty());
+                    let canary = pick(&header_values);
+                    let headers: Vec<(&str, &str)> = if canary.is_empty() {
+                        vec![]
+                    } else {
+                        vec![("x-canary", canary)]
+                    };
+                    route(host, prefix, &headers, &[1])
+                })
+                .collect();
+            let scan: Vec<*const Route> = list.iter().map(|r| r as *const Route).collect();
+            let index = Routes::new(list);
+            for _ in 0..20 {
+                let host = pick(&request_hosts);
+                let path = pick(&paths);
+                let mut headers = HeaderMap::new();
+                let canary = pick(&header_values);
+                if !canary.is_empty() {
+                    headers.insert("x-canary", canary.parse().unwrap());
+                }
+                let expected = index
+                    .as_slice()
+                    .iter()
+                    .position(|r| r.matches(host, path, &headers));
+                let found = index.find(host, path, &headers);
+                assert_eq!(
+                    found,
+                    expected,
+                    "{host:?} {path:?} {canary:?} against {:#?}",
+                    index.as_slice()
+                );
+                compared += usize::from(expected.is_some());
+            }
+            // The routes moved into the index, not copied.
+            assert!(scan
+                .iter()
+                .zip(index.as_slice())
+                .all(|(&p, r)| std::ptr::eq(p, r)));
+        }
+        assert!(
+            compared > 5_000,
+            "too few requests found a route to compare: {compared}"
+        );
+    }
+
+    #[test]
+    fn the_ten_thousandth_host_is_found_among_its_own_candidates() {
+        let list: Vec<Route> = (0..10_000)
+            .map(|i| route(Some(&format!("svc-{i}.example")), None, &[], &[1]))
+            .collect();
+        let index = Routes::new(list);
+        let h = HeaderMap::new();
+        assert_eq!(index.find("svc-9999.example", "/", &h), Some(9_999));
+        assert_eq!(index.find("SVC-0.example", "/", &h), Some(0));
+        assert_eq!(index.find("svc-10000.example", "/", &h), None);
     }
 
     #[test]

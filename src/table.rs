@@ -5,9 +5,10 @@ use crate::balance::Balancer;
 use crate::config::{Config, UpstreamProtocol};
 use crate::metrics::{BalancerGauges, ENDPOINT_STATES};
 use crate::policy::Policy;
-use crate::route::Route;
+use crate::route::{Route, Routes};
 use crate::tls::{self, identity::Identity};
 use crate::upstream::{EndpointPool, Settings, UpstreamTls};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,8 +30,8 @@ pub struct Table {
     /// `Config::listeners` (None for a removed listener). A renamed listener's
     /// old id points at its new place too (`alias`).
     slots: Vec<Option<usize>>,
-    /// Routes per listener, in `Config::listeners` order.
-    routes: Vec<Vec<Route>>,
+    /// Routes per listener, indexed by host, in `Config::listeners` order.
+    routes: Vec<Routes>,
     /// Opaque target per listener, in `Config::listeners` order.
     opaque: Vec<Option<usize>>,
     pub policy: Policy,
@@ -45,9 +46,17 @@ impl Table {
         previous: Option<&Table>,
         identity: Option<&Arc<Identity>>,
     ) -> Result<Table, String> {
-        let mut services = Vec::new();
+        // By name, the first of a name as a scan finds it: a mesh holds thousands of services.
+        let previous_services: HashMap<&str, &Service> = previous.map_or_else(HashMap::new, |p| {
+            let mut by_name = HashMap::with_capacity(p.services.len());
+            for s in p.services.iter().rev() {
+                by_name.insert(&*s.name, s);
+            }
+            by_name
+        });
+        let mut services = Vec::with_capacity(config.services.len());
         for svc in &config.services {
-            let old = previous.and_then(|p| p.services.iter().find(|s| *s.name == svc.name));
+            let old = previous_services.get(svc.name.as_str()).copied();
             let balancer = Balancer::from_config(svc, &config, old.map(|o| &o.balancer));
             let settings = Arc::new(Settings {
                 connect_timeout: Duration::from_millis(svc.connect_timeout_ms),
@@ -91,7 +100,11 @@ impl Table {
                 pools,
             });
         }
-        let service_index = |name: &str| config.services.iter().position(|s| s.name == name);
+        let mut service_places = HashMap::with_capacity(config.services.len());
+        for (place, s) in config.services.iter().enumerate().rev() {
+            service_places.insert(s.name.as_str(), place);
+        }
+        let service_index = |name: &str| service_places.get(name).copied();
         let mut next_id = previous.map_or(0, |p| p.slots.len());
         let listener_ids: Vec<usize> = (config.listeners.iter())
             .map(|l| {
@@ -114,6 +127,7 @@ impl Table {
                 .ok_or_else(|| format!("routes[{i}].listener: unknown listener {:?}", r.listener))?;
             routes[listener].push(Route::new(i, r, service_index)?);
         }
+        let routes = routes.into_iter().map(Routes::new).collect();
         let opaque = (config.listeners.iter())
             .map(|l| l.service.as_deref().and_then(service_index))
             .collect();
@@ -138,9 +152,15 @@ impl Table {
     /// The routes of the listener with id `id`; none for a removed listener.
     pub fn routes_of(&self, id: usize) -> &[Route] {
         match self.slots.get(id).copied().flatten() {
-            Some(place) => &self.routes[place],
+            Some(place) => self.routes[place].as_slice(),
             None => &[],
         }
+    }
+
+    /// The index in `routes_of(id)` of the first route that matches the request.
+    pub fn find_route(&self, id: usize, host: &str, path: &str, headers: &http::HeaderMap) -> Option<usize> {
+        let place = self.slots.get(id).copied().flatten()?;
+        self.routes[place].find(host, path, headers)
     }
 
     /// The opaque target service of the listener with id `id`.

@@ -187,9 +187,10 @@ def _bench_start(
     http2: bool,
     streams: int,
     timeout: float,
+    host: str | None = None,
 ) -> LoadRun:
-    """Starts a load-generator run (see `meshcore.bench.run`). Raises ValueError for a URL
-    it cannot use."""
+    """Starts a load-generator run (see `meshcore.bench.run`); `host` is sent as Host (or
+    :authority) instead of the URL's. Raises ValueError for a URL it cannot use."""
 
 def _panic_for_test() -> None:
     """Panics inside Rust, for the test that a panic becomes MeshcoreError."""

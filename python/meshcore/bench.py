@@ -143,13 +143,14 @@ def start(
     http2: bool = False,
     streams: int = 10,
     timeout: float = 10.0,
+    host: Optional[str] = None,
 ) -> LoadRun:
     """Starts a load test against `url` (see `run`) and returns at once."""
     if rate is not None and rate <= 0:
         raise ValueError("rate must be positive (or None for max mode)")
     check_url(url)
     handle = _core._bench_start(
-        url, rate, float(duration), int(connections), bool(http2), int(streams), float(timeout)
+        url, rate, float(duration), int(connections), bool(http2), int(streams), float(timeout), host
     )
     return LoadRun(url, handle)
 
@@ -163,12 +164,16 @@ def run(
     streams: int = 10,
     timeout: float = 10.0,
     progress: Optional[Callable[[float, int, int], None]] = None,
+    host: Optional[str] = None,
 ) -> BenchResult:
     """Runs a load test against `url` and returns its result.
 
+    `host` is sent as the Host header (HTTP/1.1) or :authority (HTTP/2) instead of the URL's, to
+    reach a proxy's host route at a loopback address.
+
     `progress(elapsed_s, completed, errors)` is called about ten times a second, if given.
     """
-    load = start(url, rate, duration, connections, http2, streams, timeout)
+    load = start(url, rate, duration, connections, http2, streams, timeout, host)
     if progress is not None:
         while True:
             elapsed, done, errors = load.progress()

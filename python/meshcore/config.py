@@ -15,7 +15,7 @@ import difflib
 import ipaddress
 import re
 from collections.abc import Collection, Iterable, Mapping
-from functools import cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union, get_args, get_origin
 from urllib.parse import urlsplit
@@ -63,6 +63,13 @@ _U64_MAX = 2**64 - 1
 
 def parse_duration(value: Union[str, int, float]) -> int:
     """'10s', '300ms', '1.5s', '2m', '1h' -> milliseconds. Bare numbers are seconds."""
+    return _parse_duration(value)
+
+
+# A config repeats a few durations (the defaults) in every service and route: parse each once.
+# Typed, so that True is not taken for 1.
+@lru_cache(maxsize=1024, typed=True)
+def _parse_duration(value: Union[str, int, float]) -> int:
     if isinstance(value, bool):
         raise ValueError("expected a duration such as '10s' or '300ms'")
     if isinstance(value, (int, float)):
@@ -221,7 +228,14 @@ class Endpoint(_Model):
         return v
 
 
-class Zonal(_Model):
+class _Value(_Model):
+    """A settings table that is a value: frozen, so that every service left at its defaults shares
+    one instance (pydantic copies a default only if it can change), as a mesh holds thousands."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+
+class Zonal(_Value):
     load_low: float = Field(default=0.8, ge=0, allow_inf_nan=False)
     load_high: float = Field(default=2.0, gt=0, allow_inf_nan=False)
     dwell: Duration = "1s"
@@ -233,7 +247,7 @@ class Zonal(_Model):
         return self
 
 
-class Breaker(_Model):
+class Breaker(_Value):
     consecutive_failures: int = Field(default=7, ge=1, le=_U32_MAX)
     min_penalty: Duration = "1s"
     max_penalty: Duration = "60s"
@@ -265,7 +279,8 @@ class Service(_Model):
     name: str = Field(min_length=1)
     balancer: Literal["peak-ewma", "round-robin", "zonal"] = "peak-ewma"
     protocol: Literal["auto", "http1", "http2"] = "auto"
-    endpoints: list[Endpoint] = []
+    # A factory, not a default that pydantic deep-copies per service: a mesh holds thousands.
+    endpoints: list[Endpoint] = Field(default_factory=list)
     connect_timeout: Duration = "1s"
     idle_timeout: Duration = "90s"
     zonal: Zonal = Zonal()
@@ -324,7 +339,7 @@ class Route(_Model):
     name: Optional[str] = None
     host: Optional[str] = None
     path_prefix: Optional[str] = None
-    headers: HeaderMap = {}
+    headers: HeaderMap = Field(default_factory=dict)
     timeout: Optional[Duration] = None
     response_timeout: Optional[Duration] = None
     retry: Optional[Retry] = None
@@ -334,7 +349,7 @@ class Route(_Model):
     redirect: Optional[Redirect] = None
     direct_response: Optional[DirectResponse] = None
     rate_limit: Optional[RateLimit] = None
-    backends: list[Backend] = []
+    backends: list[Backend] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _has_a_destination(self) -> Route:
@@ -603,6 +618,8 @@ class Config(_Model):
         problems: list[tuple[str, str]] = []
         services = [s.name for s in self.services]
         listeners = [lst.name for lst in self.listeners]
+        # Membership by set: a mesh's thousands of routes each name a service.
+        service_set, listener_set = set(services), set(listeners)
 
         def unknown(kind: str, name: str, valid: list[str]) -> str:
             choices = ", ".join(valid) if valid else "none defined"
@@ -633,7 +650,7 @@ class Config(_Model):
                         f"(listener {lst.name!r}); the admin API needs its own port",
                     )
                 )
-            if lst.service is not None and lst.service not in services:
+            if lst.service is not None and lst.service not in service_set:
                 problems.append((f"listeners[{i}].service", unknown("service", lst.service, services)))
             if lst.protocol == "opaque" and lst.service is None:
                 problems.append((f"listeners[{i}].service", "an opaque listener needs a target service"))
@@ -658,15 +675,15 @@ class Config(_Model):
                 if name not in route_names:
                     problems.append((f"plugins[{i}].routes[{j}]", unknown("route", name, route_names)))
         for i, rule in enumerate(self.policy.rules):
-            if rule.listener not in listeners:
+            if rule.listener not in listener_set:
                 problems.append(
                     (f"policy.rules[{i}].listener", unknown("listener", rule.listener, listeners))
                 )
         for i, r in enumerate(self.routes):
-            if r.listener not in listeners:
+            if r.listener not in listener_set:
                 problems.append((f"routes[{i}].listener", unknown("listener", r.listener, listeners)))
             for j, b in enumerate(r.backends):
-                if b.service not in services:
+                if b.service not in service_set:
                     problems.append(
                         (f"routes[{i}].backends[{j}].service", unknown("service", b.service, services))
                     )

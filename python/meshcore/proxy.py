@@ -205,6 +205,7 @@ class Proxy:
             else:
                 self._core.start(inherited.sockets, inherited.assignment)
             self._memory = MemoryTrimmer(self._core.connection_peak)
+            self._memory.trim()
             self._memory.start()
             if self._identity is not None:
                 self._identity.start(self._core.update_identity)

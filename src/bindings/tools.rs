@@ -49,7 +49,8 @@ impl LoadRun {
 }
 
 #[pyfunction]
-#[pyo3(signature = (url, rate, duration, connections, http2, streams, timeout))]
+#[pyo3(signature = (url, rate, duration, connections, http2, streams, timeout, host=None))]
+#[allow(clippy::too_many_arguments)] // one per keyword of meshcore.bench.start
 pub fn _bench_start(
     url: &str,
     rate: Option<f64>,
@@ -58,6 +59,7 @@ pub fn _bench_start(
     http2: bool,
     streams: usize,
     timeout: f64,
+    host: Option<String>,
 ) -> PyResult<LoadRun> {
     let url: ::http::Uri = url
         .parse()
@@ -70,6 +72,7 @@ pub fn _bench_start(
         http2,
         streams,
         timeout: Duration::from_secs_f64(timeout.max(0.001)),
+        host,
     };
     let progress = Arc::new(loadgen::Progress::default());
     let shared = progress.clone();

@@ -31,11 +31,11 @@ impl Routed {
 }
 
 pub(super) fn route(req: &Request<RequestBody>, ctx: &mut RequestCtx) -> Result<Routed, Failure> {
-    let routes = ctx.table.routes_of(ctx.conn.listener);
+    let listener = ctx.conn.listener;
     let host = route::host_of(text(&ctx.authority));
-    let Some(index) = routes
-        .iter()
-        .position(|r| r.matches(host, req.uri().path(), req.headers()))
+    let Some(index) = ctx
+        .table
+        .find_route(listener, host, req.uri().path(), req.headers())
     else {
         let unrouted = fail(StatusCode::NOT_FOUND, "no route", &ctx.labels);
         return Err(logged(
@@ -45,7 +45,7 @@ pub(super) fn route(req: &Request<RequestBody>, ctx: &mut RequestCtx) -> Result<
             Said::of(req, &ctx.authority, None),
         ));
     };
-    let found = &routes[index];
+    let found = &ctx.table.routes_of(listener)[index];
     ctx.labels.route = found.name.clone();
     if let Some(resp) = answers_itself(found, req, text(&ctx.authority)) {
         let said = Said::of(req, &ctx.authority, Some(found));

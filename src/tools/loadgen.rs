@@ -26,6 +26,9 @@ pub struct Plan {
     /// Concurrent streams per HTTP/2 connection.
     pub streams: usize,
     pub timeout: Duration,
+    /// Sent as Host (HTTP/1.1) or :authority (HTTP/2) instead of the URL's,
+    /// to reach a host route on a proxy at a loopback address.
+    pub host: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -145,6 +148,7 @@ impl Target {
             .authority()
             .ok_or("the URL needs a host and port")?
             .to_string();
+        let authority = plan.host.clone().unwrap_or(authority);
         let port = plan.url.port_u16().unwrap_or(if tls { 443 } else { 80 });
         let host = plan
             .url
