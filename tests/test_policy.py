@@ -159,3 +159,18 @@ def test_audit_allows_but_counts(callers, capfd):
     assert authz(inbound, "allow") == {"web": 1, "default:audit": 1}
     assert authz(inbound, "deny") == {}
     assert "audit: GET / from" in capfd.readouterr().err
+
+
+def test_a_rule_path_without_a_leading_slash_is_refused_as_it_could_never_match():
+    from meshcore import ConfigError
+    from meshcore.config import load
+
+    cfg = {
+        "listeners": [{"name": "inbound", "bind": "127.0.0.1:0", "direction": "inbound"}],
+        "policy": {
+            "default": "all-unauthenticated",
+            "rules": [{"listener": "inbound", "path_prefix": "admin"}],
+        },
+    }
+    with pytest.raises(ConfigError, match=r"policy.rules\[0\].path_prefix: .*must start with '/'"):
+        load(cfg)

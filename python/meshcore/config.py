@@ -437,6 +437,15 @@ class PolicyRule(_Model):
     identities: list[str] = []
     networks: list[str] = []
 
+    # A rule protects the paths it names: one that could never match (no leading "/") would leave
+    # them to the default policy without a word.
+    @field_validator("path_prefix")
+    @classmethod
+    def _slash(cls, v: Optional[str]) -> Optional[str]:
+        if v is not None and not v.startswith("/"):
+            raise ValueError("must start with '/' (request paths do, so this rule would never match)")
+        return v
+
     @field_validator("networks")
     @classmethod
     def _cidrs(cls, v: list[str]) -> list[str]:
