@@ -9,10 +9,12 @@ import argparse
 import logging
 import signal
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Optional
 
 from ..errors import ConfigError
+from .sources import Source
 
 __all__ = ["add_control_commands"]
 
@@ -25,7 +27,7 @@ def add_control_commands(sub: argparse._SubParsersAction) -> None:  # type: igno
         "serve", help="serve a directory of service documents to subscribed proxies until SIGINT/SIGTERM"
     )
     serve.add_argument("--bind", default="127.0.0.1:8470", help="HOST:PORT (default 127.0.0.1:8470)")
-    serve.add_argument("--dir", required=True, metavar="DOCS", help="directory of TOML/YAML [[services]]")
+    serve.add_argument("--dir", metavar="DOCS", help="directory of TOML/YAML [[services]], watched")
     serve.add_argument("--tls-cert", metavar="FILE", help="the control plane's certificate chain (PEM)")
     serve.add_argument("--tls-key", metavar="FILE", help="its private key (PEM)")
     serve.add_argument(
@@ -45,37 +47,53 @@ def cmd_serve(args: argparse.Namespace) -> int:
             f"{', '.join(given)} given alone: TLS needs --tls-cert, --tls-key and --trust-anchors together"
         )
     tls = ServerTls(Path(args.tls_cert), Path(args.tls_key), Path(args.trust_anchors)) if given else None
+    sources = build_sources(args)
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="meshcore-control: %(message)s")
-    asyncio.run(serve(args.bind, Path(args.dir), tls))
+    asyncio.run(serve(args.bind, sources, tls))
     print("meshcore-control: stopped", flush=True)
     return 0
 
 
-async def serve(bind: str, docs: Path, tls: Optional[object] = None) -> None:
+def build_sources(args: argparse.Namespace) -> list[Source]:
+    """The sources the command line names, in the order that gives a service to the first."""
+    from .sources.directory import DirectorySource
+
+    sources: list[Source] = []
+    if args.dir:
+        sources.append(DirectorySource(Path(args.dir)))
+    if not sources:
+        raise ConfigError("control serve: give at least one source of services (--dir DOCS)")
+    return sources
+
+
+async def serve(bind: str, sources: Sequence[Source], tls: Optional[object] = None) -> None:
     import asyncio
 
     from .server import ControlServer, ServerTls
-    from .sources.directory import DirectorySource
     from .store import Store
 
     assert tls is None or isinstance(tls, ServerTls)
     store = Store()
-    server = ControlServer(store, bind, tls)  # checks the bind before any file is read
-    source = DirectorySource(docs)
-    source.start(store.apply)
+    server = ControlServer(store, bind, tls)  # checks the bind before any source starts
+    started: list[Source] = []
     try:
+        for source in sources:
+            source.start(store.feed(source.name))
+            started.append(source)
         await server.start()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         count = sum(1 for s in store.all() if s.exists)
+        names = ", ".join(s.describe() for s in sources)
         print(
             f"meshcore-control: serving on {server.address} ({'mTLS' if tls else 'plaintext, loopback'})",
             flush=True,
         )
-        print(f"meshcore-control: ready ({count} services from {docs}, epoch {store.epoch})", flush=True)
+        print(f"meshcore-control: ready ({count} services from {names}, epoch {store.epoch})", flush=True)
         await stop.wait()
         await server.stop(grace=1.0)
     finally:
-        source.stop()
+        for source in reversed(started):
+            source.stop()

@@ -1,23 +1,31 @@
 """The control plane's state: services and their endpoints, each with a version.
 
 A resource's version grows by one on every change of that resource; the store's revision grows by
-one on every change of anything. A source's report that changes nothing changes no version. A
-removed service stays as a tombstone (`exists: false`, its version moved on), so a proxy resuming
+one on every change of anything. A source's report that changes nothing changes no version.
+
+Several sources may feed one store: a service belongs to the source that reported it first, and
+another source's report of it is ignored (logged once) until the owner removes it, when the other
+takes over; two sources never take turns overwriting one service.
+
+A removed service stays as a tombstone (`exists: false`, its version moved on), so a proxy resuming
 with the old version learns it is gone. `epoch` names this store instance: versions count from
 its start, so versions seen from another instance (before a restart) mean nothing here.
 """
 
 from __future__ import annotations
 
+import logging
 import secrets
 import threading
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional
 
 from .protocol import EndpointWire, ResourceWire
 from .sources import Changes
 
 __all__ = ["ServiceState", "Store"]
+
+log = logging.getLogger("meshcore.control")
 
 
 @dataclass(frozen=True)
@@ -48,26 +56,32 @@ class Store:
         self._revision = 0
         self._services: dict[str, ServiceState] = {}
         self._watchers: list[Watcher] = []
+        # What each source last reported, in the order sources first reported (a dict keeps it).
+        self._reported: dict[str, dict[str, tuple[EndpointWire, ...]]] = {}
+        self._owners: dict[str, str] = {}  # service -> the source whose report is served
+        self._conflicts: set[tuple[str, str]] = set()  # (service, ignored source), logged once
 
     @property
     def revision(self) -> int:
         return self._revision
 
-    def apply(self, changes: Changes) -> list[ServiceState]:
-        """Applies a source's report; returns (and tells the watchers) what really changed."""
+    def apply(self, changes: Changes, source: str = "source") -> list[ServiceState]:
+        """Applies `source`'s report; returns (and tells the watchers) what really changed."""
         with self._lock:
-            changed: dict[str, ServiceState] = {}
+            reported = self._reported.setdefault(source, {})
+            touched: list[str] = []
             for name, endpoints in changes.services.items():
-                old = self._services.get(name)
-                now = tuple(endpoints)
-                if old is not None and old.exists and old.endpoints == now:
-                    continue
-                changed[name] = ServiceState(name, (old.version if old else 0) + 1, True, now)
+                reported[name] = tuple(endpoints)
+                touched.append(name)
             for name in changes.removed:
-                old = self._services.get(name)
-                if old is None or not old.exists or name in changed:
-                    continue
-                changed[name] = ServiceState(name, old.version + 1, False)
+                self._conflicts.discard((name, source))
+                if reported.pop(name, None) is not None:
+                    touched.append(name)
+            changed: dict[str, ServiceState] = {}
+            for name in touched:
+                state = self._settle(name)
+                if state is not None:
+                    changed[name] = state
             if not changed:
                 return []
             self._revision += 1
@@ -77,6 +91,35 @@ class Store:
         for watcher in watchers:
             watcher(revision, states)
         return states
+
+    def _settle(self, name: str) -> Optional[ServiceState]:
+        """The service's new state after a report touched it, None if it did not change. Its
+        owner keeps it while it reports it; when the owner drops it, the next source that
+        reported it (in order of first report) takes it over."""
+        owner = self._owners.get(name)
+        if owner is None or name not in self._reported.get(owner, {}):
+            owner = next((s for s, names in self._reported.items() if name in names), None)
+            if owner is None:
+                self._owners.pop(name, None)
+            else:
+                self._owners[name] = owner
+        for source, names in self._reported.items():
+            if source != owner and name in names and (name, source) not in self._conflicts:
+                self._conflicts.add((name, source))
+                log.error("service %r from %s ignored: %s already serves it", name, source, owner)
+        old = self._services.get(name)
+        if owner is None:
+            if old is None or not old.exists:
+                return None
+            return ServiceState(name, old.version + 1, False)
+        now = self._reported[owner][name]
+        if old is not None and old.exists and old.endpoints == now:
+            return None
+        return ServiceState(name, (old.version if old else 0) + 1, True, now)
+
+    def feed(self, source: str) -> Callable[[Changes], list[ServiceState]]:
+        """The `on_change` to start the source named `source` with."""
+        return lambda changes: self.apply(changes, source)
 
     def get(self, name: str) -> ServiceState:
         """The service's state; one never heard of is version 0, not existing."""

@@ -76,3 +76,7 @@ class Source(ABC):
 
     @abstractmethod
     def stop(self) -> None: ...
+
+    def describe(self) -> str:
+        """What the control plane's ready line calls this source."""
+        return self.name

@@ -50,6 +50,9 @@ class DirectorySource(Source):
         self._thread = threading.Thread(target=self._run, name="meshcore-control-dir", daemon=True)
         self._thread.start()
 
+    def describe(self) -> str:
+        return str(self.directory)
+
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:
