@@ -496,6 +496,15 @@ class Discovery(_Model):
     (`meshcore control serve`), over mTLS with the proxy's identity, or plain HTTP on loopback."""
 
     control: str
+    # How often the proxy reports its version, config version and golden metrics to it.
+    report_interval: Duration = "5s"
+
+    @field_validator("report_interval")
+    @classmethod
+    def _positive_interval(cls, v: Union[str, float]) -> Union[str, float]:
+        if parse_duration(v) <= 0:
+            raise ValueError("must be more than 0")
+        return v
 
     @field_validator("control")
     @classmethod

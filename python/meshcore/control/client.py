@@ -205,5 +205,6 @@ class Subscription:
             self._synced.set()
 
 
-def _content(resource: ResourceWire) -> tuple[bool, list[Any]]:
-    return resource["exists"], list(resource["endpoints"])
+def _content(resource: ResourceWire) -> dict[str, Any]:
+    """All but the version: a resource re-sent unchanged is no update."""
+    return {k: v for k, v in resource.items() if k != "version"}

@@ -2,17 +2,20 @@
 `[discovery] control`, whose updates become the endpoints of the services the config lists
 without any. It follows every service ("*"), so a reload that adds such a service finds its
 endpoints already known; the proxy keeps serving from the last known state while the control
-plane is away."""
+plane is away. It also reports to the control plane (version, config, golden metrics) and applies
+the configs it pushes (agent.py, reporter.py)."""
 
 from __future__ import annotations
 
 import sys
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, cast
 
 from .. import __version__
-from ..config import Config
+from ..config import Config, parse_duration
+from .agent import FleetAgent
 from .client import Subscription
-from .protocol import ResourceWire
+from .protocol import ConfigWire, ResourceWire
+from .reporter import Reporter
 
 __all__ = ["Follower"]
 
@@ -31,7 +34,9 @@ def _endpoints(resource: ResourceWire) -> list[dict[str, Any]]:
 
 
 class Follower:
-    def __init__(self, config: Config, proxy_id: str, apply: Apply) -> None:
+    def __init__(self, config: Config, proxy_id: str, apply: Apply, proxy: Any = None) -> None:
+        """`proxy` (a meshcore.Proxy) is what reports read and pushed configs change; None: no
+        reports."""
         assert config.discovery is not None
         url = config.discovery.control
         tls = None
@@ -47,8 +52,18 @@ class Follower:
         self._apply = apply
         info = {"id": proxy_id, "version": __version__, "zone": config.zone, "cluster": config.cluster}
         self._subscription = Subscription(url, ["*"], self._on_update, tls=tls, proxy_info=info)
+        self._agent: Optional[FleetAgent] = None
+        self._reporter: Optional[Reporter] = None
+        if proxy is not None:
+            self._agent = FleetAgent(proxy, info)
+            interval = parse_duration(config.discovery.report_interval) / 1000
+            self._reporter = Reporter(url, self._agent.collect, self._agent.sent, interval, tls=tls)
+            self._agent.on_applied = self._reporter.poke
 
     def start(self, wait: Optional[float] = FIRST_SNAPSHOT_WAIT) -> None:
+        if self._agent is not None and self._reporter is not None:
+            self._agent.start()
+            self._reporter.start()
         self._subscription.start()
         if wait and not self._subscription.wait_synced(wait):
             print(
@@ -60,8 +75,14 @@ class Follower:
 
     def stop(self) -> None:
         self._subscription.stop()
+        if self._agent is not None and self._reporter is not None:
+            self._reporter.stop()
+            self._agent.stop()
 
     def _on_update(self, changed: list[ResourceWire]) -> None:
+        for resource in changed:
+            if resource["type"] == "config" and self._agent is not None:
+                self._agent.on_config(cast(ConfigWire, resource))
         services = {r["name"]: _endpoints(r) for r in changed if r["type"] == "service"}
         if not services:
             return
