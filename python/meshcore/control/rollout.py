@@ -169,6 +169,10 @@ def resolve_config(plan: RolloutPlan, fleet: Fleet) -> ConfigVersion:
     return fleet.add_config(plan.text, plan.format, plan.source)
 
 
+def _proxies(n: int) -> str:
+    return f"{n} prox{'y' if n == 1 else 'ies'}"
+
+
 def _pct(rate: Optional[float]) -> str:
     return "-" if rate is None else f"{rate * 100:.2f}%"
 
@@ -276,7 +280,9 @@ class Rollout:
                 pass
         self._on_since.update({p: self.fleet.last_seen(p) for p in wave})
         self.say(
-            "applied", f"{label}: all {len(wave)} run config v{v}; baking {self.plan.bake:g}s", proxies=wave
+            "applied",
+            f"{label}: {_proxies(len(wave))} on config v{v}; baking {self.plan.bake:g}s",
+            proxies=wave,
         )
 
     def _check_still_on(self, v: int) -> None:
@@ -333,7 +339,7 @@ class Rollout:
     async def _undo(self, reason: str) -> None:
         self.state = "rolling back"
         self.say(
-            "rollback", f"rolling back: {reason}; {len(self.moved)} proxies back to their previous config"
+            "rollback", f"rolling back: {reason}; {_proxies(len(self.moved))} back to their previous config"
         )
         resources = {}
         for p in self.moved:
