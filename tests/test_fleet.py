@@ -282,3 +282,88 @@ def test_reports_and_waves_are_checked():
     for bad in (["0"], ["150%"], ["x"], []):
         with pytest.raises(RequestError):
             parse_waves(bad)
+
+
+def test_reports_over_mtls_carry_the_proxy_identity_and_no_other_may_use_its_id(tmp_path, proxy, backend):
+    import grpc
+
+    from conftest import one_service
+    from mesh_helpers import identity_files, make_ca
+    from meshcore import identity
+    from meshcore.control.protocol import REPORT_PATH, decode, encode
+
+    ca = make_ca(tmp_path / "ca")
+    for name, hosts in [("control", ["127.0.0.1"]), ("ns/default/sa/web", None), ("ns/ops/sa/admin", None)]:
+        identity.issue(ca, name, out_prefix=str(tmp_path / name.rsplit("/", 1)[-1]), hosts=hosts)
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    write(docs / "web.toml", service_toml("web", backend("a").addr))
+    anchors = str(ca / "trust-anchor.pem")
+    tls = ["--tls-cert", f"{tmp_path}/control.crt", "--tls-key", f"{tmp_path}/control.key"]
+    plane = ControlPlane(docs, tls=[*tls, "--trust-anchors", anchors])
+    try:
+        cfg = one_service([])
+        cfg["discovery"] = {"control": f"https://{plane.addr}", "report_interval": "100ms"}
+        cfg["identity"] = identity_files(ca, tmp_path / "web.crt", tmp_path / "web.key")
+        proxy(cfg)
+        operator = [
+            *("--control", f"https://{plane.addr}", "--tls-cert", f"{tmp_path}/admin.crt"),
+            *("--tls-key", f"{tmp_path}/admin.key", "--trust-anchors", anchors),
+        ]
+
+        def rows() -> list[dict]:
+            done = mesh("status", *operator, "--json")
+            assert done.returncode == 0, done.stderr
+            return json.loads(done.stdout)["proxies"]
+
+        wait_until(lambda: any(r["reports"] for r in rows()), what="the proxy's first report")
+        [row] = rows()
+        assert row["identity"] == "spiffe://mesh.local/ns/default/sa/web"
+        assert row["config"]["version"] is None, "an in-process Proxy keeps no lifecycle"
+
+        # Another identity reporting under the proxy's id is refused.
+        creds = grpc.ssl_channel_credentials(
+            Path(anchors).read_bytes(),
+            private_key=(tmp_path / "admin.key").read_bytes(),
+            certificate_chain=(tmp_path / "admin.crt").read_bytes(),
+        )
+        report = {
+            "proxy": {"id": row["id"], "version": "0"},
+            "metrics": {"window_s": 1, "responses": 0, "failures": 0, "buckets_ms": [1], "buckets": [0, 0]},
+        }
+        with grpc.secure_channel(plane.addr, creds) as channel:
+            call = channel.unary_unary(REPORT_PATH, request_serializer=encode, response_deserializer=decode)
+            with pytest.raises(grpc.RpcError) as refused:
+                call(report, timeout=10)
+        assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert "belongs to spiffe://mesh.local/ns/default/sa/web" in refused.value.details()
+    finally:
+        plane.kill()
+
+
+def test_a_slower_config_is_rolled_back_on_its_p99(fleet, tmp_path, upstream):
+    def slow(head: bytes, conn: int, n: int):
+        time.sleep(0.05)  # the upstream's behaviour under test: 50 ms per answer
+        return b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"
+
+    laggard = upstream(slow)
+    bad = tmp_path / "slow.toml"
+    bad.write_text(
+        proxy_toml(
+            fleet.url,
+            'backends = [{ service = "slow" }]',
+            f'\n[[services]]\nname = "slow"\nendpoints = [{{ addr = "{laggard.addr}" }}]\n',
+        )
+    )
+    load = Load(fleet.proxies).start()
+    try:
+        wait_until(lambda: all(load.answered(i) >= 20 for i in fleet.ids), what="load on every proxy")
+        done = fleet.rollout("--config", str(bad), "--waves", "1,100%")
+    finally:
+        load.stop.set()
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert re.search(r"wave 1/2 \(canary\): worse: p99 \d+\.\d ms above", done.stdout), done.stdout
+    assert "wave 2/2" not in done.stdout
+    assert load.failures() == []
+    rows = fleet.rows()
+    assert all(rows[i]["config"]["fleet_version"] is None for i in fleet.ids)
