@@ -131,8 +131,8 @@ class FleetAgent:
             at = entries[at].get("rollback_of")
         with self._lock:
             found = self._fleet_of.get(at) if at is not None else None
-            self._fleet_of[version] = found
-        return found
+            # A push applied meanwhile has set it already, and is right.
+            return self._fleet_of.setdefault(version, found)
 
     # -- pushed configs
 

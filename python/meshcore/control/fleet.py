@@ -165,7 +165,8 @@ class Fleet:
         return sorted(i for i, e in self._entries.items() if e.streams or not subscribed_only)
 
     def config_of(self, proxy_id: str) -> ConfigState:
-        return self._entries[proxy_id].config
+        entry = self._entries.get(proxy_id)
+        return entry.config if entry is not None else ConfigState()
 
     def last_seen(self, proxy_id: str) -> float:
         """When (monotonic) its last report arrived; 0 if never."""
@@ -185,6 +186,10 @@ class Fleet:
 
     def status(self) -> list[dict[str, Any]]:
         now = time.monotonic()
+        for proxy_id in [
+            i for i, e in self._entries.items() if not e.streams and e.seen < now - KEEP_SECONDS
+        ]:
+            del self._entries[proxy_id]  # gone for good (a restarted proxy comes back under a new id)
         rows = []
         for proxy_id in sorted(self._entries):
             e = self._entries[proxy_id]
