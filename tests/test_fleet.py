@@ -65,10 +65,10 @@ class Running:
 
 @dataclass
 class Load:
-    """Requests one after the other to each proxy, each answer kept: (proxy id, ended, status)."""
+    """Requests one after the other to each proxy, each answer kept: (proxy id, sent, ended, status)."""
 
     proxies: list[Running]
-    answers: list[tuple[str, float, int]] = field(default_factory=list)
+    answers: list[tuple[str, float, float, int]] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
 
     def start(self) -> Load:
@@ -79,14 +79,18 @@ class Load:
     def _drive(self, p: Running) -> None:
         with httpx.Client(timeout=10) as client:
             while not self.stop.is_set():
+                sent = time.monotonic()
                 try:
                     status = client.get(f"http://{p.listen}/").status_code
                 except httpx.HTTPError:
                     status = 0
-                self.answers.append((p.id, time.monotonic(), status))
+                self.answers.append((p.id, sent, time.monotonic(), status))
 
-    def failures(self) -> list[tuple[str, float, int]]:
-        return [a for a in list(self.answers) if a[2] != 200]
+    def failures(self) -> list[tuple[str, float, float, int]]:
+        return [a for a in list(self.answers) if a[3] != 200]
+
+    def last_status(self, proxy_id: str) -> int:
+        return [a for a in list(self.answers) if a[0] == proxy_id][-1][3]
 
     def answered(self, proxy_id: str) -> int:
         return sum(1 for a in list(self.answers) if a[0] == proxy_id)
@@ -144,10 +148,11 @@ def fleet(tmp_path, backend):
 def test_mesh_status_lists_every_proxy_with_its_versions_and_metrics(fleet):
     load = Load(fleet.proxies).start()
     try:
-        wait_until(lambda: all(load.answered(i) >= 20 for i in fleet.ids), what="load on every proxy")
+        wait_until(lambda: all(load.answered(i) >= 20 for i in fleet.ids), 30, "load on every proxy")
         wait_until(
             lambda: all(row["responses"] > 0 for row in fleet.rows().values()),
-            what="the responses to show in the reports",
+            30,
+            "the responses to show in the reports",
         )
     finally:
         load.stop.set()
@@ -180,8 +185,9 @@ def test_a_good_config_moves_every_proxy_in_waves_canary_first(fleet, tmp_path):
     good.write_text(proxy_toml(fleet.url, 'timeout = "9s"\nbackends = [{ service = "web" }]'))
     load = Load(fleet.proxies).start()
     try:
-        wait_until(lambda: all(load.answered(i) >= 20 for i in fleet.ids), what="load on every proxy")
-        done = fleet.rollout("--config", str(good), "--waves", "1,50%,100%")
+        wait_until(lambda: all(load.answered(i) >= 20 for i in fleet.ids), 30, "load on every proxy")
+        # A loose p99 limit: a shared machine's noise must not fail a good config (slow ones: below).
+        done = fleet.rollout("--config", str(good), "--waves", "1,50%,100%", "--max-p99-ratio", "10")
     finally:
         load.stop.set()
     assert done.returncode == 0, done.stdout + done.stderr
@@ -215,17 +221,15 @@ def test_a_bad_config_is_rolled_back_after_the_canary(fleet, tmp_path, upstream)
     before = {i: row["config"] for i, row in fleet.rows().items()}
     load = Load(fleet.proxies).start()
     try:
-        wait_until(lambda: all(load.answered(i) >= 20 for i in fleet.ids), what="load on every proxy")
+        wait_until(lambda: all(load.answered(i) >= 20 for i in fleet.ids), 30, "load on every proxy")
         started = time.monotonic()
         done = fleet.rollout("--config", str(bad), "--waves", "1,50%,100%")
         ended = time.monotonic()
         canary = fleet.ids[0]
         # Back on the old config, the canary answers again.
-        wait_until(
-            lambda: load.answered(canary) > 0 and list(load.answers)[-1][2] == 200, what="answers again"
-        )
+        wait_until(lambda: load.last_status(canary) == 200, 30, "the canary to answer 200 again")
         back = len(load.answers)
-        wait_until(lambda: len(load.answers) > back + 30, what="more answers after the rollback")
+        wait_until(lambda: len(load.answers) > back + 30, 30, "more answers after the rollback")
     finally:
         load.stop.set()
     assert done.returncode == 1, done.stdout + done.stderr
@@ -247,9 +251,9 @@ def test_a_bad_config_is_rolled_back_after_the_canary(fleet, tmp_path, upstream)
     # Requests failed only at the canary, and only while the rollout ran.
     failures = load.failures()
     assert failures, "the bad config failed requests at the canary"
-    assert {proxy_id for proxy_id, _, _ in failures} == {canary}
-    assert all(started < at < ended for _, at, _ in failures)
-    assert all(status == 500 for _, _, status in failures)
+    assert {proxy_id for proxy_id, _, _, _ in failures} == {canary}
+    assert all(started < done_at and sent_at < ended for _, sent_at, done_at, _ in failures)
+    assert all(status == 500 for *_, status in failures)
 
 
 def test_reports_and_waves_are_checked():
@@ -316,7 +320,7 @@ def test_reports_over_mtls_carry_the_proxy_identity_and_no_other_may_use_its_id(
             assert done.returncode == 0, done.stderr
             return json.loads(done.stdout)["proxies"]
 
-        wait_until(lambda: any(r["reports"] for r in rows()), what="the proxy's first report")
+        wait_until(lambda: any(r["reports"] for r in rows()), 30, "the proxy's first report")
         [row] = rows()
         assert row["identity"] == "spiffe://mesh.local/ns/default/sa/web"
         assert row["config"]["version"] is None, "an in-process Proxy keeps no lifecycle"
@@ -357,7 +361,7 @@ def test_a_slower_config_is_rolled_back_on_its_p99(fleet, tmp_path, upstream):
     )
     load = Load(fleet.proxies).start()
     try:
-        wait_until(lambda: all(load.answered(i) >= 20 for i in fleet.ids), what="load on every proxy")
+        wait_until(lambda: all(load.answered(i) >= 20 for i in fleet.ids), 30, "load on every proxy")
         done = fleet.rollout("--config", str(bad), "--waves", "1,100%")
     finally:
         load.stop.set()
