@@ -151,7 +151,8 @@ class Proxy:
 
     def _set_discovered(self, services: dict[str, list[dict[str, Any]]]) -> None:
         """Checks and keeps the endpoints of each service (any name: a reload may add the service
-        later), then rebuilds the core's table once. On an error nothing changes."""
+        later), then hands the core those of the running config's services in one update (the
+        routing table is not rebuilt). On an error nothing changes."""
         from .config import Endpoint
 
         checked: dict[str, list[snapshot.Endpoint]] = {}
@@ -172,7 +173,14 @@ class Proxy:
             previous = dict(self._discovered)
             self._discovered.update(checked)
             try:
-                self._rebuild()
+                if self.running:
+                    # In place: the core swaps only these services, the routing table stays.
+                    wanted = {s.name for s in self._config.services if not s.endpoints}
+                    updates = [[name, eps] for name, eps in checked.items() if name in wanted]
+                    if updates:
+                        self._core.update_endpoints(json.dumps(updates))
+                else:
+                    self._rebuild()
             except Exception:
                 self._discovered = previous
                 raise
