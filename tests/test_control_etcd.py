@@ -12,6 +12,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import urllib.request
 from pathlib import Path
@@ -37,12 +38,12 @@ def _free_port() -> int:
 class Etcd:
     """A one-member etcd in a temporary directory; its JSON gateway read and written by the tests."""
 
-    def __init__(self, data: Path):
+    def __init__(self, data: Path, ports: tuple[int, int] | None = None):
         if shutil.which("etcd") is None:
             if os.environ.get("CI"):
                 pytest.fail("etcd is not installed: .ci/run installs Debian's etcd-server")
             pytest.skip("etcd is not installed (apt-get install etcd-server)")
-        client, peer = _free_port(), _free_port()
+        client, peer = self.ports = ports or (_free_port(), _free_port())
         self.url = f"http://127.0.0.1:{client}"
         peer_url = f"http://127.0.0.1:{peer}"
         self.proc = subprocess.Popen(
@@ -250,6 +251,25 @@ def test_a_proxy_with_both_replicas_serves_on_with_no_failed_request_while_its_r
     assert a.requests - before + b.requests == result.requests
 
 
+def test_a_replica_keeps_a_report_made_while_etcd_is_down_and_writes_it_when_etcd_is_back(tmp_path):
+    own = Etcd(tmp_path / "etcd")
+    docs = docs_with(tmp_path, "docs", service_toml("web", "127.0.0.1:9001"))
+    plane = ControlPlane(docs, extra=["--etcd", own.url])
+    follower = Follower(f"http://{plane.addr}")
+    try:
+        own.stop()
+        write(docs / "web.toml", service_toml("web", "127.0.0.1:9002"))
+        wait_until(lambda: plane.logged("writing web"), 30, "the write to fail while etcd is down")
+        assert follower.addrs() == ["127.0.0.1:9001"], "the replica serves what it holds"
+        own = Etcd(tmp_path / "etcd", own.ports)
+        wait_until(lambda: follower.addrs() == ["127.0.0.1:9002"], 30, "the report written once etcd is back")
+        assert own.key("web")["version"] == "2"
+    finally:
+        follower.sub.stop()
+        plane.kill()
+        own.stop()
+
+
 def test_a_bad_value_written_by_hand_is_logged_with_its_key_and_ignored(tmp_path, replicas, etcd):
     plane = replicas(None)
     etcd.put("broken", b'[{"addr": 7}]')
@@ -298,3 +318,11 @@ def test_etcd_urls_are_checked():
     ]:
         with pytest.raises(ConfigError, match=why):
             parse_endpoints_urls(spec)
+
+
+def test_without_the_etcd_extra_the_store_says_what_to_install(monkeypatch):
+    from meshcore.control.etcd_store import EtcdStore
+
+    monkeypatch.setitem(sys.modules, "aetcd", None)  # as if not installed
+    with pytest.raises(ConfigError, match=r"pip install 'meshcore\[etcd\]'"):
+        EtcdStore([("127.0.0.1", 2379)])

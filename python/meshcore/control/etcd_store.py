@@ -142,7 +142,6 @@ class EtcdStore:
     def start(self, timeout: float = 10.0) -> None:
         """Connects, loads the prefix and starts watching it; MeshcoreError if no endpoint answers
         within `timeout` seconds."""
-        ready: asyncio.Future[None]
         started = threading.Event()
 
         def main() -> None:
@@ -156,9 +155,9 @@ class EtcdStore:
         self._thread.start()
         started.wait()
         assert self._loop is not None
-        ready = asyncio.run_coroutine_threadsafe(self._load_first(timeout), self._loop)  # type: ignore[assignment]
+        loaded = asyncio.run_coroutine_threadsafe(self._load_first(timeout), self._loop)
         try:
-            ready.result()  # type: ignore[call-arg]
+            loaded.result()
         except BaseException:
             self.close()
             raise
