@@ -493,13 +493,29 @@ class ReloadPolicy(_Model):
 
 class Discovery(_Model):
     """Where services listed without endpoints take theirs from: a control plane
-    (`meshcore control serve`), over mTLS with the proxy's identity, or plain HTTP on loopback."""
+    (`meshcore control serve`), over mTLS with the proxy's identity, or plain HTTP on loopback.
+    Several URLs name replicas sharing state (`control serve --etcd`): the next is followed when
+    one goes away."""
 
-    control: str
+    control: Union[str, list[str]]
+
+    @property
+    def urls(self) -> list[str]:
+        return [self.control] if isinstance(self.control, str) else list(self.control)
 
     @field_validator("control")
     @classmethod
-    def _control_url(cls, v: str) -> str:
+    def _control_urls(cls, v: Union[str, list[str]]) -> Union[str, list[str]]:
+        if isinstance(v, list):
+            if not v:
+                raise ValueError("give at least one control plane URL")
+            for url in v:
+                cls._control_url(url)
+            return v
+        return cls._control_url(v)
+
+    @staticmethod
+    def _control_url(v: str) -> str:
         parts = urlsplit(v)
         if parts.scheme not in ("https", "http") or not parts.hostname:
             raise ValueError(f"{v!r} is not an https:// (or loopback http://) URL of a control plane")
@@ -665,7 +681,7 @@ class Config(_Model):
                 problems.append((f"listeners[{i}].service", "an opaque listener needs a target service"))
             if lst.tls != "none" and self.identity is None:
                 problems.append((f"listeners[{i}].tls", "TLS needs an [identity] section"))
-        if self.discovery is not None and self.discovery.control.startswith("https:"):
+        if self.discovery is not None and any(u.startswith("https:") for u in self.discovery.urls):
             if self.identity is None:
                 why = "an https:// control plane takes the proxy's mTLS identity: add [identity]"
                 problems.append(("discovery.control", why))

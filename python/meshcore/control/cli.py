@@ -33,6 +33,11 @@ def add_control_commands(sub: argparse._SubParsersAction) -> None:  # type: igno
     serve.add_argument(
         "--trust-anchors", metavar="FILE", help="clients must present a certificate from these (mTLS)"
     )
+    serve.add_argument(
+        "--etcd",
+        metavar="URLS",
+        help="share state with other replicas through etcd: http://HOST:PORT[,...] (needs meshcore[etcd])",
+    )
     serve.set_defaults(func=cmd_serve)
 
 
@@ -49,7 +54,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     tls = ServerTls(Path(args.tls_cert), Path(args.tls_key), Path(args.trust_anchors)) if given else None
     sources = build_sources(args)
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="meshcore-control: %(message)s")
-    asyncio.run(serve(args.bind, sources, tls))
+    asyncio.run(serve(args.bind, sources, tls, etcd=args.etcd))
     print("meshcore-control: stopped", flush=True)
     return 0
 
@@ -61,22 +66,25 @@ def build_sources(args: argparse.Namespace) -> list[Source]:
     sources: list[Source] = []
     if args.dir:
         sources.append(DirectorySource(Path(args.dir)))
-    if not sources:
+    # A replica sharing state through etcd may run no source: it serves what the others write.
+    if not sources and not getattr(args, "etcd", None):
         raise ConfigError("control serve: give at least one source of services (--dir DOCS)")
     return sources
 
 
-async def serve(bind: str, sources: Sequence[Source], tls: Optional[object] = None) -> None:
+async def serve(
+    bind: str, sources: Sequence[Source], tls: Optional[object] = None, etcd: Optional[str] = None
+) -> None:
     import asyncio
 
     from .server import ControlServer, ServerTls
     from .store import Store
 
     assert tls is None or isinstance(tls, ServerTls)
-    store = Store()
-    server = ControlServer(store, bind, tls)  # checks the bind before any source starts
+    store = Store() if etcd is None else await _etcd_store(etcd)
     started: list[Source] = []
     try:
+        server = ControlServer(store, bind, tls)  # type: ignore[arg-type] # checks the bind first
         for source in sources:
             source.start(store.feed(source.name))
             started.append(source)
@@ -86,7 +94,9 @@ async def serve(bind: str, sources: Sequence[Source], tls: Optional[object] = No
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         count = sum(1 for s in store.all() if s.exists)
-        names = ", ".join(s.describe() for s in sources)
+        names = ", ".join(s.describe() for s in sources) or "no source of its own"
+        if etcd is not None:
+            names += f", shared through etcd at {etcd}"
         print(
             f"meshcore-control: serving on {server.address} ({'mTLS' if tls else 'plaintext, loopback'})",
             flush=True,
@@ -97,3 +107,16 @@ async def serve(bind: str, sources: Sequence[Source], tls: Optional[object] = No
     finally:
         for source in reversed(started):
             source.stop()
+        if etcd is not None:
+            await asyncio.get_running_loop().run_in_executor(None, store.close)  # type: ignore[union-attr]
+
+
+async def _etcd_store(urls: str) -> object:
+    """An `EtcdStore` connected and loaded (in a thread: it waits for etcd)."""
+    import asyncio
+
+    from .etcd_store import EtcdStore, parse_endpoints_urls
+
+    store = EtcdStore(parse_endpoints_urls(urls))
+    await asyncio.get_running_loop().run_in_executor(None, store.start)
+    return store

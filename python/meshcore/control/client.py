@@ -16,7 +16,7 @@ import os
 import random
 import socket
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 from urllib.parse import urlsplit
@@ -57,7 +57,7 @@ class Subscription:
 
     def __init__(
         self,
-        url: str,
+        url: Union[str, Sequence[str]],
         services: Iterable[str],
         on_update: OnUpdate,
         *,
@@ -65,22 +65,17 @@ class Subscription:
         proxy_info: Union[ProxyInfo, dict[str, Any], None] = None,
         server_name: Optional[str] = None,
     ):
-        """`tls` is (certificate chain, key, trust anchors) as PEM files, read at each connect so a
-        renewed certificate is used; `server_name` is the name to check the control plane's
-        certificate against when it is not the URL's host."""
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname or parts.port is None:
-            raise ConfigError(f"control plane URL {url!r}: expected https://HOST:PORT (http:// on loopback)")
-        if parts.scheme == "http" and not is_loopback(parts.hostname):
-            raise ConfigError(
-                f"control plane URL {url!r}: plain http:// is accepted for loopback hosts only; use https://"
-            )
-        if parts.scheme == "https" and tls is None:
-            raise ConfigError(f"control plane URL {url!r}: https needs tls=(cert, key, trust anchors)")
-        self.url = url
-        host = parts.hostname
-        self._target = f"[{host}]:{parts.port}" if ":" in host else f"{host}:{parts.port}"
-        self._secure = parts.scheme == "https"
+        """`url` may be several replicas' URLs: when a stream breaks, the next is tried (with the
+        same backoff), resuming with the versions held. `tls` is (certificate chain, key, trust
+        anchors) as PEM files, read at each connect so a renewed certificate is used;
+        `server_name` is the name to check the control plane's certificate against when it is
+        not the URL's host."""
+        urls = [url] if isinstance(url, str) else list(url)
+        if not urls:
+            raise ConfigError("a subscription needs the URL of a control plane")
+        self._targets = [self._check_url(u, tls) for u in urls]
+        self.urls = urls
+        self._current = 0
         self._tls = tls
         self._server_name = server_name
         self.services = sorted(set(services))
@@ -100,6 +95,34 @@ class Subscription:
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._task: Optional[asyncio.Task[None]] = None
         self._started = threading.Event()
+
+    @property
+    def url(self) -> str:
+        """The control plane followed now (or tried next)."""
+        return self.urls[self._current]
+
+    @property
+    def _target(self) -> str:
+        return self._targets[self._current][0]
+
+    @property
+    def _secure(self) -> bool:
+        return self._targets[self._current][1]
+
+    @staticmethod
+    def _check_url(url: str, tls: object) -> tuple[str, bool]:
+        """(gRPC target, secure) for `url`; ConfigError naming it if it is not one to follow."""
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.port is None:
+            raise ConfigError(f"control plane URL {url!r}: expected https://HOST:PORT (http:// on loopback)")
+        if parts.scheme == "http" and not is_loopback(parts.hostname):
+            raise ConfigError(
+                f"control plane URL {url!r}: plain http:// is accepted for loopback hosts only; use https://"
+            )
+        if parts.scheme == "https" and tls is None:
+            raise ConfigError(f"control plane URL {url!r}: https needs tls=(cert, key, trust anchors)")
+        host = parts.hostname
+        return (f"[{host}]:{parts.port}" if ":" in host else f"{host}:{parts.port}"), parts.scheme == "https"
 
     def start(self) -> Subscription:
         self._thread = threading.Thread(target=self._thread_main, name="meshcore-control-client", daemon=True)
@@ -176,10 +199,13 @@ class Subscription:
                 self.last_error = str(e)
             delay = backoff_delay(attempt)
             attempt += 1
+            failed = self.url
+            self._current = (self._current + 1) % len(self.urls)
             log.warning(
-                "control plane %s: %s; keeping the last known state, reconnecting in %.2fs",
-                self.url,
+                "control plane %s: %s; keeping the last known state, reconnecting%s in %.2fs",
+                failed,
                 self.last_error,
+                f" to {self.url}" if self.url != failed else "",
                 delay,
             )
             await asyncio.sleep(delay)

@@ -33,9 +33,9 @@ def _endpoints(resource: ResourceWire) -> list[dict[str, Any]]:
 class Follower:
     def __init__(self, config: Config, proxy_id: str, apply: Apply) -> None:
         assert config.discovery is not None
-        url = config.discovery.control
+        urls = config.discovery.urls
         tls = None
-        if url.startswith("https:"):
+        if any(url.startswith("https:") for url in urls):
             identity = config.identity
             # config.cross_check refuses https without an identity and its files.
             assert identity is not None and identity.cert is not None and identity.key is not None
@@ -46,7 +46,7 @@ class Follower:
             )
         self._apply = apply
         info = {"id": proxy_id, "version": __version__, "zone": config.zone, "cluster": config.cluster}
-        self._subscription = Subscription(url, ["*"], self._on_update, tls=tls, proxy_info=info)
+        self._subscription = Subscription(urls, ["*"], self._on_update, tls=tls, proxy_info=info)
 
     def start(self, wait: Optional[float] = FIRST_SNAPSHOT_WAIT) -> None:
         self._subscription.start()
