@@ -44,6 +44,7 @@ class ControlPlane:
         match = re.match(r"meshcore-control: serving on (\S+)", serving)
         assert match, f"no serving line: {serving!r}, log: {self.log}"
         self.addr = match.group(1)
+        self.serving = serving  # says how it serves (mTLS, as whom, an identity service beside)
         assert "meshcore-control: ready" in self.proc.stdout.readline()
 
     def _read_log(self) -> None:
