@@ -53,6 +53,7 @@ class ControlPlane:
         match = re.match(r"meshcore-control: serving on (\S+)", serving)
         assert match, f"no serving line: {serving!r}, log: {self.log}"
         self.addr = match.group(1)
+        self.serving = serving  # says how it serves (mTLS, as whom, an identity service beside)
         self.ready = self.proc.stdout.readline()
         assert "meshcore-control: ready" in self.ready, f"no ready line: {self.ready!r}, log: {self.log}"
 

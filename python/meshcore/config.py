@@ -498,10 +498,21 @@ class Discovery(_Model):
     one goes away."""
 
     control: Union[str, list[str]]
+    # The control plane's SPIFFE ID, checked at each connect (https only).
+    control_identity: Optional[str] = None
 
     @property
     def urls(self) -> list[str]:
         return [self.control] if isinstance(self.control, str) else list(self.control)
+
+    @model_validator(mode="after")
+    def _identity_needs_https(self) -> Discovery:
+        if self.control_identity is not None:
+            if not self.control_identity.startswith("spiffe://"):
+                raise ValueError(f"control_identity {self.control_identity!r}: expected a spiffe:// ID")
+            if not all(url.startswith("https:") for url in self.urls):
+                raise ValueError("control_identity is checked over https:// only")
+        return self
 
     @field_validator("control")
     @classmethod
@@ -685,9 +696,6 @@ class Config(_Model):
             if self.identity is None:
                 why = "an https:// control plane takes the proxy's mTLS identity: add [identity]"
                 problems.append(("discovery.control", why))
-            elif self.identity.cert is None or self.identity.key is None:
-                why = "an https:// control plane needs [identity] cert and key files (one from"
-                problems.append(("discovery.control", f"{why} an identity service is not handed to it yet)"))
         for i, s in enumerate(self.services):
             for j, e in enumerate(s.endpoints):
                 if e.identity is not None and self.identity is None:

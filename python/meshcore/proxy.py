@@ -113,7 +113,7 @@ class Proxy:
             from .control.follower import Follower  # grpc is loaded only for a proxy that needs it
 
             self._follower = Follower(
-                self._config, f"{socket.gethostname()}/{os.getpid()}", self._set_discovered
+                self._config, f"{socket.gethostname()}/{os.getpid()}", self._set_discovered, self._identity
             )
         self._memory: Optional[MemoryTrimmer] = None
         self._stopped = threading.Event()

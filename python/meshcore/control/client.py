@@ -45,6 +45,10 @@ CHANNEL_OPTIONS = [
 
 OnUpdate = Callable[[list[ResourceWire]], None]
 PathLike = Union[str, "os.PathLike[str]"]
+# (certificate chain, key, trust anchors): PEM files, or a callable giving the PEMs (an identity
+# held in memory, as one from the identity service).
+TlsFiles = tuple[PathLike, PathLike, PathLike]
+TlsPems = Callable[[], tuple[bytes, bytes, bytes]]
 
 
 def backoff_delay(attempt: int, rng: Callable[[float, float], float] = random.uniform) -> float:
@@ -61,21 +65,24 @@ class Subscription:
         services: Iterable[str],
         on_update: OnUpdate,
         *,
-        tls: Optional[tuple[PathLike, PathLike, PathLike]] = None,
+        tls: Union[TlsFiles, TlsPems, None] = None,
         proxy_info: Union[ProxyInfo, dict[str, Any], None] = None,
         server_name: Optional[str] = None,
+        server_identity: Optional[str] = None,
     ):
         """`url` may be several replicas' URLs: when a stream breaks, the next is tried (with the
         same backoff), resuming with the versions held. `tls` is (certificate chain, key, trust
-        anchors) as PEM files, read at each connect so a renewed certificate is used;
-        `server_name` is the name to check the control plane's certificate against when it is
-        not the URL's host."""
+        anchors) as PEM files, or a callable returning those PEMs; either is read at each connect,
+        so a renewed certificate is used. `server_name` is the name to check the control plane's
+        certificate against when it is not the URL's host; `server_identity` the SPIFFE ID it must
+        have (see server_identity.py)."""
         urls = [url] if isinstance(url, str) else list(url)
         if not urls:
             raise ConfigError("a subscription needs the URL of a control plane")
-        self._targets = [self._check_url(u, tls) for u in urls]
+        self._targets = [self._check_url(u, tls, server_identity) for u in urls]
         self.urls = urls
         self._current = 0
+        self._server_identity = server_identity
         self._tls = tls
         self._server_name = server_name
         self.services = sorted(set(services))
@@ -109,9 +116,18 @@ class Subscription:
     def _secure(self) -> bool:
         return self._targets[self._current][1]
 
+    @property
+    def _host(self) -> str:
+        return self._targets[self._current][2]
+
+    @property
+    def _port(self) -> int:
+        return self._targets[self._current][3]
+
     @staticmethod
-    def _check_url(url: str, tls: object) -> tuple[str, bool]:
-        """(gRPC target, secure) for `url`; ConfigError naming it if it is not one to follow."""
+    def _check_url(url: str, tls: object, server_identity: Optional[str]) -> tuple[str, bool, str, int]:
+        """(gRPC target, secure, host, port) for `url`; ConfigError naming it if it is not one to
+        follow."""
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname or parts.port is None:
             raise ConfigError(f"control plane URL {url!r}: expected https://HOST:PORT (http:// on loopback)")
@@ -121,8 +137,11 @@ class Subscription:
             )
         if parts.scheme == "https" and tls is None:
             raise ConfigError(f"control plane URL {url!r}: https needs tls=(cert, key, trust anchors)")
+        if server_identity is not None and parts.scheme != "https":
+            raise ConfigError(f"control plane URL {url!r}: checking its identity needs https://")
         host = parts.hostname
-        return (f"[{host}]:{parts.port}" if ":" in host else f"{host}:{parts.port}"), parts.scheme == "https"
+        target = f"[{host}]:{parts.port}" if ":" in host else f"{host}:{parts.port}"
+        return target, parts.scheme == "https", host, parts.port
 
     def start(self) -> Subscription:
         self._thread = threading.Thread(target=self._thread_main, name="meshcore-control-client", daemon=True)
@@ -157,16 +176,40 @@ class Subscription:
         except asyncio.CancelledError:
             pass
 
-    def _channel(self) -> grpc.aio.Channel:
+    async def _channel(self) -> grpc.aio.Channel:
         if not self._secure:
             return grpc.aio.insecure_channel(self._target, options=CHANNEL_OPTIONS)
-        assert self._tls is not None
-        cert, key, anchors = (self._read(p) for p in self._tls)
+        cert, key, anchors = self._pems()
+        roots = anchors
+        if self._server_identity is not None:
+            from .server_identity import checked_server_leaf  # cryptography, only when asked
+
+            # The checked leaf becomes gRPC's only root: it connects to that certificate alone.
+            roots = await asyncio.to_thread(
+                checked_server_leaf,
+                self._host,
+                self._port,
+                self._server_identity,
+                chain_pem=cert,
+                key_pem=key,
+                anchors_pem=anchors,
+                server_name=self._server_name,
+            )
         options = list(CHANNEL_OPTIONS)
         if self._server_name:
             options.append(("grpc.ssl_target_name_override", self._server_name))
-        credentials = grpc.ssl_channel_credentials(anchors, private_key=key, certificate_chain=cert)
+        credentials = grpc.ssl_channel_credentials(roots, private_key=key, certificate_chain=cert)
         return grpc.aio.secure_channel(self._target, credentials, options=options)
+
+    def _pems(self) -> tuple[bytes, bytes, bytes]:
+        assert self._tls is not None
+        if callable(self._tls):
+            try:
+                return self._tls()
+            except Exception as e:  # noqa: BLE001 - the identity's holder failed: retried like a connect
+                raise TlsError(f"no client certificate for the control plane: {e}") from None
+        cert, key, anchors = (self._read(p) for p in self._tls)
+        return cert, key, anchors
 
     @staticmethod
     def _read(path: PathLike) -> bytes:
@@ -185,7 +228,7 @@ class Subscription:
         attempt = 0
         while True:
             try:
-                async with self._channel() as channel:
+                async with await self._channel() as channel:
                     subscribe = channel.unary_stream(
                         SUBSCRIBE_PATH, request_serializer=encode, response_deserializer=decode
                     )

@@ -7,12 +7,15 @@ plane is away."""
 from __future__ import annotations
 
 import sys
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from .. import __version__
 from ..config import Config
 from .client import Subscription
 from .protocol import ResourceWire
+
+if TYPE_CHECKING:
+    from ..identity.agent import IdentityAgent
 
 __all__ = ["Follower"]
 
@@ -20,6 +23,14 @@ __all__ = ["Follower"]
 FIRST_SNAPSHOT_WAIT = 5.0
 
 Apply = Callable[[dict[str, list[dict[str, Any]]]], None]
+
+
+def _pems_of(agent: IdentityAgent) -> Callable[[], tuple[bytes, bytes, bytes]]:
+    def pems() -> tuple[bytes, bytes, bytes]:
+        chain, key = agent.current()
+        return chain.encode(), key.encode(), agent.trust_anchors_pem.encode()
+
+    return pems
 
 
 def _endpoints(resource: ResourceWire) -> list[dict[str, Any]]:
@@ -31,22 +42,42 @@ def _endpoints(resource: ResourceWire) -> list[dict[str, Any]]:
 
 
 class Follower:
-    def __init__(self, config: Config, proxy_id: str, apply: Apply) -> None:
+    """Over https, the subscription speaks mTLS as the proxy: with its certificate files, or with
+    the certificate `agent` got from the identity service (held in memory, renewed)."""
+
+    def __init__(
+        self, config: Config, proxy_id: str, apply: Apply, agent: Optional[IdentityAgent] = None
+    ) -> None:
         assert config.discovery is not None
         urls = config.discovery.urls
-        tls = None
+        tls: Any = None
         if any(url.startswith("https:") for url in urls):
             identity = config.identity
-            # config.cross_check refuses https without an identity and its files.
-            assert identity is not None and identity.cert is not None and identity.key is not None
-            tls = (
-                config.resolve_path(identity.cert),
-                config.resolve_path(identity.key),
-                config.resolve_path(identity.trust_anchors),
-            )
+            assert identity is not None  # config.cross_check refuses https without an identity
+            if identity.issuer is not None:
+                assert agent is not None
+                tls = _pems_of(agent)
+            else:
+                assert identity.cert is not None and identity.key is not None
+                tls = (
+                    config.resolve_path(identity.cert),
+                    config.resolve_path(identity.key),
+                    config.resolve_path(identity.trust_anchors),
+                )
         self._apply = apply
         info = {"id": proxy_id, "version": __version__, "zone": config.zone, "cluster": config.cluster}
-        self._subscription = Subscription(urls, ["*"], self._on_update, tls=tls, proxy_info=info)
+        self._subscription = Subscription(
+            urls,
+            ["*"],
+            self._on_update,
+            tls=tls,
+            proxy_info=info,
+            server_identity=config.discovery.control_identity,
+        )
+
+    @property
+    def subscription(self) -> Subscription:
+        return self._subscription
 
     def start(self, wait: Optional[float] = FIRST_SNAPSHOT_WAIT) -> None:
         self._subscription.start()
