@@ -30,9 +30,17 @@ def service_toml(name: str, *addrs: str, zone: str = "zone-a") -> str:
 class ControlPlane:
     """`meshcore control serve` as a process; its stderr lines kept for the tests to wait on."""
 
-    def __init__(self, docs: Path, bind: str = "127.0.0.1:0", tls: Optional[list[str]] = None):
+    def __init__(
+        self,
+        docs: Optional[Path],
+        bind: str = "127.0.0.1:0",
+        tls: Optional[list[str]] = None,
+        extra: Optional[list[str]] = None,
+    ):
+        """`docs` None serves no directory; `extra` are more flags (other sources)."""
+        source = ["--dir", str(docs)] if docs is not None else []
         self.proc = subprocess.Popen(
-            [*MESHCORE, "control", "serve", "--dir", str(docs), "--bind", bind, *(tls or [])],
+            [*MESHCORE, "control", "serve", *source, "--bind", bind, *(tls or []), *(extra or [])],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

@@ -33,6 +33,17 @@ def add_control_commands(sub: argparse._SubParsersAction) -> None:  # type: igno
     serve.add_argument(
         "--trust-anchors", metavar="FILE", help="clients must present a certificate from these (mTLS)"
     )
+    serve.add_argument(
+        "--dns",
+        action="append",
+        default=[],
+        metavar="NAME=QUERY",
+        help="a service from DNS: NAME=HOST:PORT (A/AAAA) or NAME=srv:QNAME (SRV), then optional "
+        ",zone=ZONE,cluster=CLUSTER; repeatable; needs meshcore[dns]",
+    )
+    serve.add_argument(
+        "--dns-server", metavar="HOST:PORT", help="the nameserver --dns asks (default: the system's)"
+    )
     serve.set_defaults(func=cmd_serve)
 
 
@@ -61,8 +72,15 @@ def build_sources(args: argparse.Namespace) -> list[Source]:
     sources: list[Source] = []
     if args.dir:
         sources.append(DirectorySource(Path(args.dir)))
+    if args.dns:
+        from .sources.dns import DnsSource, parse_dns_flag, parse_dns_server
+
+        server = parse_dns_server(args.dns_server) if args.dns_server else None
+        sources.append(DnsSource([parse_dns_flag(v) for v in args.dns], server))
+    elif args.dns_server:
+        raise ConfigError("--dns-server given without --dns: name the services to resolve")
     if not sources:
-        raise ConfigError("control serve: give at least one source of services (--dir DOCS)")
+        raise ConfigError("control serve: give at least one source of services (--dir DOCS or --dns)")
     return sources
 
 
