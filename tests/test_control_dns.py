@@ -132,9 +132,21 @@ def test_a_changed_record_reaches_the_subscriber_when_its_ttl_runs_out(server, c
     assert addrs(api) == ["10.1.0.2:8081", "10.1.0.3:8081", "10.1.0.9:8080"]
     # The SRV set changes: a new target is asked and served, one that left is dropped.
     server.set("api-3.internal", "A", 1, "10.1.0.7")
-    server.set("_http._tcp.api.internal", "SRV", 1, "10 2 7000 api-3.internal.", "20 1 9000 backup.internal.")
+    # A target that does not exist adds nothing, and is logged.
+    server.set(
+        "_http._tcp.api.internal",
+        "SRV",
+        1,
+        "10 2 7000 api-3.internal.",
+        "10 1 7001 ghost.internal.",
+        "20 1 9000 backup.internal.",
+    )
     api = updates.next()["api"]
     assert [(e["addr"], e["weight"]) for e in api["endpoints"]] == [("10.1.0.7:7000", 2)]
+    wait_until(
+        lambda: plane.logged("dns: SRV target ghost.internal does not exist (NXDOMAIN)"),
+        what="the missing target logged",
+    )
     assert sub.state()["web"]["version"] == 2
 
 
@@ -146,7 +158,10 @@ def test_nxdomain_removes_the_service_and_it_comes_back(server, control, follow)
     server.delete("web.internal")
     web = updates.next()["web"]
     assert web["exists"] is False and web["endpoints"] == []
-    assert plane.logged("dns: web: web.internal does not exist (NXDOMAIN); service removed")
+    wait_until(
+        lambda: plane.logged("dns: web: web.internal does not exist (NXDOMAIN); service removed"),
+        what="the removal logged",
+    )
 
     server.set("web.internal", "A", 1, "10.0.0.5")
     web = updates.next()["web"]
@@ -202,7 +217,10 @@ def test_servfail_keeps_the_endpoints_and_is_logged_once(server, control, follow
 def test_a_name_without_answer_at_start_is_served_once_it_answers(server, control, follow):
     server.stop()
     plane = control(server, WEB)  # ready once the first question timed out
-    assert plane.logged("dns: web.internal A/AAAA: timed out; not served until it answers")
+    wait_until(
+        lambda: plane.logged("dns: web.internal A/AAAA: timed out; not served until it answers"),
+        what="the first failure logged",
+    )
     _, updates = follow(plane, ["web"])
     assert updates.next()["web"]["exists"] is False
 
@@ -220,7 +238,10 @@ def test_dns_and_a_directory_serve_side_by_side_the_directory_first(server, cont
     first = updates.next()
     assert addrs(first["web"]) == ["10.5.0.1:80"]  # the directory reported it first and keeps it
     assert len(first["api"]["endpoints"]) == 3
-    assert plane.logged("service 'web' from dns ignored: directory already serves it")
+    wait_until(
+        lambda: plane.logged("service 'web' from dns ignored: directory already serves it"),
+        what="the conflict logged",
+    )
 
 
 @pytest.mark.parametrize(

@@ -317,7 +317,8 @@ class DnsSource(Source):
             return
         if lookup.cause is not None:
             log.info("dns: %s: answered again after %d failures", lookup.describe(), lookup.failures)
-        if records is None and lookup.records is not None and lookup.key not in self._queries:
+        news = lookup.records is not None or not lookup.answered
+        if records is None and news and lookup.key not in self._queries:
             log.warning("dns: SRV target %s does not exist (NXDOMAIN)", name)  # a service's own: _publish
         lookup.answered = lookup.attempted = True
         lookup.records, lookup.failures, lookup.cause = records, 0, None
