@@ -312,3 +312,15 @@ def test_the_source_reports_everything_before_start_returns_and_stops_its_thread
     finally:
         source.stop()
     assert source._thread is not None and not source._thread.is_alive()
+
+
+def test_without_dnspython_the_flag_says_which_extra_to_install(tmp_path):
+    # dnspython made unimportable in a fresh interpreter, as where the extra is not installed.
+    script = (
+        "import sys; sys.modules['dns'] = None\n"
+        "from meshcore.cli import main\n"
+        "sys.exit(main(['control', 'serve', '--dns', 'web=web.internal:80']))\n"
+    )
+    r = subprocess.run([MESHCORE[0], "-c", script], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1
+    assert "ConfigError: --dns needs dnspython: pip install 'meshcore[dns]'" in r.stderr

@@ -324,7 +324,7 @@ class DnsSource(Source):
         lookup.records, lookup.failures, lookup.cause = records, 0, None
         lookup.due = loop.time() + max(self._min_ttl, min(self._max_ttl, ttl))
 
-    async def _ask(self, name: str, rdtype: str) -> tuple[Optional[list[object]], float]:
+    async def _ask(self, name: str, rdtype: str) -> tuple[Optional[list[Any]], float]:
         """(records, TTL); records None for NXDOMAIN, [] for NOERROR with none of that type."""
         try:
             answer = await self._resolver.resolve(name, rdtype, raise_on_no_answer=False)
@@ -347,7 +347,7 @@ class DnsSource(Source):
         (v4, ttl4), (v6, ttl6) = both  # type: ignore[misc]
         if v4 is None or v6 is None:
             return None, ttl4 if v4 is None else ttl6
-        addresses = sorted({r.address for r in v4}) + sorted({r.address for r in v6})  # type: ignore[attr-defined]
+        addresses = sorted({r.address for r in v4}) + sorted({r.address for r in v6})
         return tuple(addresses), min(ttl4, ttl6)
 
     async def _ask_srv(self, name: str) -> tuple[Records, float]:
@@ -356,7 +356,7 @@ class DnsSource(Source):
             return None, ttl
         found = tuple(
             sorted(
-                SrvRecord(r.priority, r.weight, r.port, r.target.to_text(omit_final_dot=True))  # type: ignore[attr-defined]
+                SrvRecord(r.priority, r.weight, r.port, r.target.to_text(omit_final_dot=True))
                 for r in records
             )
         )
@@ -410,10 +410,10 @@ def _addr(address: str, port: int) -> str:
     return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
 
 
-def _no_nameservers(e: Exception) -> str:
+def _no_nameservers(e: dns.resolver.NoNameservers) -> str:
     """What every nameserver said, without the parts that vary between tries."""
     said = []
-    for server, _tcp, _port, error, response in e.kwargs.get("errors", ()):  # type: ignore[attr-defined]
+    for server, _tcp, _port, error, response in e.kwargs.get("errors", ()):
         if response is not None:
             said.append(f"{server} answered {dns.rcode.to_text(response.rcode())}")
         else:
