@@ -38,7 +38,7 @@ class ControlPlane:
         tls: Optional[list[str]] = None,
         extra: Sequence[str] = (),
     ):
-        """`docs` None: no --dir (a replica sharing state through `extra` ["--etcd", URL])."""
+        """`docs` None serves no directory; `extra` are more flags (other sources, `--etcd URL`)."""
         source = ["--dir", str(docs)] if docs is not None else []
         self.proc = subprocess.Popen(
             [*MESHCORE, "control", "serve", *source, "--bind", bind, *(tls or []), *extra],

@@ -43,6 +43,17 @@ def add_control_commands(sub: argparse._SubParsersAction) -> None:  # type: igno
         metavar="URLS",
         help="share state with other replicas through etcd: http://HOST:PORT[,...] (needs meshcore[etcd])",
     )
+    serve.add_argument(
+        "--dns",
+        action="append",
+        default=[],
+        metavar="NAME=QUERY",
+        help="a service from DNS: NAME=HOST:PORT (A/AAAA) or NAME=srv:QNAME (SRV), then optional "
+        ",zone=ZONE,cluster=CLUSTER; repeatable; needs meshcore[dns]",
+    )
+    serve.add_argument(
+        "--dns-server", metavar="HOST:PORT", help="the nameserver --dns asks (default: the system's)"
+    )
     _add_identity_flags(serve)
     serve.set_defaults(func=cmd_serve)
 
@@ -145,9 +156,16 @@ def build_sources(args: argparse.Namespace) -> list[Source]:
     sources: list[Source] = []
     if args.dir:
         sources.append(DirectorySource(Path(args.dir)))
+    if args.dns:
+        from .sources.dns import DnsSource, parse_dns_flag, parse_dns_server
+
+        server = parse_dns_server(args.dns_server) if args.dns_server else None
+        sources.append(DnsSource([parse_dns_flag(v) for v in args.dns], server))
+    elif args.dns_server:
+        raise ConfigError("--dns-server given without --dns: name the services to resolve")
     # A replica sharing state through etcd may run no source: it serves what the others write.
     if not sources and not getattr(args, "etcd", None):
-        raise ConfigError("control serve: give at least one source of services (--dir DOCS)")
+        raise ConfigError("control serve: give at least one source of services (--dir DOCS or --dns)")
     return sources
 
 
