@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..errors import ConfigError
+from .link_cli import add_link_arguments, link_sources
 from .sources import Source
 
 __all__ = ["add_control_commands"]
@@ -33,6 +34,7 @@ def add_control_commands(sub: argparse._SubParsersAction) -> None:  # type: igno
     serve.add_argument(
         "--trust-anchors", metavar="FILE", help="clients must present a certificate from these (mTLS)"
     )
+    add_link_arguments(serve)
     serve.set_defaults(func=cmd_serve)
 
 
@@ -61,8 +63,9 @@ def build_sources(args: argparse.Namespace) -> list[Source]:
     sources: list[Source] = []
     if args.dir:
         sources.append(DirectorySource(Path(args.dir)))
+    sources += link_sources(args)  # after the directory: a local service wins over an imported one
     if not sources:
-        raise ConfigError("control serve: give at least one source of services (--dir DOCS)")
+        raise ConfigError("control serve: give at least one source of services (--dir DOCS, --link)")
     return sources
 
 
