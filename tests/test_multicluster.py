@@ -31,7 +31,7 @@ GATEWAY_ID = "spiffe://mesh.local/ns/west/sa/gateway"
 EAST_CLIENT_ID = "spiffe://mesh.local/ns/east/sa/client"
 
 
-class Gateway:
+class GatewayProcess:
     """`meshcore gateway` as a process; its log kept for the tests to wait on."""
 
     def __init__(self, args: list[str]):
@@ -211,7 +211,7 @@ def test_gateway_mode_reaches_west_through_its_gateway_over_mtls(
     )
     cert, key = files(certs, "gateway")
     gateway = processes(
-        Gateway(
+        GatewayProcess(
             ["--bind", "127.0.0.1:0", "--control", f"https://{west.addr}", "--cert", cert, "--key", key]
             + ["--trust-anchors", anchors, "--cluster", "west", "--zone", "west-a"]
         )
@@ -259,7 +259,7 @@ def test_the_gateway_refuses_callers_without_a_mesh_certificate(tmp_path, mesh_c
     west = processes(ControlPlane(docs_dir(tmp_path / "west", web=service_toml("web", west_web.addr))))
     cert, key = files(certs, "gateway")
     gateway = processes(
-        Gateway(
+        GatewayProcess(
             ["--bind", "127.0.0.1:0", "--control", f"http://{west.addr}", "--cert", cert, "--key", key]
             + ["--trust-anchors", str(ca / "trust-anchor.pem")]
         )

@@ -179,9 +179,13 @@ class Gateway:
         with self._lock:
             config = self._config(self._services())
             self._router.services = frozenset(s["name"] for s in config["services"])
-            proxy = Proxy(config)
-            proxy.add_plugin(self._router, routes=[BY_DOMAIN], name="service-by-host")
-            self._proxy = proxy.start()
+            try:
+                proxy = Proxy(config)
+                proxy.add_plugin(self._router, routes=[BY_DOMAIN], name="service-by-host")
+                self._proxy = proxy.start()
+            except BaseException:
+                self._subscription.stop()  # a port in use: nothing is left running
+                raise
             self._applied = config
         return self
 
