@@ -196,12 +196,14 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(func=cmd_bench)
 
     from .control.cli import add_control_commands
+    from .gateway import add_gateway_command
     from .identity.cli import add_identity_commands
     from .lifecycle.cli import add_lifecycle_commands
 
     add_identity_commands(sub)
     add_lifecycle_commands(sub)
     add_control_commands(sub)
+    add_gateway_command(sub)
     return p
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 from ..errors import ConfigError
+from .link_cli import add_link_arguments, link_sources
 from .sources import Source
 
 if TYPE_CHECKING:
@@ -54,6 +55,7 @@ def add_control_commands(sub: argparse._SubParsersAction) -> None:  # type: igno
     serve.add_argument(
         "--dns-server", metavar="HOST:PORT", help="the nameserver --dns asks (default: the system's)"
     )
+    add_link_arguments(serve)
     _add_identity_flags(serve)
     serve.set_defaults(func=cmd_serve)
 
@@ -163,9 +165,10 @@ def build_sources(args: argparse.Namespace) -> list[Source]:
         sources.append(DnsSource([parse_dns_flag(v) for v in args.dns], server))
     elif args.dns_server:
         raise ConfigError("--dns-server given without --dns: name the services to resolve")
+    sources += link_sources(args)  # after the local ones: a local service wins over an imported one
     # A replica sharing state through etcd may run no source: it serves what the others write.
     if not sources and not getattr(args, "etcd", None):
-        raise ConfigError("control serve: give at least one source of services (--dir DOCS or --dns)")
+        raise ConfigError("control serve: give at least one source of services (--dir DOCS, --dns, --link)")
     return sources
 
 
@@ -189,7 +192,7 @@ async def serve(
     try:
         server = ControlServer(store, bind, tls)  # checks the bind before any source starts
         for source in sources:
-            source.start(store.feed(source.name))
+            source.start(store.feed(source.name, source.adds_endpoints))
             started.append(source)
         await server.start()
         stop = asyncio.Event()

@@ -193,7 +193,8 @@ class EtcdStore:
                 return []
             return asyncio.run_coroutine_threadsafe(self._write_all(settled), self._loop).result()
 
-    def feed(self, source: str) -> Callable[[Changes], list[ServiceState]]:
+    def feed(self, source: str, adds: bool = False) -> Callable[[Changes], list[ServiceState]]:
+        self._local.feed(source, adds)  # precedence between this replica's sources, as Store
         return lambda changes: self.apply(changes, source)
 
     def get(self, name: str) -> ServiceState:

@@ -70,6 +70,9 @@ class Source(ABC):
     """A source of services and endpoints (see the module docstring for the contract)."""
 
     name: str = "source"
+    # Its endpoints are added to those of the source that owns the service, instead of competing
+    # for it (a link to another cluster: see store.py).
+    adds_endpoints: bool = False
 
     @abstractmethod
     def start(self, on_change: OnChange) -> None: ...
