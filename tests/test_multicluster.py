@@ -22,6 +22,7 @@ from conftest import wait_until
 from mesh_helpers import identity_files, make_ca
 from meshcore import ConfigError, identity
 from meshcore.cli import build_parser
+from meshcore.config import load
 from meshcore.control.client import Subscription
 from meshcore.control.sources import endpoint
 from meshcore.control.sources.link import Link, LinkSource, parse_link
@@ -276,12 +277,9 @@ def test_the_gateway_refuses_callers_without_a_mesh_certificate(tmp_path, mesh_c
     assert json.loads(r.text)["meshcore-client-id"] == EAST_CLIENT_ID
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ConfigError,
-    reason="needs the core to take meshcore-client-id from named gateways (listeners[].trusted_gateways)",
-)
-def test_an_inbound_proxy_behind_the_gateway_sees_the_original_caller(tmp_path, mesh_ca, proxy, backend):
+def test_an_inbound_proxy_behind_the_gateway_sees_and_checks_the_original_caller(
+    tmp_path, mesh_ca, proxy, backend
+):
     ca, certs = mesh_ca
     identity.issue(ca, "ns/west/sa/web", out_prefix=str(certs / "west-web"))
     west_web = backend("west-web")
@@ -299,18 +297,46 @@ def test_an_inbound_proxy_behind_the_gateway_sees_the_original_caller(tmp_path, 
             ],
             "routes": [{"listener": "inbound", "backends": [{"service": "app"}]}],
             "services": [{"name": "app", "endpoints": [{"addr": west_web.addr}]}],
+            # Only east's client may call: policy checks the caller behind the gateway.
+            "policy": {"default": "deny", "rules": [{"listener": "inbound", "identities": [EAST_CLIENT_ID]}]},
         }
     )
     host, port = inbound.addresses["inbound"]
     services = {"web": [{"addr": f"{host}:{port}", "identity": "spiffe://mesh.local/ns/west/sa/web"}]}
     gateway_ident = identity_files(ca, certs / "gateway.crt", certs / "gateway.key")
     gw = proxy(gateway_config("127.0.0.1:0", gateway_ident, services))
-    ctx = ssl.create_default_context(cafile=str(ca / "trust-anchor.pem"))
-    ctx.check_hostname = False
-    ctx.load_cert_chain(certs / "east-client.crt", certs / "east-client.key")
+
+    def client(name: str) -> httpx.Client:
+        ctx = ssl.create_default_context(cafile=str(ca / "trust-anchor.pem"))
+        ctx.check_hostname = False
+        ctx.load_cert_chain(certs / f"{name}.crt", certs / f"{name}.key")
+        return httpx.Client(verify=ctx, timeout=10)
+
     gw_host, gw_port = gw.addresses["gateway"]
-    r = httpx.get(f"https://{gw_host}:{gw_port}/headers", headers={"host": "web"}, verify=ctx, timeout=10)
-    assert json.loads(r.text)["meshcore-client-id"] == EAST_CLIENT_ID
+    with client("east-client") as east:
+        r = east.get(f"https://{gw_host}:{gw_port}/headers", headers={"host": "web"})
+        assert r.status_code == 200, r.text
+        assert json.loads(r.text)["meshcore-client-id"] == EAST_CLIENT_ID
+        # Called directly, a peer that is no gateway cannot name someone else: its own ID replaces it.
+        forged = {"meshcore-client-id": "spiffe://mesh.local/ns/ops/sa/admin"}
+        r = east.get(f"https://{host}:{port}/headers", headers=forged)
+        assert json.loads(r.text)["meshcore-client-id"] == EAST_CLIENT_ID
+    with client("gateway") as gateway:
+        inbound_url = f"https://{host}:{port}/headers"
+        # The gateway calling for itself is the gateway, whom policy does not allow.
+        assert gateway.get(inbound_url).status_code == 403
+        # A gateway may not vouch for a caller of a trust domain this proxy does not accept.
+        outsider = {"meshcore-client-id": "spiffe://other.example/ns/x/sa/y"}
+        assert gateway.get(inbound_url, headers=outsider).status_code == 403
+        assert gateway.get(inbound_url, headers={"meshcore-client-id": "not-an-id"}).status_code == 403
+
+
+def test_trusted_gateways_are_checked(tmp_path):
+    listener = {"name": "inbound", "bind": "127.0.0.1:0", "direction": "inbound"}
+    with pytest.raises(ConfigError, match="needs tls"):
+        load({"listeners": [{**listener, "trusted_gateways": [GATEWAY_ID]}]})
+    with pytest.raises(ConfigError, match="not a SPIFFE ID"):
+        load({"listeners": [{**listener, "tls": "mesh", "trusted_gateways": ["gateway"]}]})
 
 
 def test_a_link_imports_only_the_remotes_own_endpoints():

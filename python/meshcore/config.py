@@ -386,8 +386,28 @@ class Listener(_Model):
     # Share the port with other processes that ask for it too (the kernel spreads connections
     # between them, e.g. for a hand-over); off, a port in use is a BindError.
     share_port: bool = False
+    # Peers (SPIFFE IDs) whose requests say who the original caller is: `meshcore gateway`s. From
+    # them the `meshcore-client-id` header names the caller that policy checks; from any other
+    # peer it is replaced by the peer's own ID. mTLS listeners only.
+    trusted_gateways: list[str] = []
 
     _bind = field_validator("bind")(classmethod(lambda cls, v: _check_socket_addr(v)))
+
+    @field_validator("trusted_gateways")
+    @classmethod
+    def _gateway_ids(cls, v: list[str]) -> list[str]:
+        for gateway in v:
+            if not re.fullmatch(r"spiffe://[a-z0-9._-]+/\S+", gateway):
+                raise ValueError(f"{gateway!r} is not a SPIFFE ID (spiffe://TRUST-DOMAIN/PATH)")
+        return v
+
+    @model_validator(mode="after")
+    def _gateways_need_mtls(self) -> Listener:
+        if self.trusted_gateways and self.tls == "none":
+            raise ValueError(
+                'trusted_gateways needs tls = "mesh" or "permissive": a gateway is known by its certificate'
+            )
+        return self
 
 
 class Identity(_Model):
@@ -773,6 +793,7 @@ def _core_listener(lst: Listener) -> snapshot.Listener:
         "max_connections": lst.max_connections,
         "tls": lst.tls,
         "share_port": lst.share_port,
+        "trusted_gateways": list(lst.trusted_gateways),
     }
 
 
