@@ -109,6 +109,9 @@ pub struct Listener {
     /// Share the port with other processes that ask for sharing too (the
     /// kernel spreads connections between them); off, a port in use is an error.
     pub share_port: bool,
+    /// Peers (SPIFFE IDs) trusted to name the original caller in
+    /// `meshcore-client-id`: gateways between clusters.
+    pub trusted_gateways: Vec<String>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -371,6 +374,7 @@ pub mod fixtures {
             max_connections: 10_000,
             tls: TlsMode::None,
             share_port: false,
+            trusted_gateways: Vec::new(),
         }
     }
 

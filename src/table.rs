@@ -2,7 +2,7 @@
 //! snapshot and swapped atomically on reload.
 
 use crate::balance::Balancer;
-use crate::config::{Config, UpstreamProtocol};
+use crate::config::{self, Config, UpstreamProtocol};
 use crate::metrics::{BalancerGauges, ENDPOINT_STATES};
 use crate::policy::Policy;
 use crate::route::{Route, Routes};
@@ -20,8 +20,66 @@ pub struct Service {
     pub pools: Vec<Arc<EndpointPool>>,
 }
 
+impl Service {
+    /// Builds one service's balancer and pools; endpoints (and their pools)
+    /// that `old` already had are kept with their state.
+    fn build(
+        svc: &config::Service,
+        root: &Config,
+        old: Option<&Service>,
+        identity: Option<&Arc<Identity>>,
+    ) -> Result<Service, String> {
+        let balancer = Balancer::from_config(svc, root, old.map(|o| &o.balancer));
+        let settings = Arc::new(Settings {
+            connect_timeout: Duration::from_millis(svc.connect_timeout_ms),
+            idle_timeout: Duration::from_millis(svc.idle_timeout_ms),
+        });
+        let mut pools = Vec::with_capacity(balancer.endpoints().len());
+        for ep in balancer.endpoints() {
+            let reuse = old.and_then(|o| {
+                let i = o.balancer.endpoints().iter().position(|e| Arc::ptr_eq(e, ep))?;
+                Some(o.pools[i].clone())
+            });
+            let expected = svc
+                .endpoints
+                .iter()
+                .find(|e| e.addr.parse().ok() == Some(ep.addr))
+                .and_then(|e| e.identity.as_deref());
+            let pool = match (reuse.filter(|p| p.serves(&settings, expected)), expected) {
+                (Some(p), _) => p,
+                (None, None) => Arc::new(EndpointPool::new(ep.addr, settings.clone(), None)),
+                (None, Some(id)) => {
+                    let identity = identity.ok_or_else(|| {
+                        format!(
+                            "services.{}: endpoint identity {id:?} needs an [identity] section",
+                            svc.name
+                        )
+                    })?;
+                    let tls = UpstreamTls {
+                        identity: id.to_string(),
+                        h2: tls::client_config(identity, id, true)?,
+                        h1: tls::client_config(identity, id, false)?,
+                    };
+                    Arc::new(EndpointPool::new(ep.addr, settings.clone(), Some(tls)))
+                }
+            };
+            pools.push(pool);
+        }
+        Ok(Service {
+            name: Arc::from(svc.name.as_str()),
+            protocol: svc.protocol,
+            balancer,
+            pools,
+        })
+    }
+}
+
+/// A table is swapped whole, but an endpoint update shares all of it but the
+/// services it changes (`with_endpoints`): a mesh's table holds thousands.
 pub struct Table {
-    pub services: Vec<Service>,
+    pub services: Vec<Arc<Service>>,
+    /// Service name -> its index in `services` (the first of a name).
+    service_index: Arc<HashMap<Arc<str>, usize>>,
     /// Each listener's id, in `Config::listeners` order. A listener keeps
     /// its id across reloads while its name stays, so that a connection
     /// accepted before a reload finds its routes in the new table.
@@ -31,11 +89,14 @@ pub struct Table {
     /// old id points at its new place too (`alias`).
     slots: Vec<Option<usize>>,
     /// Routes per listener, indexed by host, in `Config::listeners` order.
-    routes: Vec<Routes>,
+    routes: Arc<[Routes]>,
     /// Opaque target per listener, in `Config::listeners` order.
     opaque: Vec<Option<usize>>,
-    pub policy: Policy,
-    pub config: Config,
+    pub policy: Arc<Policy>,
+    /// The config the table was built from. After `with_endpoints` its
+    /// services' endpoint lists are those of the build, not the update's:
+    /// only listeners and the proxy's own settings are read from it.
+    pub config: Arc<Config>,
 }
 
 impl Table {
@@ -46,63 +107,15 @@ impl Table {
         previous: Option<&Table>,
         identity: Option<&Arc<Identity>>,
     ) -> Result<Table, String> {
-        // By name, the first of a name as a scan finds it: a mesh holds thousands of services.
-        let previous_services: HashMap<&str, &Service> = previous.map_or_else(HashMap::new, |p| {
-            let mut by_name = HashMap::with_capacity(p.services.len());
-            for s in p.services.iter().rev() {
-                by_name.insert(&*s.name, s);
-            }
-            by_name
-        });
         let mut services = Vec::with_capacity(config.services.len());
         for svc in &config.services {
-            let old = previous_services.get(svc.name.as_str()).copied();
-            let balancer = Balancer::from_config(svc, &config, old.map(|o| &o.balancer));
-            let settings = Arc::new(Settings {
-                connect_timeout: Duration::from_millis(svc.connect_timeout_ms),
-                idle_timeout: Duration::from_millis(svc.idle_timeout_ms),
-            });
-            let mut pools = Vec::new();
-            for ep in balancer.endpoints() {
-                let reuse = old.and_then(|o| {
-                    let i = o.balancer.endpoints().iter().position(|e| Arc::ptr_eq(e, ep))?;
-                    Some(o.pools[i].clone())
-                });
-                let expected = svc
-                    .endpoints
-                    .iter()
-                    .find(|e| e.addr.parse().ok() == Some(ep.addr))
-                    .and_then(|e| e.identity.as_deref());
-                let pool = match (reuse.filter(|p| p.serves(&settings, expected)), expected) {
-                    (Some(p), _) => p,
-                    (None, None) => Arc::new(EndpointPool::new(ep.addr, settings.clone(), None)),
-                    (None, Some(id)) => {
-                        let identity = identity.ok_or_else(|| {
-                            format!(
-                                "services.{}: endpoint identity {id:?} needs an [identity] section",
-                                svc.name
-                            )
-                        })?;
-                        let tls = UpstreamTls {
-                            identity: id.to_string(),
-                            h2: tls::client_config(identity, id, true)?,
-                            h1: tls::client_config(identity, id, false)?,
-                        };
-                        Arc::new(EndpointPool::new(ep.addr, settings.clone(), Some(tls)))
-                    }
-                };
-                pools.push(pool);
-            }
-            services.push(Service {
-                name: Arc::from(svc.name.as_str()),
-                protocol: svc.protocol,
-                balancer,
-                pools,
-            });
+            // By name, through the index: a mesh holds thousands of services.
+            let old = previous.and_then(|p| Some(&*p.services[*p.service_index.get(svc.name.as_str())?]));
+            services.push(Arc::new(Service::build(svc, &config, old, identity)?));
         }
-        let mut service_places = HashMap::with_capacity(config.services.len());
-        for (place, s) in config.services.iter().enumerate().rev() {
-            service_places.insert(s.name.as_str(), place);
+        let mut service_places: HashMap<Arc<str>, usize> = HashMap::with_capacity(services.len());
+        for (place, s) in services.iter().enumerate().rev() {
+            service_places.insert(s.name.clone(), place);
         }
         let service_index = |name: &str| service_places.get(name).copied();
         let mut next_id = previous.map_or(0, |p| p.slots.len());
@@ -131,15 +144,63 @@ impl Table {
         let opaque = (config.listeners.iter())
             .map(|l| l.service.as_deref().and_then(service_index))
             .collect();
-        let policy = Policy::new(&config.policy)?;
+        let policy = Arc::new(Policy::new(&config.policy)?);
         Ok(Table {
             services,
+            service_index: Arc::new(service_places),
             listener_ids,
             slots,
             routes,
             opaque,
             policy,
-            config,
+            config: Arc::new(config),
+        })
+    }
+
+    /// This table with the endpoints of the named services replaced, all else
+    /// shared: endpoints that stay keep their latency, breaker and pool.
+    pub fn with_endpoints(
+        &self,
+        updates: &[(String, Vec<config::Endpoint>)],
+        identity: Option<&Arc<Identity>>,
+    ) -> Result<Table, String> {
+        let mut services = self.services.clone();
+        for (name, endpoints) in updates {
+            let place = *self
+                .service_index
+                .get(name.as_str())
+                .ok_or_else(|| format!("update_endpoints: unknown service {name:?}"))?;
+            let Some(svc) = self.config.services.get(place) else {
+                return Err(format!("update_endpoints: service {name:?} is not in the config"));
+            };
+            for (i, e) in endpoints.iter().enumerate() {
+                e.addr.parse::<std::net::SocketAddr>().map_err(|err| {
+                    format!(
+                        "update_endpoints: {name}: endpoints[{i}].addr {:?}: {err}",
+                        e.addr
+                    )
+                })?;
+            }
+            let svc = config::Service {
+                endpoints: endpoints.clone(),
+                ..svc.clone()
+            };
+            services[place] = Arc::new(Service::build(
+                &svc,
+                &self.config,
+                Some(&services[place]),
+                identity,
+            )?);
+        }
+        Ok(Table {
+            services,
+            service_index: self.service_index.clone(),
+            listener_ids: self.listener_ids.clone(),
+            slots: self.slots.clone(),
+            routes: self.routes.clone(),
+            opaque: self.opaque.clone(),
+            policy: self.policy.clone(),
+            config: self.config.clone(),
         })
     }
 
@@ -245,5 +306,65 @@ impl Table {
                 }
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::fixtures;
+
+    fn two_services() -> Table {
+        let mut config = fixtures::config();
+        config.listeners = vec![fixtures::listener("l", "127.0.0.1:0")];
+        config.routes = vec![fixtures::route("l")];
+        config.services = vec![
+            fixtures::service("web", &["127.0.0.1:1001", "127.0.0.1:1002"]),
+            fixtures::service("api", &["127.0.0.1:2001"]),
+        ];
+        Table::build(config, None, None).expect("a table")
+    }
+
+    #[test]
+    fn an_endpoint_update_keeps_what_stays_and_shares_the_rest() {
+        let before = two_services();
+        let update = vec![(
+            "web".to_string(),
+            vec![
+                fixtures::endpoint("127.0.0.1:1002"),
+                fixtures::endpoint("127.0.0.1:1003"),
+            ],
+        )];
+        let after = before.with_endpoints(&update, None).expect("updated");
+
+        let (old, new) = (&before.services[0], &after.services[0]);
+        let addrs: Vec<String> = new
+            .balancer
+            .endpoints()
+            .iter()
+            .map(|e| e.addr.to_string())
+            .collect();
+        assert_eq!(addrs, ["127.0.0.1:1002", "127.0.0.1:1003"]);
+        assert!(Arc::ptr_eq(
+            &old.balancer.endpoints()[1],
+            &new.balancer.endpoints()[0]
+        ));
+        assert!(Arc::ptr_eq(&old.pools[1], &new.pools[0]));
+        assert_eq!(new.pools.len(), 2);
+        // The other service, the routes and the policy are the same objects.
+        assert!(Arc::ptr_eq(&before.services[1], &after.services[1]));
+        assert!(Arc::ptr_eq(&before.routes, &after.routes));
+        assert!(Arc::ptr_eq(&before.policy, &after.policy));
+    }
+
+    #[test]
+    fn an_update_of_an_unknown_service_or_a_bad_address_changes_nothing() {
+        let table = two_services();
+        let unknown = vec![("nope".to_string(), vec![fixtures::endpoint("127.0.0.1:1")])];
+        let err = table.with_endpoints(&unknown, None).err().expect("refused");
+        assert!(err.contains("unknown service \"nope\""), "{err}");
+        let bad = vec![("web".to_string(), vec![fixtures::endpoint("not an address")])];
+        let err = table.with_endpoints(&bad, None).err().expect("refused");
+        assert!(err.contains("web: endpoints[0].addr"), "{err}");
     }
 }

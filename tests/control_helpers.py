@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Optional
 
@@ -30,9 +31,17 @@ def service_toml(name: str, *addrs: str, zone: str = "zone-a") -> str:
 class ControlPlane:
     """`meshcore control serve` as a process; its stderr lines kept for the tests to wait on."""
 
-    def __init__(self, docs: Path, bind: str = "127.0.0.1:0", tls: Optional[list[str]] = None):
+    def __init__(
+        self,
+        docs: Optional[Path],
+        bind: str = "127.0.0.1:0",
+        tls: Optional[list[str]] = None,
+        extra: Sequence[str] = (),
+    ):
+        """`docs` None serves no directory; `extra` are more flags (other sources, `--etcd URL`)."""
+        source = ["--dir", str(docs)] if docs is not None else []
         self.proc = subprocess.Popen(
-            [*MESHCORE, "control", "serve", "--dir", str(docs), "--bind", bind, *(tls or [])],
+            [*MESHCORE, "control", "serve", *source, "--bind", bind, *(tls or []), *extra],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -44,7 +53,9 @@ class ControlPlane:
         match = re.match(r"meshcore-control: serving on (\S+)", serving)
         assert match, f"no serving line: {serving!r}, log: {self.log}"
         self.addr = match.group(1)
-        assert "meshcore-control: ready" in self.proc.stdout.readline()
+        self.serving = serving  # says how it serves (mTLS, as whom, an identity service beside)
+        self.ready = self.proc.stdout.readline()
+        assert "meshcore-control: ready" in self.ready, f"no ready line: {self.ready!r}, log: {self.log}"
 
     def _read_log(self) -> None:
         assert self.proc.stderr is not None

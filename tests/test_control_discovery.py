@@ -137,18 +137,9 @@ def test_a_proxy_follows_over_mtls_with_its_own_identity(tmp_path, planes, proxy
     )
 
 
-def test_https_discovery_needs_identity_files():
-    with pytest.raises(
-        ConfigError, match=r"discovery.control: an https:// control plane needs \[identity\] cert"
-    ):
-        load(
-            following(
-                "https://127.0.0.1:7000",
-                identity={
-                    "trust_anchors": "ca.pem",
-                    "issuer": "https://ca",
-                    "token_file": "t",
-                    "name": "web",
-                },
-            )
-        )
+def test_https_discovery_takes_an_identity_from_files_or_the_identity_service():
+    issued = {"trust_anchors": "ca.pem", "issuer": "https://ca", "token_file": "t", "name": "web"}
+    config = load(following("https://127.0.0.1:7000", identity=issued))
+    assert config.discovery is not None and config.identity is not None
+    with pytest.raises(ConfigError, match=r"discovery.control: an https:// control plane takes"):
+        load(following("https://127.0.0.1:7000"))

@@ -84,6 +84,13 @@ class ProxyCore:
         connections, and a renamed one keeps its sockets. Raises ConfigError or BindError,
         and then nothing has changed."""
 
+    def update_endpoints(self, updates_json: str) -> None:
+        """Replaces the endpoints of running services in place, from a JSON list of
+        [service name, [endpoint as in the snapshot, ...]] pairs: only those services are
+        rebuilt; endpoints that stay keep their latency, breaker and connections, and the
+        routing table is shared. Raises ConfigError (an unknown service, a bad address: then
+        nothing changed) or MeshcoreError if the proxy is not running."""
+
     def set_plugin_host(self, host: object) -> None:
         """Installs the Python plugin host whose hooks routes marked `plugins` call."""
 

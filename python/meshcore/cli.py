@@ -69,7 +69,13 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    return run_demo(listen=args.listen, admin=args.admin, duration=args.duration)
+    return run_demo(
+        listen=args.listen,
+        admin=args.admin,
+        duration=args.duration,
+        control=args.control,
+        inbound_admin=args.inbound_admin,
+    )
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -159,9 +165,15 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("config")
     check.set_defaults(func=cmd_check)
 
-    demo = sub.add_parser("demo", help="start backends in two zones behind a proxy and print where to look")
-    demo.add_argument("--listen", default="127.0.0.1:4140")
-    demo.add_argument("--admin", default="127.0.0.1:9990")
+    demo = sub.add_parser(
+        "demo",
+        help="a small mesh on loopback (control plane, two proxies with mTLS, backends in two zones and a "
+        "second cluster, traffic) and where to look",
+    )
+    demo.add_argument("--listen", default="127.0.0.1:4140", help="the outbound proxy")
+    demo.add_argument("--admin", default="127.0.0.1:9990", help="the outbound proxy's admin API")
+    demo.add_argument("--inbound-admin", default="127.0.0.1:9991", help="the inbound proxy's admin API")
+    demo.add_argument("--control", default="127.0.0.1:8470", help="the control plane")
     demo.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     demo.set_defaults(func=cmd_demo)
 
@@ -185,12 +197,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .control.cli import add_control_commands
     from .control.mesh_cli import add_mesh_commands
+    from .gateway import add_gateway_command
     from .identity.cli import add_identity_commands
     from .lifecycle.cli import add_lifecycle_commands
 
     add_identity_commands(sub)
     add_lifecycle_commands(sub)
     add_control_commands(sub)
+    add_gateway_command(sub)
     add_mesh_commands(sub)
     return p
 

@@ -386,8 +386,28 @@ class Listener(_Model):
     # Share the port with other processes that ask for it too (the kernel spreads connections
     # between them, e.g. for a hand-over); off, a port in use is a BindError.
     share_port: bool = False
+    # Peers (SPIFFE IDs) whose requests say who the original caller is: `meshcore gateway`s. From
+    # them the `meshcore-client-id` header names the caller that policy checks; from any other
+    # peer it is replaced by the peer's own ID. mTLS listeners only.
+    trusted_gateways: list[str] = []
 
     _bind = field_validator("bind")(classmethod(lambda cls, v: _check_socket_addr(v)))
+
+    @field_validator("trusted_gateways")
+    @classmethod
+    def _gateway_ids(cls, v: list[str]) -> list[str]:
+        for gateway in v:
+            if not re.fullmatch(r"spiffe://[a-z0-9._-]+/\S+", gateway):
+                raise ValueError(f"{gateway!r} is not a SPIFFE ID (spiffe://TRUST-DOMAIN/PATH)")
+        return v
+
+    @model_validator(mode="after")
+    def _gateways_need_mtls(self) -> Listener:
+        if self.trusted_gateways and self.tls == "none":
+            raise ValueError(
+                'trusted_gateways needs tls = "mesh" or "permissive": a gateway is known by its certificate'
+            )
+        return self
 
 
 class Identity(_Model):
@@ -493,11 +513,28 @@ class ReloadPolicy(_Model):
 
 class Discovery(_Model):
     """Where services listed without endpoints take theirs from: a control plane
-    (`meshcore control serve`), over mTLS with the proxy's identity, or plain HTTP on loopback."""
+    (`meshcore control serve`), over mTLS with the proxy's identity, or plain HTTP on loopback.
+    Several URLs name replicas sharing state (`control serve --etcd`): the next is followed when
+    one goes away."""
 
-    control: str
+    control: Union[str, list[str]]
+    # The control plane's SPIFFE ID, checked at each connect (https only).
+    control_identity: Optional[str] = None
     # How often the proxy reports its version, config version and golden metrics to it.
     report_interval: Duration = "5s"
+
+    @property
+    def urls(self) -> list[str]:
+        return [self.control] if isinstance(self.control, str) else list(self.control)
+
+    @model_validator(mode="after")
+    def _identity_needs_https(self) -> Discovery:
+        if self.control_identity is not None:
+            if not self.control_identity.startswith("spiffe://"):
+                raise ValueError(f"control_identity {self.control_identity!r}: expected a spiffe:// ID")
+            if not all(url.startswith("https:") for url in self.urls):
+                raise ValueError("control_identity is checked over https:// only")
+        return self
 
     @field_validator("report_interval")
     @classmethod
@@ -508,7 +545,17 @@ class Discovery(_Model):
 
     @field_validator("control")
     @classmethod
-    def _control_url(cls, v: str) -> str:
+    def _control_urls(cls, v: Union[str, list[str]]) -> Union[str, list[str]]:
+        if isinstance(v, list):
+            if not v:
+                raise ValueError("give at least one control plane URL")
+            for url in v:
+                cls._control_url(url)
+            return v
+        return cls._control_url(v)
+
+    @staticmethod
+    def _control_url(v: str) -> str:
         parts = urlsplit(v)
         if parts.scheme not in ("https", "http") or not parts.hostname:
             raise ValueError(f"{v!r} is not an https:// (or loopback http://) URL of a control plane")
@@ -674,13 +721,10 @@ class Config(_Model):
                 problems.append((f"listeners[{i}].service", "an opaque listener needs a target service"))
             if lst.tls != "none" and self.identity is None:
                 problems.append((f"listeners[{i}].tls", "TLS needs an [identity] section"))
-        if self.discovery is not None and self.discovery.control.startswith("https:"):
+        if self.discovery is not None and any(u.startswith("https:") for u in self.discovery.urls):
             if self.identity is None:
                 why = "an https:// control plane takes the proxy's mTLS identity: add [identity]"
                 problems.append(("discovery.control", why))
-            elif self.identity.cert is None or self.identity.key is None:
-                why = "an https:// control plane needs [identity] cert and key files (one from"
-                problems.append(("discovery.control", f"{why} an identity service is not handed to it yet)"))
         for i, s in enumerate(self.services):
             for j, e in enumerate(s.endpoints):
                 if e.identity is not None and self.identity is None:
@@ -758,6 +802,7 @@ def _core_listener(lst: Listener) -> snapshot.Listener:
         "max_connections": lst.max_connections,
         "tls": lst.tls,
         "share_port": lst.share_port,
+        "trusted_gateways": list(lst.trusted_gateways),
     }
 
 

@@ -120,7 +120,9 @@ class Proxy:
         if self._config.discovery is not None:
             from .control.follower import Follower  # grpc is loaded only for a proxy that needs it
 
-            self._follower = Follower(self._config, _proxy_id(), self._set_discovered, proxy=self)
+            self._follower = Follower(
+                self._config, _proxy_id(), self._set_discovered, self._identity, proxy=self
+            )
         self._memory: Optional[MemoryTrimmer] = None
         self._stopped = threading.Event()
         # The meshcore.lifecycle.Lifecycle that applies config changes, set by whoever runs one
@@ -157,7 +159,8 @@ class Proxy:
 
     def _set_discovered(self, services: dict[str, list[dict[str, Any]]]) -> None:
         """Checks and keeps the endpoints of each service (any name: a reload may add the service
-        later), then rebuilds the core's table once. On an error nothing changes."""
+        later), then hands the core those of the running config's services in one update (the
+        routing table is not rebuilt). On an error nothing changes."""
         from .config import Endpoint
 
         checked: dict[str, list[snapshot.Endpoint]] = {}
@@ -178,7 +181,14 @@ class Proxy:
             previous = dict(self._discovered)
             self._discovered.update(checked)
             try:
-                self._rebuild()
+                if self.running:
+                    # In place: the core swaps only these services, the routing table stays.
+                    wanted = {s.name for s in self._config.services if not s.endpoints}
+                    updates = [[name, eps] for name, eps in checked.items() if name in wanted]
+                    if updates:
+                        self._core.update_endpoints(json.dumps(updates))
+                else:
+                    self._rebuild()
             except Exception:
                 self._discovered = previous
                 raise

@@ -68,6 +68,8 @@ class Listener(TypedDict):
     max_connections: int
     tls: Literal["none", "mesh", "permissive"]
     share_port: bool
+    # SPIFFE IDs whose `meshcore-client-id` header names the caller.
+    trusted_gateways: list[str]
 
 
 class Retry(TypedDict):

@@ -113,6 +113,16 @@ impl ProxyCore {
         })
     }
 
+    /// Replaces the endpoints of services without rebuilding the table:
+    /// `updates_json` is a list of [service name, endpoints as in the config].
+    fn update_endpoints(&self, py: Python<'_>, updates_json: &str) -> PyResult<()> {
+        guarded(|| {
+            let updates: Vec<(String, Vec<config::Endpoint>)> = serde_json::from_str(updates_json)
+                .map_err(|e| ConfigError::new_err(format!("update_endpoints: {e}")))?;
+            self.with_running(|r| py.detach(|| r.update_endpoints(&updates)).map_err(start_error))
+        })
+    }
+
     fn is_running(&self) -> bool {
         self.running.lock().unwrap_or_else(|p| p.into_inner()).is_some()
     }

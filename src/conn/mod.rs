@@ -49,6 +49,7 @@ impl ConnContext {
             peer: std::net::SocketAddr::from(([127, 0, 0, 1], 50000)),
             tls: PeerTls::Plaintext,
             client_id: None,
+            via_gateway: false,
             no_name: Arc::from(""),
             seat,
             idle_timeout: std::time::Duration::from_secs(300),
@@ -69,6 +70,8 @@ pub struct ConnContext {
     pub tls: PeerTls,
     /// The verified identity as the `meshcore-client-id` value, made once per connection.
     pub client_id: Option<HeaderValue>,
+    /// The peer is a gateway this listener trusts to name the original caller.
+    pub via_gateway: bool,
     /// An empty label value, shared so that requests do not allocate one.
     pub no_name: Arc<str>,
     /// The connection's place in its listener: says when it is idle, and

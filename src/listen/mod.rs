@@ -40,6 +40,8 @@ pub struct ListenerSpec {
     pub idle_timeout: Duration,
     pub admission: Arc<admission::Admission>,
     pub tls: Option<(tokio_rustls::TlsAcceptor, TlsMode)>,
+    /// Peers trusted to name the original caller (gateways).
+    pub trusted_gateways: Arc<[String]>,
     /// The listener's connection counters.
     pub tcp: Arc<TcpSeries>,
     /// Flips to true when this listener stops: removed by a reload, or the
@@ -228,6 +230,9 @@ async fn serve_connection(
         inbound: &*spec.direction == "inbound",
         peer,
         client_id: tls.identity().and_then(|id| http::HeaderValue::from_str(id).ok()),
+        via_gateway: tls
+            .identity()
+            .is_some_and(|id| spec.trusted_gateways.iter().any(|g| g == id)),
         tls,
         no_name: Arc::from(""),
         seat,

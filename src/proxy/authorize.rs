@@ -5,6 +5,7 @@
 use super::answer::{fail, Failure};
 use super::ctx::{authority_of, RequestCtx, Said};
 use super::observe::logged;
+use crate::conn::ConnContext;
 use crate::policy::Decision;
 use crate::proto::RequestBody;
 use http::{Request, StatusCode};
@@ -21,18 +22,32 @@ pub(super) fn authorize(req: &mut Request<RequestBody>, ctx: &mut RequestCtx) ->
     let authority = authority_of(req);
     ctx.labels.authority = authority.clone();
     ctx.authority = authority;
-    // Only this proxy may say who the caller is.
-    match &conn.client_id {
-        Some(id) => req.headers_mut().insert(&CLIENT_ID_HEADER, id.clone()),
-        None => req.headers_mut().remove(&CLIENT_ID_HEADER),
+    // Only this proxy may say who the caller is, or a gateway it trusts (then the header
+    // names the caller behind the gateway, and what policy checks is what the app gets).
+    let forwarded = match conn.via_gateway {
+        true => match caller_behind_gateway(req, conn) {
+            Ok(caller) => caller,
+            Err(reason) => {
+                let refused = fail(StatusCode::FORBIDDEN, reason, &ctx.labels);
+                return Err(logged(refused, conn, None, Said::of(req, &ctx.authority, None)));
+            }
+        },
+        false => None,
     };
+    if forwarded.is_none() {
+        match &conn.client_id {
+            Some(id) => req.headers_mut().insert(&CLIENT_ID_HEADER, id.clone()),
+            None => req.headers_mut().remove(&CLIENT_ID_HEADER),
+        };
+    }
     if !conn.inbound {
         return Ok(());
     }
-    let decision = ctx.table.policy.decide(
+    let caller = forwarded.as_deref().or(conn.tls.identity());
+    let decision = (ctx.table.policy).decide(
         &conn.listener_name,
         conn.peer.ip(),
-        conn.tls.identity(),
+        caller,
         Some(req.uri().path()),
     );
     conn.shared.metrics.authorization(&conn.listener_name, &decision);
@@ -44,7 +59,7 @@ pub(super) fn authorize(req: &mut Request<RequestBody>, ctx: &mut RequestCtx) ->
                 req.method(),
                 req.uri().path(),
                 conn.peer,
-                conn.tls.identity().unwrap_or("no identity")
+                caller.unwrap_or("no identity")
             );
             Ok(())
         }
@@ -53,4 +68,34 @@ pub(super) fn authorize(req: &mut Request<RequestBody>, ctx: &mut RequestCtx) ->
             Err(logged(denied, conn, None, Said::of(req, &ctx.authority, None)))
         }
     }
+}
+
+/// The caller a trusted gateway names in `meshcore-client-id`: None when it names none (the
+/// gateway calls for itself), an error when the name is not a SPIFFE ID of a trust domain this
+/// proxy accepts (a gateway may not vouch for outsiders).
+fn caller_behind_gateway(
+    req: &Request<RequestBody>,
+    conn: &ConnContext,
+) -> Result<Option<String>, &'static str> {
+    let mut named = req.headers().get_all(&CLIENT_ID_HEADER).iter();
+    let (Some(value), None) = (named.next(), named.next()) else {
+        return match req.headers().contains_key(&CLIENT_ID_HEADER) {
+            true => Err("more than one caller named through the gateway"),
+            false => Ok(None),
+        };
+    };
+    let id = value
+        .to_str()
+        .map_err(|_| "a caller named through the gateway is not text")?;
+    let domain = id
+        .strip_prefix("spiffe://")
+        .and_then(|rest| rest.split_once('/'))
+        .filter(|(domain, path)| !domain.is_empty() && !path.is_empty())
+        .map(|(domain, _)| domain)
+        .ok_or("a caller named through the gateway is not a SPIFFE ID")?;
+    let accepted = conn.shared.identity.as_ref().map(|i| i.trust_domains());
+    if !accepted.is_some_and(|domains| domains.iter().any(|d| d == domain)) {
+        return Err("a caller named through the gateway is of a trust domain not accepted here");
+    }
+    Ok(Some(id.to_string()))
 }

@@ -338,6 +338,7 @@ impl Listeners {
             idle_timeout: Duration::from_millis(l.idle_timeout_ms),
             admission: admission.unwrap_or_else(|| Admission::new(l.max_connections)),
             tls,
+            trusted_gateways: l.trusted_gateways.clone().into(),
             tcp,
             draining,
         })

@@ -7,7 +7,7 @@ mod listeners;
 
 pub use listeners::Inherited;
 
-use crate::config::Config;
+use crate::config::{self, Config};
 use crate::shared::Shared;
 use crate::table::Table;
 use crate::tls::identity::Identity;
@@ -173,6 +173,19 @@ impl Running {
         }
         self.shared.table.store(Arc::new(table));
         listeners.apply(change);
+        Ok(())
+    }
+
+    /// Replaces the endpoints of the named services in place: the table is
+    /// swapped, but shares everything else with the one it replaces.
+    pub fn update_endpoints(&self, updates: &[(String, Vec<config::Endpoint>)]) -> Result<(), StartError> {
+        // The listeners' lock orders this with a reload, so neither loses the other's change.
+        let _listeners = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
+        let current = self.shared.table.load();
+        let table = current
+            .with_endpoints(updates, self.shared.identity.as_ref())
+            .map_err(StartError::Config)?;
+        self.shared.table.store(Arc::new(table));
         Ok(())
     }
 

@@ -20,8 +20,10 @@ Protocol (firm; scripts and proxies depend on it):
   services the proxy holds that are gone come as ``exists: false``.
 - Auth: mTLS; the client's certificate must chain to the trust anchors, and its SPIFFE ID (URI SAN)
   is logged with the subscription. The control plane's certificate must name its host (a DNS or IP
-  SAN, as any HTTPS server's): gRPC checks it. Plain ``http://`` is served and accepted on loopback
-  only.
+  SAN, as any HTTPS server's): gRPC checks it; a proxy with ``[discovery] control_identity`` also
+  checks its SPIFFE ID (``server_identity``). Plain ``http://`` is served and accepted on loopback
+  only. With ``--identity-ca`` the control plane issues its own certificate from the mesh CA it
+  holds (``issued_tls``) and serves the identity service beside the gRPC port.
 - Fleet: service ``meshcore.control.v1.Fleet``. ``Report`` (unary): ``{"proxy": {...}, "config":
   {"version", "hash", "fleet_version", "push"}, "metrics": {"window_s", "responses", "failures",
   "buckets_ms", "buckets"}}`` from each proxy every few seconds; ``Status`` (unary): the fleet
@@ -33,7 +35,8 @@ Protocol (firm; scripts and proxies depend on it):
 
 Modules: ``protocol`` (the wire format), ``store`` (versions), ``sources`` (the adapters, and the
 interface to write one), ``documents`` (the directory's file format), ``server`` (the gRPC
-service), ``client`` (``Subscription``, what a proxy runs), ``cli``; the fleet: ``fleet`` (the table),
+service), ``client`` (``Subscription``, what a proxy runs), ``server_identity`` (checking the
+control plane's SPIFFE ID), ``issued_tls``, ``cli``; the fleet: ``fleet`` (the table),
 ``fleet_service`` (its RPCs), ``rollout``, ``agent`` and ``reporter`` (the proxy's side), ``mesh_cli``.
 """
 

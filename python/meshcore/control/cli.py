@@ -11,10 +11,16 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from ..errors import ConfigError
+from .link_cli import add_link_arguments, link_sources
 from .sources import Source
+
+if TYPE_CHECKING:
+    from ..identity.service import IdentityService
+    from .issued_tls import IssuedServerTls
+    from .server import CredentialsSource
 
 __all__ = ["add_control_commands"]
 
@@ -33,7 +39,57 @@ def add_control_commands(sub: argparse._SubParsersAction) -> None:  # type: igno
     serve.add_argument(
         "--trust-anchors", metavar="FILE", help="clients must present a certificate from these (mTLS)"
     )
+    serve.add_argument(
+        "--etcd",
+        metavar="URLS",
+        help="share state with other replicas through etcd: http://HOST:PORT[,...] (needs meshcore[etcd])",
+    )
+    serve.add_argument(
+        "--dns",
+        action="append",
+        default=[],
+        metavar="NAME=QUERY",
+        help="a service from DNS: NAME=HOST:PORT (A/AAAA) or NAME=srv:QNAME (SRV), then optional "
+        ",zone=ZONE,cluster=CLUSTER; repeatable; needs meshcore[dns]",
+    )
+    serve.add_argument(
+        "--dns-server", metavar="HOST:PORT", help="the nameserver --dns asks (default: the system's)"
+    )
+    add_link_arguments(serve)
+    _add_identity_flags(serve)
     serve.set_defaults(func=cmd_serve)
+
+
+def _add_identity_flags(serve: argparse.ArgumentParser) -> None:
+    """`meshcore identity serve`'s flags, mounted: the control plane also runs the identity service
+    and serves with a certificate from that CA (no --tls-* then)."""
+    from ..identity.cli import duration
+
+    group = serve.add_argument_group("identity service (mounted in the control plane)")
+    group.add_argument(
+        "--identity-ca", metavar="DIR", help="a CA made by `meshcore identity init`: serve its certify API"
+    )
+    group.add_argument(
+        "--identity-bind", default="127.0.0.1:8443", help="its HTTPS address (default 127.0.0.1:8443)"
+    )
+    group.add_argument(
+        "--tokens", metavar="FILE", help="bootstrap tokens: JSON object or lines of 'token name'"
+    )
+    group.add_argument(
+        "--identity-ttl", type=duration, default="24h", help="lifetime of issued certificates (default 24h)"
+    )
+    group.add_argument(
+        "--identity-name",
+        default="control",
+        help="the control plane's own identity name (default control: spiffe://<trust domain>/control)",
+    )
+    group.add_argument(
+        "--host",
+        action="append",
+        default=[],
+        help="a DNS name or IP address proxies reach the control plane by, named in its certificate "
+        "(repeatable; default: the --bind host, and localhost for a loopback or wildcard bind)",
+    )
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -46,12 +102,53 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise ConfigError(
             f"{', '.join(given)} given alone: TLS needs --tls-cert, --tls-key and --trust-anchors together"
         )
-    tls = ServerTls(Path(args.tls_cert), Path(args.tls_key), Path(args.trust_anchors)) if given else None
-    sources = build_sources(args)
-    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="meshcore-control: %(message)s")
-    asyncio.run(serve(args.bind, sources, tls))
+    tls: Optional[CredentialsSource] = None
+    if given:
+        tls = ServerTls(Path(args.tls_cert), Path(args.tls_key), Path(args.trust_anchors))
+    identity = None
+    if args.identity_ca:
+        if given:
+            raise ConfigError(
+                f"{', '.join(given)} with --identity-ca: the control plane then serves with a certificate "
+                "from that CA; leave them out"
+            )
+        tls, identity = _mount_identity(args)
+    elif args.tokens or args.host:
+        raise ConfigError(f"{'--tokens' if args.tokens else '--host'} needs --identity-ca DIR")
+    try:
+        sources = build_sources(args)
+        logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="meshcore-control: %(message)s")
+        asyncio.run(serve(args.bind, sources, tls, etcd=args.etcd, identity=identity))
+    finally:
+        if identity is not None:
+            identity.close()
     print("meshcore-control: stopped", flush=True)
     return 0
+
+
+def _mount_identity(args: argparse.Namespace) -> tuple[IssuedServerTls, IdentityService]:
+    """The control plane's own certificate from --identity-ca, and the identity service on
+    --identity-bind (started here; the caller closes it)."""
+    from ..identity.bootstrap_tokens import StaticTokens
+    from ..identity.service import IdentityService
+    from .issued_tls import IssuedServerTls, default_hosts
+    from .server import split_host_port
+
+    if not args.tokens:
+        raise ConfigError("--identity-ca needs --tokens FILE: the bootstrap tokens proxies present")
+    try:
+        host, _ = split_host_port(args.bind)
+        checker = StaticTokens(args.tokens)
+        tls = IssuedServerTls(
+            args.identity_ca,
+            name=args.identity_name,
+            hosts=args.host or default_hosts(host),
+            ttl=args.identity_ttl,
+        )
+    except (ValueError, OSError) as e:
+        raise ConfigError(f"control serve: {e}") from None
+    service = IdentityService(args.identity_ca, args.identity_bind, tokens=checker, ttl=args.identity_ttl)
+    return tls, service
 
 
 def build_sources(args: argparse.Namespace) -> list[Source]:
@@ -61,24 +158,41 @@ def build_sources(args: argparse.Namespace) -> list[Source]:
     sources: list[Source] = []
     if args.dir:
         sources.append(DirectorySource(Path(args.dir)))
-    if not sources:
-        raise ConfigError("control serve: give at least one source of services (--dir DOCS)")
+    if args.dns:
+        from .sources.dns import DnsSource, parse_dns_flag, parse_dns_server
+
+        server = parse_dns_server(args.dns_server) if args.dns_server else None
+        sources.append(DnsSource([parse_dns_flag(v) for v in args.dns], server))
+    elif args.dns_server:
+        raise ConfigError("--dns-server given without --dns: name the services to resolve")
+    sources += link_sources(args)  # after the local ones: a local service wins over an imported one
+    # A replica sharing state through etcd may run no source: it serves what the others write.
+    if not sources and not getattr(args, "etcd", None):
+        raise ConfigError("control serve: give at least one source of services (--dir DOCS, --dns, --link)")
     return sources
 
 
-async def serve(bind: str, sources: Sequence[Source], tls: Optional[object] = None) -> None:
+async def serve(
+    bind: str,
+    sources: Sequence[Source],
+    tls: Optional[CredentialsSource] = None,
+    *,
+    etcd: Optional[str] = None,
+    identity: Optional[IdentityService] = None,
+) -> None:
+    """`etcd`: share state with other replicas through it; `identity`: the IdentityService running
+    beside, named in the serving line."""
     import asyncio
 
-    from .server import ControlServer, ServerTls
+    from .server import ControlServer
     from .store import Store
 
-    assert tls is None or isinstance(tls, ServerTls)
-    store = Store()
-    server = ControlServer(store, bind, tls)  # checks the bind before any source starts
+    store = Store() if etcd is None else await _etcd_store(etcd)
     started: list[Source] = []
     try:
+        server = ControlServer(store, bind, tls)  # checks the bind before any source starts
         for source in sources:
-            source.start(store.feed(source.name))
+            source.start(store.feed(source.name, source.adds_endpoints))
             started.append(source)
         await server.start()
         stop = asyncio.Event()
@@ -86,14 +200,32 @@ async def serve(bind: str, sources: Sequence[Source], tls: Optional[object] = No
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         count = sum(1 for s in store.all() if s.exists)
-        names = ", ".join(s.describe() for s in sources)
-        print(
-            f"meshcore-control: serving on {server.address} ({'mTLS' if tls else 'plaintext, loopback'})",
-            flush=True,
-        )
+        names = ", ".join(s.describe() for s in sources) or "no source of its own"
+        if etcd is not None:
+            names += f", shared through etcd at {etcd}"
+        mode = "plaintext, loopback" if tls is None else "mTLS"
+        spiffe = getattr(tls, "spiffe_id", None)  # IssuedServerTls names itself
+        if spiffe:
+            mode += f" as {spiffe}"
+        if identity is not None:
+            mode += f"; identity service on {identity.url}"
+        print(f"meshcore-control: serving on {server.address} ({mode})", flush=True)
         print(f"meshcore-control: ready ({count} services from {names}, epoch {store.epoch})", flush=True)
         await stop.wait()
         await server.stop(grace=1.0)
     finally:
         for source in reversed(started):
             source.stop()
+        if etcd is not None:
+            await asyncio.get_running_loop().run_in_executor(None, store.close)  # type: ignore[union-attr]
+
+
+async def _etcd_store(urls: str) -> object:
+    """An `EtcdStore` connected and loaded (in a thread: it waits for etcd)."""
+    import asyncio
+
+    from .etcd_store import EtcdStore, parse_endpoints_urls
+
+    store = EtcdStore(parse_endpoints_urls(urls))
+    await asyncio.get_running_loop().run_in_executor(None, store.start)
+    return store

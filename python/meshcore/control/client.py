@@ -16,7 +16,7 @@ import os
 import random
 import socket
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 from urllib.parse import urlsplit
@@ -45,6 +45,10 @@ CHANNEL_OPTIONS = [
 
 OnUpdate = Callable[[list[ResourceWire]], None]
 PathLike = Union[str, "os.PathLike[str]"]
+# (certificate chain, key, trust anchors): PEM files, or a callable giving the PEMs (an identity
+# held in memory, as one from the identity service).
+TlsFiles = tuple[PathLike, PathLike, PathLike]
+TlsPems = Callable[[], tuple[bytes, bytes, bytes]]
 
 
 def backoff_delay(attempt: int, rng: Callable[[float, float], float] = random.uniform) -> float:
@@ -57,30 +61,28 @@ class Subscription:
 
     def __init__(
         self,
-        url: str,
+        url: Union[str, Sequence[str]],
         services: Iterable[str],
         on_update: OnUpdate,
         *,
-        tls: Optional[tuple[PathLike, PathLike, PathLike]] = None,
+        tls: Union[TlsFiles, TlsPems, None] = None,
         proxy_info: Union[ProxyInfo, dict[str, Any], None] = None,
         server_name: Optional[str] = None,
+        server_identity: Optional[str] = None,
     ):
-        """`tls` is (certificate chain, key, trust anchors) as PEM files, read at each connect so a
-        renewed certificate is used; `server_name` is the name to check the control plane's
-        certificate against when it is not the URL's host."""
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname or parts.port is None:
-            raise ConfigError(f"control plane URL {url!r}: expected https://HOST:PORT (http:// on loopback)")
-        if parts.scheme == "http" and not is_loopback(parts.hostname):
-            raise ConfigError(
-                f"control plane URL {url!r}: plain http:// is accepted for loopback hosts only; use https://"
-            )
-        if parts.scheme == "https" and tls is None:
-            raise ConfigError(f"control plane URL {url!r}: https needs tls=(cert, key, trust anchors)")
-        self.url = url
-        host = parts.hostname
-        self._target = f"[{host}]:{parts.port}" if ":" in host else f"{host}:{parts.port}"
-        self._secure = parts.scheme == "https"
+        """`url` may be several replicas' URLs: when a stream breaks, the next is tried (with the
+        same backoff), resuming with the versions held. `tls` is (certificate chain, key, trust
+        anchors) as PEM files, or a callable returning those PEMs; either is read at each connect,
+        so a renewed certificate is used. `server_name` is the name to check the control plane's
+        certificate against when it is not the URL's host; `server_identity` the SPIFFE ID it must
+        have (see server_identity.py)."""
+        urls = [url] if isinstance(url, str) else list(url)
+        if not urls:
+            raise ConfigError("a subscription needs the URL of a control plane")
+        self._targets = [self._check_url(u, tls, server_identity) for u in urls]
+        self.urls = urls
+        self._current = 0
+        self._server_identity = server_identity
         self._tls = tls
         self._server_name = server_name
         self.services = sorted(set(services))
@@ -100,6 +102,46 @@ class Subscription:
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._task: Optional[asyncio.Task[None]] = None
         self._started = threading.Event()
+
+    @property
+    def url(self) -> str:
+        """The control plane followed now (or tried next)."""
+        return self.urls[self._current]
+
+    @property
+    def _target(self) -> str:
+        return self._targets[self._current][0]
+
+    @property
+    def _secure(self) -> bool:
+        return self._targets[self._current][1]
+
+    @property
+    def _host(self) -> str:
+        return self._targets[self._current][2]
+
+    @property
+    def _port(self) -> int:
+        return self._targets[self._current][3]
+
+    @staticmethod
+    def _check_url(url: str, tls: object, server_identity: Optional[str]) -> tuple[str, bool, str, int]:
+        """(gRPC target, secure, host, port) for `url`; ConfigError naming it if it is not one to
+        follow."""
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.port is None:
+            raise ConfigError(f"control plane URL {url!r}: expected https://HOST:PORT (http:// on loopback)")
+        if parts.scheme == "http" and not is_loopback(parts.hostname):
+            raise ConfigError(
+                f"control plane URL {url!r}: plain http:// is accepted for loopback hosts only; use https://"
+            )
+        if parts.scheme == "https" and tls is None:
+            raise ConfigError(f"control plane URL {url!r}: https needs tls=(cert, key, trust anchors)")
+        if server_identity is not None and parts.scheme != "https":
+            raise ConfigError(f"control plane URL {url!r}: checking its identity needs https://")
+        host = parts.hostname
+        target = f"[{host}]:{parts.port}" if ":" in host else f"{host}:{parts.port}"
+        return target, parts.scheme == "https", host, parts.port
 
     def start(self) -> Subscription:
         self._thread = threading.Thread(target=self._thread_main, name="meshcore-control-client", daemon=True)
@@ -134,16 +176,45 @@ class Subscription:
         except asyncio.CancelledError:
             pass
 
-    def _channel(self) -> grpc.aio.Channel:
+    async def _channel(self) -> grpc.aio.Channel:
         if not self._secure:
             return grpc.aio.insecure_channel(self._target, options=CHANNEL_OPTIONS)
-        assert self._tls is not None
-        cert, key, anchors = (self._read(p) for p in self._tls)
+        cert, key, anchors = self._pems()
+        roots = anchors
+        if self._server_identity is not None:
+            from .server_identity import checked_server_leaf  # cryptography, only when asked
+
+            # The checked leaf becomes gRPC's only root: it connects to that certificate alone.
+            roots = await asyncio.to_thread(
+                checked_server_leaf,
+                self._host,
+                self._port,
+                self._server_identity,
+                chain_pem=cert,
+                key_pem=key,
+                anchors_pem=anchors,
+                server_name=self._server_name,
+            )
         options = list(CHANNEL_OPTIONS)
         if self._server_name:
             options.append(("grpc.ssl_target_name_override", self._server_name))
-        credentials = grpc.ssl_channel_credentials(anchors, private_key=key, certificate_chain=cert)
+        credentials = grpc.ssl_channel_credentials(roots, private_key=key, certificate_chain=cert)
         return grpc.aio.secure_channel(self._target, credentials, options=options)
+
+    async def open_channel(self) -> grpc.aio.Channel:
+        """A channel to the control plane followed now, with this subscription's credentials and
+        checks, on the caller's event loop (the proxy's reports go on one of their own)."""
+        return await self._channel()
+
+    def _pems(self) -> tuple[bytes, bytes, bytes]:
+        assert self._tls is not None
+        if callable(self._tls):
+            try:
+                return self._tls()
+            except Exception as e:  # noqa: BLE001 - the identity's holder failed: retried like a connect
+                raise TlsError(f"no client certificate for the control plane: {e}") from None
+        cert, key, anchors = (self._read(p) for p in self._tls)
+        return cert, key, anchors
 
     @staticmethod
     def _read(path: PathLike) -> bytes:
@@ -162,7 +233,7 @@ class Subscription:
         attempt = 0
         while True:
             try:
-                async with self._channel() as channel:
+                async with await self._channel() as channel:
                     subscribe = channel.unary_stream(
                         SUBSCRIBE_PATH, request_serializer=encode, response_deserializer=decode
                     )
@@ -176,10 +247,13 @@ class Subscription:
                 self.last_error = str(e)
             delay = backoff_delay(attempt)
             attempt += 1
+            failed = self.url
+            self._current = (self._current + 1) % len(self.urls)
             log.warning(
-                "control plane %s: %s; keeping the last known state, reconnecting in %.2fs",
-                self.url,
+                "control plane %s: %s; keeping the last known state, reconnecting%s in %.2fs",
+                failed,
                 self.last_error,
+                f" to {self.url}" if self.url != failed else "",
                 delay,
             )
             await asyncio.sleep(delay)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
@@ -77,7 +78,9 @@ class FleetService:
         self._offer = offer  # hands a push to the proxy's open stream, if any
         self._identity_of = identity_of
         self._desired: dict[str, ConfigPush] = {}
-        self._pushes = 0
+        # Push versions from the clock: a proxy that moves to another replica never holds one of
+        # its numbers for a config it did not get.
+        self._pushes = int(time.time() * 1000)
         self._report_seen: Optional[asyncio.Event] = None
         self.rollout: Optional[Rollout] = None
         self._task: Optional[asyncio.Task[bool]] = None

@@ -8,7 +8,7 @@ the configs it pushes (agent.py, reporter.py)."""
 from __future__ import annotations
 
 import sys
-from typing import Any, Callable, Optional, cast
+from typing import TYPE_CHECKING, Any, Callable, Optional, cast
 
 from .. import __version__
 from ..config import Config, parse_duration
@@ -17,12 +17,23 @@ from .client import Subscription
 from .protocol import ConfigWire, ResourceWire
 from .reporter import Reporter
 
+if TYPE_CHECKING:
+    from ..identity.agent import IdentityAgent
+
 __all__ = ["Follower"]
 
 # How long start() waits for the first snapshot before serving without it.
 FIRST_SNAPSHOT_WAIT = 5.0
 
 Apply = Callable[[dict[str, list[dict[str, Any]]]], None]
+
+
+def _pems_of(agent: IdentityAgent) -> Callable[[], tuple[bytes, bytes, bytes]]:
+    def pems() -> tuple[bytes, bytes, bytes]:
+        chain, key = agent.current()
+        return chain.encode(), key.encode(), agent.trust_anchors_pem.encode()
+
+    return pems
 
 
 def _endpoints(resource: ResourceWire) -> list[dict[str, Any]]:
@@ -34,31 +45,56 @@ def _endpoints(resource: ResourceWire) -> list[dict[str, Any]]:
 
 
 class Follower:
-    def __init__(self, config: Config, proxy_id: str, apply: Apply, proxy: Any = None) -> None:
+    """Over https, the subscription speaks mTLS as the proxy: with its certificate files, or with
+    the certificate `agent` got from the identity service (held in memory, renewed)."""
+
+    def __init__(
+        self,
+        config: Config,
+        proxy_id: str,
+        apply: Apply,
+        agent: Optional[IdentityAgent] = None,
+        proxy: Any = None,
+    ) -> None:
         """`proxy` (a meshcore.Proxy) is what reports read and pushed configs change; None: no
         reports."""
         assert config.discovery is not None
-        url = config.discovery.control
-        tls = None
-        if url.startswith("https:"):
+        urls = config.discovery.urls
+        tls: Any = None
+        if any(url.startswith("https:") for url in urls):
             identity = config.identity
-            # config.cross_check refuses https without an identity and its files.
-            assert identity is not None and identity.cert is not None and identity.key is not None
-            tls = (
-                config.resolve_path(identity.cert),
-                config.resolve_path(identity.key),
-                config.resolve_path(identity.trust_anchors),
-            )
+            assert identity is not None  # config.cross_check refuses https without an identity
+            if identity.issuer is not None:
+                assert agent is not None
+                tls = _pems_of(agent)
+            else:
+                assert identity.cert is not None and identity.key is not None
+                tls = (
+                    config.resolve_path(identity.cert),
+                    config.resolve_path(identity.key),
+                    config.resolve_path(identity.trust_anchors),
+                )
         self._apply = apply
         info = {"id": proxy_id, "version": __version__, "zone": config.zone, "cluster": config.cluster}
-        self._subscription = Subscription(url, ["*"], self._on_update, tls=tls, proxy_info=info)
+        self._subscription = Subscription(
+            urls,
+            ["*"],
+            self._on_update,
+            tls=tls,
+            proxy_info=info,
+            server_identity=config.discovery.control_identity,
+        )
         self._agent: Optional[FleetAgent] = None
         self._reporter: Optional[Reporter] = None
         if proxy is not None:
             self._agent = FleetAgent(proxy, info)
             interval = parse_duration(config.discovery.report_interval) / 1000
-            self._reporter = Reporter(url, self._agent.collect, self._agent.sent, interval, tls=tls)
+            self._reporter = Reporter(self._subscription, self._agent.collect, self._agent.sent, interval)
             self._agent.on_applied = self._reporter.poke
+
+    @property
+    def subscription(self) -> Subscription:
+        return self._subscription
 
     def start(self, wait: Optional[float] = FIRST_SNAPSHOT_WAIT) -> None:
         if self._agent is not None and self._reporter is not None:

@@ -9,14 +9,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from pathlib import Path
 from typing import Any, Callable, Optional
-from urllib.parse import urlsplit
 
 import grpc
 
-from ..errors import TlsError
-from .client import CHANNEL_OPTIONS, PathLike
+from ..errors import ConfigError, TlsError
+from .client import Subscription
 from .protocol import REPORT_PATH, decode, encode
 
 __all__ = ["Reporter"]
@@ -27,23 +25,18 @@ REPORT_TIMEOUT = 10.0
 
 
 class Reporter:
-    """`collect()` returns the report to send; `sent()` is called once the control plane took it
-    (so that the next report counts from there)."""
+    """Reports to the control plane `subscription` follows now (the replica that pushes configs
+    to this proxy), with its credentials. `collect()` returns the report to send; `sent()` is
+    called once the control plane took it (so that the next report counts from there)."""
 
     def __init__(
         self,
-        url: str,
+        subscription: Subscription,
         collect: Callable[[], dict[str, Any]],
         sent: Callable[[dict[str, Any]], None],
         interval: float,
-        tls: Optional[tuple[PathLike, PathLike, PathLike]] = None,
     ) -> None:
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-        self._target = f"[{host}]:{parts.port}" if ":" in host else f"{host}:{parts.port}"
-        self._secure = parts.scheme == "https"
-        self._tls = tls
-        self.url = url
+        self._subscription = subscription
         self._collect, self._sent = collect, sent
         self.interval = interval
         self.reports = 0
@@ -84,19 +77,12 @@ class Reporter:
         except asyncio.CancelledError:
             pass
 
-    def _channel(self) -> grpc.aio.Channel:
-        if not self._secure:
-            return grpc.aio.insecure_channel(self._target, options=CHANNEL_OPTIONS)
-        assert self._tls is not None
-        cert, key, anchors = (_read(p) for p in self._tls)  # read each time: renewed certificates
-        credentials = grpc.ssl_channel_credentials(anchors, private_key=key, certificate_chain=cert)
-        return grpc.aio.secure_channel(self._target, credentials, options=CHANNEL_OPTIONS)
-
     async def _run(self) -> None:
         assert self._wake is not None
         while True:
+            url = self._subscription.url
             try:
-                async with self._channel() as channel:
+                async with await self._subscription.open_channel() as channel:
                     report = channel.unary_unary(
                         REPORT_PATH, request_serializer=encode, response_deserializer=decode
                     )
@@ -106,17 +92,20 @@ class Reporter:
                         self._sent(message)
                         self.reports += 1
                         if self.last_error is not None:
-                            log.warning("control plane %s: reports go through again", self.url)
+                            log.warning("control plane %s: reports go through again", url)
                             self.last_error = None
                         await self._pause()
+                        if self._subscription.url != url:
+                            break  # the subscription moved to another replica: report there
+                    continue
             except grpc.aio.AioRpcError as e:
                 error = f"{e.code().name}: {e.details()}"
-            except (OSError, TlsError) as e:
+            except (OSError, TlsError, ConfigError) as e:
                 error = str(e)
             if error != self.last_error:  # once per kind of failure, not every interval
                 log.warning(
                     "control plane %s: report not sent: %s; retrying every %gs",
-                    self.url,
+                    url,
                     error,
                     self.interval,
                 )
@@ -130,10 +119,3 @@ class Reporter:
         except asyncio.TimeoutError:
             pass
         self._wake.clear()
-
-
-def _read(path: PathLike) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except OSError as e:
-        raise TlsError(f"{path}: cannot read: {e.strerror or e}") from None

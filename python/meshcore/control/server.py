@@ -13,7 +13,7 @@ import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Optional, Protocol, Union
 
 import grpc
 
@@ -92,6 +92,12 @@ class ServerTls:
         return grpc.ssl_server_credentials([(key, cert)], root_certificates=anchors, require_client_auth=True)
 
 
+class CredentialsSource(Protocol):
+    """What the server's TLS comes from: `ServerTls` (files) or `IssuedServerTls` (the mounted CA)."""
+
+    def credentials(self) -> grpc.ServerCredentials: ...
+
+
 class _Stream:
     def __init__(self, request: SubscribeRequest, who: str):
         self.request = request
@@ -121,7 +127,7 @@ class _Stream:
 class ControlServer:
     """Serves `store` on `bind`; plain gRPC on loopback only, else mTLS with `tls`."""
 
-    def __init__(self, store: Store, bind: str, tls: Optional[ServerTls] = None):
+    def __init__(self, store: Store, bind: str, tls: Optional[CredentialsSource] = None):
         try:
             host, _ = split_host_port(bind)
         except ValueError as e:

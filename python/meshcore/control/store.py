@@ -3,9 +3,12 @@
 A resource's version grows by one on every change of that resource; the store's revision grows by
 one on every change of anything. A source's report that changes nothing changes no version.
 
-Several sources may feed one store: a service belongs to the source that reported it first, and
-another source's report of it is ignored (logged once) until the owner removes it, when the other
-takes over; two sources never take turns overwriting one service.
+Several sources may feed one store, in the order they were fed (`feed`). A service's endpoints
+come from the first source, in that order, that reports it (a local directory before DNS); another
+such source's report of it is set aside (logged once) and served only when the first drops it.
+Sources that add endpoints (links to other clusters: `Source.adds_endpoints`) never compete: what
+they report is added after the owner's endpoints, so a zonal balancer keeps traffic on the local
+ones and uses the other cluster's as the costliest tier; a service only they report is theirs.
 
 A removed service stays as a tombstone (`exists: false`, its version moved on), so a proxy resuming
 with the old version learns it is gone. `epoch` names this store instance: versions count from
@@ -58,7 +61,7 @@ class Store:
         self._watchers: list[Watcher] = []
         # What each source last reported, in the order sources first reported (a dict keeps it).
         self._reported: dict[str, dict[str, tuple[EndpointWire, ...]]] = {}
-        self._owners: dict[str, str] = {}  # service -> the source whose report is served
+        self._adds: set[str] = set()  # sources whose endpoints are added to the owner's
         self._conflicts: set[tuple[str, str]] = set()  # (service, ignored source), logged once
 
     @property
@@ -68,7 +71,7 @@ class Store:
     def apply(self, changes: Changes, source: str = "source") -> list[ServiceState]:
         """Applies `source`'s report; returns (and tells the watchers) what really changed."""
         with self._lock:
-            reported = self._reported.setdefault(source, {})
+            reported = self._reported.setdefault(source, {})  # first report = fed, if not fed
             touched: list[str] = []
             for name, endpoints in changes.services.items():
                 reported[name] = tuple(endpoints)
@@ -93,32 +96,37 @@ class Store:
         return states
 
     def _settle(self, name: str) -> Optional[ServiceState]:
-        """The service's new state after a report touched it, None if it did not change. Its
-        owner keeps it while it reports it; when the owner drops it, the next source that
-        reported it (in order of first report) takes it over."""
-        owner = self._owners.get(name)
-        if owner is None or name not in self._reported.get(owner, {}):
-            owner = next((s for s, names in self._reported.items() if name in names), None)
-            if owner is None:
-                self._owners.pop(name, None)
-            else:
-                self._owners[name] = owner
-        for source, names in self._reported.items():
-            if source != owner and name in names and (name, source) not in self._conflicts:
+        """The service's new state after a report touched it, None if it did not change."""
+        reporting = [s for s, names in self._reported.items() if name in names]
+        owners = [s for s in reporting if s not in self._adds]
+        for source in owners[1:]:
+            if (name, source) not in self._conflicts:
                 self._conflicts.add((name, source))
-                log.error("service %r from %s ignored: %s already serves it", name, source, owner)
+                log.error("service %r from %s set aside: %s serves it", name, source, owners[0])
         old = self._services.get(name)
-        if owner is None:
+        if not reporting:
             if old is None or not old.exists:
                 return None
             return ServiceState(name, old.version + 1, False)
-        now = self._reported[owner][name]
-        if old is not None and old.exists and old.endpoints == now:
+        now: list[EndpointWire] = []
+        seen: set[str] = set()
+        for source in owners[:1] + [s for s in reporting if s in self._adds]:
+            for e in self._reported[source][name]:
+                if e["addr"] not in seen:  # one address, one endpoint: the first source's
+                    seen.add(e["addr"])
+                    now.append(e)
+        endpoints = tuple(now)
+        if old is not None and old.exists and old.endpoints == endpoints:
             return None
-        return ServiceState(name, (old.version if old else 0) + 1, True, now)
+        return ServiceState(name, (old.version if old else 0) + 1, True, endpoints)
 
-    def feed(self, source: str) -> Callable[[Changes], list[ServiceState]]:
-        """The `on_change` to start the source named `source` with."""
+    def feed(self, source: str, adds: bool = False) -> Callable[[Changes], list[ServiceState]]:
+        """The `on_change` to start the source named `source` with; call it in the sources'
+        order of precedence. `adds`: its endpoints are added to the owner's (a link)."""
+        with self._lock:
+            self._reported.setdefault(source, {})
+            if adds:
+                self._adds.add(source)
         return lambda changes: self.apply(changes, source)
 
     def get(self, name: str) -> ServiceState:

@@ -5,6 +5,7 @@ name is a SPIFFE ID (``spiffe://<trust domain>/<name>``). A proxy obtains its ce
 CSR together with a bootstrap token, so its private key never leaves the workload.
 
 - ``ca``: the CA on disk, issuing and signing, SPIFFE IDs, certificate facts;
+- ``bootstrap_tokens``: who a bootstrap token belongs to (StaticTokens, or any TokenChecker);
 - ``service``: IdentityService, the certify API over HTTPS (served as ``https`` describes);
 - ``client``: request_certificate, the client side of that API;
 - ``agent``: IdentityAgent, which keeps a running proxy's certificate fresh;
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .agent import IdentityAgent, RenewalBackoff, next_backoff, retry_delay
+    from .bootstrap_tokens import StaticTokens, TokenChecker, first_of
     from .ca import cert_info, init_ca, issue, refresh_delay, sign_csr, spiffe_id
     from .client import request_certificate
     from .https import ServerLimits
@@ -30,7 +32,10 @@ __all__ = [
     "IdentityService",
     "RenewalBackoff",
     "ServerLimits",
+    "StaticTokens",
+    "TokenChecker",
     "cert_info",
+    "first_of",
     "init_ca",
     "issue",
     "next_backoff",
@@ -46,6 +51,9 @@ _MODULE_OF = {
     "RenewalBackoff": "agent",
     "next_backoff": "agent",
     "retry_delay": "agent",
+    "StaticTokens": "bootstrap_tokens",
+    "TokenChecker": "bootstrap_tokens",
+    "first_of": "bootstrap_tokens",
     "cert_info": "ca",
     "init_ca": "ca",
     "issue": "ca",

@@ -119,7 +119,13 @@ class IdentityAgent:
             return self._read("cert"), self._read("key")
         chain, key, not_after = self._request()
         self._not_after = not_after
+        self._current = (chain, key)
         return chain, key
+
+    def current(self) -> tuple[str, str]:
+        """The certificate chain and key (PEM) the data plane holds now, from the identity
+        service: what else in the proxy speaks mTLS (its control plane subscription) uses."""
+        return self._current
 
     def _request(self) -> tuple[str, str, datetime]:
         from .client import request_certificate  # cryptography, only when an issuer is used
@@ -182,6 +188,7 @@ class IdentityAgent:
             try:
                 chain, key, new_not_after = self._request()
                 install(chain, key)
+                self._current = (chain, key)
             except Exception as e:  # noqa: BLE001 - keep retrying, with backoff, even once expired
                 self.last_error = str(e)
                 now = self._clock()

@@ -10,7 +10,6 @@ A refusal is ``{"error": "<why>"}`` with its status, and closes the connection.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import ipaddress
 import json
 import ssl
@@ -28,20 +27,22 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from .bootstrap_tokens import StaticTokens, TokenChecker
 from .ca import PathLike, check_ttl, csr_public_key, key_pem, load_issuer, new_key, spiffe_id, utc_now
 from .https import HttpsServer, ServerLimits
 
 __all__ = ["IdentityService"]
 
-TokenSource = Union[Mapping[str, str], PathLike]
+TokenSource = Union[Mapping[str, str], PathLike, TokenChecker]
 
 
 class IdentityService:
     """The certify API over HTTPS, served from a background thread until close().
 
-    `tokens` maps each bootstrap token to the one identity name it may request; it is a mapping or a
-    file holding a JSON object or lines of "token name". `limits` bound what one client may take
-    (ServerLimits' defaults if not given). A port in use raises BindError.
+    `tokens` says which identity name a bootstrap token may request: a `TokenChecker` callable
+    (token -> name or None; see bootstrap_tokens), or a mapping or file for `StaticTokens`.
+    `limits` bound what one client may take (ServerLimits' defaults if not given).
+    A port in use raises BindError.
     """
 
     def __init__(
@@ -55,8 +56,8 @@ class IdentityService:
     ) -> None:
         check_ttl(ttl)
         self._issuer = load_issuer(directory)
-        self._tokens = _load_tokens(tokens)
-        for name in self._tokens.values():
+        self._name_for = tokens if callable(tokens) else StaticTokens(tokens)
+        for name in getattr(self._name_for, "names", list)():
             spiffe_id(self._issuer.trust_domain, name)  # fail at startup rather than on every request
         self._ttl = ttl
         self._limits = limits = limits or ServerLimits()
@@ -129,7 +130,11 @@ class IdentityService:
 
     def _certify(self, authorization: Optional[str], body: bytes) -> dict[str, Any]:
         """One /v1/certify request -> the JSON reply; raises _HttpError to refuse it."""
-        allowed = self._name_for(_bearer_token(authorization))
+        token = _bearer_token(authorization)
+        try:
+            allowed = self._name_for(token)
+        except Exception as e:  # noqa: BLE001 - a checker's failure (its API down) is not "unknown token"
+            raise _HttpError(503, f"cannot check the token: {type(e).__name__}: {e}") from None
         if allowed is None:
             raise _HttpError(401, "unknown token")
         name, csr = _parse_certify_request(body)
@@ -150,14 +155,6 @@ class IdentityService:
             "not_after": int(leaf.not_valid_after_utc.timestamp()),
             "spiffe_id": identity,
         }
-
-    def _name_for(self, token: str) -> Optional[str]:
-        # Compare against every token in constant time so response timing says nothing about them.
-        found = None
-        for candidate, name in self._tokens.items():
-            if hmac.compare_digest(candidate.encode(), token.encode()):
-                found = name
-        return found
 
 
 class _HttpError(Exception):
@@ -222,34 +219,6 @@ def _parse_certify_request(body: bytes) -> tuple[str, str]:
     if not isinstance(request, dict) or not all(isinstance(request.get(k), str) for k in ("name", "csr")):
         raise _HttpError(400, 'expected {"name": "<identity name>", "csr": "<PEM>"}')
     return request["name"], request["csr"]
-
-
-def _load_tokens(tokens: TokenSource) -> dict[str, str]:
-    table = dict(tokens) if isinstance(tokens, Mapping) else _parse_tokens(Path(tokens))
-    if not table:
-        raise ValueError("no bootstrap tokens configured")
-    return table
-
-
-def _parse_tokens(path: Path) -> dict[str, str]:
-    """A JSON object or lines of "token name" ('#' comments). Errors never quote a token."""
-    text = path.read_text()
-    if text.lstrip().startswith("{"):
-        table = json.loads(text)
-        if not all(isinstance(v, str) for v in table.values()):
-            raise ValueError(f"{path}: every token must map to an identity name string")
-        return table
-    table = {}
-    for lineno, line in enumerate(text.splitlines(), 1):
-        fields = line.split()
-        if not fields or fields[0].startswith("#"):
-            continue
-        if len(fields) != 2:
-            raise ValueError(f"{path}:{lineno}: expected 'token name'")
-        if fields[0] in table:
-            raise ValueError(f"{path}:{lineno}: duplicate token")
-        table[fields[0]] = fields[1]
-    return table
 
 
 def _parse_bind(bind: str) -> tuple[str, int]:

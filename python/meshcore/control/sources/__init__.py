@@ -18,9 +18,9 @@ The contract:
 - Reporting a service again with the same endpoints is harmless: the store only counts real changes.
 - `stop()` ends its threads or tasks; nothing is reported after it returns.
 
-Here now: `directory` (a watched directory of TOML/YAML documents, the embedded default). DNS (A/AAAA
-and SRV, with TTLs) and Kubernetes (Services and EndpointSlices, list then watch) are to come as
-`sources/dns.py` and `sources/kubernetes.py` behind this same interface.
+Here now: `directory` (a watched directory of TOML/YAML documents, the embedded default) and `dns`
+(A/AAAA and SRV, with TTLs). Kubernetes (Services and EndpointSlices, list then watch) is to come as
+`sources/kubernetes.py` behind this same interface.
 """
 
 from __future__ import annotations
@@ -70,6 +70,9 @@ class Source(ABC):
     """A source of services and endpoints (see the module docstring for the contract)."""
 
     name: str = "source"
+    # Its endpoints are added to those of the source that owns the service, instead of competing
+    # for it (a link to another cluster: see store.py).
+    adds_endpoints: bool = False
 
     @abstractmethod
     def start(self, on_change: OnChange) -> None: ...
