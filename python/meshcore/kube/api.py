@@ -3,6 +3,7 @@ its TLS trust and credentials, made by lightkube."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Optional
 
@@ -32,6 +33,9 @@ class KubeApi:
         from lightkube.config.kubeconfig import KubeConfig
         from lightkube.core.exceptions import ConfigError as LightkubeConfigError
 
+        for name in ("httpx2", "httpcore2"):  # a line per request (every watch) is noise at INFO
+            if logging.getLogger(name).level == logging.NOTSET:
+                logging.getLogger(name).setLevel(logging.WARNING)
         self.source = str(kubeconfig)
         self.timeout = timeout
         try:

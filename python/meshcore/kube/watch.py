@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 __all__ = ["ApiFailure", "Gone", "Listed", "list_all", "watch"]
 
@@ -77,10 +77,15 @@ async def list_all(client: Any, path: str, page: int = 500) -> Listed:
 
 
 async def watch(
-    client: Any, path: str, resource_version: str, timeout_seconds: int = 300
+    client: Any,
+    path: str,
+    resource_version: str,
+    timeout_seconds: int = 300,
+    on_open: Optional[Callable[[], None]] = None,
 ) -> AsyncIterator[tuple[str, Object]]:
     """(type, object) for each event after `resource_version`: ADDED, MODIFIED, DELETED, BOOKMARK.
-    Ends when the server closes the stream (its `timeoutSeconds`); raises `Gone` on 410."""
+    Ends when the server closes the stream (its `timeoutSeconds`); raises `Gone` on 410.
+    `on_open` is called once the server has accepted the watch."""
     params = {
         "watch": "true",
         "resourceVersion": resource_version,
@@ -92,6 +97,8 @@ async def watch(
         if response.status_code >= 300:
             await response.aread()
             _raise_for_status(response, what)
+        if on_open is not None:
+            on_open()
         async for line in response.aiter_lines():
             if not line.strip():
                 continue

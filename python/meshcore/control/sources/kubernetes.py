@@ -247,6 +247,15 @@ class KubernetesSource(Source):
 
         path = kind.path(self.namespace)
         failures = 0
+
+        def opened() -> None:
+            nonlocal failures
+            if failures:
+                log.info(
+                    "kubernetes: watching %s again from resourceVersion %s", kind.plural, self._versions[kind]
+                )
+            failures = 0
+
         while True:
             try:
                 if self._versions[kind] is None:
@@ -260,8 +269,7 @@ class KubernetesSource(Source):
                     )
                 version = self._versions[kind]
                 assert version is not None
-                async for event, obj in watch(self._http, path, version, self._watch_timeout):
-                    failures = 0
+                async for event, obj in watch(self._http, path, version, self._watch_timeout, opened):
                     self._event(kind, event, obj)
                 failures = 0  # the server ended the watch at its timeoutSeconds: watch on from here
             except Gone as e:
@@ -273,12 +281,13 @@ class KubernetesSource(Source):
             except (ApiFailure, httpx2.HTTPError, OSError) as e:
                 delay = backoff_delay(failures, self._backoff_cap)
                 failures += 1
-                log.warning(
-                    "kubernetes: %s broke (%s); last known state kept; retrying in %.2f s",
-                    kind.plural,
-                    str(e) or type(e).__name__,
-                    delay,
-                )
+                if failures & (failures - 1) == 0:  # the 1st, 2nd, 4th, 8th... failure in a row
+                    log.warning(
+                        "kubernetes: %s: %s (failure %d in a row); last known state kept; retrying",
+                        kind.plural,
+                        str(e) or type(e).__name__,
+                        failures,
+                    )
                 await asyncio.sleep(delay)
 
     async def _relist(self, kind: Kind) -> set[Key]:
