@@ -15,6 +15,7 @@ import copy
 import ipaddress
 import json
 import queue
+import socket
 import ssl
 import threading
 from datetime import datetime, timedelta, timezone
@@ -138,8 +139,7 @@ class FakeKubeApi:
     # -- running --
 
     def start(self) -> FakeKubeApi:
-        server = ThreadingHTTPServer(("127.0.0.1", self.port), _handler(self))
-        server.daemon_threads = True
+        server = _Server(("127.0.0.1", self.port), _handler(self))
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(self._cert, self._key)
         server.socket = context.wrap_socket(server.socket, server_side=True)
@@ -155,6 +155,7 @@ class FakeKubeApi:
             return
         self._server.shutdown()
         self._server.server_close()
+        self._server.cut_connections()
         self._server = None
         for plural in KINDS:
             self._end_watches(plural, None)
@@ -282,6 +283,35 @@ class FakeKubeApi:
             "spec": {"token": token},
             "status": status,
         }
+
+
+class _Server(ThreadingHTTPServer):
+    """Keeps its connections, so that going down cuts the kept-alive ones too."""
+
+    daemon_threads = True
+
+    def __init__(self, *args: Any) -> None:
+        self.connections: set[socket.socket] = set()
+        self.connections_lock = threading.Lock()
+        super().__init__(*args)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self.connections_lock:
+            self.connections.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self.connections_lock:
+            self.connections.discard(request)
+        super().shutdown_request(request)
+
+    def cut_connections(self) -> None:
+        with self.connections_lock:
+            for connection in self.connections:
+                try:
+                    connection.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass  # already closed by the peer
 
 
 def _handler(api: FakeKubeApi) -> type[BaseHTTPRequestHandler]:
