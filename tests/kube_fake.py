@@ -139,10 +139,9 @@ class FakeKubeApi:
     # -- running --
 
     def start(self) -> FakeKubeApi:
-        server = _Server(("127.0.0.1", self.port), _handler(self))
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(self._cert, self._key)
-        server.socket = context.wrap_socket(server.socket, server_side=True)
+        server = _Server(("127.0.0.1", self.port), _handler(self), context)
         self.port = server.server_address[1]
         self._server = server
         self._thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -286,24 +285,33 @@ class FakeKubeApi:
 
 
 class _Server(ThreadingHTTPServer):
-    """Keeps its connections, so that going down cuts the kept-alive ones too."""
+    """HTTPS, the handshake in each connection's own thread (in the accepting thread, one client
+    that connects and says nothing would stop the server); keeps its connections, so that going
+    down cuts the kept-alive ones too."""
 
     daemon_threads = True
 
-    def __init__(self, *args: Any) -> None:
+    def __init__(self, address: tuple[str, int], handler: Any, context: ssl.SSLContext) -> None:
+        self.context = context
         self.connections: set[socket.socket] = set()
         self.connections_lock = threading.Lock()
-        super().__init__(*args)
+        super().__init__(address, handler)
 
-    def process_request(self, request: Any, client_address: Any) -> None:
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        request.settimeout(10)
+        try:
+            connection = self.context.wrap_socket(request, server_side=True)
+        except OSError:
+            return  # a client that gave up before the handshake
+        connection.settimeout(None)
         with self.connections_lock:
-            self.connections.add(request)
-        super().process_request(request, client_address)
-
-    def shutdown_request(self, request: Any) -> None:
-        with self.connections_lock:
-            self.connections.discard(request)
-        super().shutdown_request(request)
+            self.connections.add(connection)
+        try:
+            self.RequestHandlerClass(connection, client_address, self)
+        finally:
+            with self.connections_lock:
+                self.connections.discard(connection)
+            connection.close()
 
     def cut_connections(self) -> None:
         with self.connections_lock:
