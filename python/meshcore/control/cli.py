@@ -34,6 +34,14 @@ def add_control_commands(sub: argparse._SubParsersAction) -> None:  # type: igno
     )
     serve.add_argument("--bind", default="127.0.0.1:8470", help="HOST:PORT (default 127.0.0.1:8470)")
     serve.add_argument("--dir", metavar="DOCS", help="directory of TOML/YAML [[services]], watched")
+    serve.add_argument(
+        "--kubernetes",
+        metavar="KUBECONFIG",
+        help="Services and EndpointSlices from the API server this kubeconfig names ('in-cluster': the "
+        "pod's service account); a Service NAME in NAMESPACE is served as NAME.NAMESPACE",
+    )
+    serve.add_argument("--kubernetes-namespace", metavar="NS", help="with --kubernetes: only this namespace")
+    serve.add_argument("--cluster", metavar="NAME", help="the cluster the endpoints found here are in")
     serve.add_argument("--tls-cert", metavar="FILE", help="the control plane's certificate chain (PEM)")
     serve.add_argument("--tls-key", metavar="FILE", help="its private key (PEM)")
     serve.add_argument(
@@ -165,10 +173,20 @@ def build_sources(args: argparse.Namespace) -> list[Source]:
         sources.append(DnsSource([parse_dns_flag(v) for v in args.dns], server))
     elif args.dns_server:
         raise ConfigError("--dns-server given without --dns: name the services to resolve")
+    if args.kubernetes:
+        from .sources.kubernetes import KubernetesSource
+
+        sources.append(
+            KubernetesSource(args.kubernetes, namespace=args.kubernetes_namespace, cluster=args.cluster)
+        )
+    elif args.kubernetes_namespace:
+        raise ConfigError("--kubernetes-namespace needs --kubernetes KUBECONFIG")
     sources += link_sources(args)  # after the local ones: a local service wins over an imported one
     # A replica sharing state through etcd may run no source: it serves what the others write.
     if not sources and not getattr(args, "etcd", None):
-        raise ConfigError("control serve: give at least one source of services (--dir DOCS, --dns, --link)")
+        raise ConfigError(
+            "control serve: give at least one source of services (--dir DOCS, --dns, --kubernetes, --link)"
+        )
     return sources
 
 
