@@ -116,13 +116,14 @@ pub struct DirectResponse {
 }
 
 #[derive(Debug, Default)]
+/// Boxed: most routes have none of these, and a mesh holds thousands of routes.
 pub struct Filters {
-    pub request_headers: Option<HeaderOps>,
-    pub response_headers: Option<HeaderOps>,
-    pub rewrite_prefix: Option<String>,
-    pub redirect: Option<Redirect>,
-    pub direct: Option<DirectResponse>,
-    pub rate_limit: Option<RateLimit>,
+    pub request_headers: Option<Box<HeaderOps>>,
+    pub response_headers: Option<Box<HeaderOps>>,
+    pub rewrite_prefix: Option<Box<str>>,
+    pub redirect: Option<Box<Redirect>>,
+    pub direct: Option<Box<DirectResponse>>,
+    pub rate_limit: Option<Box<RateLimit>>,
 }
 
 fn status(field: &str, code: u16) -> Result<StatusCode, String> {
@@ -156,17 +157,17 @@ impl Filters {
             request_headers: cfg
                 .request_headers
                 .as_ref()
-                .map(|h| HeaderOps::new(&format!("{at}.request_headers"), h))
+                .map(|h| HeaderOps::new(&format!("{at}.request_headers"), h).map(Box::new))
                 .transpose()?,
             response_headers: cfg
                 .response_headers
                 .as_ref()
-                .map(|h| HeaderOps::new(&format!("{at}.response_headers"), h))
+                .map(|h| HeaderOps::new(&format!("{at}.response_headers"), h).map(Box::new))
                 .transpose()?,
-            rewrite_prefix: cfg.rewrite.as_ref().map(|r| r.path_prefix.clone()),
-            redirect,
-            direct,
-            rate_limit: cfg.rate_limit.as_ref().map(|r| RateLimit::new(r.rps, r.burst)),
+            rewrite_prefix: cfg.rewrite.as_ref().map(|r| r.path_prefix.as_str().into()),
+            redirect: redirect.map(Box::new),
+            direct: direct.map(Box::new),
+            rate_limit: (cfg.rate_limit.as_ref()).map(|r| Box::new(RateLimit::new(r.rps, r.burst))),
         })
     }
 }

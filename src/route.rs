@@ -19,7 +19,7 @@ pub struct Route {
     pub timeout: Option<Duration>,
     /// Per attempt: until response headers.
     pub response_timeout: Option<Duration>,
-    pub retry: Option<RetryPolicy>,
+    pub retry: Option<Box<RetryPolicy>>,
     pub filters: Filters,
     /// Python plugins apply to this route.
     pub plugins: bool,
@@ -59,7 +59,9 @@ impl Route {
             timeout: cfg.timeout_ms.map(Duration::from_millis),
             response_timeout: cfg.response_timeout_ms.map(Duration::from_millis),
             retry: match &cfg.retry {
-                Some(r) => Some(RetryPolicy::new(r).map_err(|e| format!("routes[{index}].retry.on: {e}"))?),
+                Some(r) => Some(Box::new(
+                    RetryPolicy::new(r).map_err(|e| format!("routes[{index}].retry.on: {e}"))?,
+                )),
                 None => None,
             },
             filters: Filters::new(&format!("routes[{index}]"), cfg)?,

@@ -93,9 +93,10 @@ pub struct Table {
     /// Opaque target per listener, in `Config::listeners` order.
     opaque: Vec<Option<usize>>,
     pub policy: Arc<Policy>,
-    /// The config the table was built from. After `with_endpoints` its
+    /// The config the table was built from, without its routes and policy
+    /// rules (built into `routes` and `policy`). After `with_endpoints` its
     /// services' endpoint lists are those of the build, not the update's:
-    /// only listeners and the proxy's own settings are read from it.
+    /// only listeners, services' settings and the proxy's own are read from it.
     pub config: Arc<Config>,
 }
 
@@ -145,6 +146,10 @@ impl Table {
             .map(|l| l.service.as_deref().and_then(service_index))
             .collect();
         let policy = Arc::new(Policy::new(&config.policy)?);
+        // Built into `routes` and `policy`: a mesh's thousands of route documents are not kept twice.
+        let mut config = config;
+        config.routes = Vec::new();
+        config.policy.rules = Vec::new();
         Ok(Table {
             services,
             service_index: Arc::new(service_places),

@@ -239,7 +239,7 @@ def test_dns_and_a_directory_serve_side_by_side_the_directory_first(server, cont
     assert addrs(first["web"]) == ["10.5.0.1:80"]  # the directory reported it first and keeps it
     assert len(first["api"]["endpoints"]) == 3
     wait_until(
-        lambda: plane.logged("service 'web' from dns ignored: directory already serves it"),
+        lambda: plane.logged("service 'web' from dns set aside: directory serves it"),
         what="the conflict logged",
     )
 

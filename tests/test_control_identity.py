@@ -274,3 +274,42 @@ def test_default_hosts_follow_the_bind():
     assert default_hosts("0.0.0.0") == ["localhost", "127.0.0.1", "::1"]
     assert default_hosts("10.1.2.3") == ["10.1.2.3"]
     assert default_hosts("control.mesh") == ["control.mesh"]
+
+
+def test_kubernetes_service_account_tokens_are_checked_by_tokenreview(mesh, tmp_path):
+    from kube_fake import FakeKubeApi
+
+    (tmp_path / "kube").mkdir()
+    kube = FakeKubeApi(tmp_path / "kube").start()
+    try:
+        flags = ["--identity-ca", str(mesh.ca), "--token-review", str(kube.kubeconfig())]
+        plane = ControlPlane(mesh.docs, tls=[*flags, "--identity-bind", "127.0.0.1:0"])
+        try:
+            issuer = re.search(r"identity service on (https://\S+?)\)", plane.serving).group(1)
+            token = tmp_path / "sa-token"
+            token.write_text("token-web\n")  # the recorded ServiceAccount shop/web
+            config = {
+                **one_service([]),
+                "identity": {
+                    "trust_anchors": str(mesh.anchors),
+                    "issuer": issuer,
+                    "token_file": str(token),
+                    "name": "ns/shop/sa/web",
+                },
+            }
+            with Proxy(config) as p:
+                assert p.identity()["spiffe_id"] == "spiffe://mesh.local/ns/shop/sa/web"
+            # Another workload's name with that token, and a token Kubernetes does not know.
+            with pytest.raises(TlsError, match="403: token not valid for ns/shop/sa/api"):
+                Proxy({**config, "identity": {**config["identity"], "name": "ns/shop/sa/api"}})
+            token.write_text("token-alice\n")  # a person, not a workload
+            with pytest.raises(TlsError, match="401: unknown token"):
+                Proxy(config)
+            kube.stop()  # Kubernetes away: not "unknown token", but "cannot check"
+            token.write_text("token-web\n")
+            with pytest.raises(TlsError, match="503: cannot check the token"):
+                Proxy(config)
+        finally:
+            plane.kill()
+    finally:
+        kube.stop()

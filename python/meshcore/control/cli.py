@@ -9,7 +9,7 @@ import argparse
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
@@ -34,6 +34,14 @@ def add_control_commands(sub: argparse._SubParsersAction) -> None:  # type: igno
     )
     serve.add_argument("--bind", default="127.0.0.1:8470", help="HOST:PORT (default 127.0.0.1:8470)")
     serve.add_argument("--dir", metavar="DOCS", help="directory of TOML/YAML [[services]], watched")
+    serve.add_argument(
+        "--kubernetes",
+        metavar="KUBECONFIG",
+        help="Services and EndpointSlices from the API server this kubeconfig names ('in-cluster': the "
+        "pod's service account); a Service NAME in NAMESPACE is served as NAME.NAMESPACE",
+    )
+    serve.add_argument("--kubernetes-namespace", metavar="NS", help="with --kubernetes: only this namespace")
+    serve.add_argument("--cluster", metavar="NAME", help="the cluster the endpoints found here are in")
     serve.add_argument("--tls-cert", metavar="FILE", help="the control plane's certificate chain (PEM)")
     serve.add_argument("--tls-key", metavar="FILE", help="its private key (PEM)")
     serve.add_argument(
@@ -76,6 +84,12 @@ def _add_identity_flags(serve: argparse.ArgumentParser) -> None:
         "--tokens", metavar="FILE", help="bootstrap tokens: JSON object or lines of 'token name'"
     )
     group.add_argument(
+        "--token-review",
+        metavar="KUBECONFIG",
+        help="also accept Kubernetes ServiceAccount tokens, checked by TokenReview (`in-cluster`: the "
+        "pod's account); the workload NS/SA gets the name ns/NS/sa/SA; needs meshcore[kubernetes]",
+    )
+    group.add_argument(
         "--identity-ttl", type=duration, default="24h", help="lifetime of issued certificates (default 24h)"
     )
     group.add_argument(
@@ -113,8 +127,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 "from that CA; leave them out"
             )
         tls, identity = _mount_identity(args)
-    elif args.tokens or args.host:
-        raise ConfigError(f"{'--tokens' if args.tokens else '--host'} needs --identity-ca DIR")
+    else:
+        for flag in ("tokens", "token_review", "host"):
+            if getattr(args, flag):
+                raise ConfigError(f"--{flag.replace('_', '-')} needs --identity-ca DIR")
     try:
         sources = build_sources(args)
         logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="meshcore-control: %(message)s")
@@ -129,16 +145,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def _mount_identity(args: argparse.Namespace) -> tuple[IssuedServerTls, IdentityService]:
     """The control plane's own certificate from --identity-ca, and the identity service on
     --identity-bind (started here; the caller closes it)."""
-    from ..identity.bootstrap_tokens import StaticTokens
+    from ..identity.bootstrap_tokens import StaticTokens, TokenChecker, first_of
     from ..identity.service import IdentityService
     from .issued_tls import IssuedServerTls, default_hosts
     from .server import split_host_port
 
-    if not args.tokens:
-        raise ConfigError("--identity-ca needs --tokens FILE: the bootstrap tokens proxies present")
+    if not args.tokens and not args.token_review:
+        raise ConfigError(
+            "--identity-ca needs --tokens FILE or --token-review KUBECONFIG: how proxies prove who they are"
+        )
     try:
         host, _ = split_host_port(args.bind)
-        checker = StaticTokens(args.tokens)
+        checkers: list[TokenChecker] = [StaticTokens(args.tokens)] if args.tokens else []
+        if args.token_review:
+            checkers.append(service_account_names(args.token_review))
+        checker = first_of(*checkers)
         tls = IssuedServerTls(
             args.identity_ca,
             name=args.identity_name,
@@ -149,6 +170,23 @@ def _mount_identity(args: argparse.Namespace) -> tuple[IssuedServerTls, Identity
         raise ConfigError(f"control serve: {e}") from None
     service = IdentityService(args.identity_ca, args.identity_bind, tokens=checker, ttl=args.identity_ttl)
     return tls, service
+
+
+def service_account_names(kubeconfig: str) -> Callable[[str], Optional[str]]:
+    """A token checker asking Kubernetes (TokenReview): ServiceAccount NS/SA -> `ns/NS/sa/SA`,
+    the name its SPIFFE ID takes (spiffe://<trust domain>/ns/NS/sa/SA)."""
+    from ..kube.tokenreview import TokenReviewer
+
+    reviewer = TokenReviewer(kubeconfig)
+
+    def name_for(token: str) -> Optional[str]:
+        workload = reviewer.name_for(token)
+        if workload is None:
+            return None
+        namespace, account = workload.split("/", 1)
+        return f"ns/{namespace}/sa/{account}"
+
+    return name_for
 
 
 def build_sources(args: argparse.Namespace) -> list[Source]:
@@ -165,10 +203,20 @@ def build_sources(args: argparse.Namespace) -> list[Source]:
         sources.append(DnsSource([parse_dns_flag(v) for v in args.dns], server))
     elif args.dns_server:
         raise ConfigError("--dns-server given without --dns: name the services to resolve")
+    if args.kubernetes:
+        from .sources.kubernetes import KubernetesSource
+
+        sources.append(
+            KubernetesSource(args.kubernetes, namespace=args.kubernetes_namespace, cluster=args.cluster)
+        )
+    elif args.kubernetes_namespace:
+        raise ConfigError("--kubernetes-namespace needs --kubernetes KUBECONFIG")
     sources += link_sources(args)  # after the local ones: a local service wins over an imported one
     # A replica sharing state through etcd may run no source: it serves what the others write.
     if not sources and not getattr(args, "etcd", None):
-        raise ConfigError("control serve: give at least one source of services (--dir DOCS, --dns, --link)")
+        raise ConfigError(
+            "control serve: give at least one source of services (--dir DOCS, --dns, --kubernetes, --link)"
+        )
     return sources
 
 

@@ -18,9 +18,9 @@ The contract:
 - Reporting a service again with the same endpoints is harmless: the store only counts real changes.
 - `stop()` ends its threads or tasks; nothing is reported after it returns.
 
-Here now: `directory` (a watched directory of TOML/YAML documents, the embedded default) and `dns`
-(A/AAAA and SRV, with TTLs). Kubernetes (Services and EndpointSlices, list then watch) is to come as
-`sources/kubernetes.py` behind this same interface.
+Here now: `directory` (a watched directory of TOML/YAML documents, the embedded default), `dns`
+(A/AAAA and SRV, with TTLs), `kubernetes` (Services and EndpointSlices, list then watch) and `link`
+(another cluster's control plane, whose endpoints are added to the local ones).
 """
 
 from __future__ import annotations
