@@ -196,6 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(func=cmd_bench)
 
     from .control.cli import add_control_commands
+    from .control.mesh_cli import add_mesh_commands
     from .gateway import add_gateway_command
     from .identity.cli import add_identity_commands
     from .lifecycle.cli import add_lifecycle_commands
@@ -204,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_lifecycle_commands(sub)
     add_control_commands(sub)
     add_gateway_command(sub)
+    add_mesh_commands(sub)
     return p
 
 

@@ -520,6 +520,8 @@ class Discovery(_Model):
     control: Union[str, list[str]]
     # The control plane's SPIFFE ID, checked at each connect (https only).
     control_identity: Optional[str] = None
+    # How often the proxy reports its version, config version and golden metrics to it.
+    report_interval: Duration = "5s"
 
     @property
     def urls(self) -> list[str]:
@@ -533,6 +535,13 @@ class Discovery(_Model):
             if not all(url.startswith("https:") for url in self.urls):
                 raise ValueError("control_identity is checked over https:// only")
         return self
+
+    @field_validator("report_interval")
+    @classmethod
+    def _positive_interval(cls, v: Union[str, float]) -> Union[str, float]:
+        if parse_duration(v) <= 0:
+            raise ValueError("must be more than 0")
+        return v
 
     @field_validator("control")
     @classmethod

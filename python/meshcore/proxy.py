@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import socket
@@ -20,6 +21,13 @@ from .plugins import PluginHost, PluginSpec
 __all__ = ["InheritedSockets", "Proxy", "check"]
 
 Source = Union[str, Path, dict[str, Any], Config]
+
+_proxies_made = itertools.count(1)  # tells apart the proxies of one process to the control plane
+
+
+def _proxy_id() -> str:
+    n = next(_proxies_made)
+    return f"{socket.gethostname()}/{os.getpid()}" + (f"-{n}" if n > 1 else "")
 
 
 @dataclass
@@ -113,7 +121,7 @@ class Proxy:
             from .control.follower import Follower  # grpc is loaded only for a proxy that needs it
 
             self._follower = Follower(
-                self._config, f"{socket.gethostname()}/{os.getpid()}", self._set_discovered, self._identity
+                self._config, _proxy_id(), self._set_discovered, self._identity, proxy=self
             )
         self._memory: Optional[MemoryTrimmer] = None
         self._stopped = threading.Event()

@@ -201,6 +201,11 @@ class Subscription:
         credentials = grpc.ssl_channel_credentials(roots, private_key=key, certificate_chain=cert)
         return grpc.aio.secure_channel(self._target, credentials, options=options)
 
+    async def open_channel(self) -> grpc.aio.Channel:
+        """A channel to the control plane followed now, with this subscription's credentials and
+        checks, on the caller's event loop (the proxy's reports go on one of their own)."""
+        return await self._channel()
+
     def _pems(self) -> tuple[bytes, bytes, bytes]:
         assert self._tls is not None
         if callable(self._tls):
@@ -274,5 +279,6 @@ class Subscription:
             self._synced.set()
 
 
-def _content(resource: ResourceWire) -> tuple[bool, list[Any]]:
-    return resource["exists"], list(resource["endpoints"])
+def _content(resource: ResourceWire) -> dict[str, Any]:
+    """All but the version: a resource re-sent unchanged is no update."""
+    return {k: v for k, v in resource.items() if k != "version"}

@@ -2,17 +2,20 @@
 `[discovery] control`, whose updates become the endpoints of the services the config lists
 without any. It follows every service ("*"), so a reload that adds such a service finds its
 endpoints already known; the proxy keeps serving from the last known state while the control
-plane is away."""
+plane is away. It also reports to the control plane (version, config, golden metrics) and applies
+the configs it pushes (agent.py, reporter.py)."""
 
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional, cast
 
 from .. import __version__
-from ..config import Config
+from ..config import Config, parse_duration
+from .agent import FleetAgent
 from .client import Subscription
-from .protocol import ResourceWire
+from .protocol import ConfigWire, ResourceWire
+from .reporter import Reporter
 
 if TYPE_CHECKING:
     from ..identity.agent import IdentityAgent
@@ -46,8 +49,15 @@ class Follower:
     the certificate `agent` got from the identity service (held in memory, renewed)."""
 
     def __init__(
-        self, config: Config, proxy_id: str, apply: Apply, agent: Optional[IdentityAgent] = None
+        self,
+        config: Config,
+        proxy_id: str,
+        apply: Apply,
+        agent: Optional[IdentityAgent] = None,
+        proxy: Any = None,
     ) -> None:
+        """`proxy` (a meshcore.Proxy) is what reports read and pushed configs change; None: no
+        reports."""
         assert config.discovery is not None
         urls = config.discovery.urls
         tls: Any = None
@@ -74,12 +84,22 @@ class Follower:
             proxy_info=info,
             server_identity=config.discovery.control_identity,
         )
+        self._agent: Optional[FleetAgent] = None
+        self._reporter: Optional[Reporter] = None
+        if proxy is not None:
+            self._agent = FleetAgent(proxy, info)
+            interval = parse_duration(config.discovery.report_interval) / 1000
+            self._reporter = Reporter(self._subscription, self._agent.collect, self._agent.sent, interval)
+            self._agent.on_applied = self._reporter.poke
 
     @property
     def subscription(self) -> Subscription:
         return self._subscription
 
     def start(self, wait: Optional[float] = FIRST_SNAPSHOT_WAIT) -> None:
+        if self._agent is not None and self._reporter is not None:
+            self._agent.start()
+            self._reporter.start()
         self._subscription.start()
         if wait and not self._subscription.wait_synced(wait):
             print(
@@ -91,8 +111,14 @@ class Follower:
 
     def stop(self) -> None:
         self._subscription.stop()
+        if self._agent is not None and self._reporter is not None:
+            self._reporter.stop()
+            self._agent.stop()
 
     def _on_update(self, changed: list[ResourceWire]) -> None:
+        for resource in changed:
+            if resource["type"] == "config" and self._agent is not None:
+                self._agent.on_config(cast(ConfigWire, resource))
         services = {r["name"]: _endpoints(r) for r in changed if r["type"] == "service"}
         if not services:
             return

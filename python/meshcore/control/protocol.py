@@ -96,15 +96,7 @@ def parse_request(message: Any) -> SubscribeRequest:
     unknown = set(message) - {"proxy", "services", "versions", "epoch"}
     if unknown:
         raise RequestError(f"{sorted(unknown)[0]}: unknown field")
-    proxy = message.get("proxy")
-    if not isinstance(proxy, dict):
-        raise RequestError("proxy: expected an object with id, version, zone and cluster")
-    info = ProxyInfo(
-        id=_string(proxy.get("id"), "proxy.id") or "",
-        version=_string(proxy.get("version"), "proxy.version") or "",
-        zone=_string(proxy.get("zone"), "proxy.zone", optional=True),
-        cluster=_string(proxy.get("cluster"), "proxy.cluster", optional=True),
-    )
+    info = _proxy_info(message.get("proxy"))
     services = message.get("services")
     if not isinstance(services, list) or not services:
         raise RequestError('services: expected a non-empty list of service names, or ["*"] for all')
@@ -118,3 +110,148 @@ def parse_request(message: Any) -> SubscribeRequest:
             raise RequestError(f"versions.{name}: expected a non-negative integer")
     epoch = _string(message.get("epoch"), "epoch", optional=True)
     return SubscribeRequest(info, frozenset(services), dict(versions), epoch)
+
+
+# -- the fleet: proxies report to the control plane; operators read the fleet and roll out configs
+
+FLEET_SERVICE = "meshcore.control.v1.Fleet"
+REPORT, STATUS, ROLLOUT = "Report", "Status", "Rollout"
+REPORT_PATH = f"/{FLEET_SERVICE}/{REPORT}"
+STATUS_PATH = f"/{FLEET_SERVICE}/{STATUS}"
+ROLLOUT_PATH = f"/{FLEET_SERVICE}/{ROLLOUT}"
+# The name of the config resource pushed on a proxy's stream; a '/' no DNS or Kubernetes service
+# name holds, so it never meets a service in the proxy's table of resources.
+CONFIG_RESOURCE = "meshcore.fleet/config"
+
+
+class ConfigWire(TypedDict):
+    """A config the control plane wants one proxy to run: fleet version `config_version` as its
+    `text`, or (`rollback_to`) the proxy's own earlier history version, when a rollout undoes itself."""
+
+    type: str  # "config"
+    name: str  # CONFIG_RESOURCE
+    version: int  # of this resource, as a service's
+    exists: bool
+    config_version: Optional[int]  # None: the proxy's own config, not one from the fleet
+    format: Optional[str]
+    text: Optional[str]
+    rollback_to: Optional[int]
+
+
+@dataclass(frozen=True)
+class Golden:
+    """A proxy's responses since its previous report: `buckets` counts per latency bucket (the
+    bounds `buckets_ms`, then one past the last bound)."""
+
+    window_s: float
+    responses: int
+    failures: int
+    buckets_ms: tuple[float, ...]
+    buckets: tuple[int, ...]
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "window_s": self.window_s,
+            "responses": self.responses,
+            "successes": self.responses - self.failures,
+            "failures": self.failures,
+            "buckets_ms": list(self.buckets_ms),
+            "buckets": list(self.buckets),
+        }
+
+
+@dataclass(frozen=True)
+class ConfigState:
+    """What a proxy runs: its own history version and hash, the fleet version that is (None: a
+    config of its own), and how the last config pushed to it went."""
+
+    version: Optional[int] = None
+    hash: Optional[str] = None
+    fleet_version: Optional[int] = None
+    push: Optional[dict[str, Any]] = None  # {"resource", "config_version", "result", "error"}
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "hash": self.hash,
+            "fleet_version": self.fleet_version,
+            "push": self.push,
+        }
+
+
+@dataclass(frozen=True)
+class Report:
+    proxy: ProxyInfo
+    config: ConfigState
+    metrics: Golden
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "proxy": self.proxy.to_wire(),
+            "config": self.config.to_wire(),
+            "metrics": self.metrics.to_wire(),
+        }
+
+
+def _count(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise RequestError(f"{where}: expected a non-negative integer")
+    return value
+
+
+def _optional_count(value: Any, where: str) -> Optional[int]:
+    return None if value is None else _count(value, where)
+
+
+def _proxy_info(proxy: Any) -> ProxyInfo:
+    if not isinstance(proxy, dict):
+        raise RequestError("proxy: expected an object with id, version, zone and cluster")
+    return ProxyInfo(
+        id=_string(proxy.get("id"), "proxy.id") or "",
+        version=_string(proxy.get("version"), "proxy.version") or "",
+        zone=_string(proxy.get("zone"), "proxy.zone", optional=True),
+        cluster=_string(proxy.get("cluster"), "proxy.cluster", optional=True),
+    )
+
+
+def parse_report(message: Any) -> Report:
+    """A proxy's report, checked field by field (RequestError names the one that is wrong)."""
+    if not isinstance(message, dict):
+        raise RequestError("the report must be a JSON object")
+    unknown = set(message) - {"proxy", "config", "metrics"}
+    if unknown:
+        raise RequestError(f"{sorted(unknown)[0]}: unknown field")
+    info = _proxy_info(message.get("proxy"))
+    config = message.get("config") or {}
+    if not isinstance(config, dict):
+        raise RequestError("config: expected an object")
+    push = config.get("push")
+    if push is not None and not isinstance(push, dict):
+        raise RequestError("config.push: expected an object or null")
+    state = ConfigState(
+        version=_optional_count(config.get("version"), "config.version"),
+        hash=_string(config.get("hash"), "config.hash", optional=True),
+        fleet_version=_optional_count(config.get("fleet_version"), "config.fleet_version"),
+        push=push,
+    )
+    metrics = message.get("metrics")
+    if not isinstance(metrics, dict):
+        raise RequestError(
+            "metrics: expected an object with window_s, responses, failures, buckets_ms, buckets"
+        )
+    window = metrics.get("window_s")
+    if isinstance(window, bool) or not isinstance(window, (int, float)) or window < 0:
+        raise RequestError("metrics.window_s: expected a non-negative number of seconds")
+    responses = _count(metrics.get("responses"), "metrics.responses")
+    failures = _count(metrics.get("failures"), "metrics.failures")
+    if failures > responses:
+        raise RequestError("metrics.failures: more than metrics.responses")
+    bounds, buckets = metrics.get("buckets_ms"), metrics.get("buckets")
+    if not isinstance(bounds, list) or not all(
+        isinstance(b, (int, float)) and not isinstance(b, bool) for b in bounds
+    ):
+        raise RequestError("metrics.buckets_ms: expected a list of bucket bounds in milliseconds")
+    if not isinstance(buckets, list) or len(buckets) != len(bounds) + 1:
+        raise RequestError("metrics.buckets: expected one count per bound and one past the last")
+    counts = tuple(_count(n, f"metrics.buckets[{i}]") for i, n in enumerate(buckets))
+    return Report(info, state, Golden(float(window), responses, failures, tuple(bounds), counts))

@@ -13,12 +13,15 @@ import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Protocol
+from typing import Any, Optional, Protocol, Union
 
 import grpc
 
 from ..errors import BindError, ConfigError, TlsError
+from .fleet import IdentityMismatch
+from .fleet_service import ConfigPush, FleetService
 from .protocol import (
+    CONFIG_RESOURCE,
     SERVICE,
     SUBSCRIBE,
     RequestError,
@@ -99,11 +102,11 @@ class _Stream:
     def __init__(self, request: SubscribeRequest, who: str):
         self.request = request
         self.who = who
-        self.pending: dict[str, ServiceState] = {}
+        self.pending: dict[str, Union[ServiceState, ConfigPush]] = {}
         self.wake = asyncio.Event()
         self.sent: dict[str, int] = {}  # name -> version last sent
 
-    def offer(self, state: ServiceState) -> None:
+    def offer(self, state: Union[ServiceState, ConfigPush]) -> None:
         held = self.pending.get(state.name)
         if held is None or held.version < state.version:
             self.pending[state.name] = state
@@ -111,7 +114,7 @@ class _Stream:
 
     def take(self) -> list[ResourceWire]:
         """What is pending and newer than what this stream sent; marks it sent."""
-        out = []
+        out: list[Any] = []
         for state in self.pending.values():
             if state.version > self.sent.get(state.name, -1):
                 self.sent[state.name] = state.version
@@ -141,6 +144,7 @@ class ControlServer:
         self._streams: set[_Stream] = set()
         self._server: Optional[grpc.aio.Server] = None
         self._unwatch: Any = None
+        self.fleet = FleetService(self._offer_config, peer_identity)
 
     @property
     def address(self) -> str:
@@ -156,7 +160,9 @@ class ControlServer:
         handler = grpc.unary_stream_rpc_method_handler(
             self._subscribe, request_deserializer=decode, response_serializer=encode
         )
-        server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(SERVICE, {SUBSCRIBE: handler})])
+        server.add_generic_rpc_handlers(
+            [grpc.method_handlers_generic_handler(SERVICE, {SUBSCRIBE: handler}), self.fleet.handlers()]
+        )
         try:
             if self.tls is None:
                 self.port = server.add_insecure_port(self.bind)
@@ -185,7 +191,12 @@ class ControlServer:
                 if stream.request.wants(state.name):
                     stream.offer(state)
 
-    def _snapshot(self, request: SubscribeRequest) -> list[ServiceState]:
+    def _offer_config(self, push: ConfigPush) -> None:
+        for stream in self._streams:
+            if stream.request.proxy.id == push.proxy_id:
+                stream.offer(push)
+
+    def _snapshot(self, request: SubscribeRequest) -> list[Union[ServiceState, ConfigPush]]:
         """Every resource the proxy asked for or holds, but those whose version it already has
         from this store instance (it keeps them)."""
         resumed = request.epoch == self.store.epoch
@@ -194,11 +205,15 @@ class ControlServer:
         else:
             states = {name: self.store.get(name) for name in request.services}
         for name in request.versions:
-            if name not in states:
+            if name not in states and name != CONFIG_RESOURCE:
                 states[name] = self.store.get(name)
+        out: list[Union[ServiceState, ConfigPush]] = list(states.values())
+        config = self.fleet.desired(request.proxy.id)
+        if config is not None:
+            out.append(config)
         if resumed:
-            return [s for s in states.values() if request.versions.get(s.name) != s.version]
-        return list(states.values())
+            return [s for s in out if request.versions.get(s.name) != s.version]
+        return out
 
     async def _subscribe(self, message: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         try:
@@ -208,6 +223,10 @@ class ControlServer:
             return
         who = peer_identity(context)
         proxy = request.proxy
+        try:
+            self.fleet.subscribed(proxy, who)
+        except IdentityMismatch as e:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(e))
         stream = _Stream(request, f"{proxy.id} as {who}" if who else proxy.id)
         # Taken and registered with no await between: a change after it is fanned out to it.
         snapshot = self._snapshot(request)
@@ -241,6 +260,7 @@ class ControlServer:
                     yield {"kind": "delta", "resources": resources}
         finally:
             self._streams.discard(stream)
+            self.fleet.unsubscribed(proxy.id)
             log.info("unsubscribed: proxy %s", stream.who)
 
 

@@ -29,7 +29,7 @@ __all__ = ["History", "Version", "LIMIT", "SOURCES"]
 LIMIT = 100
 INDEX = "history.json"
 INDEX_FORMAT = 1
-SOURCES = ("start", "file", "signal", "watch", "api", "rollback")
+SOURCES = ("start", "file", "signal", "watch", "api", "rollback", "control")
 
 
 @dataclass
