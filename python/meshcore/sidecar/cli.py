@@ -71,7 +71,7 @@ def cmd_sidecar_init(args: argparse.Namespace) -> int:
     problems = spec.problems()
     if problems:
         raise MeshcoreError("sidecar-init: " + "; ".join(problems))
-    families = init.find_tables()
+    families = init.find_tables(dry_run=args.dry_run)
     for tables in families:
         try:
             current = init.read_nat(tables)

@@ -230,9 +230,16 @@ class Tables:
         return self.command.endswith("-nft")
 
 
-def find_tables() -> list[Tables]:
+MISSING = (
+    "sidecar-init needs iptables (with iptables-save), which is not installed: "
+    "apt-get install iptables (Debian/Ubuntu), apk add iptables (Alpine)"
+)
+
+
+def find_tables(dry_run: bool = False) -> list[Tables]:
     """The families to configure: IPv4 always, IPv6 when the namespace has it and
-    ip6tables is installed. MeshcoreError when there is no iptables at all."""
+    ip6tables is installed. MeshcoreError when there is no iptables at all, except for a
+    dry run, which then shows the plain `iptables` commands."""
     found = []
     for family, name in (("IPv4", "iptables"), ("IPv6", "ip6tables")):
         for command in (f"{name}-nft", name):
@@ -241,10 +248,9 @@ def find_tables() -> list[Tables]:
                 found.append(Tables(family, command, f"{command}-save"))
                 break
     if not found or found[0].family != "IPv4":
-        raise MeshcoreError(
-            "sidecar-init needs iptables (with iptables-save), which is not installed: "
-            "apt-get install iptables (Debian/Ubuntu), apk add iptables (Alpine)"
-        )
+        if not dry_run:
+            raise MeshcoreError(MISSING)
+        found = [Tables("IPv4", "iptables", "iptables-save"), Tables("IPv6", "ip6tables", "ip6tables-save")]
     has_ipv6 = os.path.exists("/proc/net/if_inet6")
     return [t for t in found if t.family == "IPv4" or has_ipv6]
 
