@@ -92,7 +92,7 @@ class Interception:
             ("--skip-ports", self.skip_ports),
             ("--skip-outbound-ports", self.skip_outbound_ports),
         ):
-            both = [p for p in _overlaps(self.opaque_ports, skipped)]
+            both = _overlaps(self.opaque_ports, skipped)
             if both:
                 found.append(
                     f"ports {format_ports(both)} are in both --opaque-ports and {flag}: skipped traffic "
@@ -101,6 +101,11 @@ class Interception:
         for flag, port in (("--outbound-port", self.outbound_port), ("--inbound-port", self.inbound_port)):
             if not 1 <= port <= 65535:
                 found.append(f"{flag} {port}: ports are 1-65535")
+        if self.outbound_port == self.inbound_port:
+            found.append(
+                f"--outbound-port and --inbound-port are both {self.inbound_port}: the proxy needs one "
+                "listener for each direction"
+            )
         if self.proxy_uid < 0:
             found.append(f"--proxy-uid {self.proxy_uid}: a uid is 0 or more")
         return found
