@@ -200,12 +200,14 @@ def build_parser() -> argparse.ArgumentParser:
     from .gateway import add_gateway_command
     from .identity.cli import add_identity_commands
     from .lifecycle.cli import add_lifecycle_commands
+    from .sidecar.cli import add_sidecar_init_command
 
     add_identity_commands(sub)
     add_lifecycle_commands(sub)
     add_control_commands(sub)
     add_gateway_command(sub)
     add_mesh_commands(sub)
+    add_sidecar_init_command(sub)
     return p
 
 

@@ -1,0 +1,437 @@
+"""`meshcore sidecar-init`: the rule list for given flags (pure), then the real thing in
+fresh network namespaces: the rules as iptables-save shows them, a rerun that changes
+nothing, a --remove that restores the table byte for byte beside unrelated rules, and
+connections really redirected (SO_ORIGINAL_DST read by the listener) or not."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import OutputLines, require_tool
+from meshcore.sidecar.init import (
+    Interception,
+    install_rules,
+    parse_ports,
+    removal_rules,
+)
+
+SIDECAR_INIT = [sys.executable, "-m", "meshcore", "sidecar-init"]
+PROXY_UID, APP_UID = 1337, 65534
+OUT_PORT, IN_PORT = 4140, 4143
+
+
+def rule_lines(rules: list[list[str]]) -> list[str]:
+    return [" ".join(r) for r in rules]
+
+
+# ---- the rule list, a pure function ----------------------------------------------------
+
+
+def test_rules_for_flags():
+    spec = Interception(
+        proxy_uid=1337,
+        outbound_port=4140,
+        inbound_port=4143,
+        skip_ports=parse_ports("22,9990-9999"),
+        skip_outbound_ports=parse_ports("443"),
+        opaque_ports=parse_ports("5432"),
+    )
+    assert rule_lines(install_rules(spec)) == [
+        "-t nat -N MESHCORE_INBOUND",
+        "-t nat -N MESHCORE_INBOUND_REDIRECT",
+        "-t nat -N MESHCORE_OUTBOUND",
+        "-t nat -N MESHCORE_OUTPUT_REDIRECT",
+        "-t nat -A MESHCORE_INBOUND -p tcp -m multiport --dports 22,9990:9999 "
+        "-m comment --comment meshcore: skip-ports -j RETURN",
+        "-t nat -A MESHCORE_INBOUND -p tcp -m comment --comment meshcore: inbound "
+        "-j MESHCORE_INBOUND_REDIRECT",
+        "-t nat -A MESHCORE_INBOUND_REDIRECT -p tcp "
+        "-m comment --comment meshcore: to the inbound proxy, opaque ports 5432 -j REDIRECT --to-ports 4143",
+        "-t nat -A MESHCORE_OUTBOUND -m owner --uid-owner 1337 "
+        "-m comment --comment meshcore: proxy uid -j RETURN",
+        "-t nat -A MESHCORE_OUTBOUND -o lo "
+        "-m comment --comment meshcore: loopback and own addresses -j RETURN",
+        "-t nat -A MESHCORE_OUTBOUND -p tcp -m multiport --dports 443 "
+        "-m comment --comment meshcore: skip-outbound-ports -j RETURN",
+        "-t nat -A MESHCORE_OUTBOUND -p tcp -m comment --comment meshcore: outbound "
+        "-j MESHCORE_OUTPUT_REDIRECT",
+        "-t nat -A MESHCORE_OUTPUT_REDIRECT -p tcp "
+        "-m comment --comment meshcore: to the outbound proxy, opaque ports 5432 -j REDIRECT --to-ports 4140",
+        "-t nat -A PREROUTING -p tcp -j MESHCORE_INBOUND",
+        "-t nat -A OUTPUT -p tcp -j MESHCORE_OUTBOUND",
+    ]
+
+
+def test_no_skip_ports_no_return_rules():
+    lines = rule_lines(install_rules(Interception(proxy_uid=0, outbound_port=1, inbound_port=2)))
+    assert not [line for line in lines if "multiport" in line]
+    assert not [line for line in lines if "opaque" in line]
+
+
+def test_long_port_lists_split_into_rules_of_fifteen_slots():
+    # 20 single ports: 15 + 5. Ranges take two of multiport's 15 slots each.
+    spec = Interception(0, 1, 2, skip_ports=parse_ports(",".join(str(p) for p in range(1000, 1020))))
+    groups = [r[r.index("--dports") + 1] for r in install_rules(spec) if "--dports" in r]
+    assert groups == [",".join(map(str, range(1000, 1015))), ",".join(map(str, range(1015, 1020)))]
+    spec = Interception(
+        0, 1, 2, skip_outbound_ports=parse_ports(",".join(f"{p}-{p + 5}" for p in range(10, 90, 10)))
+    )
+    groups = [r[r.index("--dports") + 1] for r in install_rules(spec) if "--dports" in r]
+    assert [len(g.split(",")) for g in groups] == [7, 1]
+
+
+def test_port_lists():
+    assert parse_ports("80, 443,8000-8100,") == ((80, 80), (443, 443), (8000, 8100))
+    for bad, why in [
+        ("http", "'http' is not a port"),
+        ("0", "1-65535"),
+        ("70000", "1-65535"),
+        ("90-80", "low to high"),
+    ]:
+        with pytest.raises(ValueError, match=why):
+            parse_ports(bad)
+
+
+def test_opaque_ports_must_not_be_skipped():
+    spec = Interception(
+        0, 1, 2, skip_ports=parse_ports("22,5000-5500"), opaque_ports=parse_ports("5432,6379")
+    )
+    assert spec.problems() == [
+        "ports 5432 are in both --opaque-ports and --skip-ports: skipped traffic never reaches the proxy, "
+        "so it cannot treat it as opaque; drop them from one list"
+    ]
+    spec = Interception(
+        0, 1, 2, skip_outbound_ports=parse_ports("6000-6400"), opaque_ports=parse_ports("6379")
+    )
+    assert "--skip-outbound-ports" in spec.problems()[0]
+
+
+def test_one_port_for_both_directions_is_refused():
+    assert Interception(0, 4140, 4143).problems() == []
+    assert Interception(0, 4140, 4140).problems() == [
+        "--outbound-port and --inbound-port are both 4140: the proxy needs one listener for each direction"
+    ]
+
+
+SAVED = """\
+# Generated by iptables-save v1.8.9 (nf_tables)
+*filter
+:INPUT ACCEPT [0:0]
+:MESHCORE_NOT_OURS_HERE - [0:0]
+-A INPUT -j MESHCORE_NOT_OURS_HERE
+COMMIT
+*nat
+:PREROUTING ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:MESHCORE_INBOUND - [0:0]
+:MESHCORE_OUTBOUND - [0:0]
+:KUBE-SERVICES - [0:0]
+-A PREROUTING -j KUBE-SERVICES
+-A PREROUTING -p tcp -j MESHCORE_INBOUND
+-A OUTPUT -d 10.1.1.1/32 -p udp -m comment --comment "someone else's" -j RETURN
+-A OUTPUT -p tcp -j MESHCORE_OUTBOUND
+-A MESHCORE_OUTBOUND -p tcp -j MESHCORE_INBOUND
+-A MESHCORE_INBOUND -p tcp -j REDIRECT --to-ports 4143
+COMMIT
+"""
+
+
+def test_removal_deletes_only_meshcore_chains_and_jumps():
+    assert rule_lines(removal_rules(SAVED)) == [
+        "-t nat -D PREROUTING -p tcp -j MESHCORE_INBOUND",
+        "-t nat -D OUTPUT -p tcp -j MESHCORE_OUTBOUND",
+        "-t nat -F MESHCORE_INBOUND",
+        "-t nat -F MESHCORE_OUTBOUND",
+        "-t nat -X MESHCORE_INBOUND",
+        "-t nat -X MESHCORE_OUTBOUND",
+    ]
+    assert removal_rules(SAVED.replace("MESHCORE", "OTHER")) == []
+    assert removal_rules("") == []
+
+
+# ---- the command line -------------------------------------------------------------------
+
+
+def test_dry_run_prints_the_commands(tmp_path):
+    # No iptables on PATH: a dry run still shows what would run, and changes nothing anywhere.
+    done = subprocess.run(
+        [*SIDECAR_INIT, "--proxy-uid", "1337", "--outbound-port", "4140", "--inbound-port", "4143"]
+        + ["--skip-ports", "22", "--opaque-ports", "5432", "--dry-run"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PATH": str(tmp_path)},
+    )
+    assert done.returncode == 0, done.stderr
+    assert "iptables -t nat -A OUTPUT -p tcp -j MESHCORE_OUTBOUND" in done.stdout
+    assert "iptables -t nat -A MESHCORE_OUTBOUND -m owner --uid-owner 1337" in done.stdout
+    assert "would install" in done.stderr and "opaque:   ports 5432" in done.stderr
+
+
+def test_without_iptables_a_clear_error(tmp_path):
+    done = subprocess.run(
+        [*SIDECAR_INIT, "--proxy-uid", "1337", "--outbound-port", "4140", "--inbound-port", "4143"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PATH": str(tmp_path)},
+    )
+    assert done.returncode == 1
+    assert "apt-get install iptables" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_bad_flags_are_refused():
+    base = [*SIDECAR_INIT, "--proxy-uid", "1337", "--outbound-port", "4140", "--inbound-port", "4143"]
+    done = subprocess.run([*base, "--skip-ports", "22,ssh"], capture_output=True, text=True)
+    assert done.returncode == 2 and "--skip-ports: 'ssh' is not a port" in done.stderr
+    done = subprocess.run(
+        [*base, "--skip-ports", "5432", "--opaque-ports", "5432"], capture_output=True, text=True
+    )
+    assert done.returncode == 1 and "both --opaque-ports and --skip-ports" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+# ---- in network namespaces ------------------------------------------------------------
+
+SERVER = r"""
+import socket, struct, sys, threading
+
+name, ports = sys.argv[1], sys.argv[2:]
+
+def address(host, port):
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+def original_destination(conn, family):
+    # Where the client was connecting to, when that is not here (a redirect), else None.
+    try:
+        if family == socket.AF_INET:
+            raw = conn.getsockopt(socket.SOL_IP, 80, 16)  # SO_ORIGINAL_DST: a sockaddr_in
+            original = address(socket.inet_ntop(family, raw[4:8]), struct.unpack("!H", raw[2:4])[0])
+        else:
+            raw = conn.getsockopt(socket.IPPROTO_IPV6, 80, 28)  # IP6T_SO_ORIGINAL_DST: a sockaddr_in6
+            original = address(socket.inet_ntop(family, raw[8:24]), struct.unpack("!H", raw[2:4])[0])
+    except OSError:  # no connection tracking here: nothing was redirected
+        return None
+    return None if original == address(*conn.getsockname()[:2]) else original
+
+def serve(sock, family):
+    while True:
+        conn, _ = sock.accept()
+        original = original_destination(conn, family)
+        conn.sendall(f"{name} redirected from {original}\n".encode() if original else f"{name}\n".encode())
+        conn.close()
+
+for spec in ports:
+    host, port = spec.rsplit(":", 1)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    sock.bind((host.strip("[]"), int(port)))
+    sock.listen(16)
+    threading.Thread(target=serve, args=(sock, family), daemon=True).start()
+print("ready", flush=True)
+threading.Event().wait()
+"""
+
+CLIENT = r"""
+import encodings.idna, os, socket, sys  # idna: loaded before setuid (the stdlib may be unreadable after)
+host, port, uid = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+os.setgid(uid)
+os.setuid(uid)
+try:
+    with socket.create_connection((host, port), timeout=10) as s:
+        print(s.makefile().readline().strip())
+except OSError as e:
+    print(type(e).__name__)
+"""
+
+_names = itertools.count()
+
+
+def _unavailable(why: str) -> None:
+    if os.environ.get("CI"):
+        pytest.fail(f"{why}; CI must run these tests (as root, with network namespaces)")
+    pytest.skip(why)
+
+
+class Namespaces:
+    """`app` (where sidecar-init runs) and `peer`, joined by a veth pair, dual stack:
+    app 10.77.0.1 / fd00:77::1, peer 10.77.0.2 / fd00:77::2, and behind the peer an
+    address outside both (10.9.9.9 / fd00:9::9) that app routes to through it."""
+
+    def __init__(self, tmp: Path):
+        tag = f"mc-si{os.getpid()}-{next(_names)}"
+        self.app, self.peer = f"{tag}-app", f"{tag}-peer"
+        self.made: list[str] = []
+        self.procs: list[subprocess.Popen] = []
+        self.server = tmp / "server.py"
+        self.server.write_text(SERVER)
+        for ns in (self.app, self.peer):
+            if subprocess.run(["ip", "netns", "add", ns], capture_output=True).returncode != 0:
+                self.close()
+                _unavailable("cannot create network namespaces here (`ip netns add` failed)")
+            self.made.append(ns)
+        veth = f"v{os.getpid() % 100000}x{tag.rsplit('-', 1)[1]}"
+        self.ip(
+            self.app, "link", "add", veth, "type", "veth", "peer", "name", "p" + veth[1:], "netns", self.peer
+        )
+        for ns, dev, v4, v6 in (
+            (self.app, veth, "10.77.0.1", "fd00:77::1"),
+            (self.peer, "p" + veth[1:], "10.77.0.2", "fd00:77::2"),
+        ):
+            self.ip(ns, "link", "set", "lo", "up")
+            self.ip(ns, "addr", "add", f"{v4}/24", "dev", dev)
+            self.ip(ns, "-6", "addr", "add", f"{v6}/64", "dev", dev, "nodad")
+            self.ip(ns, "link", "set", dev, "up")
+        self.ip(self.peer, "addr", "add", "10.9.9.9/32", "dev", "lo")
+        self.ip(self.peer, "-6", "addr", "add", "fd00:9::9/128", "dev", "lo", "nodad")
+        self.ip(self.app, "route", "add", "10.9.9.9/32", "via", "10.77.0.2")
+        self.ip(self.app, "-6", "route", "add", "fd00:9::9/128", "via", "fd00:77::2")
+
+    def ip(self, ns: str, *args: str) -> None:
+        subprocess.run(["ip", "netns", "exec", ns, "ip", *args], check=True)
+
+    def run(self, ns: str, *argv: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["ip", "netns", "exec", ns, *argv], capture_output=True, text=True, timeout=60)
+
+    def sidecar_init(self, *flags: str) -> subprocess.CompletedProcess:
+        done = self.run(self.app, *SIDECAR_INIT, *flags)
+        assert done.returncode == 0, done.stderr
+        return done
+
+    def save(self, program: str = "iptables-nft-save") -> str:
+        """The nat table, without iptables-save's timestamped comment lines."""
+        out = self.run(self.app, program, "-t", "nat").stdout
+        return "".join(line for line in out.splitlines(keepends=True) if not line.startswith("#"))
+
+    def serve(self, ns: str, name: str, *addrs: str) -> None:
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", ns, sys.executable, str(self.server), name, *addrs],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.procs.append(proc)
+        OutputLines(proc.stdout).wait_for("ready")
+
+    def connect(self, host: str, port: int, uid: int) -> str:
+        done = self.run(self.app, sys.executable, "-c", CLIENT, host, str(port), str(uid))
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
+    def connect_from_peer(self, host: str, port: int) -> str:
+        done = self.run(self.peer, sys.executable, "-c", CLIENT, host, str(port), "0")
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
+    def close(self) -> None:
+        for proc in self.procs:
+            proc.kill()
+            proc.wait()
+        for ns in self.made:
+            subprocess.run(["ip", "netns", "del", ns], check=False)
+
+
+@pytest.fixture
+def namespaces(tmp_path):
+    if os.geteuid() != 0:
+        _unavailable("network namespaces and iptables need root (CI runs as root)")
+    require_tool("ip", "iproute2")
+    require_tool("iptables-nft", "iptables")
+    made = Namespaces(tmp_path)
+    yield made
+    made.close()
+
+
+FLAGS = [
+    "--proxy-uid", str(PROXY_UID), "--outbound-port", str(OUT_PORT), "--inbound-port", str(IN_PORT),
+    "--skip-ports", "9090", "--skip-outbound-ports", "8443", "--opaque-ports", "5432",
+]  # fmt: skip
+
+
+def test_rules_installed_idempotent_and_removed_exactly(namespaces):
+    ns = namespaces
+    # Rules of someone else's, in the hooks meshcore jumps from, and a chain of their own.
+    for program in ("iptables-nft", "ip6tables-nft"):
+        ns.run(ns.app, program, "-t", "nat", "-N", "OTHER").check_returncode()
+        ns.run(ns.app, program, "-t", "nat", "-A", "OUTPUT", "-p", "udp", "--dport", "53", "-j", "OTHER")
+        ns.run(ns.app, program, "-t", "nat", "-A", "PREROUTING", "-p", "tcp", "--dport", "7", "-j", "RETURN")
+    before = {p: ns.save(p) for p in ("iptables-nft-save", "ip6tables-nft-save")}
+    assert "MESHCORE" not in before["iptables-nft-save"]
+
+    first = ns.sidecar_init(*FLAGS)
+    assert "opaque:   ports 5432" in first.stdout
+    installed = ns.save()
+    for line in [
+        "-A PREROUTING -p tcp -j MESHCORE_INBOUND",
+        "-A OUTPUT -p tcp -j MESHCORE_OUTBOUND",
+        '-A MESHCORE_INBOUND -p tcp -m multiport --dports 9090 -m comment --comment "meshcore: skip-ports" '
+        "-j RETURN",
+        f"-j REDIRECT --to-ports {IN_PORT}",
+        f"-A MESHCORE_OUTBOUND -m owner --uid-owner {PROXY_UID} "
+        '-m comment --comment "meshcore: proxy uid" -j RETURN',
+        '-A MESHCORE_OUTBOUND -o lo -m comment --comment "meshcore: loopback and own addresses" -j RETURN',
+        "--dports 8443",
+        f'--comment "meshcore: to the outbound proxy, opaque ports 5432" -j REDIRECT --to-ports {OUT_PORT}',
+    ]:
+        assert line in installed, f"{line!r} not in\n{installed}"
+    assert "MESHCORE_OUTBOUND" in ns.save("ip6tables-nft-save")
+    if shutil.which("nft"):  # iptables-nft is nftables underneath
+        assert "chain MESHCORE_OUTBOUND" in ns.run(ns.app, "nft", "list", "table", "ip", "nat").stdout
+
+    ns.sidecar_init(*FLAGS)
+    assert ns.save() == installed, "a second run must leave one set of rules"
+    # A rerun with other flags replaces the rules rather than adding to them.
+    ns.sidecar_init(*FLAGS[:6])
+    assert "8443" not in ns.save() and ns.save().count("-j MESHCORE_OUTBOUND") == 1
+
+    removed = ns.sidecar_init("--remove", *FLAGS)
+    assert "remove" in removed.stdout
+    assert {p: ns.save(p) for p in before} == before
+    ns.sidecar_init("--remove", *FLAGS)  # nothing left to remove: still fine
+    assert ns.save() == before["iptables-nft-save"]
+
+
+def test_connections_really_redirected(namespaces):
+    ns = namespaces
+    ns.serve(ns.app, "outbound", f"0.0.0.0:{OUT_PORT}", f"[::]:{OUT_PORT}")
+    ns.serve(ns.app, "inbound", f"0.0.0.0:{IN_PORT}")
+    ns.serve(ns.app, "app", "0.0.0.0:9090")
+    ns.serve(ns.peer, "peer", "10.9.9.9:8080", "10.9.9.9:8443", "[fd00:9::9]:8080")
+    # Before: everyone reaches the real destination.
+    assert ns.connect("10.9.9.9", 8080, APP_UID) == "peer"
+
+    ns.sidecar_init(*FLAGS)
+    # Outbound, from the app's uid: to the outbound port, which reads where it was going.
+    assert ns.connect("10.9.9.9", 8080, APP_UID) == "outbound redirected from 10.9.9.9:8080"
+    assert ns.connect("fd00:9::9", 8080, APP_UID) == "outbound redirected from [fd00:9::9]:8080"
+    # The proxy's own connections, skip-outbound-ports, localhost and the host's own
+    # address go where they were sent.
+    assert ns.connect("10.9.9.9", 8080, PROXY_UID) == "peer"
+    assert ns.connect("fd00:9::9", 8080, PROXY_UID) == "peer"
+    assert ns.connect("10.9.9.9", 8443, APP_UID) == "peer"
+    assert ns.connect("127.0.0.1", 9090, APP_UID) == "app"
+    assert ns.connect("10.77.0.1", 9090, APP_UID) == "app"
+    # Inbound, from another host: the app's port lands on the inbound port; a skip port does not.
+    assert ns.connect_from_peer("10.77.0.1", 8080) == "inbound redirected from 10.77.0.1:8080"
+    assert ns.connect_from_peer("10.77.0.1", 9090) == "app"
+
+    ns.sidecar_init("--remove", *FLAGS)
+    assert ns.connect("10.9.9.9", 8080, APP_UID) == "peer"
+    assert ns.connect_from_peer("10.77.0.1", 8080) == "ConnectionRefusedError"
+
+
+def test_without_the_capability_a_clear_error(namespaces):
+    require_tool("setpriv", "util-linux")
+    ns = namespaces
+    done = ns.run(ns.app, "setpriv", "--bounding-set", "-net_admin", *SIDECAR_INIT, *FLAGS)
+    assert done.returncode == 1
+    assert "needs CAP_NET_ADMIN; run sidecar-init as root" in done.stderr and "Traceback" not in done.stderr
+    assert "MESHCORE" not in ns.save()
