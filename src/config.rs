@@ -28,6 +28,32 @@ pub struct Config {
     #[serde(deserialize_with = "nullable")]
     pub identity: Option<IdentityConfig>,
     pub policy: Policy,
+    pub egress: Egress,
+}
+
+/// Traffic a transparent listener passes through (to addresses outside
+/// the mesh): the first matching rule decides, else the default.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Egress {
+    pub default: EgressAction,
+    pub rules: Vec<EgressRule>,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum EgressAction {
+    Allow,
+    Deny,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EgressRule {
+    pub action: EgressAction,
+    pub networks: Vec<String>,
+    /// Inclusive [first, last] port ranges; empty: every port.
+    pub ports: Vec<(u16, u16)>,
 }
 
 /// PEM contents (Python reads the files and keeps them fresh).
@@ -112,6 +138,11 @@ pub struct Listener {
     /// Peers (SPIFFE IDs) trusted to name the original caller in
     /// `meshcore-client-id`: gateways between clusters.
     pub trusted_gateways: Vec<String>,
+    /// Takes connections redirected to it (iptables REDIRECT) and serves
+    /// each by its original destination.
+    pub transparent: bool,
+    /// Original destination ports forwarded as TCP without detection.
+    pub opaque_ports: Vec<u16>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -219,6 +250,9 @@ pub struct Service {
     pub balancer: BalancerKind,
     pub protocol: UpstreamProtocol,
     pub endpoints: Vec<Endpoint>,
+    /// Virtual addresses (a ClusterIP): a transparent listener sends their
+    /// traffic here. An unspecified IP stands for any address on the port.
+    pub addresses: Vec<String>,
     pub connect_timeout_ms: u64,
     pub idle_timeout_ms: u64,
     pub zonal: Zonal,
@@ -358,6 +392,10 @@ pub mod fixtures {
                 default: DefaultPolicy::AllUnauthenticated,
                 rules: Vec::new(),
             },
+            egress: Egress {
+                default: EgressAction::Allow,
+                rules: Vec::new(),
+            },
         }
     }
 
@@ -375,6 +413,8 @@ pub mod fixtures {
             tls: TlsMode::None,
             share_port: false,
             trusted_gateways: Vec::new(),
+            transparent: false,
+            opaque_ports: Vec::new(),
         }
     }
 
@@ -448,6 +488,7 @@ pub mod fixtures {
             balancer: BalancerKind::PeakEwma,
             protocol: UpstreamProtocol::Auto,
             endpoints: addrs.iter().map(|a| endpoint(a)).collect(),
+            addresses: Vec::new(),
             connect_timeout_ms: 1_000,
             idle_timeout_ms: 90_000,
             zonal: zonal(),

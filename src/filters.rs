@@ -115,8 +115,8 @@ pub struct DirectResponse {
     pub headers: Vec<(HeaderName, HeaderValue)>,
 }
 
-#[derive(Debug, Default)]
 /// Boxed: most routes have none of these, and a mesh holds thousands of routes.
+#[derive(Debug, Default)]
 pub struct Filters {
     pub request_headers: Option<Box<HeaderOps>>,
     pub response_headers: Option<Box<HeaderOps>>,

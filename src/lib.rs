@@ -29,6 +29,7 @@ pub mod table;
 pub mod time;
 pub mod tls;
 pub mod tools;
+pub mod transparent;
 pub mod upstream;
 
 use bindings::errors::{BindError, ConfigError, MeshcoreError, PluginError, TlsError};

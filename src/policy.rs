@@ -50,7 +50,7 @@ pub fn parse_cidr(s: &str) -> Result<(IpAddr, u8), String> {
     Ok((ip, len))
 }
 
-fn in_network(ip: IpAddr, (net, len): (IpAddr, u8)) -> bool {
+pub fn in_network(ip: IpAddr, (net, len): (IpAddr, u8)) -> bool {
     let (ip, net, bits) = match (ip, net) {
         (IpAddr::V4(a), IpAddr::V4(b)) => (u32::from(a) as u128, u32::from(b) as u128, 32),
         (IpAddr::V6(a), IpAddr::V6(b)) => (u128::from(a), u128::from(b), 128),

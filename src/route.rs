@@ -103,6 +103,28 @@ impl Route {
     pub fn path_prefix(&self) -> &str {
         self.path_prefix.as_deref().unwrap_or("/")
     }
+
+    /// Whether the route may send to the service at `index`.
+    pub fn sends_to(&self, index: usize) -> bool {
+        self.backends.iter().any(|b| b.0 == index)
+    }
+
+    /// The route a transparent listener takes to the service at `index` when
+    /// none of its own routes goes there: no filters, retries or timeouts.
+    pub fn to_service(index: usize, name: &str) -> Route {
+        Route {
+            name: Arc::from(format!("to-{name}")),
+            host: None,
+            path_prefix: None,
+            headers: Vec::new(),
+            timeout: None,
+            response_timeout: None,
+            retry: None,
+            filters: Filters::default(),
+            plugins: false,
+            backends: vec![(index, 1)],
+        }
+    }
 }
 
 /// Exact match, or `*.example.com` for any subdomain; case-insensitive.

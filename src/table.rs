@@ -7,6 +7,7 @@ use crate::metrics::{BalancerGauges, ENDPOINT_STATES};
 use crate::policy::Policy;
 use crate::route::{Route, Routes};
 use crate::tls::{self, identity::Identity};
+use crate::transparent::{Destinations, Egress};
 use crate::upstream::{EndpointPool, Settings, UpstreamTls};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -93,6 +94,12 @@ pub struct Table {
     /// Opaque target per listener, in `Config::listeners` order.
     opaque: Vec<Option<usize>>,
     pub policy: Arc<Policy>,
+    /// Where a transparent listener's connections go (empty without one).
+    pub destinations: Arc<Destinations>,
+    /// Per service, the route a transparent listener's request takes when
+    /// none of the listener's own goes there (empty without one).
+    pub service_routes: Arc<[Route]>,
+    pub egress: Arc<Egress>,
     /// The config the table was built from, without its routes and policy
     /// rules (built into `routes` and `policy`). After `with_endpoints` its
     /// services' endpoint lists are those of the build, not the update's:
@@ -146,6 +153,14 @@ impl Table {
             .map(|l| l.service.as_deref().and_then(service_index))
             .collect();
         let policy = Arc::new(Policy::new(&config.policy)?);
+        let destinations = Arc::new(destinations_of(&config, &services)?);
+        let service_routes = match config.listeners.iter().any(|l| l.transparent) {
+            true => (services.iter().enumerate())
+                .map(|(i, s)| Route::to_service(i, &s.name))
+                .collect(),
+            false => Arc::from([]),
+        };
+        let egress = Arc::new(Egress::new(&config.egress)?);
         // Built into `routes` and `policy`: a mesh's thousands of route documents are not kept twice.
         let mut config = config;
         config.routes = Vec::new();
@@ -158,6 +173,9 @@ impl Table {
             routes,
             opaque,
             policy,
+            destinations,
+            service_routes,
+            egress,
             config: Arc::new(config),
         })
     }
@@ -197,6 +215,8 @@ impl Table {
                 identity,
             )?);
         }
+        // Endpoint addresses moved: a transparent listener's index follows them.
+        let destinations = Arc::new(destinations_of(&self.config, &services)?);
         Ok(Table {
             services,
             service_index: self.service_index.clone(),
@@ -205,6 +225,9 @@ impl Table {
             routes: self.routes.clone(),
             opaque: self.opaque.clone(),
             policy: self.policy.clone(),
+            destinations,
+            service_routes: self.service_routes.clone(),
+            egress: self.egress.clone(),
             config: self.config.clone(),
         })
     }
@@ -284,6 +307,14 @@ impl Table {
             .collect();
         serde_json::json!({ "services": services })
     }
+}
+
+/// The transparent listeners' destinations; none when no listener is one.
+fn destinations_of(config: &Config, services: &[Arc<Service>]) -> Result<Destinations, String> {
+    if !config.listeners.iter().any(|l| l.transparent) {
+        return Ok(Destinations::default());
+    }
+    Destinations::new(&config.services, services.iter().map(|s| s.balancer.endpoints()))
 }
 
 impl Table {

@@ -281,7 +281,16 @@ class Service(_Model):
     protocol: Literal["auto", "http1", "http2"] = "auto"
     # A factory, not a default that pydantic deep-copies per service: a mesh holds thousands.
     endpoints: list[Endpoint] = Field(default_factory=list)
+    # Its virtual addresses ("IP:PORT", like a Kubernetes ClusterIP): a transparent listener sends
+    # traffic for them to this service. "0.0.0.0:PORT" (or "[::]:PORT") is any address on PORT.
+    addresses: list[str] = Field(default_factory=list)
     connect_timeout: Duration = "1s"
+
+    @field_validator("addresses")
+    @classmethod
+    def _addresses(cls, v: list[str]) -> list[str]:
+        return [_check_socket_addr(a) for a in v]
+
     idle_timeout: Duration = "90s"
     zonal: Zonal = Zonal()
     # Failure accrual; `false` turns it off.
@@ -390,6 +399,13 @@ class Listener(_Model):
     # them the `meshcore-client-id` header names the caller that policy checks; from any other
     # peer it is replaced by the peer's own ID. mTLS listeners only.
     trusted_gateways: list[str] = []
+    # A sidecar's listener: takes connections redirected to it by iptables (`meshcore
+    # sidecar-init`) and serves each by its original destination (services' `addresses`, their
+    # endpoints' own addresses, else passed through as TCP under [egress]).
+    transparent: bool = False
+    # Original destination ports whose traffic skips protocol detection (server-speaks-first
+    # protocols such as databases): forwarded as TCP.
+    opaque_ports: list[int] = []
 
     _bind = field_validator("bind")(classmethod(lambda cls, v: _check_socket_addr(v)))
 
@@ -400,6 +416,20 @@ class Listener(_Model):
             if not re.fullmatch(r"spiffe://[a-z0-9._-]+/\S+", gateway):
                 raise ValueError(f"{gateway!r} is not a SPIFFE ID (spiffe://TRUST-DOMAIN/PATH)")
         return v
+
+    @field_validator("opaque_ports")
+    @classmethod
+    def _ports(cls, v: list[int]) -> list[int]:
+        for port in v:
+            if not 1 <= port <= 65535:
+                raise ValueError(f"port {port} is not between 1 and 65535")
+        return v
+
+    @model_validator(mode="after")
+    def _opaque_ports_need_transparent(self) -> Listener:
+        if self.opaque_ports and not self.transparent:
+            raise ValueError("opaque_ports are original destination ports: they need transparent = true")
+        return self
 
     @model_validator(mode="after")
     def _gateways_need_mtls(self) -> Listener:
@@ -477,6 +507,49 @@ class PolicyRule(_Model):
 class Policy(_Model):
     default: Literal["all-unauthenticated", "all-authenticated", "deny", "audit"] = "all-unauthenticated"
     rules: list[PolicyRule] = []
+
+
+PortRange = Union[int, str]  # 443, or "8000-8100"
+
+
+def _port_range(value: PortRange) -> tuple[int, int]:
+    low, dash, high = str(value).partition("-")
+    try:
+        first, last = int(low), int(high if dash else low)
+    except ValueError:
+        raise ValueError(f"port {value!r}: a number or a range 'FIRST-LAST'") from None
+    if not 1 <= first <= last <= 65535:
+        raise ValueError(f"port {value!r}: between 1 and 65535, the first not above the last")
+    return first, last
+
+
+class EgressRule(_Model):
+    action: Literal["allow", "deny"]
+    networks: list[str] = Field(min_length=1)
+    # Destination ports (numbers or "FIRST-LAST" ranges); none: every port.
+    ports: list[PortRange] = []
+
+    @field_validator("networks")
+    @classmethod
+    def _cidrs(cls, v: list[str]) -> list[str]:
+        for net in v:
+            _check_network(net)
+        return v
+
+    @field_validator("ports")
+    @classmethod
+    def _ranges(cls, v: list[PortRange]) -> list[PortRange]:
+        for port in v:
+            _port_range(port)
+        return v
+
+
+class Egress(_Model):
+    """What a transparent outbound listener does with traffic to addresses outside the mesh,
+    passed through as TCP: the first rule whose networks and ports match decides, else `default`."""
+
+    default: Literal["allow", "deny"] = "allow"
+    rules: list[EgressRule] = []
 
 
 class PluginConfig(_Model):
@@ -599,6 +672,7 @@ class Config(_Model):
     costs: dict[str, Annotated[int, Field(ge=0, le=_U32_MAX)]] = {}
     identity: Optional[Identity] = None
     policy: Policy = Policy()
+    egress: Egress = Egress()
     plugins: list[PluginConfig] = []
     workers: Optional[int] = Field(default=None, ge=1, le=1024)
     listeners: list[Listener] = []
@@ -725,7 +799,12 @@ class Config(_Model):
             if self.identity is None:
                 why = "an https:// control plane takes the proxy's mTLS identity: add [identity]"
                 problems.append(("discovery.control", why))
+        claimed: dict[str, str] = {}  # virtual address -> the service it names
         for i, s in enumerate(self.services):
+            for j, address in enumerate(s.addresses):
+                owner = claimed.setdefault(address, s.name)
+                if owner != s.name:
+                    problems.append((f"services[{i}].addresses[{j}]", f"{address} is service {owner!r}'s"))
             for j, e in enumerate(s.endpoints):
                 if e.identity is not None and self.identity is None:
                     problems.append(
@@ -786,6 +865,17 @@ class Config(_Model):
                     for rule in self.policy.rules
                 ],
             },
+            "egress": {
+                "default": self.egress.default,
+                "rules": [
+                    {
+                        "action": rule.action,
+                        "networks": list(rule.networks),
+                        "ports": [list(_port_range(p)) for p in rule.ports],
+                    }
+                    for rule in self.egress.rules
+                ],
+            },
         }
 
 
@@ -803,6 +893,8 @@ def _core_listener(lst: Listener) -> snapshot.Listener:
         "tls": lst.tls,
         "share_port": lst.share_port,
         "trusted_gateways": list(lst.trusted_gateways),
+        "transparent": lst.transparent,
+        "opaque_ports": list(lst.opaque_ports),
     }
 
 
@@ -863,6 +955,7 @@ def _core_service(s: Service) -> snapshot.Service:
             {"addr": e.addr, "zone": e.zone, "cluster": e.cluster, "identity": e.identity}
             for e in s.endpoints
         ],
+        "addresses": list(s.addresses),
         "connect_timeout_ms": parse_duration(s.connect_timeout),
         "idle_timeout_ms": parse_duration(s.idle_timeout),
         "zonal": {

@@ -70,6 +70,10 @@ class Listener(TypedDict):
     share_port: bool
     # SPIFFE IDs whose `meshcore-client-id` header names the caller.
     trusted_gateways: list[str]
+    # Takes redirected connections, served by their original destination.
+    transparent: bool
+    # Original destination ports forwarded as TCP without protocol detection.
+    opaque_ports: list[int]
 
 
 class Retry(TypedDict):
@@ -163,11 +167,25 @@ class Service(TypedDict):
     balancer: Literal["peak-ewma", "round-robin", "zonal"]
     protocol: Literal["auto", "http1", "http2"]
     endpoints: list[Endpoint]
+    # Virtual addresses "IP:PORT"; an unspecified IP matches any address on the port.
+    addresses: list[str]
     connect_timeout_ms: int
     idle_timeout_ms: int
     zonal: Zonal
     # None turns failure accrual off.
     breaker: Optional[Breaker]
+
+
+class EgressRule(TypedDict):
+    action: Literal["allow", "deny"]
+    networks: list[str]
+    # [first, last] port ranges; empty: every port.
+    ports: list[list[int]]
+
+
+class Egress(TypedDict):
+    default: Literal["allow", "deny"]
+    rules: list[EgressRule]
 
 
 class Snapshot(TypedDict):
@@ -183,3 +201,4 @@ class Snapshot(TypedDict):
     # Set by `Proxy` once it holds a certificate; None in `check` and on reload.
     identity: Optional[Identity]
     policy: Policy
+    egress: Egress

@@ -50,6 +50,7 @@ impl ConnContext {
             tls: PeerTls::Plaintext,
             client_id: None,
             via_gateway: false,
+            original_dst: None,
             no_name: Arc::from(""),
             seat,
             idle_timeout: std::time::Duration::from_secs(300),
@@ -72,6 +73,9 @@ pub struct ConnContext {
     pub client_id: Option<HeaderValue>,
     /// The peer is a gateway this listener trusts to name the original caller.
     pub via_gateway: bool,
+    /// Where the client meant to connect, on a transparent listener's
+    /// redirected connection (None: it was addressed to the proxy itself).
+    pub original_dst: Option<std::net::SocketAddr>,
     /// An empty label value, shared so that requests do not allocate one.
     pub no_name: Arc<str>,
     /// The connection's place in its listener: says when it is idle, and

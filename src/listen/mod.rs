@@ -4,6 +4,7 @@
 pub mod bind;
 pub mod detect;
 pub mod opaque;
+pub mod transparent;
 
 use crate::config::{ListenerProtocol, TlsMode};
 use crate::conn::admission;
@@ -42,6 +43,10 @@ pub struct ListenerSpec {
     pub tls: Option<(tokio_rustls::TlsAcceptor, TlsMode)>,
     /// Peers trusted to name the original caller (gateways).
     pub trusted_gateways: Arc<[String]>,
+    /// Takes redirected connections, served by their original destination.
+    pub transparent: bool,
+    /// Original destination ports forwarded as TCP, without detection.
+    pub opaque_ports: Arc<[u16]>,
     /// The listener's connection counters.
     pub tcp: Arc<TcpSeries>,
     /// Flips to true when this listener stops: removed by a reload, or the
@@ -205,12 +210,20 @@ async fn serve_connection(
     tcp.open.fetch_add(1, Relaxed);
     let _open = OpenConnection(tcp.clone());
     let _ = stream.set_nodelay(true);
+    let original_dst = match spec.transparent {
+        true => transparent::original_dst(&stream),
+        false => None,
+    };
     let counted = Counted::new(DirectTcp::new(stream), tcp.clone());
     let Some((mut io, tls, alpn_h2)) = accept_transport(counted, &spec, peer, &tcp, &shared.metrics).await
     else {
         return;
     };
+    // A redirected connection to an address outside the mesh is passed through, undetected.
+    let in_mesh = original_dst.map(|dst| shared.table.load().destinations.find(dst).is_some());
+    let opaque_port = original_dst.is_some_and(|dst| spec.opaque_ports.contains(&dst.port()));
     let (protocol, prefix) = match spec.protocol {
+        _ if in_mesh == Some(false) || opaque_port => (Protocol::Opaque, Bytes::new()),
         _ if alpn_h2 => (Protocol::Http2, Bytes::new()),
         ListenerProtocol::Http1 => (Protocol::Http1, Bytes::new()),
         ListenerProtocol::Http2 => (Protocol::Http2, Bytes::new()),
@@ -233,6 +246,7 @@ async fn serve_connection(
         via_gateway: tls
             .identity()
             .is_some_and(|id| spec.trusted_gateways.iter().any(|g| g == id)),
+        original_dst,
         tls,
         no_name: Arc::from(""),
         seat,

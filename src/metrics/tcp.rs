@@ -16,6 +16,10 @@ pub struct TcpSeries {
     pub write_bytes: AtomicU64,
     /// By `ConnEvent`, rendered as `tcp_errors_total{error=...}`.
     events: [AtomicU64; ConnEvent::ALL.len()],
+    /// A transparent listener's connections to addresses outside the mesh,
+    /// passed through or refused by the egress policy.
+    pub passthrough_allowed: AtomicU64,
+    pub passthrough_denied: AtomicU64,
 }
 
 /// Why a connection was refused or cut off. Every such event is counted
@@ -142,6 +146,28 @@ impl Metrics {
                 if n > 0 {
                     let labels = labels.clone().with("error", event.label());
                     sample(out, "tcp_errors_total", &labels, n);
+                }
+            }
+        }
+        header(
+            out,
+            "tcp_passthrough_total",
+            Kind::Counter,
+            "Redirected connections to addresses outside the mesh, by the egress policy's decision.",
+        );
+        for (labels, s) in &tcp {
+            for (decision, n) in [
+                ("allowed", &s.passthrough_allowed),
+                ("denied", &s.passthrough_denied),
+            ] {
+                let n = n.load(Relaxed);
+                if n > 0 {
+                    sample(
+                        out,
+                        "tcp_passthrough_total",
+                        &labels.clone().with("decision", decision),
+                        n,
+                    );
                 }
             }
         }

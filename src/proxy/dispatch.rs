@@ -84,6 +84,8 @@ pub(super) fn dispatch(
         } else {
             (Hooked::none(), routed.service())
         };
+        // The endpoint the client addressed, unless a plugin chose another service.
+        let addressed = routed.endpoint().filter(|_| service == routed.service());
         let Some(service) = service.map(|i| &ctx.table.services[i]) else {
             let unserved = fail(StatusCode::SERVICE_UNAVAILABLE, "no backends", &ctx.labels);
             let said = Said::of(&req, &ctx.authority, Some(route));
@@ -171,7 +173,11 @@ pub(super) fn dispatch(
             } else {
                 Instant::now()
             };
-            let index = match service.balancer.pick_at(now, &exclude) {
+            let picked = match addressed {
+                Some(addressed) => Ok(addressed),
+                None => service.balancer.pick_at(now, &exclude),
+            };
+            let index = match picked {
                 Ok(i) => i,
                 Err(no) => {
                     ctx.labels.dst_zone = Arc::from(crate::config::UNKNOWN_ZONE);

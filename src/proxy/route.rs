@@ -9,6 +9,7 @@ use crate::message::{error_response, full, ProxyBody};
 use crate::proto::RequestBody;
 use crate::route::{self, Route};
 use crate::table::Table;
+use crate::transparent::Destination;
 use http::{HeaderValue, Request, Response, StatusCode};
 use std::time::Instant;
 
@@ -18,25 +19,47 @@ pub(super) struct Routed {
     route: u32,
     /// None: the route has no backends, and a plugin must choose.
     service: Option<u32>,
+    /// `route` indexes the table's per-service routes, not the listener's.
+    to_service: bool,
+    /// The endpoint the client addressed (a transparent listener's).
+    endpoint: Option<u32>,
 }
 
 impl Routed {
     pub fn route<'t>(&self, table: &'t Table, listener: usize) -> &'t Route {
-        &table.routes_of(listener)[self.route as usize]
+        match self.to_service {
+            true => &table.service_routes[self.route as usize],
+            false => &table.routes_of(listener)[self.route as usize],
+        }
     }
 
     pub fn service(&self) -> Option<usize> {
         self.service.map(|s| s as usize)
+    }
+
+    pub fn endpoint(&self) -> Option<usize> {
+        self.endpoint.map(|e| e as usize)
     }
 }
 
 pub(super) fn route(req: &Request<RequestBody>, ctx: &mut RequestCtx) -> Result<Routed, Failure> {
     let listener = ctx.conn.listener;
     let host = route::host_of(text(&ctx.authority));
-    let Some(index) = ctx
+    let found = ctx
         .table
-        .find_route(listener, host, req.uri().path(), req.headers())
-    else {
+        .find_route(listener, host, req.uri().path(), req.headers());
+    if let Some(dst) = ctx.conn.original_dst {
+        if let Some(to) = ctx.table.destinations.find(dst) {
+            let routed = by_destination(ctx, found, to);
+            let own = routed.route(&ctx.table, listener);
+            if let Some(resp) = answers_itself(own, req, text(&ctx.authority)) {
+                let said = Said::of(req, &ctx.authority, Some(own));
+                return Err(logged(local(resp, &ctx.labels), &ctx.conn, None, said));
+            }
+            return Ok(routed);
+        }
+    }
+    let Some(index) = found else {
         let unrouted = fail(StatusCode::NOT_FOUND, "no route", &ctx.labels);
         return Err(logged(
             unrouted,
@@ -55,7 +78,32 @@ pub(super) fn route(req: &Request<RequestBody>, ctx: &mut RequestCtx) -> Result<
         // A table holds far fewer than 2^32 routes and services.
         route: index as u32,
         service: found.pick_service().map(|s| s as u32),
+        to_service: false,
+        endpoint: None,
     })
+}
+
+/// A transparent listener's request: its original destination chose the
+/// service (or endpoint). The listener's route for it applies (timeouts,
+/// retries, filters) if it may send there; else a plain route to it.
+fn by_destination(ctx: &mut RequestCtx, found: Option<usize>, to: Destination) -> Routed {
+    let (service, endpoint) = match to {
+        Destination::Service(s) => (s, None),
+        Destination::Endpoint { service, endpoint } => (service, Some(endpoint as u32)),
+    };
+    let own = found.filter(|&i| ctx.table.routes_of(ctx.conn.listener)[i].sends_to(service));
+    let (route, to_service) = match own {
+        Some(i) => (i, false),
+        None => (service, true),
+    };
+    let routed = Routed {
+        route: route as u32,
+        service: Some(service as u32),
+        to_service,
+        endpoint,
+    };
+    ctx.labels.route = routed.route(&ctx.table, ctx.conn.listener).name.clone();
+    routed
 }
 
 /// Rate limit, redirect and direct response: answered without an upstream.

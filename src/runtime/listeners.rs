@@ -339,6 +339,8 @@ impl Listeners {
             admission: admission.unwrap_or_else(|| Admission::new(l.max_connections)),
             tls,
             trusted_gateways: l.trusted_gateways.clone().into(),
+            transparent: l.transparent,
+            opaque_ports: l.opaque_ports.clone().into(),
             tcp,
             draining,
         })
