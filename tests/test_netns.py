@@ -153,6 +153,10 @@ def test_run_and_popen_as_another_user(network):
     # Really unprivileged: root's capabilities went with the uid.
     denied = host.run(["ip", "link", "add", "d0", "type", "dummy"], user=1337, check=False)
     assert denied.returncode != 0 and "Operation not permitted" in denied.stderr
+    # A sidecar's proxy is Python: readable to its uid with the one capability that
+    # lets it through a private home directory (where pyenv may keep Python).
+    me = [sys.executable, "-c", "import os, meshcore; print(os.getuid(), os.getgid())"]
+    assert host.run(me, user=1337, group=1400, caps=["dac_read_search"]).stdout == "1337 1400\n"
 
 
 def root_links() -> set[str]:

@@ -60,6 +60,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from typing import NamedTuple, Optional, Union
 
 from ..errors import ConfigError, MeshcoreError
@@ -102,7 +103,11 @@ def _start_time(pid: int) -> Optional[int]:
         return None
 
 
-_RUN = f"{PREFIX}{os.getpid()}-{_start_time(os.getpid())}-"
+def _run_prefix() -> str:
+    """This process's part of the names (computed each time: a forked child is another run)."""
+    return f"{PREFIX}{os.getpid()}-{_start_time(os.getpid())}-"
+
+
 _RUN_NAME = re.compile(rf"^{PREFIX}(\d+)-(\d+)-")
 _counter = itertools.count()
 _open: set[Network] = set()
@@ -154,10 +159,16 @@ class Namespace:
         self._procs: list[subprocess.Popen] = []
 
     def argv(
-        self, cmd: Command, user: Union[int, str, None] = None, group: Optional[int] = None
+        self,
+        cmd: Command,
+        user: Union[int, str, None] = None,
+        group: Optional[int] = None,
+        caps: Sequence[str] = (),
     ) -> list[str]:
         """`ip netns exec` (which also shows this namespace's /sys/class/net)
-        around `cmd` (a string runs in sh), as `user` if given."""
+        around `cmd` (a string runs in sh), as `user` if given, keeping the
+        capabilities named in `caps` (e.g. "dac_read_search": where Python lives
+        under /root, mode 700, another uid cannot start it without)."""
         args = ["sh", "-c", cmd] if isinstance(cmd, str) else list(cmd)
         if user is None:
             return ["ip", "netns", "exec", self.ns, *args]
@@ -169,6 +180,9 @@ class Namespace:
                 raise ConfigError(f"user {user!r}: no such user") from None
             uid, gid = user, user  # a bare uid, as a sidecar's proxy runs
         drop = ["setpriv", f"--reuid={uid}", f"--regid={gid if group is None else group}", "--clear-groups"]
+        if caps:
+            keep = ",".join(f"+{c.lower().removeprefix('cap_')}" for c in caps)
+            drop += [f"--inh-caps={keep}", f"--ambient-caps={keep}"]
         return ["ip", "netns", "exec", self.ns, *drop, *args]
 
     def run(
@@ -177,6 +191,7 @@ class Namespace:
         *,
         user: Union[int, str, None] = None,
         group: Optional[int] = None,
+        caps: Sequence[str] = (),
         check: bool = True,
         timeout: float = 60,
         **kwargs,
@@ -186,17 +201,23 @@ class Namespace:
         kwargs.setdefault("text", True)
         if "stdout" not in kwargs and "stderr" not in kwargs:
             kwargs.setdefault("capture_output", True)
-        done = subprocess.run(self.argv(cmd, user, group), timeout=timeout, **kwargs)
+        done = subprocess.run(self.argv(cmd, user, group, caps), timeout=timeout, **kwargs)
         if check and done.returncode != 0:
             raise NetnsError(f"{self.ns}: {cmd!r} exited {done.returncode}: {(done.stderr or '').strip()}")
         return done
 
     def popen(
-        self, cmd: Command, *, user: Union[int, str, None] = None, group: Optional[int] = None, **kwargs
+        self,
+        cmd: Command,
+        *,
+        user: Union[int, str, None] = None,
+        group: Optional[int] = None,
+        caps: Sequence[str] = (),
+        **kwargs,
     ) -> subprocess.Popen:
         """Starts `cmd` here, in its own process group; it is stopped when the
         network closes."""
-        proc = subprocess.Popen(self.argv(cmd, user, group), start_new_session=True, **kwargs)
+        proc = subprocess.Popen(self.argv(cmd, user, group, caps), start_new_session=True, **kwargs)
         self._procs.append(proc)
         return proc
 
@@ -284,7 +305,7 @@ class Network:
         if unknown:
             raise ConfigError(f"latency: unknown class {unknown[0]!r} (known: {', '.join(LATENCY_CLASSES)})")
         self.delay_us = {k: _delay_us(k, latency[k]) if k in latency else 0 for k in LATENCY_CLASSES}
-        self.prefix = f"{_RUN}{next(_counter)}-"
+        self.prefix = f"{_run_prefix()}{next(_counter)}-"
         self.hosts: dict[str, Host] = {}
         self.zones: dict[str, Zone] = {}  # by "cluster/zone"
         self.clusters: list[str] = []
@@ -490,7 +511,7 @@ def unavailable() -> Optional[str]:
         if shutil.which(tool) is None:
             return f"{tool} is not installed (Debian package {package})"
     if _probe is None:
-        ns = f"{_RUN}probe"
+        ns = f"{_run_prefix()}probe"
         done = subprocess.run(["ip", "netns", "add", ns], capture_output=True, text=True)
         _probe = "" if done.returncode == 0 else f"`ip netns add` is not allowed here: {done.stderr.strip()}"
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
