@@ -30,8 +30,14 @@ twice as long), applied once, by the router a packet reaches first: its
 iptables FORWARD chain sends what comes in from a host (`-i h+`) to NFQUEUE
 queue 1 if it goes out to a host of the zone (`-o h+`), 2 if to a zone of the
 cluster (`-o xz+`), 3 if to another cluster (`-o xc+`); a small process in the
-router's namespace (`delay.py`) holds each queue's packets for its delay. Not
+router's namespace (`delay.py`) holds each queue's packets for its delay, and
+`zone.delayed_packets()` counts what each queue took (should it die, its
+packets are dropped, not let through undelayed). Not
 `tc netem`: the kernels this runs on in CI are built without it (nor prio).
+
+Processes. `host.run(cmd)` and `host.popen(cmd)` run `ip netns exec` around
+`cmd`; with `user=UID` it runs as that uid (setpriv, root's capabilities gone,
+but `caps=[...]` keeps the ones named), as a sidecar's proxy must.
 
 Bytes. Read from /sys/class/net/<if>/statistics/{rx,tx}_bytes inside the router's
 namespace: whole frames (Ethernet, IP and TCP headers counted). `host.bytes()`
