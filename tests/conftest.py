@@ -14,6 +14,9 @@ from typing import Any, Callable, Optional, Union
 
 import pytest
 
+# Hosts in network namespaces, for any test (root; skipped elsewhere, failed under CI).
+from netns_helpers import network  # noqa: F401
+
 from meshcore import Proxy
 from meshcore.backend import Backend
 
