@@ -57,7 +57,7 @@ pub(super) fn route(req: &Request<RequestBody>, ctx: &mut RequestCtx) -> Result<
         .table
         .find_route(listener, host, req.uri().path(), req.headers());
     if let Some(dst) = ctx.conn.original_dst {
-        if let Some(to) = ctx.table.destinations.find(dst) {
+        if let Some(to) = ctx.table.destinations.find(dst, ctx.conn.inbound) {
             let routed = by_destination(ctx, found, to);
             let own = routed.route(&ctx.table, listener);
             if let Some(resp) = answers_itself(own, req, text(&ctx.authority)) {
