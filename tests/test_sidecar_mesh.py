@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from netns_helpers import LATENCY, require_netns
+from netns_helpers import LATENCY, metric, require_netns
 
 from conftest import MESHCORE, OutputLines, require_tool, wait_until
 from mesh_helpers import identity_files, issue, make_ca
@@ -85,16 +85,6 @@ class Mesh:
 
     def metrics(self, host: Host) -> str:
         return host.run(["curl", "-sS", "--max-time", "10", f"http://{ADMIN}/metrics"]).stdout
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    """The sum of `name`'s samples whose labels include `labels`."""
-    total = 0.0
-    for line in text.splitlines():
-        m = re.match(rf"^{name}{{(.*)}} (\S+)$", line)
-        if m and all(f'{k}="{v}"' in m.group(1) for k, v in labels.items()):
-            total += float(m.group(2))
-    return total
 
 
 def start(host: Host, argv: list[str], ready: str, **kwargs) -> OutputLines:
