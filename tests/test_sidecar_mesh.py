@@ -21,6 +21,7 @@ from netns_helpers import LATENCY, metric, require_netns
 
 from conftest import MESHCORE, OutputLines, require_tool, wait_until
 from mesh_helpers import identity_files, issue, make_ca
+from meshcore.errors import ConfigError
 from meshcore.netns import Host, Network, sweep
 from meshcore.sidecar.config import ADMIN, app_service_name, sidecar_config, sidecar_init_args
 
@@ -289,3 +290,27 @@ def test_the_server_refuses_a_caller_without_a_sidecar(mesh):
 def test_calling_an_outside_host_on_the_apps_own_port_leaves_the_host(mesh):
     r = mesh.curl("-D", "-", f"http://{mesh.outside.addr}:{HTTP1_PORT}/")
     assert re.search(r"(?im)^x-backend: outside-8080", r.stdout), r.stdout
+
+
+def test_the_sidecar_config_is_a_config_meshcore_accepts_and_matches_sidecar_init():
+    """No root needed: what sidecar_config writes loads as any config, and sidecar_init_args
+    parses as `meshcore sidecar-init`'s flags for the same ports."""
+    from meshcore.cli import build_parser
+    from meshcore.config import load
+
+    web = {"name": "web", "addresses": ["10.96.0.10:80"], "endpoints": [{"addr": "10.200.2.2:8080"}]}
+    config = load(
+        sidecar_config(None, tls="none", app_ports=[8080, 5432], services=[web], opaque_ports=[5432])
+    )
+    outbound, inbound = config.listeners
+    assert (outbound.bind, outbound.transparent, outbound.direction) == ("127.0.0.1:4140", True, "outbound")
+    assert (inbound.bind, inbound.transparent, inbound.direction) == ("0.0.0.0:4143", True, "inbound")
+    assert inbound.opaque_ports == outbound.opaque_ports == [5432]
+    app = {s.name: s for s in config.services}[app_service_name(8080)]
+    assert app.addresses == ["0.0.0.0:8080"] and app.endpoints[0].addr == "127.0.0.1:8080"
+    with pytest.raises(ConfigError, match=r"listeners\[1\].tls: TLS needs an \[identity\]"):
+        load(sidecar_config(None, app_ports=[8080]))  # tls = "mesh" needs an identity
+
+    args = build_parser().parse_args(["sidecar-init", *sidecar_init_args(1337, opaque_ports=[5432])])
+    assert (args.proxy_uid, args.outbound_port, args.inbound_port) == (1337, 4140, 4143)
+    assert args.opaque_ports == ((5432, 5432),)
