@@ -282,11 +282,6 @@ def test_the_server_refuses_a_caller_without_a_sidecar(mesh):
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core: a service's any-address (0.0.0.0:PORT, the app's inbound port) also matches on the "
-    "outbound listener, so the app calling another host on its own port reaches itself",
-)
 def test_calling_an_outside_host_on_the_apps_own_port_leaves_the_host(mesh):
     r = mesh.curl("-D", "-", f"http://{mesh.outside.addr}:{HTTP1_PORT}/")
     assert re.search(r"(?im)^x-backend: outside-8080", r.stdout), r.stdout
