@@ -209,9 +209,10 @@ def test_another_meshcore_moves_every_proxy_in_waves_losing_no_request(fleet, tm
     load = Load(fleet.proxies).start()
     try:
         wait_until(lambda: all(load.answered(i) >= 20 for i in fleet.ids), 30, "load on every proxy")
-        # A loose p99 limit: a new process opens new connections; a shared machine's noise must
-        # not fail a good version.
-        done = fleet.rollout("--meshcore", str(v2), "--waves", "1,50%,100%", "--max-p99-ratio", "10")
+        # A very loose p99 limit: this test is about the waves and the hand-over (the p99 verdict
+        # has its own test in test_fleet). A process just started serves its first second on cold
+        # connections, and with a 1 s bake two slow answers on a shared machine make its p99.
+        done = fleet.rollout("--meshcore", str(v2), "--waves", "1,50%,100%", "--max-p99-ratio", "100")
         moved = len(load.answers)
         wait_until(lambda: len(load.answers) > moved + 30, 30, "answers from the new processes")
     finally:
@@ -364,3 +365,28 @@ def test_a_meshcore_rollout_names_an_absolute_path():
     done = mesh("rollout", "--control", "http://127.0.0.1:1", "--meshcore", "venv/bin/meshcore")
     assert done.returncode == 1
     assert "--meshcore venv/bin/meshcore: give an absolute path" in done.stderr
+
+
+def test_the_fleet_table_follows_the_process_that_took_over():
+    from meshcore.control.fleet import Fleet as FleetTable
+    from meshcore.control.protocol import ConfigState, Golden, ProxyInfo, Report, UpgradeState
+
+    def report(pid: int, started: float, version: str, responses: int) -> Report:
+        proxy = ProxyInfo("host/1", version, pid=pid, started_at=started, command=(f"/m/{version}",))
+        metrics = Golden(1.0, responses, 0, (1.0,), (responses, 0))
+        return Report(proxy, ConfigState(version=1), metrics, UpgradeState(available=True))
+
+    table = FleetTable()
+    table.subscribed(ProxyInfo("host/1", "1", pid=1, started_at=100.0), None)
+    table.report(report(1, 100.0, "1", 3), None, now=1.0)
+    # The new process subscribes first: the old one is still the proxy until the new one reports.
+    table.subscribed(ProxyInfo("host/1", "2", pid=2, started_at=200.0), None)
+    assert table.proxy("host/1").version == "1"
+    table.report(report(2, 200.0, "2", 4), None, now=2.0)
+    # The draining old one reports once more: its responses count, but it no longer speaks for the id.
+    table.report(report(1, 100.0, "1", 5), None, now=3.0)
+    assert table.proxy("host/1").version == "2" and table.proxy("host/1").command == ("/m/2",)
+    assert table.window(["host/1"], 0.0, 4.0).responses == 12
+    # A process started later again (a rollback) takes over in turn.
+    table.report(report(3, 300.0, "1", 0), None, now=4.0)
+    assert table.proxy("host/1").pid == 3
