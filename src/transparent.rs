@@ -49,20 +49,24 @@ impl Destinations {
         self.0.is_empty()
     }
 
-    /// Where `dst` goes: its exact address, else a service's "any address"
-    /// on its port (`0.0.0.0:PORT`, `[::]:PORT`).
-    pub fn find(&self, dst: SocketAddr) -> Option<Destination> {
+    /// Where `dst` goes: its exact address; inbound, else a service's
+    /// "any address" on its port (`0.0.0.0:PORT`, `[::]:PORT`: the app behind
+    /// this sidecar). Outbound, another host on that port is not the app.
+    pub fn find(&self, dst: SocketAddr, inbound: bool) -> Option<Destination> {
         if self.0.is_empty() {
+            return None;
+        }
+        if let Some(exact) = self.0.get(&dst) {
+            return Some(*exact);
+        }
+        if !inbound {
             return None;
         }
         let any: IpAddr = match dst.ip() {
             IpAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
             IpAddr::V6(_) => Ipv6Addr::UNSPECIFIED.into(),
         };
-        let exact = self.0.get(&dst);
-        exact
-            .or_else(|| self.0.get(&SocketAddr::new(any, dst.port())))
-            .copied()
+        self.0.get(&SocketAddr::new(any, dst.port())).copied()
     }
 }
 
@@ -127,7 +131,7 @@ mod tests {
             .map(|s| crate::balance::Balancer::from_config(s, &fixtures::config(), None))
             .collect();
         let d = Destinations::new(&services, balancers.iter().map(|b| b.endpoints())).expect("built");
-        let at = |s: &str| d.find(s.parse().unwrap());
+        let at = |s: &str| d.find(s.parse().unwrap(), true);
         assert_eq!(at("10.96.0.10:80"), Some(Destination::Service(0)));
         assert_eq!(
             at("10.0.0.1:8080"),
@@ -143,6 +147,10 @@ mod tests {
         );
         assert_eq!(at("10.96.0.10:81"), None);
         assert_eq!(at("[fd00::1]:80"), None);
+        // Outbound, another host on the app's port is that host, not the app.
+        let outbound = |s: &str| d.find(s.parse().unwrap(), false);
+        assert_eq!(outbound("10.1.2.3:8080"), None);
+        assert_eq!(outbound("10.96.0.10:80"), Some(Destination::Service(0)));
     }
 
     #[test]

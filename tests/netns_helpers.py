@@ -6,6 +6,7 @@ machine cannot give them the test is skipped with the reason, but under CI
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 
 import pytest
@@ -34,3 +35,13 @@ def network() -> Iterator[Network]:
     sweep()
     with Network(latency=LATENCY) as net:
         yield net
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The sum of `name`'s samples in Prometheus `text` whose labels include `labels`."""
+    total = 0.0
+    for line in text.splitlines():
+        m = re.match(rf"^{name}{{(.*)}} (\S+)$", line)
+        if m and all(f'{k}="{v}"' in m.group(1) for k, v in labels.items()):
+            total += float(m.group(2))
+    return total

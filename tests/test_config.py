@@ -259,3 +259,9 @@ def test_durations_must_be_finite_and_sane(value):
     cfg = {"listeners": [{"name": "l", "bind": "127.0.0.1:0", "idle_timeout": value}]}
     with pytest.raises(ConfigError, match="idle_timeout"):
         load(cfg)
+
+
+def test_a_json_file_is_read_as_json(tmp_path):
+    path = tmp_path / "proxy.json"
+    path.write_text('{"listeners": [{"name": "out", "bind": "127.0.0.1:0"}]}')
+    assert load(path).listeners[0].name == "out"

@@ -68,6 +68,10 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    if args.mesh:
+        from .demo_mesh import run_mesh_demo
+
+        return run_mesh_demo(duration=args.duration)
     from .demo import run_demo
 
     return run_demo(
@@ -176,6 +180,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--inbound-admin", default="127.0.0.1:9991", help="the inbound proxy's admin API")
     demo.add_argument("--control", default="127.0.0.1:8470", help="the control plane")
     demo.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    demo.add_argument(
+        "--mesh",
+        action="store_true",
+        help="needs root: hosts in network namespaces (two zones and a second cluster), each with "
+        "sidecar-init's rules and a transparent sidecar, an app per zone, a client running load "
+        "(--listen, --admin, --inbound-admin and --control do not apply)",
+    )
     demo.set_defaults(func=cmd_demo)
 
     b = sub.add_parser("bench", help="load-test a URL (open-loop constant rate, or max)")

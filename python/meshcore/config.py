@@ -1154,8 +1154,11 @@ FORMATS = ("toml", "yaml", "json")
 
 
 def format_of(path: Path) -> str:
-    """The format a config file is read in, by its suffix: YAML for .yaml/.yml, else TOML."""
-    return "yaml" if path.suffix in (".yaml", ".yml") else "toml"
+    """The format a config file is read in, by its suffix: YAML for .yaml/.yml, JSON for .json,
+    else TOML."""
+    if path.suffix in (".yaml", ".yml"):
+        return "yaml"
+    return "json" if path.suffix == ".json" else "toml"
 
 
 def loads(text: str, fmt: str, *, name: str, base_dir: Optional[Path] = None) -> Config:

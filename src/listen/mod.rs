@@ -220,7 +220,8 @@ async fn serve_connection(
         return;
     };
     // A redirected connection to an address outside the mesh is passed through, undetected.
-    let in_mesh = original_dst.map(|dst| shared.table.load().destinations.find(dst).is_some());
+    let inbound = &*spec.direction == "inbound";
+    let in_mesh = original_dst.map(|dst| shared.table.load().destinations.find(dst, inbound).is_some());
     let opaque_port = original_dst.is_some_and(|dst| spec.opaque_ports.contains(&dst.port()));
     let (protocol, prefix) = match spec.protocol {
         _ if in_mesh == Some(false) || opaque_port => (Protocol::Opaque, Bytes::new()),
@@ -240,7 +241,7 @@ async fn serve_connection(
         listener: spec.id,
         listener_name: spec.name.clone(),
         direction: spec.direction.clone(),
-        inbound: &*spec.direction == "inbound",
+        inbound,
         peer,
         client_id: tls.identity().and_then(|id| http::HeaderValue::from_str(id).ok()),
         via_gateway: tls

@@ -40,7 +40,7 @@ where
                 return;
             }
         },
-        Some(dst) => match table.destinations.find(dst) {
+        Some(dst) => match table.destinations.find(dst, conn.inbound) {
             Some(Destination::Service(i)) => (&table.services[i], None),
             Some(Destination::Endpoint { service, endpoint }) => (&table.services[service], Some(endpoint)),
             None => return pass_through(client, &conn, &table, dst).await,

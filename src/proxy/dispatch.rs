@@ -84,8 +84,6 @@ pub(super) fn dispatch(
         } else {
             (Hooked::none(), routed.service())
         };
-        // The endpoint the client addressed, unless a plugin chose another service.
-        let addressed = routed.endpoint().filter(|_| service == routed.service());
         let Some(service) = service.map(|i| &ctx.table.services[i]) else {
             let unserved = fail(StatusCode::SERVICE_UNAVAILABLE, "no backends", &ctx.labels);
             let said = Said::of(&req, &ctx.authority, Some(route));
@@ -173,6 +171,12 @@ pub(super) fn dispatch(
             } else {
                 Instant::now()
             };
+            // The endpoint the client addressed, unless a plugin chose another service.
+            let addressed = routed.endpoint().filter(|_| {
+                routed
+                    .service()
+                    .is_some_and(|s| Arc::ptr_eq(&ctx.table.services[s], service))
+            });
             let picked = match addressed {
                 Some(addressed) => Ok(addressed),
                 None => service.balancer.pick_at(now, &exclude),

@@ -15,14 +15,22 @@ use std::time::Instant;
 
 /// Where the request goes, as indexes into the request's table.
 #[derive(Clone, Copy)]
+/// Packed (`NONE` for none): it is kept in every request's state.
 pub(super) struct Routed {
     route: u32,
-    /// None: the route has no backends, and a plugin must choose.
-    service: Option<u32>,
+    /// NONE: the route has no backends, and a plugin must choose.
+    service: u32,
+    /// The endpoint the client addressed (a transparent listener's), or NONE.
+    endpoint: u32,
     /// `route` indexes the table's per-service routes, not the listener's.
     to_service: bool,
-    /// The endpoint the client addressed (a transparent listener's).
-    endpoint: Option<u32>,
+}
+
+const NONE: u32 = u32::MAX;
+
+fn packed(index: Option<usize>) -> u32 {
+    // A table holds far fewer than 2^32 - 1 routes, services and endpoints.
+    index.map_or(NONE, |i| i as u32)
 }
 
 impl Routed {
@@ -34,11 +42,11 @@ impl Routed {
     }
 
     pub fn service(&self) -> Option<usize> {
-        self.service.map(|s| s as usize)
+        (self.service != NONE).then_some(self.service as usize)
     }
 
     pub fn endpoint(&self) -> Option<usize> {
-        self.endpoint.map(|e| e as usize)
+        (self.endpoint != NONE).then_some(self.endpoint as usize)
     }
 }
 
@@ -49,7 +57,7 @@ pub(super) fn route(req: &Request<RequestBody>, ctx: &mut RequestCtx) -> Result<
         .table
         .find_route(listener, host, req.uri().path(), req.headers());
     if let Some(dst) = ctx.conn.original_dst {
-        if let Some(to) = ctx.table.destinations.find(dst) {
+        if let Some(to) = ctx.table.destinations.find(dst, ctx.conn.inbound) {
             let routed = by_destination(ctx, found, to);
             let own = routed.route(&ctx.table, listener);
             if let Some(resp) = answers_itself(own, req, text(&ctx.authority)) {
@@ -75,11 +83,10 @@ pub(super) fn route(req: &Request<RequestBody>, ctx: &mut RequestCtx) -> Result<
         return Err(logged(local(resp, &ctx.labels), &ctx.conn, None, said));
     }
     Ok(Routed {
-        // A table holds far fewer than 2^32 routes and services.
         route: index as u32,
-        service: found.pick_service().map(|s| s as u32),
+        service: packed(found.pick_service()),
+        endpoint: NONE,
         to_service: false,
-        endpoint: None,
     })
 }
 
@@ -89,7 +96,7 @@ pub(super) fn route(req: &Request<RequestBody>, ctx: &mut RequestCtx) -> Result<
 fn by_destination(ctx: &mut RequestCtx, found: Option<usize>, to: Destination) -> Routed {
     let (service, endpoint) = match to {
         Destination::Service(s) => (s, None),
-        Destination::Endpoint { service, endpoint } => (service, Some(endpoint as u32)),
+        Destination::Endpoint { service, endpoint } => (service, Some(endpoint)),
     };
     let own = found.filter(|&i| ctx.table.routes_of(ctx.conn.listener)[i].sends_to(service));
     let (route, to_service) = match own {
@@ -98,9 +105,9 @@ fn by_destination(ctx: &mut RequestCtx, found: Option<usize>, to: Destination) -
     };
     let routed = Routed {
         route: route as u32,
-        service: Some(service as u32),
+        service: packed(Some(service)),
+        endpoint: packed(endpoint),
         to_service,
-        endpoint,
     };
     ctx.labels.route = routed.route(&ctx.table, ctx.conn.listener).name.clone();
     routed

@@ -15,34 +15,17 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from ..histogram import quantile
 from .protocol import ConfigState, Golden, ProxyInfo, Report, UpgradeState
 
 __all__ = ["ConfigVersion", "Fleet", "Window", "quantile"]
 
 KEEP_SECONDS = 600.0
 STATUS_WINDOW = 30.0  # rps, success rate and p99 in `mesh status` are over this much
-
-
-def quantile(q: float, bounds: Sequence[float], counts: Sequence[int]) -> Optional[float]:
-    """histogram_quantile(q) of per-bucket `counts` (the last past the last bound); None if empty.
-    The same rule as the lifecycle's verifier uses for one proxy (lifecycle.verify.quantile)."""
-    total = sum(counts)
-    if total == 0:
-        return None
-    rank = q * total
-    cumulative = 0
-    for i, n in enumerate(counts):
-        if n and cumulative + n >= rank:
-            if i >= len(bounds):
-                return float(bounds[-1])
-            lower = 0.0 if i == 0 else float(bounds[i - 1])
-            return lower + (float(bounds[i]) - lower) * (rank - cumulative) / n
-        cumulative += n
-    return float(bounds[-1])
 
 
 @dataclass

@@ -214,7 +214,7 @@ def rollout_request(args: argparse.Namespace) -> dict[str, Any]:
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeError) as e:
             raise ConfigError(f"--config {path}: cannot read: {e}") from None
-        fmt = "json" if path.suffix == ".json" else format_of(path)
+        fmt = format_of(path)
         request["config"] = {"text": text, "format": fmt, "source": str(path)}
     elif args.meshcore is not None:
         if not Path(args.meshcore).is_absolute():

@@ -134,7 +134,7 @@ def parse_rollout(message: Any) -> RolloutPlan:
         if not isinstance(config, dict) or not isinstance(config.get("text"), str):
             raise RequestError("config: expected {text, format, source}")
         text, source = config["text"], str(config.get("source") or "<config>")
-        fmt = config.get("format") or ("json" if source.endswith(".json") else format_of(Path(source)))
+        fmt = config.get("format") or format_of(Path(source))
         if fmt not in ("toml", "yaml", "json"):
             raise RequestError(f"config.format: {fmt!r}: expected toml, yaml or json")
     elif version is not None and (isinstance(version, bool) or not isinstance(version, int) or version < 1):

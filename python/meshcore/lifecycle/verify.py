@@ -57,6 +57,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 from ..config import parse_duration
+from ..histogram import quantile
 
 __all__ = [
     "RATE_REASON",
@@ -151,24 +152,6 @@ def window(start: RouteStats, end: RouteStats) -> dict[str, RouteWindow]:
 
 def _lower_edges(bounds: Sequence[float]) -> list[float]:
     return [0.0, *(float(b) for b in bounds)]
-
-
-def quantile(q: float, bounds: Sequence[float], counts: Sequence[int]) -> Optional[float]:
-    """histogram_quantile(q) of per-bucket `counts` (the last one past the last bound), in the
-    bounds' unit; None without any count."""
-    total = sum(counts)
-    if total == 0:
-        return None
-    rank = q * total
-    cumulative = 0
-    for i, n in enumerate(counts):
-        if n and cumulative + n >= rank:
-            if i >= len(bounds):
-                return float(bounds[-1])
-            lower = 0.0 if i == 0 else float(bounds[i - 1])
-            return lower + (float(bounds[i]) - lower) * (rank - cumulative) / n
-        cumulative += n
-    return float(bounds[-1])
 
 
 def wilson(hits: int, n: int, z: float = Z) -> tuple[float, float]:
