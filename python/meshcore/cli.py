@@ -41,6 +41,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         proxy.stop(args.grace)
         raise
     proxy.lifecycle = lifecycle
+    proxy.begin_fleet_reports()  # held on inherited sockets until this process is the proxy
     running.append(lifecycle)
     print("meshcore: ready", flush=True)
     try:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import itertools
 import json
-import os
 import socket
 import threading
 from dataclasses import dataclass
@@ -17,17 +15,11 @@ from .errors import ConfigError, config_error
 from .identity.agent import IdentityAgent
 from .memory import MemoryTrimmer
 from .plugins import PluginHost, PluginSpec
+from .process import new_proxy_id
 
 __all__ = ["InheritedSockets", "Proxy", "check"]
 
 Source = Union[str, Path, dict[str, Any], Config]
-
-_proxies_made = itertools.count(1)  # tells apart the proxies of one process to the control plane
-
-
-def _proxy_id() -> str:
-    n = next(_proxies_made)
-    return f"{socket.gethostname()}/{os.getpid()}" + (f"-{n}" if n > 1 else "")
 
 
 @dataclass
@@ -117,11 +109,13 @@ class Proxy:
         self._changes = threading.RLock()
         self._discovered: dict[str, list[snapshot.Endpoint]] = {}
         self._follower: Any = None
+        self.fleet_id: Optional[str] = None  # its id at the control plane (meshcore.process)
         if self._config.discovery is not None:
             from .control.follower import Follower  # grpc is loaded only for a proxy that needs it
 
+            self.fleet_id = new_proxy_id()
             self._follower = Follower(
-                self._config, _proxy_id(), self._set_discovered, self._identity, proxy=self
+                self._config, self.fleet_id, self._set_discovered, self._identity, proxy=self
             )
         self._memory: Optional[MemoryTrimmer] = None
         self._stopped = threading.Event()
@@ -229,7 +223,10 @@ class Proxy:
                 self._plugins.start()
                 self._core.set_plugin_host(self._plugins)
             if self._follower is not None:
-                self._follower.start()
+                # On inherited sockets the process it replaces is the proxy until it has agreed
+                # to drain: this one follows discovery, but reports and takes pushes only once
+                # begin_fleet_reports() says it serves.
+                self._follower.start(hold=inherited is not None)
             if self._config.admin:
                 from .admin import AdminServer
 
@@ -243,6 +240,12 @@ class Proxy:
                     self._core.stop(0.0)
                     raise
         return self
+
+    def begin_fleet_reports(self) -> None:
+        """Starts the reports to the control plane and the configs and upgrades it pushes, held
+        by a start on inherited sockets (`meshcore run --upgrade`) until this process is the proxy."""
+        if self._follower is not None:
+            self._follower.release()
 
     def stop(self, grace: float = 5.0) -> None:
         """Stops accepting, drains in-flight requests for up to `grace` seconds, then stops."""

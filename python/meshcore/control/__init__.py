@@ -24,12 +24,15 @@ Protocol (firm; scripts and proxies depend on it):
   checks its SPIFFE ID (``server_identity``). Plain ``http://`` is served and accepted on loopback
   only. With ``--identity-ca`` the control plane issues its own certificate from the mesh CA it
   holds (``issued_tls``) and serves the identity service beside the gRPC port.
-- Fleet: service ``meshcore.control.v1.Fleet``. ``Report`` (unary): ``{"proxy": {...}, "config":
-  {"version", "hash", "fleet_version", "push"}, "metrics": {"window_s", "responses", "failures",
-  "buckets_ms", "buckets"}}`` from each proxy every few seconds; ``Status`` (unary): the fleet
-  table; ``Rollout`` (server-streaming): a rollout's progress. A rollout pushes ``{"type": "config",
-  "name": "meshcore.fleet/config", "version", "exists": true, "config_version", "format", "text",
-  "rollback_to"}`` on a proxy's Subscribe stream, to that proxy only.
+- Fleet: service ``meshcore.control.v1.Fleet``. ``Report`` (unary): ``{"proxy": {"id", "version",
+  "zone", "cluster", "pid", "started_at", "command"}, "config": {"version", "hash", "fleet_version",
+  "push"}, "metrics": {"window_s", "responses", "failures", "buckets_ms", "buckets"}, "upgrade":
+  {"available", "reason", "resource", "result", "error", "pid"}}`` from each proxy every few
+  seconds; ``Status`` (unary): the fleet table; ``Rollout`` (server-streaming): a rollout's
+  progress. A config rollout pushes ``{"type": "config", "name": "meshcore.fleet/config", "version",
+  "exists": true, "config_version", "format", "text", "rollback_to"}`` on a proxy's Subscribe
+  stream, to that proxy only; a version rollout ``{"type": "upgrade", "name":
+  "meshcore.fleet/upgrade", "version", "exists": true, "command", "request"}``.
 - No polling on the stream. The directory source polls its files once a second: that is how it
   notices an edit, not how proxies learn it.
 
@@ -37,7 +40,8 @@ Modules: ``protocol`` (the wire format), ``store`` (versions), ``sources`` (the 
 interface to write one), ``documents`` (the directory's file format), ``server`` (the gRPC
 service), ``client`` (``Subscription``, what a proxy runs), ``server_identity`` (checking the
 control plane's SPIFFE ID), ``issued_tls``, ``cli``; the fleet: ``fleet`` (the table),
-``fleet_service`` (its RPCs), ``rollout``, ``agent`` and ``reporter`` (the proxy's side), ``mesh_cli``.
+``fleet_service`` (its RPCs), ``rollout`` and ``changes`` (what it moves), ``agent`` and
+``reporter`` (the proxy's side), ``mesh_cli``.
 """
 
 from __future__ import annotations

@@ -9,8 +9,11 @@ summed over routes from `Proxy.route_stats()`.
 
 A pushed config goes through the proxy's Lifecycle, as `meshcore reload` does (validated,
 recorded as a new history version, with its own verification and rollback); a push that undoes a
-rollout rolls back to the proxy's own history version. It is applied on a thread of its own, in
-the order pushed, so the subscription's stream is never held up by a reload.
+rollout rolls back to the proxy's own history version. A pushed upgrade (another meshcore's
+command) goes through the proxy's Upgrader, as `meshcore upgrade --meshcore PATH` does: the new
+process takes over the sockets and reports under the same id; this one drains and exits. Pushes
+are acted on by a thread of their own, in the order pushed, so the subscription's stream is never
+held up by a reload or an upgrade.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import threading
 import time
 from typing import Any, Optional
 
-from .protocol import ConfigWire
+from .protocol import ConfigWire, UpgradeWire
 
 __all__ = ["FleetAgent", "golden_since"]
 
@@ -67,7 +70,8 @@ class FleetAgent:
         self._taken: dict[int, tuple[float, dict[str, Any]]] = {}  # id(report) -> its sample
         self._fleet_of: dict[int, Optional[int]] = {}  # history version -> fleet version
         self._push: Optional[dict[str, Any]] = None
-        self._pushes: queue.Queue[Optional[ConfigWire]] = queue.Queue()
+        self._upgrade: dict[str, Any] = {}  # how the last pushed upgrade went
+        self._pushes: queue.Queue[Optional[Any]] = queue.Queue()  # ConfigWire | UpgradeWire
         self._worker: Optional[threading.Thread] = None
         self.on_applied: Any = None  # called after each push is acted on (the reporter's poke)
 
@@ -87,12 +91,15 @@ class FleetAgent:
         with self._lock:
             base = self._base
             push = dict(self._push) if self._push else None
+            upgrade = dict(self._upgrade)
         metrics = golden_since(base[1] if base else None, stats)
         metrics["window_s"] = round(now - base[0], 3) if base else 0.0
+        reason = self._cannot_upgrade()
         report = {
             "proxy": dict(self._info),
             "config": {**self._config_state(), "push": push},
             "metrics": metrics,
+            "upgrade": {"available": reason is None, "reason": reason, **upgrade},
         }
         with self._lock:
             self._taken = {id(report): (now, stats)}  # only the newest can be the one sent next
@@ -139,11 +146,17 @@ class FleetAgent:
     def on_config(self, resource: ConfigWire) -> None:
         self._pushes.put(resource)
 
+    def on_upgrade(self, resource: UpgradeWire) -> None:
+        self._pushes.put(resource)
+
     def _apply_pushes(self) -> None:
         while True:
             resource = self._pushes.get()
             if resource is None:
                 return
+            if resource["type"] == "upgrade":
+                self._acted_on_upgrade(resource)
+                continue
             try:
                 result = self._apply(resource)
             except Exception as e:  # noqa: BLE001 - said in the report; the next push is still taken
@@ -179,3 +192,39 @@ class FleetAgent:
             with self._lock:
                 self._fleet_of[outcome.version] = fleet_version
         return {"result": outcome.result, "error": outcome.error, "local_version": outcome.version}
+
+    # -- pushed upgrades
+
+    def _cannot_upgrade(self) -> Optional[str]:
+        """Why this proxy cannot replace its process; None if it can."""
+        if getattr(self._proxy, "upgrader", None) is None:
+            return (
+                "this proxy cannot replace its process: it was not started by `meshcore run` with a "
+                "config file and a writable state dir (where its upgrade socket lives)"
+            )
+        return None
+
+    def _acted_on_upgrade(self, resource: UpgradeWire) -> None:
+        try:
+            result = self._upgrade_to(list(resource["command"]))
+        except Exception as e:  # noqa: BLE001 - said in the report; the next push is still taken
+            result = {"result": "refused", "error": f"{type(e).__name__}: {e}"}
+        with self._lock:
+            self._upgrade = {"resource": resource["version"], "pid": None, "error": None, **result}
+        if self.on_applied is not None:
+            self.on_applied()
+
+    def _upgrade_to(self, command: list[str]) -> dict[str, Any]:
+        if command == list(self._info.get("command") or ()):
+            return {"result": "unchanged"}
+        reason = self._cannot_upgrade()
+        if reason is not None:
+            _log(f"upgrade pushed by the control plane refused: {reason}")
+            return {"result": "refused", "error": reason}
+        _log(f"the control plane asks for meshcore {' '.join(command)}: starting it to take over")
+        status, answer = self._proxy.upgrader.upgrade(command)
+        if status == 200:
+            return {"result": "applied", "pid": answer.get("pid")}
+        error = str(answer.get("error", answer))
+        _log(f"upgrade to {' '.join(command)} failed: {error}; still serving")
+        return {"result": "refused", "error": error}

@@ -1,6 +1,10 @@
 """The control plane's fleet table: each proxy's last report, when it was seen, whether its stream
 is open, and its golden metrics over time; and the config versions the fleet may run.
 
+While one process replaces another under the same id (an upgrade), both report for a moment: the
+one that started later speaks for the proxy (its version, command, config), and the draining one's
+responses still count.
+
 A proxy reports its responses since its previous report; the table keeps those samples (the last
 `KEEP_SECONDS`) stamped with the time they arrived, so that any window (a rollout wave's bake, the
 last half minute for `mesh status`) is the sum of the samples that arrived in it. Success rate and
@@ -16,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from ..histogram import quantile
-from .protocol import ConfigState, Golden, ProxyInfo, Report
+from .protocol import ConfigState, Golden, ProxyInfo, Report, UpgradeState
 
 __all__ = ["ConfigVersion", "Fleet", "Window", "quantile"]
 
@@ -93,11 +97,22 @@ class _Entry:
     proxy: ProxyInfo
     identity: Optional[str]
     config: ConfigState = field(default_factory=ConfigState)
+    upgrade: UpgradeState = field(default_factory=UpgradeState)
     seen: float = 0.0  # monotonic
     seen_at: float = 0.0  # wall clock
     reports: int = 0
     streams: int = 0
     samples: deque[tuple[float, Golden]] = field(default_factory=deque)
+
+
+def _older(proxy: ProxyInfo, than: ProxyInfo) -> bool:
+    """`proxy` is a process that started before `than`'s, under the same id: one it replaced."""
+    return (
+        proxy.pid != than.pid
+        and proxy.started_at is not None
+        and than.started_at is not None
+        and proxy.started_at < than.started_at
+    )
 
 
 class IdentityMismatch(Exception):
@@ -121,10 +136,12 @@ class Fleet:
             raise IdentityMismatch(
                 f"proxy id {proxy.id!r} belongs to {entry.identity}, not {identity or 'a plain connection'}"
             )
-        entry.proxy, entry.identity = proxy, identity
+        entry.identity = identity
         return entry
 
     def subscribed(self, proxy: ProxyInfo, identity: Optional[str]) -> None:
+        # Only reports say who the proxy is now: a process taking over subscribes before it is
+        # the proxy, and reports only once it is (it may yet fail, and the old one serve on).
         self._entry(proxy, identity).streams += 1
 
     def unsubscribed(self, proxy_id: str) -> None:
@@ -135,7 +152,10 @@ class Fleet:
     def report(self, report: Report, identity: Optional[str], now: Optional[float] = None) -> None:
         entry = self._entry(report.proxy, identity)
         now = time.monotonic() if now is None else now
-        entry.config = report.config
+        # Not from a process that has been replaced (the first report is taken: an entry made by a
+        # subscription says nothing yet).
+        if entry.reports == 0 or not _older(report.proxy, entry.proxy):
+            entry.proxy, entry.config, entry.upgrade = report.proxy, report.config, report.upgrade
         entry.seen, entry.seen_at = now, time.time()
         entry.reports += 1
         entry.samples.append((now, report.metrics))
@@ -146,6 +166,14 @@ class Fleet:
 
     def ids(self, *, subscribed_only: bool = False) -> list[str]:
         return sorted(i for i, e in self._entries.items() if e.streams or not subscribed_only)
+
+    def proxy(self, proxy_id: str) -> Optional[ProxyInfo]:
+        entry = self._entries.get(proxy_id)
+        return entry.proxy if entry is not None else None
+
+    def upgrade_of(self, proxy_id: str) -> UpgradeState:
+        entry = self._entries.get(proxy_id)
+        return entry.upgrade if entry is not None else UpgradeState()
 
     def config_of(self, proxy_id: str) -> ConfigState:
         entry = self._entries.get(proxy_id)
@@ -183,6 +211,9 @@ class Fleet:
                     "id": proxy_id,
                     "identity": e.identity,
                     "version": e.proxy.version,
+                    "pid": e.proxy.pid,
+                    "command": None if e.proxy.command is None else list(e.proxy.command),
+                    "upgrade": e.upgrade.to_wire(),
                     "zone": e.proxy.zone,
                     "cluster": e.proxy.cluster,
                     "subscribed": e.streams > 0,

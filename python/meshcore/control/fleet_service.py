@@ -7,9 +7,11 @@
 - `Rollout` (server-streaming): starts a rollout (meshcore.control.rollout) and streams its progress;
   one at a time. It goes on, and undoes itself if it must, when the caller goes away.
 
-Configs reach a proxy as a `config` resource on its Discovery stream (see protocol.ConfigWire):
-the control plane keeps the one each proxy should run, and a proxy that reconnects gets it again
-unless it holds that resource version already.
+Configs reach a proxy as a `config` resource on its Discovery stream (see protocol.ConfigWire),
+and the meshcore it should run as an `upgrade` resource (protocol.UpgradeWire): the control plane
+keeps the ones each proxy should run, and a proxy that reconnects gets them again unless it holds
+those resource versions already (a new process that took over gets the upgrade it runs already,
+and says "unchanged").
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 import grpc
 
@@ -30,16 +32,18 @@ from .protocol import (
     REPORT,
     ROLLOUT,
     STATUS,
+    UPGRADE_RESOURCE,
     ConfigWire,
     ProxyInfo,
     RequestError,
+    UpgradeWire,
     decode,
     encode,
     parse_report,
 )
-from .rollout import Rollout, parse_rollout, resolve_config
+from .rollout import Rollout, parse_rollout, resolve_change
 
-__all__ = ["ConfigPush", "FleetService"]
+__all__ = ["ConfigPush", "FleetService", "UpgradePush"]
 
 log = logging.getLogger("meshcore.control")
 
@@ -68,16 +72,39 @@ class ConfigPush:
         }
 
 
+@dataclass(frozen=True)
+class UpgradePush:
+    """An upgrade resource for one proxy: the meshcore `command` it should run."""
+
+    proxy_id: str
+    version: int
+    command: tuple[str, ...]
+    name: str = UPGRADE_RESOURCE
+
+    def to_wire(self) -> UpgradeWire:
+        return {
+            "type": "upgrade",
+            "name": UPGRADE_RESOURCE,
+            "version": self.version,
+            "exists": True,
+            "command": list(self.command),
+            "request": self.version,
+        }
+
+
+Push = Union[ConfigPush, UpgradePush]
+
+
 class FleetService:
     def __init__(
         self,
-        offer: Callable[[ConfigPush], None],
+        offer: Callable[[Push], None],
         identity_of: Callable[[grpc.aio.ServicerContext], Optional[str]],
     ) -> None:
         self.fleet = Fleet()
         self._offer = offer  # hands a push to the proxy's open stream, if any
         self._identity_of = identity_of
-        self._desired: dict[str, ConfigPush] = {}
+        self._desired: dict[tuple[str, str], Push] = {}  # (proxy id, resource name) -> push
         # Push versions from the clock: a proxy that moves to another replica never holds one of
         # its numbers for a config it did not get.
         self._pushes = int(time.time() * 1000)
@@ -107,8 +134,8 @@ class FleetService:
     def unsubscribed(self, proxy_id: str) -> None:
         self.fleet.unsubscribed(proxy_id)
 
-    def desired(self, proxy_id: str) -> Optional[ConfigPush]:
-        return self._desired.get(proxy_id)
+    def desired(self, proxy_id: str) -> list[Push]:
+        return [push for (proxy, _), push in self._desired.items() if proxy == proxy_id]
 
     def push(
         self,
@@ -120,8 +147,16 @@ class FleetService:
         """Sets the config `proxy_id` should run and offers it to its stream; returns the
         resource version, which the proxy's reports echo once it has acted on it."""
         self._pushes += 1
-        push = ConfigPush(proxy_id, self._pushes, config_version, config, rollback_to)
-        self._desired[proxy_id] = push
+        return self._set(ConfigPush(proxy_id, self._pushes, config_version, config, rollback_to))
+
+    def push_upgrade(self, proxy_id: str, command: tuple[str, ...]) -> int:
+        """Sets the meshcore `proxy_id` should run and offers it to its stream (the streams of
+        both processes, while one replaces the other); returns the resource version."""
+        self._pushes += 1
+        return self._set(UpgradePush(proxy_id, self._pushes, command))
+
+    def _set(self, push: Push) -> int:
+        self._desired[(push.proxy_id, push.name)] = push
         self._offer(push)
         return push.version
 
@@ -155,7 +190,9 @@ class FleetService:
             "rollout": None
             if rollout is None
             else {
-                "config_version": rollout.config.version,
+                "target": rollout.change.target,
+                "config_version": rollout.change.config_version,
+                "meshcore": rollout.change.command,
                 "state": rollout.state,
                 "moved": list(rollout.moved),
             },
@@ -168,18 +205,17 @@ class FleetService:
             assert self.rollout is not None
             await context.abort(
                 grpc.StatusCode.FAILED_PRECONDITION,
-                f"a rollout of config v{self.rollout.config.version} is under way ({self.rollout.state})",
+                f"a rollout of {self.rollout.change.target} is under way ({self.rollout.state})",
             )
         try:
             plan = parse_rollout(message)
-            config = resolve_config(plan, self.fleet)
+            change = resolve_change(plan, self.fleet, self.push, self.push_upgrade)
         except RequestError as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"bad rollout: {e}")
         events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-        rollout = Rollout(plan, config, self.fleet, self.push, self.reported, events.put_nowait)
+        rollout = Rollout(plan, change, self.fleet, self.reported, events.put_nowait)
         self.rollout = rollout
-        origin = f"from {config.source}" if plan.text is not None else "held"
-        rollout.say("config", f"config v{config.version} ({origin}, {len(config.text.encode())} bytes)")
+        rollout.say(change.kind, change.introduce())
         self._task = asyncio.create_task(rollout.run())
         while True:
             event = await events.get()

@@ -2,19 +2,21 @@
 `[discovery] control`, whose updates become the endpoints of the services the config lists
 without any. It follows every service ("*"), so a reload that adds such a service finds its
 endpoints already known; the proxy keeps serving from the last known state while the control
-plane is away. It also reports to the control plane (version, config, golden metrics) and applies
-the configs it pushes (agent.py, reporter.py)."""
+plane is away. It also reports to the control plane (version, config, golden metrics) and acts on
+the configs and upgrades it pushes (agent.py, reporter.py)."""
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import TYPE_CHECKING, Any, Callable, Optional, cast
 
 from .. import __version__
 from ..config import Config, parse_duration
+from ..process import STARTED_AT, meshcore_command
 from .agent import FleetAgent
 from .client import Subscription
-from .protocol import ConfigWire, ResourceWire
+from .protocol import ConfigWire, ResourceWire, UpgradeWire
 from .reporter import Reporter
 
 if TYPE_CHECKING:
@@ -75,7 +77,15 @@ class Follower:
                     config.resolve_path(identity.trust_anchors),
                 )
         self._apply = apply
-        info = {"id": proxy_id, "version": __version__, "zone": config.zone, "cluster": config.cluster}
+        info = {
+            "id": proxy_id,
+            "version": __version__,
+            "zone": config.zone,
+            "cluster": config.cluster,
+            "pid": os.getpid(),
+            "started_at": STARTED_AT,
+            "command": tuple(meshcore_command()),
+        }
         self._subscription = Subscription(
             urls,
             ["*"],
@@ -86,6 +96,7 @@ class Follower:
         )
         self._agent: Optional[FleetAgent] = None
         self._reporter: Optional[Reporter] = None
+        self._released = False  # the agent and reporter started
         if proxy is not None:
             self._agent = FleetAgent(proxy, info)
             interval = parse_duration(config.discovery.report_interval) / 1000
@@ -96,10 +107,10 @@ class Follower:
     def subscription(self) -> Subscription:
         return self._subscription
 
-    def start(self, wait: Optional[float] = FIRST_SNAPSHOT_WAIT) -> None:
-        if self._agent is not None and self._reporter is not None:
-            self._agent.start()
-            self._reporter.start()
+    def start(self, wait: Optional[float] = FIRST_SNAPSHOT_WAIT, hold: bool = False) -> None:
+        """With `hold`, reports and pushes wait for `release()` (the subscription does not)."""
+        if not hold:
+            self.release()
         self._subscription.start()
         if wait and not self._subscription.wait_synced(wait):
             print(
@@ -109,9 +120,15 @@ class Follower:
                 flush=True,
             )
 
+    def release(self) -> None:
+        if self._agent is not None and self._reporter is not None and not self._released:
+            self._released = True
+            self._agent.start()
+            self._reporter.start()
+
     def stop(self) -> None:
         self._subscription.stop()
-        if self._agent is not None and self._reporter is not None:
+        if self._agent is not None and self._reporter is not None and self._released:
             self._reporter.stop()
             self._agent.stop()
 
@@ -119,6 +136,8 @@ class Follower:
         for resource in changed:
             if resource["type"] == "config" and self._agent is not None:
                 self._agent.on_config(cast(ConfigWire, resource))
+            elif resource["type"] == "upgrade" and self._agent is not None:
+                self._agent.on_upgrade(cast(UpgradeWire, resource))
         services = {r["name"]: _endpoints(r) for r in changed if r["type"] == "service"}
         if not services:
             return

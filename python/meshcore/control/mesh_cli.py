@@ -1,5 +1,6 @@
 """`meshcore mesh status` and `meshcore mesh rollout`: the fleet as the control plane sees it, and
-a config rolled out to it in waves (meshcore.control.rollout). grpc is imported by the commands."""
+a config or another meshcore rolled out to it in waves (meshcore.control.rollout). grpc is imported
+by the commands."""
 
 from __future__ import annotations
 
@@ -37,7 +38,9 @@ def add_mesh_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[
     status.set_defaults(func=cmd_status)
 
     rollout = commands.add_parser(
-        "rollout", help="move the fleet to a config in waves, canary first; roll back on worse metrics"
+        "rollout",
+        help="move the fleet to a config or another meshcore in waves, canary first; "
+        "roll back on worse metrics",
     )
     common(rollout)
     what = rollout.add_mutually_exclusive_group(required=True)
@@ -45,6 +48,13 @@ def add_mesh_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[
         "--config", metavar="FILE", help="the new proxy config (becomes the next config version)"
     )
     what.add_argument("--version", type=int, metavar="V", help="a config version the control plane holds")
+    what.add_argument(
+        "--meshcore",
+        metavar="PATH",
+        help="the meshcore executable to run instead (another virtualenv's bin/meshcore, say): an "
+        "absolute path on the proxies' hosts; each proxy is replaced by a process of it, as "
+        "`meshcore upgrade --meshcore PATH` does, and rolled back to the one it ran before",
+    )
     rollout.add_argument(
         "--waves",
         default="1,25%,50%,100%",
@@ -128,7 +138,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"\nconfig versions held: {configs}")
     rollout = answer.get("rollout")
     if rollout:
-        print(f"last rollout: config v{rollout['config_version']}, {rollout['state']}")
+        print(f"last rollout: {rollout.get('target') or _rollout_name(rollout)}, {rollout['state']}")
     return 0
 
 
@@ -206,9 +216,20 @@ def rollout_request(args: argparse.Namespace) -> dict[str, Any]:
             raise ConfigError(f"--config {path}: cannot read: {e}") from None
         fmt = format_of(path)
         request["config"] = {"text": text, "format": fmt, "source": str(path)}
+    elif args.meshcore is not None:
+        if not Path(args.meshcore).is_absolute():
+            raise ConfigError(
+                f"--meshcore {args.meshcore}: give an absolute path: each proxy runs it on its own host"
+            )
+        request["meshcore"] = [args.meshcore]
     else:
         request["version"] = args.version
     return request
+
+
+def _rollout_name(event: dict[str, Any]) -> str:
+    version = event.get("config_version")
+    return f"v{version}" if version is not None else str(event.get("target"))
 
 
 def cmd_rollout(args: argparse.Namespace) -> int:
@@ -226,7 +247,7 @@ def cmd_rollout(args: argparse.Namespace) -> int:
                 if args.json:
                     print(json.dumps(event), flush=True)
                 else:
-                    print(f"rollout v{event['config_version']}: {event['message']}", flush=True)
+                    print(f"rollout {_rollout_name(event)}: {event['message']}", flush=True)
         except grpc.RpcError as e:
             raise _rpc_error(args, e) from None
     if final is None or final["kind"] != "done":

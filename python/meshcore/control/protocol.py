@@ -48,13 +48,28 @@ class RequestError(ValueError):
 
 @dataclass(frozen=True)
 class ProxyInfo:
+    """A proxy as it introduces itself. `pid`, `started_at` (wall clock) and `command` (what starts
+    its meshcore: meshcore.process) are its process's; a process that replaces another under the
+    same id started later, which is how the fleet tells the serving one from the draining one."""
+
     id: str
     version: str
     zone: Optional[str] = None
     cluster: Optional[str] = None
+    pid: Optional[int] = None
+    started_at: Optional[float] = None
+    command: Optional[tuple[str, ...]] = None
 
     def to_wire(self) -> dict[str, Any]:
-        return {"id": self.id, "version": self.version, "zone": self.zone, "cluster": self.cluster}
+        return {
+            "id": self.id,
+            "version": self.version,
+            "zone": self.zone,
+            "cluster": self.cluster,
+            "pid": self.pid,
+            "started_at": self.started_at,
+            "command": None if self.command is None else list(self.command),
+        }
 
 
 @dataclass(frozen=True)
@@ -119,9 +134,11 @@ REPORT, STATUS, ROLLOUT = "Report", "Status", "Rollout"
 REPORT_PATH = f"/{FLEET_SERVICE}/{REPORT}"
 STATUS_PATH = f"/{FLEET_SERVICE}/{STATUS}"
 ROLLOUT_PATH = f"/{FLEET_SERVICE}/{ROLLOUT}"
-# The name of the config resource pushed on a proxy's stream; a '/' no DNS or Kubernetes service
-# name holds, so it never meets a service in the proxy's table of resources.
+# The names of the config and upgrade resources pushed on a proxy's stream; a '/' no DNS or
+# Kubernetes service name holds, so they never meet a service in the proxy's table of resources.
 CONFIG_RESOURCE = "meshcore.fleet/config"
+UPGRADE_RESOURCE = "meshcore.fleet/upgrade"
+FLEET_RESOURCES = (CONFIG_RESOURCE, UPGRADE_RESOURCE)
 
 
 class ConfigWire(TypedDict):
@@ -136,6 +153,44 @@ class ConfigWire(TypedDict):
     format: Optional[str]
     text: Optional[str]
     rollback_to: Optional[int]
+
+
+class UpgradeWire(TypedDict):
+    """The meshcore one proxy should run: `command` (an executable's absolute path, and
+    arguments) started as `COMMAND run CONFIG --upgrade` to take over the proxy's sockets, unless
+    the proxy runs that command already. `request` is the push's own number, so that a push of the
+    same command is still news to a proxy that acted on an earlier one."""
+
+    type: str  # "upgrade"
+    name: str  # UPGRADE_RESOURCE
+    version: int
+    exists: bool
+    command: list[str]
+    request: int
+
+
+@dataclass(frozen=True)
+class UpgradeState:
+    """Whether a proxy can replace its process (`available`, else `reason`), and how the last
+    upgrade pushed to it went: `resource` (its version), `result` ("applied": a new process took
+    over, `pid`; "unchanged": it runs that command already; "refused": `error`)."""
+
+    available: bool = False
+    reason: Optional[str] = None
+    resource: Optional[int] = None
+    result: Optional[str] = None
+    error: Optional[str] = None
+    pid: Optional[int] = None
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "available": self.available,
+            "reason": self.reason,
+            "resource": self.resource,
+            "result": self.result,
+            "error": self.error,
+            "pid": self.pid,
+        }
 
 
 @dataclass(frozen=True)
@@ -184,12 +239,14 @@ class Report:
     proxy: ProxyInfo
     config: ConfigState
     metrics: Golden
+    upgrade: UpgradeState = field(default_factory=UpgradeState)
 
     def to_wire(self) -> dict[str, Any]:
         return {
             "proxy": self.proxy.to_wire(),
             "config": self.config.to_wire(),
             "metrics": self.metrics.to_wire(),
+            "upgrade": self.upgrade.to_wire(),
         }
 
 
@@ -203,14 +260,43 @@ def _optional_count(value: Any, where: str) -> Optional[int]:
     return None if value is None else _count(value, where)
 
 
+def _command(value: Any, where: str) -> Optional[tuple[str, ...]]:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not value or not all(isinstance(a, str) and a for a in value):
+        raise RequestError(f"{where}: expected a non-empty list of non-empty strings")
+    return tuple(value)
+
+
 def _proxy_info(proxy: Any) -> ProxyInfo:
     if not isinstance(proxy, dict):
         raise RequestError("proxy: expected an object with id, version, zone and cluster")
+    started = proxy.get("started_at")
+    if started is not None and (isinstance(started, bool) or not isinstance(started, (int, float))):
+        raise RequestError("proxy.started_at: expected a time in seconds since the epoch")
     return ProxyInfo(
         id=_string(proxy.get("id"), "proxy.id") or "",
         version=_string(proxy.get("version"), "proxy.version") or "",
         zone=_string(proxy.get("zone"), "proxy.zone", optional=True),
         cluster=_string(proxy.get("cluster"), "proxy.cluster", optional=True),
+        pid=_optional_count(proxy.get("pid"), "proxy.pid"),
+        started_at=None if started is None else float(started),
+        command=_command(proxy.get("command"), "proxy.command"),
+    )
+
+
+def _upgrade_state(upgrade: Any) -> UpgradeState:
+    if upgrade is None:
+        return UpgradeState(reason="this proxy does not say whether it can replace its process")
+    if not isinstance(upgrade, dict):
+        raise RequestError("upgrade: expected an object or null")
+    return UpgradeState(
+        available=upgrade.get("available") is True,
+        reason=_string(upgrade.get("reason"), "upgrade.reason", optional=True),
+        resource=_optional_count(upgrade.get("resource"), "upgrade.resource"),
+        result=_string(upgrade.get("result"), "upgrade.result", optional=True),
+        error=_string(upgrade.get("error"), "upgrade.error", optional=True),
+        pid=_optional_count(upgrade.get("pid"), "upgrade.pid"),
     )
 
 
@@ -218,7 +304,7 @@ def parse_report(message: Any) -> Report:
     """A proxy's report, checked field by field (RequestError names the one that is wrong)."""
     if not isinstance(message, dict):
         raise RequestError("the report must be a JSON object")
-    unknown = set(message) - {"proxy", "config", "metrics"}
+    unknown = set(message) - {"proxy", "config", "metrics", "upgrade"}
     if unknown:
         raise RequestError(f"{sorted(unknown)[0]}: unknown field")
     info = _proxy_info(message.get("proxy"))
@@ -254,4 +340,5 @@ def parse_report(message: Any) -> Report:
     if not isinstance(buckets, list) or len(buckets) != len(bounds) + 1:
         raise RequestError("metrics.buckets: expected one count per bound and one past the last")
     counts = tuple(_count(n, f"metrics.buckets[{i}]") for i, n in enumerate(buckets))
-    return Report(info, state, Golden(float(window), responses, failures, tuple(bounds), counts))
+    golden = Golden(float(window), responses, failures, tuple(bounds), counts)
+    return Report(info, state, golden, _upgrade_state(message.get("upgrade")))

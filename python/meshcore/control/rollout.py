@@ -1,12 +1,14 @@
-"""A fleet rollout: a config version pushed to the proxies in waves, judged after each, undone on its own.
+"""A fleet rollout: a config version, or another meshcore, pushed to the proxies in waves, judged
+after each, undone on its own (what is pushed and how it is undone: meshcore.control.changes).
 
 The plan: the proxies subscribed now, ordered by id; waves are cumulative sizes, each a count or a
 percentage of the fleet ("1,25%,50%,100%": one canary, then up to a quarter, half, all); a plan
 always ends with every proxy. For each wave:
 
-1. The config is pushed to the wave's proxies over their streams; each applies it through its own
-   lifecycle (validated, versioned, with its own verification) and reports the fleet version it
-   runs. One that refuses it, or does not report it within `apply_timeout`, fails the rollout.
+1. The change is pushed to the wave's proxies over their streams; each applies it (a config
+   through its own lifecycle, validated, versioned, with its own verification; a meshcore by
+   replacing its process) and reports what it runs. One that refuses it, or does not report it
+   within `apply_timeout`, fails the rollout.
 2. Bake: for `bake`, the wave's proxies serve on the new version.
 3. Verdict: the responses the wave's proxies reported since they reported the new version, against
    those of the proxies not moved yet over the same time, or (none left, or too few responses
@@ -14,11 +16,12 @@ always ends with every proxy. For each wave:
    than `max_error_rate_increase` (absolute: 0.01 is one percentage point), or the p99 above
    `max_p99_ratio` x the other's p99 (floored at P99_FLOOR_MS: at the fastest buckets, noise alone
    moves a p99 by a bucket). A wave with fewer than `min_requests` responses is not judged (said so).
-   A proxy moved earlier that no longer runs the version (its own verification rolled it back)
+   A proxy moved earlier that no longer runs the change (its own verification rolled it back)
    fails the rollout too.
 
-On a failure every moved proxy is sent back to the config it ran before (its own history version,
-which its lifecycle rolls back to), and the rollout ends "failed" with the reason.
+On a failure every moved proxy is sent back to what it ran before (its own history version, which
+its lifecycle rolls back to; the meshcore command it reported), and the rollout ends "failed"
+with the reason.
 """
 
 from __future__ import annotations
@@ -34,10 +37,11 @@ from typing import Any, Callable, Optional
 
 from ..config import format_of, loads
 from ..errors import MeshcoreError
+from .changes import Change, ConfigChange, PushConfig, PushUpgrade, RolloutFailed, VersionChange
 from .fleet import ConfigVersion, Fleet, Window
-from .protocol import ConfigState, RequestError
+from .protocol import RequestError
 
-__all__ = ["RolloutPlan", "Rollout", "parse_rollout", "parse_waves", "wave_sizes"]
+__all__ = ["RolloutPlan", "Rollout", "parse_rollout", "parse_waves", "resolve_change", "wave_sizes"]
 
 log = logging.getLogger("meshcore.control")
 
@@ -45,7 +49,6 @@ P99_FLOOR_MS = 5.0
 BASELINE_SECONDS = 30.0  # at least this much of the time before the rollout is the baseline
 DEFAULT_WAVES = ("1", "25%", "50%", "100%")
 
-Push = Callable[[str, Optional[int], Optional[ConfigVersion], Optional[int]], int]
 Emit = Callable[[dict[str, Any]], None]
 
 
@@ -87,9 +90,11 @@ def wave_sizes(waves: list[tuple[str, float]], fleet_size: int) -> list[int]:
 
 @dataclass(frozen=True)
 class RolloutPlan:
-    """What the operator asked for; the config, if given as text, is not yet a fleet version."""
+    """What the operator asked for: a config (given as text: not yet a fleet version; or a version
+    held), or a meshcore `command`."""
 
     version: Optional[int]
+    command: Optional[tuple[str, ...]]
     text: Optional[str]
     format: Optional[str]
     source: str
@@ -112,15 +117,17 @@ def _number(message: dict[str, Any], key: str, default: float, low: float, high:
 def parse_rollout(message: Any) -> RolloutPlan:
     if not isinstance(message, dict):
         raise RequestError("the rollout request must be a JSON object")
-    known = {"config", "version", "waves", "bake_s", "apply_timeout_s", "max_error_rate_increase"}
+    known = {"config", "version", "meshcore", "waves", "bake_s", "apply_timeout_s", "max_error_rate_increase"}
     unknown = set(message) - known - {"max_p99_ratio", "min_requests"}
     if unknown:
         raise RequestError(f"{sorted(unknown)[0]}: unknown field")
-    config, version = message.get("config"), message.get("version")
-    if (config is None) == (version is None):
+    config, version, meshcore = message.get("config"), message.get("version"), message.get("meshcore")
+    if [config, version, meshcore].count(None) != 2:
         raise RequestError(
-            "give either config (the new config's text) or version (one the control plane holds)"
+            "give one of config (the new config's text), version (a config the control plane holds) "
+            "or meshcore (the command of the meshcore to run)"
         )
+    command = None if meshcore is None else _meshcore_command(meshcore)
     text = fmt = None
     source = ""
     if config is not None:
@@ -130,7 +137,7 @@ def parse_rollout(message: Any) -> RolloutPlan:
         fmt = config.get("format") or format_of(Path(source))
         if fmt not in ("toml", "yaml", "json"):
             raise RequestError(f"config.format: {fmt!r}: expected toml, yaml or json")
-    elif isinstance(version, bool) or not isinstance(version, int) or version < 1:
+    elif version is not None and (isinstance(version, bool) or not isinstance(version, int) or version < 1):
         raise RequestError("version: expected a config version number (1 or more)")
     waves = message.get("waves", list(DEFAULT_WAVES))
     if not isinstance(waves, list):
@@ -140,6 +147,7 @@ def parse_rollout(message: Any) -> RolloutPlan:
         raise RequestError("min_requests: expected a non-negative integer")
     return RolloutPlan(
         version=version,
+        command=command,
         text=text,
         format=fmt,
         source=source,
@@ -150,6 +158,27 @@ def parse_rollout(message: Any) -> RolloutPlan:
         max_p99_ratio=_number(message, "max_p99_ratio", 1.5, 1.0),
         min_requests=min_requests,
     )
+
+
+def _meshcore_command(value: Any) -> tuple[str, ...]:
+    """ "/opt/m2/bin/meshcore" or ["/usr/bin/python3", "-m", "meshcore"]: the executable is run on
+    each proxy's host, so it must be an absolute path there (not ours to check)."""
+    command = [value] if isinstance(value, str) else value
+    if not isinstance(command, list) or not command or not all(isinstance(a, str) and a for a in command):
+        raise RequestError("meshcore: expected the meshcore executable's path, or a list: path and arguments")
+    if not command[0].startswith("/"):
+        raise RequestError(
+            f"meshcore: {command[0]!r} is not an absolute path; the proxies run it on their own hosts, "
+            "from their own directories"
+        )
+    return tuple(command)
+
+
+def resolve_change(plan: RolloutPlan, fleet: Fleet, push: PushConfig, push_upgrade: PushUpgrade) -> Change:
+    """What `plan` moves the fleet to; RequestError if it names nothing that can be rolled out."""
+    if plan.command is not None:
+        return VersionChange(fleet, plan.command, push_upgrade)
+    return ConfigChange(fleet, resolve_config(plan, fleet), push, given_as_text=plan.text is not None)
 
 
 def resolve_config(plan: RolloutPlan, fleet: Fleet) -> ConfigVersion:
@@ -185,47 +214,57 @@ def describe(window: Window) -> str:
     return f"success {_pct(window.success_rate)}, p99 {_ms(window.p(0.99))} ({window.responses} responses)"
 
 
-class RolloutFailed(Exception):
-    pass
-
-
 class Rollout:
-    """One rollout of `config` over the subscribed proxies; `run()` emits progress and returns
+    """One rollout of `change` over the subscribed proxies; `run()` emits progress and returns
     True when every proxy runs it, False when it was undone."""
 
     def __init__(
         self,
         plan: RolloutPlan,
-        config: ConfigVersion,
+        change: Change,
         fleet: Fleet,
-        push: Push,
         reported: Callable[[], Awaitable[None]],
         emit: Emit,
     ) -> None:
         self.plan = plan
-        self.config = config
+        self.change = change
         self.fleet = fleet
-        self._push = push
         self._reported = reported  # waits for the next report from any proxy
         self._emit = emit
         self.moved: list[str] = []
-        self._on_since: dict[str, float] = {}  # when each moved proxy first reported the version
-        self.baseline: dict[str, ConfigState] = {}
+        self._on_since: dict[str, float] = {}  # when each moved proxy first reported the change
+        self.baseline: list[str] = []  # the proxies the rollout began with
         self.state = "running"
 
     def say(self, kind: str, message: str, **fields: Any) -> None:
-        log.info("rollout v%d: %s", self.config.version, message)
-        self._emit({"kind": kind, "message": message, "config_version": self.config.version, **fields})
+        change = self.change
+        log.info("rollout %s: %s", change.log_name, message)
+        self._emit(
+            {
+                "kind": kind,
+                "message": message,
+                "target": change.target,
+                "config_version": change.config_version,
+                "meshcore": change.command,
+                **fields,
+            }
+        )
 
     async def run(self) -> bool:
-        v = self.config.version
         proxies = [p for p in self.fleet.ids(subscribed_only=True) if self.fleet.last_seen(p)]
         if not proxies:
             self.state = "failed"
             self.say("failed", "no proxy is subscribed and reporting: nothing to roll out to")
             return False
+        try:
+            self.change.check(proxies)
+        except RolloutFailed as e:
+            self.state = "failed"
+            self.say("failed", f"refused: {e}", reason=str(e), not_back=[])
+            return False
         sizes = wave_sizes(self.plan.waves, len(proxies))
-        self.baseline = {p: self.fleet.config_of(p) for p in proxies}
+        self.baseline = proxies
+        self.change.remember(proxies)
         started = time.monotonic()
         self.say(
             "plan",
@@ -242,36 +281,32 @@ class Rollout:
                 label = f"wave {number}/{len(sizes)}{' (canary)' if number == 1 else ''}"
                 await self._move(wave, label)
                 await asyncio.sleep(self.plan.bake)
-                self._check_still_on(v)
+                self._check_still_on()
                 self._judge(wave, proxies[done:], started, label)
         except RolloutFailed as e:
             await self._undo(str(e))
             return False
         self.state = "done"
-        self.say("done", f"done: {len(proxies)} proxies run config v{v}")
+        self.say("done", f"done: {len(proxies)} proxies run {self.change.target}")
         return True
 
     async def _move(self, wave: list[str], label: str) -> None:
-        v = self.config.version
-        resources = {p: self._push(p, v, self.config, None) for p in wave}
-        self.say("wave", f"{label}: {', '.join(wave)} -> config v{v}", proxies=wave)
+        target = self.change.target
+        resources = {p: self.change.send(p) for p in wave}
+        self.say("wave", f"{label}: {', '.join(wave)} -> {target}", proxies=wave)
         self.moved += wave
         waiting = set(wave)
         deadline = time.monotonic() + self.plan.apply_timeout
         while waiting:
             for p in sorted(waiting):
-                state = self.fleet.config_of(p)
-                push = state.push or {}
-                if push.get("resource") == resources[p] and push.get("result") == "refused":
-                    raise RolloutFailed(f"{label}: {p} refused config v{v}: {push.get('error')}")
-                if state.fleet_version == v and push.get("resource") == resources[p]:
+                if self.change.arrived(p, resources[p], label):
                     waiting.discard(p)
             if not waiting:
                 break
             left = deadline - time.monotonic()
             if left <= 0:
                 raise RolloutFailed(
-                    f"{label}: {', '.join(sorted(waiting))} did not report config v{v} "
+                    f"{label}: {', '.join(sorted(waiting))} did not report {target} "
                     f"within {self.plan.apply_timeout:g}s"
                 )
             try:
@@ -281,15 +316,16 @@ class Rollout:
         self._on_since.update({p: self.fleet.last_seen(p) for p in wave})
         self.say(
             "applied",
-            f"{label}: {_proxies(len(wave))} on config v{v}; baking {self.plan.bake:g}s",
+            f"{label}: {_proxies(len(wave))} on {self.change.runs(wave)}; baking {self.plan.bake:g}s",
             proxies=wave,
         )
 
-    def _check_still_on(self, v: int) -> None:
-        gone = [p for p in self.moved if self.fleet.config_of(p).fleet_version != v]
+    def _check_still_on(self) -> None:
+        gone = [p for p in self.moved if not self.change.on(p)]
         if gone:
             raise RolloutFailed(
-                f"{', '.join(gone)} no longer run config v{v} (rolled back by their own verification?)"
+                f"{', '.join(gone)} no longer run {self.change.target} "
+                "(rolled back by their own verification, or restarted?)"
             )
 
     def _judge(self, wave: list[str], unmoved: list[str], started: float, label: str) -> None:
@@ -338,27 +374,26 @@ class Rollout:
 
     async def _undo(self, reason: str) -> None:
         self.state = "rolling back"
-        self.say(
-            "rollback", f"rolling back: {reason}; {_proxies(len(self.moved))} back to their previous config"
-        )
-        resources = {}
-        for p in self.moved:
-            before = self.baseline[p]
-            resources[p] = self._push(p, before.fleet_version, None, before.version)
+        moved = _proxies(len(self.moved))
+        self.say("rollback", f"rolling back: {reason}; {moved} back to what they ran before")
+        resources = {p: self.change.send_back(p) for p in self.moved}
         waiting = set(self.moved)
+        refused: dict[str, str] = {}
         deadline = time.monotonic() + self.plan.apply_timeout
         while waiting and time.monotonic() < deadline:
             for p in sorted(waiting):
-                state = self.fleet.config_of(p)
-                if state.hash == self.baseline[p].hash and (state.push or {}).get("resource") == resources[p]:
+                outcome = self.change.back(p, resources[p])
+                if outcome is not None:
                     waiting.discard(p)
+                    if outcome != "back":
+                        refused[p] = outcome
             if waiting:
                 try:
                     await asyncio.wait_for(self._reported(), max(0.0, deadline - time.monotonic()))
                 except asyncio.TimeoutError:
                     pass
         self.state = "failed"
+        not_back = sorted(waiting | set(refused))
         stuck = f"; not confirmed back: {', '.join(sorted(waiting))}" if waiting else ""
-        self.say(
-            "failed", f"failed and rolled back: {reason}{stuck}", reason=reason, not_back=sorted(waiting)
-        )
+        stuck += "".join(f"; {p} refused to go back: {why}" for p, why in sorted(refused.items()))
+        self.say("failed", f"failed and rolled back: {reason}{stuck}", reason=reason, not_back=not_back)

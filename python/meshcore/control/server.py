@@ -19,9 +19,9 @@ import grpc
 
 from ..errors import BindError, ConfigError, TlsError
 from .fleet import IdentityMismatch
-from .fleet_service import ConfigPush, FleetService
+from .fleet_service import FleetService, Push
 from .protocol import (
-    CONFIG_RESOURCE,
+    FLEET_RESOURCES,
     SERVICE,
     SUBSCRIBE,
     RequestError,
@@ -102,11 +102,11 @@ class _Stream:
     def __init__(self, request: SubscribeRequest, who: str):
         self.request = request
         self.who = who
-        self.pending: dict[str, Union[ServiceState, ConfigPush]] = {}
+        self.pending: dict[str, Union[ServiceState, Push]] = {}
         self.wake = asyncio.Event()
         self.sent: dict[str, int] = {}  # name -> version last sent
 
-    def offer(self, state: Union[ServiceState, ConfigPush]) -> None:
+    def offer(self, state: Union[ServiceState, Push]) -> None:
         held = self.pending.get(state.name)
         if held is None or held.version < state.version:
             self.pending[state.name] = state
@@ -191,12 +191,12 @@ class ControlServer:
                 if stream.request.wants(state.name):
                     stream.offer(state)
 
-    def _offer_config(self, push: ConfigPush) -> None:
+    def _offer_config(self, push: Push) -> None:
         for stream in self._streams:
             if stream.request.proxy.id == push.proxy_id:
                 stream.offer(push)
 
-    def _snapshot(self, request: SubscribeRequest) -> list[Union[ServiceState, ConfigPush]]:
+    def _snapshot(self, request: SubscribeRequest) -> list[Union[ServiceState, Push]]:
         """Every resource the proxy asked for or holds, but those whose version it already has
         from this store instance (it keeps them)."""
         resumed = request.epoch == self.store.epoch
@@ -205,12 +205,10 @@ class ControlServer:
         else:
             states = {name: self.store.get(name) for name in request.services}
         for name in request.versions:
-            if name not in states and name != CONFIG_RESOURCE:
+            if name not in states and name not in FLEET_RESOURCES:
                 states[name] = self.store.get(name)
-        out: list[Union[ServiceState, ConfigPush]] = list(states.values())
-        config = self.fleet.desired(request.proxy.id)
-        if config is not None:
-            out.append(config)
+        out: list[Union[ServiceState, Push]] = list(states.values())
+        out.extend(self.fleet.desired(request.proxy.id))
         if resumed:
             return [s for s in out if request.versions.get(s.name) != s.version]
         return out

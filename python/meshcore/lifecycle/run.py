@@ -40,6 +40,7 @@ def start_upgradable(
         except MeshcoreError:
             proxy.stop(grace)  # the old one still serves every socket
             raise
+        # (Its fleet reports begin once `meshcore run` has its lifecycle: Proxy.begin_fleet_reports.)
         server = _upgrade_server(proxy, path, on_handover, replace=True)
     else:
         # Bound before the listeners: a second proxy on the same state dir is refused as such,
@@ -54,7 +55,9 @@ def start_upgradable(
         _announce(proxy)
     if server is not None and state_dir is not None:
         server.start()
-        proxy.upgrader = Upgrader(server, config_path, state_dir, grace, lambda: _running_version(proxy))
+        proxy.upgrader = Upgrader(
+            server, config_path, state_dir, grace, lambda: _running_version(proxy), proxy_id=proxy.fleet_id
+        )
     return server
 
 

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from ..process import successor_env
 from .upgrade import READY_TIMEOUT, UpgradeServer
 
 LOG_NAME = "upgrade.log"
@@ -33,7 +34,10 @@ class Upgrader:
         state_dir: Path,
         grace: float,
         running_version: Callable[[], Optional[int]] = lambda: None,
+        proxy_id: Optional[str] = None,
     ) -> None:
+        """`proxy_id`, the proxy's id at the control plane, is handed to the new process, so that
+        the fleet table follows the proxy across the upgrade (meshcore.process)."""
         self._server = server
         # The new process starts with the version this one runs, not the file: a config applied
         # by PUT /config or a rollback is not in the file, and an upgrade must not undo it.
@@ -41,6 +45,7 @@ class Upgrader:
         self._config_path = os.path.abspath(config_path)
         self.log_path = Path(state_dir) / LOG_NAME
         self._grace = grace
+        self._proxy_id = proxy_id
         self._one = threading.Lock()
 
     def upgrade(self, command: Optional[list[str]] = None) -> tuple[int, dict[str, Any]]:
@@ -69,6 +74,7 @@ class Upgrader:
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     start_new_session=True,
+                    env=successor_env(self._proxy_id, command),
                 )
             except OSError as e:
                 return 500, {"error": f"cannot start {command[0]}: {e.strerror or e}"}
