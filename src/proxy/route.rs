@@ -13,9 +13,9 @@ use crate::transparent::Destination;
 use http::{HeaderValue, Request, Response, StatusCode};
 use std::time::Instant;
 
-/// Where the request goes, as indexes into the request's table.
+/// Where the request goes, as indexes into the request's table; packed
+/// (`NONE` for none), as it is kept in every request's state.
 #[derive(Clone, Copy)]
-/// Packed (`NONE` for none): it is kept in every request's state.
 pub(super) struct Routed {
     route: u32,
     /// NONE: the route has no backends, and a plugin must choose.
