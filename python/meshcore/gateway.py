@@ -15,9 +15,9 @@ never a way on to a third cluster or back (which would loop).
 
 The caller's identity: the listener requires mTLS, and the core sets `meshcore-client-id` to the
 caller's verified SPIFFE ID (dropping any the caller sent), so the request goes on carrying it. A
-workload reached directly (an endpoint without `identity`) sees its real caller. An inbound proxy
-behind the gateway sets the header again from its own mTLS peer, the gateway, until the core can
-be told to trust the header from named gateways (see the README, "Linking clusters").
+workload reached directly (an endpoint without `identity`) sees its real caller; an inbound proxy
+behind the gateway takes it as the caller when its listener names the gateway in
+`trusted_gateways` (else it sets the header from its own mTLS peer, the gateway).
 """
 
 from __future__ import annotations
