@@ -1,6 +1,7 @@
 //! The `Date` header for answers that lack one (the proxy's own), made once
 //! a second per thread and shared by both server engines.
 
+use crate::time::civil::Civil;
 use std::cell::RefCell;
 use std::time::SystemTime;
 
@@ -34,30 +35,16 @@ impl CachedDate {
 
 /// An IMF-fixdate (RFC 9110, 5.6.7) from seconds since the Unix epoch.
 fn http_date(secs: u64) -> String {
-    const WEEKDAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let days = secs / 86_400;
-    let (hour, minute, second) = (secs % 86_400 / 3600, secs % 3600 / 60, secs % 60);
-    // Days to a civil date, counting in 400-year eras that start on 1 March.
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let day_of_era = z - era * 146_097;
-    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let shifted_month = (5 * day_of_year + 2) / 153;
-    let day = day_of_year - (153 * shifted_month + 2) / 5 + 1;
-    let month = if shifted_month < 10 {
-        shifted_month + 2
-    } else {
-        shifted_month - 10
-    };
-    let year = year_of_era + era * 400 + i64::from(month < 2);
+    let c = Civil::from_unix(secs);
     format!(
-        "{}, {day:02} {} {year} {hour:02}:{minute:02}:{second:02} GMT",
-        WEEKDAYS[(days % 7) as usize],
-        MONTHS[month as usize]
+        "{}, {:02} {} {} {:02}:{:02}:{:02} GMT",
+        c.weekday_abbr(),
+        c.day,
+        c.month_abbr(),
+        c.year,
+        c.hour,
+        c.minute,
+        c.second
     )
 }
 
