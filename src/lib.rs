@@ -26,6 +26,7 @@ pub mod route;
 pub mod runtime;
 pub mod shared;
 pub mod table;
+pub mod telemetry;
 pub mod time;
 pub mod tls;
 pub mod tools;
@@ -42,6 +43,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add_class::<proxy_core::ProxyCore>()?;
     m.add_class::<bindings::handover::Inherited>()?;
+    m.add_class::<bindings::tap::Tap>()?;
     m.add_function(wrap_pyfunction!(bindings::handover::inherit_sockets, m)?)?;
     m.add_function(wrap_pyfunction!(bindings::_panic_for_test, m)?)?;
     m.add_function(wrap_pyfunction!(identity::check_identity, m)?)?;

@@ -241,20 +241,5 @@ impl PluginHost {
     }
 }
 
-/// What `on_log` hooks receive, gathered as the response streams.
-#[derive(Debug, Default, Clone)]
-pub struct LogSummary {
-    pub method: String,
-    pub path: String,
-    pub authority: String,
-    pub route: String,
-    pub service: String,
-    pub endpoint: String,
-    pub zone: String,
-    pub status: u16,
-    pub duration_ms: f64,
-    pub ttfb_ms: f64,
-    pub response_bytes: u64,
-    pub retried: bool,
-    pub identity: Option<String>,
-}
+/// What `on_log` hooks receive (a part of it), gathered as the response streams.
+pub use crate::telemetry::Summary as LogSummary;

@@ -17,6 +17,8 @@ pub struct Shared {
     pub identity: Option<Arc<crate::tls::identity::Identity>>,
     /// Flips to true when the proxy starts draining.
     pub draining: watch::Receiver<bool>,
+    /// Access logs, tap and traces.
+    pub telemetry: crate::telemetry::Telemetry,
 }
 
 impl Shared {
@@ -34,6 +36,7 @@ impl Shared {
             plugins: arc_swap::ArcSwapOption::empty(),
             identity,
             draining,
+            telemetry: Default::default(),
         }
     }
 }

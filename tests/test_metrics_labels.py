@@ -70,3 +70,31 @@ def test_lifecycle_events_are_counted_in_metrics(proxy, backend):
     assert 'config_reload_total{result="applied"} 2\n' in text
     assert 'config_reload_total{result="refused"} 1\n' in text
     assert 'config_rollback_total{reason="verify-success-rate"} 1\n' in text
+
+
+def test_stats_sum_routes_services_and_decisions(proxy, backend, tmp_path):
+    """`route_stats()` (the admin's /stats): per route and per service, and the denial above."""
+    b = backend()
+    cfg = one_service([b.addr], route={"name": "api", "path_prefix": "/api"})
+    p = proxy(cfg)
+    with httpx.Client() as c:
+        for _ in range(3):
+            assert c.get(p.url("outbound", "/api/x")).status_code == 200
+        assert c.get(p.url("outbound", "/other")).status_code == 404
+    stats = p.route_stats()
+    assert set(stats["routes"]) == {"api"}, "the 404 matched no route"
+    assert set(stats["services"]) == {"web"}
+    for row in (stats["routes"]["api"], stats["services"]["web"]):
+        assert (row["responses"], row["failures"]) == (3, 0)
+        assert sum(row["buckets"]) == 3 and len(row["buckets"]) == len(stats["buckets_ms"])
+    assert stats["authorization"] == []
+
+    ca = make_ca(tmp_path / "ca")
+    api = identity_files(ca, *issue(ca, "ns/default/sa/api", tmp_path / "api"))
+    inbound = proxy(inbound_config(api, b.addr))
+    host, port = inbound.addresses["inbound"]
+    with socket.create_connection((host, port)) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        wait_until(lambda: inbound.route_stats()["authorization"], what="the denial counted")
+    denied = {"listener": "inbound", "rule": "tls:mesh", "decision": "deny", "count": 1}
+    assert inbound.route_stats()["authorization"] == [denied]

@@ -15,6 +15,7 @@ __all__ = [
     "PLUGIN_DURATION_BUCKETS",
     "PluginError",
     "ProxyCore",
+    "Tap",
     "TlsError",
     "__version__",
     "_bench_loop",
@@ -111,9 +112,12 @@ class ProxyCore:
         ValueError if a hook's bucket counts do not match `PLUGIN_DURATION_BUCKETS`."""
 
     def route_stats(self) -> str:
-        """Golden numbers per route since start, as JSON: `{"buckets_ms": [bounds...],
-        "routes": {name: {"responses": n, "failures": n, "buckets": [n per bucket, not
-        cumulative]}}}`. Failures are responses classified "failure" (5xx, errors, gRPC errors)."""
+        """Golden numbers since start, as JSON: `{"buckets_ms": [bounds...], "routes": {name:
+        STATS}, "services": {name: STATS}, "authorization": [{"listener", "rule", "decision":
+        "allow"|"deny", "count"}]}`, where STATS is `{"responses": n, "failures": n,
+        "cross_zone": n, "buckets": [n per bucket, not cumulative; slower than the last bound,
+        none]}`. Failures are responses classified "failure" (5xx, errors, gRPC errors);
+        cross_zone counts those answered by an endpoint outside the proxy's zone."""
 
     def count_lifecycle(self, event: str, label: str) -> None:
         """Counts a lifecycle event for `/metrics`: "reload" with its result (as
@@ -135,6 +139,35 @@ class ProxyCore:
 
     def connection_peak(self) -> tuple[int, int]:
         """(the most client connections open at once since the last call, open now)."""
+
+    def tap(
+        self,
+        route: str | None = None,
+        service: str | None = None,
+        authority: str | None = None,
+        capacity: int = 1024,
+    ) -> Tap:
+        """A live feed of the summaries of requests answered from now on, matching every filter
+        given (route and service names; an authority with or without its port, any case),
+        holding at most `capacity` unread (1 to 65,536): past that, summaries are dropped and
+        counted, never waited for. Raises MeshcoreError when 16 taps are open already."""
+
+@final
+class Tap:
+    """A feed from `ProxyCore.tap`; requests pay for it only while a tap is open."""
+
+    def next(self, timeout: float) -> list[str]:
+        """The summaries that came, as JSON objects (one per string, keys: time, listener,
+        client, method, path, protocol, authority, status, grpc_status, failed, duration_ms,
+        ttfb_ms, bytes, route, service, endpoint, zone, identity, trace_id, retried), at most 256,
+        waiting up to `timeout` seconds (without the GIL) for the first; empty if none came.
+        Raises MeshcoreError once closed."""
+
+    def dropped(self) -> int:
+        """Summaries this tap missed because it was read too slowly."""
+
+    def close(self) -> None:
+        """Stops the feed."""
 
 @final
 class Inherited:

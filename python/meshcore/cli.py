@@ -213,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .identity.cli import add_identity_commands
     from .lifecycle.cli import add_lifecycle_commands
     from .sidecar.cli import add_sidecar_init_command
+    from .views.tap import add_tap_command
 
     add_identity_commands(sub)
     add_lifecycle_commands(sub)
@@ -220,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_gateway_command(sub)
     add_mesh_commands(sub)
     add_sidecar_init_command(sub)
+    add_tap_command(sub)
     return p
 
 

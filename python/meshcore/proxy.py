@@ -368,7 +368,8 @@ class Proxy:
         return self._core.metrics(self._plugins.metrics_report() if self._plugins else None)
 
     def route_stats(self) -> dict[str, Any]:
-        """Responses, failures and latency buckets per route since start (see `_core.pyi`)."""
+        """Golden numbers since start per route and per service (responses, failures, cross-zone
+        answers, latency buckets) and authorization decisions (see `_core.pyi`)."""
         return json.loads(self._core.route_stats())  # type: ignore[no-any-return]
 
     def count_lifecycle(self, event: str, label: str) -> None:
@@ -388,6 +389,19 @@ class Proxy:
 
     def open_connections(self) -> int:
         return self._core.open_connections()
+
+    def tap(
+        self,
+        route: Optional[str] = None,
+        service: Optional[str] = None,
+        authority: Optional[str] = None,
+        capacity: int = 1024,
+    ) -> _core.Tap:
+        """A live feed of the requests answered from now on that match every filter given
+        (`_core.Tap`: `next(timeout)` gives JSON lines). It keeps at most `capacity` unread and
+        drops the rest, counted, so a slow reader never slows a request. Close it when done:
+        requests pay for summaries while any tap is open. MeshcoreError when 16 are open."""
+        return self._core.tap(route, service, authority, capacity)
 
     def __enter__(self) -> Proxy:
         if not self.running:

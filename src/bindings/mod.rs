@@ -7,6 +7,7 @@ pub mod handover;
 pub mod identity;
 pub mod metrics;
 pub mod proxy_core;
+pub mod tap;
 pub mod tools;
 
 use errors::MeshcoreError;

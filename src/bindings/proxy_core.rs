@@ -168,26 +168,56 @@ impl ProxyCore {
     fn route_stats(&self) -> PyResult<String> {
         guarded(|| {
             self.with_running(|r| {
-                let routes: serde_json::Map<String, serde_json::Value> = r
-                    .shared
-                    .metrics
-                    .route_stats()
+                let metrics = &r.shared.metrics;
+                let golden = metrics.golden_stats();
+                let authorization: Vec<_> = metrics
+                    .authorization_counts()
                     .into_iter()
-                    .map(|(route, s)| {
-                        let value = serde_json::json!({
-                            "responses": s.responses,
-                            "failures": s.failures,
-                            "buckets": s.buckets.to_vec(),
-                        });
-                        (route.to_string(), value)
+                    .map(|(l, allowed, count)| {
+                        serde_json::json!({
+                            "listener": &*l.listener,
+                            "rule": &*l.rule,
+                            "decision": if allowed { "allow" } else { "deny" },
+                            "count": count,
+                        })
                     })
                     .collect();
                 let doc = serde_json::json!({
                     "buckets_ms": metrics::LATENCY_BUCKETS_MS.to_vec(),
-                    "routes": routes,
+                    "routes": stats_json(golden.routes),
+                    "services": stats_json(golden.services),
+                    "authorization": authorization,
                 });
                 Ok(doc.to_string())
             })
+        })
+    }
+
+    /// A live feed of request summaries matching the filters (None: any),
+    /// holding at most `capacity` unread. MeshcoreError when the most taps
+    /// are already open.
+    #[pyo3(signature = (route=None, service=None, authority=None, capacity=1024))]
+    fn tap(
+        &self,
+        route: Option<String>,
+        service: Option<String>,
+        authority: Option<String>,
+        capacity: usize,
+    ) -> PyResult<super::tap::Tap> {
+        self.with_running(|r| {
+            let filter = crate::telemetry::tap::Filter {
+                route,
+                service,
+                authority,
+            };
+            let taps = &r.shared.telemetry.taps;
+            let tap = taps.open(filter, capacity.clamp(1, 65_536)).ok_or_else(|| {
+                MeshcoreError::new_err(format!(
+                    "{} taps are open already, the most at once",
+                    crate::telemetry::tap::MAX_TAPS
+                ))
+            })?;
+            Ok(super::tap::Tap::new(tap))
         })
     }
 
@@ -244,4 +274,20 @@ impl ProxyCore {
     fn connection_peak(&self) -> PyResult<(usize, usize)> {
         self.with_running(|r| Ok(r.shared.connections.take_peak()))
     }
+}
+
+fn stats_json(stats: Vec<(Arc<str>, metrics::RouteStats)>) -> serde_json::Value {
+    stats
+        .into_iter()
+        .map(|(name, s)| {
+            let value = serde_json::json!({
+                "responses": s.responses,
+                "failures": s.failures,
+                "cross_zone": s.cross_zone,
+                "buckets": s.buckets.to_vec(),
+            });
+            (name.to_string(), value)
+        })
+        .collect::<serde_json::Map<_, _>>()
+        .into()
 }

@@ -22,6 +22,16 @@ impl Metrics {
         series(family, &labels).fetch_add(1, Relaxed);
     }
 
+    /// (listener, rule, allowed, count) of every decision since start.
+    pub fn authorization_counts(&self) -> Vec<(AuthzLabels, bool, u64)> {
+        let allowed = snapshot(&self.authz_allow).into_iter().map(|(l, v)| (l, true, v));
+        let denied = snapshot(&self.authz_deny).into_iter().map(|(l, v)| (l, false, v));
+        allowed
+            .chain(denied)
+            .map(|(l, allow, v)| (l, allow, v.load(Relaxed)))
+            .collect()
+    }
+
     pub(super) fn render_authz(&self, out: &mut String) {
         let families = [
             (

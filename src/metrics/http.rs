@@ -36,13 +36,49 @@ impl Histogram {
     }
 }
 
-/// One route's responses, failures among them, and latencies per bucket
-/// of `LATENCY_BUCKETS_MS` (not cumulative; slower than the last, none).
+/// One route's (or service's) responses, failures among them, those
+/// answered from another zone, and latencies per bucket of
+/// `LATENCY_BUCKETS_MS` (not cumulative; slower than the last, none).
 #[derive(Default, Debug, Clone, PartialEq)]
 pub struct RouteStats {
     pub responses: u64,
     pub failures: u64,
+    pub cross_zone: u64,
     pub buckets: [u64; LATENCY_BUCKETS_MS.len()],
+}
+
+impl RouteStats {
+    fn add(&mut self, labels: &ResponseLabels, series: &ResponseSeries) {
+        let n = series.total.load(Relaxed);
+        self.responses += n;
+        if labels.classification == "failure" {
+            self.failures += n;
+        }
+        if labels.request.cross_zone {
+            self.cross_zone += n;
+        }
+        for (sum, b) in self.buckets.iter_mut().zip(&series.latency.buckets) {
+            *sum += b.load(Relaxed);
+        }
+    }
+}
+
+/// Golden numbers since start, by route name and by destination service.
+#[derive(Default, Debug)]
+pub struct GoldenStats {
+    pub routes: Vec<(Arc<str>, RouteStats)>,
+    pub services: Vec<(Arc<str>, RouteStats)>,
+}
+
+fn entry<'a>(list: &'a mut Vec<(Arc<str>, RouteStats)>, key: &Arc<str>) -> &'a mut RouteStats {
+    let i = match list.iter().position(|(k, _)| k == key) {
+        Some(i) => i,
+        None => {
+            list.push((key.clone(), RouteStats::default()));
+            list.len() - 1
+        }
+    };
+    &mut list[i].1
 }
 
 #[derive(Default, Debug)]
@@ -149,31 +185,20 @@ impl Metrics {
         out
     }
 
-    /// Golden numbers per route name, summed over its series since start:
-    /// what the lifecycle's verification compares before and after a reload.
-    /// Requests that matched no route are left out.
-    pub fn route_stats(&self) -> Vec<(Arc<str>, RouteStats)> {
-        let mut out: Vec<(Arc<str>, RouteStats)> = Vec::new();
+    /// Golden numbers per route name and per destination service, summed
+    /// over their series since start: what the lifecycle's verification
+    /// compares before and after a reload, and what `top` and the dashboard
+    /// show. Requests that matched no route (or reached no service) are left
+    /// out of that list.
+    pub fn golden_stats(&self) -> GoldenStats {
+        let mut out = GoldenStats::default();
         for (labels, s) in self.response_snapshot() {
-            let route = &labels.request.route;
-            if route.is_empty() {
-                continue;
+            let request = &labels.request;
+            if !request.route.is_empty() {
+                entry(&mut out.routes, &request.route).add(&labels, &s);
             }
-            let i = match out.iter().position(|(r, _)| r == route) {
-                Some(i) => i,
-                None => {
-                    out.push((route.clone(), RouteStats::default()));
-                    out.len() - 1
-                }
-            };
-            let stats = &mut out[i].1;
-            let n = s.total.load(Relaxed);
-            stats.responses += n;
-            if labels.classification == "failure" {
-                stats.failures += n;
-            }
-            for (sum, b) in stats.buckets.iter_mut().zip(&s.latency.buckets) {
-                *sum += b.load(Relaxed);
+            if !request.dst_service.is_empty() {
+                entry(&mut out.services, &request.dst_service).add(&labels, &s);
             }
         }
         out
@@ -275,11 +300,31 @@ mod tests {
         m.response(&r, 200, None, "success", Duration::from_millis(2));
         r.route = "".into();
         m.response(&r, 404, None, "failure", Duration::from_millis(1));
-        let stats = m.route_stats();
+        let stats = m.golden_stats().routes;
         assert_eq!(stats.len(), 1, "{stats:?}");
         let (route, s) = &stats[0];
         assert_eq!((&**route, s.responses, s.failures), ("api", 3, 1));
         assert_eq!((s.buckets[1], s.buckets[6]), (2, 1), "2 ms twice, 15 ms once");
+    }
+
+    #[test]
+    fn golden_stats_sum_a_service_over_its_routes_and_count_cross_zone() {
+        let m = Metrics::default();
+        let mut r = labels();
+        m.response(&r, 200, None, "success", Duration::from_millis(2));
+        r.route = "other".into();
+        r.cross_zone = true;
+        m.response(&r, 502, None, "failure", Duration::from_millis(3));
+        r.dst_service = "".into();
+        m.response(&r, 404, None, "failure", Duration::from_millis(1));
+        let stats = m.golden_stats();
+        assert_eq!(stats.routes.len(), 2, "{stats:?}");
+        assert_eq!(stats.services.len(), 1, "no service, no row: {stats:?}");
+        let (service, s) = &stats.services[0];
+        assert_eq!(
+            (&**service, s.responses, s.failures, s.cross_zone),
+            ("web", 2, 1, 1)
+        );
     }
 
     #[test]

@@ -4,7 +4,8 @@
 
 use crate::message::ProxyBody;
 use crate::metrics::RequestLabels;
-use crate::plugin::{LogSummary, PluginHost, PluginRequest};
+use crate::plugin::{PluginHost, PluginRequest};
+use crate::telemetry::Summary;
 use http::{Response, StatusCode};
 use std::sync::Arc;
 
@@ -17,17 +18,18 @@ pub(super) struct Failure {
     pub response: Option<Response<ProxyBody>>,
     /// Whether `request_total` already has this request.
     pub counted: bool,
-    /// For the plugins' `on_log`, when some plugin may want it.
-    pub log: Option<Box<FailureLog>>,
+    /// For access logs, tap and the plugins' `on_log`, when any may want it.
+    pub log: Option<Box<Report>>,
 }
 
-/// What `on_log` gets of an answer the proxy made; status and times are
-/// filled in when it is sent.
-pub(super) struct FailureLog {
-    pub host: Arc<PluginHost>,
-    /// None when no hook saw the request before it was answered.
-    pub req: Option<PluginRequest>,
-    pub summary: LogSummary,
+/// What is told of a request once it is answered: its summary (status, times
+/// and sizes are filled in at the end), for telemetry and for the plugins'
+/// `on_log` when a hook has it.
+pub(super) struct Report {
+    pub summary: Summary,
+    /// The request as the hooks saw it: None when no hook saw it before it
+    /// was answered.
+    pub plugin: Option<(Arc<PluginHost>, Option<PluginRequest>)>,
 }
 
 impl Failure {

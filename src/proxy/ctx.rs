@@ -68,6 +68,7 @@ pub(super) fn text(value: &HeaderValue) -> &str {
 
 /// What a log summary says of a request the proxy answered itself.
 pub(super) struct Said<'a> {
+    pub version: http::Version,
     pub method: &'a http::Method,
     pub path: &'a str,
     pub authority: &'a HeaderValue,
@@ -79,6 +80,7 @@ pub(super) struct Said<'a> {
 impl<'a> Said<'a> {
     pub fn of(req: &'a Request<RequestBody>, authority: &'a HeaderValue, route: Option<&'a Route>) -> Self {
         Said {
+            version: req.version(),
             method: req.method(),
             path: req.uri().path_and_query().map_or("/", |p| p.as_str()),
             authority,

@@ -6,9 +6,9 @@
 //! deadline, and runs `on_response`. The chosen response goes back through
 //! `observe`.
 
-use super::answer::{fail, Failure};
+use super::answer::{fail, Failure, Report};
 use super::ctx::{RequestCtx, Said};
-use super::observe::{grpc_status, logged, Observation, ObservedBody};
+use super::observe::{grpc_status, logged, summary_of, Observation, ObservedBody};
 use super::plugins::{self, Hooked};
 use super::route::Routed;
 use super::template::{build_request, Template};
@@ -18,7 +18,7 @@ use crate::conn::ConnContext;
 use crate::message::headers::{is_upgrade, strip_hop_by_hop, upgrade_agrees};
 use crate::message::{BoxError, ProxyBody};
 use crate::metrics::RouteLabels;
-use crate::plugin::{LogSummary, ON_LOG, ON_RESPONSE, ON_UPSTREAM_REQUEST};
+use crate::plugin::{ON_LOG, ON_RESPONSE, ON_UPSTREAM_REQUEST};
 use crate::proto::RequestBody;
 use crate::resilience::replay::Replay;
 use crate::resilience::retry::{Next, Outcome, MAX_REPLAY_BYTES};
@@ -108,7 +108,7 @@ pub(super) fn dispatch(
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let asked_upgrade = req.headers().get(UPGRADE).filter(|_| upgrade).cloned();
         // In a block so that what is left of the request is not kept across awaits.
-        let (mut template, body) = {
+        let (mut template, body, mut report) = {
             let (mut parts, body) = req.into_parts();
             strip_hop_by_hop(&mut parts.headers, upgrade);
             if let Some(ops) = &route.filters.request_headers {
@@ -125,6 +125,7 @@ pub(super) fn dispatch(
                 let Ok(parsed) = rewritten.parse() else {
                     let invalid = fail(StatusCode::BAD_REQUEST, "invalid rewritten path", &ctx.labels);
                     let said = Said {
+                        version: parts.version,
                         method: &parts.method,
                         path: path.as_str(),
                         authority: &ctx.authority,
@@ -142,7 +143,18 @@ pub(super) fn dispatch(
                 headers: parts.headers,
                 authority: ctx.authority,
             };
-            (template, body)
+            // Telemetry's summary is begun here: the last attempt may take the template.
+            let report = shared.telemetry.wants_summary().then(|| {
+                let said = Said {
+                    version: parts.version,
+                    ..said_of(&template, route, &service.name)
+                };
+                Box::new(Report {
+                    summary: summary_of(&ctx.conn, &said),
+                    plugin: None,
+                })
+            });
+            (template, body, report)
         };
 
         let retry = route.retry.as_ref().filter(|_| !upgrade);
@@ -349,25 +361,28 @@ pub(super) fn dispatch(
                     &ctx.labels,
                 ));
             }
-            let log = match (&hooked.host, hooked.req.take().filter(|r| r.has(ON_LOG))) {
-                (Some(host), Some(preq)) => Some((
-                    host.clone(),
-                    preq,
-                    LogSummary {
-                        method: template.method.to_string(),
-                        path: template.path.to_string(),
-                        authority: super::ctx::text(&template.authority).to_string(),
-                        route: route.name.to_string(),
-                        service: service.name.to_string(),
-                        endpoint: endpoint.addr.to_string(),
-                        zone: endpoint.zone.to_string(),
-                        retried: attempt > 0,
-                        identity: ctx.conn.tls.identity().map(str::to_string),
-                        ..Default::default()
-                    },
-                )),
+            let plugin = match (&hooked.host, hooked.req.take().filter(|r| r.has(ON_LOG))) {
+                (Some(host), Some(preq)) => Some((host.clone(), Some(preq))),
                 _ => None,
             };
+            let log = match (report.take(), plugin) {
+                (Some(mut early), plugin) => {
+                    early.plugin = plugin;
+                    Some(early)
+                }
+                // With a plugin host, the template is still whole.
+                (None, Some(plugin)) => Some(Box::new(Report {
+                    summary: summary_of(&ctx.conn, &said_of(&template, route, &service.name)),
+                    plugin: Some(plugin),
+                })),
+                (None, None) => None,
+            }
+            .map(|mut log| {
+                log.summary.endpoint = endpoint.addr.to_string();
+                log.summary.zone = endpoint.zone.to_string();
+                log.summary.retried = attempt > 0;
+                log
+            });
             let obs = Observation::new(
                 pending,
                 endpoint.clone(),
@@ -395,15 +410,33 @@ pub(super) fn dispatch(
         };
         dispatched.map_err(|failure| {
             let said = Said {
-                method: &template.method,
-                path: template.path.as_str(),
-                authority: &template.authority,
-                route: Some(route),
-                service: Some(&service.name),
                 retried: attempt > 0,
+                ..said_of(&template, route, &service.name)
             };
-            logged(failure.counted(), &ctx.conn, hooked.req.take(), said)
+            let mut failure = logged(failure.counted(), &ctx.conn, hooked.req.take(), said);
+            // The template may have gone with the last attempt: the summary made before it stands.
+            if let Some(mut early) = report.take() {
+                early.summary.retried = attempt > 0;
+                early.plugin = failure.log.take().and_then(|log| log.plugin);
+                failure.log = Some(early);
+            }
+            failure
         })
+    }
+}
+
+/// What a summary says of the request the template holds. Its version is
+/// HTTP/1.1: only telemetry tells it, and its summary is begun from the
+/// request itself.
+fn said_of<'a>(template: &'a Template, route: &'a crate::route::Route, service: &'a str) -> Said<'a> {
+    Said {
+        version: Version::HTTP_11,
+        method: &template.method,
+        path: template.path.as_str(),
+        authority: &template.authority,
+        route: Some(route),
+        service: Some(service),
+        retried: false,
     }
 }
 

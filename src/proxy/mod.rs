@@ -92,10 +92,11 @@ mod tests {
     /// hooks) are boxed so they do not make every request's state bigger.
     /// Was 3.8 KB until the hot senders stopped being `async fn`s (which keep
     /// two copies of a by-value request), short-lived locals were scoped and
-    /// the failure answer became a `map` instead of a wrapping future.
+    /// the failure answer became a `map` instead of a wrapping future;
+    /// 1664 until telemetry's summary (one boxed pointer) joined it.
     #[test]
     fn per_request_state_stays_small() {
         let size = future_size(handle);
-        assert!(size <= 1664, "the per-request future grew to {size} bytes");
+        assert!(size <= 1672, "the per-request future grew to {size} bytes");
     }
 }

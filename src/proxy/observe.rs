@@ -5,14 +5,15 @@
 //! proxy made itself is counted and logged when it is sent. Access logs, tap
 //! and tracing attach here.
 
-use super::answer::{Failure, FailureLog};
+use super::answer::{Failure, Report};
 use super::ctx::{text, Said};
 use crate::balance::{Endpoint, PendingRequest};
 use crate::conn::ConnContext;
 use crate::message::{error_response, BoxError, ProxyBody};
 use crate::metrics::RequestLabels;
-use crate::plugin::{LogSummary, PluginHost, PluginRequest, ON_LOG};
+use crate::plugin::{PluginRequest, ON_LOG};
 use crate::shared::Shared;
+use crate::telemetry::Summary;
 use crate::upstream::{Reusable, UpstreamBody};
 use bytes::Bytes;
 use http::Response;
@@ -21,7 +22,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 use tokio::time::Sleep;
 
 /// One proxied response, measured until its body ends or is dropped.
@@ -36,12 +37,10 @@ pub struct Observation {
     ttfb: Option<Duration>,
     failed: bool,
     bytes: u64,
-    /// Boxed: only plugins with `on_log` use it, and inline it would
-    /// more than double what every response carries and copies.
-    log: Option<Box<LogHandoff>>,
+    /// Boxed: only telemetry and plugins with `on_log` use it, and inline
+    /// it would more than double what every response carries and copies.
+    log: Option<Box<Report>>,
 }
-
-type LogHandoff = (Arc<PluginHost>, PluginRequest, LogSummary);
 
 impl Observation {
     pub fn new(
@@ -68,9 +67,9 @@ impl Observation {
         }
     }
 
-    /// Sends a summary to the plugins' `on_log` hooks when the response ends.
-    pub fn with_log(mut self, log: Option<LogHandoff>) -> Self {
-        self.log = log.map(Box::new);
+    /// Tells the request's summary (telemetry, `on_log`) when the response ends.
+    pub fn with_log(mut self, log: Option<Box<Report>>) -> Self {
+        self.log = log;
         self
     }
 
@@ -100,12 +99,13 @@ impl Drop for Observation {
             classification,
             latency,
         );
-        if let Some((host, req, mut summary)) = self.log.take().map(|log| *log) {
+        if let Some(mut log) = self.log.take() {
+            let summary = &mut log.summary;
             summary.status = self.status;
-            summary.duration_ms = self.started.elapsed().as_secs_f64() * 1000.0;
-            summary.ttfb_ms = latency.as_secs_f64() * 1000.0;
+            summary.grpc_status = self.grpc_status;
+            summary.failed = failure;
             summary.response_bytes = self.bytes;
-            host.on_log(Some(req), summary);
+            tell(*log, &self.shared, self.started, latency);
         }
     }
 }
@@ -120,18 +120,14 @@ pub(super) fn answer_failure(failure: Failure, shared: &Shared, started: Instant
         .response
         .unwrap_or_else(|| error_response(failure.status, &failure.reason));
     let status = resp.status();
-    if let Some(log) = failure.log {
-        let FailureLog {
-            host,
-            req,
-            mut summary,
-        } = *log;
+    if let Some(mut log) = failure.log {
+        let summary = &mut log.summary;
         summary.status = status.as_u16();
+        summary.grpc_status = grpc_status(resp.headers());
+        summary.failed = status.is_server_error();
         summary.zone = failure.labels.dst_zone.to_string();
-        summary.duration_ms = started.elapsed().as_secs_f64() * 1000.0;
-        summary.ttfb_ms = summary.duration_ms;
         summary.response_bytes = Body::size_hint(resp.body()).exact().unwrap_or(0);
-        host.on_log(req, summary);
+        tell(*log, shared, started, started.elapsed());
     }
     let classification = if status.is_server_error() {
         "failure"
@@ -148,34 +144,43 @@ pub(super) fn answer_failure(failure: Failure, shared: &Shared, started: Instant
     resp
 }
 
-/// Gives an answer the proxy made itself what the plugins' `on_log` needs,
-/// when a plugin may log it: one of its route's, or before a route was
-/// found, one on every route (Python picks them). Without plugins this is
-/// one pointer load, on error paths only.
-pub(super) fn logged(
-    mut failure: Failure,
+/// A finished request's report, told: its times filled in, published to
+/// telemetry, then handed to the plugins' `on_log`.
+fn tell(report: Report, shared: &Shared, started: Instant, ttfb: Duration) {
+    let Report { mut summary, plugin } = report;
+    let elapsed = started.elapsed();
+    summary.start = SystemTime::now()
+        .checked_sub(elapsed)
+        .unwrap_or(SystemTime::UNIX_EPOCH);
+    summary.duration_ms = elapsed.as_secs_f64() * 1000.0;
+    summary.ttfb_ms = ttfb.as_secs_f64() * 1000.0;
+    shared.telemetry.publish(&summary);
+    if let Some((host, req)) = plugin {
+        host.on_log(req, summary);
+    }
+}
+
+/// Whether this answer's summary is wanted, by telemetry or by a plugin
+/// hook with `on_log` (given the request the hooks saw, if any).
+fn wanted_report(
     conn: &ConnContext,
+    plugins_run: bool,
     preq: Option<PluginRequest>,
-    said: Said<'_>,
-) -> Failure {
-    if said.route.is_some_and(|r| !r.plugins) {
-        return failure;
+) -> Option<Option<(Arc<crate::plugin::PluginHost>, Option<PluginRequest>)>> {
+    let plugin = match plugins_run {
+        true => conn.shared.plugins.load_full().map(|host| (host, preq)),
+        false => None,
     }
-    let mut log = match (failure.log.take(), preq) {
-        (Some(log), _) => log,
-        (None, preq) => match conn.shared.plugins.load_full() {
-            Some(host) => Box::new(FailureLog {
-                host,
-                req: preq,
-                summary: LogSummary::default(),
-            }),
-            None => return failure,
-        },
-    };
-    if log.req.as_ref().is_some_and(|r| !r.has(ON_LOG)) {
-        return failure;
-    }
-    log.summary = LogSummary {
+    .filter(|(_, req)| req.as_ref().is_none_or(|r| r.has(ON_LOG)));
+    (plugin.is_some() || conn.shared.telemetry.wants_summary()).then_some(plugin)
+}
+
+/// What a summary says of a request before it is answered.
+pub(super) fn summary_of(conn: &ConnContext, said: &Said<'_>) -> Summary {
+    Summary {
+        listener: conn.listener_name.clone(),
+        client: Some(conn.peer),
+        version: said.version,
         method: said.method.to_string(),
         path: said.path.to_string(),
         authority: text(said.authority).to_string(),
@@ -184,8 +189,38 @@ pub(super) fn logged(
         retried: said.retried,
         identity: conn.tls.identity().map(str::to_string),
         ..Default::default()
+    }
+}
+
+/// Gives an answer the proxy made itself what telemetry and the plugins'
+/// `on_log` need, when any may want it: a plugin's when the route has
+/// plugins, or before a route was found, when any is loaded (Python picks
+/// them). With neither, this is two loads, on error paths only.
+pub(super) fn logged(
+    mut failure: Failure,
+    conn: &ConnContext,
+    preq: Option<PluginRequest>,
+    said: Said<'_>,
+) -> Failure {
+    let plugins_run = said.route.is_none_or(|r| r.plugins);
+    let plugin = match failure.log.take() {
+        // Answered by a hook: its request is already here.
+        Some(log) => Some(
+            log.plugin
+                .filter(|(_, req)| req.as_ref().is_none_or(|r| r.has(ON_LOG))),
+        ),
+        None => wanted_report(conn, plugins_run, preq),
     };
-    failure.log = Some(log);
+    let Some(plugin) = plugin else {
+        return failure;
+    };
+    if plugin.is_none() && !conn.shared.telemetry.wants_summary() {
+        return failure;
+    }
+    failure.log = Some(Box::new(Report {
+        summary: summary_of(conn, &said),
+        plugin,
+    }));
     failure
 }
 

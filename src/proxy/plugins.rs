@@ -3,7 +3,7 @@
 //! (`on_upstream_request`, `on_response`) change to the messages in flight.
 //! (`crate::plugin` talks to Python; this module only edits HTTP messages.)
 
-use super::answer::{fail, local, Failure, FailureLog};
+use super::answer::{fail, local, Failure, Report};
 use super::ctx::{text, RequestCtx, Said};
 use super::observe::logged;
 use super::template::Template;
@@ -103,10 +103,9 @@ async fn on_request(
         } => {
             // The request a hook answered keeps its `ctx` for `on_log`.
             let mut answered = local(plugin_response(status, headers, body), labels);
-            answered.log = Some(Box::new(FailureLog {
-                host: host.clone(),
-                req: Some(preq),
+            answered.log = Some(Box::new(Report {
                 summary: Default::default(),
+                plugin: Some((host.clone(), Some(preq))),
             }));
             Err(answered)
         }

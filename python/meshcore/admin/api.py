@@ -24,6 +24,7 @@ from .config_routes import CONFIG_ROUTES
 from .contract import Proxy
 from .guards import TEXT, AdminTokens, BoundedBody, ChangesAuthorized
 from .openapi import describe
+from .tap_route import TAP_ROUTES
 
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 JSON = "application/json"
@@ -111,6 +112,52 @@ def endpoints(request: Request) -> Response:
     """
     proxy = _proxy(request)
     return _json(200, proxy.endpoints() if proxy.running else {"services": []})
+
+
+def stats(request: Request) -> Response:
+    """---
+    summary: Golden numbers per route and per service, and authorization decisions, since start
+    description: >-
+      Cumulative counts: a reader takes two samples and divides the difference by the time
+      between them (`meshcore top` and the dashboard do). Latency buckets are per bucket, not
+      cumulative, with bounds in `buckets_ms`; a response slower than the last bound is in no
+      bucket. `cross_zone` counts responses from an endpoint outside the proxy's zone.
+    responses:
+      "200":
+        description: The numbers; all empty once the proxy has stopped.
+        content:
+          application/json:
+            schema:
+              type: object
+              required: [buckets_ms, routes, services, authorization]
+              properties:
+                buckets_ms: {type: array, items: {type: number}}
+                routes: &by_name
+                  type: object
+                  additionalProperties:
+                    type: object
+                    required: [responses, failures, cross_zone, buckets]
+                    properties:
+                      responses: {type: integer}
+                      failures: {type: integer}
+                      cross_zone: {type: integer}
+                      buckets: {type: array, items: {type: integer}}
+                services: *by_name
+                authorization:
+                  type: array
+                  items:
+                    type: object
+                    required: [listener, rule, decision, count]
+                    properties:
+                      listener: {type: string}
+                      rule: {type: string}
+                      decision: {type: string, enum: [allow, deny]}
+                      count: {type: integer}
+    """
+    proxy = _proxy(request)
+    if not proxy.running:
+        return _json(200, {"buckets_ms": [], "routes": {}, "services": {}, "authorization": []})
+    return _json(200, proxy.route_stats())
 
 
 def plugins(request: Request) -> Response:
@@ -262,6 +309,8 @@ ROUTES = [
     Route("/config", config, methods=["GET"]),
     *CONFIG_ROUTES,
     Route("/endpoints", endpoints, methods=["GET"]),
+    Route("/stats", stats, methods=["GET"]),
+    *TAP_ROUTES,
     Route("/plugins", plugins, methods=["GET"]),
     Route("/plugins/reload", reload_plugins, methods=["POST"]),
     Route("/shutdown", shutdown, methods=["POST"]),

@@ -24,6 +24,8 @@ MAX_BODY_BYTES = 1024
 BODY_LIMITS = {("PUT", "/config"): 1024 * 1024}
 BODY_TIMEOUT_SECONDS = 10.0
 SAFE_METHODS = frozenset({"GET", "HEAD"})
+# Reads that show what requests carry (paths, identities): guarded as changes are.
+PRIVATE_READS = frozenset({"/tap"})
 TEXT = "text/plain; charset=utf-8"
 
 
@@ -53,13 +55,18 @@ Tokens = list[tuple[str, str]]
 
 
 def authorize(
-    method: str, client: Optional[str], authorization: Optional[str], tokens: Optional[Tokens]
+    method: str,
+    client: Optional[str],
+    authorization: Optional[str],
+    tokens: Optional[Tokens],
+    private_read: bool = False,
 ) -> tuple[Optional[str], Optional[Response]]:
     """Who asks for a change, or the refusal. Reads pass. A change is taken from loopback (as
     "loopback") or from anywhere with a valid `Authorization: Bearer TOKEN` (as the token's
     name). A token that is given is always checked: a wrong one is 401, even from loopback.
-    `tokens` is None when no admin_token_file is configured."""
-    if method in SAFE_METHODS:
+    `tokens` is None when no admin_token_file is configured. A private read (tap) is guarded
+    as a change is."""
+    if method in SAFE_METHODS and not private_read:
         return None, None
     if authorization is not None:
         scheme, _, presented = authorization.strip().partition(" ")
@@ -115,19 +122,20 @@ class AdminTokens:
 
 class ChangesAuthorized:
     """POST, PUT and DELETE change the proxy: only a caller on this host, or one with an admin
-    token, may ask, whatever address the admin API is bound to. The caller's name is left in
-    the request's state as `admin_who`."""
+    token, may ask, whatever address the admin API is bound to; so may it read what requests
+    carry (PRIVATE_READS). The caller's name is left in the request's state as `admin_who`."""
 
     def __init__(self, app: ASGIApp, tokens: Callable[[], Optional[Tokens]] = lambda: None) -> None:
         self.app = app
         self.tokens = tokens
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] not in SAFE_METHODS:
+        private = scope["type"] == "http" and scope["path"] in PRIVATE_READS
+        if scope["type"] == "http" and (scope["method"] not in SAFE_METHODS or private):
             client = scope.get("client")
             authorization = Headers(scope=scope).get("authorization")
             who, refused = authorize(
-                scope["method"], client[0] if client else None, authorization, self.tokens()
+                scope["method"], client[0] if client else None, authorization, self.tokens(), private
             )
             if refused is not None:
                 await refused(scope, receive, send)
