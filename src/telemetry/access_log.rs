@@ -542,6 +542,17 @@ mod tests {
     }
 
     #[test]
+    fn stdout_is_written_through_a_descriptor_of_its_own() {
+        // The line shows in the test's output: cargo captures print!, not fd 1.
+        let log = AccessLog::open(Target::Stdout, Format::Common, 16).unwrap();
+        assert_eq!(log.target().to_string(), "stdout");
+        log.send(&sample());
+        let counters = log.counters.clone();
+        drop(log);
+        assert_eq!(counters.written.load(Relaxed), 1);
+    }
+
+    #[test]
     fn a_missing_directory_is_an_error_naming_the_path() {
         let dir = TempDir::new("missing");
         let path = dir.join("nope/access.log");
