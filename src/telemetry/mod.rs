@@ -2,6 +2,7 @@
 //! traces. All of it hangs off the `observe` stage, and none of it costs a
 //! request more than a load or two while nobody listens.
 
+pub mod access_log;
 pub mod summary;
 pub mod tap;
 

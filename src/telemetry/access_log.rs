@@ -1,0 +1,717 @@
+//! Access logs: one line per request, as JSON or in the Common Log Format, to
+//! a file or stdout. A request only formats its line and offers it to a
+//! bounded queue; a background thread writes. When the writer falls behind (a
+//! slow disk, a stdout nobody reads) lines are dropped and counted, never
+//! waited for. A file rotated away by an external tool is followed by path.
+
+use super::summary::protocol;
+use super::Summary;
+use crate::time::civil::Civil;
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::fd::AsFd;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+/// How often the writer looks whether its file was rotated away.
+const CHECK_EVERY: Duration = Duration::from_secs(1);
+/// A batch is written once this big, even if more lines are queued.
+const BATCH_BYTES: usize = 64 * 1024;
+/// How long dropping an access log waits for its queued lines to be written:
+/// a writer stuck on a stdout nobody reads must not hang shutdown.
+const DRAIN_LIMIT: Duration = Duration::from_secs(5);
+/// A line's first allocation; most lines fit without growing it.
+const LINE_CAPACITY: usize = 256;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Json,
+    Common,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    Stdout,
+    File(PathBuf),
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::Stdout => f.write_str("stdout"),
+            Target::File(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Counters {
+    written: AtomicU64,
+    dropped_behind: AtomicU64,
+    dropped_write: AtomicU64,
+}
+
+/// One access log and the thread writing it. Dropping it writes what is
+/// queued (waiting at most `DRAIN_LIMIT`) and ends the thread.
+pub struct AccessLog {
+    target: Target,
+    format: Format,
+    /// None only while dropping: closing the queue tells the writer to finish.
+    lines: Option<SyncSender<Vec<u8>>>,
+    counters: Arc<Counters>,
+    writer: Option<JoinHandle<()>>,
+    /// Disconnects when the writer thread ends (it never sends).
+    finished: Receiver<()>,
+}
+
+impl AccessLog {
+    /// Opens (or creates, mode 0640, appending) the file now, so a bad path is
+    /// an error at config time, and starts the writer with room for
+    /// `capacity` lines in its queue. A missing directory is an error.
+    pub fn open(target: Target, format: Format, capacity: usize) -> io::Result<AccessLog> {
+        Self::start(target, format, capacity, None)
+    }
+
+    /// `gate`: the writer waits for it before writing anything (tests).
+    fn start(
+        target: Target,
+        format: Format,
+        capacity: usize,
+        gate: Option<Receiver<()>>,
+    ) -> io::Result<AccessLog> {
+        let sink = Sink::open(&target)?;
+        let (lines, queue) = sync_channel(capacity.max(1));
+        let (finished_guard, finished) = sync_channel::<()>(0);
+        let counters = Arc::new(Counters::default());
+        let writer = {
+            let counters = counters.clone();
+            std::thread::Builder::new()
+                .name("meshcore-access-log".into())
+                .spawn(move || {
+                    let _finished = finished_guard;
+                    if let Some(gate) = gate {
+                        let _ = gate.recv();
+                    }
+                    write_until_closed(queue, sink, &counters);
+                })?
+        };
+        Ok(AccessLog {
+            target,
+            format,
+            lines: Some(lines),
+            counters,
+            writer: Some(writer),
+            finished,
+        })
+    }
+
+    /// Logs a finished request. Never blocks: the line is formatted here and
+    /// dropped (and counted) if the writer's queue is full.
+    pub fn send(&self, summary: &Summary) {
+        let Some(lines) = &self.lines else { return };
+        let mut line = Vec::with_capacity(LINE_CAPACITY);
+        match self.format {
+            Format::Json => summary.json_line(&mut line),
+            Format::Common => common_line(summary, &mut line),
+        }
+        // Disconnected: the writer is gone (it does not panic by design); the
+        // line is as lost as if it had fallen behind.
+        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = lines.try_send(line) {
+            self.counters.dropped_behind.fetch_add(1, Relaxed);
+        }
+    }
+
+    pub fn target(&self) -> &Target {
+        &self.target
+    }
+
+    pub fn format(&self) -> Format {
+        self.format
+    }
+
+    /// Lines written whole.
+    pub fn written(&self) -> u64 {
+        self.counters.written.load(Relaxed)
+    }
+
+    /// Lines dropped because the writer's queue was full.
+    pub fn dropped_behind(&self) -> u64 {
+        self.counters.dropped_behind.load(Relaxed)
+    }
+
+    /// Lines dropped because writing them failed (a full disk, EIO).
+    pub fn dropped_write(&self) -> u64 {
+        self.counters.dropped_write.load(Relaxed)
+    }
+}
+
+impl fmt::Debug for AccessLog {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AccessLog")
+            .field("target", &self.target)
+            .field("format", &self.format)
+            .field("written", &self.written())
+            .field("dropped_behind", &self.dropped_behind())
+            .field("dropped_write", &self.dropped_write())
+            .finish()
+    }
+}
+
+impl Drop for AccessLog {
+    fn drop(&mut self) {
+        drop(self.lines.take());
+        // Disconnected: the writer wrote what was queued and ended; a timeout
+        // leaves a stuck writer behind rather than hanging whoever drops this.
+        if let Err(RecvTimeoutError::Disconnected) = self.finished.recv_timeout(DRAIN_LIMIT) {
+            if let Some(writer) = self.writer.take() {
+                let _ = writer.join();
+            }
+        }
+    }
+}
+
+/// The writer thread: batches what is queued, writes each batch in one go
+/// once the queue is momentarily empty, and looks for rotation each second.
+fn write_until_closed(queue: Receiver<Vec<u8>>, mut sink: Sink, counters: &Counters) {
+    let mut next_check = Instant::now() + CHECK_EVERY;
+    loop {
+        match queue.recv_timeout(next_check.saturating_duration_since(Instant::now())) {
+            Ok(line) => {
+                sink.push(&line);
+                while sink.batch.len() < BATCH_BYTES {
+                    match queue.try_recv() {
+                        Ok(line) => sink.push(&line),
+                        Err(_) => break,
+                    }
+                }
+                sink.flush(counters);
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+        if Instant::now() >= next_check {
+            sink.follow_rotation();
+            next_check = Instant::now() + CHECK_EVERY;
+        }
+    }
+}
+
+/// Where the writer writes, and the batch it is gathering.
+struct Sink {
+    out: File,
+    /// The path followed through rotations; None for stdout.
+    path: Option<PathBuf>,
+    /// Device and inode of `out`, to notice the path now names another file.
+    id: (u64, u64),
+    /// The last write stopped inside a line: the next batch starts with a
+    /// newline, so the torn line does not swallow the next one.
+    torn: bool,
+    batch: Vec<u8>,
+    batch_lines: u64,
+    /// The batch starts with the newline that ends a torn line.
+    batch_mends: bool,
+}
+
+impl Sink {
+    fn open(target: &Target) -> io::Result<Sink> {
+        let (out, path, id) = match target {
+            // A descriptor of our own: one write per batch, without std's
+            // stdout lock and line buffering.
+            Target::Stdout => (
+                File::from(io::stdout().as_fd().try_clone_to_owned()?),
+                None,
+                (0, 0),
+            ),
+            Target::File(path) => {
+                let (out, id) = open_append(path)
+                    .map_err(|e| io::Error::new(e.kind(), format!("access log {}: {e}", path.display())))?;
+                (out, Some(path.clone()), id)
+            }
+        };
+        Ok(Sink {
+            out,
+            path,
+            id,
+            torn: false,
+            batch: Vec::with_capacity(BATCH_BYTES),
+            batch_lines: 0,
+            batch_mends: false,
+        })
+    }
+
+    fn push(&mut self, line: &[u8]) {
+        if self.batch.is_empty() && self.torn {
+            self.batch.push(b'\n');
+            self.batch_mends = true;
+        }
+        self.batch.extend_from_slice(line);
+        self.batch_lines += 1;
+    }
+
+    /// Writes the batch; lines that did not reach the file whole are dropped
+    /// and counted. A failure waits for the next batch: no retry loop.
+    fn flush(&mut self, counters: &Counters) {
+        let mut done = 0;
+        let result = loop {
+            if done == self.batch.len() {
+                break Ok(());
+            }
+            match self.out.write(&self.batch[done..]) {
+                Ok(0) => break Err(io::Error::from(io::ErrorKind::WriteZero)),
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => break Err(e),
+            }
+        };
+        // Every line ends in its only newline (both formats escape the rest).
+        let ended = self.batch[..done].iter().filter(|&&b| b == b'\n').count() as u64;
+        let whole = ended - u64::from(self.batch_mends && done > 0);
+        counters.written.fetch_add(whole, Relaxed);
+        if done > 0 {
+            self.torn = self.batch[done - 1] != b'\n';
+        }
+        if let Err(e) = result {
+            counters
+                .dropped_write
+                .fetch_add(self.batch_lines - whole, Relaxed);
+            crate::throttled!(
+                "access log {}: {e}; dropping lines until it can be written",
+                self.name()
+            );
+        }
+        self.batch.clear();
+        self.batch_lines = 0;
+        self.batch_mends = false;
+    }
+
+    /// Reopens the path if it no longer names the open file: logrotate's
+    /// rename-and-create, `mv`, `rm`. (copytruncate needs nothing: O_APPEND.)
+    fn follow_rotation(&mut self) {
+        let Some(path) = &self.path else { return };
+        match std::fs::metadata(path) {
+            Ok(meta) if (meta.dev(), meta.ino()) == self.id => return,
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => {
+                crate::throttled!("access log {}: {e}", path.display());
+                return;
+            }
+        }
+        match open_append(path) {
+            Ok((out, id)) => {
+                self.out = out;
+                self.id = id;
+                self.torn = false;
+            }
+            Err(e) => crate::throttled!(
+                "access log {}: cannot reopen after rotation: {e}; writing on to the file it had open",
+                path.display()
+            ),
+        }
+    }
+
+    fn name(&self) -> String {
+        self.path
+            .as_deref()
+            .map_or_else(|| "stdout".to_owned(), |p| p.display().to_string())
+    }
+}
+
+fn open_append(path: &Path) -> io::Result<(File, (u64, u64))> {
+    let file = OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o640)
+        .open(path)?;
+    let meta = file.metadata()?;
+    Ok((file, (meta.dev(), meta.ino())))
+}
+
+/// The NCSA Common Log Format and a newline:
+/// `client_ip - user [dd/Mon/yyyy:HH:MM:SS +0000] "METHOD path PROTOCOL" status bytes`,
+/// `-` for what is unknown; the user is the client's SPIFFE ID. The time is
+/// when the request arrived, in UTC.
+pub fn common_line(summary: &Summary, out: &mut Vec<u8>) {
+    // Writing into a Vec cannot fail.
+    match summary.client {
+        Some(client) => {
+            let _ = write!(out, "{}", client.ip());
+        }
+        None => out.push(b'-'),
+    }
+    out.extend_from_slice(b" - ");
+    escaped_or_dash(summary.identity.as_deref().unwrap_or(""), true, out);
+    let since = summary
+        .start
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    let c = Civil::from_unix(since.as_secs());
+    let _ = write!(
+        out,
+        " [{:02}/{}/{:04}:{:02}:{:02}:{:02} +0000] \"",
+        c.day,
+        c.month_abbr(),
+        c.year,
+        c.hour,
+        c.minute,
+        c.second
+    );
+    escaped_or_dash(&summary.method, false, out);
+    out.push(b' ');
+    escaped_or_dash(&summary.path, false, out);
+    out.push(b' ');
+    out.extend_from_slice(protocol(summary.version).as_bytes());
+    out.extend_from_slice(b"\" ");
+    match summary.status {
+        0 => out.push(b'-'),
+        status => {
+            let _ = write!(out, "{status}");
+        }
+    }
+    let _ = writeln!(out, " {}", summary.response_bytes);
+}
+
+/// `text` with what could end the line or the field, or that a terminal would
+/// act on, escaped as nginx does (`\xHH`): control bytes, `"`, `\`, bytes from
+/// 0x7f up, and in an unquoted field the space. `-` when empty.
+fn escaped_or_dash(text: &str, unquoted: bool, out: &mut Vec<u8>) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    if text.is_empty() {
+        out.push(b'-');
+        return;
+    }
+    for &b in text.as_bytes() {
+        if !(0x20..0x7f).contains(&b) || b == b'"' || b == b'\\' || (unquoted && b == b' ') {
+            out.extend_from_slice(&[b'\\', b'x', HEX[usize::from(b >> 4)], HEX[usize::from(b & 0xf)]]);
+        } else {
+            out.push(b);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    fn sample() -> Summary {
+        Summary {
+            start: SystemTime::UNIX_EPOCH + Duration::from_millis(1_795_651_199_042),
+            listener: "outbound".into(),
+            client: Some("127.0.0.1:5000".parse().unwrap()),
+            method: "GET".into(),
+            path: "/a?b=1".into(),
+            authority: "web.local".into(),
+            route: "web".into(),
+            service: "web".into(),
+            endpoint: "10.0.0.7:8080".into(),
+            zone: "z1".into(),
+            status: 200,
+            duration_ms: 1.23456,
+            ttfb_ms: 0.5,
+            response_bytes: 512,
+            ..Default::default()
+        }
+    }
+
+    fn common(summary: &Summary) -> String {
+        let mut out = Vec::new();
+        common_line(summary, &mut out);
+        String::from_utf8(out).unwrap()
+    }
+
+    /// A directory of its own under the system's temp dir, removed at the end.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(name: &str) -> TempDir {
+            let dir = std::env::temp_dir().join(format!("meshcore-access-log-{}-{name}", std::process::id()));
+            let _ = fs::remove_dir_all(&dir);
+            fs::create_dir_all(&dir).unwrap();
+            TempDir(dir)
+        }
+
+        fn join(&self, name: &str) -> PathBuf {
+            self.0.join(name)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !done() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn read(path: &Path) -> String {
+        fs::read_to_string(path).unwrap_or_default()
+    }
+
+    /// Sends numbered lines until one shows in `path`; returns how many were sent.
+    fn send_until_in(log: &AccessLog, path: &Path, mut summary: Summary) -> usize {
+        let mut sent = 0;
+        wait_for("a line in the file now at the path", || {
+            summary.path = format!("/after/{sent}");
+            log.send(&summary);
+            sent += 1;
+            read(path).contains("/after/")
+        });
+        sent
+    }
+
+    #[test]
+    fn a_common_line_names_client_user_time_request_status_and_bytes() {
+        assert_eq!(
+            common(&sample()),
+            "127.0.0.1 - - [25/Nov/2026:23:59:59 +0000] \"GET /a?b=1 HTTP/1.1\" 200 512\n"
+        );
+        let summary = Summary {
+            client: Some("[::1]:443".parse().unwrap()),
+            identity: Some("spiffe://mesh.local/ns/shop/sa/cart".into()),
+            version: http::Version::HTTP_2,
+            ..sample()
+        };
+        assert_eq!(
+            common(&summary),
+            "::1 - spiffe://mesh.local/ns/shop/sa/cart [25/Nov/2026:23:59:59 +0000] \"GET /a?b=1 HTTP/2\" 200 512\n"
+        );
+        let unknown = Summary {
+            start: SystemTime::UNIX_EPOCH,
+            ..Default::default()
+        };
+        assert_eq!(
+            common(&unknown),
+            "- - - [01/Jan/1970:00:00:00 +0000] \"- - HTTP/1.1\" - 0\n"
+        );
+    }
+
+    #[test]
+    fn a_common_line_cannot_be_split_or_given_extra_fields_by_the_request() {
+        let summary = Summary {
+            method: "GE\"T".into(),
+            path: "/a\n127.0.0.1 - - [x] \"GET /forged\\ é\u{7f}\u{1b}[2J".into(),
+            identity: Some("spiffe://x/a b\"c".into()),
+            ..sample()
+        };
+        assert_eq!(
+            common(&summary),
+            "127.0.0.1 - spiffe://x/a\\x20b\\x22c [25/Nov/2026:23:59:59 +0000] \
+             \"GE\\x22T /a\\x0A127.0.0.1 - - [x] \\x22GET /forged\\x5C \\xC3\\xA9\\x7F\\x1B[2J HTTP/1.1\" \
+             200 512\n"
+        );
+    }
+
+    #[test]
+    fn both_formats_are_written_to_a_file_one_line_each() {
+        let dir = TempDir::new("formats");
+        for (format, name) in [(Format::Json, "json.log"), (Format::Common, "common.log")] {
+            let path = dir.join(name);
+            let log = AccessLog::open(Target::File(path.clone()), format, 16).unwrap();
+            log.send(&sample());
+            drop(log);
+            let expected = match format {
+                Format::Json => concat!(
+                    r#"{"time":"2026-11-25T23:59:59.042Z","listener":"outbound","client":"127.0.0.1:5000","#,
+                    r#""method":"GET","path":"/a?b=1","protocol":"HTTP/1.1","authority":"web.local","#,
+                    r#""status":200,"grpc_status":null,"failed":false,"duration_ms":1.235,"ttfb_ms":0.5,"#,
+                    r#""bytes":512,"route":"web","service":"web","endpoint":"10.0.0.7:8080","zone":"z1","#,
+                    r#""identity":null,"trace_id":null,"retried":false}"#,
+                    "\n"
+                ),
+                Format::Common => {
+                    "127.0.0.1 - - [25/Nov/2026:23:59:59 +0000] \"GET /a?b=1 HTTP/1.1\" 200 512\n"
+                }
+            };
+            assert_eq!(read(&path), expected);
+            let mode = fs::metadata(&path).unwrap().mode() & 0o777;
+            assert_eq!(mode & !0o640, 0, "mode {mode:o}");
+        }
+    }
+
+    #[test]
+    fn stdout_is_written_through_a_descriptor_of_its_own() {
+        // The line shows in the test's output: cargo captures print!, not fd 1.
+        let log = AccessLog::open(Target::Stdout, Format::Common, 16).unwrap();
+        assert_eq!(log.target().to_string(), "stdout");
+        log.send(&sample());
+        let counters = log.counters.clone();
+        drop(log);
+        assert_eq!(counters.written.load(Relaxed), 1);
+    }
+
+    #[test]
+    fn a_missing_directory_is_an_error_naming_the_path() {
+        let dir = TempDir::new("missing");
+        let path = dir.join("nope/access.log");
+        let err = AccessLog::open(Target::File(path.clone()), Format::Common, 16).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::NotFound);
+        assert!(err.to_string().contains(&*path.to_string_lossy()), "{err}");
+    }
+
+    #[test]
+    fn a_file_renamed_away_is_followed_by_a_new_file_at_the_path() {
+        let dir = TempDir::new("rename");
+        let path = dir.join("access.log");
+        let rotated = dir.join("access.log.1");
+        let log = AccessLog::open(Target::File(path.clone()), Format::Common, 1024).unwrap();
+        log.send(&Summary {
+            path: "/before".into(),
+            ..sample()
+        });
+        wait_for("the first line", || read(&path).contains("/before"));
+        fs::rename(&path, &rotated).unwrap();
+        let sent = send_until_in(&log, &path, sample());
+        drop(log);
+        let (old, new) = (read(&rotated), read(&path));
+        assert!(old.starts_with("127.0.0.1") && old.contains("/before"), "{old}");
+        assert!(!new.contains("/before"), "{new}");
+        // Each line in exactly one of the files, in order, none torn.
+        let lines: Vec<&str> = old.lines().chain(new.lines()).skip(1).collect();
+        assert_eq!(lines.len(), sent);
+        for (i, line) in lines.iter().enumerate() {
+            assert!(
+                line.contains(&format!("\"GET /after/{i} HTTP/1.1\" 200 512")),
+                "{line}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_file_removed_is_created_again_and_one_truncated_is_appended_to_from_its_start() {
+        let dir = TempDir::new("remove");
+        let path = dir.join("access.log");
+        let log = AccessLog::open(Target::File(path.clone()), Format::Common, 1024).unwrap();
+        log.send(&sample());
+        wait_for("the first line", || !read(&path).is_empty());
+        fs::remove_file(&path).unwrap();
+        let sent = send_until_in(&log, &path, sample());
+        wait_for("every line written", || log.written() == 1 + sent as u64);
+
+        // copytruncate: the file is emptied under the writer, which appends at its new end.
+        OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+        log.send(&Summary {
+            path: "/truncated".into(),
+            ..sample()
+        });
+        wait_for("the line after truncation", || read(&path).contains("/truncated"));
+        let text = read(&path);
+        assert!(
+            text.starts_with("127.0.0.1 - - ") && text.lines().count() == 1,
+            "{text:?}"
+        );
+    }
+
+    #[test]
+    fn a_full_queue_drops_and_counts_lines_and_the_queued_ones_are_written_on_drop() {
+        let dir = TempDir::new("behind");
+        let path = dir.join("access.log");
+        let (release, gate) = sync_channel(0);
+        let log = AccessLog::start(Target::File(path.clone()), Format::Common, 3, Some(gate)).unwrap();
+        for _ in 0..10 {
+            log.send(&sample());
+        }
+        assert_eq!(log.dropped_behind(), 7);
+        assert_eq!(log.written(), 0);
+        drop(release);
+        let counters = log.counters.clone();
+        drop(log);
+        assert_eq!(counters.written.load(Relaxed), 3);
+        assert_eq!(counters.dropped_write.load(Relaxed), 0);
+        assert_eq!(read(&path).lines().count(), 3);
+    }
+
+    #[test]
+    fn lines_that_cannot_be_written_are_dropped_and_counted() {
+        let log = AccessLog::open(Target::File("/dev/full".into()), Format::Json, 16).unwrap();
+        for _ in 0..3 {
+            log.send(&sample());
+        }
+        let counters = log.counters.clone();
+        drop(log);
+        assert_eq!(counters.dropped_write.load(Relaxed), 3);
+        assert_eq!(counters.written.load(Relaxed), 0);
+        assert_eq!(counters.dropped_behind.load(Relaxed), 0);
+    }
+
+    #[test]
+    fn writing_resumes_once_the_path_can_be_written_again() {
+        let dir = TempDir::new("resume");
+        let path = dir.join("access.log");
+        let real = dir.join("real.log");
+        std::os::unix::fs::symlink("/dev/full", &path).unwrap();
+        let log = AccessLog::open(Target::File(path.clone()), Format::Common, 1024).unwrap();
+        log.send(&sample());
+        wait_for("a failed write", || log.dropped_write() == 1);
+        // The path now names a writable file: the writer's stat sees another inode.
+        fs::write(&real, "").unwrap();
+        let next = dir.join("next");
+        std::os::unix::fs::symlink(&real, &next).unwrap();
+        fs::rename(&next, &path).unwrap();
+        let sent = send_until_in(&log, &real, sample());
+        let counters = log.counters.clone();
+        drop(log);
+        let written = counters.written.load(Relaxed);
+        assert!(written >= 1);
+        assert_eq!(written + counters.dropped_write.load(Relaxed), sent as u64 + 1);
+        assert_eq!(read(&real).lines().count() as u64, written);
+    }
+
+    #[test]
+    fn a_line_torn_by_a_failed_write_is_ended_before_the_next_batch() {
+        use std::io::Read;
+        use std::os::unix::net::UnixStream;
+        // A socket nobody reads, non-blocking: a big batch is written only in part.
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        let mut sink = Sink {
+            out: File::from(std::os::fd::OwnedFd::from(ours)),
+            path: None,
+            id: (0, 0),
+            torn: false,
+            batch: Vec::new(),
+            batch_lines: 0,
+            batch_mends: false,
+        };
+        let counters = Counters::default();
+        let line = format!("{}\n", "x".repeat(96));
+        let pushed = 100_000;
+        for _ in 0..pushed {
+            sink.push(line.as_bytes());
+        }
+        sink.flush(&counters);
+        let written = counters.written.load(Relaxed);
+        assert!(written > 0 && written < pushed, "{written}");
+        assert_eq!(written + counters.dropped_write.load(Relaxed), pushed);
+
+        theirs.set_nonblocking(true).unwrap();
+        let mut received = Vec::new();
+        let _ = theirs.read_to_end(&mut received);
+        let torn = !received.ends_with(b"\n");
+        assert_eq!(sink.torn, torn);
+        sink.push(b"next\n");
+        sink.flush(&counters);
+        received.clear();
+        let _ = theirs.read_to_end(&mut received);
+        let expected: &[u8] = if torn { b"\nnext\n" } else { b"next\n" };
+        assert_eq!(received, expected);
+        assert_eq!(counters.written.load(Relaxed), written + 1);
+    }
+}
