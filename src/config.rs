@@ -29,6 +29,40 @@ pub struct Config {
     pub identity: Option<IdentityConfig>,
     pub policy: Policy,
     pub egress: Egress,
+    /// Trace context on requests, and where spans go. May be left out
+    /// (none), as may a listener's `access_log`: telemetry is optional.
+    #[serde(default, deserialize_with = "nullable")]
+    pub tracing: Option<TracingConfig>,
+}
+
+/// Where a listener's requests are logged, and how.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLogConfig {
+    pub format: AccessLogFormat,
+    /// "stdout", or an absolute path.
+    pub path: String,
+    /// Lines waiting for the writer before new ones are dropped.
+    pub buffer: usize,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessLogFormat {
+    Json,
+    Common,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TracingConfig {
+    /// The chance (0 to 1) that a request without a trace starts one.
+    pub sampling: f64,
+    /// "host:port" of an OTLP/HTTP collector; None: context only.
+    #[serde(deserialize_with = "nullable")]
+    pub otlp: Option<String>,
+    /// The spans' `service.name`.
+    pub service_name: String,
 }
 
 /// Traffic a transparent listener passes through (to addresses outside
@@ -143,6 +177,9 @@ pub struct Listener {
     pub transparent: bool,
     /// Original destination ports forwarded as TCP without detection.
     pub opaque_ports: Vec<u16>,
+    /// Where its requests are logged; None (or left out): nowhere.
+    #[serde(default, deserialize_with = "nullable")]
+    pub access_log: Option<AccessLogConfig>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -341,6 +378,19 @@ impl Config {
                     return Err(format!("listeners[{i}].service: unknown service {s:?}"));
                 }
             }
+            if let Some(log) = &l.access_log {
+                if log.buffer == 0 {
+                    return Err(format!("listeners[{i}].access_log.buffer: must be at least 1"));
+                }
+                if log.path != "stdout" && !std::path::Path::new(&log.path).is_absolute() {
+                    return Err(format!("listeners[{i}].access_log.path: not absolute"));
+                }
+            }
+        }
+        if let Some(t) = &self.tracing {
+            if !(0.0..=1.0).contains(&t.sampling) {
+                return Err("tracing.sampling: must be between 0 and 1".into());
+            }
         }
         for (i, r) in self.routes.iter().enumerate() {
             if !self.listeners.iter().any(|l| l.name == r.listener) {
@@ -396,6 +446,7 @@ pub mod fixtures {
                 default: EgressAction::Allow,
                 rules: Vec::new(),
             },
+            tracing: None,
         }
     }
 
@@ -415,6 +466,7 @@ pub mod fixtures {
             trusted_gateways: Vec::new(),
             transparent: false,
             opaque_ports: Vec::new(),
+            access_log: None,
         }
     }
 

@@ -13,6 +13,7 @@ import base64
 import binascii
 import difflib
 import ipaddress
+import os
 import re
 from collections.abc import Collection, Iterable, Mapping
 from functools import cache, lru_cache
@@ -376,6 +377,44 @@ class Route(_Model):
         return v
 
 
+class AccessLog(_Model):
+    """Requests logged one line each (JSON or the Common Log Format) by a background writer
+    that never blocks a request: when it falls behind, lines are dropped and counted."""
+
+    format: Literal["json", "common"] = "json"
+    # "stdout", or a file opened for appending (relative to the config's directory), opened
+    # anew when a tool such as logrotate moves it away.
+    path: str = Field(default="stdout", min_length=1)
+    # Lines waiting for the writer; past it new lines are dropped (access_log_dropped_total).
+    buffer: int = Field(default=16_384, ge=1, le=1_048_576)
+
+
+class Tracing(_Model):
+    """W3C trace context (and B3) on requests: the proxy's span joins a request's trace, or
+    starts one when sampling says so, and is exported over OTLP/HTTP when a collector is set."""
+
+    # The chance that a request arriving without a trace starts one (0 to 1); a request that
+    # carries one keeps its sampling decision.
+    sampling: float = Field(default=1.0, ge=0.0, le=1.0)
+    # An OTLP/HTTP collector, "host:port" or "http://host:port": spans are sent to its
+    # /v1/traces, batched, off the request path. None: context is propagated, nothing exported.
+    otlp: Optional[str] = None
+    # The spans' `service.name`.
+    service_name: str = Field(default="meshcore", min_length=1)
+
+    @field_validator("otlp")
+    @classmethod
+    def _collector(cls, v: Optional[str]) -> Optional[str]:
+        if v is None:
+            return v
+        address = v.removeprefix("http://").rstrip("/")
+        host, sep, port = address.rpartition(":")
+        valid_port = port.isascii() and port.isdigit() and 0 < int(port) <= 65535
+        if "://" in address or "/" in address or not sep or not host or not valid_port:
+            raise ValueError(f"{v!r}: expected host:port or http://host:port (OTLP over plain HTTP)")
+        return v
+
+
 class Listener(_Model):
     name: str = Field(min_length=1)
     bind: str
@@ -406,6 +445,8 @@ class Listener(_Model):
     # Original destination ports whose traffic skips protocol detection (server-speaks-first
     # protocols such as databases): forwarded as TCP.
     opaque_ports: list[int] = []
+    # This listener's access log, in place of the global `access_log`.
+    access_log: Optional[AccessLog] = None
 
     _bind = field_validator("bind")(classmethod(lambda cls, v: _check_socket_addr(v)))
 
@@ -673,6 +714,9 @@ class Config(_Model):
     identity: Optional[Identity] = None
     policy: Policy = Policy()
     egress: Egress = Egress()
+    # Every listener's access log, unless it has its own.
+    access_log: Optional[AccessLog] = None
+    tracing: Optional[Tracing] = None
     plugins: list[PluginConfig] = []
     workers: Optional[int] = Field(default=None, ge=1, le=1024)
     listeners: list[Listener] = []
@@ -695,7 +739,27 @@ class Config(_Model):
         """The files the config names, read and checked as they will be used: the admin token
         file parsed, and [identity]'s files readable, PEM, and a key that matches its certificate."""
         problems = self._check_admin_token_file()
-        return problems + self._check_identity_files()
+        return problems + self._check_identity_files() + self._check_access_logs()
+
+    def _check_access_logs(self) -> list[tuple[str, str]]:
+        """Each access log file can be appended to, or created in its directory (no file is
+        made here: `check` changes nothing)."""
+        logs = [("access_log", self.access_log)]
+        logs += [(f"listeners[{i}].access_log", lst.access_log) for i, lst in enumerate(self.listeners)]
+        problems = []
+        for where, log in logs:
+            if log is None or log.path == "stdout":
+                continue
+            path = self.resolve_path(log.path)
+            if path.is_dir():
+                problems.append((f"{where}.path", f"{path} is a directory"))
+            elif path.exists() and not os.access(path, os.W_OK):
+                problems.append((f"{where}.path", f"{path} is not writable"))
+            elif not path.exists() and not path.parent.is_dir():
+                problems.append((f"{where}.path", f"{path.parent} does not exist"))
+            elif not path.exists() and not os.access(path.parent, os.W_OK | os.X_OK):
+                problems.append((f"{where}.path", f"cannot create files in {path.parent}"))
+        return problems
 
     def _check_admin_token_file(self) -> list[tuple[str, str]]:
         if self.admin_token_file is None:
@@ -846,7 +910,10 @@ class Config(_Model):
             "cluster": self.cluster,
             "costs": dict(self.costs),
             "workers": self.workers,
-            "listeners": [_core_listener(lst) for lst in self.listeners],
+            "listeners": [
+                _core_listener(lst, self._core_access_log(lst.access_log or self.access_log))
+                for lst in self.listeners
+            ],
             "routes": [
                 _core_route(r, names[i], names[i] in plugin_routes) for i, r in enumerate(self.routes)
             ],
@@ -876,10 +943,23 @@ class Config(_Model):
                     for rule in self.egress.rules
                 ],
             },
+            "tracing": None
+            if self.tracing is None
+            else {
+                "sampling": self.tracing.sampling,
+                "otlp": self.tracing.otlp and self.tracing.otlp.removeprefix("http://").rstrip("/"),
+                "service_name": self.tracing.service_name,
+            },
         }
 
+    def _core_access_log(self, log: Optional[AccessLog]) -> Optional[snapshot.AccessLog]:
+        if log is None:
+            return None
+        path = log.path if log.path == "stdout" else str(self.resolve_path(log.path))
+        return {"format": log.format, "path": path, "buffer": log.buffer}
 
-def _core_listener(lst: Listener) -> snapshot.Listener:
+
+def _core_listener(lst: Listener, access_log: Optional[snapshot.AccessLog]) -> snapshot.Listener:
     return {
         "name": lst.name,
         "bind": lst.bind,
@@ -895,6 +975,7 @@ def _core_listener(lst: Listener) -> snapshot.Listener:
         "trusted_gateways": list(lst.trusted_gateways),
         "transparent": lst.transparent,
         "opaque_ports": list(lst.opaque_ports),
+        "access_log": access_log,
     }
 
 

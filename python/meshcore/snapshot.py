@@ -55,6 +55,22 @@ class Policy(TypedDict):
     rules: list[PolicyRule]
 
 
+class AccessLog(TypedDict):
+    format: Literal["json", "common"]
+    # "stdout" or an absolute path.
+    path: str
+    # Lines waiting for the writer before new ones are dropped.
+    buffer: int
+
+
+class Tracing(TypedDict):
+    # The chance that a request without a trace starts one.
+    sampling: float
+    # "host:port" of an OTLP/HTTP collector; None: propagate only.
+    otlp: Optional[str]
+    service_name: str
+
+
 class Listener(TypedDict):
     name: str
     # "ip:port", IPv6 in brackets.
@@ -74,6 +90,8 @@ class Listener(TypedDict):
     transparent: bool
     # Original destination ports forwarded as TCP without protocol detection.
     opaque_ports: list[int]
+    # The listener's own, else the global one; None: no access log.
+    access_log: Optional[AccessLog]
 
 
 class Retry(TypedDict):
@@ -202,3 +220,4 @@ class Snapshot(TypedDict):
     identity: Optional[Identity]
     policy: Policy
     egress: Egress
+    tracing: Optional[Tracing]

@@ -156,6 +156,7 @@ impl ProxyCore {
                     balancers: Some(&balancers),
                     identity: r.shared.identity.as_deref(),
                     plugins: plugins.as_ref(),
+                    telemetry: Some(&r.shared.telemetry),
                 };
                 Ok(r.shared.metrics.render(&scrape))
             })

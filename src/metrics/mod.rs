@@ -15,6 +15,7 @@ mod lifecycle;
 pub mod plugins;
 mod retry;
 mod tcp;
+mod telemetry;
 mod text;
 
 pub use balancer::{BalancerGauges, ENDPOINT_STATES};
@@ -67,11 +68,14 @@ pub struct Scrape<'a> {
     pub identity: Option<&'a Identity>,
     /// The plugin hooks' numbers; None when no plugin host is installed.
     pub plugins: Option<&'a PluginReport>,
+    /// Access logs, tap and traces.
+    pub telemetry: Option<&'a crate::telemetry::Telemetry>,
 }
 
 impl Metrics {
     /// The whole exposition, every family in a fixed order: HTTP, TCP,
-    /// retries, authorization, lifecycle, balancer, identity, plugins.
+    /// retries, authorization, lifecycle, balancer, identity, telemetry,
+    /// plugins.
     pub fn render(&self, scrape: &Scrape<'_>) -> String {
         let mut out = String::with_capacity(4096);
         self.render_http(&mut out);
@@ -84,6 +88,9 @@ impl Metrics {
         }
         if let Some(identity) = scrape.identity {
             identity::render(&mut out, identity);
+        }
+        if let Some(t) = scrape.telemetry {
+            telemetry::render(&mut out, t);
         }
         if let Some(report) = scrape.plugins {
             plugins::render(&mut out, report);

@@ -72,6 +72,11 @@ pub fn start(
     let table = Table::build(config, None, identity.as_ref()).map_err(StartError::Config)?;
     let (drain, draining) = watch::channel(false);
     let shared = Arc::new(Shared::new(table, identity.clone(), draining));
+    let telemetry_config = &shared.table.load().config;
+    shared
+        .telemetry
+        .configure(telemetry_config)
+        .map_err(StartError::Config)?;
 
     let runtimes = (0..workers)
         .map(|_| {
@@ -167,6 +172,10 @@ impl Running {
         let mut table = Table::build(config, Some(&current), self.shared.identity.as_ref())
             .map_err(StartError::Config)?;
         let change = listeners.plan(&wanted, &table, Inherited::default())?;
+        self.shared
+            .telemetry
+            .configure(&table.config)
+            .map_err(StartError::Config)?;
         // A renamed listener's open connections find its routes under the new name.
         for (old_id, name) in &change.renamed {
             table.alias(*old_id, name);

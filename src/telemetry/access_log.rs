@@ -15,7 +15,7 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -66,8 +66,9 @@ pub struct AccessLog {
     lines: Option<SyncSender<Vec<u8>>>,
     counters: Arc<Counters>,
     writer: Option<JoinHandle<()>>,
-    /// Disconnects when the writer thread ends (it never sends).
-    finished: Receiver<()>,
+    /// Disconnects when the writer thread ends (it never sends). In a mutex
+    /// so that the log can be shared between workers (a receiver is not Sync).
+    finished: Mutex<Receiver<()>>,
 }
 
 impl AccessLog {
@@ -107,7 +108,7 @@ impl AccessLog {
             lines: Some(lines),
             counters,
             writer: Some(writer),
-            finished,
+            finished: Mutex::new(finished),
         })
     }
 
@@ -168,7 +169,8 @@ impl Drop for AccessLog {
         drop(self.lines.take());
         // Disconnected: the writer wrote what was queued and ended; a timeout
         // leaves a stuck writer behind rather than hanging whoever drops this.
-        if let Err(RecvTimeoutError::Disconnected) = self.finished.recv_timeout(DRAIN_LIMIT) {
+        let finished = self.finished.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(RecvTimeoutError::Disconnected) = finished.recv_timeout(DRAIN_LIMIT) {
             if let Some(writer) = self.writer.take() {
                 let _ = writer.join();
             }

@@ -8,19 +8,71 @@ pub mod tap;
 
 pub use summary::Summary;
 
+use crate::config::{AccessLogConfig, AccessLogFormat, Config};
+use access_log::AccessLog;
+use arc_swap::ArcSwap;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 
 /// Who wants to hear about requests, for one running proxy.
 #[derive(Default)]
 pub struct Telemetry {
     pub taps: Arc<tap::Taps>,
+    logs: ArcSwap<AccessLogs>,
+    logging: AtomicBool,
+}
+
+/// The access logs in use, by listener name, and by their settings: a
+/// reload keeps the writer of a log whose settings did not change, and
+/// listeners with the same settings share one.
+#[derive(Default)]
+struct AccessLogs {
+    by_listener: HashMap<Arc<str>, Arc<AccessLog>>,
+    by_settings: Vec<(AccessLogConfig, Arc<AccessLog>)>,
+}
+
+/// One access log's numbers, for `/metrics`.
+pub struct AccessLogCounts {
+    pub path: String,
+    pub written: u64,
+    pub dropped_behind: u64,
+    pub dropped_write: u64,
 }
 
 impl Telemetry {
-    /// Whether a request on this listener needs its summary gathered.
+    /// Whether a request needs its summary gathered.
     #[inline]
     pub fn wants_summary(&self) -> bool {
-        self.taps.active()
+        self.taps.active() || self.logging.load(Relaxed)
+    }
+
+    /// Applies a config's access logs. A log whose settings did not change
+    /// is kept, not reopened. When one cannot be opened nothing changes,
+    /// and the error names its field.
+    pub fn configure(&self, config: &Config) -> Result<(), String> {
+        let current = self.logs.load();
+        let mut next = AccessLogs::default();
+        for (i, listener) in config.listeners.iter().enumerate() {
+            let Some(settings) = &listener.access_log else {
+                continue;
+            };
+            let known = next.by_settings.iter().chain(&current.by_settings);
+            let log = match known.into_iter().find(|(s, _)| s == settings) {
+                Some((_, log)) => log.clone(),
+                None => {
+                    Arc::new(open_log(settings).map_err(|e| format!("listeners[{i}].access_log.path: {e}"))?)
+                }
+            };
+            if !next.by_settings.iter().any(|(s, _)| s == settings) {
+                next.by_settings.push((settings.clone(), log.clone()));
+            }
+            next.by_listener.insert(Arc::from(listener.name.as_str()), log);
+        }
+        self.logging.store(!next.by_listener.is_empty(), Relaxed);
+        // The logs no longer used flush and stop here, not on a worker.
+        drop(self.logs.swap(Arc::new(next)));
+        Ok(())
     }
 
     /// Hands a finished request's summary to whoever wants it.
@@ -28,5 +80,36 @@ impl Telemetry {
         if self.taps.active() {
             self.taps.publish(summary);
         }
+        if self.logging.load(Relaxed) {
+            if let Some(log) = self.logs.load().by_listener.get(&*summary.listener) {
+                log.send(summary);
+            }
+        }
     }
+
+    /// Each access log's lines written and dropped.
+    pub fn access_log_counts(&self) -> Vec<AccessLogCounts> {
+        let logs = self.logs.load();
+        logs.by_settings
+            .iter()
+            .map(|(settings, log)| AccessLogCounts {
+                path: settings.path.clone(),
+                written: log.written(),
+                dropped_behind: log.dropped_behind(),
+                dropped_write: log.dropped_write(),
+            })
+            .collect()
+    }
+}
+
+fn open_log(settings: &AccessLogConfig) -> std::io::Result<AccessLog> {
+    let target = match settings.path.as_str() {
+        "stdout" => access_log::Target::Stdout,
+        path => access_log::Target::File(path.into()),
+    };
+    let format = match settings.format {
+        AccessLogFormat::Json => access_log::Format::Json,
+        AccessLogFormat::Common => access_log::Format::Common,
+    };
+    AccessLog::open(target, format, settings.buffer)
 }

@@ -74,7 +74,10 @@ def follow(url: str, token: Optional[str], out: IO[str], err: IO[str], as_json: 
                     continue
                 print(line if as_json else describe(summary), file=out, flush=True)
     except urllib.error.HTTPError as e:
-        reason = e.read().decode("utf-8", "replace").strip()
+        try:
+            reason = e.read().decode("utf-8", "replace").strip()
+        except OSError:  # the answer broke off
+            reason = ""
         print(f"meshcore tap: {e.code} {e.reason}: {reason}", file=err)
         return 1
     except (urllib.error.URLError, OSError) as e:
