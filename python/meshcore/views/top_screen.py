@@ -77,7 +77,7 @@ def table(title: str, rows: list[Row], sort: str) -> Table:
             str(r.requests),
         )
     if not rows:
-        t.add_row("(none)", *["" for _ in range(len(COLUMNS) + 1)])
+        t.add_row("(no requests yet)", *["" for _ in range(len(COLUMNS) + 1)])
     return t
 
 
