@@ -14,6 +14,8 @@ import struct
 import subprocess
 import termios
 import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Optional
 
 import httpx
 import pytest
@@ -203,7 +205,8 @@ def test_a_failing_route_shows_its_success_rate_below_100_percent(routes):
     assert httpx.get(p.url("outbound", "/a/once")).status_code == 200  # r-alpha: listed, then idle
     urls = [p.url("outbound", "/status/500"), p.url("outbound", "/fine"), p.url("outbound", "/z/1")]
     with Traffic(urls):
-        wait_until(lambda: p.route_stats()["routes"].get("r-flaky", {}).get("failures"), what="a failed request")
+        failed = lambda: p.route_stats()["routes"].get("r-flaky", {}).get("failures")  # noqa: E731
+        wait_until(failed, what="a failed request")
         table = subprocess.run(
             [*MESHCORE, "top", admin, "--once", "--interval", "0.5", "--sort", "success"],
             capture_output=True,
@@ -273,6 +276,47 @@ def test_top_without_an_admin_api_or_with_bad_options_says_so(terminal):
             [*MESHCORE, "top", "127.0.0.1:1", *extra], capture_output=True, text=True, timeout=30
         )
         assert done.returncode == 2 and message in done.stderr, (extra, done.stderr)
+
+
+class Refusing(BaseHTTPRequestHandler):
+    """An admin API in front of which something wants a token it does not get: 401, and the
+    Authorization headers it was sent."""
+
+    seen: list[Optional[str]] = []
+
+    def do_GET(self) -> None:  # noqa: N802
+        Refusing.seen.append(self.headers.get("authorization"))
+        self.send_response(401, "Unauthorized")
+        self.send_header("content-length", "20")
+        self.end_headers()
+        self.wfile.write(b"invalid admin token\n")
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_top_sends_its_token_file_token_and_says_what_the_admin_api_answered(routes, tmp_path):
+    p, admin = routes
+    tokens = tmp_path / "admin.tokens"
+    tokens.write_text("ops ops-0123456789abcdef\n")
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Refusing)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        refusing = f"127.0.0.1:{server.server_address[1]}"
+        cmd = [*MESHCORE, "top", refusing, "--once", "--token-file", str(tokens)]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert Refusing.seen == ["Bearer ops-0123456789abcdef"]
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr == f"meshcore top: http://{refusing}/stats: 401 Unauthorized: invalid admin token\n"
+    # Not an admin API's /stats: said so, not a traceback.
+    done = subprocess.run([*MESHCORE, "top", f"http://{admin}/x", "--once"], capture_output=True, text=True)
+    assert done.returncode == 1 and f"http://{admin}/x/stats: 404 Not Found" in done.stderr, done.stderr
+    bare = p.url("outbound", "/")  # the backend's text, not JSON
+    done = subprocess.run([*MESHCORE, "top", bare, "--once"], capture_output=True, text=True)
+    assert done.returncode == 1 and "did not answer with a proxy's stats" in done.stderr, done.stderr
 
 
 def test_rates_are_over_the_interval_and_counts_going_back_are_no_rate():

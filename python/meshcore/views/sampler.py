@@ -3,6 +3,7 @@ route and per service over the time between two samples."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import time
 import urllib.error
@@ -26,9 +27,13 @@ def fetch_stats(url: str, token: Optional[str], timeout: float) -> dict[str, Any
         with urllib.request.urlopen(req, timeout=timeout) as answer:
             body = answer.read()
     except urllib.error.HTTPError as e:
-        reason = e.read().decode("utf-8", "replace").strip()
-        raise AdminUnavailable(f"{url}: {e.code} {e.reason}: {reason}") from None
-    except (urllib.error.URLError, OSError) as e:
+        try:
+            reason = e.read().decode("utf-8", "replace").strip()
+        except (OSError, http.client.HTTPException):  # the answer broke off: its status says enough
+            reason = ""
+        said = f": {reason}" if reason else ""
+        raise AdminUnavailable(f"{url}: {e.code} {e.reason}{said}") from None
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
         why = getattr(e, "reason", None) or e
         raise AdminUnavailable(f"cannot reach the admin API at {url}: {why}") from None
     try:
