@@ -180,9 +180,11 @@ def test_top_says_when_the_proxy_is_gone_keeps_asking_and_ctrl_c_restores(routes
     term.wait_for_screen(lambda s: "r-zulu" in names(s), "the routes")
     p.stop(grace=0.5)
     screen = term.wait_for_screen(
-        lambda s: any("disconnected, retrying" in line for line in s), "the admin API shown as gone"
+        lambda s: any("routes - disconnected, retrying" in line for line in s), "the admin API shown as gone"
     )
+    assert f"disconnected, retrying: cannot reach the admin API at http://{admin}/stats" in screen[0]
     assert "r-zulu" in names(screen), "the last known routes stay"
+    assert rows(screen)[0][1:6] == ["-"] * 5, "no rates while the admin API does not answer"
     assert term.proc.poll() is None, "top keeps running"
 
     # Another proxy at the same admin address: top reads it.

@@ -82,10 +82,18 @@ def table(title: str, rows: list[Row], sort: str) -> Table:
 
 
 def render(screen: Screen, footer: bool = True) -> Group:
-    status = f" - disconnected, retrying: {screen.problem}" if screen.problem else ""
+    """A line naming the admin API (and why it does not answer), the routes' and the services'
+    tables, and a footer with the keys."""
+    header = Text(f"meshcore top {screen.admin}", style="bold")
+    # Short enough for the narrowest table's title: the reason goes on the line above.
+    status = ""
+    if screen.problem:
+        header.append(f"  disconnected, retrying: {screen.problem}", style="red")
+        status = " - disconnected, retrying"
     parts: list[Any] = [
-        table(f"routes at {screen.admin}{status}", screen.rows["routes"], screen.sort),
-        table(f"services at {screen.admin}{status}", screen.rows["services"], screen.sort),
+        header,
+        table(f"routes{status}", screen.rows["routes"], screen.sort),
+        table(f"services{status}", screen.rows["services"], screen.sort),
     ]
     if footer:
         keys = "r req/s  s success  l p99  n name  q quit" if screen.keys else "Ctrl-C quits"
