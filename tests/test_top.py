@@ -344,3 +344,5 @@ def test_rates_are_over_the_interval_and_counts_going_back_are_no_rate():
     assert (again.rps, again.success_rate, again.p99_ms, again.requests) == (None, None, None, 3)
     assert [r.name for r in sort_rows(list(rows.values()), "rps")] == ["a", "new"]
     assert [r.name for r in sort_rows([again, *rows.values()], "success")] == ["a", "new", "a"]
+    assert [r.name for r in sort_rows([again, *rows.values()], "p99")] == ["a", "new", "a"]
+    assert [r.p99_ms for r in sort_rows([again, *rows.values()], "p99")] == [9.91, 0.99, None]
