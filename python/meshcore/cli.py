@@ -214,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .lifecycle.cli import add_lifecycle_commands
     from .sidecar.cli import add_sidecar_init_command
     from .views.tap import add_tap_command
+    from .views.top import add_top_command
 
     add_identity_commands(sub)
     add_lifecycle_commands(sub)
@@ -222,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_mesh_commands(sub)
     add_sidecar_init_command(sub)
     add_tap_command(sub)
+    add_top_command(sub)
     return p
 
 
