@@ -5,6 +5,7 @@
 pub mod access_log;
 pub mod summary;
 pub mod tap;
+pub mod trace;
 
 pub use summary::Summary;
 
