@@ -3,6 +3,7 @@
 //! request more than a load or two while nobody listens.
 
 pub mod access_log;
+pub mod otlp;
 pub mod summary;
 pub mod tap;
 pub mod trace;
