@@ -3,8 +3,10 @@
 //! request more than a load or two while nobody listens.
 
 pub mod access_log;
+pub mod otlp;
 pub mod summary;
 pub mod tap;
+pub mod trace;
 
 pub use summary::Summary;
 

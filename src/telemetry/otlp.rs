@@ -1,0 +1,1102 @@
+//! Spans, and their export to an OpenTelemetry collector over OTLP/HTTP
+//! (protobuf), batched on a thread of its own.
+//!
+//! The request path only ever `try_send`s onto a bounded queue: a slow or
+//! absent collector costs dropped spans (counted), never latency or memory.
+//! A batch the collector refuses or that cannot be sent is dropped and
+//! counted; nothing is retried.
+
+use super::trace::{SpanId, TraceId};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SpanKind {
+    /// The proxy receiving a request.
+    Server,
+    /// The proxy calling an upstream.
+    Client,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Value {
+    Str(String),
+    Int(i64),
+    Bool(bool),
+}
+
+/// One finished span.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Span {
+    pub trace_id: TraceId,
+    pub span_id: SpanId,
+    pub parent: Option<SpanId>,
+    pub name: String,
+    pub kind: SpanKind,
+    pub start: SystemTime,
+    pub end: SystemTime,
+    pub attributes: Vec<(&'static str, Value)>,
+    /// The span's status is ERROR (else left unset, as OpenTelemetry advises).
+    pub error: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct ExportOptions {
+    /// Spans waiting for export; past this, new ones are dropped.
+    pub queue: usize,
+    /// Most spans in one request to the collector.
+    pub batch: usize,
+    /// Longest a span waits for its batch to fill.
+    pub interval: Duration,
+    /// Bound on one request to the collector, and on the flush at shutdown.
+    pub timeout: Duration,
+}
+
+impl Default for ExportOptions {
+    fn default() -> Self {
+        ExportOptions {
+            queue: 2048,
+            batch: 512,
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The OTLP/HTTP default port, for an address that names none.
+const DEFAULT_PORT: u16 = 4318;
+const PATH: &str = "/v1/traces";
+/// A collector's answer is a small message; more than this is not one.
+const MAX_RESPONSE: usize = 64 * 1024;
+
+#[derive(Default)]
+struct Counters {
+    exported: AtomicU64,
+    dropped: AtomicU64,
+    failed: AtomicU64,
+}
+
+/// Sends spans to one collector. Dropping it flushes what is queued (within
+/// about `timeout`, twice that if a request is in flight) and joins its thread.
+pub struct Exporter {
+    queue: Option<mpsc::Sender<Span>>,
+    counters: Arc<Counters>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Exporter {
+    /// Starts the export thread for `collector` ("host:port" or
+    /// "http://host:port"; port 4318 when none is given).
+    pub fn start(collector: &str, service_name: &str, options: ExportOptions) -> Result<Exporter, String> {
+        let authority = collector_authority(collector)?;
+        if options.queue == 0 || options.batch == 0 {
+            return Err("otlp: queue and batch must be at least 1".into());
+        }
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("otlp: cannot start its runtime: {e}"))?;
+        let (tx, rx) = mpsc::channel(options.queue);
+        let counters = Arc::new(Counters::default());
+        let worker = Worker {
+            rx,
+            client: Client::new(authority),
+            resource: resource(service_name),
+            options,
+            counters: counters.clone(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("meshcore-otlp".into())
+            .spawn(move || runtime.block_on(worker.run()))
+            .map_err(|e| format!("otlp: cannot start its thread: {e}"))?;
+        Ok(Exporter {
+            queue: Some(tx),
+            counters,
+            thread: Some(thread),
+        })
+    }
+
+    /// Queues a span for export; never blocks. A full queue drops it (counted).
+    pub fn send(&self, span: Span) {
+        let queued = self.queue.as_ref().is_some_and(|q| q.try_send(span).is_ok());
+        if !queued {
+            self.counters.dropped.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Spans the collector accepted.
+    pub fn exported(&self) -> u64 {
+        self.counters.exported.load(Relaxed)
+    }
+
+    /// Spans dropped because the queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.counters.dropped.load(Relaxed)
+    }
+
+    /// Spans in batches the collector refused or that could not be sent.
+    pub fn failed(&self) -> u64 {
+        self.counters.failed.load(Relaxed)
+    }
+}
+
+impl Drop for Exporter {
+    fn drop(&mut self) {
+        // Closing the queue tells the worker to flush and stop.
+        self.queue.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// "host:port" from "host[:port]" or "http://host[:port][/]".
+fn collector_authority(collector: &str) -> Result<String, String> {
+    let bad = |why: &str| format!("otlp collector {collector:?}: {why}");
+    let with_scheme = match collector.contains("://") {
+        true => collector.to_owned(),
+        false => format!("http://{collector}"),
+    };
+    let uri: http::Uri = with_scheme
+        .parse()
+        .map_err(|e| bad(&format!("not an address ({e})")))?;
+    if uri.scheme_str() != Some("http") {
+        return Err(bad("only http:// is supported"));
+    }
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return Err(bad("give host:port only; spans go to /v1/traces there"));
+    }
+    let authority = uri.authority().ok_or_else(|| bad("no host"))?;
+    if authority.as_str().contains('@') {
+        return Err(bad("credentials in the address are not supported"));
+    }
+    if authority.host().is_empty() {
+        return Err(bad("no host"));
+    }
+    let port = match &authority.as_str()[authority.host().len()..] {
+        "" => DEFAULT_PORT,
+        _ => authority
+            .port_u16()
+            .filter(|&p| p != 0)
+            .ok_or_else(|| bad("the port is not a number from 1 to 65535"))?,
+    };
+    Ok(format!("{}:{port}", authority.host()))
+}
+
+struct Worker {
+    rx: mpsc::Receiver<Span>,
+    client: Client,
+    resource: proto::Resource,
+    options: ExportOptions,
+    counters: Arc<Counters>,
+}
+
+impl Worker {
+    async fn run(mut self) {
+        let mut batch = Vec::with_capacity(self.options.batch);
+        // Set once the queue is closed: the flush must end by then.
+        let mut flush_by: Option<Instant> = None;
+        loop {
+            let open = self.fill(&mut batch).await;
+            if (!open || self.rx.is_closed()) && flush_by.is_none() {
+                flush_by = Some(Instant::now() + self.options.timeout);
+            }
+            if !batch.is_empty() {
+                let deadline = match flush_by {
+                    Some(at) => at.min(Instant::now() + self.options.timeout),
+                    None => Instant::now() + self.options.timeout,
+                };
+                self.export(&mut batch, deadline).await;
+            }
+            if !open {
+                return; // closed and drained
+            }
+            if flush_by.is_some_and(|at| Instant::now() >= at) {
+                let mut left = 0;
+                while self.rx.try_recv().is_ok() {
+                    left += 1;
+                }
+                if left > 0 {
+                    self.counters.failed.fetch_add(left, Relaxed);
+                    crate::throttled!("otlp: {left} spans not exported: the flush at shutdown timed out");
+                }
+                return;
+            }
+        }
+    }
+
+    /// Waits for a first span, then gathers more until the batch is full or
+    /// `interval` passes. False once the queue is closed (and drained).
+    async fn fill(&mut self, batch: &mut Vec<Span>) -> bool {
+        let max = self.options.batch;
+        let Some(first) = self.rx.recv().await else {
+            return false;
+        };
+        batch.push(first);
+        let until = Instant::now() + self.options.interval;
+        while batch.len() < max {
+            tokio::select! {
+                got = self.rx.recv_many(batch, max - batch.len()) => if got == 0 {
+                    return false;
+                },
+                _ = tokio::time::sleep_until(until) => break,
+            }
+        }
+        true
+    }
+
+    async fn export(&mut self, batch: &mut Vec<Span>, deadline: Instant) {
+        let n = batch.len() as u64;
+        let body = encode(&self.resource, batch.drain(..));
+        let answer = tokio::time::timeout_at(deadline, self.client.post(body)).await;
+        let outcome = match answer {
+            Ok(Ok(rejected)) => Ok(rejected.min(n)),
+            Ok(Err(why)) => Err(why),
+            Err(_) => Err("timed out".into()),
+        };
+        match outcome {
+            Ok(0) => {
+                self.counters.exported.fetch_add(n, Relaxed);
+            }
+            Ok(rejected) => {
+                self.counters.exported.fetch_add(n - rejected, Relaxed);
+                self.counters.failed.fetch_add(rejected, Relaxed);
+                crate::throttled!(
+                    "otlp: collector {} rejected {rejected} of {n} spans",
+                    self.client.authority
+                );
+            }
+            Err(why) => {
+                // Whatever state the connection is in, the next batch starts afresh.
+                self.client.conn = None;
+                self.counters.failed.fetch_add(n, Relaxed);
+                crate::throttled!("otlp: {n} spans not exported to {}: {why}", self.client.authority);
+            }
+        }
+    }
+}
+
+/// One keep-alive HTTP/1.1 connection to the collector, opened on demand.
+struct Client {
+    authority: String,
+    conn: Option<http1::SendRequest<Full<Bytes>>>,
+}
+
+impl Client {
+    fn new(authority: String) -> Client {
+        Client {
+            authority,
+            conn: None,
+        }
+    }
+
+    async fn connect(&self) -> Result<http1::SendRequest<Full<Bytes>>, String> {
+        let tcp = tokio::net::TcpStream::connect(&self.authority)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let _ = tcp.set_nodelay(true);
+        let (sender, conn) = http1::handshake(TokioIo::new(tcp))
+            .await
+            .map_err(|e| format!("handshake: {e}"))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(sender)
+    }
+
+    /// POSTs one export request; Ok(spans the collector says it rejected).
+    async fn post(&mut self, body: Vec<u8>) -> Result<u64, String> {
+        let body = Bytes::from(body);
+        let reused = self.conn.as_ref().is_some_and(|c| !c.is_closed());
+        let response = match self.send(body.clone(), reused).await {
+            // A kept-alive connection the collector closed meanwhile: the
+            // request never left, so it goes once more on a new connection.
+            Err(NoAnswer::Unsent(_)) if reused => self.send(body, false).await,
+            other => other,
+        }
+        .map_err(|(NoAnswer::Unsent(why) | NoAnswer::Failed(why))| why)?;
+        let status = response.status();
+        // Read the whole answer so the connection can carry the next batch.
+        let answer = Limited::new(response.into_body(), MAX_RESPONSE)
+            .collect()
+            .await
+            .map_err(|e| format!("response: {e}"))?
+            .to_bytes();
+        if !status.is_success() {
+            return Err(format!("collector answered {status}"));
+        }
+        // OTLP: a 2xx may carry a partial success naming the spans it rejected.
+        let rejected = <proto::ExportTraceServiceResponse as prost::Message>::decode(answer)
+            .ok()
+            .and_then(|r| r.partial_success)
+            .map_or(0, |p| p.rejected_spans.max(0) as u64);
+        Ok(rejected)
+    }
+
+    async fn send(
+        &mut self,
+        body: Bytes,
+        reuse: bool,
+    ) -> Result<http::Response<hyper::body::Incoming>, NoAnswer> {
+        if !reuse {
+            self.conn = None;
+            self.conn = Some(self.connect().await.map_err(NoAnswer::Failed)?);
+        }
+        let conn = self.conn.as_mut().expect("connected above");
+        conn.ready()
+            .await
+            .map_err(|e| NoAnswer::Unsent(format!("connection: {e}")))?;
+        let request = http::Request::post(PATH)
+            .header(http::header::HOST, &self.authority)
+            .header(http::header::CONTENT_TYPE, "application/x-protobuf")
+            .body(Full::new(body))
+            .map_err(|e| NoAnswer::Failed(format!("request: {e}")))?;
+        conn.send_request(request).await.map_err(|e| NoAnswer::of(&e))
+    }
+}
+
+enum NoAnswer {
+    /// The connection was gone before the request was written.
+    Unsent(String),
+    Failed(String),
+}
+
+impl NoAnswer {
+    fn of(e: &hyper::Error) -> NoAnswer {
+        // hyper cancels a request its connection closed before sending it.
+        match e.is_canceled() {
+            true => NoAnswer::Unsent(format!("connection closed: {e}")),
+            false => NoAnswer::Failed(format!("request: {e}")),
+        }
+    }
+}
+
+fn resource(service_name: &str) -> proto::Resource {
+    proto::Resource {
+        attributes: vec![key_value("service.name", Value::Str(service_name.into()))],
+        dropped_attributes_count: 0,
+    }
+}
+
+/// The protobuf body of one export request.
+fn encode(resource: &proto::Resource, spans: impl Iterator<Item = Span>) -> Vec<u8> {
+    let request = proto::ExportTraceServiceRequest {
+        resource_spans: vec![proto::ResourceSpans {
+            resource: Some(resource.clone()),
+            scope_spans: vec![proto::ScopeSpans {
+                scope: Some(proto::InstrumentationScope {
+                    name: "meshcore".into(),
+                    version: env!("CARGO_PKG_VERSION").into(),
+                    ..Default::default()
+                }),
+                spans: spans.map(to_proto).collect(),
+                schema_url: String::new(),
+            }],
+            schema_url: String::new(),
+        }],
+    };
+    prost::Message::encode_to_vec(&request)
+}
+
+fn to_proto(span: Span) -> proto::Span {
+    proto::Span {
+        trace_id: span.trace_id.to_bytes().to_vec(),
+        span_id: span.span_id.to_bytes().to_vec(),
+        parent_span_id: span.parent.map_or(Vec::new(), |p| p.to_bytes().to_vec()),
+        name: span.name,
+        kind: match span.kind {
+            SpanKind::Server => proto::SpanKind::Server,
+            SpanKind::Client => proto::SpanKind::Client,
+        } as i32,
+        start_time_unix_nano: unix_nanos(span.start),
+        end_time_unix_nano: unix_nanos(span.end),
+        attributes: span
+            .attributes
+            .into_iter()
+            .map(|(k, v)| key_value(k, v))
+            .collect(),
+        status: span.error.then(|| proto::Status {
+            message: String::new(),
+            code: proto::StatusCode::Error as i32,
+        }),
+        ..Default::default()
+    }
+}
+
+fn key_value(key: &str, value: Value) -> proto::KeyValue {
+    use proto::any_value::Value as V;
+    let value = match value {
+        Value::Str(s) => V::Str(s),
+        Value::Int(i) => V::Int(i),
+        Value::Bool(b) => V::Bool(b),
+    };
+    proto::KeyValue {
+        key: key.into(),
+        value: Some(proto::AnyValue { value: Some(value) }),
+    }
+}
+
+fn unix_nanos(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// The OTLP messages the exporter sends and reads, by hand: field numbers and
+/// types as in opentelemetry-proto (collector/trace/v1/trace_service.proto,
+/// trace/v1/trace.proto, common/v1/common.proto, resource/v1/resource.proto).
+/// Fields the exporter never sets are left out; a decoder skips them anyway.
+pub(crate) mod proto {
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ExportTraceServiceRequest {
+        #[prost(message, repeated, tag = "1")]
+        pub resource_spans: Vec<ResourceSpans>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ExportTraceServiceResponse {
+        #[prost(message, optional, tag = "1")]
+        pub partial_success: Option<ExportTracePartialSuccess>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ExportTracePartialSuccess {
+        #[prost(int64, tag = "1")]
+        pub rejected_spans: i64,
+        #[prost(string, tag = "2")]
+        pub error_message: String,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ResourceSpans {
+        #[prost(message, optional, tag = "1")]
+        pub resource: Option<Resource>,
+        #[prost(message, repeated, tag = "2")]
+        pub scope_spans: Vec<ScopeSpans>,
+        #[prost(string, tag = "3")]
+        pub schema_url: String,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Resource {
+        #[prost(message, repeated, tag = "1")]
+        pub attributes: Vec<KeyValue>,
+        #[prost(uint32, tag = "2")]
+        pub dropped_attributes_count: u32,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ScopeSpans {
+        #[prost(message, optional, tag = "1")]
+        pub scope: Option<InstrumentationScope>,
+        #[prost(message, repeated, tag = "2")]
+        pub spans: Vec<Span>,
+        #[prost(string, tag = "3")]
+        pub schema_url: String,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct InstrumentationScope {
+        #[prost(string, tag = "1")]
+        pub name: String,
+        #[prost(string, tag = "2")]
+        pub version: String,
+        #[prost(message, repeated, tag = "3")]
+        pub attributes: Vec<KeyValue>,
+        #[prost(uint32, tag = "4")]
+        pub dropped_attributes_count: u32,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Span {
+        #[prost(bytes = "vec", tag = "1")]
+        pub trace_id: Vec<u8>,
+        #[prost(bytes = "vec", tag = "2")]
+        pub span_id: Vec<u8>,
+        #[prost(string, tag = "3")]
+        pub trace_state: String,
+        #[prost(bytes = "vec", tag = "4")]
+        pub parent_span_id: Vec<u8>,
+        #[prost(string, tag = "5")]
+        pub name: String,
+        #[prost(enumeration = "SpanKind", tag = "6")]
+        pub kind: i32,
+        #[prost(fixed64, tag = "7")]
+        pub start_time_unix_nano: u64,
+        #[prost(fixed64, tag = "8")]
+        pub end_time_unix_nano: u64,
+        #[prost(message, repeated, tag = "9")]
+        pub attributes: Vec<KeyValue>,
+        #[prost(uint32, tag = "10")]
+        pub dropped_attributes_count: u32,
+        #[prost(message, optional, tag = "15")]
+        pub status: Option<Status>,
+        #[prost(fixed32, tag = "16")]
+        pub flags: u32,
+    }
+
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
+    #[repr(i32)]
+    pub enum SpanKind {
+        Unspecified = 0,
+        Internal = 1,
+        Server = 2,
+        Client = 3,
+        Producer = 4,
+        Consumer = 5,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Status {
+        #[prost(string, tag = "2")]
+        pub message: String,
+        #[prost(enumeration = "StatusCode", tag = "3")]
+        pub code: i32,
+    }
+
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
+    #[repr(i32)]
+    pub enum StatusCode {
+        Unset = 0,
+        Ok = 1,
+        Error = 2,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct KeyValue {
+        #[prost(string, tag = "1")]
+        pub key: String,
+        #[prost(message, optional, tag = "2")]
+        pub value: Option<AnyValue>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct AnyValue {
+        #[prost(oneof = "any_value::Value", tags = "1, 2, 3")]
+        pub value: Option<any_value::Value>,
+    }
+
+    pub mod any_value {
+        #[derive(Clone, PartialEq, prost::Oneof)]
+        pub enum Value {
+            #[prost(string, tag = "1")]
+            Str(String),
+            #[prost(bool, tag = "2")]
+            Bool(bool),
+            #[prost(int64, tag = "3")]
+            Int(i64),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use prost::Message;
+    use std::net::SocketAddr;
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::mpsc as std_mpsc;
+    use tokio::sync::Semaphore;
+
+    fn id<const N: usize>(hex: &str) -> [u8; N] {
+        let mut b = [0u8; N];
+        for (i, out) in b.iter_mut().enumerate() {
+            *out = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap();
+        }
+        b
+    }
+
+    fn golden_span() -> Span {
+        let start = UNIX_EPOCH + Duration::from_nanos(1_700_000_000_000_000_000);
+        Span {
+            trace_id: TraceId::from_bytes(id("4bf92f3577b34da6a3ce929d0e0e4736")).unwrap(),
+            span_id: SpanId::from_bytes(id("00f067aa0ba902b7")).unwrap(),
+            parent: SpanId::from_bytes(id("e457b5a2e4d86bd1")),
+            name: "GET /".into(),
+            kind: SpanKind::Server,
+            start,
+            end: start + Duration::from_micros(1500),
+            attributes: vec![
+                ("http.request.method", Value::Str("GET".into())),
+                ("http.response.status_code", Value::Int(503)),
+                ("meshcore.retried", Value::Bool(true)),
+            ],
+            error: true,
+        }
+    }
+
+    fn span(name: &str) -> Span {
+        Span {
+            trace_id: TraceId::random(),
+            span_id: SpanId::random(),
+            parent: None,
+            name: name.into(),
+            kind: SpanKind::Client,
+            start: SystemTime::now(),
+            end: SystemTime::now(),
+            attributes: vec![],
+            error: false,
+        }
+    }
+
+    #[test]
+    fn a_span_encodes_as_opentelemetry_protos_own_encoder_does() {
+        // Bytes from opentelemetry-proto's Python classes for the same span
+        // (Span.SerializeToString): field numbers, wire types and enums agree.
+        let python = "0a104bf92f3577b34da6a3ce929d0e0e4736120800f067aa0ba902b72208e457b5a2e4d86bd1\
+            2a05474554202f30023900002a36fe9c97174160e34036fe9c97174a1c0a13687474702e726571756573\
+            742e6d6574686f6412050a034745544a200a19687474702e726573706f6e73652e7374617475735f636f\
+            6465120318f7034a160a106d657368636f72652e72657472696564120210017a021802";
+        let ours: String = to_proto(golden_span())
+            .encode_to_vec()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(ours, python);
+    }
+
+    #[test]
+    fn a_request_decodes_back_to_what_went_in() {
+        let plain = span("outbound");
+        let body = encode(&resource("web"), vec![golden_span(), plain.clone()].into_iter());
+        let request = proto::ExportTraceServiceRequest::decode(&body[..]).unwrap();
+        let [rs] = &request.resource_spans[..] else {
+            panic!("one resource")
+        };
+        assert_eq!(
+            rs.resource.as_ref().unwrap().attributes,
+            vec![key_value("service.name", Value::Str("web".into()))]
+        );
+        let [ss] = &rs.scope_spans[..] else {
+            panic!("one scope")
+        };
+        let scope = ss.scope.as_ref().unwrap();
+        assert_eq!(
+            (&*scope.name, &*scope.version),
+            ("meshcore", env!("CARGO_PKG_VERSION"))
+        );
+        let [first, second] = &ss.spans[..] else {
+            panic!("two spans")
+        };
+
+        assert_eq!(first.trace_id, id::<16>("4bf92f3577b34da6a3ce929d0e0e4736"));
+        assert_eq!(first.span_id, id::<8>("00f067aa0ba902b7"));
+        assert_eq!(first.parent_span_id, id::<8>("e457b5a2e4d86bd1"));
+        assert_eq!(first.name, "GET /");
+        assert_eq!(first.kind, proto::SpanKind::Server as i32);
+        assert_eq!(first.start_time_unix_nano, 1_700_000_000_000_000_000);
+        assert_eq!(first.end_time_unix_nano, 1_700_000_000_001_500_000);
+        let attrs: Vec<_> = golden_span()
+            .attributes
+            .into_iter()
+            .map(|(k, v)| key_value(k, v))
+            .collect();
+        assert_eq!(first.attributes, attrs);
+        assert_eq!(
+            first.status.as_ref().unwrap().code,
+            proto::StatusCode::Error as i32
+        );
+
+        assert_eq!(second.trace_id, plain.trace_id.to_bytes());
+        assert_eq!(second.span_id, plain.span_id.to_bytes());
+        assert!(second.parent_span_id.is_empty());
+        assert_eq!(second.kind, proto::SpanKind::Client as i32);
+        assert_eq!(second.status, None, "status left unset when all went well");
+        assert_eq!(second.start_time_unix_nano, unix_nanos(plain.start));
+    }
+
+    #[test]
+    fn collector_addresses() {
+        let cases = [
+            ("127.0.0.1:4318", Ok("127.0.0.1:4318")),
+            ("http://localhost:9411", Ok("localhost:9411")),
+            ("http://[::1]:4318/", Ok("[::1]:4318")),
+            ("collector", Ok("collector:4318")),
+            ("", Err("not an address")),
+            ("http://", Err("not an address")),
+            ("host:port", Err("port")),
+            ("http://host:", Err("port")),
+            ("host:99999", Err("port")),
+            ("host:0", Err("port")),
+            ("https://collector:4318", Err("only http://")),
+            ("grpc://collector:4317", Err("only http://")),
+            ("http://collector:4318/v1/traces", Err("host:port only")),
+            ("http://user:pw@collector:4318", Err("credentials")),
+        ];
+        for (given, want) in cases {
+            match (collector_authority(given), want) {
+                (Ok(got), Ok(want)) => assert_eq!(got, want, "{given:?}"),
+                (Err(got), Err(want)) => {
+                    assert!(
+                        got.contains(want) && got.contains(&format!("{given:?}")),
+                        "{given:?}: {got}"
+                    )
+                }
+                (got, _) => panic!("{given:?}: {got:?}"),
+            }
+        }
+        assert!(Exporter::start("https://x:1", "web", ExportOptions::default()).is_err());
+    }
+
+    /// What the test collector saw of one request.
+    struct Received {
+        path: String,
+        content_type: String,
+        spans: Vec<proto::Span>,
+        service: String,
+    }
+
+    #[derive(Default)]
+    struct Answer {
+        status: u16,
+        body: Vec<u8>,
+        /// Answer `connection: close`, so each batch needs a new connection.
+        close: bool,
+        /// Hold each answer until a permit is added.
+        gate: Option<Arc<Semaphore>>,
+    }
+
+    /// A loopback OTLP/HTTP collector on a thread of its own (hyper server).
+    struct Collector {
+        addr: SocketAddr,
+        received: std_mpsc::Receiver<Received>,
+        connections: Arc<AtomicUsize>,
+        stop: Option<tokio::sync::oneshot::Sender<()>>,
+        thread: Option<JoinHandle<()>>,
+    }
+
+    impl Collector {
+        fn start(answer: Answer) -> Collector {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.set_nonblocking(true).unwrap();
+            let addr = listener.local_addr().unwrap();
+            let (tx, received) = std_mpsc::channel();
+            let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+            let connections = Arc::new(AtomicUsize::new(0));
+            let count = connections.clone();
+            let answer = Arc::new(answer);
+            let thread = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async move {
+                    let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                    loop {
+                        let tcp = tokio::select! {
+                            accepted = listener.accept() => accepted.unwrap().0,
+                            _ = &mut stopped => return,
+                        };
+                        count.fetch_add(1, Relaxed);
+                        let (tx, answer) = (tx.clone(), answer.clone());
+                        let service =
+                            hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                                let (tx, answer) = (tx.clone(), answer.clone());
+                                async move { Ok::<_, hyper::Error>(respond(req, &tx, &answer).await) }
+                            });
+                        tokio::spawn(
+                            hyper::server::conn::http1::Builder::new()
+                                .serve_connection(TokioIo::new(tcp), service),
+                        );
+                    }
+                });
+            });
+            Collector {
+                addr,
+                received,
+                connections,
+                stop: Some(stop),
+                thread: Some(thread),
+            }
+        }
+
+        /// The next request, or a panic naming what was awaited.
+        fn next(&self, what: &str) -> Received {
+            self.received
+                .recv_timeout(Duration::from_secs(10))
+                .unwrap_or_else(|_| panic!("collector: no request ({what})"))
+        }
+    }
+
+    impl Drop for Collector {
+        fn drop(&mut self) {
+            let _ = self.stop.take().unwrap().send(());
+            self.thread.take().unwrap().join().unwrap();
+        }
+    }
+
+    async fn respond(
+        req: http::Request<hyper::body::Incoming>,
+        tx: &std_mpsc::Sender<Received>,
+        answer: &Answer,
+    ) -> http::Response<Full<Bytes>> {
+        let path = req.uri().path().to_owned();
+        let content_type = req
+            .headers()
+            .get("content-type")
+            .map_or("", |v| v.to_str().unwrap())
+            .to_owned();
+        let body = req.into_body().collect().await.unwrap().to_bytes();
+        let request = proto::ExportTraceServiceRequest::decode(body).unwrap();
+        let rs = &request.resource_spans[0];
+        let service = match &rs.resource.as_ref().unwrap().attributes[0]
+            .value
+            .as_ref()
+            .unwrap()
+            .value
+        {
+            Some(proto::any_value::Value::Str(s)) => s.clone(),
+            other => panic!("service.name: {other:?}"),
+        };
+        let spans = rs.scope_spans[0].spans.clone();
+        tx.send(Received {
+            path,
+            content_type,
+            spans,
+            service,
+        })
+        .unwrap();
+        if let Some(gate) = &answer.gate {
+            gate.acquire().await.unwrap().forget();
+        }
+        let mut response = http::Response::builder().status(answer.status);
+        if answer.close {
+            response = response.header("connection", "close");
+        }
+        response
+            .body(Full::new(Bytes::from(answer.body.clone())))
+            .unwrap()
+    }
+
+    fn ok() -> Answer {
+        Answer {
+            status: 200,
+            ..Default::default()
+        }
+    }
+
+    fn options(queue: usize, batch: usize, interval: Duration) -> ExportOptions {
+        ExportOptions {
+            queue,
+            batch,
+            interval,
+            timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// Waits for a counter to reach a value (the worker updates it after the collector answers).
+    fn wait_until(what: &str, done: impl Fn() -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !done() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting for {what}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn spans_arrive_in_batches_of_at_most_batch_and_are_counted() {
+        let collector = Collector::start(ok());
+        let exporter = Exporter::start(
+            &format!("http://{}", collector.addr),
+            "web",
+            options(64, 2, Duration::from_millis(20)),
+        )
+        .unwrap();
+        let sent: Vec<Span> = (0..5).map(|i| span(&format!("span {i}"))).collect();
+        for s in &sent {
+            exporter.send(s.clone());
+        }
+        let mut got = Vec::new();
+        while got.len() < 5 {
+            let r = collector.next("five spans");
+            assert_eq!(
+                (&*r.path, &*r.content_type, &*r.service),
+                ("/v1/traces", "application/x-protobuf", "web")
+            );
+            assert!(
+                !r.spans.is_empty() && r.spans.len() <= 2,
+                "{} spans in a batch of at most 2",
+                r.spans.len()
+            );
+            got.extend(r.spans);
+        }
+        let names: Vec<&str> = got.iter().map(|s| &*s.name).collect();
+        assert_eq!(names, ["span 0", "span 1", "span 2", "span 3", "span 4"]);
+        for (p, s) in got.iter().zip(&sent) {
+            assert_eq!(
+                (&p.trace_id[..], &p.span_id[..]),
+                (&s.trace_id.to_bytes()[..], &s.span_id.to_bytes()[..])
+            );
+        }
+        wait_until("5 exported", || exporter.exported() == 5);
+        assert_eq!((exporter.dropped(), exporter.failed()), (0, 0));
+        assert_eq!(
+            collector.connections.load(Relaxed),
+            1,
+            "one kept-alive connection"
+        );
+    }
+
+    #[test]
+    fn a_collector_that_closes_each_connection_gets_every_batch_on_a_new_one() {
+        let collector = Collector::start(Answer { close: true, ..ok() });
+        let exporter = Exporter::start(
+            &collector.addr.to_string(),
+            "web",
+            options(64, 1, Duration::from_millis(1)),
+        )
+        .unwrap();
+        for i in 0..3 {
+            exporter.send(span(&format!("span {i}")));
+            assert_eq!(collector.next("a batch").spans[0].name, format!("span {i}"));
+            wait_until("exported", || exporter.exported() == i + 1);
+        }
+        assert_eq!(exporter.failed(), 0);
+        assert_eq!(collector.connections.load(Relaxed), 3);
+    }
+
+    #[test]
+    fn a_refusing_collector_counts_failed_spans() {
+        let collector = Collector::start(Answer {
+            status: 500,
+            ..Default::default()
+        });
+        let exporter = Exporter::start(
+            &collector.addr.to_string(),
+            "web",
+            options(64, 3, Duration::from_secs(60)),
+        )
+        .unwrap();
+        for i in 0..3 {
+            exporter.send(span(&format!("span {i}")));
+        }
+        assert_eq!(collector.next("a full batch").spans.len(), 3);
+        wait_until("3 failed", || exporter.failed() == 3);
+        assert_eq!((exporter.exported(), exporter.dropped()), (0, 0));
+    }
+
+    #[test]
+    fn a_partial_success_counts_what_the_collector_rejected() {
+        let partial = proto::ExportTraceServiceResponse {
+            partial_success: Some(proto::ExportTracePartialSuccess {
+                rejected_spans: 1,
+                error_message: "too old".into(),
+            }),
+        };
+        let collector = Collector::start(Answer {
+            body: partial.encode_to_vec(),
+            ..ok()
+        });
+        let exporter = Exporter::start(
+            &collector.addr.to_string(),
+            "web",
+            options(64, 3, Duration::from_secs(60)),
+        )
+        .unwrap();
+        for i in 0..3 {
+            exporter.send(span(&format!("span {i}")));
+        }
+        collector.next("a full batch");
+        wait_until("1 failed", || exporter.failed() == 1);
+        assert_eq!(exporter.exported(), 2);
+    }
+
+    #[test]
+    fn an_unreachable_collector_counts_failed_spans() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let exporter = Exporter::start(
+            &closed.to_string(),
+            "web",
+            options(64, 2, Duration::from_secs(60)),
+        )
+        .unwrap();
+        exporter.send(span("a"));
+        exporter.send(span("b"));
+        wait_until("2 failed", || exporter.failed() == 2);
+        assert_eq!(exporter.exported(), 0);
+    }
+
+    #[test]
+    fn a_full_queue_drops_and_counts_and_the_rest_is_flushed_at_drop() {
+        let gate = Arc::new(Semaphore::new(0));
+        let collector = Collector::start(Answer {
+            gate: Some(gate.clone()),
+            ..ok()
+        });
+        let exporter = Exporter::start(
+            &collector.addr.to_string(),
+            "web",
+            options(2, 1, Duration::from_secs(60)),
+        )
+        .unwrap();
+        exporter.send(span("in flight"));
+        // The worker is now waiting on the collector with that span: the queue holds 2 more.
+        collector.next("the first batch");
+        for i in 0..5 {
+            exporter.send(span(&format!("queued {i}")));
+        }
+        assert_eq!(exporter.dropped(), 3);
+        gate.add_permits(100);
+        drop(exporter);
+        let flushed: Vec<String> = (0..2)
+            .map(|_| collector.next("the flush").spans[0].name.clone())
+            .collect();
+        assert_eq!(flushed, ["queued 0", "queued 1"]);
+    }
+
+    #[test]
+    fn a_collector_that_never_answers_holds_the_drop_only_about_timeout() {
+        let gate = Arc::new(Semaphore::new(0));
+        let collector = Collector::start(Answer {
+            gate: Some(gate.clone()),
+            ..ok()
+        });
+        let mut options = options(8, 1, Duration::from_secs(60));
+        options.timeout = Duration::from_millis(200);
+        let exporter = Exporter::start(&collector.addr.to_string(), "web", options).unwrap();
+        exporter.send(span("in flight"));
+        collector.next("the first batch");
+        for i in 0..3 {
+            exporter.send(span(&format!("queued {i}")));
+        }
+        let counters = exporter.counters.clone();
+        drop(exporter);
+        // In flight: timed out. Then one batch tried within the flush's
+        // deadline and the rest given up when it passed: all counted failed.
+        assert_eq!(counters.failed.load(Relaxed), 4);
+        assert_eq!(counters.exported.load(Relaxed), 0);
+        gate.add_permits(100);
+    }
+
+    #[test]
+    fn dropping_the_exporter_sends_what_waits_for_its_interval() {
+        let collector = Collector::start(ok());
+        let exporter = Exporter::start(
+            &collector.addr.to_string(),
+            "web",
+            options(64, 512, Duration::from_secs(3600)),
+        )
+        .unwrap();
+        exporter.send(span("a"));
+        exporter.send(span("b"));
+        drop(exporter);
+        let r = collector
+            .received
+            .try_recv()
+            .expect("flushed before drop returned");
+        assert_eq!(r.spans.iter().map(|s| &*s.name).collect::<Vec<_>>(), ["a", "b"]);
+    }
+}
