@@ -29,9 +29,8 @@ pub struct Config {
     pub identity: Option<IdentityConfig>,
     pub policy: Policy,
     pub egress: Egress,
-    /// Trace context on requests, and where spans go. May be left out
-    /// (none), as may a listener's `access_log`: telemetry is optional.
-    #[serde(default, deserialize_with = "nullable")]
+    /// Trace context on requests, and where spans go.
+    #[serde(deserialize_with = "nullable")]
     pub tracing: Option<TracingConfig>,
 }
 
@@ -177,8 +176,8 @@ pub struct Listener {
     pub transparent: bool,
     /// Original destination ports forwarded as TCP without detection.
     pub opaque_ports: Vec<u16>,
-    /// Where its requests are logged; None (or left out): nowhere.
-    #[serde(default, deserialize_with = "nullable")]
+    /// Where its requests are logged; None: nowhere.
+    #[serde(deserialize_with = "nullable")]
     pub access_log: Option<AccessLogConfig>,
 }
 
@@ -586,7 +585,19 @@ mod tests {
     /// A snapshot that holds every struct and every optional section once.
     fn everything() -> Config {
         let mut c = config();
-        c.listeners = vec![listener("out", "127.0.0.1:0")];
+        c.listeners = vec![Listener {
+            access_log: Some(AccessLogConfig {
+                format: AccessLogFormat::Json,
+                path: "stdout".into(),
+                buffer: 1,
+            }),
+            ..listener("out", "127.0.0.1:0")
+        }];
+        c.tracing = Some(TracingConfig {
+            sampling: 1.0,
+            otlp: Some("127.0.0.1:4318".into()),
+            service_name: "meshcore".into(),
+        });
         c.services = vec![service("web", &["127.0.0.1:1"])];
         c.routes = vec![
             Route {

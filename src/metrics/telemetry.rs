@@ -1,5 +1,5 @@
-//! Telemetry's own families: what access logs wrote and dropped, and what
-//! taps dropped because their readers fell behind.
+//! Telemetry's own families: what access logs wrote and dropped, what taps
+//! dropped because their readers fell behind, and the spans exported.
 
 use super::text::{header, sample, Kind, Labels};
 use crate::telemetry::Telemetry;
@@ -39,4 +39,28 @@ pub(super) fn render(out: &mut String, telemetry: &Telemetry) {
         "Request summaries dropped because a tap's reader fell behind.",
     );
     sample(out, "tap_dropped_total", &Labels::new(), telemetry.taps.dropped());
+    if let Some((exported, dropped, failed)) = telemetry.tracer().and_then(|t| t.counts()) {
+        let none = Labels::new();
+        header(
+            out,
+            "trace_spans_exported_total",
+            Kind::Counter,
+            "Spans the OTLP collector took.",
+        );
+        sample(out, "trace_spans_exported_total", &none, exported);
+        header(
+            out,
+            "trace_spans_dropped_total",
+            Kind::Counter,
+            "Spans lost: the export queue was full (queue) or the collector could not take them (export).",
+        );
+        for (reason, n) in [("queue", dropped), ("export", failed)] {
+            sample(
+                out,
+                "trace_spans_dropped_total",
+                &Labels::new().with("reason", reason),
+                n,
+            );
+        }
+    }
 }

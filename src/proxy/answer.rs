@@ -27,6 +27,8 @@ pub(super) struct Failure {
 /// `on_log` when a hook has it.
 pub(super) struct Report {
     pub summary: Summary,
+    /// The proxy's span in the request's trace, begun at dispatch.
+    pub span: Option<crate::telemetry::SpanStart>,
     /// The request as the hooks saw it: None when no hook saw it before it
     /// was answered.
     pub plugin: Option<(Arc<PluginHost>, Option<PluginRequest>)>,

@@ -114,6 +114,9 @@ pub(super) fn dispatch(
             if let Some(ops) = &route.filters.request_headers {
                 ops.apply(&mut parts.headers);
             }
+            // The request's trace: the context its upstream gets names the proxy's span.
+            let tracer = shared.telemetry.tracer();
+            let span = tracer.and_then(|t| t.begin(&mut parts.headers, ctx.conn.inbound));
             let mut path = parts
                 .uri
                 .path_and_query()
@@ -144,13 +147,17 @@ pub(super) fn dispatch(
                 authority: ctx.authority,
             };
             // Telemetry's summary is begun here: the last attempt may take the template.
-            let report = shared.telemetry.wants_summary().then(|| {
+            let wanted = shared.telemetry.wants_summary() || span.is_some_and(|s| s.export);
+            let report = wanted.then(|| {
                 let said = Said {
                     version: parts.version,
                     ..said_of(&template, route, &service.name)
                 };
+                let mut summary = summary_of(&ctx.conn, &said);
+                summary.trace_id = span.map(|s| s.trace_id.to_string());
                 Box::new(Report {
-                    summary: summary_of(&ctx.conn, &said),
+                    summary,
+                    span,
                     plugin: None,
                 })
             });
@@ -373,6 +380,7 @@ pub(super) fn dispatch(
                 // With a plugin host, the template is still whole.
                 (None, Some(plugin)) => Some(Box::new(Report {
                     summary: summary_of(&ctx.conn, &said_of(&template, route, &service.name)),
+                    span: None,
                     plugin: Some(plugin),
                 })),
                 (None, None) => None,

@@ -147,14 +147,18 @@ pub(super) fn answer_failure(failure: Failure, shared: &Shared, started: Instant
 /// A finished request's report, told: its times filled in, published to
 /// telemetry, then handed to the plugins' `on_log`.
 fn tell(report: Report, shared: &Shared, started: Instant, ttfb: Duration) {
-    let Report { mut summary, plugin } = report;
+    let Report {
+        mut summary,
+        span,
+        plugin,
+    } = report;
     let elapsed = started.elapsed();
     summary.start = SystemTime::now()
         .checked_sub(elapsed)
         .unwrap_or(SystemTime::UNIX_EPOCH);
     summary.duration_ms = elapsed.as_secs_f64() * 1000.0;
     summary.ttfb_ms = ttfb.as_secs_f64() * 1000.0;
-    shared.telemetry.publish(&summary);
+    shared.telemetry.publish(&summary, span);
     if let Some((host, req)) = plugin {
         host.on_log(req, summary);
     }
@@ -219,6 +223,7 @@ pub(super) fn logged(
     }
     failure.log = Some(Box::new(Report {
         summary: summary_of(conn, &said),
+        span: None,
         plugin,
     }));
     failure

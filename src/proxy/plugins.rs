@@ -105,6 +105,7 @@ async fn on_request(
             let mut answered = local(plugin_response(status, headers, body), labels);
             answered.log = Some(Box::new(Report {
                 summary: Default::default(),
+                span: None,
                 plugin: Some((host.clone(), Some(preq))),
             }));
             Err(answered)

@@ -7,12 +7,14 @@ pub mod otlp;
 pub mod summary;
 pub mod tap;
 pub mod trace;
+pub mod tracer;
 
 pub use summary::Summary;
+pub use tracer::{SpanStart, Tracer};
 
 use crate::config::{AccessLogConfig, AccessLogFormat, Config};
 use access_log::AccessLog;
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
@@ -23,6 +25,8 @@ pub struct Telemetry {
     pub taps: Arc<tap::Taps>,
     logs: ArcSwap<AccessLogs>,
     logging: AtomicBool,
+    tracer: ArcSwapOption<Tracer>,
+    tracing: AtomicBool,
 }
 
 /// The access logs in use, by listener name, and by their settings: a
@@ -49,9 +53,19 @@ impl Telemetry {
         self.taps.active() || self.logging.load(Relaxed)
     }
 
-    /// Applies a config's access logs. A log whose settings did not change
-    /// is kept, not reopened. When one cannot be opened nothing changes,
-    /// and the error names its field.
+    /// The tracer, when the config has `[tracing]`.
+    #[inline]
+    pub fn tracer(&self) -> Option<Arc<Tracer>> {
+        match self.tracing.load(Relaxed) {
+            true => self.tracer.load_full(),
+            false => None,
+        }
+    }
+
+    /// Applies a config's access logs and tracing. A log whose settings did
+    /// not change is kept, not reopened, and so is the exporter of an
+    /// unchanged collector. When one cannot be opened nothing changes, and
+    /// the error names its field.
     pub fn configure(&self, config: &Config) -> Result<(), String> {
         let current = self.logs.load();
         let mut next = AccessLogs::default();
@@ -71,14 +85,31 @@ impl Telemetry {
             }
             next.by_listener.insert(Arc::from(listener.name.as_str()), log);
         }
+        let tracer = match &config.tracing {
+            None => None,
+            Some(settings) => {
+                let current = self.tracer.load_full();
+                let kept = current
+                    .filter(|t| t.same_collector(settings))
+                    .and_then(|t| t.exporter.clone());
+                Some(Arc::new(Tracer::new(settings, kept)?))
+            }
+        };
+        self.tracing.store(tracer.is_some(), Relaxed);
+        self.tracer.store(tracer);
         self.logging.store(!next.by_listener.is_empty(), Relaxed);
         // The logs no longer used flush and stop here, not on a worker.
         drop(self.logs.swap(Arc::new(next)));
         Ok(())
     }
 
-    /// Hands a finished request's summary to whoever wants it.
-    pub fn publish(&self, summary: &Summary) {
+    /// Hands a finished request's summary (and span) to whoever wants it.
+    pub fn publish(&self, summary: &Summary, span: Option<SpanStart>) {
+        if let Some(span) = span.filter(|s| s.export) {
+            if let Some(tracer) = self.tracer.load().as_ref() {
+                tracer.export(span, summary);
+            }
+        }
         if self.taps.active() {
             self.taps.publish(summary);
         }

@@ -177,9 +177,10 @@ pub fn sampling_hint(headers: &HeaderMap) -> Option<bool> {
 /// - `tracestate` is forwarded as it came while the request's `traceparent`
 ///   was valid; one that came without a valid `traceparent` is removed, as
 ///   W3C Trace Context requires (it describes no trace we continue).
-/// - B3 (`format` names the form the request came in): the same form, with
-///   span id = `span`, parent span id = `parent` (the caller's span), the
-///   sampling decision `sampled`, and the caller's debug flag kept.
+/// - B3 (`format` names the form the request came in, and any B3 form that
+///   came along with W3C is kept too): the same form, with span id = `span`,
+///   parent span id = `parent` (the caller's span), the sampling decision
+///   `sampled`, and the caller's debug flag kept.
 ///
 /// Calling it again on the same headers (a retry) gives the same result.
 pub fn propagate(
@@ -197,40 +198,41 @@ pub fn propagate(
         headers.remove(TRACESTATE);
     }
     headers.insert(TRACEPARENT, traceparent(trace, span, sampled));
-    match format {
-        Format::W3c => {}
-        Format::B3Single => {
-            let debug = matches!(
-                only(headers, &B3).and_then(|v| parse_b3(v.as_bytes())),
-                Some(B3Single::Context { debug: true, .. })
-            );
-            let state = match (sampled, debug) {
-                (true, true) => "d",
-                (true, false) => "1",
-                (false, _) => "0",
-            };
-            let mut value = format!("{}-{span}-{state}", b3_trace_hex(trace));
-            if let Some(parent) = parent {
-                value = format!("{value}-{parent}");
-            }
-            headers.insert(B3, header_value(value));
+    // B3 headers that came along with the context that won are rewritten
+    // too: left as they came, they would name the caller's span as ours.
+    let single = format == Format::B3Single || headers.contains_key(&B3);
+    let multi = format == Format::B3Multi || headers.contains_key(&B3_TRACE_ID);
+    if single {
+        let debug = matches!(
+            only(headers, &B3).and_then(|v| parse_b3(v.as_bytes())),
+            Some(B3Single::Context { debug: true, .. })
+        );
+        let state = match (sampled, debug) {
+            (true, true) => "d",
+            (true, false) => "1",
+            (false, _) => "0",
+        };
+        let mut value = format!("{}-{span}-{state}", b3_trace_hex(trace));
+        if let Some(parent) = parent {
+            value = format!("{value}-{parent}");
         }
-        Format::B3Multi => {
-            headers.insert(B3_TRACE_ID, header_value(b3_trace_hex(trace)));
-            headers.insert(B3_SPAN_ID, header_value(span.to_string()));
-            match parent {
-                Some(p) => headers.insert(B3_PARENT_SPAN_ID, header_value(p.to_string())),
-                None => headers.remove(B3_PARENT_SPAN_ID),
-            };
-            let debug = only(headers, &B3_FLAGS).is_some_and(|v| v == "1");
-            if sampled && debug {
-                // B3: debug implies an accept decision, "so don't also send X-B3-Sampled".
-                headers.remove(B3_SAMPLED);
-            } else {
-                headers.remove(B3_FLAGS);
-                let v = if sampled { "1" } else { "0" };
-                headers.insert(B3_SAMPLED, HeaderValue::from_static(v));
-            }
+        headers.insert(B3, header_value(value));
+    }
+    if multi {
+        headers.insert(B3_TRACE_ID, header_value(b3_trace_hex(trace)));
+        headers.insert(B3_SPAN_ID, header_value(span.to_string()));
+        match parent {
+            Some(p) => headers.insert(B3_PARENT_SPAN_ID, header_value(p.to_string())),
+            None => headers.remove(B3_PARENT_SPAN_ID),
+        };
+        let debug = only(headers, &B3_FLAGS).is_some_and(|v| v == "1");
+        if sampled && debug {
+            // B3: debug implies an accept decision, "so don't also send X-B3-Sampled".
+            headers.remove(B3_SAMPLED);
+        } else {
+            headers.remove(B3_FLAGS);
+            let v = if sampled { "1" } else { "0" };
+            headers.insert(B3_SAMPLED, HeaderValue::from_static(v));
         }
     }
 }
@@ -400,6 +402,22 @@ mod tests {
     const T64: &str = "a3ce929d0e0e4736";
 
     type Pairs<'a> = Vec<(&'a str, &'a str)>;
+
+    #[test]
+    fn b3_that_came_along_with_w3c_is_rewritten_too() {
+        let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+        let caller = "00f067aa0ba902b7";
+        let mut h = headers(&[
+            ("traceparent", &format!("00-{trace}-{caller}-01")),
+            ("b3", &format!("{trace}-{caller}-1")),
+        ]);
+        let i = incoming(&h).unwrap();
+        assert_eq!(i.format, Format::W3c);
+        let ours = SpanId::random();
+        propagate(&mut h, i.trace_id, ours, Some(i.parent), true, i.format);
+        assert_eq!(h["b3"], format!("{trace}-{ours}-1-{caller}").as_str());
+        assert_eq!(h["traceparent"], format!("00-{trace}-{ours}-01").as_str());
+    }
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
