@@ -206,9 +206,10 @@ async def ui_events(request: Request) -> Response:
         content: {"text/plain; charset=utf-8": {schema: {type: string}}}
     """
     proxy: Proxy = request.app.state.proxy
-    headers = {"cache-control": "no-store", "x-accel-buffering": "no"}
+    # The type as given (Starlette would add a charset; SSE is UTF-8 by definition).
+    headers = {"content-type": SSE, "cache-control": "no-store", "x-accel-buffering": "no"}
     if request.method == "HEAD":
-        return Response(status_code=200, media_type=SSE, headers=headers)
+        return Response(status_code=200, headers=headers)
     streams = _streams(request)
     if not streams.take():
         return Response(
@@ -217,7 +218,7 @@ async def ui_events(request: Request) -> Response:
             media_type=TEXT,
             headers={"retry-after": "5"},
         )
-    return _CountedStream(streams, _events(proxy), media_type=SSE, headers=headers)
+    return _CountedStream(streams, _events(proxy), headers=headers)
 
 
 async def _events(proxy: Proxy) -> AsyncIterator[str]:

@@ -299,7 +299,7 @@ function renderCrossZone(newest) {
       showLabelsOnHighlight: false,
       interactionModel: {},
       connectSeparatedPoints: false,
-      axes: { y: { valueFormatter: (v) => v.toFixed(1) + " %" } },
+      axes: { x: { axisLabelWidth: 80 }, y: { valueFormatter: (v) => v.toFixed(1) + " %" } },
     });
     crossZone.names = key;
     const colors = crossZone.chart.getColors();
