@@ -6,6 +6,7 @@ request path: the proxy answers traffic in Rust whatever happens here.
     api.py       the Starlette app: routes and handlers, each described by its docstring
     openapi.py   the OpenAPI document, built from the route table
     config_routes.py  /config/status, history, PUT /config, reload and rollback (#17)
+    dashboard.py /ui: the dashboard's page (package data in ui/), /ui/snapshot and /ui/events
     guards.py    changes from loopback or with an admin token; request bodies capped
     server.py    uvicorn on a background thread, on a socket bound up front
 """

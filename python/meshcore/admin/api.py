@@ -22,6 +22,7 @@ from starlette.routing import Route
 from .._core import __version__
 from .config_routes import CONFIG_ROUTES
 from .contract import Proxy
+from .dashboard import DASHBOARD_ROUTES
 from .guards import TEXT, AdminTokens, BoundedBody, ChangesAuthorized
 from .openapi import describe
 from .tap_route import TAP_ROUTES
@@ -311,6 +312,7 @@ ROUTES = [
     Route("/endpoints", endpoints, methods=["GET"]),
     Route("/stats", stats, methods=["GET"]),
     *TAP_ROUTES,
+    *DASHBOARD_ROUTES,
     Route("/plugins", plugins, methods=["GET"]),
     Route("/plugins/reload", reload_plugins, methods=["POST"]),
     Route("/shutdown", shutdown, methods=["POST"]),

@@ -12,6 +12,6 @@ It never changes the process's logging or signal handlers: the host program owns
 from __future__ import annotations
 
 from .limits import ServerLimits
-from .thread import BackgroundServer
+from .thread import BackgroundServer, current_server_closing
 
-__all__ = ["BackgroundServer", "ServerLimits"]
+__all__ = ["BackgroundServer", "ServerLimits", "current_server_closing"]

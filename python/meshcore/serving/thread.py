@@ -19,6 +19,13 @@ from .listen import listen
 _serving: ContextVar[Optional[BackgroundServer]] = ContextVar("meshcore_serving", default=None)
 
 
+def current_server_closing() -> bool:
+    """Whether the server running the current request is closing (see BackgroundServer.closing);
+    False outside a request."""
+    server = _serving.get()
+    return server is not None and server.closing
+
+
 class BackgroundServer:
     """Serves `app` on host:port (IPv4 or IPv6; "::" takes IPv4 callers too), over TLS if `tls` is
     given, from a daemon thread with its own event loop, until close().
@@ -61,6 +68,12 @@ class BackgroundServer:
     def address(self) -> tuple[str, int]:
         """The bound address; a port 0 is resolved here."""
         return self._address
+
+    @property
+    def closing(self) -> bool:
+        """Whether close() was called: a long response (a stream) should end now, while the
+        grace lets it end cleanly."""
+        return bool(self._server.should_exit)
 
     @property
     def listening_socket(self) -> socket.socket:
