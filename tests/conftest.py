@@ -236,8 +236,8 @@ def tcp_echo() -> Iterator[Callable[..., TcpEcho]]:
 
 
 def metric(text: str, name: str) -> float:
-    """The sum of a metric's series in Prometheus text."""
-    return sum(float(m) for m in re.findall(rf"^{name}{{[^}}]*}} (\S+)$", text, re.M))
+    """The sum of a metric's series in Prometheus text (with labels or without)."""
+    return sum(float(m) for m in re.findall(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.M))
 
 
 # None: close the connection without answering. Pieces (an iterable, such as a

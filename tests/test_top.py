@@ -210,13 +210,13 @@ def test_a_failing_route_shows_its_success_rate_below_100_percent(routes):
         failed = lambda: p.route_stats()["routes"].get("r-flaky", {}).get("failures")  # noqa: E731
         wait_until(failed, what="a failed request")
         table = subprocess.run(
-            [*MESHCORE, "top", admin, "--once", "--interval", "0.5", "--sort", "success"],
+            [*MESHCORE, "top", admin, "--once", "--interval", "2", "--sort", "success"],
             capture_output=True,
             text=True,
             timeout=30,
         )
         done = subprocess.run(
-            [*MESHCORE, "top", admin, "--once", "--json", "--interval", "0.5"],
+            [*MESHCORE, "top", admin, "--once", "--json", "--interval", "2"],
             capture_output=True,
             text=True,
             timeout=30,
@@ -229,7 +229,7 @@ def test_a_failing_route_shows_its_success_rate_below_100_percent(routes):
 
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout)
-    assert (out["admin"], out["sort"]) == (admin, "rps") and out["seconds"] >= 0.5
+    assert (out["admin"], out["sort"]) == (admin, "rps") and out["seconds"] >= 2
     by_name = {r["name"]: r for r in out["routes"]}
     assert set(by_name) == {"r-alpha", "r-zulu", "r-flaky"}
     assert [r["name"] for r in out["services"]] == ["web"]

@@ -386,7 +386,7 @@ class AccessLog(_Model):
     # anew when a tool such as logrotate moves it away.
     path: str = Field(default="stdout", min_length=1)
     # Lines waiting for the writer; past it new lines are dropped (access_log_dropped_total).
-    buffer: int = Field(default=16_384, ge=1, le=1_048_576)
+    buffer: int = Field(default=16_384, ge=1, le=262_144)
 
 
 class Tracing(_Model):

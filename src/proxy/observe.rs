@@ -124,7 +124,7 @@ pub(super) fn answer_failure(failure: Failure, shared: &Shared, started: Instant
         let summary = &mut log.summary;
         summary.status = status.as_u16();
         summary.grpc_status = grpc_status(resp.headers());
-        summary.failed = status.is_server_error();
+        summary.failed = status.is_server_error() || summary.grpc_status.is_some_and(|s| s != 0);
         summary.zone = failure.labels.dst_zone.to_string();
         summary.response_bytes = Body::size_hint(resp.body()).exact().unwrap_or(0);
         tell(*log, shared, started, started.elapsed());
@@ -186,8 +186,8 @@ pub(super) fn summary_of(conn: &ConnContext, said: &Said<'_>) -> Summary {
         client: Some(conn.peer),
         version: said.version,
         method: said.method.to_string(),
-        path: said.path.to_string(),
-        authority: text(said.authority).to_string(),
+        path: clipped(said.path),
+        authority: clipped(text(said.authority)),
         route: said.route.map(|r| r.name.to_string()).unwrap_or_default(),
         service: said.service.unwrap_or_default().to_string(),
         retried: said.retried,
@@ -195,6 +195,22 @@ pub(super) fn summary_of(conn: &ConnContext, said: &Said<'_>) -> Summary {
         ..Default::default()
     }
 }
+
+/// At most `SUMMARY_TEXT` bytes of a request's path or authority: a head may
+/// be 96 KiB, and every queue of summaries (tap, access logs, spans) is
+/// counted in items.
+fn clipped(text: &str) -> String {
+    if text.len() <= SUMMARY_TEXT {
+        return text.to_owned();
+    }
+    let mut end = SUMMARY_TEXT;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_owned()
+}
+
+const SUMMARY_TEXT: usize = 4096;
 
 /// Gives an answer the proxy made itself what telemetry and the plugins'
 /// `on_log` need, when any may want it: a plugin's when the route has

@@ -225,5 +225,8 @@ impl Running {
         for thread in threads {
             let _ = thread.join();
         }
+        // Access logs and spans are flushed here, not by whoever drops the
+        // proxy last (Python, holding the GIL).
+        self.shared.telemetry.shutdown();
     }
 }

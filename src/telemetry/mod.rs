@@ -4,6 +4,7 @@
 
 pub mod access_log;
 pub mod otlp;
+pub mod retire;
 pub mod summary;
 pub mod tap;
 pub mod trace;
@@ -15,6 +16,7 @@ pub use tracer::{SpanStart, Tracer};
 use crate::config::{AccessLogConfig, AccessLogFormat, Config};
 use access_log::AccessLog;
 use arc_swap::{ArcSwap, ArcSwapOption};
+use retire::OffThread;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
@@ -34,8 +36,8 @@ pub struct Telemetry {
 /// listeners with the same settings share one.
 #[derive(Default)]
 struct AccessLogs {
-    by_listener: HashMap<Arc<str>, Arc<AccessLog>>,
-    by_settings: Vec<(AccessLogConfig, Arc<AccessLog>)>,
+    by_listener: HashMap<Arc<str>, Arc<OffThread<AccessLog>>>,
+    by_settings: Vec<(AccessLogConfig, Arc<OffThread<AccessLog>>)>,
 }
 
 /// One access log's numbers, for `/metrics`.
@@ -77,7 +79,9 @@ impl Telemetry {
             let log = match known.into_iter().find(|(s, _)| s == settings) {
                 Some((_, log)) => log.clone(),
                 None => {
-                    Arc::new(open_log(settings).map_err(|e| format!("listeners[{i}].access_log.path: {e}"))?)
+                    let log =
+                        open_log(settings).map_err(|e| format!("listeners[{i}].access_log.path: {e}"))?;
+                    Arc::new(OffThread::new(log))
                 }
             };
             if !next.by_settings.iter().any(|(s, _)| s == settings) {
@@ -98,9 +102,29 @@ impl Telemetry {
         self.tracing.store(tracer.is_some(), Relaxed);
         self.tracer.store(tracer);
         self.logging.store(!next.by_listener.is_empty(), Relaxed);
-        // The logs no longer used flush and stop here, not on a worker.
-        drop(self.logs.swap(Arc::new(next)));
+        // The logs no longer used flush on a thread of their own (OffThread).
+        self.logs.store(Arc::new(next));
         Ok(())
+    }
+
+    /// Stops telemetry when the proxy stops (its workers gone): every log
+    /// writes what is queued and the exporter sends its last spans, here.
+    pub fn shutdown(&self) {
+        self.logging.store(false, Relaxed);
+        self.tracing.store(false, Relaxed);
+        let logs = self.logs.swap(Arc::default());
+        if let Some(tracer) = self.tracer.swap(None).and_then(Arc::into_inner) {
+            if let Some(exporter) = tracer.exporter.and_then(Arc::into_inner) {
+                drop(exporter.into_inner());
+            }
+        }
+        if let Some(logs) = Arc::into_inner(logs) {
+            drop(logs.by_listener);
+            for (_, log) in logs.by_settings {
+                // A log some straggler still holds is flushed when it lets go.
+                drop(Arc::into_inner(log).and_then(OffThread::into_inner));
+            }
+        }
     }
 
     /// Hands a finished request's summary (and span) to whoever wants it.

@@ -86,6 +86,9 @@ struct Counters {
 
 /// Sends spans to one collector. Dropping it flushes what is queued (within
 /// about `timeout`, twice that if a request is in flight) and joins its thread.
+/// How long the exporter lets spans gather between looks at its queue.
+const GATHER: Duration = Duration::from_millis(20);
+
 pub struct Exporter {
     queue: Option<mpsc::Sender<Span>>,
     counters: Arc<Counters>,
@@ -242,13 +245,25 @@ impl Worker {
         };
         batch.push(first);
         let until = Instant::now() + self.options.interval;
+        // Spans gather in pauses: woken for each one, this thread would cost
+        // the proxy's core a context switch per request.
         while batch.len() < max {
-            tokio::select! {
-                got = self.rx.recv_many(batch, max - batch.len()) => if got == 0 {
-                    return false;
-                },
-                _ = tokio::time::sleep_until(until) => break,
+            loop {
+                match self.rx.try_recv() {
+                    Ok(span) => batch.push(span),
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    // Closed: this batch goes; the next `fill` sees the end.
+                    Err(mpsc::error::TryRecvError::Disconnected) => return true,
+                }
+                if batch.len() == max {
+                    return true;
+                }
             }
+            let now = Instant::now();
+            if now >= until {
+                break;
+            }
+            tokio::time::sleep((until - now).min(GATHER)).await;
         }
         true
     }

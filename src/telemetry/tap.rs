@@ -10,6 +10,9 @@ use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TryS
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// How long a reader lets summaries gather after the first.
+const GATHER: Duration = Duration::from_millis(20);
+
 /// At most this many taps at once: each costs every request a summary.
 pub const MAX_TAPS: usize = 16;
 
@@ -125,6 +128,9 @@ impl Tap {
             Ok(s) => batch.push(s),
             Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => return batch,
         }
+        // Summaries gather for a moment after the first: a reader woken for
+        // each would cost the proxy's core a context switch per request.
+        std::thread::sleep(GATHER.min(timeout));
         while batch.len() < max.max(1) {
             match summaries.try_recv() {
                 Ok(s) => batch.push(s),

@@ -300,6 +300,11 @@ enum B3Single {
 
 /// `{traceid}-{spanid}[-{state}[-{parentspanid}]]`, or a lone state `0|1|d`.
 fn parse_b3(v: &[u8]) -> Option<B3Single> {
+    // The longest valid value is 32 + 16 + 1 + 16 hex and three dashes; a
+    // longer one is refused before it is split (it may be 96 KiB of dashes).
+    if v.len() > 68 {
+        return None;
+    }
     let parts: Vec<&[u8]> = v.split(|&b| b == b'-').collect();
     if let [state] = parts[..] {
         return b3_state(state).map(|(sampled, _)| B3Single::SamplingOnly(sampled));
@@ -402,6 +407,14 @@ mod tests {
     const T64: &str = "a3ce929d0e0e4736";
 
     type Pairs<'a> = Vec<(&'a str, &'a str)>;
+
+    #[test]
+    fn a_huge_b3_value_is_refused_before_it_is_split() {
+        let dashes = "-".repeat(96 * 1024);
+        assert!(incoming(&headers(&[("b3", &dashes)])).is_none());
+        let long = format!("{T}-{P}-1-{P}-{P}");
+        assert!(incoming(&headers(&[("b3", &long)])).is_none());
+    }
 
     #[test]
     fn b3_that_came_along_with_w3c_is_rewritten_too() {

@@ -4,6 +4,7 @@
 //! response ends, a sampled span goes to the OTLP exporter.
 
 use super::otlp::{Exporter, Span, SpanKind, Value};
+use super::retire::OffThread;
 use super::trace::{self, Format, SpanId, TraceId};
 use super::Summary;
 use crate::config::TracingConfig;
@@ -13,7 +14,7 @@ use std::time::Duration;
 pub struct Tracer {
     pub(super) settings: TracingConfig,
     /// Shared with the next config's tracer when the collector stays.
-    pub(super) exporter: Option<Arc<Exporter>>,
+    pub(super) exporter: Option<Arc<OffThread<Exporter>>>,
 }
 
 /// A request's span, begun at dispatch and ended with its response.
@@ -30,14 +31,17 @@ pub struct SpanStart {
 
 impl Tracer {
     /// Starts the exporter when there is a collector.
-    pub fn new(settings: &TracingConfig, exporter: Option<Arc<Exporter>>) -> Result<Tracer, String> {
+    pub fn new(
+        settings: &TracingConfig,
+        exporter: Option<Arc<OffThread<Exporter>>>,
+    ) -> Result<Tracer, String> {
         let exporter = match (&settings.otlp, exporter) {
             (None, _) => None,
             (Some(_), Some(kept)) => Some(kept),
-            (Some(collector), None) => Some(Arc::new(
+            (Some(collector), None) => Some(Arc::new(OffThread::new(
                 Exporter::start(collector, &settings.service_name, Default::default())
                     .map_err(|e| format!("tracing.otlp: {e}"))?,
-            )),
+            ))),
         };
         Ok(Tracer {
             settings: settings.clone(),

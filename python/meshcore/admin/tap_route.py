@@ -14,6 +14,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from .._core import MeshcoreError
+from ..serving import current_server_closing
 from .contract import Proxy
 from .guards import TEXT
 
@@ -109,7 +110,7 @@ async def _stream(proxy: Proxy, feed: Any, limit: Optional[int], sse: bool) -> A
     try:
         if sse:
             yield ": tapping\n\n"  # the headers and a first byte now, not with the first request
-        while proxy.running and (limit is None or sent < limit):
+        while proxy.running and not current_server_closing() and (limit is None or sent < limit):
             lines = await run_in_threadpool(feed.next, POLL_SECONDS)
             if limit is not None:
                 lines = lines[: limit - sent]
