@@ -82,7 +82,7 @@ class Lifecycle:
     @classmethod
     def for_proxy(cls, proxy: Proxy, source_path: Optional[Path]) -> Lifecycle:
         """A Lifecycle with its History in the running config's state_dir."""
-        return cls(proxy, source_path, History(state_dir_of(proxy.config)), _verifier_factory())
+        return cls(proxy, source_path, History(state_dir_of(proxy.settings)), _verifier_factory())
 
     # -- the running version
 
@@ -264,7 +264,7 @@ class Lifecycle:
 
     def watched_paths(self) -> list[Path]:
         """The config file and every file the running config names."""
-        config = self.proxy.config
+        config = self.proxy.settings
         paths = [self.source_path] if self.source_path is not None else []
         names: list[Optional[str]] = [config.admin_token_file]
         if config.identity is not None:
