@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import socket
 import threading
@@ -252,6 +253,19 @@ class Proxy:
                     self._core.stop(0.0)
                     raise
         return self
+
+    def trim_memory(self) -> bool:
+        """Collects cyclic garbage, then gives the allocator's free pages back to the system
+        (glibc's malloc_trim; start and reload trim without collecting). For whoever has built
+        and dropped large things since (`meshcore run`'s lifecycle validates and hashes the
+        config again): the interpreter returns an arena (1 MiB) only once it is empty, and a
+        few dozen objects in a cycle (json's encoder, with `indent`) kept 5 of them. A full
+        collection takes 0.15 s while 10,000 services' models are alive, 0.03 s once they are
+        gone. False if not running or not glibc."""
+        if self._memory is None:
+            return False
+        gc.collect()
+        return self._memory.trim()
 
     def begin_fleet_reports(self) -> None:
         """Starts the reports to the control plane and the configs and upgrades it pushes, held
