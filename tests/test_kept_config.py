@@ -135,3 +135,37 @@ def test_a_reload_keeps_the_new_config_compact(backend, tmp_path):
         assert held() is None
         assert p.config.route_names() == ["renamed"]
         assert isinstance(p.config, Config)
+
+
+def whole_configs() -> list[Config]:
+    """The validated configs alive with their routes (a proxy's `settings` have none)."""
+    gc.collect()
+    return [o for o in gc.get_objects() if isinstance(o, Config) and o.routes]
+
+
+def test_meshcore_runs_lifecycle_leaves_no_whole_config_behind(tmp_path):
+    from meshcore.lifecycle.manager import Lifecycle
+
+    def mesh(body: str) -> str:
+        return (
+            '[[listeners]]\nname = "outbound"\nbind = "127.0.0.1:0"\n\n[[routes]]\nlistener = "outbound"\n'
+            'direct_response = { status = 200, body = "' + body + '" }\n'
+        )
+
+    path = tmp_path / "mesh.toml"
+    path.write_text(mesh("one"))
+    proxy = Proxy(path).start()
+    lifecycle = Lifecycle.for_proxy(proxy, path)
+    try:
+        lifecycle.start()  # builds the whole config to hash it, and reads the file again
+        assert whole_configs() == []
+        refused = mesh("three").replace("status = 200", "status = 2000")
+        for text in (mesh("two"), mesh("two"), refused):  # applied, unchanged, refused
+            path.write_text(text)
+            lifecycle.reload(source="file", who="ops")
+            assert whole_configs() == []
+        assert lifecycle.status()["reloads"] == {"applied": 1, "refused": 1, "unchanged": 1}
+        assert proxy.config.routes[0].direct_response.body == "two"
+    finally:
+        lifecycle.close()
+        proxy.stop(0.5)
