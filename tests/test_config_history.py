@@ -32,6 +32,18 @@ def test_versions_persist_across_a_new_history_and_numbering_continues(tmp_path)
     assert [v["version"] for v in index["versions"]] == [1, 2, 3] and index["next"] == 4
 
 
+def test_with_a_state_dir_the_texts_stay_on_disk(tmp_path):
+    # A mesh's config is megabytes and 100 versions are kept: not in the proxy's memory.
+    h = History(tmp_path / "state")
+    record(h, 1), record(h, 2)
+    assert [v.text for v in h.versions()] == ["", ""]
+    assert h.get(1).text == "# config 1\n"
+    assert [v.text for v in h.versions()] == ["", ""]  # read for the caller, not kept
+    in_memory = History(None)
+    record(in_memory, 1)
+    assert in_memory.get(1).text == "# config 1\n"
+
+
 def test_only_the_newest_are_kept_and_numbers_are_never_reused(tmp_path):
     h = History(tmp_path, limit=3)
     for n in range(1, 6):

@@ -43,6 +43,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     proxy.lifecycle = lifecycle
     proxy.begin_fleet_reports()  # held on inherited sockets until this process is the proxy
     running.append(lifecycle)
+    proxy.trim_memory()  # the lifecycle read, validated and hashed the config once more
     print("meshcore: ready", flush=True)
     try:
         serve_until_stopped(proxy, stop=stop)

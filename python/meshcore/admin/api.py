@@ -340,7 +340,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 def _token_file(proxy: Proxy) -> Optional[Path]:
-    config = proxy.config
+    config = proxy.settings
     name = getattr(config, "admin_token_file", None)
     return None if name is None else Path(config.resolve_path(name))
 

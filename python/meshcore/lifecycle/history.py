@@ -18,7 +18,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional
 
@@ -81,20 +81,25 @@ class History:
         with self._lock:
             for v in self._versions:
                 if v.version == version:
-                    if not v.text and self.state_dir is not None:
-                        v.text = self._config_path(v).read_text(encoding="utf-8")
-                    return v
+                    return self._with_text(v)
         return None
 
     def rollback_target(self, before: int) -> Optional[Version]:
         """The newest version older than `before` that is not marked bad and whose config differs
-        from version `before`'s (rolling back to the same config would change nothing)."""
+        from version `before`'s (rolling back to the same config would change nothing), with
+        its text."""
         with self._lock:
             current = next((v for v in self._versions if v.version == before), None)
             for v in reversed(self._versions):
                 if v.version < before and v.bad is None and (current is None or v.hash != current.hash):
-                    return v
+                    return self._with_text(v)
         return None
+
+    def _with_text(self, v: Version) -> Version:
+        if self.state_dir is None:
+            return v
+        # A copy: the texts stay on disk, not in every running proxy's memory.
+        return replace(v, text=self._config_path(v).read_text(encoding="utf-8"))
 
     # -- changing
 
@@ -124,6 +129,8 @@ class History:
             )
             if self.state_dir is not None:
                 _write_atomically(self._config_path(v), text.encode("utf-8"))
+                # Read back by get(): a mesh's config is megabytes, and 100 versions are kept.
+                v = replace(v, text="")
             kept = self._versions + [v]
             pruned, kept = kept[: -self.limit], kept[-self.limit :]
             self._commit(kept, self._next + 1)

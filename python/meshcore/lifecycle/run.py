@@ -23,14 +23,14 @@ def start_upgradable(
     """Starts `proxy` and prints where it listens; returns the server of its upgrade socket (None
     if there is no state dir to put it in). With `upgrade`, returns only once the old process has
     agreed to drain; any failure before then raises, and the old process keeps serving."""
-    state_dir = state_dir_of(proxy.config)
+    state_dir = state_dir_of(proxy.settings)
     path = state_dir / SOCKET_NAME if state_dir is not None else None
     if upgrade:
         if path is None:
             raise MeshcoreError("--upgrade needs a config file or a state_dir to find the running process")
         handover = inherit(path)
         try:
-            proxy.start(inherited=handover.sockets_for(proxy.config))
+            proxy.start(inherited=handover.sockets_for(proxy.settings))
         except BaseException as e:
             handover.fail(f"{type(e).__name__}: {e}")
             raise

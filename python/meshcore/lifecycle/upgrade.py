@@ -237,7 +237,7 @@ class UpgradeServer:
         admin = self._proxy.admin_socket
         if admin is not None:
             entries.append(
-                {"index": len(fds), "kind": "admin", "name": "admin", "bind": self._proxy.config.admin}
+                {"index": len(fds), "kind": "admin", "name": "admin", "bind": self._proxy.settings.admin}
             )
             fds.append(admin.fileno())
         if len(fds) > MAX_FDS:
