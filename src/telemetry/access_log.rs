@@ -189,16 +189,23 @@ fn write_until_closed(queue: Receiver<Vec<u8>>, mut sink: Sink, counters: &Count
         match queue.recv_timeout(next_check.saturating_duration_since(Instant::now())) {
             Ok(line) => {
                 sink.push(&line);
+                let mut drained = false;
                 while sink.batch.len() < BATCH_BYTES {
                     match queue.try_recv() {
                         Ok(line) => sink.push(&line),
-                        Err(_) => break,
+                        Err(_) => {
+                            drained = true;
+                            break;
+                        }
                     }
                 }
                 sink.flush(counters);
-                // Lines gather while the writer rests: woken for each one, it
-                // would cost the proxy's core a context switch per request.
-                std::thread::sleep(GATHER);
+                // With the queue drained, lines gather while the writer rests:
+                // woken for each one, it would cost the proxy's core a context
+                // switch per request. A full batch is followed at once.
+                if drained {
+                    std::thread::sleep(GATHER);
+                }
             }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => return,
