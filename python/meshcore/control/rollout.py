@@ -15,7 +15,8 @@ always ends with every proxy. For each wave:
    there) against every proxy before the rollout began. Worse means: the error rate higher by more
    than `max_error_rate_increase` (absolute: 0.01 is one percentage point), or the p99 above
    `max_p99_ratio` x the other's p99 (floored at P99_FLOOR_MS: at the fastest buckets, noise alone
-   moves a p99 by a bucket). A wave with fewer than `min_requests` responses is not judged (said so).
+   moves a p99 by a bucket). A wave short of `min_requests` responses bakes on (as long again, at
+   least 10 s); one still short then is not judged (said so).
    A proxy moved earlier that no longer runs the change (its own verification rolled it back)
    fails the rollout too.
 
@@ -47,6 +48,8 @@ log = logging.getLogger("meshcore.control")
 
 P99_FLOOR_MS = 5.0
 BASELINE_SECONDS = 30.0  # at least this much of the time before the rollout is the baseline
+EXTRA_BAKE_SECONDS = 10.0  # a wave short of min_requests bakes on for at least this long
+EXTRA_BAKE_POLL = 0.2
 DEFAULT_WAVES = ("1", "25%", "50%", "100%")
 
 Emit = Callable[[dict[str, Any]], None]
@@ -281,6 +284,7 @@ class Rollout:
                 label = f"wave {number}/{len(sizes)}{' (canary)' if number == 1 else ''}"
                 await self._move(wave, label)
                 await asyncio.sleep(self.plan.bake)
+                await self._until_enough(wave)
                 self._check_still_on()
                 self._judge(wave, proxies[done:], started, label)
         except RolloutFailed as e:
@@ -328,11 +332,24 @@ class Rollout:
                 "(rolled back by their own verification, or restarted?)"
             )
 
-    def _judge(self, wave: list[str], unmoved: list[str], started: float, label: str) -> None:
+    def _wave_window(self, wave: list[str]) -> Window:
         now = time.monotonic()
         moved = Window()
         for p in wave:  # each from the report that said it runs the new version
             moved.merge(self.fleet.window([p], self._on_since[p], now))
+        return moved
+
+    async def _until_enough(self, wave: list[str]) -> None:
+        """A wave whose proxies have not yet reported `min_requests` answers bakes on, up to
+        as long again (at least EXTRA_BAKE_SECONDS): judged on too few, a bad version would
+        pass for lack of evidence (a slow machine, a late report)."""
+        deadline = time.monotonic() + max(self.plan.bake, EXTRA_BAKE_SECONDS)
+        while self._wave_window(wave).responses < self.plan.min_requests and time.monotonic() < deadline:
+            await asyncio.sleep(EXTRA_BAKE_POLL)
+
+    def _judge(self, wave: list[str], unmoved: list[str], started: float, label: str) -> None:
+        now = time.monotonic()
+        moved = self._wave_window(wave)
         bake_start = min(self._on_since[p] for p in wave)
         against, what = self.fleet.window(unmoved, bake_start, now), "the proxies not moved yet"
         if against.responses < self.plan.min_requests:
