@@ -209,7 +209,11 @@ impl PluginHost {
 
     /// Hands the summary to Python on a blocking thread: never on the response path.
     /// `req` is None for a request the proxy answered before any hook saw it.
-    pub fn on_log(self: &std::sync::Arc<Self>, req: Option<PluginRequest>, summary: LogSummary) {
+    pub fn on_log(
+        self: &std::sync::Arc<Self>,
+        req: Option<PluginRequest>,
+        summary: crate::telemetry::Summary,
+    ) {
         let host = self.clone();
         tokio::task::spawn_blocking(move || {
             Python::attach(|py| {
@@ -240,6 +244,3 @@ impl PluginHost {
         });
     }
 }
-
-/// What `on_log` hooks receive (a part of it), gathered as the response streams.
-pub use crate::telemetry::Summary as LogSummary;

@@ -146,7 +146,7 @@ def test_meshcore_tap_says_when_the_admin_api_is_not_there():
     assert done.returncode == 1 and "cannot reach the admin API" in done.stderr
 
 
-def test_a_closed_tap_costs_nothing_and_taps_see_only_what_came_after(two_routes):
+def test_a_tap_sees_only_what_came_after_it_opened_and_a_closed_one_reads_nothing(two_routes):
     p, _ = two_routes
     with httpx.Client() as client:
         assert client.get(p.url("outbound", "/api/before")).status_code == 200

@@ -215,6 +215,9 @@ Try:
   curl {out_admin}/endpoints          # endpoints from the control plane, their tier and state
   curl {out_admin}/metrics            # Prometheus metrics
   curl {in_admin}/metrics            # the inbound side: every request over mTLS (tls="true")
+  meshcore top {out_admin}            # routes and services, live (q quits)
+  meshcore tap {out_admin}            # each request as it is answered
+  open {out_admin}/ui in a browser: the dashboard
 Then edit {document}: delete web-a1's line and traffic moves to zone-b; delete
 web-b1's too and it crosses to cluster west.
 

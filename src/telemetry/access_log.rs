@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 /// How often the writer looks whether its file was rotated away.
 const CHECK_EVERY: Duration = Duration::from_secs(1);
@@ -362,11 +362,7 @@ pub fn common_line(summary: &Summary, out: &mut Vec<u8>) {
     }
     out.extend_from_slice(b" - ");
     escaped_or_dash(summary.identity.as_deref().unwrap_or(""), true, out);
-    let since = summary
-        .start
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default();
-    let c = Civil::from_unix(since.as_secs());
+    let (c, _) = Civil::at(summary.start);
     let _ = write!(
         out,
         " [{:02}/{}/{:04}:{:02}:{:02}:{:02} +0000] \"",
@@ -420,6 +416,7 @@ fn escaped_or_dash(text: &str, unquoted: bool, out: &mut Vec<u8>) {
 mod tests {
     use super::*;
     use std::fs;
+    use std::time::SystemTime;
 
     fn sample() -> Summary {
         Summary {

@@ -139,17 +139,10 @@ pub fn protocol(version: http::Version) -> &'static str {
 
 /// RFC 3339 in UTC with milliseconds: "2026-12-03T09:41:07.123Z".
 pub fn rfc3339_millis(t: SystemTime) -> String {
-    let since = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-    let c = crate::time::civil::Civil::from_unix(since.as_secs());
+    let (c, millis) = crate::time::civil::Civil::at(t);
     format!(
         "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-        c.year,
-        c.month,
-        c.day,
-        c.hour,
-        c.minute,
-        c.second,
-        since.subsec_millis()
+        c.year, c.month, c.day, c.hour, c.minute, c.second, millis
     )
 }
 

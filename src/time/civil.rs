@@ -44,6 +44,12 @@ impl Civil {
         }
     }
 
+    /// The moment `t` (the epoch for one before it), and its milliseconds.
+    pub fn at(t: std::time::SystemTime) -> (Self, u32) {
+        let since = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        (Civil::from_unix(since.as_secs()), since.subsec_millis())
+    }
+
     pub fn month_abbr(&self) -> &'static str {
         const MONTHS: [&str; 12] = [
             "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",

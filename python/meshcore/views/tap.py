@@ -9,10 +9,9 @@ import sys
 import urllib.error
 import urllib.parse
 import urllib.request
-from pathlib import Path
 from typing import IO, Any, Optional
 
-from ..tokens import TokenFileError, read_token_file
+from .admin_client import add_admin_arguments, admin_base, admin_token
 
 __all__ = ["add_tap_command", "describe"]
 
@@ -48,7 +47,7 @@ def describe(summary: dict[str, Any]) -> str:
 
 
 def _url(admin: str, args: argparse.Namespace) -> str:
-    base = (admin if "://" in admin else f"http://{admin}").rstrip("/")
+    base = admin_base(admin)
     query = {"format": "json"}
     for name in ("route", "service", "authority", "limit"):
         value = getattr(args, name)
@@ -87,13 +86,11 @@ def follow(url: str, token: Optional[str], out: IO[str], err: IO[str], as_json: 
 
 
 def _run(args: argparse.Namespace) -> int:
-    token = None
-    if args.token_file is not None:
-        try:
-            token = read_token_file(Path(args.token_file))[0][1]
-        except TokenFileError as e:
-            print(f"meshcore tap: --token-file: {e}", file=sys.stderr)
-            return 2
+    try:
+        token = admin_token(args)
+    except ValueError as e:
+        print(f"meshcore tap: {e}", file=sys.stderr)
+        return 2
     try:
         return follow(_url(args.admin, args), token, sys.stdout, sys.stderr, args.json)
     except KeyboardInterrupt:
@@ -108,13 +105,10 @@ def _positive(value: str) -> int:
 
 def add_tap_command(sub: Any) -> None:
     p = sub.add_parser("tap", help="print a running proxy's requests live, from its admin API")
-    p.add_argument("admin", metavar="ADMIN", help="the proxy's admin API, host:port or a URL")
+    add_admin_arguments(p)
     p.add_argument("--route", help="only this route's requests")
     p.add_argument("--service", help="only requests to this service")
     p.add_argument("--authority", help="only requests for this authority (host, with or without port)")
     p.add_argument("--limit", type=_positive, help="stop after this many requests")
     p.add_argument("--json", action="store_true", help="print each request's summary as JSON")
-    p.add_argument(
-        "--token-file", metavar="F", help="send the first token of this admin token file ('NAME TOKEN' lines)"
-    )
     p.set_defaults(func=_run)

@@ -11,10 +11,9 @@ import math
 import signal
 import sys
 import time
-from pathlib import Path
 from typing import Any, NoReturn
 
-from ..tokens import TokenFileError, read_token_file
+from .admin_client import add_admin_arguments, admin_base, admin_token
 from .golden import KINDS, SORT_KEYS, sort_rows
 from .sampler import AdminUnavailable, Sampler
 
@@ -53,14 +52,11 @@ def _run(args: argparse.Namespace) -> int:
         return fail("--json prints one sample's rows: it needs --once", 2)
     if not args.once and not sys.stdout.isatty():
         return fail("the live table needs a terminal; for scripts, --once (with --json for JSON)", 2)
-    token = None
-    if args.token_file is not None:
-        try:
-            token = read_token_file(Path(args.token_file))[0][1]
-        except TokenFileError as e:
-            return fail(f"--token-file: {e}", 2)
-    admin = args.admin if "://" in args.admin else f"http://{args.admin}"
-    sampler = Sampler(f"{admin.rstrip('/')}/stats", token, timeout=max(2.0, args.interval))
+    try:
+        token = admin_token(args)
+    except ValueError as e:
+        return fail(str(e), 2)
+    sampler = Sampler(f"{admin_base(args.admin)}/stats", token, timeout=max(2.0, args.interval))
     try:
         if args.once:
             return once(sampler, args)
@@ -94,7 +90,7 @@ def add_top_command(sub: Any) -> None:
     p = sub.add_parser(
         "top", help="a live table of a running proxy's routes and services (req/s, success, latency)"
     )
-    p.add_argument("admin", metavar="ADMIN", help="the proxy's admin API, host:port or a URL")
+    add_admin_arguments(p)
     p.add_argument("--interval", type=_interval, default=1.0, help="seconds between samples (default 1)")
     p.add_argument(
         "--sort",
@@ -105,7 +101,4 @@ def add_top_command(sub: Any) -> None:
     )
     p.add_argument("--once", action="store_true", help="print one table from two samples an interval apart")
     p.add_argument("--json", action="store_true", help="with --once: the rows as JSON")
-    p.add_argument(
-        "--token-file", metavar="F", help="send the first token of this admin token file ('NAME TOKEN' lines)"
-    )
     p.set_defaults(func=_run)
