@@ -219,13 +219,14 @@ impl PluginHost {
             Python::attach(|py| {
                 let dict = PyDict::new(py);
                 let fill = || -> PyResult<()> {
-                    dict.set_item("method", summary.method)?;
-                    dict.set_item("path", summary.path)?;
-                    dict.set_item("authority", summary.authority)?;
-                    dict.set_item("route", summary.route)?;
-                    dict.set_item("service", summary.service)?;
-                    dict.set_item("endpoint", summary.endpoint)?;
-                    dict.set_item("zone", summary.zone)?;
+                    dict.set_item("method", summary.method.as_str())?;
+                    dict.set_item("path", &summary.path)?;
+                    dict.set_item("authority", &summary.authority)?;
+                    dict.set_item("route", summary.route_name())?;
+                    dict.set_item("service", summary.service_name())?;
+                    let endpoint = summary.endpoint.map(|e| e.to_string());
+                    dict.set_item("endpoint", endpoint.unwrap_or_default())?;
+                    dict.set_item("zone", summary.zone.as_deref().unwrap_or(""))?;
                     dict.set_item("status", summary.status)?;
                     dict.set_item("duration_ms", summary.duration_ms)?;
                     dict.set_item("ttfb_ms", summary.ttfb_ms)?;

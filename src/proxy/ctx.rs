@@ -73,7 +73,7 @@ pub(super) struct Said<'a> {
     pub path: &'a str,
     pub authority: &'a HeaderValue,
     pub route: Option<&'a Route>,
-    pub service: Option<&'a str>,
+    pub service: Option<&'a Arc<str>>,
     pub retried: bool,
 }
 

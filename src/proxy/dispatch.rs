@@ -154,7 +154,7 @@ pub(super) fn dispatch(
                     ..said_of(&template, route, &service.name)
                 };
                 let mut summary = summary_of(&ctx.conn, &said);
-                summary.trace_id = span.map(|s| s.trace_id.to_string());
+                summary.trace_id = span.map(|s| s.trace_id);
                 Box::new(Report {
                     summary,
                     span,
@@ -386,8 +386,8 @@ pub(super) fn dispatch(
                 (None, None) => None,
             }
             .map(|mut log| {
-                log.summary.endpoint = endpoint.addr.to_string();
-                log.summary.zone = endpoint.zone.to_string();
+                log.summary.endpoint = Some(endpoint.addr);
+                log.summary.zone = Some(endpoint.zone.clone()).filter(|z| !z.is_empty());
                 log.summary.retried = attempt > 0;
                 log
             });
@@ -436,7 +436,7 @@ pub(super) fn dispatch(
 /// What a summary says of the request the template holds. Its version is
 /// HTTP/1.1: only telemetry tells it, and its summary is begun from the
 /// request itself.
-fn said_of<'a>(template: &'a Template, route: &'a crate::route::Route, service: &'a str) -> Said<'a> {
+fn said_of<'a>(template: &'a Template, route: &'a crate::route::Route, service: &'a Arc<str>) -> Said<'a> {
     Said {
         version: Version::HTTP_11,
         method: &template.method,

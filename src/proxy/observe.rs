@@ -125,7 +125,7 @@ pub(super) fn answer_failure(failure: Failure, shared: &Shared, started: Instant
         summary.status = status.as_u16();
         summary.grpc_status = grpc_status(resp.headers());
         summary.failed = status.is_server_error() || summary.grpc_status.is_some_and(|s| s != 0);
-        summary.zone = failure.labels.dst_zone.to_string();
+        summary.zone = Some(failure.labels.dst_zone.clone()).filter(|z| !z.is_empty());
         summary.response_bytes = Body::size_hint(resp.body()).exact().unwrap_or(0);
         tell(*log, shared, started, started.elapsed());
     }
@@ -185,11 +185,11 @@ pub(super) fn summary_of(conn: &ConnContext, said: &Said<'_>) -> Summary {
         listener: conn.listener_name.clone(),
         client: Some(conn.peer),
         version: said.version,
-        method: said.method.to_string(),
+        method: said.method.clone(),
         path: clipped(said.path),
         authority: clipped(text(said.authority)),
-        route: said.route.map(|r| r.name.to_string()).unwrap_or_default(),
-        service: said.service.unwrap_or_default().to_string(),
+        route: said.route.map(|r| r.name.clone()),
+        service: said.service.cloned(),
         retried: said.retried,
         identity: conn.tls.identity().map(str::to_string),
         ..Default::default()

@@ -26,24 +26,27 @@ pub enum SpanKind {
     Client,
 }
 
-#[derive(Clone, Debug, PartialEq)]
-pub enum Value {
-    Str(String),
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Value<'a> {
+    Str(&'a str),
     Int(i64),
     Bool(bool),
 }
 
-/// One finished span.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Span {
+/// One finished span, borrowing what it names: the request path encodes it
+/// straight to protobuf, so a span costs one allocation however many
+/// attributes it has.
+#[derive(Clone, Copy, Debug)]
+pub struct Span<'a> {
     pub trace_id: TraceId,
     pub span_id: SpanId,
     pub parent: Option<SpanId>,
-    pub name: String,
+    /// The name's pieces, joined as they are.
+    pub name: &'a [&'a str],
     pub kind: SpanKind,
     pub start: SystemTime,
     pub end: SystemTime,
-    pub attributes: Vec<(&'static str, Value)>,
+    pub attributes: &'a [(&'static str, Value<'a>)],
     /// The span's status is ERROR (else left unset, as OpenTelemetry advises).
     pub error: bool,
 }
@@ -90,7 +93,8 @@ struct Counters {
 const GATHER: Duration = Duration::from_millis(20);
 
 pub struct Exporter {
-    queue: Option<mpsc::Sender<Span>>,
+    /// Spans already encoded (`Span::encode`).
+    queue: Option<mpsc::Sender<Vec<u8>>>,
     counters: Arc<Counters>,
     thread: Option<JoinHandle<()>>,
 }
@@ -112,7 +116,7 @@ impl Exporter {
         let worker = Worker {
             rx,
             client: Client::new(authority),
-            resource: resource(service_name),
+            prefix: Prefix::new(service_name),
             options,
             counters: counters.clone(),
         };
@@ -128,8 +132,11 @@ impl Exporter {
     }
 
     /// Queues a span for export; never blocks. A full queue drops it (counted).
-    pub fn send(&self, span: Span) {
-        let queued = self.queue.as_ref().is_some_and(|q| q.try_send(span).is_ok());
+    pub fn send(&self, span: &Span<'_>) {
+        let queued = self
+            .queue
+            .as_ref()
+            .is_some_and(|q| q.capacity() > 0 && q.try_send(span.encode()).is_ok());
         if !queued {
             self.counters.dropped.fetch_add(1, Relaxed);
         }
@@ -195,9 +202,9 @@ fn collector_authority(collector: &str) -> Result<String, String> {
 }
 
 struct Worker {
-    rx: mpsc::Receiver<Span>,
+    rx: mpsc::Receiver<Vec<u8>>,
     client: Client,
-    resource: proto::Resource,
+    prefix: Prefix,
     options: ExportOptions,
     counters: Arc<Counters>,
 }
@@ -238,7 +245,7 @@ impl Worker {
 
     /// Waits for a first span, then gathers more until the batch is full or
     /// `interval` passes. False once the queue is closed (and drained).
-    async fn fill(&mut self, batch: &mut Vec<Span>) -> bool {
+    async fn fill(&mut self, batch: &mut Vec<Vec<u8>>) -> bool {
         let max = self.options.batch;
         let Some(first) = self.rx.recv().await else {
             return false;
@@ -268,9 +275,10 @@ impl Worker {
         true
     }
 
-    async fn export(&mut self, batch: &mut Vec<Span>, deadline: Instant) {
+    async fn export(&mut self, batch: &mut Vec<Vec<u8>>, deadline: Instant) {
         let n = batch.len() as u64;
-        let body = encode(&self.resource, batch.drain(..));
+        let body = self.prefix.request(batch);
+        batch.clear();
         let answer = tokio::time::timeout_at(deadline, self.client.post(body)).await;
         let outcome = match answer {
             Ok(Ok(rejected)) => Ok(rejected.min(n)),
@@ -394,80 +402,144 @@ impl NoAnswer {
     }
 }
 
-fn resource(service_name: &str) -> proto::Resource {
-    proto::Resource {
-        attributes: vec![key_value("service.name", Value::Str(service_name.into()))],
-        dropped_attributes_count: 0,
+/// What every export request says before its spans: the resource (the
+/// service's name) and the instrumentation scope, encoded once.
+struct Prefix {
+    resource: Vec<u8>,
+    scope: Vec<u8>,
+}
+
+impl Prefix {
+    fn new(service_name: &str) -> Prefix {
+        let resource = proto::Resource {
+            attributes: vec![proto::KeyValue {
+                key: "service.name".into(),
+                value: Some(proto::AnyValue {
+                    value: Some(proto::any_value::Value::Str(service_name.into())),
+                }),
+            }],
+            dropped_attributes_count: 0,
+        };
+        let scope = proto::InstrumentationScope {
+            name: "meshcore".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            ..Default::default()
+        };
+        Prefix {
+            resource: prost::Message::encode_to_vec(&resource),
+            scope: prost::Message::encode_to_vec(&scope),
+        }
+    }
+
+    /// The protobuf body of one export request (ExportTraceServiceRequest):
+    /// one ResourceSpans holding one ScopeSpans holding the spans.
+    fn request(&self, spans: &[Vec<u8>]) -> Vec<u8> {
+        let scope_spans =
+            field_len(1, self.scope.len()) + spans.iter().map(|s| field_len(2, s.len())).sum::<usize>();
+        let resource_spans = field_len(1, self.resource.len()) + field_len(2, scope_spans);
+        let mut out = Vec::with_capacity(field_len(1, resource_spans));
+        bytes_head(1, resource_spans, &mut out);
+        bytes_field(1, &self.resource, &mut out);
+        bytes_head(2, scope_spans, &mut out);
+        bytes_field(1, &self.scope, &mut out);
+        for span in spans {
+            bytes_field(2, span, &mut out);
+        }
+        out
     }
 }
 
-/// The protobuf body of one export request.
-fn encode(resource: &proto::Resource, spans: impl Iterator<Item = Span>) -> Vec<u8> {
-    let request = proto::ExportTraceServiceRequest {
-        resource_spans: vec![proto::ResourceSpans {
-            resource: Some(resource.clone()),
-            scope_spans: vec![proto::ScopeSpans {
-                scope: Some(proto::InstrumentationScope {
-                    name: "meshcore".into(),
-                    version: env!("CARGO_PKG_VERSION").into(),
-                    ..Default::default()
-                }),
-                spans: spans.map(to_proto).collect(),
-                schema_url: String::new(),
-            }],
-            schema_url: String::new(),
-        }],
-    };
-    prost::Message::encode_to_vec(&request)
-}
-
-fn to_proto(span: Span) -> proto::Span {
-    proto::Span {
-        trace_id: span.trace_id.to_bytes().to_vec(),
-        span_id: span.span_id.to_bytes().to_vec(),
-        parent_span_id: span.parent.map_or(Vec::new(), |p| p.to_bytes().to_vec()),
-        name: span.name,
-        kind: match span.kind {
+impl Span<'_> {
+    /// The span as an OTLP `Span` message (trace.proto), fields in order.
+    pub fn encode(&self) -> Vec<u8> {
+        use prost::encoding::{encode_key, encode_varint, WireType};
+        let name_len = self.name.iter().map(|p| p.len()).sum();
+        let mut out = Vec::with_capacity(192 + name_len + 48 * self.attributes.len());
+        bytes_field(1, &self.trace_id.to_bytes(), &mut out);
+        bytes_field(2, &self.span_id.to_bytes(), &mut out);
+        if let Some(parent) = self.parent {
+            bytes_field(4, &parent.to_bytes(), &mut out);
+        }
+        bytes_head(5, name_len, &mut out);
+        for piece in self.name {
+            out.extend_from_slice(piece.as_bytes());
+        }
+        let kind = match self.kind {
             SpanKind::Server => proto::SpanKind::Server,
             SpanKind::Client => proto::SpanKind::Client,
-        } as i32,
-        start_time_unix_nano: unix_nanos(span.start),
-        end_time_unix_nano: unix_nanos(span.end),
-        attributes: span
-            .attributes
-            .into_iter()
-            .map(|(k, v)| key_value(k, v))
-            .collect(),
-        status: span.error.then(|| proto::Status {
-            message: String::new(),
-            code: proto::StatusCode::Error as i32,
-        }),
-        ..Default::default()
+        };
+        encode_key(6, WireType::Varint, &mut out);
+        encode_varint(kind as u64, &mut out);
+        encode_key(7, WireType::SixtyFourBit, &mut out);
+        out.extend_from_slice(&unix_nanos(self.start).to_le_bytes());
+        encode_key(8, WireType::SixtyFourBit, &mut out);
+        out.extend_from_slice(&unix_nanos(self.end).to_le_bytes());
+        for (key, value) in self.attributes {
+            key_value(key, *value, &mut out);
+        }
+        if self.error {
+            // Status { code = ERROR }
+            let code = proto::StatusCode::Error as u64;
+            bytes_head(15, 1 + prost::encoding::encoded_len_varint(code), &mut out);
+            encode_key(3, WireType::Varint, &mut out);
+            encode_varint(code, &mut out);
+        }
+        out
     }
 }
 
-fn key_value(key: &str, value: Value) -> proto::KeyValue {
-    use proto::any_value::Value as V;
-    let value = match value {
-        Value::Str(s) => V::Str(s),
-        Value::Int(i) => V::Int(i),
-        Value::Bool(b) => V::Bool(b),
+/// An attribute (KeyValue, field 9 of Span) holding an AnyValue.
+fn key_value(key: &str, value: Value<'_>, out: &mut Vec<u8>) {
+    use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
+    let any = match value {
+        Value::Str(s) => field_len(1, s.len()),
+        Value::Bool(_) => 2,
+        Value::Int(i) => 1 + encoded_len_varint(i as u64),
     };
-    proto::KeyValue {
-        key: key.into(),
-        value: Some(proto::AnyValue { value: Some(value) }),
+    bytes_head(9, field_len(1, key.len()) + field_len(2, any), out);
+    bytes_field(1, key.as_bytes(), out);
+    bytes_head(2, any, out);
+    match value {
+        Value::Str(s) => bytes_field(1, s.as_bytes(), out),
+        Value::Bool(b) => {
+            encode_key(2, WireType::Varint, out);
+            encode_varint(b as u64, out);
+        }
+        Value::Int(i) => {
+            encode_key(3, WireType::Varint, out);
+            encode_varint(i as u64, out);
+        }
     }
+}
+
+/// The key and length of a length-delimited field of `len` bytes.
+fn bytes_head(tag: u32, len: usize, out: &mut Vec<u8>) {
+    prost::encoding::encode_key(tag, prost::encoding::WireType::LengthDelimited, out);
+    prost::encoding::encode_varint(len as u64, out);
+}
+
+fn bytes_field(tag: u32, bytes: &[u8], out: &mut Vec<u8>) {
+    bytes_head(tag, bytes.len(), out);
+    out.extend_from_slice(bytes);
+}
+
+/// The encoded size of a length-delimited field of `len` bytes.
+fn field_len(tag: u32, len: usize) -> usize {
+    prost::encoding::key_len(tag) + prost::encoding::encoded_len_varint(len as u64) + len
 }
 
 fn unix_nanos(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
 }
 
-/// The OTLP messages the exporter sends and reads, by hand: field numbers and
-/// types as in opentelemetry-proto (collector/trace/v1/trace_service.proto,
+/// The OTLP messages, declared by hand for prost: the collector's answer, the
+/// resource and scope (encoded once), and in tests what `Span::encode` and
+/// `Prefix::request` write, read back. Field numbers and types as in
+/// opentelemetry-proto (collector/trace/v1/trace_service.proto,
 /// trace/v1/trace.proto, common/v1/common.proto, resource/v1/resource.proto).
 /// Fields the exporter never sets are left out; a decoder skips them anyway.
 pub(crate) mod proto {
+    #[cfg(test)] // sent as encoded by hand; read back in tests
     #[derive(Clone, PartialEq, prost::Message)]
     pub struct ExportTraceServiceRequest {
         #[prost(message, repeated, tag = "1")]
@@ -488,6 +560,7 @@ pub(crate) mod proto {
         pub error_message: String,
     }
 
+    #[cfg(test)] // sent as encoded by hand; read back in tests
     #[derive(Clone, PartialEq, prost::Message)]
     pub struct ResourceSpans {
         #[prost(message, optional, tag = "1")]
@@ -506,6 +579,7 @@ pub(crate) mod proto {
         pub dropped_attributes_count: u32,
     }
 
+    #[cfg(test)] // sent as encoded by hand; read back in tests
     #[derive(Clone, PartialEq, prost::Message)]
     pub struct ScopeSpans {
         #[prost(message, optional, tag = "1")]
@@ -528,6 +602,7 @@ pub(crate) mod proto {
         pub dropped_attributes_count: u32,
     }
 
+    #[cfg(test)] // sent as encoded by hand; read back in tests
     #[derive(Clone, PartialEq, prost::Message)]
     pub struct Span {
         #[prost(bytes = "vec", tag = "1")]
@@ -628,37 +703,45 @@ mod tests {
         b
     }
 
-    fn golden_span() -> Span {
+    const GOLDEN_ATTRIBUTES: &[(&str, Value<'static>)] = &[
+        ("http.request.method", Value::Str("GET")),
+        ("http.response.status_code", Value::Int(503)),
+        ("meshcore.retried", Value::Bool(true)),
+    ];
+
+    fn golden_span() -> Span<'static> {
         let start = UNIX_EPOCH + Duration::from_nanos(1_700_000_000_000_000_000);
         Span {
             trace_id: TraceId::from_bytes(id("4bf92f3577b34da6a3ce929d0e0e4736")).unwrap(),
             span_id: SpanId::from_bytes(id("00f067aa0ba902b7")).unwrap(),
             parent: SpanId::from_bytes(id("e457b5a2e4d86bd1")),
-            name: "GET /".into(),
+            name: &["GET", " ", "/"],
             kind: SpanKind::Server,
             start,
             end: start + Duration::from_micros(1500),
-            attributes: vec![
-                ("http.request.method", Value::Str("GET".into())),
-                ("http.response.status_code", Value::Int(503)),
-                ("meshcore.retried", Value::Bool(true)),
-            ],
+            attributes: GOLDEN_ATTRIBUTES,
             error: true,
         }
     }
 
-    fn span(name: &str) -> Span {
+    fn span<'a>(name: &'a [&'a str]) -> Span<'a> {
         Span {
             trace_id: TraceId::random(),
             span_id: SpanId::random(),
             parent: None,
-            name: name.into(),
+            name,
             kind: SpanKind::Client,
             start: SystemTime::now(),
             end: SystemTime::now(),
-            attributes: vec![],
+            attributes: &[],
             error: false,
         }
+    }
+
+    fn str_value(s: &str) -> Option<proto::AnyValue> {
+        Some(proto::AnyValue {
+            value: Some(proto::any_value::Value::Str(s.into())),
+        })
     }
 
     #[test]
@@ -669,8 +752,8 @@ mod tests {
             2a05474554202f30023900002a36fe9c97174160e34036fe9c97174a1c0a13687474702e726571756573\
             742e6d6574686f6412050a034745544a200a19687474702e726573706f6e73652e7374617475735f636f\
             6465120318f7034a160a106d657368636f72652e72657472696564120210017a021802";
-        let ours: String = to_proto(golden_span())
-            .encode_to_vec()
+        let ours: String = golden_span()
+            .encode()
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect();
@@ -679,16 +762,23 @@ mod tests {
 
     #[test]
     fn a_request_decodes_back_to_what_went_in() {
-        let plain = span("outbound");
-        let body = encode(&resource("web"), vec![golden_span(), plain.clone()].into_iter());
+        let plain = span(&["outbound"]);
+        let negative = [("n", Value::Int(-1)), ("empty", Value::Str(""))];
+        let odd = Span {
+            attributes: &negative,
+            name: &[],
+            ..plain
+        };
+        let body = Prefix::new("web").request(&[golden_span().encode(), plain.encode(), odd.encode()]);
         let request = proto::ExportTraceServiceRequest::decode(&body[..]).unwrap();
         let [rs] = &request.resource_spans[..] else {
             panic!("one resource")
         };
-        assert_eq!(
-            rs.resource.as_ref().unwrap().attributes,
-            vec![key_value("service.name", Value::Str("web".into()))]
-        );
+        let service = proto::KeyValue {
+            key: "service.name".into(),
+            value: str_value("web"),
+        };
+        assert_eq!(rs.resource.as_ref().unwrap().attributes, vec![service]);
         let [ss] = &rs.scope_spans[..] else {
             panic!("one scope")
         };
@@ -697,8 +787,8 @@ mod tests {
             (&*scope.name, &*scope.version),
             ("meshcore", env!("CARGO_PKG_VERSION"))
         );
-        let [first, second] = &ss.spans[..] else {
-            panic!("two spans")
+        let [first, second, third] = &ss.spans[..] else {
+            panic!("three spans")
         };
 
         assert_eq!(first.trace_id, id::<16>("4bf92f3577b34da6a3ce929d0e0e4736"));
@@ -708,12 +798,19 @@ mod tests {
         assert_eq!(first.kind, proto::SpanKind::Server as i32);
         assert_eq!(first.start_time_unix_nano, 1_700_000_000_000_000_000);
         assert_eq!(first.end_time_unix_nano, 1_700_000_000_001_500_000);
-        let attrs: Vec<_> = golden_span()
-            .attributes
-            .into_iter()
-            .map(|(k, v)| key_value(k, v))
-            .collect();
-        assert_eq!(first.attributes, attrs);
+        use proto::any_value::Value as V;
+        let attribute = |key: &str, value| proto::KeyValue {
+            key: key.into(),
+            value: Some(proto::AnyValue { value: Some(value) }),
+        };
+        assert_eq!(
+            first.attributes,
+            vec![
+                attribute("http.request.method", V::Str("GET".into())),
+                attribute("http.response.status_code", V::Int(503)),
+                attribute("meshcore.retried", V::Bool(true)),
+            ]
+        );
         assert_eq!(
             first.status.as_ref().unwrap().code,
             proto::StatusCode::Error as i32
@@ -722,9 +819,20 @@ mod tests {
         assert_eq!(second.trace_id, plain.trace_id.to_bytes());
         assert_eq!(second.span_id, plain.span_id.to_bytes());
         assert!(second.parent_span_id.is_empty());
+        assert_eq!(second.name, "outbound");
         assert_eq!(second.kind, proto::SpanKind::Client as i32);
         assert_eq!(second.status, None, "status left unset when all went well");
         assert_eq!(second.start_time_unix_nano, unix_nanos(plain.start));
+        assert!(second.attributes.is_empty());
+
+        assert_eq!(third.name, "");
+        assert_eq!(
+            third.attributes,
+            vec![
+                attribute("n", V::Int(-1)),
+                attribute("empty", V::Str(String::new()))
+            ]
+        );
     }
 
     #[test]
@@ -927,9 +1035,11 @@ mod tests {
             options(64, 2, Duration::from_millis(20)),
         )
         .unwrap();
-        let sent: Vec<Span> = (0..5).map(|i| span(&format!("span {i}"))).collect();
+        let names: Vec<String> = (0..5).map(|i| format!("span {i}")).collect();
+        let names: Vec<[&str; 1]> = names.iter().map(|n| [n.as_str()]).collect();
+        let sent: Vec<Span> = names.iter().map(|n| span(n)).collect();
         for s in &sent {
-            exporter.send(s.clone());
+            exporter.send(s);
         }
         let mut got = Vec::new();
         while got.len() < 5 {
@@ -972,7 +1082,7 @@ mod tests {
         )
         .unwrap();
         for i in 0..3 {
-            exporter.send(span(&format!("span {i}")));
+            exporter.send(&span(&[&format!("span {i}")]));
             assert_eq!(collector.next("a batch").spans[0].name, format!("span {i}"));
             wait_until("exported", || exporter.exported() == i + 1);
         }
@@ -993,7 +1103,7 @@ mod tests {
         )
         .unwrap();
         for i in 0..3 {
-            exporter.send(span(&format!("span {i}")));
+            exporter.send(&span(&[&format!("span {i}")]));
         }
         assert_eq!(collector.next("a full batch").spans.len(), 3);
         wait_until("3 failed", || exporter.failed() == 3);
@@ -1019,7 +1129,7 @@ mod tests {
         )
         .unwrap();
         for i in 0..3 {
-            exporter.send(span(&format!("span {i}")));
+            exporter.send(&span(&[&format!("span {i}")]));
         }
         collector.next("a full batch");
         wait_until("1 failed", || exporter.failed() == 1);
@@ -1038,8 +1148,8 @@ mod tests {
             options(64, 2, Duration::from_secs(60)),
         )
         .unwrap();
-        exporter.send(span("a"));
-        exporter.send(span("b"));
+        exporter.send(&span(&["a"]));
+        exporter.send(&span(&["b"]));
         wait_until("2 failed", || exporter.failed() == 2);
         assert_eq!(exporter.exported(), 0);
     }
@@ -1057,11 +1167,11 @@ mod tests {
             options(2, 1, Duration::from_secs(60)),
         )
         .unwrap();
-        exporter.send(span("in flight"));
+        exporter.send(&span(&["in flight"]));
         // The worker is now waiting on the collector with that span: the queue holds 2 more.
         collector.next("the first batch");
         for i in 0..5 {
-            exporter.send(span(&format!("queued {i}")));
+            exporter.send(&span(&[&format!("queued {i}")]));
         }
         assert_eq!(exporter.dropped(), 3);
         gate.add_permits(100);
@@ -1082,10 +1192,10 @@ mod tests {
         let mut options = options(8, 1, Duration::from_secs(60));
         options.timeout = Duration::from_millis(200);
         let exporter = Exporter::start(&collector.addr.to_string(), "web", options).unwrap();
-        exporter.send(span("in flight"));
+        exporter.send(&span(&["in flight"]));
         collector.next("the first batch");
         for i in 0..3 {
-            exporter.send(span(&format!("queued {i}")));
+            exporter.send(&span(&[&format!("queued {i}")]));
         }
         let counters = exporter.counters.clone();
         drop(exporter);
@@ -1105,8 +1215,8 @@ mod tests {
             options(64, 512, Duration::from_secs(3600)),
         )
         .unwrap();
-        exporter.send(span("a"));
-        exporter.send(span("b"));
+        exporter.send(&span(&["a"]));
+        exporter.send(&span(&["b"]));
         drop(exporter);
         let r = collector
             .received

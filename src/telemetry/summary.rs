@@ -1,6 +1,8 @@
 //! One request as access logs, tap, traces and the plugins' `on_log` see it,
 //! gathered as its response streams and complete when the response ends.
 
+use super::trace::TraceId;
+use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -13,17 +15,18 @@ pub struct Summary {
     pub listener: Arc<str>,
     pub client: Option<SocketAddr>,
     pub version: http::Version,
-    pub method: String,
+    pub method: http::Method,
     /// Path and query, as the app receives them.
     pub path: String,
     pub authority: String,
-    /// Empty when no route (or no service) was reached.
-    pub route: String,
-    pub service: String,
-    /// The endpoint that answered ("ip:port") and its zone; empty when the
-    /// proxy answered itself.
-    pub endpoint: String,
-    pub zone: String,
+    /// None when no route (or no service) was reached. Names are shared
+    /// with the config: a summary costs no allocation for them.
+    pub route: Option<Arc<str>>,
+    pub service: Option<Arc<str>>,
+    /// The endpoint that answered and its zone; None when the proxy
+    /// answered itself.
+    pub endpoint: Option<SocketAddr>,
+    pub zone: Option<Arc<str>>,
     pub status: u16,
     pub grpc_status: Option<u32>,
     /// A 5xx, an error, a gRPC error, or a body cut short.
@@ -34,8 +37,8 @@ pub struct Summary {
     pub retried: bool,
     /// The client's verified SPIFFE ID (mTLS).
     pub identity: Option<String>,
-    /// The W3C trace the request belongs to, as 32 hex digits, when it has one.
-    pub trace_id: Option<String>,
+    /// The W3C trace the request belongs to, when it has one.
+    pub trace_id: Option<TraceId>,
 }
 
 impl Default for Summary {
@@ -45,13 +48,13 @@ impl Default for Summary {
             listener: Arc::from(""),
             client: None,
             version: http::Version::HTTP_11,
-            method: String::new(),
+            method: http::Method::GET,
             path: String::new(),
             authority: String::new(),
-            route: String::new(),
-            service: String::new(),
-            endpoint: String::new(),
-            zone: String::new(),
+            route: None,
+            service: None,
+            endpoint: None,
+            zone: None,
             status: 0,
             grpc_status: None,
             failed: false,
@@ -66,60 +69,147 @@ impl Default for Summary {
 }
 
 impl Summary {
+    pub fn route_name(&self) -> &str {
+        self.route.as_deref().unwrap_or("")
+    }
+
+    pub fn service_name(&self) -> &str {
+        self.service.as_deref().unwrap_or("")
+    }
+
     /// The summary as one JSON object and a newline, keys in a fixed order
     /// (access logs' `json` format, tap's JSON lines). Empty names are null.
+    /// Written by hand, straight into `out`: this runs once per request.
     pub fn json_line(&self, out: &mut Vec<u8>) {
-        let some = |s: &str| (!s.is_empty()).then(|| s.to_owned());
-        let line = JsonLine {
-            time: rfc3339_millis(self.start),
-            listener: &self.listener,
-            client: self.client.map(|c| c.to_string()),
-            method: &self.method,
-            path: &self.path,
-            protocol: protocol(self.version),
-            authority: some(&self.authority),
-            status: self.status,
-            grpc_status: self.grpc_status,
-            failed: self.failed,
-            duration_ms: round3(self.duration_ms),
-            ttfb_ms: round3(self.ttfb_ms),
-            bytes: self.response_bytes,
-            route: some(&self.route),
-            service: some(&self.service),
-            endpoint: some(&self.endpoint),
-            zone: some(&self.zone),
-            identity: self.identity.as_deref(),
-            trace_id: self.trace_id.as_deref(),
-            retried: self.retried,
-        };
-        // Writing plain data into a Vec cannot fail.
-        let _ = serde_json::to_writer(&mut *out, &line);
-        out.push(b'\n');
+        let mut json = Json(out);
+        json.key("{", "time");
+        json.raw("\"");
+        rfc3339_millis(self.start, json.0);
+        json.raw("\"");
+        json.key(",", "listener");
+        json.string(&self.listener);
+        json.key(",", "client");
+        match self.client {
+            Some(addr) => json.addr(addr),
+            None => json.raw("null"),
+        }
+        json.key(",", "method");
+        json.string(self.method.as_str());
+        json.key(",", "path");
+        json.string(&self.path);
+        json.key(",", "protocol");
+        json.string(protocol(self.version));
+        json.key(",", "authority");
+        json.name(&self.authority);
+        json.key(",", "status");
+        json.int(self.status.into());
+        json.key(",", "grpc_status");
+        match self.grpc_status {
+            Some(code) => json.int(code.into()),
+            None => json.raw("null"),
+        }
+        json.key(",", "failed");
+        json.bool(self.failed);
+        json.key(",", "duration_ms");
+        json.float(round3(self.duration_ms));
+        json.key(",", "ttfb_ms");
+        json.float(round3(self.ttfb_ms));
+        json.key(",", "bytes");
+        json.int(self.response_bytes);
+        json.key(",", "route");
+        json.name(self.route_name());
+        json.key(",", "service");
+        json.name(self.service_name());
+        json.key(",", "endpoint");
+        match self.endpoint {
+            Some(addr) => json.addr(addr),
+            None => json.raw("null"),
+        }
+        json.key(",", "zone");
+        json.name(self.zone.as_deref().unwrap_or(""));
+        json.key(",", "identity");
+        json.name(self.identity.as_deref().unwrap_or(""));
+        json.key(",", "trace_id");
+        match self.trace_id {
+            Some(id) => {
+                json.raw("\"");
+                json.raw(id.to_hex(&mut [0; 32]));
+                json.raw("\"");
+            }
+            None => json.raw("null"),
+        }
+        json.key(",", "retried");
+        json.bool(self.retried);
+        json.raw("}\n");
     }
 }
 
-#[derive(serde::Serialize)]
-struct JsonLine<'a> {
-    time: String,
-    listener: &'a str,
-    client: Option<String>,
-    method: &'a str,
-    path: &'a str,
-    protocol: &'static str,
-    authority: Option<String>,
-    status: u16,
-    grpc_status: Option<u32>,
-    failed: bool,
-    duration_ms: f64,
-    ttfb_ms: f64,
-    bytes: u64,
-    route: Option<String>,
-    service: Option<String>,
-    endpoint: Option<String>,
-    zone: Option<String>,
-    identity: Option<&'a str>,
-    trace_id: Option<&'a str>,
-    retried: bool,
+/// A JSON writer for one flat object.
+struct Json<'a>(&'a mut Vec<u8>);
+
+impl Json<'_> {
+    fn raw(&mut self, text: &str) {
+        self.0.extend_from_slice(text.as_bytes());
+    }
+
+    fn key(&mut self, before: &str, key: &str) {
+        self.raw(before);
+        self.raw("\"");
+        self.raw(key);
+        self.raw("\":");
+    }
+
+    fn string(&mut self, text: &str) {
+        let plain = text.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\');
+        match plain {
+            true => {
+                self.raw("\"");
+                self.raw(text);
+                self.raw("\"");
+            }
+            // Writing plain data into a Vec cannot fail.
+            false => drop(serde_json::to_writer(&mut *self.0, text)),
+        }
+    }
+
+    /// A name, or null when it is empty.
+    fn name(&mut self, text: &str) {
+        match text.is_empty() {
+            true => self.raw("null"),
+            false => self.string(text),
+        }
+    }
+
+    fn int(&mut self, n: u64) {
+        self.raw(itoa::Buffer::new().format(n));
+    }
+
+    fn bool(&mut self, b: bool) {
+        self.raw(if b { "true" } else { "false" });
+    }
+
+    fn float(&mut self, f: f64) {
+        drop(serde_json::to_writer(&mut *self.0, &f));
+    }
+
+    fn addr(&mut self, addr: SocketAddr) {
+        self.raw("\"");
+        match addr {
+            SocketAddr::V4(v4) => {
+                for (i, octet) in v4.ip().octets().into_iter().enumerate() {
+                    if i > 0 {
+                        self.raw(".");
+                    }
+                    self.int(octet.into());
+                }
+                self.raw(":");
+                self.int(v4.port().into());
+            }
+            // "[::1]:80": no character of it needs escaping.
+            SocketAddr::V6(v6) => drop(write!(self.0, "{v6}")),
+        }
+        self.raw("\"");
+    }
 }
 
 fn round3(ms: f64) -> f64 {
@@ -138,12 +228,24 @@ pub fn protocol(version: http::Version) -> &'static str {
 }
 
 /// RFC 3339 in UTC with milliseconds: "2026-12-03T09:41:07.123Z".
-pub fn rfc3339_millis(t: SystemTime) -> String {
+pub fn rfc3339_millis(t: SystemTime, out: &mut Vec<u8>) {
     let (c, millis) = crate::time::civil::Civil::at(t);
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-        c.year, c.month, c.day, c.hour, c.minute, c.second, millis
-    )
+    let fields = [
+        (c.year.clamp(0, 9999) as u32, 4, b'-'),
+        (c.month, 2, b'-'),
+        (c.day, 2, b'T'),
+        (c.hour, 2, b':'),
+        (c.minute, 2, b':'),
+        (c.second, 2, b'.'),
+        (millis, 3, b'Z'),
+    ];
+    for (n, width, after) in fields {
+        let mut buf = itoa::Buffer::new();
+        let text = buf.format(n);
+        out.extend(std::iter::repeat_n(b'0', width - text.len().min(width)));
+        out.extend_from_slice(text.as_bytes());
+        out.push(after);
+    }
 }
 
 #[cfg(test)]
@@ -157,7 +259,7 @@ mod tests {
             start: SystemTime::UNIX_EPOCH + Duration::from_millis(1_795_651_199_042),
             listener: "outbound".into(),
             client: Some("127.0.0.1:5000".parse().unwrap()),
-            method: "GET".into(),
+            method: http::Method::GET,
             path: "/a?\"b\"\n".into(),
             authority: "web.local".into(),
             status: 200,
@@ -175,5 +277,93 @@ mod tests {
             "{text}"
         );
         assert!(text.contains(r#""route":null,"service":null"#), "{text}");
+    }
+
+    #[test]
+    fn a_full_json_line_parses_back_to_every_field() {
+        let trace = TraceId::from_bytes([0x4b; 16]).unwrap();
+        let summary = Summary {
+            start: SystemTime::UNIX_EPOCH + Duration::from_millis(1_795_651_199_042),
+            listener: "in\u{1}\"bound\\".into(),
+            client: Some("[2001:db8::1]:5000".parse().unwrap()),
+            version: http::Version::HTTP_2,
+            method: http::Method::from_bytes(b"PURGE").unwrap(),
+            path: "/é?q=\t".into(),
+            authority: "web.local:80".into(),
+            route: Some("r\u{7f}".into()),
+            service: Some("svc".into()),
+            endpoint: Some("10.0.0.7:8080".parse().unwrap()),
+            zone: Some("zone-a".into()),
+            status: 503,
+            grpc_status: Some(14),
+            failed: true,
+            duration_ms: 12.0,
+            ttfb_ms: 0.0004,
+            response_bytes: u64::MAX,
+            retried: true,
+            identity: Some("spiffe://mesh.local/ns/a/sa/b".into()),
+            trace_id: Some(trace),
+        };
+        let mut out = Vec::new();
+        summary.json_line(&mut out);
+        let line: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        let expected = serde_json::json!({
+            "time": "2026-11-25T23:59:59.042Z",
+            "listener": "in\u{1}\"bound\\",
+            "client": "[2001:db8::1]:5000",
+            "method": "PURGE",
+            "path": "/é?q=\t",
+            "protocol": "HTTP/2",
+            "authority": "web.local:80",
+            "status": 503,
+            "grpc_status": 14,
+            "failed": true,
+            "duration_ms": 12.0,
+            "ttfb_ms": 0.0,
+            "bytes": u64::MAX,
+            "route": "r\u{7f}",
+            "service": "svc",
+            "endpoint": "10.0.0.7:8080",
+            "zone": "zone-a",
+            "identity": "spiffe://mesh.local/ns/a/sa/b",
+            "trace_id": "4b".repeat(16),
+            "retried": true,
+        });
+        assert_eq!(line, expected);
+        let text = String::from_utf8(out).unwrap();
+        let order = [
+            "time",
+            "listener",
+            "client",
+            "method",
+            "path",
+            "protocol",
+            "authority",
+            "status",
+            "grpc_status",
+            "failed",
+            "duration_ms",
+            "ttfb_ms",
+            "bytes",
+            "route",
+            "service",
+            "endpoint",
+            "zone",
+            "identity",
+            "trace_id",
+            "retried",
+        ];
+        let at: Vec<usize> = order
+            .iter()
+            .map(|k| text.find(&format!("\"{k}\":")).unwrap())
+            .collect();
+        assert!(at.windows(2).all(|w| w[0] < w[1]), "keys in order: {text}");
+    }
+
+    #[test]
+    fn timestamps_are_zero_padded() {
+        let mut out = Vec::new();
+        rfc3339_millis(SystemTime::UNIX_EPOCH + Duration::from_millis(7), &mut out);
+        assert_eq!(String::from_utf8(out).unwrap(), "1970-01-01T00:00:00.007Z");
     }
 }

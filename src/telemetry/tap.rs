@@ -32,7 +32,7 @@ impl Filter {
             let host = s.authority.rsplit_once(':').map_or(&*s.authority, |(h, _)| h);
             want.eq_ignore_ascii_case(&s.authority) || want.eq_ignore_ascii_case(host)
         });
-        same(&self.route, &s.route) && same(&self.service, &s.service) && authority
+        same(&self.route, s.route_name()) && same(&self.service, s.service_name()) && authority
     }
 }
 
@@ -158,8 +158,8 @@ mod tests {
 
     fn summary(route: &str, service: &str, authority: &str) -> Summary {
         Summary {
-            route: route.into(),
-            service: service.into(),
+            route: Some(route.into()).filter(|r: &Arc<str>| !r.is_empty()),
+            service: Some(service.into()).filter(|s: &Arc<str>| !s.is_empty()),
             authority: authority.into(),
             ..Default::default()
         }

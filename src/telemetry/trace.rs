@@ -77,6 +77,13 @@ pub fn sample(ratio: f64) -> bool {
     ratio >= 1.0 || (ratio > 0.0 && (crate::rng::below(SCALE) as f64) < ratio * SCALE as f64)
 }
 
+impl TraceId {
+    /// The ID as 32 lowercase hex digits, written into `out`.
+    pub fn to_hex<'a>(&self, out: &'a mut [u8; 32]) -> &'a str {
+        hex(&self.0, out)
+    }
+}
+
 impl fmt::Display for TraceId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(hex(&self.0, &mut [0; 32]))

@@ -8,6 +8,7 @@ use super::retire::OffThread;
 use super::trace::{self, Format, SpanId, TraceId};
 use super::Summary;
 use crate::config::TracingConfig;
+use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -88,41 +89,47 @@ impl Tracer {
         let Some(exporter) = &self.exporter else {
             return;
         };
-        let name = match summary.route.is_empty() {
-            true => summary.method.clone(),
-            false => format!("{} {}", summary.method, summary.route),
+        let method = summary.method.as_str();
+        let name: &[&str] = match &summary.route {
+            None => &[method],
+            Some(route) => &[method, " ", route],
         };
-        let text = |s: &str| Value::Str(s.to_owned());
-        let mut attributes = vec![
-            ("http.request.method", text(&summary.method)),
-            ("url.path", text(summary.path.split('?').next().unwrap_or(""))),
-            ("http.response.status_code", Value::Int(summary.status.into())),
-            ("meshcore.listener", text(&summary.listener)),
-        ];
-        let named = [
-            ("server.address", &summary.authority),
-            ("meshcore.route", &summary.route),
-            ("meshcore.service", &summary.service),
-            ("meshcore.endpoint", &summary.endpoint),
-            ("meshcore.zone", &summary.zone),
-        ];
-        attributes.extend(
-            named
-                .into_iter()
-                .filter(|(_, v)| !v.is_empty())
-                .map(|(k, v)| (k, text(v))),
-        );
-        if let Some(identity) = &summary.identity {
-            attributes.push(("meshcore.client_identity", text(identity)));
+        let mut text = [0u8; 64]; // the longest socket address is 58 bytes
+        let endpoint = summary.endpoint.map_or("", |addr| shown(addr, &mut text));
+        fn named<'a>(key: &'static str, value: &'a str) -> Option<(&'static str, Value<'a>)> {
+            (!value.is_empty()).then_some((key, Value::Str(value)))
         }
-        if let Some(code) = summary.grpc_status {
-            attributes.push(("rpc.grpc.status_code", Value::Int(code.into())));
-        }
-        if summary.retried {
-            attributes.push(("meshcore.retried", Value::Bool(true)));
+        let wanted = [
+            Some(("http.request.method", Value::Str(method))),
+            Some((
+                "url.path",
+                Value::Str(summary.path.split('?').next().unwrap_or("")),
+            )),
+            Some(("http.response.status_code", Value::Int(summary.status.into()))),
+            Some(("meshcore.listener", Value::Str(&summary.listener))),
+            named("server.address", &summary.authority),
+            named("meshcore.route", summary.route_name()),
+            named("meshcore.service", summary.service_name()),
+            named("meshcore.endpoint", endpoint),
+            named("meshcore.zone", summary.zone.as_deref().unwrap_or("")),
+            summary
+                .identity
+                .as_deref()
+                .map(|id| ("meshcore.client_identity", Value::Str(id))),
+            summary
+                .grpc_status
+                .map(|code| ("rpc.grpc.status_code", Value::Int(code.into()))),
+            summary.retried.then_some(("meshcore.retried", Value::Bool(true))),
+        ];
+        // On the stack: the span is encoded before this returns.
+        let mut attributes = [("", Value::Int(0)); 12];
+        let mut count = 0;
+        for attribute in wanted.into_iter().flatten() {
+            attributes[count] = attribute;
+            count += 1;
         }
         let duration = Duration::from_secs_f64(summary.duration_ms.max(0.0) / 1000.0);
-        exporter.send(Span {
+        exporter.send(&Span {
             trace_id: span.trace_id,
             span_id: span.span_id,
             parent: span.parent,
@@ -134,7 +141,7 @@ impl Tracer {
             },
             start: summary.start,
             end: summary.start + duration,
-            attributes,
+            attributes: &attributes[..count],
             error: summary.failed,
         });
     }
@@ -144,4 +151,17 @@ impl Tracer {
         let e = self.exporter.as_ref()?;
         Some((e.exported(), e.dropped(), e.failed()))
     }
+}
+
+/// `value` as it displays, written into `out` (empty if it does not fit).
+fn shown(value: impl std::fmt::Display, out: &mut [u8]) -> &str {
+    let room = out.len();
+    let left = {
+        let mut rest = &mut out[..];
+        match write!(rest, "{value}") {
+            Ok(()) => rest.len(),
+            Err(_) => room,
+        }
+    };
+    std::str::from_utf8(&out[..room - left]).unwrap_or("")
 }
