@@ -134,6 +134,8 @@ pub struct PolicyRule {
     pub listener: String,
     #[serde(deserialize_with = "nullable")]
     pub path_prefix: Option<String>,
+    /// Request methods the rule allows (uppercase); empty is any.
+    pub methods: Vec<String>,
     pub identities: Vec<String>,
     pub networks: Vec<String>,
 }
@@ -627,6 +629,7 @@ mod tests {
             name: None,
             listener: "out".into(),
             path_prefix: None,
+            methods: Vec::new(),
             identities: Vec::new(),
             networks: Vec::new(),
         }];

@@ -1,4 +1,10 @@
-//! Inbound authorization by the caller's verified identity and network.
+//! Inbound authorization by the caller's verified identity, network and
+//! request method.
+//!
+//! A rule with a `path_prefix` protects what it covers: a request under it
+//! is allowed only by a rule of the most specific covering prefix, and
+//! denied otherwise, whatever the default. The other rules, and then the
+//! default, decide only requests that no such rule covers.
 
 use crate::config::{self, DefaultPolicy};
 use std::net::IpAddr;
@@ -18,9 +24,20 @@ pub enum Decision {
 struct Rule {
     name: Arc<str>,
     listener: String,
-    path_prefix: Option<String>,
+    scope: Option<Scope>,
+    methods: Vec<http::Method>,
     identities: Vec<String>,
     networks: Vec<(IpAddr, u8)>,
+}
+
+/// The requests a rule protects.
+#[derive(Debug)]
+struct Scope {
+    path_prefix: String,
+    /// Its path segments: a longer prefix is more specific.
+    depth: usize,
+    /// The deny label, "protected:/admin", made once.
+    denied: Arc<str>,
 }
 
 #[derive(Debug)]
@@ -90,10 +107,24 @@ impl Policy {
                 .iter()
                 .map(|n| parse_cidr(n).map_err(|e| format!("policy.rules[{i}].networks: {e}")))
                 .collect::<Result<_, _>>()?;
+            let methods = r
+                .methods
+                .iter()
+                .map(|m| {
+                    http::Method::from_bytes(m.as_bytes())
+                        .map_err(|_| format!("policy.rules[{i}].methods: {m:?} is not a method"))
+                })
+                .collect::<Result<_, _>>()?;
+            let scope = r.path_prefix.as_ref().map(|p| Scope {
+                path_prefix: p.clone(),
+                depth: p.split('/').filter(|s| !s.is_empty()).count(),
+                denied: Arc::from(format!("protected:{p}")),
+            });
             rules.push(Rule {
                 name: Arc::from(r.name.clone().unwrap_or_else(|| format!("rules[{i}]"))),
                 listener: r.listener.clone(),
-                path_prefix: r.path_prefix.clone(),
+                scope,
+                methods,
                 identities: r.identities.clone(),
                 networks,
             });
@@ -111,26 +142,39 @@ impl Policy {
         })
     }
 
-    /// `path` is None for opaque connections: rules with a path never match them.
+    /// `request` is the path and method, None for opaque connections:
+    /// rules with a path or methods never match those.
     pub fn decide(
         &self,
         listener: &str,
         peer: IpAddr,
         identity: Option<&str>,
-        path: Option<&str>,
+        request: Option<(&str, &http::Method)>,
     ) -> Decision {
-        let matched = self.rules.iter().find(|r| {
-            r.listener == listener
-                && match (&r.path_prefix, path) {
-                    (None, _) => true,
-                    (Some(p), Some(path)) => crate::route::path_matches(p, path),
-                    (Some(_), None) => false,
-                }
+        let holds = |r: &Rule| {
+            (r.methods.is_empty() || request.is_some_and(|(_, m)| r.methods.contains(m)))
                 && (r.identities.is_empty()
                     || identity.is_some_and(|id| r.identities.iter().any(|p| identity_matches(p, id))))
                 && (r.networks.is_empty() || r.networks.iter().any(|n| in_network(peer, *n)))
-        });
-        if let Some(rule) = matched {
+        };
+        let on_listener = || self.rules.iter().filter(|r| r.listener == listener);
+        if let Some((path, _)) = request {
+            let covers = |r: &&Rule| {
+                r.scope
+                    .as_ref()
+                    .is_some_and(|s| crate::route::path_matches(&s.path_prefix, path))
+            };
+            let depth = |r: &Rule| r.scope.as_ref().map_or(0, |s| s.depth);
+            if let Some(deepest) = on_listener().filter(covers).map(depth).max() {
+                let mut tier = on_listener().filter(covers).filter(|r| depth(r) == deepest);
+                let first = tier.next().expect("a rule of the deepest scope");
+                return match std::iter::once(first).chain(tier).find(|r| holds(r)) {
+                    Some(rule) => Decision::Allow(rule.name.clone()),
+                    None => Decision::Deny(first.scope.as_ref().expect("scoped").denied.clone()),
+                };
+            }
+        }
+        if let Some(rule) = on_listener().filter(|r| r.scope.is_none()).find(|r| holds(r)) {
             return Decision::Allow(rule.name.clone());
         }
         let name = self.default_name.clone();
@@ -156,9 +200,21 @@ mod tests {
             name: None,
             listener: "inbound".into(),
             path_prefix: path.map(String::from),
+            methods: Vec::new(),
             identities: ids.iter().map(|s| s.to_string()).collect(),
             networks: nets.iter().map(|s| s.to_string()).collect(),
         }
+    }
+
+    fn named(name: &str, r: config::PolicyRule) -> config::PolicyRule {
+        config::PolicyRule {
+            name: Some(name.into()),
+            ..r
+        }
+    }
+
+    fn get(path: &str) -> Option<(&str, &'static http::Method)> {
+        Some((path, &http::Method::GET))
     }
 
     const LOCAL: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
@@ -183,8 +239,7 @@ mod tests {
 
     #[test]
     fn defaults() {
-        let d =
-            |p: DefaultPolicy, id: Option<&str>| policy(p, vec![]).decide("inbound", LOCAL, id, Some("/"));
+        let d = |p: DefaultPolicy, id: Option<&str>| policy(p, vec![]).decide("inbound", LOCAL, id, get("/"));
         assert!(matches!(
             d(DefaultPolicy::AllUnauthenticated, None),
             Decision::Allow(_)
@@ -216,15 +271,15 @@ mod tests {
         );
         let ops = "spiffe://mesh.local/ns/ops/sa/alice";
         assert_eq!(
-            p.decide("inbound", LOCAL, Some(ops), Some("/admin/x")),
+            p.decide("inbound", LOCAL, Some(ops), get("/admin/x")),
             Decision::Allow("rules[0]".into())
         );
         assert!(matches!(
-            p.decide("inbound", LOCAL, Some(ops), Some("/other")),
+            p.decide("inbound", LOCAL, Some(ops), get("/other")),
             Decision::Deny(_)
         ));
         assert!(matches!(
-            p.decide("inbound", "10.1.1.1".parse().unwrap(), Some(ops), Some("/admin")),
+            p.decide("inbound", "10.1.1.1".parse().unwrap(), Some(ops), get("/admin")),
             Decision::Deny(_)
         ));
         assert_eq!(
@@ -239,6 +294,110 @@ mod tests {
         assert!(matches!(
             p.decide("inbound", LOCAL, Some(ops), None),
             Decision::Deny(_)
+        ));
+    }
+
+    const OPS: &str = "spiffe://mesh.local/ns/ops/sa/alice";
+    const BILLING: &str = "spiffe://mesh.local/ns/billing/sa/api";
+
+    fn admin_for_ops() -> config::PolicyRule {
+        named(
+            "ops-admin",
+            rule(Some("/admin"), &["spiffe://mesh.local/ns/ops/sa/*"], &[]),
+        )
+    }
+
+    #[test]
+    fn a_rule_for_a_path_protects_it_whatever_the_default() {
+        for default in [
+            DefaultPolicy::AllAuthenticated,
+            DefaultPolicy::AllUnauthenticated,
+            DefaultPolicy::Audit,
+        ] {
+            let p = policy(default, vec![admin_for_ops()]);
+            let d = |id, path| p.decide("inbound", LOCAL, id, get(path));
+            assert_eq!(d(Some(OPS), "/admin/x"), Decision::Allow("ops-admin".into()));
+            assert_eq!(
+                d(Some(WEB), "/admin/x"),
+                Decision::Deny("protected:/admin".into())
+            );
+            assert_eq!(d(None, "/admin"), Decision::Deny("protected:/admin".into()));
+            // Whole segments: /administrator is not under /admin, so the default decides.
+            let default_decides = |path| match default {
+                DefaultPolicy::Audit => d(Some(WEB), path) == Decision::Audit,
+                _ => matches!(d(Some(WEB), path), Decision::Allow(n) if n.starts_with("default:")),
+            };
+            assert!(default_decides("/administrator"), "{default:?}");
+            assert!(default_decides("/other"), "{default:?}");
+        }
+    }
+
+    #[test]
+    fn the_most_specific_prefix_decides_and_rules_of_one_prefix_add_up() {
+        let p = policy(
+            DefaultPolicy::AllAuthenticated,
+            vec![
+                admin_for_ops(),
+                named("billing", rule(Some("/admin/billing/"), &[BILLING], &[])),
+                named("web-admin", rule(Some("/admin"), &[WEB], &[])),
+                named("web-anywhere", rule(None, &[WEB, BILLING], &[])),
+            ],
+        );
+        let d = |id, path| p.decide("inbound", LOCAL, Some(id), get(path));
+        assert_eq!(d(OPS, "/admin/x"), Decision::Allow("ops-admin".into()));
+        assert_eq!(d(WEB, "/admin/x"), Decision::Allow("web-admin".into()));
+        assert_eq!(d(BILLING, "/admin/x"), Decision::Deny("protected:/admin".into()));
+        // The deeper prefix narrows: ops may not reach billing's part of /admin.
+        assert_eq!(d(BILLING, "/admin/billing"), Decision::Allow("billing".into()));
+        assert_eq!(
+            d(OPS, "/admin/billing/1"),
+            Decision::Deny("protected:/admin/billing/".into())
+        );
+        // An unscoped rule never opens a protected path, but decides the rest.
+        assert_eq!(d(BILLING, "/shop"), Decision::Allow("web-anywhere".into()));
+    }
+
+    #[test]
+    fn methods_narrow_a_rule_and_opaque_connections_match_no_method_rule() {
+        let mut read_only = rule(Some("/admin"), &[WEB], &[]);
+        read_only.methods = vec!["GET".into()];
+        let mut unscoped = rule(None, &[OPS], &[]);
+        unscoped.methods = vec!["POST".into()];
+        let p = policy(DefaultPolicy::Deny, vec![read_only, unscoped]);
+        let d = |id, path, m: &http::Method| p.decide("inbound", LOCAL, Some(id), Some((path, m)));
+        assert_eq!(
+            d(WEB, "/admin", &http::Method::GET),
+            Decision::Allow("rules[0]".into())
+        );
+        assert!(matches!(d(WEB, "/admin", &http::Method::POST), Decision::Deny(_)));
+        assert!(matches!(d(WEB, "/admin", &http::Method::HEAD), Decision::Deny(_)));
+        assert_eq!(
+            d(OPS, "/x", &http::Method::POST),
+            Decision::Allow("rules[1]".into())
+        );
+        assert!(matches!(d(OPS, "/x", &http::Method::GET), Decision::Deny(_)));
+        assert!(matches!(
+            p.decide("inbound", LOCAL, Some(OPS), None),
+            Decision::Deny(_)
+        ));
+        let bad = config::PolicyRule {
+            methods: vec!["GE T".into()],
+            ..rule(None, &[], &[])
+        };
+        let err = Policy::new(&config::Policy {
+            default: DefaultPolicy::Deny,
+            rules: vec![bad],
+        })
+        .unwrap_err();
+        assert!(err.contains("policy.rules[0].methods"), "{err}");
+    }
+
+    #[test]
+    fn a_path_is_protected_only_on_the_rules_listener() {
+        let p = policy(DefaultPolicy::AllAuthenticated, vec![admin_for_ops()]);
+        assert!(matches!(
+            p.decide("other", LOCAL, Some(WEB), get("/admin")),
+            Decision::Allow(n) if &*n == "default:all-authenticated"
         ));
     }
 }

@@ -1,4 +1,5 @@
-"""Inbound authorization: defaults, rules by identity (with wildcards), network and path; audit."""
+"""Inbound authorization: defaults, rules by identity (with wildcards), network, path and method;
+protected paths; audit."""
 
 from __future__ import annotations
 
@@ -68,12 +69,15 @@ def test_default_deny_with_identity_rules_and_wildcards(callers):
     assert authz(inbound, "deny") == {"default:deny": 1}
 
 
-def test_rules_only_grant_access(callers):
-    _, outs = callers(
+def test_a_rule_for_a_path_protects_it_whatever_the_default(callers):
+    """The issue's case: under `all-authenticated`, a rule naming /admin for ops keeps every other
+    authenticated caller out of /admin, and leaves the rest of the service to the default."""
+    inbound, outs = callers(
         {
             "default": "all-authenticated",
             "rules": [
                 {
+                    "name": "ops-admin",
                     "listener": "inbound",
                     "path_prefix": "/admin",
                     "identities": ["spiffe://mesh.local/ns/ops/sa/*"],
@@ -81,10 +85,72 @@ def test_rules_only_grant_access(callers):
             ],
         }
     )
-    # A rule grants access; it never takes away what the default allows. To keep /admin for
-    # ops only, the default must deny (next test).
-    assert status(outs["bob"], "/admin/x") == 200
+    refused = httpx.get(outs["web"].url("outbound", "/admin/x"))
+    assert refused.status_code == 403
+    assert refused.headers["meshcore-error"] == "unauthorized"
+    assert status(outs["bob"], "/admin") == 403
     assert status(outs["alice"], "/admin/x") == 200
+    # Whole segments: /administrator is not under /admin, so the default lets bob in.
+    assert status(outs["bob"], "/administrator") == 200
+    assert status(outs["web"], "/other") == 200
+    assert authz(inbound, "deny") == {"protected:/admin": 2}
+    assert authz(inbound, "allow") == {"ops-admin": 1, "default:all-authenticated": 2}
+
+
+def test_the_longest_protecting_prefix_decides_and_methods_narrow_a_rule(callers):
+    _, outs = callers(
+        {
+            "default": "all-unauthenticated",
+            "rules": [
+                {
+                    "listener": "inbound",
+                    "path_prefix": "/admin",
+                    "identities": ["spiffe://mesh.local/ns/ops/sa/*"],
+                },
+                {
+                    "listener": "inbound",
+                    "path_prefix": "/admin/reports",
+                    "methods": ["get"],
+                    "identities": ["spiffe://mesh.local/ns/default/sa/web"],
+                },
+            ],
+        }
+    )
+    url = lambda who, path: outs[who].url("outbound", path)  # noqa: E731
+    assert httpx.get(url("web", "/admin/reports/1")).status_code == 200
+    assert httpx.post(url("web", "/admin/reports/1"), content=b"x").status_code == 403
+    assert httpx.head(url("web", "/admin/reports/1")).status_code == 403
+    # The deeper prefix narrows /admin: ops may not read the reports.
+    assert status(outs["alice"], "/admin/reports/1") == 403
+    assert status(outs["alice"], "/admin/users") == 200
+    assert status(outs["web"], "/admin/users") == 403
+    assert status(outs["bob"], "/shop") == 200
+
+
+def test_audit_records_but_never_opens_a_protected_path(callers, capfd):
+    inbound, outs = callers(
+        {
+            "default": "audit",
+            "rules": [{"listener": "inbound", "path_prefix": "/admin", "identities": ["spiffe://x/none"]}],
+        },
+        who=("web",),
+    )
+    assert status(outs["web"], "/admin") == 403
+    assert status(outs["web"], "/") == 200
+    assert authz(inbound, "deny") == {"protected:/admin": 1}
+    assert authz(inbound, "allow") == {"default:audit": 1}
+
+
+def test_a_rule_method_that_is_not_a_token_is_refused():
+    from meshcore import ConfigError
+    from meshcore.config import load
+
+    cfg = {
+        "listeners": [{"name": "inbound", "bind": "127.0.0.1:0", "direction": "inbound"}],
+        "policy": {"rules": [{"listener": "inbound", "methods": ["GET", "GE T"]}]},
+    }
+    with pytest.raises(ConfigError, match=r"policy.rules\[0\].methods: .*'GE T' is not a request method"):
+        load(cfg)
 
 
 def test_path_rules_with_deny_default(callers):

@@ -524,7 +524,10 @@ class Identity(_Model):
 class PolicyRule(_Model):
     name: Optional[str] = None
     listener: str
+    # A rule with a path_prefix protects it: requests under it are allowed only by the rules of the
+    # longest such prefix, and refused otherwise, whatever the default.
     path_prefix: Optional[str] = None
+    methods: list[str] = []  # the methods the rule allows; empty is any
     identities: list[str] = []
     networks: list[str] = []
 
@@ -543,6 +546,18 @@ class PolicyRule(_Model):
         for net in v:
             _check_network(net)
         return v
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, v: list[str]) -> list[str]:
+        for method in v:
+            if not _METHOD.fullmatch(method):
+                raise ValueError(f"{method!r} is not a request method (a token such as GET or POST)")
+        return [m.upper() for m in v]
+
+
+# RFC 9110 section 9.1: a method is a token.
+_METHOD = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 
 class Policy(_Model):
@@ -926,6 +941,7 @@ class Config(_Model):
                         "name": rule.name,
                         "listener": rule.listener,
                         "path_prefix": rule.path_prefix,
+                        "methods": list(rule.methods),
                         "identities": list(rule.identities),
                         "networks": list(rule.networks),
                     }

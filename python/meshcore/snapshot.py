@@ -46,6 +46,7 @@ class PolicyRule(TypedDict):
     name: Optional[str]
     listener: str
     path_prefix: Optional[str]
+    methods: list[str]
     identities: list[str]
     networks: list[str]
 

@@ -48,7 +48,7 @@ pub(super) fn authorize(req: &mut Request<RequestBody>, ctx: &mut RequestCtx) ->
         &conn.listener_name,
         conn.peer.ip(),
         caller,
-        Some(req.uri().path()),
+        Some((req.uri().path(), req.method())),
     );
     conn.shared.metrics.authorization(&conn.listener_name, &decision);
     match decision {
