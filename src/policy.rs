@@ -151,12 +151,39 @@ impl Policy {
         identity: Option<&str>,
         request: Option<(&str, &http::Method)>,
     ) -> Decision {
-        let holds = |r: &Rule| {
-            (r.methods.is_empty() || request.is_some_and(|(_, m)| r.methods.contains(m)))
-                && (r.identities.is_empty()
-                    || identity.is_some_and(|id| r.identities.iter().any(|p| identity_matches(p, id))))
-                && (r.networks.is_empty() || r.networks.iter().any(|n| in_network(peer, *n)))
+        self.evaluate(listener, peer, identity, request, &mut ())
+    }
+
+    /// The decision and how it was reached, as `meshcore policy explain`
+    /// shows it: the same evaluation as `decide`, with its steps written down.
+    pub fn explain(
+        &self,
+        listener: &str,
+        peer: IpAddr,
+        identity: Option<&str>,
+        request: Option<(&str, &http::Method)>,
+    ) -> Explanation {
+        let mut explanation = Explanation::default();
+        let decision = self.evaluate(listener, peer, identity, request, &mut explanation);
+        let (verdict, label) = match &decision {
+            Decision::Allow(rule) => ("allow", rule.to_string()),
+            Decision::Audit => ("audit", self.default_name.to_string()),
+            Decision::Deny(rule) => ("deny", rule.to_string()),
         };
+        explanation.decision = verdict;
+        explanation.rule = label;
+        explanation.default = self.default_name.to_string();
+        explanation
+    }
+
+    fn evaluate(
+        &self,
+        listener: &str,
+        peer: IpAddr,
+        identity: Option<&str>,
+        request: Option<(&str, &http::Method)>,
+        trace: &mut impl Trace,
+    ) -> Decision {
         let on_listener = || self.rules.iter().filter(|r| r.listener == listener);
         if let Some((path, _)) = request {
             let covers = |r: &&Rule| {
@@ -168,15 +195,26 @@ impl Policy {
             if let Some(deepest) = on_listener().filter(covers).map(depth).max() {
                 let mut tier = on_listener().filter(covers).filter(|r| depth(r) == deepest);
                 let first = tier.next().expect("a rule of the deepest scope");
-                return match std::iter::once(first).chain(tier).find(|r| holds(r)) {
-                    Some(rule) => Decision::Allow(rule.name.clone()),
-                    None => Decision::Deny(first.scope.as_ref().expect("scoped").denied.clone()),
-                };
+                let scope = first.scope.as_ref().expect("scoped");
+                trace.protected(&scope.path_prefix);
+                for rule in std::iter::once(first).chain(tier) {
+                    let failed = rule.failed(peer, identity, request);
+                    trace.tried(&rule.name, failed);
+                    if failed.is_none() {
+                        return Decision::Allow(rule.name.clone());
+                    }
+                }
+                return Decision::Deny(scope.denied.clone());
             }
         }
-        if let Some(rule) = on_listener().filter(|r| r.scope.is_none()).find(|r| holds(r)) {
-            return Decision::Allow(rule.name.clone());
+        for rule in on_listener().filter(|r| r.scope.is_none()) {
+            let failed = rule.failed(peer, identity, request);
+            trace.tried(&rule.name, failed);
+            if failed.is_none() {
+                return Decision::Allow(rule.name.clone());
+            }
         }
+        trace.defaulted();
         let name = self.default_name.clone();
         match self.default {
             DefaultPolicy::AllUnauthenticated => Decision::Allow(name),
@@ -184,6 +222,84 @@ impl Policy {
             DefaultPolicy::AllAuthenticated | DefaultPolicy::Deny => Decision::Deny(name),
             DefaultPolicy::Audit => Decision::Audit,
         }
+    }
+}
+
+impl Rule {
+    /// The first of the rule's conditions the request does not meet.
+    fn failed(
+        &self,
+        peer: IpAddr,
+        identity: Option<&str>,
+        request: Option<(&str, &http::Method)>,
+    ) -> Option<Condition> {
+        if !(self.methods.is_empty() || request.is_some_and(|(_, m)| self.methods.contains(m))) {
+            return Some(Condition::Method);
+        }
+        let named = |id: &str| self.identities.iter().any(|p| identity_matches(p, id));
+        if !(self.identities.is_empty() || identity.is_some_and(named)) {
+            return Some(Condition::Identity);
+        }
+        if !(self.networks.is_empty() || self.networks.iter().any(|n| in_network(peer, *n))) {
+            return Some(Condition::Network);
+        }
+        None
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Condition {
+    Method,
+    Identity,
+    Network,
+}
+
+/// What `evaluate` tells as it goes; the proxy's `()` listens to nothing.
+trait Trace {
+    fn protected(&mut self, _path_prefix: &str) {}
+    fn tried(&mut self, _rule: &str, _failed: Option<Condition>) {}
+    fn defaulted(&mut self) {}
+}
+
+impl Trace for () {}
+
+/// A decision and its steps (`meshcore policy explain --json`).
+#[derive(Debug, Default, serde::Serialize)]
+pub struct Explanation {
+    /// "allow", "deny" or "audit" (allowed, but it would be denied).
+    pub decision: &'static str,
+    /// The rule label metrics count it under.
+    pub rule: String,
+    /// The prefix whose rules alone decided, when the path is protected.
+    pub protected_by: Option<String>,
+    /// Each rule tried, in order, and the condition it failed (none: it allowed).
+    pub tried: Vec<Tried>,
+    /// Whether the default decided, and which it is.
+    pub default_decided: bool,
+    pub default: String,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct Tried {
+    pub rule: String,
+    pub failed: Option<Condition>,
+}
+
+impl Trace for Explanation {
+    fn protected(&mut self, path_prefix: &str) {
+        self.protected_by = Some(path_prefix.to_owned());
+    }
+
+    fn tried(&mut self, rule: &str, failed: Option<Condition>) {
+        self.tried.push(Tried {
+            rule: rule.to_owned(),
+            failed,
+        });
+    }
+
+    fn defaulted(&mut self) {
+        self.default_decided = true;
     }
 }
 

@@ -3,6 +3,7 @@ protected paths; audit."""
 
 from __future__ import annotations
 
+import json
 import re
 
 import httpx
@@ -69,62 +70,102 @@ def test_default_deny_with_identity_rules_and_wildcards(callers):
     assert authz(inbound, "deny") == {"default:deny": 1}
 
 
+IDS = {
+    "web": "spiffe://mesh.local/ns/default/sa/web",
+    "alice": "spiffe://mesh.local/ns/ops/sa/alice",
+    "bob": "spiffe://mesh.local/ns/dev/sa/bob",
+}
+
+
+def explained(policy: dict, who: str, method: str, path: str) -> dict:
+    """What `meshcore policy explain` says of the request (the same Rust evaluator)."""
+    from meshcore import _core
+    from meshcore.config import load
+
+    cfg = load(
+        {"listeners": [{"name": "inbound", "bind": "127.0.0.1:0", "direction": "inbound"}], "policy": policy}
+    )
+    return json.loads(
+        _core.explain_policy(
+            json.dumps(cfg.to_core()["policy"]), "inbound", "127.0.0.1", IDS[who], path, method
+        )
+    )
+
+
+def check_cases(policy: dict, outs: dict, cases: list[tuple[str, str, str, int]]) -> None:
+    """Each (caller, method, path, status) live through the mesh, and explained alike."""
+    for who, method, path, expected in cases:
+        got = httpx.request(method, outs[who].url("outbound", path)).status_code
+        assert got == expected, (who, method, path)
+        decision = explained(policy, who, method, path)["decision"]
+        assert decision == ("deny" if expected == 403 else "allow"), (who, method, path, decision)
+
+
 def test_a_rule_for_a_path_protects_it_whatever_the_default(callers):
     """The issue's case: under `all-authenticated`, a rule naming /admin for ops keeps every other
     authenticated caller out of /admin, and leaves the rest of the service to the default."""
-    inbound, outs = callers(
-        {
-            "default": "all-authenticated",
-            "rules": [
-                {
-                    "name": "ops-admin",
-                    "listener": "inbound",
-                    "path_prefix": "/admin",
-                    "identities": ["spiffe://mesh.local/ns/ops/sa/*"],
-                },
-            ],
-        }
-    )
+    policy = {
+        "default": "all-authenticated",
+        "rules": [
+            {
+                "name": "ops-admin",
+                "listener": "inbound",
+                "path_prefix": "/admin",
+                "identities": ["spiffe://mesh.local/ns/ops/sa/*"],
+            },
+        ],
+    }
+    inbound, outs = callers(policy)
     refused = httpx.get(outs["web"].url("outbound", "/admin/x"))
     assert refused.status_code == 403
     assert refused.headers["meshcore-error"] == "unauthorized"
-    assert status(outs["bob"], "/admin") == 403
-    assert status(outs["alice"], "/admin/x") == 200
-    # Whole segments: /administrator is not under /admin, so the default lets bob in.
-    assert status(outs["bob"], "/administrator") == 200
-    assert status(outs["web"], "/other") == 200
+    check_cases(
+        policy,
+        outs,
+        [
+            ("bob", "GET", "/admin", 403),
+            ("alice", "GET", "/admin/x", 200),
+            # Whole segments: /administrator is not under /admin, so the default lets bob in.
+            ("bob", "GET", "/administrator", 200),
+            ("web", "GET", "/other", 200),
+        ],
+    )
     assert authz(inbound, "deny") == {"protected:/admin": 2}
     assert authz(inbound, "allow") == {"ops-admin": 1, "default:all-authenticated": 2}
 
 
 def test_the_longest_protecting_prefix_decides_and_methods_narrow_a_rule(callers):
-    _, outs = callers(
-        {
-            "default": "all-unauthenticated",
-            "rules": [
-                {
-                    "listener": "inbound",
-                    "path_prefix": "/admin",
-                    "identities": ["spiffe://mesh.local/ns/ops/sa/*"],
-                },
-                {
-                    "listener": "inbound",
-                    "path_prefix": "/admin/reports",
-                    "methods": ["get"],
-                    "identities": ["spiffe://mesh.local/ns/default/sa/web"],
-                },
-            ],
-        }
+    policy = {
+        "default": "all-unauthenticated",
+        "rules": [
+            {
+                "listener": "inbound",
+                "path_prefix": "/admin",
+                "identities": ["spiffe://mesh.local/ns/ops/sa/*"],
+            },
+            {
+                "listener": "inbound",
+                "path_prefix": "/admin/reports",
+                "methods": ["get"],
+                "identities": ["spiffe://mesh.local/ns/default/sa/web"],
+            },
+        ],
+    }
+    _, outs = callers(policy)
+    check_cases(
+        policy,
+        outs,
+        [
+            ("web", "GET", "/admin/reports/1", 200),
+            ("web", "POST", "/admin/reports/1", 403),
+            ("web", "HEAD", "/admin/reports/1", 403),
+            # The deeper prefix narrows /admin: ops may not read the reports.
+            ("alice", "GET", "/admin/reports/1", 403),
+            ("alice", "GET", "/admin/users", 200),
+            ("web", "GET", "/admin/users", 403),
+            ("bob", "GET", "/shop", 200),
+        ],
     )
-    url = lambda who, path: outs[who].url("outbound", path)  # noqa: E731
-    assert httpx.get(url("web", "/admin/reports/1")).status_code == 200
-    assert httpx.post(url("web", "/admin/reports/1"), content=b"x").status_code == 403
-    assert httpx.head(url("web", "/admin/reports/1")).status_code == 403
-    # The deeper prefix narrows /admin: ops may not read the reports.
-    assert status(outs["alice"], "/admin/reports/1") == 403
-    assert status(outs["alice"], "/admin/users") == 200
-    assert status(outs["web"], "/admin/users") == 403
-    assert status(outs["bob"], "/shop") == 200
 
 
 def test_audit_records_but_never_opens_a_protected_path(callers, capfd):

@@ -22,6 +22,7 @@ __all__ = [
     "_bench_start",
     "_panic_for_test",
     "check_identity",
+    "explain_policy",
     "inherit_sockets",
     "render_plugin_metrics",
 ]
@@ -198,6 +199,23 @@ def check_identity(
 ) -> tuple[str, str] | None:
     """Loads identity PEMs as the data plane does at start: (field, reason) for what it
     refuses ("trust_anchors", "cert" or "key"), else None."""
+
+def explain_policy(
+    policy_json: str,
+    listener: str,
+    peer: str,
+    identity: str | None = None,
+    path: str | None = None,
+    method: str = "GET",
+) -> str:
+    """How the proxy's authorization decides a request, evaluated by the proxy's own code:
+    `policy_json` is `Config.to_core()["policy"]` as JSON; no `path` means an opaque connection.
+    Returns JSON: `decision` ("allow", "deny", "audit", or "refused" for a path the proxy
+    refuses before policy, with `status` and `reason`), `rule` (the label metrics count),
+    `protected_by` (the prefix whose rules alone decided, or null), `tried` (each rule in
+    order and the condition it failed: "method", "identity", "network", or null when it
+    allowed), `default_decided`, `default` and `path` (normalised, as policy saw it). Raises
+    ConfigError for a policy the proxy refuses, ValueError for a bad address or method."""
 
 def render_plugin_metrics(report: _PluginReport) -> str:
     """The plugin families alone (`plugin_errors_total`, `plugin_duration_seconds`, then what

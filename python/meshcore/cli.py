@@ -213,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .gateway import add_gateway_command
     from .identity.cli import add_identity_commands
     from .lifecycle.cli import add_lifecycle_commands
+    from .policy_cli import add_policy_commands
     from .sidecar.cli import add_sidecar_init_command
     from .views.tap import add_tap_command
     from .views.top import add_top_command
@@ -222,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_control_commands(sub)
     add_gateway_command(sub)
     add_mesh_commands(sub)
+    add_policy_commands(sub)
     add_sidecar_init_command(sub)
     add_tap_command(sub)
     add_top_command(sub)

@@ -6,6 +6,7 @@ pub mod errors;
 pub mod handover;
 pub mod identity;
 pub mod metrics;
+pub mod policy;
 pub mod proxy_core;
 pub mod tap;
 pub mod tools;
