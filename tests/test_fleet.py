@@ -288,6 +288,38 @@ def test_reports_and_waves_are_checked():
             parse_waves(bad)
 
 
+def test_a_new_version_is_judged_by_its_own_process_not_the_one_draining():
+    """After a hand-over both processes report under one id, the old one while it drains: a
+    rollout's window counts only the process that now is the proxy."""
+    from meshcore.control.fleet import Fleet as Table
+
+    fleet = Table()
+
+    def report(pid: int, started: float, responses: int, failures: int, at: float) -> None:
+        wire = {
+            "proxy": {"id": "p", "version": "1", "pid": pid, "started_at": started},
+            "config": {"version": 1, "hash": "sha256:x", "fleet_version": None},
+            "metrics": {
+                "window_s": 1.0,
+                "responses": responses,
+                "failures": failures,
+                "buckets_ms": [1],
+                "buckets": [responses, 0],
+            },
+        }
+        fleet.report(parse_report(wire), None, now=at)
+
+    report(pid=10, started=100.0, responses=50, failures=0, at=1.0)
+    report(pid=20, started=200.0, responses=5, failures=5, at=2.0)  # the new process takes over
+    report(pid=10, started=100.0, responses=40, failures=0, at=3.0)  # the old one drains on
+    report(pid=20, started=200.0, responses=30, failures=30, at=4.0)
+    assert fleet.proxy("p").pid == 20, "the draining process does not take the entry back"
+    mixed = fleet.window(["p"], 1.5, 5.0)
+    own = fleet.window(["p"], 1.5, 5.0, current_only=True)
+    assert (mixed.responses, mixed.error_rate) == (75, 35 / 75)
+    assert (own.responses, own.error_rate) == (35, 1.0)
+
+
 def test_reports_over_mtls_carry_the_proxy_identity_and_no_other_may_use_its_id(tmp_path, proxy, backend):
     import grpc
 

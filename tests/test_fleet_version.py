@@ -22,6 +22,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 import httpx
 import pytest
@@ -124,6 +125,12 @@ class Load:
 
     def last_status(self, proxy_id: str) -> int:
         return [a for a in list(self.answers) if a[0] == proxy_id][-1][3]
+
+    def first_ok_sent_after(self, proxy_id: str, since: float) -> Optional[float]:
+        """When the first request to `proxy_id` sent at or after `since` and answered 200 was sent."""
+        return next(
+            (a[1] for a in list(self.answers) if a[0] == proxy_id and a[1] >= since and a[3] == 200), None
+        )
 
 
 def mesh(*args: str) -> subprocess.CompletedProcess:
@@ -255,8 +262,11 @@ def test_a_bad_meshcore_is_rolled_back_after_the_canary(fleet, tmp_path, upstrea
         started = time.monotonic()
         done = fleet.rollout("--meshcore", str(bad), "--waves", "1,50%,100%")
         ended = time.monotonic()
-        # Back on its old meshcore, the canary answers again.
-        wait_until(lambda: load.last_status(canary) == 200, 30, "the canary to answer 200 again")
+        # Back on its old meshcore, the canary answers again: a request sent after the rollout
+        # returned (one sent before may be answered by either process).
+        wait_until(
+            lambda: load.first_ok_sent_after(canary, ended) is not None, 30, "the canary to answer 200 again"
+        )
         back = len(load.answers)
         wait_until(lambda: len(load.answers) > back + 30, 30, "more answers after the rollback")
     finally:
@@ -284,7 +294,7 @@ def test_a_bad_meshcore_is_rolled_back_after_the_canary(fleet, tmp_path, upstrea
     assert all(started < done_at for _, _, done_at, _ in failures)
     # The bad process may answer a request or two on its open connection after the rollout has
     # returned, until it hears it must drain; from the canary's first good answer after that, none fails.
-    recovered = next(a[1] for a in list(load.answers) if a[0] == canary and a[1] >= ended and a[3] == 200)
+    recovered = load.first_ok_sent_after(canary, ended)
     assert all(sent_at < recovered for _, sent_at, _, _ in failures)
     assert {status for *_, status in failures} == {500}
 

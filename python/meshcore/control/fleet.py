@@ -102,7 +102,9 @@ class _Entry:
     seen_at: float = 0.0  # wall clock
     reports: int = 0
     streams: int = 0
-    samples: deque[tuple[float, Golden]] = field(default_factory=deque)
+    # (arrived, the reporting process's pid, its metrics): a process being replaced reports on
+    # while it drains, under the same id.
+    samples: deque[tuple[float, int, Golden]] = field(default_factory=deque)
 
 
 def _older(proxy: ProxyInfo, than: ProxyInfo) -> bool:
@@ -158,7 +160,7 @@ class Fleet:
             entry.proxy, entry.config, entry.upgrade = report.proxy, report.config, report.upgrade
         entry.seen, entry.seen_at = now, time.time()
         entry.reports += 1
-        entry.samples.append((now, report.metrics))
+        entry.samples.append((now, report.proxy.pid, report.metrics))
         while entry.samples and entry.samples[0][0] < now - KEEP_SECONDS:
             entry.samples.popleft()
 
@@ -184,14 +186,23 @@ class Fleet:
         entry = self._entries.get(proxy_id)
         return entry.seen if entry is not None else 0.0
 
-    def window(self, proxy_ids: Iterable[str], since: float, until: Optional[float] = None) -> Window:
-        """Responses reported by these proxies in reports that arrived after `since` (monotonic)."""
+    def window(
+        self,
+        proxy_ids: Iterable[str],
+        since: float,
+        until: Optional[float] = None,
+        *,
+        current_only: bool = False,
+    ) -> Window:
+        """Responses reported by these proxies in reports that arrived after `since` (monotonic).
+        `current_only`: only those of each proxy's current process, not of one it replaced that
+        still drains (a rollout judges the new version by its own answers)."""
         until = time.monotonic() if until is None else until
         out = Window(seconds=max(0.0, until - since))
         for proxy_id in proxy_ids:
             entry = self._entries.get(proxy_id)
-            for at, sample in entry.samples if entry is not None else ():
-                if since < at <= until:
+            for at, pid, sample in entry.samples if entry is not None else ():
+                if since < at <= until and (not current_only or pid == entry.proxy.pid):
                     out.add(sample)
         return out
 
@@ -205,7 +216,9 @@ class Fleet:
         for proxy_id in sorted(self._entries):
             e = self._entries[proxy_id]
             recent = self.window([proxy_id], now - STATUS_WINDOW, now)
-            covered = min(STATUS_WINDOW, sum(s.window_s for at, s in e.samples if at > now - STATUS_WINDOW))
+            covered = min(
+                STATUS_WINDOW, sum(s.window_s for at, _, s in e.samples if at > now - STATUS_WINDOW)
+            )
             rows.append(
                 {
                     "id": proxy_id,

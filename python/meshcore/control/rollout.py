@@ -10,7 +10,8 @@ always ends with every proxy. For each wave:
    replacing its process) and reports what it runs. One that refuses it, or does not report it
    within `apply_timeout`, fails the rollout.
 2. Bake: for `bake`, the wave's proxies serve on the new version.
-3. Verdict: the responses the wave's proxies reported since they reported the new version, against
+3. Verdict: the responses the wave's proxies reported since they reported the new version (from the
+   new process only: the one it replaced reports on while it drains), against
    those of the proxies not moved yet over the same time, or (none left, or too few responses
    there) against every proxy before the rollout began. Worse means: the error rate higher by more
    than `max_error_rate_increase` (absolute: 0.01 is one percentage point), or the p99 above
@@ -336,7 +337,7 @@ class Rollout:
         now = time.monotonic()
         moved = Window()
         for p in wave:  # each from the report that said it runs the new version
-            moved.merge(self.fleet.window([p], self._on_since[p], now))
+            moved.merge(self.fleet.window([p], self._on_since[p], now, current_only=True))
         return moved
 
     async def _until_enough(self, wave: list[str]) -> None:
