@@ -131,7 +131,8 @@ pub struct Policy {
 pub struct PolicyRule {
     #[serde(deserialize_with = "nullable")]
     pub name: Option<String>,
-    pub listener: String,
+    /// The listeners the rule applies to; empty is every inbound listener.
+    pub listeners: Vec<String>,
     #[serde(deserialize_with = "nullable")]
     pub path_prefix: Option<String>,
     /// Request methods the rule allows (uppercase); empty is any.
@@ -627,7 +628,7 @@ mod tests {
         });
         c.policy.rules = vec![PolicyRule {
             name: None,
-            listener: "out".into(),
+            listeners: vec!["out".into()],
             path_prefix: None,
             methods: Vec::new(),
             identities: Vec::new(),

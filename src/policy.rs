@@ -23,7 +23,8 @@ pub enum Decision {
 #[derive(Debug)]
 struct Rule {
     name: Arc<str>,
-    listener: String,
+    /// Empty: every inbound listener.
+    listeners: Vec<String>,
     scope: Option<Scope>,
     methods: Vec<http::Method>,
     identities: Vec<String>,
@@ -122,7 +123,7 @@ impl Policy {
             });
             rules.push(Rule {
                 name: Arc::from(r.name.clone().unwrap_or_else(|| format!("rules[{i}]"))),
-                listener: r.listener.clone(),
+                listeners: r.listeners.clone(),
                 scope,
                 methods,
                 identities: r.identities.clone(),
@@ -184,7 +185,11 @@ impl Policy {
         request: Option<(&str, &http::Method)>,
         trace: &mut impl Trace,
     ) -> Decision {
-        let on_listener = || self.rules.iter().filter(|r| r.listener == listener);
+        let on_listener = || {
+            self.rules
+                .iter()
+                .filter(|r| r.listeners.is_empty() || r.listeners.iter().any(|l| l == listener))
+        };
         if let Some((path, _)) = request {
             let covers = |r: &&Rule| {
                 r.scope
@@ -314,7 +319,7 @@ mod tests {
     fn rule(path: Option<&str>, ids: &[&str], nets: &[&str]) -> config::PolicyRule {
         config::PolicyRule {
             name: None,
-            listener: "inbound".into(),
+            listeners: vec!["inbound".into()],
             path_prefix: path.map(String::from),
             methods: Vec::new(),
             identities: ids.iter().map(|s| s.to_string()).collect(),
@@ -509,11 +514,37 @@ mod tests {
     }
 
     #[test]
-    fn a_path_is_protected_only_on_the_rules_listener() {
+    fn a_path_is_protected_only_on_the_rules_listeners_and_on_every_one_when_none_is_named() {
         let p = policy(DefaultPolicy::AllAuthenticated, vec![admin_for_ops()]);
         assert!(matches!(
             p.decide("other", LOCAL, Some(WEB), get("/admin")),
             Decision::Allow(n) if &*n == "default:all-authenticated"
         ));
+        let two = config::PolicyRule {
+            listeners: vec!["in-a".into(), "in-b".into()],
+            ..admin_for_ops()
+        };
+        let every = config::PolicyRule {
+            listeners: Vec::new(),
+            path_prefix: Some("/ops".into()),
+            ..admin_for_ops()
+        };
+        let p = policy(DefaultPolicy::AllAuthenticated, vec![two, every]);
+        for listener in ["in-a", "in-b"] {
+            assert!(matches!(
+                p.decide(listener, LOCAL, Some(WEB), get("/admin")),
+                Decision::Deny(_)
+            ));
+        }
+        assert!(matches!(
+            p.decide("in-c", LOCAL, Some(WEB), get("/admin")),
+            Decision::Allow(_)
+        ));
+        for listener in ["in-a", "in-c"] {
+            assert!(matches!(
+                p.decide(listener, LOCAL, Some(WEB), get("/ops/x")),
+                Decision::Deny(_)
+            ));
+        }
     }
 }

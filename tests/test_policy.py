@@ -281,3 +281,36 @@ def test_a_rule_path_without_a_leading_slash_is_refused_as_it_could_never_match(
     }
     with pytest.raises(ConfigError, match=r"policy.rules\[0\].path_prefix: .*must start with '/'"):
         load(cfg)
+
+
+def test_a_rule_names_its_listeners_once_and_only_known_ones():
+    from meshcore import ConfigError
+    from meshcore.config import load
+
+    def cfg(rule: dict) -> dict:
+        return {
+            "listeners": [{"name": "inbound", "bind": "127.0.0.1:0", "direction": "inbound"}],
+            "policy": {"rules": [rule]},
+        }
+
+    with pytest.raises(ConfigError, match=r"policy.rules\[0\]: .*give listener or listeners, not both"):
+        load(cfg({"listener": "inbound", "listeners": ["inbound"]}))
+    with pytest.raises(ConfigError, match=r"policy.rules\[0\].listeners\[1\]: .*'inbond'"):
+        load(cfg({"listeners": ["inbound", "inbond"]}))
+    core = load(cfg({"path_prefix": "/admin"})).to_core()
+    assert core["policy"]["rules"][0]["listeners"] == [], "no listener named: every inbound one"
+    core = load(cfg({"listener": "inbound"})).to_core()
+    assert core["policy"]["rules"][0]["listeners"] == ["inbound"]
+
+
+def test_a_rule_without_a_listener_protects_its_path_on_every_inbound_listener(callers):
+    policy = {
+        "default": "all-authenticated",
+        "rules": [{"path_prefix": "/admin", "identities": ["spiffe://mesh.local/ns/ops/sa/*"]}],
+    }
+    _, outs = callers(policy)
+    check_cases(
+        policy,
+        outs,
+        [("web", "GET", "/admin", 403), ("alice", "GET", "/admin", 200), ("web", "GET", "/", 200)],
+    )

@@ -523,7 +523,10 @@ class Identity(_Model):
 
 class PolicyRule(_Model):
     name: Optional[str] = None
-    listener: str
+    # The inbound listeners the rule applies to: `listener` names one, `listeners` several;
+    # neither, every inbound listener.
+    listener: Optional[str] = None
+    listeners: list[str] = []
     # A rule with a path_prefix protects it: requests under it are allowed only by the rules of the
     # longest such prefix, and refused otherwise, whatever the default.
     path_prefix: Optional[str] = None
@@ -546,6 +549,15 @@ class PolicyRule(_Model):
         for net in v:
             _check_network(net)
         return v
+
+    @model_validator(mode="after")
+    def _one_way_to_name_listeners(self) -> PolicyRule:
+        if self.listener is not None and self.listeners:
+            raise ValueError("give listener or listeners, not both")
+        return self
+
+    def listener_names(self) -> list[str]:
+        return [self.listener] if self.listener is not None else list(self.listeners)
 
     @field_validator("methods")
     @classmethod
@@ -895,10 +907,15 @@ class Config(_Model):
                 if name not in route_names:
                     problems.append((f"plugins[{i}].routes[{j}]", unknown("route", name, route_names)))
         for i, rule in enumerate(self.policy.rules):
-            if rule.listener not in listener_set:
+            if rule.listener is not None and rule.listener not in listener_set:
                 problems.append(
                     (f"policy.rules[{i}].listener", unknown("listener", rule.listener, listeners))
                 )
+            for j, name in enumerate(rule.listeners):
+                if name not in listener_set:
+                    problems.append(
+                        (f"policy.rules[{i}].listeners[{j}]", unknown("listener", name, listeners))
+                    )
         for i, r in enumerate(self.routes):
             if r.listener not in listener_set:
                 problems.append((f"routes[{i}].listener", unknown("listener", r.listener, listeners)))
@@ -939,7 +956,7 @@ class Config(_Model):
                 "rules": [
                     {
                         "name": rule.name,
-                        "listener": rule.listener,
+                        "listeners": rule.listener_names(),
                         "path_prefix": rule.path_prefix,
                         "methods": list(rule.methods),
                         "identities": list(rule.identities),

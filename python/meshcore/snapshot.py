@@ -44,7 +44,7 @@ class Identity(TypedDict):
 
 class PolicyRule(TypedDict):
     name: Optional[str]
-    listener: str
+    listeners: list[str]  # empty: every inbound listener
     path_prefix: Optional[str]
     methods: list[str]
     identities: list[str]
