@@ -202,22 +202,16 @@ impl Policy {
                 let first = tier.next().expect("a rule of the deepest scope");
                 let scope = first.scope.as_ref().expect("scoped");
                 trace.protected(&scope.path_prefix);
-                for rule in std::iter::once(first).chain(tier) {
-                    let failed = rule.failed(peer, identity, request);
-                    trace.tried(&rule.name, failed);
-                    if failed.is_none() {
-                        return Decision::Allow(rule.name.clone());
-                    }
-                }
-                return Decision::Deny(scope.denied.clone());
+                let tier = std::iter::once(first).chain(tier);
+                return match first_allowing(tier, peer, identity, request, trace) {
+                    Some(rule) => Decision::Allow(rule.name.clone()),
+                    None => Decision::Deny(scope.denied.clone()),
+                };
             }
         }
-        for rule in on_listener().filter(|r| r.scope.is_none()) {
-            let failed = rule.failed(peer, identity, request);
-            trace.tried(&rule.name, failed);
-            if failed.is_none() {
-                return Decision::Allow(rule.name.clone());
-            }
+        let unscoped = on_listener().filter(|r| r.scope.is_none());
+        if let Some(rule) = first_allowing(unscoped, peer, identity, request, trace) {
+            return Decision::Allow(rule.name.clone());
         }
         trace.defaulted();
         let name = self.default_name.clone();
@@ -228,6 +222,21 @@ impl Policy {
             DefaultPolicy::Audit => Decision::Audit,
         }
     }
+}
+
+/// The first of `rules` whose conditions the request meets, each try told to `trace`.
+fn first_allowing<'r>(
+    mut rules: impl Iterator<Item = &'r Rule>,
+    peer: IpAddr,
+    identity: Option<&str>,
+    request: Option<(&str, &http::Method)>,
+    trace: &mut impl Trace,
+) -> Option<&'r Rule> {
+    rules.find(|rule| {
+        let failed = rule.failed(peer, identity, request);
+        trace.tried(&rule.name, failed);
+        failed.is_none()
+    })
 }
 
 impl Rule {
