@@ -135,6 +135,8 @@ pub struct PolicyRule {
     pub listeners: Vec<String>,
     #[serde(deserialize_with = "nullable")]
     pub path_prefix: Option<String>,
+    /// The listener routes (by name) the rule protects.
+    pub routes: Vec<String>,
     /// Request methods the rule allows (uppercase); empty is any.
     pub methods: Vec<String>,
     pub identities: Vec<String>,
@@ -630,6 +632,7 @@ mod tests {
             name: None,
             listeners: vec!["out".into()],
             path_prefix: None,
+            routes: Vec::new(),
             methods: Vec::new(),
             identities: Vec::new(),
             networks: Vec::new(),

@@ -1,10 +1,12 @@
 //! Inbound authorization by the caller's verified identity, network and
 //! request method.
 //!
-//! A rule with a `path_prefix` protects what it covers: a request under it
-//! is allowed only by a rule of the most specific covering prefix, and
-//! denied otherwise, whatever the default. The other rules, and then the
-//! default, decide only requests that no such rule covers.
+//! A rule with a `path_prefix` or `routes` protects what it covers: a
+//! request on a named route is allowed only by a rule naming that route,
+//! and one under a prefix only by a rule of the most specific covering
+//! prefix; when both protect it, both must allow it. A protected request no
+//! such rule allows is denied, whatever the default. The other rules, and
+//! then the default, decide only requests that nothing protects.
 
 use crate::config::{self, DefaultPolicy};
 use std::net::IpAddr;
@@ -20,12 +22,24 @@ pub enum Decision {
     Deny(Arc<str>),
 }
 
+/// What an HTTP request asks, as policy sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Asked<'a> {
+    /// Normalised, as the application receives it.
+    pub path: &'a str,
+    pub method: &'a http::Method,
+    /// The listener route routing found for it, if any.
+    pub route: Option<&'a str>,
+}
+
 #[derive(Debug)]
 struct Rule {
     name: Arc<str>,
     /// Empty: every inbound listener.
     listeners: Vec<String>,
     scope: Option<Scope>,
+    /// The routes it protects, each with its deny label ("protected:route:admin").
+    routes: Vec<(String, Arc<str>)>,
     methods: Vec<http::Method>,
     identities: Vec<String>,
     networks: Vec<(IpAddr, u8)>,
@@ -116,6 +130,13 @@ impl Policy {
                         .map_err(|_| format!("policy.rules[{i}].methods: {m:?} is not a method"))
                 })
                 .collect::<Result<_, _>>()?;
+            if r.path_prefix.is_some() && !r.routes.is_empty() {
+                let why = "a rule protects a path_prefix or routes, not both: write two rules";
+                return Err(format!("policy.rules[{i}].routes: {why}"));
+            }
+            let routes = (r.routes.iter())
+                .map(|name| (name.clone(), Arc::from(format!("protected:route:{name}"))))
+                .collect();
             let scope = r.path_prefix.as_ref().map(|p| Scope {
                 path_prefix: p.clone(),
                 depth: p.split('/').filter(|s| !s.is_empty()).count(),
@@ -125,6 +146,7 @@ impl Policy {
                 name: Arc::from(r.name.clone().unwrap_or_else(|| format!("rules[{i}]"))),
                 listeners: r.listeners.clone(),
                 scope,
+                routes,
                 methods,
                 identities: r.identities.clone(),
                 networks,
@@ -143,14 +165,14 @@ impl Policy {
         })
     }
 
-    /// `request` is the path and method, None for opaque connections:
-    /// rules with a path or methods never match those.
+    /// `request` is None for opaque connections: rules with a path, routes
+    /// or methods never match those.
     pub fn decide(
         &self,
         listener: &str,
         peer: IpAddr,
         identity: Option<&str>,
-        request: Option<(&str, &http::Method)>,
+        request: Option<Asked<'_>>,
     ) -> Decision {
         self.evaluate(listener, peer, identity, request, &mut ())
     }
@@ -162,7 +184,7 @@ impl Policy {
         listener: &str,
         peer: IpAddr,
         identity: Option<&str>,
-        request: Option<(&str, &http::Method)>,
+        request: Option<Asked<'_>>,
     ) -> Explanation {
         let mut explanation = Explanation::default();
         let decision = self.evaluate(listener, peer, identity, request, &mut explanation);
@@ -182,7 +204,7 @@ impl Policy {
         listener: &str,
         peer: IpAddr,
         identity: Option<&str>,
-        request: Option<(&str, &http::Method)>,
+        request: Option<Asked<'_>>,
         trace: &mut impl Trace,
     ) -> Decision {
         let on_listener = || {
@@ -190,11 +212,23 @@ impl Policy {
                 .iter()
                 .filter(|r| r.listeners.is_empty() || r.listeners.iter().any(|l| l == listener))
         };
-        if let Some((path, _)) = request {
+        if let Some(asked) = request {
+            // Every tier that protects the request must allow it; the last to allow names it.
+            let mut allowed: Option<&Rule> = None;
+            if let Some(route) = asked.route {
+                let covers = |r: &&Rule| r.protects_route(route).is_some();
+                if let Some(first) = on_listener().find(covers) {
+                    trace.protected_route(route);
+                    match first_allowing(on_listener().filter(covers), peer, identity, request, trace) {
+                        Some(rule) => allowed = Some(rule),
+                        None => return Decision::Deny(first.protects_route(route).expect("covers").clone()),
+                    }
+                }
+            }
             let covers = |r: &&Rule| {
                 r.scope
                     .as_ref()
-                    .is_some_and(|s| crate::route::path_matches(&s.path_prefix, path))
+                    .is_some_and(|s| crate::route::path_matches(&s.path_prefix, asked.path))
             };
             let depth = |r: &Rule| r.scope.as_ref().map_or(0, |s| s.depth);
             if let Some(deepest) = on_listener().filter(covers).map(depth).max() {
@@ -203,13 +237,16 @@ impl Policy {
                 let scope = first.scope.as_ref().expect("scoped");
                 trace.protected(&scope.path_prefix);
                 let tier = std::iter::once(first).chain(tier);
-                return match first_allowing(tier, peer, identity, request, trace) {
-                    Some(rule) => Decision::Allow(rule.name.clone()),
-                    None => Decision::Deny(scope.denied.clone()),
-                };
+                match first_allowing(tier, peer, identity, request, trace) {
+                    Some(rule) => allowed = Some(rule),
+                    None => return Decision::Deny(scope.denied.clone()),
+                }
+            }
+            if let Some(rule) = allowed {
+                return Decision::Allow(rule.name.clone());
             }
         }
-        let unscoped = on_listener().filter(|r| r.scope.is_none());
+        let unscoped = on_listener().filter(|r| r.scope.is_none() && r.routes.is_empty());
         if let Some(rule) = first_allowing(unscoped, peer, identity, request, trace) {
             return Decision::Allow(rule.name.clone());
         }
@@ -229,7 +266,7 @@ fn first_allowing<'r>(
     mut rules: impl Iterator<Item = &'r Rule>,
     peer: IpAddr,
     identity: Option<&str>,
-    request: Option<(&str, &http::Method)>,
+    request: Option<Asked<'_>>,
     trace: &mut impl Trace,
 ) -> Option<&'r Rule> {
     rules.find(|rule| {
@@ -240,14 +277,17 @@ fn first_allowing<'r>(
 }
 
 impl Rule {
+    /// The deny label of `route` when the rule protects it.
+    fn protects_route(&self, route: &str) -> Option<&Arc<str>> {
+        self.routes
+            .iter()
+            .find(|(name, _)| name == route)
+            .map(|(_, denied)| denied)
+    }
+
     /// The first of the rule's conditions the request does not meet.
-    fn failed(
-        &self,
-        peer: IpAddr,
-        identity: Option<&str>,
-        request: Option<(&str, &http::Method)>,
-    ) -> Option<Condition> {
-        if !(self.methods.is_empty() || request.is_some_and(|(_, m)| self.methods.contains(m))) {
+    fn failed(&self, peer: IpAddr, identity: Option<&str>, request: Option<Asked<'_>>) -> Option<Condition> {
+        if !(self.methods.is_empty() || request.is_some_and(|a| self.methods.contains(a.method))) {
             return Some(Condition::Method);
         }
         let named = |id: &str| self.identities.iter().any(|p| identity_matches(p, id));
@@ -271,6 +311,7 @@ pub enum Condition {
 
 /// What `evaluate` tells as it goes; the proxy's `()` listens to nothing.
 trait Trace {
+    fn protected_route(&mut self, _route: &str) {}
     fn protected(&mut self, _path_prefix: &str) {}
     fn tried(&mut self, _rule: &str, _failed: Option<Condition>) {}
     fn defaulted(&mut self) {}
@@ -285,8 +326,9 @@ pub struct Explanation {
     pub decision: &'static str,
     /// The rule label metrics count it under.
     pub rule: String,
-    /// The prefix whose rules alone decided, when the path is protected.
-    pub protected_by: Option<String>,
+    /// What protects the request, in the order checked: "route NAME", then
+    /// the prefix; only their rules decided. Empty: nothing protects it.
+    pub protected_by: Vec<String>,
     /// Each rule tried, in order, and the condition it failed (none: it allowed).
     pub tried: Vec<Tried>,
     /// Whether the default decided, and which it is.
@@ -301,8 +343,12 @@ pub struct Tried {
 }
 
 impl Trace for Explanation {
+    fn protected_route(&mut self, route: &str) {
+        self.protected_by.push(format!("route {route}"));
+    }
+
     fn protected(&mut self, path_prefix: &str) {
-        self.protected_by = Some(path_prefix.to_owned());
+        self.protected_by.push(path_prefix.to_owned());
     }
 
     fn tried(&mut self, rule: &str, failed: Option<Condition>) {
@@ -330,6 +376,7 @@ mod tests {
             name: None,
             listeners: vec!["inbound".into()],
             path_prefix: path.map(String::from),
+            routes: Vec::new(),
             methods: Vec::new(),
             identities: ids.iter().map(|s| s.to_string()).collect(),
             networks: nets.iter().map(|s| s.to_string()).collect(),
@@ -343,8 +390,12 @@ mod tests {
         }
     }
 
-    fn get(path: &str) -> Option<(&str, &'static http::Method)> {
-        Some((path, &http::Method::GET))
+    fn get(path: &str) -> Option<Asked<'_>> {
+        asked(path, &http::Method::GET, None)
+    }
+
+    fn asked<'a>(path: &'a str, method: &'a http::Method, route: Option<&'a str>) -> Option<Asked<'a>> {
+        Some(Asked { path, method, route })
     }
 
     const LOCAL: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
@@ -494,7 +545,7 @@ mod tests {
         let mut unscoped = rule(None, &[OPS], &[]);
         unscoped.methods = vec!["POST".into()];
         let p = policy(DefaultPolicy::Deny, vec![read_only, unscoped]);
-        let d = |id, path, m: &http::Method| p.decide("inbound", LOCAL, Some(id), Some((path, m)));
+        let d = |id, path, m: &http::Method| p.decide("inbound", LOCAL, Some(id), asked(path, m, None));
         assert_eq!(
             d(WEB, "/admin", &http::Method::GET),
             Decision::Allow("rules[0]".into())
@@ -555,5 +606,64 @@ mod tests {
                 Decision::Deny(_)
             ));
         }
+    }
+
+    #[test]
+    fn a_rule_for_a_route_protects_it_and_every_protecting_tier_must_allow() {
+        let for_route = |name: &str, ids: &[&str]| config::PolicyRule {
+            routes: vec![name.into()],
+            ..named(&format!("{name}-callers"), rule(None, ids, &[]))
+        };
+        let p = policy(
+            DefaultPolicy::AllAuthenticated,
+            vec![
+                for_route("admin-api", &[OPS]),
+                for_route("admin-api", &[BILLING]),
+                admin_for_ops(),
+            ],
+        );
+        let get = http::Method::GET;
+        let d = |id, path, route| p.decide("inbound", LOCAL, Some(id), asked(path, &get, route));
+        // Any path on the route is protected by its rules, which add up.
+        assert_eq!(
+            d(OPS, "/v1", Some("admin-api")),
+            Decision::Allow("admin-api-callers".into())
+        );
+        assert_eq!(
+            d(BILLING, "/v1", Some("admin-api")),
+            Decision::Allow("admin-api-callers".into())
+        );
+        assert_eq!(
+            d(WEB, "/v1", Some("admin-api")),
+            Decision::Deny("protected:route:admin-api".into())
+        );
+        // Protected by both the route and /admin: billing passes the route, not the prefix.
+        assert_eq!(
+            d(BILLING, "/admin/x", Some("admin-api")),
+            Decision::Deny("protected:/admin".into())
+        );
+        assert_eq!(
+            d(OPS, "/admin/x", Some("admin-api")),
+            Decision::Allow("ops-admin".into())
+        );
+        // Other routes, and requests no route matched, are left to the default.
+        assert_eq!(
+            d(WEB, "/v1", Some("shop")),
+            Decision::Allow("default:all-authenticated".into())
+        );
+        assert_eq!(
+            d(WEB, "/v1", None),
+            Decision::Allow("default:all-authenticated".into())
+        );
+        let both = config::PolicyRule {
+            path_prefix: Some("/admin".into()),
+            ..for_route("admin-api", &[OPS])
+        };
+        let err = Policy::new(&config::Policy {
+            default: DefaultPolicy::Deny,
+            rules: vec![both],
+        })
+        .unwrap_err();
+        assert!(err.contains("policy.rules[0].routes"), "{err}");
     }
 }

@@ -30,8 +30,11 @@ def callers(pki, backend, proxy):
     """Builds an inbound proxy with `policy` and one outbound proxy per caller identity."""
     _, ids = pki
 
-    def make(policy, tls="mesh", who=("web", "alice", "bob")):
-        inbound = proxy(inbound_config(ids["api"], backend("app").addr, tls=tls, policy=policy))
+    def make(policy, tls="mesh", who=("web", "alice", "bob"), routes=None):
+        config = inbound_config(ids["api"], backend("app").addr, tls=tls, policy=policy)
+        if routes is not None:
+            config["routes"] = routes
+        inbound = proxy(config)
         outs = {w: proxy(outbound_config(ids[w], addr(inbound, "inbound"))) for w in who}
         return inbound, outs
 
@@ -77,27 +80,42 @@ IDS = {
 }
 
 
-def explained(policy: dict, who: str, method: str, path: str) -> dict:
+def explained(
+    policy: dict, who: str, method: str, path: str, routes: list | None = None, headers: dict | None = None
+) -> dict:
     """What `meshcore policy explain` says of the request (the same Rust evaluator)."""
     from meshcore import _core
     from meshcore.config import load
 
     cfg = load(
-        {"listeners": [{"name": "inbound", "bind": "127.0.0.1:0", "direction": "inbound"}], "policy": policy}
-    )
+        {
+            "listeners": [{"name": "inbound", "bind": "127.0.0.1:0", "direction": "inbound"}],
+            "routes": routes or [],
+            "services": [{"name": "app", "endpoints": [{"addr": "127.0.0.1:1"}]}],
+            "policy": policy,
+        }
+    ).to_core()
     return json.loads(
         _core.explain_policy(
-            json.dumps(cfg.to_core()["policy"]), "inbound", "127.0.0.1", IDS[who], path, method
+            json.dumps(cfg["policy"]),
+            "inbound",
+            "127.0.0.1",
+            IDS[who],
+            path,
+            method,
+            routes_json=json.dumps(cfg["routes"]),
+            headers=list((headers or {}).items()),
         )
     )
 
 
-def check_cases(policy: dict, outs: dict, cases: list[tuple[str, str, str, int]]) -> None:
-    """Each (caller, method, path, status) live through the mesh, and explained alike."""
-    for who, method, path, expected in cases:
-        got = httpx.request(method, outs[who].url("outbound", path)).status_code
-        assert got == expected, (who, method, path)
-        decision = explained(policy, who, method, path)["decision"]
+def check_cases(policy: dict, outs: dict, cases: list[tuple], routes: list | None = None) -> None:
+    """Each (caller, method, path, status[, headers]) live through the mesh, and explained alike."""
+    for who, method, path, expected, *rest in cases:
+        headers = rest[0] if rest else {}
+        got = httpx.request(method, outs[who].url("outbound", path), headers=headers).status_code
+        assert got == expected, (who, method, path, headers)
+        decision = explained(policy, who, method, path, routes, headers)["decision"]
         assert decision == ("deny" if expected == 403 else "allow"), (who, method, path, decision)
 
 
@@ -314,3 +332,85 @@ def test_a_rule_without_a_listener_protects_its_path_on_every_inbound_listener(c
         outs,
         [("web", "GET", "/admin", 403), ("alice", "GET", "/admin", 200), ("web", "GET", "/", 200)],
     )
+
+
+CONSOLE = {"x-console": "1"}
+ROUTES = [
+    # Routing, not the path, decides that a request is the console's.
+    {"name": "console", "listener": "inbound", "headers": CONSOLE, "backends": [{"service": "app"}]},
+    {
+        "name": "maintenance",
+        "listener": "inbound",
+        "path_prefix": "/maintenance",
+        "direct_response": {"status": 200, "body": "down for maintenance"},
+    },
+    {"name": "app", "listener": "inbound", "backends": [{"service": "app"}]},
+]
+
+
+def test_a_rule_for_routes_protects_them_and_a_protected_path_on_them_needs_both(callers):
+    policy = {
+        "default": "all-authenticated",
+        "rules": [
+            {"name": "ops", "routes": ["console", "maintenance"], "identities": [IDS["alice"]]},
+            {"name": "web-reads", "routes": ["console"], "methods": ["GET"], "identities": [IDS["web"]]},
+            {"name": "ops-admin", "path_prefix": "/admin", "identities": [IDS["alice"]]},
+        ],
+    }
+    inbound, outs = callers(policy, routes=ROUTES)
+    check_cases(
+        policy,
+        outs,
+        [
+            ("alice", "POST", "/x", 200, CONSOLE),
+            ("web", "GET", "/x", 200, CONSOLE),
+            ("web", "POST", "/x", 403, CONSOLE),
+            ("bob", "GET", "/x", 403, CONSOLE),
+            # The same path on an unprotected route: the default decides.
+            ("bob", "GET", "/x", 200),
+            # A route that answers itself answers only callers its rules allow.
+            ("bob", "GET", "/maintenance", 403),
+            ("alice", "GET", "/maintenance", 200),
+            # The console's rules let web read, but /admin is ops' alone.
+            ("web", "GET", "/admin/x", 403, CONSOLE),
+            ("alice", "GET", "/admin/x", 200, CONSOLE),
+        ],
+        ROUTES,
+    )
+    denied = authz(inbound, "deny")
+    assert denied == {"protected:route:console": 2, "protected:route:maintenance": 1, "protected:/admin": 1}
+    said = explained(policy, "web", "GET", "/admin/x", ROUTES, CONSOLE)
+    assert said["route"] == "console"
+    assert said["protected_by"] == ["route console", "/admin"]
+    assert said["rule"] == "protected:/admin"
+
+
+def test_a_rule_names_only_inbound_routes_of_its_listeners():
+    from meshcore import ConfigError
+    from meshcore.config import load
+
+    def cfg(rule: dict) -> dict:
+        return {
+            "listeners": [
+                {"name": "inbound", "bind": "127.0.0.1:0", "direction": "inbound"},
+                {"name": "admin-in", "bind": "127.0.0.1:0", "direction": "inbound"},
+                {"name": "outbound", "bind": "127.0.0.1:0", "direction": "outbound"},
+            ],
+            "routes": [
+                {"name": "console", "listener": "inbound", "backends": [{"service": "app"}]},
+                {"name": "egress", "listener": "outbound", "backends": [{"service": "app"}]},
+            ],
+            "services": [{"name": "app", "endpoints": [{"addr": "127.0.0.1:1"}]}],
+            "policy": {"rules": [rule]},
+        }
+
+    with pytest.raises(ConfigError, match=r"policy.rules\[0\].routes\[0\]: .*'consle'"):
+        load(cfg({"routes": ["consle"]}))
+    with pytest.raises(ConfigError, match=r"policy.rules\[0\].routes\[0\]: .*not the rule's \('admin-in'\)"):
+        load(cfg({"listener": "admin-in", "routes": ["console"]}))
+    with pytest.raises(ConfigError, match=r"policy.rules\[0\].routes\[0\]: .*outbound listener 'outbound'"):
+        load(cfg({"routes": ["egress"]}))
+    with pytest.raises(ConfigError, match=r"policy.rules\[0\]: .*path_prefix or routes, not both"):
+        load(cfg({"routes": ["console"], "path_prefix": "/admin"}))
+    core = load(cfg({"listener": "inbound", "routes": ["console"]})).to_core()
+    assert core["policy"]["rules"][0]["routes"] == ["console"]

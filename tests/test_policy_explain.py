@@ -71,7 +71,7 @@ def test_the_named_caller_is_allowed_by_the_rule(config, capsys):
     answer = json.loads(out)
     assert answer["decision"] == "allow"
     assert answer["rule"] == "ops-admin"
-    assert answer["protected_by"] == "/admin"
+    assert answer["protected_by"] == ["/admin"]
     assert answer["tried"] == [{"rule": "ops-admin", "failed": None}]
     assert answer["listener"] == "inbound"
 
@@ -119,7 +119,7 @@ def test_an_opaque_connection_meets_only_rules_without_path_or_method(config, ca
     )
     answer = json.loads(out)
     assert code == 0
-    assert answer["protected_by"] is None
+    assert answer["protected_by"] == []
     assert answer["tried"] == [{"rule": "probes", "failed": "method"}]
     assert answer["rule"] == "default:all-authenticated"
 
@@ -160,3 +160,62 @@ def test_the_installed_command_runs_it(config):
     )
     assert done.returncode == 1, done.stderr
     assert "protected by path_prefix /admin" in done.stdout
+
+
+ROUTED = """
+[[listeners]]
+name = "inbound"
+bind = "127.0.0.1:4143"
+direction = "inbound"
+
+[[services]]
+name = "app"
+endpoints = [{ addr = "127.0.0.1:8080" }]
+
+[[routes]]
+name = "console"
+listener = "inbound"
+host = "console.local"
+backends = [{ service = "app" }]
+
+[[routes]]
+name = "canary"
+listener = "inbound"
+headers = { x-canary = "1" }
+backends = [{ service = "app" }]
+
+[[routes]]
+name = "app"
+listener = "inbound"
+backends = [{ service = "app" }]
+
+[policy]
+default = "all-authenticated"
+
+[[policy.rules]]
+name = "ops-console"
+routes = ["console", "canary"]
+identities = ["spiffe://mesh.local/ns/ops/sa/*"]
+"""
+
+
+def test_the_route_is_found_as_the_proxy_finds_it_by_host_and_headers(tmp_path, capsys):
+    config = tmp_path / "routed.toml"
+    config.write_text(ROUTED)
+    args = ("--config", str(config), "--identity", WEB, "--path", "/x")
+    code, out, _ = explain(capsys, *args, "--host", "Console.local:8080")
+    assert code == 1
+    assert "route: console" in out
+    assert "protected by route console: only its rules decide there" in out
+    assert "protected:route:console" in out
+    code, out, _ = explain(capsys, *args, "--header", "x-canary: 1", "--json")
+    assert code == 1
+    assert json.loads(out)["protected_by"] == ["route canary"]
+    code, out, _ = explain(capsys, *args, "--json")
+    answer = json.loads(out)
+    assert code == 0
+    assert (answer["route"], answer["protected_by"]) == ("app", [])
+    assert answer["rule"] == "default:all-authenticated"
+    code, _, err = explain(capsys, *args, "--header", "x-canary")
+    assert code == 2
+    assert "NAME:VALUE" in err

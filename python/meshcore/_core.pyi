@@ -207,15 +207,22 @@ def explain_policy(
     identity: str | None = None,
     path: str | None = None,
     method: str = "GET",
+    routes_json: str = "[]",
+    host: str = "",
+    headers: list[tuple[str, str]] = ...,
 ) -> str:
     """How the proxy's authorization decides a request, evaluated by the proxy's own code:
     `policy_json` is `Config.to_core()["policy"]` as JSON; no `path` means an opaque connection.
+    The request's route is the first of `routes_json` (`Config.to_core()["routes"]`) on
+    `listener` that matches `host`, the path and `headers`, found by the proxy's matcher.
     Returns JSON: `decision` ("allow", "deny", "audit", or "refused" for a path the proxy
     refuses before policy, with `status` and `reason`), `rule` (the label metrics count),
-    `protected_by` (the prefix whose rules alone decided, or null), `tried` (each rule in
+    `route` (or null), `protected_by` (what protects the request, in the order checked:
+    "route NAME", then the path prefix; only their rules decided), `tried` (each rule in
     order and the condition it failed: "method", "identity", "network", or null when it
     allowed), `default_decided`, `default` and `path` (normalised, as policy saw it). Raises
-    ConfigError for a policy the proxy refuses, ValueError for a bad address or method."""
+    ConfigError for a policy or route the proxy refuses, ValueError for a bad address, method
+    or header."""
 
 def render_plugin_metrics(report: _PluginReport) -> str:
     """The plugin families alone (`plugin_errors_total`, `plugin_duration_seconds`, then what

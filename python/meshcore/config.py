@@ -530,6 +530,10 @@ class PolicyRule(_Model):
     # A rule with a path_prefix protects it: requests under it are allowed only by the rules of the
     # longest such prefix, and refused otherwise, whatever the default.
     path_prefix: Optional[str] = None
+    # A rule with routes (route names, of its listeners) protects them the same way: requests that
+    # routing sends down them are allowed only by rules naming them. Under a protected prefix too,
+    # a request needs both the route's rules and the prefix's.
+    routes: list[str] = []
     methods: list[str] = []  # the methods the rule allows; empty is any
     identities: list[str] = []
     networks: list[str] = []
@@ -554,6 +558,8 @@ class PolicyRule(_Model):
     def _one_way_to_name_listeners(self) -> PolicyRule:
         if self.listener is not None and self.listeners:
             raise ValueError("give listener or listeners, not both")
+        if self.path_prefix is not None and self.routes:
+            raise ValueError("a rule protects a path_prefix or routes, not both: write two rules")
         return self
 
     def listener_names(self) -> list[str]:
@@ -850,11 +856,6 @@ class Config(_Model):
         listeners = [lst.name for lst in self.listeners]
         # Membership by set: a mesh's thousands of routes each name a service.
         service_set, listener_set = set(services), set(listeners)
-
-        def unknown(kind: str, name: str, valid: list[str]) -> str:
-            choices = ", ".join(valid) if valid else "none defined"
-            return f"unknown {kind} {name!r} (valid: {choices})"
-
         for kind, names, path in (("service", services, "services"), ("listener", listeners, "listeners")):
             seen: set[str] = set()
             for i, n in enumerate(names):
@@ -916,6 +917,7 @@ class Config(_Model):
                     problems.append(
                         (f"policy.rules[{i}].listeners[{j}]", unknown("listener", name, listeners))
                     )
+            problems += self._policy_route_problems(i, rule, route_names)
         for i, r in enumerate(self.routes):
             if r.listener not in listener_set:
                 problems.append((f"routes[{i}].listener", unknown("listener", r.listener, listeners)))
@@ -926,6 +928,26 @@ class Config(_Model):
                     )
             if r.backends and sum(b.weight for b in r.backends) == 0:
                 problems.append((f"routes[{i}].backends", "weights must not all be zero"))
+        return problems
+
+    def _policy_route_problems(
+        self, i: int, rule: PolicyRule, route_names: list[str]
+    ) -> list[tuple[str, str]]:
+        """A rule's routes must be routes of its listeners (of any, when it names none) on
+        inbound listeners: one it could never see would leave that route to the default."""
+        problems: list[tuple[str, str]] = []
+        direction = {lst.name: _direction(lst) for lst in self.listeners}
+        for j, name in enumerate(rule.routes):
+            field = f"policy.rules[{i}].routes[{j}]"
+            on = [r.listener for r, n in zip(self.routes, route_names) if n == name]
+            if not on:
+                problems.append((field, unknown("route", name, route_names)))
+            elif rule.listener_names() and not set(on) & set(rule.listener_names()):
+                names = ", ".join(repr(n) for n in rule.listener_names())
+                problems.append((field, f"route {name!r} is on listener {on[0]!r}, not the rule's ({names})"))
+            elif all(direction.get(lst) != "inbound" for lst in on):
+                why = f"route {name!r} is on outbound listener {on[0]!r}; policy applies to inbound ones"
+                problems.append((field, why))
         return problems
 
     def route_names(self) -> list[str]:
@@ -958,6 +980,7 @@ class Config(_Model):
                         "name": rule.name,
                         "listeners": rule.listener_names(),
                         "path_prefix": rule.path_prefix,
+                        "routes": list(rule.routes),
                         "methods": list(rule.methods),
                         "identities": list(rule.identities),
                         "networks": list(rule.networks),
@@ -992,12 +1015,23 @@ class Config(_Model):
         return {"format": log.format, "path": path, "buffer": log.buffer}
 
 
+def unknown(kind: str, name: str, valid: list[str]) -> str:
+    """The reason for a reference to nothing, with what it could have named."""
+    choices = ", ".join(valid) if valid else "none defined"
+    return f"unknown {kind} {name!r} (valid: {choices})"
+
+
+def _direction(lst: Listener) -> str:
+    """A listener's direction: as given, else inbound when its name says so."""
+    return lst.direction or ("inbound" if "inbound" in lst.name else "outbound")
+
+
 def _core_listener(lst: Listener, access_log: Optional[snapshot.AccessLog]) -> snapshot.Listener:
     return {
         "name": lst.name,
         "bind": lst.bind,
         "protocol": lst.protocol,
-        "direction": lst.direction or ("inbound" if "inbound" in lst.name else "outbound"),
+        "direction": _direction(lst),
         "service": lst.service,
         "detect_timeout_ms": parse_duration(lst.detect_timeout),
         "header_read_timeout_ms": parse_duration(lst.header_read_timeout),

@@ -29,6 +29,14 @@ def add_policy_commands(sub: argparse._SubParsersAction) -> None:
     explain.add_argument("--identity", help="the caller's SPIFFE ID; omitted: a caller without one")
     explain.add_argument("--path", help="the request path; omitted: an opaque TCP connection")
     explain.add_argument("--method", default="GET", help="the request method (default GET)")
+    explain.add_argument("--host", default="", help="the request's Host, which routing may match")
+    explain.add_argument(
+        "--header",
+        action="append",
+        default=[],
+        metavar="NAME:VALUE",
+        help="a request header routing may match (repeatable)",
+    )
     explain.add_argument("--listener", help="the inbound listener (default: the config's only one)")
     explain.add_argument("--from", dest="peer", default="127.0.0.1", help="the caller's address")
     explain.add_argument("--json", action="store_true", help="print the explanation as JSON")
@@ -57,10 +65,25 @@ def cmd_explain(args: argparse.Namespace) -> int:
         known = ", ".join(inbound) or "none"
         print(f"meshcore: --listener: no inbound listener {listener!r} (inbound: {known})", file=sys.stderr)
         return USAGE
+    headers = []
+    for header in args.header:
+        name, colon, value = header.partition(":")
+        if not colon:
+            print(f"meshcore: --header {header!r}: give NAME:VALUE", file=sys.stderr)
+            return USAGE
+        headers.append((name.strip(), value.strip()))
     try:
         answer = json.loads(
             _core.explain_policy(
-                json.dumps(core["policy"]), listener, args.peer, args.identity, args.path, args.method
+                json.dumps(core["policy"]),
+                listener,
+                args.peer,
+                args.identity,
+                args.path,
+                args.method,
+                routes_json=json.dumps(core["routes"]),
+                host=args.host,
+                headers=headers,
             )
         )
     except ValueError as e:
@@ -85,8 +108,11 @@ def describe(answer: dict[str, Any], args: argparse.Namespace) -> str:
     if answer["decision"] == "refused":
         lines.append(f"  refused before policy: {answer['status']} {answer['reason']}")
         return "\n".join(lines)
-    if answer["protected_by"]:
-        lines.append(f"  protected by path_prefix {answer['protected_by']}: only its rules decide")
+    if args.path:
+        lines.append(f"  route: {answer['route']}" if answer["route"] else "  route: none matches")
+    for scope in answer["protected_by"]:
+        what = scope if scope.startswith("route ") else f"path_prefix {scope}"
+        lines.append(f"  protected by {what}: only its rules decide there")
     for step in answer["tried"]:
         failed = step["failed"]
         lines.append(f"  rule {step['rule']}: " + (_FAILED[failed] if failed else "allows"))

@@ -46,6 +46,7 @@ class PolicyRule(TypedDict):
     name: Optional[str]
     listeners: list[str]  # empty: every inbound listener
     path_prefix: Optional[str]
+    routes: list[str]  # route names it protects
     methods: list[str]
     identities: list[str]
     networks: list[str]

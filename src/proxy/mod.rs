@@ -1,8 +1,10 @@
 //! The per-request path. `handle` runs a request through five named stages,
 //! each a plain function over one `RequestCtx`:
 //!
-//! 1. `authorize`: the target is well formed and the caller may call.
-//! 2. `route`: the listener's route, its own answers, its service.
+//! 1. `authorize`: the target is well formed and the caller's identity
+//!    header is the proxy's.
+//! 2. `route`: the listener's route, whether the policy lets the caller
+//!    call it, the route's own answers, its service.
 //! 3. `plugins`: the route's `on_request` hooks, when it has any (they may
 //!    answer, edit the request or choose its service).
 //! 4. `dispatch`: the request shaped for its upstream and sent, with retries.

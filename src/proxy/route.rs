@@ -1,8 +1,10 @@
-//! Stage 2, route: finds the listener's route for the request, answers it
-//! when the route does so itself (rate limit, redirect, direct response), and
+//! Stage 2, route: finds the listener's route for the request, asks the
+//! inbound policy (which may protect the route), answers the request when
+//! the route does so itself (rate limit, redirect, direct response), and
 //! picks the route's service.
 
 use super::answer::{fail, local, Failure};
+use super::authorize::allow;
 use super::ctx::{text, RequestCtx, Said};
 use super::observe::logged;
 use crate::message::{error_response, full, ProxyBody};
@@ -60,6 +62,8 @@ pub(super) fn route(req: &Request<RequestBody>, ctx: &mut RequestCtx) -> Result<
         if let Some(to) = ctx.table.destinations.find(dst, ctx.conn.inbound) {
             let routed = by_destination(ctx, found, to);
             let own = routed.route(&ctx.table, listener);
+            // A service's own route is not the listener's: no rule can name it.
+            allow(req, ctx, (!routed.to_service).then_some(own))?;
             if let Some(resp) = answers_itself(own, req, text(&ctx.authority)) {
                 let said = Said::of(req, &ctx.authority, Some(own));
                 return Err(logged(local(resp, &ctx.labels), &ctx.conn, None, said));
@@ -68,6 +72,7 @@ pub(super) fn route(req: &Request<RequestBody>, ctx: &mut RequestCtx) -> Result<
         }
     }
     let Some(index) = found else {
+        allow(req, ctx, None)?;
         let unrouted = fail(StatusCode::NOT_FOUND, "no route", &ctx.labels);
         return Err(logged(
             unrouted,
@@ -78,6 +83,7 @@ pub(super) fn route(req: &Request<RequestBody>, ctx: &mut RequestCtx) -> Result<
     };
     let found = &ctx.table.routes_of(listener)[index];
     ctx.labels.route = found.name.clone();
+    allow(req, ctx, Some(found))?;
     if let Some(resp) = answers_itself(found, req, text(&ctx.authority)) {
         let said = Said::of(req, &ctx.authority, Some(found));
         return Err(logged(local(resp, &ctx.labels), &ctx.conn, None, said));
