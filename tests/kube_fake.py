@@ -36,6 +36,8 @@ KINDS = {
     "endpointslices": ("discovery.k8s.io/v1", "EndpointSlice", "EndpointSliceList"),
 }
 TOKENREVIEWS = "/apis/authentication.k8s.io/v1/tokenreviews"
+# The audience a token is checked against when a TokenReview names none: the API server's own.
+API_AUDIENCE = "https://kubernetes.default.svc.cluster.local"
 
 Event = Optional[dict[str, Any]]  # None ends the watch
 
@@ -132,6 +134,8 @@ class FakeKubeApi:
         self.requests: list[tuple[str, str, dict[str, str]]] = []  # method, path, query
         self.reviews: dict[str, Any] = recorded("tokenreviews.json")
         self.forbid_tokenreviews = False
+        # An API server that ignores spec.audiences answers as if none were asked.
+        self.ignore_audiences = False
         self.port = 0
         self._server: Optional[ThreadingHTTPServer] = None
         self._thread: Optional[threading.Thread] = None
@@ -271,15 +275,26 @@ class FakeKubeApi:
             if events in self.watches[plural]:
                 self.watches[plural].remove(events)
 
-    def review(self, token: str) -> tuple[int, dict[str, Any]]:
+    def review(self, spec: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """As the API server answers: a token is valid for the audiences asked (its own when none
+        are) that it was minted for, and status.audiences names those."""
         if self.forbid_tokenreviews:
             return 403, recorded("forbidden.json")
+        token = str(spec.get("token") or "")
         status = self.reviews.get(token) or recorded("tokenreview-unknown.json")
+        asked = [] if self.ignore_audiences else list(spec.get("audiences") or [])
+        if status.get("authenticated"):
+            valid = [a for a in status["audiences"] if a in (asked or [API_AUDIENCE])]
+            if not valid:
+                why = f"token audiences {status['audiences']} is invalid for the target audiences"
+                status = {"user": {}, "error": f"[invalid bearer token, {why} {asked or [API_AUDIENCE]}]"}
+            elif asked:
+                status = {**status, "audiences": valid}
         return 201, {
             "kind": "TokenReview",
             "apiVersion": "authentication.k8s.io/v1",
             "metadata": {"creationTimestamp": None},
-            "spec": {"token": token},
+            "spec": {"token": token, **({"audiences": asked} if asked else {})},
             "status": status,
         }
 
@@ -366,7 +381,7 @@ def _handler(api: FakeKubeApi) -> type[BaseHTTPRequestHandler]:
             if url.path != TOKENREVIEWS:
                 self._send(405, {"kind": "Status", "code": 405, "message": "method not allowed"})
                 return
-            self._send(*api.review(str((body.get("spec") or {}).get("token") or "")))
+            self._send(*api.review(body.get("spec") or {}))
 
         def _watch(self, plural: str, namespace: Optional[str], since: int) -> None:
             self.send_response(200)

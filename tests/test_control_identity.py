@@ -239,7 +239,7 @@ def test_control_serve_identity_flags_are_checked(tmp_path):
         assert r.returncode == 1, r
         return r.stderr
 
-    assert "--identity-ca needs --tokens FILE" in serve("--identity-ca", str(ca))
+    assert "give --tokens FILE or --token-review KUBECONFIG" in serve("--identity-ca", str(ca))
     tokens = tmp_path / "tokens"
     tokens.write_text(f"{TOKEN} web\n")
     files = ["--tls-cert", "c", "--tls-key", "k", "--trust-anchors", "a"]

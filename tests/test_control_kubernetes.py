@@ -333,6 +333,25 @@ def test_tokenreview_answers_the_workload_none_or_an_error(kube):
         wrong.name_for("token-web")
 
 
+def test_tokenreview_with_audiences_takes_only_tokens_meant_for_them(kube):
+    """A projected token for `meshcore` is accepted when the reviewer asks for that audience, and
+    the API server's own kind of token is not; an API server that ignores the audiences asked is
+    caught by status.audiences."""
+    for_meshcore = TokenReviewer(kube.kubeconfig(), audiences=["meshcore"])
+    plain = TokenReviewer(kube.kubeconfig())
+    try:
+        assert for_meshcore.name_for("token-web-meshcore") == "shop/web"
+        assert for_meshcore.name_for("token-web") is None  # minted for the API server
+        assert plain.name_for("token-web-meshcore") is None  # minted for meshcore, not the API
+        assert plain.name_for("token-web") == "shop/web"
+        kube.ignore_audiences = True
+        assert for_meshcore.name_for("token-web") is None
+        assert kube.reviews["token-web"]["authenticated"], "the server did authenticate it"
+    finally:
+        for_meshcore.close()
+        plain.close()
+
+
 def test_workload_names_come_only_from_service_account_usernames():
     assert workload_name("system:serviceaccount:shop:web") == "shop/web"
     assert workload_name("system:serviceaccount:shop") is None

@@ -419,3 +419,63 @@ def test_cli_serve_until_sigterm(ca: Path, tmp_path: Path):
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_cli_serve_takes_service_account_tokens_checked_by_tokenreview(ca: Path, tmp_path: Path):
+    """`identity serve --token-review`: a pod's identity follows from its ServiceAccount, with a
+    token meant for `--token-audience`; bootstrap tokens still work beside it."""
+    from kube_fake import FakeKubeApi
+
+    (tmp_path / "kube").mkdir()
+    kube = FakeKubeApi(tmp_path / "kube").start()
+    (tmp_path / "tokens").write_text(f"tok-db {DB}\n")
+    proc = subprocess.Popen(
+        [
+            *MESHCORE,
+            "identity",
+            "serve",
+            ca,
+            "--bind",
+            "127.0.0.1:0",
+            "--tokens",
+            tmp_path / "tokens",
+            "--token-review",
+            kube.kubeconfig(),
+            "--token-audience",
+            "meshcore",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("identity service on https://127.0.0.1:"), line + proc.stderr.read()
+        url = line.split()[-1]
+        web = "ns/shop/sa/web"
+        chain_pem, _, _ = request_certificate(url, "token-web-meshcore", web, anchor(ca))
+        assert cert_info(chain_pem)["spiffe_id"] == "spiffe://mesh.local/ns/shop/sa/web"
+        chain_pem, _, _ = request_certificate(url, "tok-db", DB, anchor(ca))
+        assert cert_info(chain_pem)["spiffe_id"] == "spiffe://mesh.local/ns/default/sa/db"
+        with pytest.raises(TlsError, match="403: token not valid for ns/shop/sa/api"):
+            request_certificate(url, "token-web-meshcore", "ns/shop/sa/api", anchor(ca))
+        for refused in ("token-web", "token-alice", "forged"):  # another audience; a person; unknown
+            with pytest.raises(TlsError, match="401: unknown token"):
+                request_certificate(url, refused, web, anchor(ca))
+        kube.stop()
+        with pytest.raises(TlsError, match="503: cannot check the token"):
+            request_certificate(url, "token-web-meshcore", web, anchor(ca))
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0, proc.stderr.read()
+    finally:
+        proc.kill()
+        proc.wait()
+        kube.stop()
+
+
+def test_cli_serve_needs_a_way_to_check_tokens(ca: Path, tmp_path: Path):
+    r = meshcore("serve", ca, "--bind", "127.0.0.1:0")
+    assert r.returncode == 1 and "give --tokens FILE or --token-review KUBECONFIG" in r.stderr
+    (tmp_path / "tokens").write_text(f"tok-db {DB}\n")
+    r = meshcore("serve", ca, "--tokens", tmp_path / "tokens", "--token-audience", "meshcore")
+    assert r.returncode == 1 and "--token-audience is for ServiceAccount tokens" in r.stderr

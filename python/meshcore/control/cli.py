@@ -9,7 +9,7 @@ import argparse
 import logging
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
@@ -90,6 +90,14 @@ def _add_identity_flags(serve: argparse.ArgumentParser) -> None:
         "pod's account); the workload NS/SA gets the name ns/NS/sa/SA; needs meshcore[kubernetes]",
     )
     group.add_argument(
+        "--token-audience",
+        action="append",
+        default=[],
+        metavar="AUDIENCE",
+        help="a ServiceAccount token must be meant for this audience (repeatable; a projected token's "
+        "audience; default: the API server's own)",
+    )
+    group.add_argument(
         "--identity-ttl", type=duration, default="24h", help="lifetime of issued certificates (default 24h)"
     )
     group.add_argument(
@@ -128,7 +136,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             )
         tls, identity = _mount_identity(args)
     else:
-        for flag in ("tokens", "token_review", "host"):
+        for flag in ("tokens", "token_review", "token_audience", "host"):
             if getattr(args, flag):
                 raise ConfigError(f"--{flag.replace('_', '-')} needs --identity-ca DIR")
     try:
@@ -145,21 +153,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def _mount_identity(args: argparse.Namespace) -> tuple[IssuedServerTls, IdentityService]:
     """The control plane's own certificate from --identity-ca, and the identity service on
     --identity-bind (started here; the caller closes it)."""
-    from ..identity.bootstrap_tokens import StaticTokens, TokenChecker, first_of
+    from ..identity.bootstrap_tokens import token_checker
     from ..identity.service import IdentityService
     from .issued_tls import IssuedServerTls, default_hosts
     from .server import split_host_port
 
-    if not args.tokens and not args.token_review:
-        raise ConfigError(
-            "--identity-ca needs --tokens FILE or --token-review KUBECONFIG: how proxies prove who they are"
-        )
     try:
         host, _ = split_host_port(args.bind)
-        checkers: list[TokenChecker] = [StaticTokens(args.tokens)] if args.tokens else []
-        if args.token_review:
-            checkers.append(service_account_names(args.token_review))
-        checker = first_of(*checkers)
+        checker = token_checker(args.tokens, args.token_review, args.token_audience)
         tls = IssuedServerTls(
             args.identity_ca,
             name=args.identity_name,
@@ -170,23 +171,6 @@ def _mount_identity(args: argparse.Namespace) -> tuple[IssuedServerTls, Identity
         raise ConfigError(f"control serve: {e}") from None
     service = IdentityService(args.identity_ca, args.identity_bind, tokens=checker, ttl=args.identity_ttl)
     return tls, service
-
-
-def service_account_names(kubeconfig: str) -> Callable[[str], Optional[str]]:
-    """A token checker asking Kubernetes (TokenReview): ServiceAccount NS/SA -> `ns/NS/sa/SA`,
-    the name its SPIFFE ID takes (spiffe://<trust domain>/ns/NS/sa/SA)."""
-    from ..kube.tokenreview import TokenReviewer
-
-    reviewer = TokenReviewer(kubeconfig)
-
-    def name_for(token: str) -> Optional[str]:
-        workload = reviewer.name_for(token)
-        if workload is None:
-            return None
-        namespace, account = workload.split("/", 1)
-        return f"ns/{namespace}/sa/{account}"
-
-    return name_for
 
 
 def build_sources(args: argparse.Namespace) -> list[Source]:

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import hmac
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Callable, Optional, Union
 
 from .ca import PathLike
 
-__all__ = ["StaticTokens", "TokenChecker", "first_of"]
+__all__ = ["StaticTokens", "TokenChecker", "first_of", "token_checker"]
 
 TokenChecker = Callable[[str], Optional[str]]
 
@@ -41,6 +41,24 @@ class StaticTokens:
             if hmac.compare_digest(candidate.encode(), token.encode()):
                 found = name
         return found
+
+
+def token_checker(
+    tokens: Optional[PathLike], token_review: Optional[str], audiences: Sequence[str] = ()
+) -> TokenChecker:
+    """The checker the command line asks for: bootstrap tokens from the file `tokens`, then
+    Kubernetes ServiceAccount tokens checked by TokenReview through the kubeconfig `token_review`
+    (`in-cluster`: the pod's own), meant for one of `audiences`. ValueError if neither is given."""
+    if tokens is None and token_review is None:
+        raise ValueError("give --tokens FILE or --token-review KUBECONFIG: how workloads prove who they are")
+    if audiences and token_review is None:
+        raise ValueError("--token-audience is for ServiceAccount tokens: it needs --token-review")
+    checkers: list[TokenChecker] = [StaticTokens(tokens)] if tokens is not None else []
+    if token_review is not None:
+        from ..kube.tokenreview import service_account_identities
+
+        checkers.append(service_account_identities(token_review, audiences))
+    return first_of(*checkers)
 
 
 def first_of(*checkers: TokenChecker) -> TokenChecker:

@@ -44,7 +44,23 @@ def add_identity_commands(sub: argparse._SubParsersAction) -> None:  # type: ign
     serve = commands.add_parser("serve", help="serve the certify API over HTTPS until SIGINT/SIGTERM")
     serve.add_argument("dir", metavar="DIR")
     serve.add_argument("--bind", default="127.0.0.1:8443")
-    serve.add_argument("--tokens", required=True, metavar="FILE", help="JSON object or lines of 'token name'")
+    serve.add_argument(
+        "--tokens", metavar="FILE", help="bootstrap tokens: JSON object or lines of 'token name'"
+    )
+    serve.add_argument(
+        "--token-review",
+        metavar="KUBECONFIG",
+        help="accept Kubernetes ServiceAccount tokens, checked by TokenReview (`in-cluster`: the pod's "
+        "account); the workload NS/SA may have the name ns/NS/sa/SA; needs meshcore[kubernetes]",
+    )
+    serve.add_argument(
+        "--token-audience",
+        action="append",
+        default=[],
+        metavar="AUDIENCE",
+        help="a ServiceAccount token must be meant for this audience (repeatable; default: the API "
+        "server's own)",
+    )
     serve.add_argument(
         "--ttl", type=duration, default="24h", help="lifetime of issued certificates (default 24h)"
     )
@@ -82,10 +98,12 @@ def cmd_issue(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from .bootstrap_tokens import token_checker
     from .service import IdentityService  # cryptography and uvicorn, only for this command
 
+    checker = token_checker(args.tokens, args.token_review, args.token_audience)
     stop = _stop_on_signals()  # before printing the URL, so a signal right after it is handled
-    with IdentityService(args.dir, args.bind, tokens=args.tokens, ttl=args.ttl) as service:
+    with IdentityService(args.dir, args.bind, tokens=checker, ttl=args.ttl) as service:
         print(f"identity service on {service.url}", flush=True)
         # A timed wait keeps signal handling prompt on every platform.
         while not stop.wait(0.5):

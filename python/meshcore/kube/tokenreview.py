@@ -19,7 +19,7 @@ from typing import Any, Optional
 from ..errors import MeshcoreError
 from .api import KubeApi
 
-__all__ = ["PATH", "TokenReviewer", "workload_name"]
+__all__ = ["PATH", "TokenReviewer", "service_account_identities", "workload_name"]
 
 log = logging.getLogger("meshcore.kube")
 
@@ -41,7 +41,8 @@ class TokenReviewer:
     """`reviewer(token)` (or `reviewer.name_for(token)`) -> "NS/SA" or None; see the module docstring.
 
     `audiences`: the token must be meant for one of these (sent as spec.audiences; the API server's
-    own audience when empty)."""
+    own audience when empty). The answer's status.audiences must name one of them too: an API
+    server that ignored spec.audiences would otherwise pass a token minted for someone else."""
 
     def __init__(self, kubeconfig: str | Path, *, audiences: Sequence[str] = (), timeout: float = 10.0):
         self.api = KubeApi(kubeconfig, timeout=timeout)
@@ -65,6 +66,14 @@ class TokenReviewer:
                 log.info("TokenReview: token not authenticated: %s", status["error"])
             return None
         username = str((status.get("user") or {}).get("username") or "")
+        if self.audiences and not set(status.get("audiences") or ()) & set(self.audiences):
+            log.warning(
+                "TokenReview: the token of %r is not for %s (it is for %s); refused",
+                username,
+                ", ".join(self.audiences),
+                ", ".join(status.get("audiences") or ()) or "no audience said",
+            )
+            return None
         name = workload_name(username)
         if name is None:
             log.warning("TokenReview: %r is authenticated but is not a ServiceAccount; refused", username)
@@ -100,3 +109,19 @@ class TokenReviewer:
             if self._client is not None:
                 self._client.close()
                 self._client = None
+
+
+def service_account_identities(kubeconfig: str | Path, audiences: Sequence[str] = ()) -> Any:
+    """The identity service's token checker for ServiceAccount tokens: the workload NS/SA may
+    have the identity name `ns/NS/sa/SA` (spiffe://<trust domain>/ns/NS/sa/SA), as in Linkerd.
+    `audiences` as for `TokenReviewer`."""
+    reviewer = TokenReviewer(kubeconfig, audiences=audiences)
+
+    def name_for(token: str) -> Optional[str]:
+        workload = reviewer.name_for(token)
+        if workload is None:
+            return None
+        namespace, account = workload.split("/", 1)
+        return f"ns/{namespace}/sa/{account}"
+
+    return name_for
