@@ -54,6 +54,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
         PyTuple::new(py, metrics::plugins::HOOK_DURATION_BUCKETS)?,
     )?;
     m.add_function(wrap_pyfunction!(bench::_bench_loop, m)?)?;
+    m.add_function(wrap_pyfunction!(bench::_bench_handshakes, m)?)?;
     m.add_function(wrap_pyfunction!(bench::_bench_start, m)?)?;
     m.add_class::<bench::LoadRun>()?;
     m.add("MeshcoreError", py.get_type::<MeshcoreError>())?;

@@ -60,6 +60,7 @@ impl Service {
                         identity: id.to_string(),
                         h2: tls::client_config(identity, id, true)?,
                         h1: tls::client_config(identity, id, false)?,
+                        handshakes: identity.handshakes.clone(),
                     };
                     Arc::new(EndpointPool::new(ep.addr, settings.clone(), Some(tls)))
                 }

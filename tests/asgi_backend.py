@@ -1,5 +1,5 @@
-"""A hypercorn backend that speaks HTTP/1.1 and HTTP/2 (prior knowledge), and
-reports which protocol version and authority it saw."""
+"""A hypercorn backend that speaks HTTP/1.1 and HTTP/2 (prior knowledge, or by ALPN over TLS
+on Python's OpenSSL), and reports which protocol version and authority it saw."""
 
 from __future__ import annotations
 
@@ -46,7 +46,9 @@ async def app(scope, receive, send):
 
 
 class AsgiBackend:
-    def __init__(self):
+    def __init__(self, tls: tuple[str, str] | None = None):
+        """`tls`: (certificate chain file, key file) to serve HTTPS."""
+        self._tls = tls
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
         self.port = sock.getsockname()[1]
@@ -63,6 +65,8 @@ class AsgiBackend:
         asyncio.set_event_loop(self._loop)
         config = Config()
         config.bind = [self.addr]
+        if self._tls is not None:
+            config.certfile, config.keyfile = self._tls
         config.loglevel = "ERROR"
         config.accesslog = None
         # Hypercorn closes a connection after 1,000 requests by default; in-flight streams

@@ -18,6 +18,7 @@ __all__ = [
     "Tap",
     "TlsError",
     "__version__",
+    "_bench_handshakes",
     "_bench_loop",
     "_bench_start",
     "_panic_for_test",
@@ -259,6 +260,15 @@ def _bench_start(
 
 def _panic_for_test() -> None:
     """Panics inside Rust, for the test that a panic becomes MeshcoreError."""
+
+def _bench_handshakes(
+    group: str, anchors_pem: str, chain_pem: str, key_pem: str, expected: str, seconds: float
+) -> tuple[int, str]:
+    """Full mutual-TLS handshakes between two holders of one identity, in memory on the calling
+    thread, for `seconds`, the client offering only `group` ("X25519MLKEM768" or "X25519"), or
+    "default", the mesh's own offer: (handshakes, the group the last negotiated). For
+    bench/tls_handshake.py. Raises ValueError for another group, MeshcoreError for PEMs it
+    cannot use."""
 
 def _bench_loop(what: str, size: int, iterations: int) -> int:
     """Runs an inner loop of the core (balancer picks, metric updates) `iterations` times,

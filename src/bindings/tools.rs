@@ -3,7 +3,7 @@
 
 use super::errors::MeshcoreError;
 use crate::config;
-use crate::tools::{loadgen, microbench};
+use crate::tools::{handshake, loadgen, microbench};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use std::sync::atomic::Ordering::Relaxed;
@@ -85,6 +85,26 @@ pub fn _bench_start(
         started: Instant::now(),
         thread: Mutex::new(Some(thread)),
     })
+}
+
+/// In-memory mesh TLS handshakes for `seconds`, the client offering only
+/// `group` (or the mesh's "default" list): (handshakes, the group negotiated). Runs on the calling thread,
+/// so the caller's thread CPU time measures it.
+#[pyfunction]
+pub fn _bench_handshakes(
+    py: Python<'_>,
+    group: &str,
+    anchors_pem: &str,
+    chain_pem: &str,
+    key_pem: &str,
+    expected: &str,
+    seconds: f64,
+) -> PyResult<(u64, String)> {
+    let offered = handshake::offer(group)
+        .ok_or_else(|| PyValueError::new_err(format!("{group:?}: X25519MLKEM768, X25519 or default")))?;
+    let duration = Duration::try_from_secs_f64(seconds).map_err(|e| PyValueError::new_err(e.to_string()))?;
+    py.detach(|| handshake::run(offered, anchors_pem, chain_pem, key_pem, expected, duration))
+        .map_err(MeshcoreError::new_err)
 }
 
 /// Micro-benchmark loops for `bench/` (one Python call, many operations).

@@ -15,6 +15,7 @@ use crate::metrics::{ConnEvent, TcpSeries};
 use crate::proto::{h1, h2};
 use crate::proxy::handle;
 use crate::shared::Shared;
+use crate::tls::handshakes::{Handshakes, Side};
 use bytes::Bytes;
 use detect::Protocol;
 use std::net::SocketAddr;
@@ -40,7 +41,8 @@ pub struct ListenerSpec {
     pub header_read_timeout: Duration,
     pub idle_timeout: Duration,
     pub admission: Arc<admission::Admission>,
-    pub tls: Option<(tokio_rustls::TlsAcceptor, TlsMode)>,
+    /// The acceptor, the listener's mode, and where its handshakes are counted.
+    pub tls: Option<(tokio_rustls::TlsAcceptor, TlsMode, Arc<Handshakes>)>,
     /// Peers trusted to name the original caller (gateways).
     pub trusted_gateways: Arc<[String]>,
     /// Takes redirected connections, served by their original destination.
@@ -137,7 +139,7 @@ async fn accept_transport(
     tcp: &TcpSeries,
     metrics: &crate::metrics::Metrics,
 ) -> Option<(BoxIo, PeerTls, bool)> {
-    let Some((acceptor, mode)) = &spec.tls else {
+    let Some((acceptor, mode, handshakes)) = &spec.tls else {
         return Some((Box::new(stream), PeerTls::Plaintext, false));
     };
     let mut stream = stream;
@@ -172,6 +174,7 @@ async fn accept_transport(
             }
         };
         let (_, session) = tls.get_ref();
+        handshakes.count(Side::Server, session.negotiated_key_exchange_group());
         let identity = session
             .peer_certificates()
             .and_then(|certs| certs.first())

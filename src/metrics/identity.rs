@@ -1,4 +1,5 @@
-//! The workload certificate's gauges (no labels).
+//! The workload certificate's gauges (no labels), and the TLS handshakes
+//! made with it by side and negotiated key exchange group.
 
 use super::text::{header, sample, Kind, Labels};
 use crate::tls::identity::Identity;
@@ -29,4 +30,14 @@ pub(super) fn render(out: &mut String, identity: &Identity) {
         &Labels::new(),
         identity.refreshes(),
     );
+    header(
+        out,
+        "tls_handshakes_total",
+        Kind::Counter,
+        "Completed mesh TLS handshakes, by this proxy's side and the negotiated key exchange group.",
+    );
+    for (side, group, count) in identity.handshakes.snapshot() {
+        let labels = Labels::new().with("side", side).with("group", group);
+        sample(out, "tls_handshakes_total", &labels, count);
+    }
 }

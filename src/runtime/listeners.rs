@@ -311,7 +311,8 @@ impl Listeners {
             (TlsMode::None, _) => None,
             (mode, Some(identity)) => {
                 let config = tls::server_config(identity, mode == TlsMode::Mesh).map_err(StartError::Tls)?;
-                Some((tokio_rustls::TlsAcceptor::from(config), mode))
+                let handshakes = identity.handshakes.clone();
+                Some((tokio_rustls::TlsAcceptor::from(config), mode, handshakes))
             }
             (_, None) => {
                 return Err(StartError::Config(format!(

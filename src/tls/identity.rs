@@ -26,6 +26,8 @@ pub struct Identity {
     trust_domains: Vec<String>,
     current: ArcSwapOption<Current>,
     refreshes: AtomicU64,
+    /// Both sides' handshakes with this identity, by key exchange group.
+    pub handshakes: Arc<super::handshakes::Handshakes>,
 }
 
 fn parse_certs(pem: &str) -> Result<Vec<CertificateDer<'static>>, String> {
@@ -51,6 +53,7 @@ impl Identity {
             trust_domains,
             current: ArcSwapOption::empty(),
             refreshes: AtomicU64::new(0),
+            handshakes: Arc::default(),
         })
     }
 
@@ -59,7 +62,7 @@ impl Identity {
         let chain = parse_certs(chain_pem)?;
         let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
             .map_err(|e| format!("invalid private key PEM: {e}"))?;
-        let signing = rustls::crypto::ring::sign::any_supported_type(&key)
+        let signing = rustls::crypto::aws_lc_rs::sign::any_supported_type(&key)
             .map_err(|e| format!("unsupported private key: {e}"))?;
         let (spiffe_id, not_after) = super::verify::describe(&chain[0])?;
         let certified = CertifiedKey::new(chain, signing);

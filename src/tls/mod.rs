@@ -1,6 +1,8 @@
 //! rustls configs for mesh traffic: TLS 1.3 only, mutual authentication by
-//! SPIFFE identity, certificates that rotate without a restart.
+//! SPIFFE identity, certificates that rotate without a restart, and the
+//! post-quantum hybrid key exchange preferred.
 
+pub mod handshakes;
 pub mod identity;
 pub mod verify;
 
@@ -11,8 +13,12 @@ use std::sync::Arc;
 
 pub use identity::Current;
 
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+/// aws-lc-rs (FIPS-capable; the `fips` feature builds its FIPS module): its
+/// key exchange groups put X25519MLKEM768 first, and a client sends an
+/// X25519 share beside it, so a peer without ML-KEM answers with X25519 at
+/// no extra round trip.
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
 /// Server side of a meshed listener. `require_client_cert` is false for
@@ -45,7 +51,16 @@ pub fn client_config(
     expected: &str,
     alpn_h2: bool,
 ) -> Result<Arc<ClientConfig>, String> {
-    let provider = provider();
+    client_config_with(identity, expected, alpn_h2, provider())
+}
+
+/// `client_config` with another provider (the handshake bench limits its groups).
+pub fn client_config_with(
+    identity: &Arc<Identity>,
+    expected: &str,
+    alpn_h2: bool,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+) -> Result<Arc<ClientConfig>, String> {
     let verifier = verify::ExpectedIdentity {
         roots: identity.roots.clone(),
         expected: expected.to_string(),

@@ -162,7 +162,12 @@ impl Target {
             format!("{host}:{port}")
         };
         let connector = tls.then(|| {
-            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            // X25519 only, as the usual load tools (wrk, h2load on OpenSSL 3.0) offer: every
+            // peer then does the same handshake, whatever it would prefer.
+            let provider = Arc::new(rustls::crypto::CryptoProvider {
+                kx_groups: vec![rustls::crypto::aws_lc_rs::kx_group::X25519],
+                ..rustls::crypto::aws_lc_rs::default_provider()
+            });
             let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
                 .with_safe_default_protocol_versions()
                 .expect("default versions")

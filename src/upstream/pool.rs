@@ -36,6 +36,7 @@ pub struct UpstreamTls {
     pub identity: String,
     pub h2: Arc<rustls::ClientConfig>,
     pub h1: Arc<rustls::ClientConfig>,
+    pub handshakes: Arc<crate::tls::handshakes::Handshakes>,
 }
 
 /// Idle HTTP/1.1 connections kept per endpoint; more are closed when returned.
@@ -322,6 +323,8 @@ impl EndpointPool {
             .await
             .map_err(|_| UpstreamError::ConnectTimeout)?
             .map_err(UpstreamError::Tls)?;
+        let group = tls_stream.get_ref().1.negotiated_key_exchange_group();
+        tls.handshakes.count(crate::tls::handshakes::Side::Client, group);
         Ok(TokioIo::new(Box::new(tls_stream)))
     }
 
