@@ -133,8 +133,14 @@ class ProxyCore:
         """Installs a new workload certificate chain and key (PEM) without a restart.
         Raises TlsError if they are unusable or the proxy has no [identity]."""
 
-    def identity_info(self) -> tuple[str | None, int] | None:
-        """(SPIFFE ID, expiry in unix seconds) of the certificate in use, or None."""
+    def set_trust_anchors(self, pem: str) -> None:
+        """Trusts exactly the anchors in `pem` (one or more certificates) from the next
+        handshake on. Raises TlsError if none is usable or the proxy has no [identity]."""
+
+    def identity_info(self) -> str | None:
+        """The identity as JSON, or None without one: `spiffe_id`, `not_after` (unix seconds)
+        and `chains_to` (SHA-256 of each anchor it leads to) of the certificate in use, and
+        `trust_anchors` (each one's `subject`, `sha256`, `not_after`)."""
 
     def open_connections(self) -> int:
         """Client connections open now."""

@@ -230,7 +230,7 @@ class Proxy:
             self._memory.trim()
             self._memory.start()
             if self._identity is not None:
-                self._identity.start(self._core.update_identity)
+                self._identity.start(self._core.update_identity, self._core.set_trust_anchors)
             if self._plugins is not None:
                 self._plugins.start()
                 self._core.set_plugin_host(self._plugins)
@@ -411,12 +411,11 @@ class Proxy:
         return json.loads(self._core.endpoints())
 
     def identity(self) -> Optional[dict[str, Any]]:
-        """The workload certificate in use: SPIFFE ID and expiry (unix seconds)."""
+        """The workload identity, None without one: the certificate in use (`spiffe_id`,
+        `not_after` in unix seconds, `chains_to`: the SHA-256 of each trust anchor it leads to)
+        and `trust_anchors` (each one's `subject`, `sha256` and `not_after`)."""
         info = self._core.identity_info()
-        if info is None:
-            return None
-        spiffe_id, not_after = info
-        return {"spiffe_id": spiffe_id, "not_after": not_after}
+        return None if info is None else json.loads(info)
 
     def open_connections(self) -> int:
         return self._core.open_connections()

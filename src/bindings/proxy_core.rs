@@ -257,14 +257,43 @@ impl ProxyCore {
         })
     }
 
-    /// (SPIFFE ID, expiry as unix seconds) of the certificate in use, if any.
-    fn identity_info(&self) -> PyResult<Option<(Option<String>, i64)>> {
+    /// Trusts exactly the anchors in `pem` from the next handshake on.
+    fn set_trust_anchors(&self, pem: &str) -> PyResult<()> {
+        guarded(|| {
+            self.with_running(|r| match &r.shared.identity {
+                Some(identity) => identity.set_anchors(pem).map_err(TlsError::new_err),
+                None => Err(TlsError::new_err("this proxy has no [identity] configured")),
+            })
+        })
+    }
+
+    /// The identity as JSON, None without one: the certificate in use (SPIFFE
+    /// ID, expiry as unix seconds, the anchors it chains to by SHA-256) and
+    /// the trust anchors (subject, SHA-256, expiry).
+    fn identity_info(&self) -> PyResult<Option<String>> {
         self.with_running(|r| {
-            Ok(r.shared
-                .identity
+            let Some(identity) = &r.shared.identity else {
+                return Ok(None);
+            };
+            let anchors = identity.anchors();
+            let current = identity.current();
+            let chains_to: Vec<&str> = current
                 .as_ref()
-                .and_then(|i| i.current())
-                .map(|c| (c.spiffe_id.clone(), c.not_after)))
+                .map(|c| {
+                    anchors
+                        .chained_to(&c.key.cert)
+                        .into_iter()
+                        .map(|a| a.sha256.as_str())
+                        .collect()
+                })
+                .unwrap_or_default();
+            let info = serde_json::json!({
+                "spiffe_id": current.as_ref().and_then(|c| c.spiffe_id.clone()),
+                "not_after": current.as_ref().map(|c| c.not_after),
+                "chains_to": chains_to,
+                "trust_anchors": anchors.list,
+            });
+            Ok(Some(info.to_string()))
         })
     }
 

@@ -1,5 +1,6 @@
-//! The workload certificate's gauges (no labels), and the TLS handshakes
-//! made with it by side and negotiated key exchange group.
+//! The workload certificate's gauges (no labels), each trust anchor's
+//! expiry, and the TLS handshakes made by side and negotiated key exchange
+//! group.
 
 use super::text::{header, sample, Kind, Labels};
 use crate::tls::identity::Identity;
@@ -30,6 +31,23 @@ pub(super) fn render(out: &mut String, identity: &Identity) {
         &Labels::new(),
         identity.refreshes(),
     );
+    header(
+        out,
+        "identity_trust_anchor_expiration_timestamp_seconds",
+        Kind::Gauge,
+        "When each trust anchor this proxy accepts expires.",
+    );
+    for anchor in &identity.anchors().list {
+        let labels = Labels::new()
+            .with("subject", &anchor.subject)
+            .with("sha256", &anchor.sha256);
+        sample(
+            out,
+            "identity_trust_anchor_expiration_timestamp_seconds",
+            &labels,
+            anchor.not_after,
+        );
+    }
     header(
         out,
         "tls_handshakes_total",

@@ -1,12 +1,14 @@
-//! This proxy's own workload identity: the current certificate and key,
-//! swapped atomically when Python rotates them. Handshakes read the current
-//! one; established connections keep the session they negotiated.
+//! This proxy's own workload identity: the current certificate and key, and
+//! the trust anchors, each swapped atomically when Python rotates them.
+//! Handshakes read the current ones; established connections keep the
+//! session they negotiated.
 
-use arc_swap::ArcSwapOption;
+use super::anchors::Anchors;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use rustls::client::ResolvesClientCert;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use rustls::{RootCertStore, SignatureScheme};
+use rustls::SignatureScheme;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,7 +23,7 @@ pub struct Current {
 
 #[derive(Debug)]
 pub struct Identity {
-    pub roots: Arc<RootCertStore>,
+    anchors: ArcSwap<Anchors>,
     /// Client trust domains accepted; empty: the current certificate's.
     trust_domains: Vec<String>,
     current: ArcSwapOption<Current>,
@@ -42,14 +44,8 @@ fn parse_certs(pem: &str) -> Result<Vec<CertificateDer<'static>>, String> {
 
 impl Identity {
     pub fn new(trust_anchors_pem: &str, trust_domains: Vec<String>) -> Result<Self, String> {
-        let mut roots = RootCertStore::empty();
-        for cert in parse_certs(trust_anchors_pem)? {
-            roots
-                .add(cert)
-                .map_err(|e| format!("invalid trust anchor: {e}"))?;
-        }
         Ok(Identity {
-            roots: Arc::new(roots),
+            anchors: ArcSwap::from_pointee(Anchors::from_pem(trust_anchors_pem)?),
             trust_domains,
             current: ArcSwapOption::empty(),
             refreshes: AtomicU64::new(0),
@@ -76,6 +72,16 @@ impl Identity {
         })));
         self.refreshes.fetch_add(1, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Trusts exactly the anchors in `pem` from the next handshake on.
+    pub fn set_anchors(&self, pem: &str) -> Result<(), String> {
+        self.anchors.store(Arc::new(Anchors::from_pem(pem)?));
+        Ok(())
+    }
+
+    pub fn anchors(&self) -> Arc<Anchors> {
+        self.anchors.load_full()
     }
 
     pub fn current(&self) -> Option<Arc<Current>> {

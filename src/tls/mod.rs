@@ -2,12 +2,12 @@
 //! SPIFFE identity, certificates that rotate without a restart, and the
 //! post-quantum hybrid key exchange preferred.
 
+pub mod anchors;
 pub mod handshakes;
 pub mod identity;
 pub mod verify;
 
 use identity::{Identity, Resolver};
-use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, ServerConfig};
 use std::sync::Arc;
 
@@ -27,13 +27,8 @@ pub fn server_config(
     identity: &Arc<Identity>,
     require_client_cert: bool,
 ) -> Result<Arc<ServerConfig>, String> {
-    let mut chain = WebPkiClientVerifier::builder_with_provider(identity.roots.clone(), provider());
-    if !require_client_cert {
-        chain = chain.allow_unauthenticated();
-    }
-    let chain = chain.build().map_err(|e| format!("client verifier: {e}"))?;
     let verifier = Arc::new(verify::MeshClients {
-        chain,
+        mandatory: require_client_cert,
         identity: identity.clone(),
     });
     let mut config = ServerConfig::builder_with_provider(provider())
@@ -62,7 +57,7 @@ pub fn client_config_with(
     provider: Arc<rustls::crypto::CryptoProvider>,
 ) -> Result<Arc<ClientConfig>, String> {
     let verifier = verify::ExpectedIdentity {
-        roots: identity.roots.clone(),
+        identity: identity.clone(),
         expected: expected.to_string(),
         algorithms: provider.signature_verification_algorithms,
     };

@@ -8,8 +8,7 @@ use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, WebPkiSuppo
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::ParsedCertificate;
 use rustls::{
-    CertificateError, DigitallySignedStruct, DistinguishedName, Error, OtherError, RootCertStore,
-    SignatureScheme,
+    CertificateError, DigitallySignedStruct, DistinguishedName, Error, OtherError, SignatureScheme,
 };
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use std::sync::Arc;
@@ -100,25 +99,28 @@ fn refused(reason: String) -> Error {
     Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(Refused(reason)))))
 }
 
-/// Verifies a mesh client: a chain to our trust anchors (webpki, delegated),
-/// then exactly one well-formed SPIFFE ID in an accepted trust domain.
+/// Verifies a mesh client: a chain to our current trust anchors (webpki,
+/// delegated), then exactly one well-formed SPIFFE ID in an accepted trust
+/// domain. `mandatory` is false on permissive listeners.
 #[derive(Debug)]
 pub struct MeshClients {
-    pub chain: Arc<dyn ClientCertVerifier>,
+    pub mandatory: bool,
     pub identity: Arc<super::identity::Identity>,
 }
 
 impl ClientCertVerifier for MeshClients {
     fn offer_client_auth(&self) -> bool {
-        self.chain.offer_client_auth()
+        true
     }
 
     fn client_auth_mandatory(&self) -> bool {
-        self.chain.client_auth_mandatory()
+        self.mandatory
     }
 
+    /// No hints: the anchors change while this verifier lives, and a mesh
+    /// client holds one certificate anyway.
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        self.chain.root_hint_subjects()
+        &[]
     }
 
     fn verify_client_cert(
@@ -127,7 +129,10 @@ impl ClientCertVerifier for MeshClients {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, Error> {
-        let verified = self.chain.verify_client_cert(end_entity, intermediates, now)?;
+        let anchors = self.identity.anchors();
+        let verified = anchors
+            .clients
+            .verify_client_cert(end_entity, intermediates, now)?;
         let domains = self.identity.trust_domains();
         workload_id(end_entity, &domains).map_err(refused)?;
         Ok(verified)
@@ -139,7 +144,10 @@ impl ClientCertVerifier for MeshClients {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
-        self.chain.verify_tls12_signature(message, cert, dss)
+        self.identity
+            .anchors()
+            .clients
+            .verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -148,18 +156,22 @@ impl ClientCertVerifier for MeshClients {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
-        self.chain.verify_tls13_signature(message, cert, dss)
+        self.identity
+            .anchors()
+            .clients
+            .verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.chain.supported_verify_schemes()
+        self.identity.anchors().clients.supported_verify_schemes()
     }
 }
 
 /// Verifies an upstream proxy: trusted chain and exactly the expected identity.
 #[derive(Debug)]
 pub struct ExpectedIdentity {
-    pub roots: Arc<RootCertStore>,
+    /// Whose current trust anchors the chain must lead to.
+    pub identity: Arc<super::identity::Identity>,
     pub expected: String,
     pub algorithms: WebPkiSupportedAlgorithms,
 }
@@ -176,7 +188,7 @@ impl ServerCertVerifier for ExpectedIdentity {
         let parsed = ParsedCertificate::try_from(end_entity)?;
         verify_server_cert_signed_by_trust_anchor(
             &parsed,
-            &self.roots,
+            &self.identity.anchors().roots,
             intermediates,
             now,
             self.algorithms.all,

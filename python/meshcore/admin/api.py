@@ -115,6 +115,49 @@ def endpoints(request: Request) -> Response:
     return _json(200, proxy.endpoints() if proxy.running else {"services": []})
 
 
+def identity(request: Request) -> Response:
+    """---
+    summary: The workload identity, its certificate and the trust anchors it accepts
+    description: >-
+      What `meshcore identity rotate-anchor` checks before each step: the anchors every proxy
+      trusts, and the anchors each proxy's live certificate chains to.
+    responses:
+      "200":
+        description: >-
+          `spiffe_id`, `not_after` (unix seconds) and `chains_to` (SHA-256 of each trust anchor
+          the certificate leads to) of the certificate in use, and `trust_anchors` (`subject`,
+          `sha256`, `not_after`).
+        content:
+          application/json:
+            schema:
+              type: object
+              required: [spiffe_id, not_after, chains_to, trust_anchors]
+              properties:
+                spiffe_id: {type: [string, "null"]}
+                not_after: {type: [integer, "null"]}
+                chains_to: {type: array, items: {type: string}}
+                trust_anchors:
+                  type: array
+                  items:
+                    type: object
+                    required: [subject, sha256, not_after]
+                    properties:
+                      subject: {type: string}
+                      sha256: {type: string}
+                      not_after: {type: integer}
+      "404":
+        description: This proxy has no identity, or is not running.
+        content:
+          application/json:
+            schema: {type: object, required: [error], properties: {error: {type: string}}}
+    """
+    proxy = _proxy(request)
+    found = proxy.identity() if proxy.running else None
+    if found is None:
+        return _json(404, {"error": "no identity: the proxy has no [identity] or is not running"})
+    return _json(200, found)
+
+
 def stats(request: Request) -> Response:
     """---
     summary: Golden numbers per route and per service, and authorization decisions, since start
@@ -310,6 +353,7 @@ ROUTES = [
     Route("/config", config, methods=["GET"]),
     *CONFIG_ROUTES,
     Route("/endpoints", endpoints, methods=["GET"]),
+    Route("/identity", identity, methods=["GET"]),
     Route("/stats", stats, methods=["GET"]),
     *TAP_ROUTES,
     *DASHBOARD_ROUTES,

@@ -7,6 +7,10 @@ Two sources, as configured in `[identity]`:
   lifetime. A failed renewal is retried with jittered exponential backoff
   while the current certificate stays in use, also after it has expired
   (then an error is logged once a minute, not at every retry).
+
+The trust anchors file is watched in both cases: a new bundle (an anchor added or removed, as
+`meshcore identity rotate-anchor` does) is trusted from the next handshake on, and an anchor that
+expires within 30 days is warned about at start, on each reload and once a day.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -26,6 +30,7 @@ from ..errors import TlsError
 __all__ = ["IdentityAgent", "RenewalBackoff", "next_backoff", "retry_delay"]
 
 Install = Callable[[str, str], None]
+InstallAnchors = Callable[[str], None]
 Clock = Callable[[], datetime]
 # Waits up to the given seconds; True when the agent was stopped meanwhile.
 Wait = Callable[[float], bool]
@@ -36,6 +41,8 @@ _FILE_POLL_SECONDS = 1.0
 _MIN_BACKOFF_SECONDS = 1.0
 _MAX_BACKOFF_SECONDS = 30.0
 _EXPIRED_LOG_INTERVAL_SECONDS = 60.0
+ANCHOR_WARNING = timedelta(days=30)
+_ANCHOR_CHECK_SECONDS = 24 * 3600.0
 
 
 @dataclass(frozen=True)
@@ -98,7 +105,10 @@ class IdentityAgent:
         self._wait: Wait = wait or self._stop.wait
         self._uniform = uniform
         self._thread: Optional[threading.Thread] = None
+        self._anchor_thread: Optional[threading.Thread] = None
         self.trust_anchors_pem = self._read("trust_anchors")
+        self._anchors_seen = self._mtime(self._paths["trust_anchors"])
+        warn_expiring_anchors(self.trust_anchors_pem, self._clock())
         self.refreshes = 0
         self.last_error: Optional[str] = None
 
@@ -137,25 +147,57 @@ class IdentityAgent:
         )
         return chain.decode(), key.decode(), not_after
 
-    def start(self, install: Install) -> None:
-        """Runs the refresh loop on a daemon thread; `install` hands PEMs to the data plane."""
+    def start(self, install: Install, install_anchors: Optional[InstallAnchors] = None) -> None:
+        """Runs the refresh loop on a daemon thread; `install` hands PEMs to the data plane, and
+        `install_anchors` a new trust anchors bundle."""
         target = self._watch_files if self._identity.issuer is None else self._renew
         self._thread = threading.Thread(target=target, args=(install,), name="meshcore-identity", daemon=True)
         self._thread.start()
+        if install_anchors is not None:
+            self._anchor_thread = threading.Thread(
+                target=self._watch_anchors, args=(install_anchors,), name="meshcore-anchors", daemon=True
+            )
+            self._anchor_thread.start()
 
     def stop(self) -> None:
         self._stop.set()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(5)
+        for thread in (self._thread, self._anchor_thread):
+            if thread is not None and thread is not threading.current_thread():
+                thread.join(5)
+
+    @staticmethod
+    def _mtime(path: Path) -> float:
+        try:
+            return path.stat().st_mtime_ns
+        except OSError:
+            return -1
 
     def _mtimes(self) -> tuple[float, float]:
-        def mtime(p: Path) -> float:
-            try:
-                return p.stat().st_mtime_ns
-            except OSError:
-                return -1
+        return self._mtime(self._paths["cert"]), self._mtime(self._paths["key"])
 
-        return mtime(self._paths["cert"]), mtime(self._paths["key"])
+    def _watch_anchors(self, install_anchors: InstallAnchors) -> None:
+        """Trusts a new bundle when the file changes; a bad one is refused and the current kept."""
+        path = self._paths["trust_anchors"]
+        checked = time.monotonic()
+        while not self._stop.wait(_FILE_POLL_SECONDS):
+            if time.monotonic() - checked >= _ANCHOR_CHECK_SECONDS:
+                checked = time.monotonic()
+                warn_expiring_anchors(self.trust_anchors_pem, self._clock())
+            now = self._mtime(path)
+            if now == self._anchors_seen:
+                continue
+            time.sleep(0.2)  # let a writer that truncates and writes finish
+            self._anchors_seen = self._mtime(path)
+            try:
+                pem = self._read("trust_anchors")
+                install_anchors(pem)
+            except Exception as e:  # noqa: BLE001 - keep the current anchors whatever went wrong
+                self.last_error = str(e)
+                _log(f"new trust anchors file {path} rejected, keeping the current anchors: {e}")
+                continue
+            self.trust_anchors_pem = pem
+            _log(f"reloaded trust anchors from {path}: {len(_anchor_certs(pem))} anchor(s)")
+            warn_expiring_anchors(pem, self._clock())
 
     def _watch_files(self, install: Install) -> None:
         seen = self._seen
@@ -227,3 +269,34 @@ class IdentityAgent:
             not_after = new_not_after
             now = self._clock()
             delay = refresh_delay(now, not_after, now=now)
+
+
+def _anchor_certs(pem: str) -> list:
+    from cryptography import x509
+
+    try:
+        return x509.load_pem_x509_certificates(pem.encode())
+    except ValueError:
+        return []
+
+
+def warn_expiring_anchors(pem: str, now: datetime) -> list[str]:
+    """Logs a warning for each anchor in `pem` that expires within 30 days (or has expired);
+    returns the warnings."""
+    from cryptography.hazmat.primitives import hashes
+
+    warnings = []
+    for cert in _anchor_certs(pem):
+        left = cert.not_valid_after_utc - now
+        if left >= ANCHOR_WARNING:
+            continue
+        when = f"{cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC"
+        state = f"expires in {left.days} days, at {when}" if left > timedelta(0) else f"EXPIRED at {when}"
+        warnings.append(
+            f"WARNING: trust anchor {cert.subject.rfc4514_string()} (sha256 "
+            f"{cert.fingerprint(hashes.SHA256()).hex()[:16]}...) {state}: rotate it with "
+            "`meshcore identity rotate-anchor`"
+        )
+    for warning in warnings:
+        _log(warning)
+    return warnings

@@ -66,6 +66,38 @@ def add_identity_commands(sub: argparse._SubParsersAction) -> None:  # type: ign
     )
     serve.set_defaults(func=_clean_errors(cmd_serve))
 
+    rotate = commands.add_parser(
+        "rotate-anchor",
+        help="replace the trust anchor without downtime, one checked step at a time",
+        description="Steps, in order: add (a new anchor in every bundle), issuer (a new issuer under "
+        "it), roll (wait for workload certificates to renew), remove (the old anchor, once nothing "
+        "chains to it). Each is checked against the proxies' admin APIs (GET /identity); status "
+        "shows where things stand.",
+    )
+    rotate.add_argument("dir", metavar="DIR", help="the CA directory (`meshcore identity init`)")
+    rotate.add_argument("step", choices=["status", "add", "issuer", "roll", "remove"])
+    rotate.add_argument(
+        "--bundle",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a trust anchors file proxies read, kept in step with DIR's (repeatable)",
+    )
+    rotate.add_argument(
+        "--proxy",
+        action="append",
+        default=[],
+        metavar="ADMIN_URL",
+        help="a proxy's admin API, e.g. http://127.0.0.1:9990 (repeatable): every one is checked",
+    )
+    rotate.add_argument(
+        "--ttl", type=duration, default="8760h", help="validity of the new anchor or issuer (default 8760h)"
+    )
+    rotate.add_argument(
+        "--wait", type=duration, default="5m", help="how long a step waits for the proxies (default 5m)"
+    )
+    rotate.set_defaults(func=_clean_errors(cmd_rotate_anchor))
+
 
 def duration(value: str) -> timedelta:
     """'24h', '10s', '300ms', or bare seconds ('10') as in the config -> timedelta
@@ -108,6 +140,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # A timed wait keeps signal handling prompt on every platform.
         while not stop.wait(0.5):
             pass
+    return 0
+
+
+def cmd_rotate_anchor(args: argparse.Namespace) -> int:
+    from .rotation import Rotation
+
+    rotation = Rotation(
+        args.dir, args.bundle, args.proxy, wait=args.wait.total_seconds(), say=lambda m: print(m, flush=True)
+    )
+    step = args.step
+    if step in ("add", "issuer"):
+        getattr(rotation, step)(args.ttl)
+    else:
+        getattr(rotation, step)()
     return 0
 
 

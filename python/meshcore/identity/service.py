@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
+import logging
 import ssl
 import tempfile
+import threading
 from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
@@ -27,9 +29,25 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from ..errors import TlsError
 from .bootstrap_tokens import StaticTokens, TokenChecker
-from .ca import PathLike, check_ttl, csr_public_key, key_pem, load_issuer, new_key, spiffe_id, utc_now
+from .ca import (
+    ISSUER_CERT,
+    ISSUER_KEY,
+    TRUST_ANCHOR_CERT,
+    Issuer,
+    PathLike,
+    check_ttl,
+    csr_public_key,
+    key_pem,
+    load_issuer,
+    new_key,
+    spiffe_id,
+    utc_now,
+)
 from .https import HttpsServer, ServerLimits
+
+log = logging.getLogger("meshcore.identity")
 
 __all__ = ["IdentityService"]
 
@@ -55,6 +73,9 @@ class IdentityService:
         limits: Optional[ServerLimits] = None,
     ) -> None:
         check_ttl(ttl)
+        self._directory = Path(directory)
+        self._reload_lock = threading.Lock()
+        self._stamp = self._issuer_stamp()
         self._issuer = load_issuer(directory)
         self._name_for = tokens if callable(tokens) else StaticTokens(tokens)
         for name in getattr(self._name_for, "names", list)():
@@ -62,8 +83,11 @@ class IdentityService:
         self._ttl = ttl
         self._limits = limits = limits or ServerLimits()
         host, port = _parse_bind(bind)
-        tls = self._tls_context(ipaddress.IPv4Address(host))
-        self._server = HttpsServer(self._app(), host, port, tls, limits, "identity service")
+        self._host = ipaddress.IPv4Address(host)
+        self._context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self._context.minimum_version = ssl.TLSVersion.TLSv1_2
+        self._sign_own_certificate()
+        self._server = HttpsServer(self._app(), host, port, self._context, limits, "identity service")
 
     @property
     def address(self) -> tuple[str, int]:
@@ -77,7 +101,34 @@ class IdentityService:
 
     @property
     def trust_anchors_pem(self) -> bytes:
-        return self._issuer.trust_anchor_pem
+        return self._current_issuer().trust_anchor_pem
+
+    def _issuer_stamp(self) -> tuple[int, ...]:
+        def mtime(name: str) -> int:
+            try:
+                return (self._directory / name).stat().st_mtime_ns
+            except OSError:
+                return -1
+
+        return tuple(mtime(n) for n in (ISSUER_CERT, ISSUER_KEY, TRUST_ANCHOR_CERT))
+
+    def _current_issuer(self) -> Issuer:
+        """The issuer, loaded anew when its files or the anchors bundle changed on disk (as
+        `meshcore identity rotate-anchor` changes them); the service's own certificate is then
+        signed again by it. A half-written or mismatched pair keeps the current issuer."""
+        stamp = self._issuer_stamp()
+        if stamp == self._stamp:
+            return self._issuer
+        with self._reload_lock:
+            if stamp != self._stamp:
+                try:
+                    self._issuer = load_issuer(self._directory)
+                    self._sign_own_certificate()
+                    self._stamp = stamp
+                    log.info("identity service: issuer reloaded from %s", self._directory)
+                except TlsError as e:
+                    log.warning("identity service: keeping the current issuer: %s", e)
+        return self._issuer
 
     def close(self) -> None:
         self._server.close()
@@ -106,27 +157,26 @@ class IdentityService:
         reply = await run_in_threadpool(self._certify, request.headers.get("authorization"), body)
         return _json(200, reply)
 
-    def _tls_context(self, host: ipaddress.IPv4Address) -> ssl.SSLContext:
+    def _sign_own_certificate(self) -> None:
+        """Signs the service's HTTPS certificate with the current issuer into its TLS context,
+        for the handshakes from now on."""
         names: list[x509.GeneralName] = [
             x509.DNSName("localhost"),
             x509.IPAddress(ipaddress.IPv4Address("127.0.0.1")),
         ]
-        if not host.is_unspecified and host != ipaddress.IPv4Address("127.0.0.1"):
-            names.append(x509.IPAddress(host))
+        if not self._host.is_unspecified and self._host != ipaddress.IPv4Address("127.0.0.1"):
+            names.append(x509.IPAddress(self._host))
         key = new_key()
         # The service holds the issuer key anyway, so its own certificate may live as long as the issuer.
         leaf = self._issuer.sign_leaf(
             key.public_key(), names, self._issuer.cert.not_valid_after_utc - utc_now()
         )
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
         # ssl loads certificates only from files; these live in a private (0700) directory for an instant.
         with tempfile.TemporaryDirectory() as tmp:
             cert_file, key_file = Path(tmp, "cert.pem"), Path(tmp, "key.pem")
             cert_file.write_bytes(self._issuer.chain_pem(leaf))
             key_file.write_bytes(key_pem(key))
-            context.load_cert_chain(cert_file, key_file)
-        return context
+            self._context.load_cert_chain(cert_file, key_file)
 
     def _certify(self, authorization: Optional[str], body: bytes) -> dict[str, Any]:
         """One /v1/certify request -> the JSON reply; raises _HttpError to refuse it."""
@@ -138,20 +188,20 @@ class IdentityService:
         if allowed is None:
             raise _HttpError(401, "unknown token")
         name, csr = _parse_certify_request(body)
+        issuer = self._current_issuer()
         try:
-            identity = spiffe_id(self._issuer.trust_domain, name)
+            identity = spiffe_id(issuer.trust_domain, name)
         except ValueError as e:
             raise _HttpError(400, str(e)) from None
         if name != allowed:
             raise _HttpError(403, f"token not valid for {name}")
         try:
-            leaf = self._issuer.sign_leaf(
-                csr_public_key(csr), [x509.UniformResourceIdentifier(identity)], self._ttl
-            )
+            names = [x509.UniformResourceIdentifier(identity)]
+            leaf = issuer.sign_leaf(csr_public_key(csr), names, self._ttl)
         except ValueError as e:
             raise _HttpError(400, str(e)) from None
         return {
-            "certificate": self._issuer.chain_pem(leaf).decode(),
+            "certificate": issuer.chain_pem(leaf).decode(),
             "not_after": int(leaf.not_valid_after_utc.timestamp()),
             "spiffe_id": identity,
         }
