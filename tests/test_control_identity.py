@@ -199,6 +199,39 @@ def test_the_control_plane_renews_its_own_certificate_before_it_expires(tmp_path
     assert identity.cert_info(renewed)["spiffe_id"] == CONTROL
 
 
+def test_the_control_plane_reissues_itself_when_the_ca_rotates(tmp_path):
+    """New issuer and bundle files (as `rotate-anchor issuer` leaves them): the next handshake gets
+    a certificate under the new anchor, and the roots that check proxies are the new bundle."""
+    ca, following = make_ca(tmp_path / "ca"), make_ca(tmp_path / "next")
+    tls = IssuedServerTls(ca, hosts=["127.0.0.1"])
+    chain, key = identity.issue(following, "ns/default/sa/web")
+    next_anchor = (following / "trust-anchor.pem").read_bytes()
+
+    async def run() -> bytes:
+        server = ControlServer(Store(), "127.0.0.1:0", tls)
+        await server.start()
+        try:
+            old_anchor = (ca / "trust-anchor.pem").read_bytes()
+            (ca / "trust-anchor.pem").write_bytes(old_anchor + next_anchor)
+            shutil.copy(following / "issuer.key", ca / "issuer.key")
+            shutil.copy(following / "issuer.pem", ca / "issuer.pem")
+            return await asyncio.to_thread(
+                checked_server_leaf,
+                "127.0.0.1",
+                server.port,
+                CONTROL,
+                chain_pem=chain,
+                key_pem=key,
+                anchors_pem=next_anchor,
+            )
+        finally:
+            await server.stop(0)
+
+    served = asyncio.run(run())
+    assert identity.cert_info(served)["spiffe_id"] == CONTROL and served in tls.chain_pem
+    assert tls.trust_anchors_pem.count(b"BEGIN CERTIFICATE") == 2
+
+
 def test_the_identity_services_token_check_is_a_callable(tmp_path):
     ca = make_ca(tmp_path / "ca")
     anchors = (ca / "trust-anchor.pem").read_bytes()

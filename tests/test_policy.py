@@ -399,6 +399,7 @@ def test_a_rule_names_only_inbound_routes_of_its_listeners():
             "routes": [
                 {"name": "console", "listener": "inbound", "backends": [{"service": "app"}]},
                 {"name": "egress", "listener": "outbound", "backends": [{"service": "app"}]},
+                {"listener": "inbound", "backends": [{"service": "app"}]},  # route-2, unnamed
             ],
             "services": [{"name": "app", "endpoints": [{"addr": "127.0.0.1:1"}]}],
             "policy": {"rules": [rule]},
@@ -410,6 +411,8 @@ def test_a_rule_names_only_inbound_routes_of_its_listeners():
         load(cfg({"listener": "admin-in", "routes": ["console"]}))
     with pytest.raises(ConfigError, match=r"policy.rules\[0\].routes\[0\]: .*outbound listener 'outbound'"):
         load(cfg({"routes": ["egress"]}))
+    with pytest.raises(ConfigError, match=r"policy.rules\[0\].routes\[0\]: 'route-2' is an unnamed route's"):
+        load(cfg({"routes": ["route-2"]}))
     with pytest.raises(ConfigError, match=r"policy.rules\[0\]: .*path_prefix or routes, not both"):
         load(cfg({"routes": ["console"], "path_prefix": "/admin"}))
     core = load(cfg({"listener": "inbound", "routes": ["console"]})).to_core()

@@ -12,6 +12,7 @@ import subprocess
 import httpx
 import pytest
 
+from conftest import wait_until
 from mesh_helpers import API, addr, identity_files, inbound_config, issue, make_ca, outbound_config
 
 HYBRID, CLASSIC = "X25519MLKEM768", "X25519"
@@ -58,11 +59,14 @@ def test_a_client_with_ml_kem_gets_the_hybrid_group(pki, backend, proxy):
         head = conn.recv(4096)
     assert group == HYBRID
     assert head.startswith(b"HTTP/1.1 200"), head
-    assert handshakes(inbound, "server") == {HYBRID: 1}
+    assert handshakes(inbound, "server") == {HYBRID: 1}  # counted before the request was read
 
 
 def test_a_client_without_ml_kem_falls_back_to_x25519(pki, backend, proxy):
     """Debian's openssl (3.0) knows no ML-KEM: it offers X25519 and says so, as does the proxy."""
+    version = subprocess.run(["openssl", "version"], capture_output=True, text=True).stdout
+    if not re.match(r"OpenSSL 3\.[0-4]\.", version):
+        pytest.skip(f"this openssl may offer ML-KEM: {version.strip()}")
     ca, files = pki
     inbound = proxy(inbound_config(identity_files(ca, *files["api"]), backend("app").addr, tls="permissive"))
     said = subprocess.run(
@@ -73,7 +77,8 @@ def test_a_client_without_ml_kem_falls_back_to_x25519(pki, backend, proxy):
         timeout=30,
     )
     assert "Server Temp Key: X25519," in said.stdout, said.stdout + said.stderr
-    assert handshakes(inbound, "server") == {CLASSIC: 1}
+    # s_client may end before the proxy has finished its side of the handshake.
+    wait_until(lambda: handshakes(inbound, "server") == {CLASSIC: 1}, what="the handshake counted")
 
 
 def test_an_upstream_without_ml_kem_gets_x25519_from_the_proxy(pki, proxy):
@@ -81,7 +86,8 @@ def test_an_upstream_without_ml_kem_gets_x25519_from_the_proxy(pki, proxy):
     the upstream's identity: it answers the X25519 share the proxy sends beside the hybrid one."""
     from asgi_backend import AsgiBackend
 
-    assert ssl.OPENSSL_VERSION_INFO < (3, 5), "this upstream must lack ML-KEM"
+    if ssl.OPENSSL_VERSION_INFO >= (3, 5):
+        pytest.skip(f"Python's {ssl.OPENSSL_VERSION} may offer ML-KEM")
     ca, files = pki
     crt, key = files["api"]
     upstream = AsgiBackend(tls=(str(crt), str(key)))

@@ -937,11 +937,15 @@ class Config(_Model):
         inbound listeners: one it could never see would leave that route to the default."""
         problems: list[tuple[str, str]] = []
         direction = {lst.name: _direction(lst) for lst in self.listeners}
+        named = [r.name for r in self.routes if r.name]
         for j, name in enumerate(rule.routes):
             field = f"policy.rules[{i}].routes[{j}]"
-            on = [r.listener for r, n in zip(self.routes, route_names) if n == name]
-            if not on:
-                problems.append((field, unknown("route", name, route_names)))
+            on = [r.listener for r in self.routes if r.name == name]
+            if not on and name in route_names:
+                why = f"{name!r} is an unnamed route's place: name the route, so the rule stays with it"
+                problems.append((field, why))
+            elif not on:
+                problems.append((field, unknown("route", name, named)))
             elif rule.listener_names() and not set(on) & set(rule.listener_names()):
                 names = ", ".join(repr(n) for n in rule.listener_names())
                 problems.append((field, f"route {name!r} is on listener {on[0]!r}, not the rule's ({names})"))

@@ -74,14 +74,24 @@ impl Identity {
         Ok(())
     }
 
-    /// Trusts exactly the anchors in `pem` from the next handshake on.
+    /// Trusts exactly the anchors in `pem` from the next handshake on. A
+    /// bundle the proxy's own certificate does not chain to is refused: with
+    /// it, every peer in the mesh would refuse this proxy (a wrong file, or
+    /// one caught half-written).
     pub fn set_anchors(&self, pem: &str) -> Result<(), String> {
-        self.anchors.store(Arc::new(Anchors::from_pem(pem)?));
+        let anchors = Anchors::from_pem(pem)?;
+        if let Some(current) = self.current() {
+            if anchors.chained_to(&current.key.cert).is_empty() {
+                return Err("the proxy's own certificate chains to none of these anchors".into());
+            }
+        }
+        self.anchors.store(Arc::new(anchors));
         Ok(())
     }
 
-    pub fn anchors(&self) -> Arc<Anchors> {
-        self.anchors.load_full()
+    /// The anchors now; a handshake holds them while it verifies.
+    pub fn anchors(&self) -> arc_swap::Guard<Arc<Anchors>> {
+        self.anchors.load()
     }
 
     pub fn current(&self) -> Option<Arc<Current>> {

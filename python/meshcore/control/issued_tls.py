@@ -8,7 +8,9 @@ gRPC checks the host, as HTTPS does). Proxies' certificates must chain to the CA
 
 gRPC asks `_fetch` before every TLS handshake, so a renewal is done there, on the first new
 connection past the renewal time: a certificate only matters in a handshake, and no timer thread
-is needed.
+is needed. A rotated CA (new issuer or anchors bundle on disk, as `meshcore identity
+rotate-anchor` writes them) is noticed there too: the certificate is issued again and the roots
+that check proxies become the new bundle.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from cryptography import x509
 from ..identity.ca import (
     PathLike,
     _host_name,
+    ca_stamp,
     check_ttl,
     key_pem,
     load_issuer,
@@ -69,6 +72,8 @@ class IssuedServerTls:
         clock: Clock = utc_now,
     ) -> None:
         check_ttl(ttl)
+        self._ca_dir = ca_dir
+        self._stamp = ca_stamp(ca_dir)
         self._issuer = load_issuer(ca_dir)
         self.spiffe_id = spiffe_id(self._issuer.trust_domain, name)
         self.hosts = list(hosts)
@@ -115,13 +120,19 @@ class IssuedServerTls:
         )
 
     def _fetch(self) -> Optional[grpc.ServerCertificateConfiguration]:
-        """None (keep the current certificate) until it is due for renewal; then a new one."""
-        if self._clock() < self._renew_at:
+        """None (keep the current certificate) until it is due for renewal or the CA changed on
+        disk; then a new one."""
+        if self._clock() < self._renew_at and ca_stamp(self._ca_dir) == self._stamp:
             return None
         with self._lock:
-            if self._clock() < self._renew_at:  # another handshake renewed it meanwhile
+            stamp = ca_stamp(self._ca_dir)
+            if self._clock() < self._renew_at and stamp == self._stamp:  # done by another handshake
                 return None
             try:
+                if stamp != self._stamp:
+                    self._issuer = load_issuer(self._ca_dir)
+                    self._stamp = stamp
+                    log.info("the CA in %s changed: reissuing with its issuer and anchors", self._ca_dir)
                 self._issue()
             except Exception as e:  # noqa: BLE001 - keep serving with the current one, try again next time
                 log.error("renewing the control plane's certificate failed: %s; keeping the current one", e)

@@ -106,8 +106,9 @@ class IdentityAgent:
         self._uniform = uniform
         self._thread: Optional[threading.Thread] = None
         self._anchor_thread: Optional[threading.Thread] = None
-        self.trust_anchors_pem = self._read("trust_anchors")
+        # The time before the read: a change landing in between is then seen as a change.
         self._anchors_seen = self._mtime(self._paths["trust_anchors"])
+        self.trust_anchors_pem = self._read("trust_anchors")
         warn_expiring_anchors(self.trust_anchors_pem, self._clock())
         self.refreshes = 0
         self.last_error: Optional[str] = None
@@ -187,7 +188,7 @@ class IdentityAgent:
             if now == self._anchors_seen:
                 continue
             time.sleep(0.2)  # let a writer that truncates and writes finish
-            self._anchors_seen = self._mtime(path)
+            self._anchors_seen = self._mtime(path)  # before the read, as at start
             try:
                 pem = self._read("trust_anchors")
                 install_anchors(pem)

@@ -200,6 +200,19 @@ class Issuer:
         return leaf.public_bytes(PEM) + self.cert.public_bytes(PEM)
 
 
+def ca_stamp(directory: PathLike) -> tuple[int, ...]:
+    """When the issuer and the anchors bundle last changed on disk: a server holding the issuer
+    compares stamps to notice a rotation (`meshcore identity rotate-anchor`)."""
+
+    def mtime(name: str) -> int:
+        try:
+            return (Path(directory) / name).stat().st_mtime_ns
+        except OSError:
+            return -1
+
+    return tuple(mtime(n) for n in (ISSUER_CERT, ISSUER_KEY, TRUST_ANCHOR_CERT))
+
+
 def load_issuer(directory: PathLike) -> Issuer:
     d = Path(directory)
     try:

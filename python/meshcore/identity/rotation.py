@@ -2,14 +2,16 @@
 proxies' admin APIs report (`GET /identity`):
 
 1. `add`: a new anchor is made beside the old one (`next-trust-anchor.pem` in the CA directory)
-   and added to every bundle; done when every proxy trusts it.
+   and added to the CA's bundle and every bundle named; done when every listed proxy trusts it.
 2. `issuer`: refused until every proxy trusts the new anchor; a new issuer is signed under it, and
    the identity service signs with it from its next request.
 3. `roll`: waits until every proxy's certificate chains to the new anchor (workload certificates
    roll over at 70 % of their lifetime).
-4. `remove`: refused while any proxy's certificate still chains to an old anchor; the bundles
-   then hold the new anchor alone, which becomes the CA's anchor, and the old one is kept aside
-   as `retired-<sha256>.pem`.
+4. `remove`: refused while any proxy's certificate still chains to an old anchor; the old
+   anchors then leave every bundle (which keep any other anchors they hold), the new one becomes
+   the CA's anchor, and each old one is kept aside as `retired-<sha256>.pem`, its key deleted.
+
+The proxies checked are the ones listed (at least one): a proxy left off the list is not asked.
 
 `status` shows where the CA and each proxy stand.
 """
@@ -92,6 +94,8 @@ class Rotation:
         self.dir = Path(directory)
         self.bundles = [Path(b) for b in bundles]
         self.proxies = [p.rstrip("/") for p in proxies]
+        if not self.proxies:
+            raise TlsError("rotate-anchor: name the proxies to check (--proxy ADMIN_URL, at least one)")
         self.wait = wait
         self.say = say
         self.trust_domain = (self.dir / ca.TRUST_DOMAIN_FILE).read_text().strip()
@@ -111,10 +115,14 @@ class Rotation:
             raise TlsError(f"rotate-anchor {step}: no rotation under way in {self.dir}: run `add` first")
         return found
 
-    def _write_bundles(self, certs: Sequence[x509.Certificate]) -> None:
-        data = _bundle(certs)
+    def _edit_bundles(self, add: x509.Certificate | None = None, drop: Sequence[str] = ()) -> None:
+        """Adds `add` to, and takes the fingerprints `drop` out of, the CA's bundle and each named
+        one, keeping whatever else each holds."""
         for path in [self.dir / ca.TRUST_ANCHOR_CERT, *self.bundles]:
-            ca._replace(path, data, 0o644)
+            certs = [c for c in _certs(path) if fingerprint(c) not in drop]
+            if add is not None and fingerprint(add) not in {fingerprint(c) for c in certs}:
+                certs.append(add)
+            ca._replace(path, _bundle(certs), 0o644)
 
     # -- the proxies' side --
 
@@ -146,7 +154,7 @@ class Rotation:
         while True:
             behind = [v for v in self.views() if lagging(v)]
             if not behind:
-                self.say(f"every proxy ({len(self.proxies)}) {what}")
+                self.say(f"every listed proxy ({len(self.proxies)}) {what}")
                 return
             if time.monotonic() >= deadline:
                 names = ", ".join(v.url for v in behind)
@@ -177,8 +185,7 @@ class Rotation:
         anchor = ca._sign(name, key.public_key(), ca._ca_extensions(1), ca.utc_now() + ttl, key)
         ca._create(self.dir / NEXT_KEY, ca.key_pem(key), 0o600)
         ca._create(self.dir / NEXT_CERT, anchor.public_bytes(serialization.Encoding.PEM), 0o644)
-        old = [c for c in self.anchors() if fingerprint(c) != fingerprint(anchor)]
-        self._write_bundles([*old, anchor])
+        self._edit_bundles(add=anchor)
         new = fingerprint(anchor)
         self.say(f"added anchor {new[:16]} to {len(self.bundles) + 1} bundle(s)")
         self._until(f"trusts anchor {new[:16]}", lambda v: new not in v.trusts)
@@ -226,7 +233,7 @@ class Rotation:
                 f"rotate-anchor remove: refused: live certificates still chain to an old anchor: {names}; "
                 "run `roll` and wait for them to renew"
             )
-        self._write_bundles([anchor])
+        self._edit_bundles(add=anchor, drop=[fingerprint(c) for c in old])
         for c in old:
             retired = self.dir / f"retired-{fingerprint(c)}.pem"
             retired.write_bytes(c.public_bytes(serialization.Encoding.PEM))
@@ -234,7 +241,8 @@ class Rotation:
         (self.dir / NEXT_KEY).unlink()
         (self.dir / NEXT_CERT).unlink()
         self.say(f"removed {len(old)} old anchor(s); anchor {new[:16]} is the CA's own")
-        self._until(f"trusts anchor {new[:16]} alone", lambda v: v.trusts != [new])
+        gone = {fingerprint(c) for c in old}
+        self._until(f"trusts anchor {new[:16]} and no old one", lambda v: bool(gone & set(v.trusts)))
 
 
 def _short(fingerprints: Sequence[str]) -> str:

@@ -32,11 +32,9 @@ from starlette.routing import Route
 from ..errors import TlsError
 from .bootstrap_tokens import StaticTokens, TokenChecker
 from .ca import (
-    ISSUER_CERT,
-    ISSUER_KEY,
-    TRUST_ANCHOR_CERT,
     Issuer,
     PathLike,
+    ca_stamp,
     check_ttl,
     csr_public_key,
     key_pem,
@@ -75,7 +73,7 @@ class IdentityService:
         check_ttl(ttl)
         self._directory = Path(directory)
         self._reload_lock = threading.Lock()
-        self._stamp = self._issuer_stamp()
+        self._stamp = ca_stamp(self._directory)
         self._issuer = load_issuer(directory)
         self._name_for = tokens if callable(tokens) else StaticTokens(tokens)
         for name in getattr(self._name_for, "names", list)():
@@ -86,6 +84,7 @@ class IdentityService:
         self._host = ipaddress.IPv4Address(host)
         self._context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self._context.minimum_version = ssl.TLSVersion.TLSv1_2
+        self._own_key = new_key()
         self._sign_own_certificate()
         self._server = HttpsServer(self._app(), host, port, self._context, limits, "identity service")
 
@@ -103,20 +102,12 @@ class IdentityService:
     def trust_anchors_pem(self) -> bytes:
         return self._current_issuer().trust_anchor_pem
 
-    def _issuer_stamp(self) -> tuple[int, ...]:
-        def mtime(name: str) -> int:
-            try:
-                return (self._directory / name).stat().st_mtime_ns
-            except OSError:
-                return -1
-
-        return tuple(mtime(n) for n in (ISSUER_CERT, ISSUER_KEY, TRUST_ANCHOR_CERT))
-
     def _current_issuer(self) -> Issuer:
         """The issuer, loaded anew when its files or the anchors bundle changed on disk (as
         `meshcore identity rotate-anchor` changes them); the service's own certificate is then
-        signed again by it. A half-written or mismatched pair keeps the current issuer."""
-        stamp = self._issuer_stamp()
+        signed again by it (with the same key, so no handshake ever sees a certificate without its
+        key). A half-written or mismatched pair keeps the current issuer."""
+        stamp = ca_stamp(self._directory)
         if stamp == self._stamp:
             return self._issuer
         with self._reload_lock:
@@ -126,7 +117,7 @@ class IdentityService:
                     self._sign_own_certificate()
                     self._stamp = stamp
                     log.info("identity service: issuer reloaded from %s", self._directory)
-                except TlsError as e:
+                except (TlsError, ValueError, OSError) as e:
                     log.warning("identity service: keeping the current issuer: %s", e)
         return self._issuer
 
@@ -166,7 +157,7 @@ class IdentityService:
         ]
         if not self._host.is_unspecified and self._host != ipaddress.IPv4Address("127.0.0.1"):
             names.append(x509.IPAddress(self._host))
-        key = new_key()
+        key = self._own_key
         # The service holds the issuer key anyway, so its own certificate may live as long as the issuer.
         leaf = self._issuer.sign_leaf(
             key.public_key(), names, self._issuer.cert.not_valid_after_utc - utc_now()
