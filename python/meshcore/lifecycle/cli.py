@@ -146,7 +146,9 @@ def add_lifecycle_commands(sub: Any) -> None:
     _admin_options(rollback)
     rollback.set_defaults(lifecycle_func=cmd_rollback)
 
-    config = sub.add_parser("config", help="a running proxy's config history")
+    config = sub.add_parser(
+        "config", help="a running proxy's config history; the config's JSON Schema; starter configs"
+    )
     verbs = config.add_subparsers(dest="config_command", required=True)
     history = verbs.add_parser("history", help="every kept version, newest first")
     _admin_options(history)
@@ -156,6 +158,9 @@ def add_lifecycle_commands(sub: Any) -> None:
     diff.add_argument("b", type=_positive)
     _admin_options(diff)
     diff.set_defaults(lifecycle_func=cmd_diff)
+    from ..config_cli import add_config_file_commands
+
+    add_config_file_commands(verbs)
 
     upgrade = sub.add_parser(
         "upgrade", help="replace a running meshcore with a new process (another version too), losing nothing"

@@ -1,0 +1,1 @@
+"""Commented starter configs that `meshcore config init KIND` writes."""
