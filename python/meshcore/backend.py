@@ -158,7 +158,7 @@ class _Server(ThreadingHTTPServer):
 
     def server_activate(self) -> None:
         self._lock = threading.Lock()
-        self._open: set = set()
+        self._open: set[Any] = set()
         super().server_activate()
         # serve_forever accepts after its selector says a connection waits; a
         # blocking accept then hangs (and stop() with it) if the connection is
@@ -219,7 +219,7 @@ class Backend:
     @property
     def addr(self) -> str:
         host, port = self._server.server_address[:2]
-        return f"{host}:{port}"
+        return f"{host!s}:{port}"
 
     @property
     def requests(self) -> int:

@@ -15,7 +15,7 @@ import difflib
 import ipaddress
 import os
 import re
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from functools import cache, lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union, get_args, get_origin
@@ -1025,7 +1025,7 @@ def unknown(kind: str, name: str, valid: list[str]) -> str:
     return f"unknown {kind} {name!r} (valid: {choices})"
 
 
-def _direction(lst: Listener) -> str:
+def _direction(lst: Listener) -> Literal["inbound", "outbound"]:
     """A listener's direction: as given, else inbound when its name says so."""
     return lst.direction or ("inbound" if "inbound" in lst.name else "outbound")
 
@@ -1185,7 +1185,9 @@ def _walk(loc: tuple[Any, ...]) -> tuple[str, Any, list[tuple[str, str]]]:
     """Follows a pydantic error location through the config models: the field path as a user
     writes it, the type found there (None if lost), and the union members the error went
     through, as (path, tag) (pydantic puts a member's tag, such as 'Breaker', in the location)."""
-    path, at, through = "", Config, []
+    path: str = ""
+    at: Any = Config
+    through: list[tuple[str, str]] = []
     for part in loc:
         alternatives = _alternatives(at)
         if isinstance(part, int):
@@ -1198,7 +1200,7 @@ def _walk(loc: tuple[Any, ...]) -> tuple[str, Any, list[tuple[str, str]]]:
             at = named[0] if named else None
         else:
             path += ("." if path else "") + str(part)
-            model = alternatives[0] if alternatives else None
+            model: Any = alternatives[0] if alternatives else None
             if _is_model(model):
                 field = model.model_fields.get(part)
                 at = field.annotation if field is not None else None
@@ -1252,7 +1254,7 @@ def _unknown_field(loc: tuple[Any, ...]) -> str:
     return "unknown field" + ("; " + " ".join(hints) if hints else "")
 
 
-def _problems(errors: list[dict[str, Any]]) -> list[tuple[str, str]]:
+def _problems(errors: Sequence[Mapping[str, Any]]) -> list[tuple[str, str]]:
     """(field path, reason) for pydantic's errors. When a table fits no member of a union such
     as `breaker = <table> | false`, the errors inside the table are kept and the failed
     `false` is dropped: a table with a typo in it was not meant to be `false`."""

@@ -125,12 +125,14 @@ class MeshDemo:
         web = {"name": "web", "balancer": "zonal", "addresses": [WEB_ADDRESS], "endpoints": web_endpoints}
         self._sidecar(client, sidecar_config(files["client"], services=[web], zone=zone, cluster=cluster))
 
-    def _start(self, host: Any, argv: list[str], ready: str, log: str, **kwargs: Any) -> subprocess.Popen:
+    def _start(
+        self, host: Any, argv: list[str], ready: str, log: str, **kwargs: Any
+    ) -> subprocess.Popen[Any]:
         """Starts `argv` on `host`, its output to HOST-LOG.log in the work directory, and waits
         for the line saying it is ready."""
         path = self.work / f"{host.name}-{log}.log"
         with open(path, "w") as out:
-            proc = host.popen(argv, stdout=out, stderr=subprocess.STDOUT, **kwargs)
+            proc: subprocess.Popen[Any] = host.popen(argv, stdout=out, stderr=subprocess.STDOUT, **kwargs)
         deadline = time.monotonic() + READY_TIMEOUT
         while not re.search(ready, path.read_text()):
             if proc.poll() is not None or time.monotonic() > deadline:

@@ -201,7 +201,7 @@ class Gateway:
 
     def _services(self) -> Endpoints:
         return {
-            name: list(r["endpoints"])
+            name: [dict(e) for e in r["endpoints"]]
             for name, r in self._subscription.state().items()
             if r["type"] == "service" and r["exists"]
         }

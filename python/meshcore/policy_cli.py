@@ -17,7 +17,7 @@ _FAILED = {
 }
 
 
-def add_policy_commands(sub: argparse._SubParsersAction) -> None:
+def add_policy_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     policy = sub.add_parser("policy", help="inbound authorization: explain how a request is decided")
     commands = policy.add_subparsers(dest="policy_command", required=True)
     explain = commands.add_parser(

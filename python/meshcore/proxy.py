@@ -408,14 +408,18 @@ class Proxy:
         self._core.count_lifecycle(event, label)
 
     def endpoints(self) -> dict[str, Any]:
-        return json.loads(self._core.endpoints())
+        found: dict[str, Any] = json.loads(self._core.endpoints())
+        return found
 
     def identity(self) -> Optional[dict[str, Any]]:
         """The workload identity, None without one: the certificate in use (`spiffe_id`,
         `not_after` in unix seconds, `chains_to`: the SHA-256 of each trust anchor it leads to)
         and `trust_anchors` (each one's `subject`, `sha256` and `not_after`)."""
         info = self._core.identity_info()
-        return None if info is None else json.loads(info)
+        if info is None:
+            return None
+        found: dict[str, Any] = json.loads(info)
+        return found
 
     def open_connections(self) -> int:
         return self._core.open_connections()

@@ -44,11 +44,16 @@ def serve_until_stopped(
     """Serves until SIGINT/SIGTERM, an admin /shutdown, or `duration` seconds."""
     if stop is None:
         stop = handle_signals()
+
     # A helper thread passes on a stop from elsewhere (the admin API), so this
     # thread can wait long: on POSIX a signal interrupts the wait at once, and
     # elsewhere the 5 s only bounds how late Ctrl-C is seen. (It woke five
     # times a second before, which costs CPU on every idle node.)
-    threading.Thread(target=lambda: (proxy.wait(), stop.set()), name="meshcore-stop", daemon=True).start()
+    def pass_on_stop() -> None:
+        proxy.wait()
+        stop.set()
+
+    threading.Thread(target=pass_on_stop, name="meshcore-stop", daemon=True).start()
     deadline = None if duration is None else time.monotonic() + duration
     while not stop.is_set():
         left = None if deadline is None else deadline - time.monotonic()

@@ -25,7 +25,7 @@ def _settle(answer: Any, timeout: float = 10.0) -> Any:
     return answer.result(timeout) if isinstance(answer, concurrent.futures.Future) else answer
 
 
-def _as_response(answer: tuple) -> Response:
+def _as_response(answer: tuple[Any, ...]) -> Response:
     _, status, headers, body = answer
     return Response(status, headers, body)
 

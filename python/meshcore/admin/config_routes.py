@@ -291,7 +291,8 @@ def _rollback_version(body: bytes) -> tuple[Optional[int], Optional[str]]:
 
 def _body(request: Request) -> bytes:
     # guards.BoundedBody has read the whole body before the route runs and replays it.
-    return request.scope.get("meshcore.body", b"")
+    body: bytes = request.scope.get("meshcore.body", b"")
+    return body
 
 
 CONFIG_ROUTES = [

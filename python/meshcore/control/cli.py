@@ -11,7 +11,7 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from ..errors import ConfigError
 from .link_cli import add_link_arguments, link_sources
@@ -219,7 +219,7 @@ async def serve(
     from .server import ControlServer
     from .store import Store
 
-    store = Store() if etcd is None else await _etcd_store(etcd)
+    store: Any = Store() if etcd is None else await _etcd_store(etcd)  # EtcdStore shares its interface
     started: list[Source] = []
     try:
         server = ControlServer(store, bind, tls)  # checks the bind before any source starts
@@ -249,10 +249,10 @@ async def serve(
         for source in reversed(started):
             source.stop()
         if etcd is not None:
-            await asyncio.get_running_loop().run_in_executor(None, store.close)  # type: ignore[union-attr]
+            await asyncio.get_running_loop().run_in_executor(None, store.close)
 
 
-async def _etcd_store(urls: str) -> object:
+async def _etcd_store(urls: str) -> Any:
     """An `EtcdStore` connected and loaded (in a thread: it waits for etcd)."""
     import asyncio
 

@@ -34,7 +34,7 @@ log = logging.getLogger("meshcore.control.client")
 
 BACKOFF_BASE = 0.1
 BACKOFF_CAP = 10.0
-CHANNEL_OPTIONS = [
+CHANNEL_OPTIONS: list[tuple[str, Any]] = [
     # Notice a control plane that vanished without closing (a cut cable, a frozen host).
     ("grpc.keepalive_time_ms", 10_000),
     ("grpc.keepalive_timeout_ms", 5_000),
@@ -167,7 +167,7 @@ class Subscription:
     def _thread_main(self) -> None:
         async def main() -> None:
             self._loop = asyncio.get_running_loop()
-            self._task = asyncio.current_task()  # type: ignore[assignment]
+            self._task = asyncio.current_task()
             self._started.set()
             await self._follow()
 

@@ -104,7 +104,7 @@ class _Entry:
     streams: int = 0
     # (arrived, the reporting process's pid, its metrics): a process being replaced reports on
     # while it drains, under the same id.
-    samples: deque[tuple[float, int, Golden]] = field(default_factory=deque)
+    samples: deque[tuple[float, Optional[int], Golden]] = field(default_factory=deque)
 
 
 def _older(proxy: ProxyInfo, than: ProxyInfo) -> bool:
@@ -201,7 +201,9 @@ class Fleet:
         out = Window(seconds=max(0.0, until - since))
         for proxy_id in proxy_ids:
             entry = self._entries.get(proxy_id)
-            for at, pid, sample in entry.samples if entry is not None else ():
+            if entry is None:
+                continue
+            for at, pid, sample in entry.samples:
                 if since < at <= until and (not current_only or pid == entry.proxy.pid):
                     out.add(sample)
         return out

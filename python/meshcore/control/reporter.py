@@ -68,7 +68,7 @@ class Reporter:
         async def main() -> None:
             self._loop = asyncio.get_running_loop()
             self._wake = asyncio.Event()
-            self._task = asyncio.current_task()  # type: ignore[assignment]
+            self._task = asyncio.current_task()
             self._started.set()
             await self._run()
 

@@ -171,9 +171,11 @@ class ControlServer:
         except RuntimeError as e:
             raise BindError(f"--bind {self.bind}: cannot bind: {e}") from None
         loop = asyncio.get_running_loop()
-        self._unwatch = self.store.watch(
-            lambda revision, states: loop.call_soon_threadsafe(self._fan_out, revision, states)
-        )
+
+        def fan_out(revision: int, states: list[ServiceState]) -> None:
+            loop.call_soon_threadsafe(self._fan_out, revision, states)
+
+        self._unwatch = self.store.watch(fan_out)
         await server.start()
         self._server = server
 
@@ -267,7 +269,7 @@ def peer_identity(context: grpc.aio.ServicerContext) -> Optional[str]:
     auth = context.auth_context()
     for key in ("peer_spiffe_id", "x509_subject_alternative_name"):
         for value in auth.get(key, ()):
-            text = value.decode("utf-8", "replace")
+            text = str(value.decode("utf-8", "replace"))
             if text.startswith("spiffe://"):
                 return text
     return None

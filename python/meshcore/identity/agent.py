@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from ..config import Config
 from ..errors import TlsError
@@ -272,7 +272,7 @@ class IdentityAgent:
             delay = refresh_delay(now, not_after, now=now)
 
 
-def _anchor_certs(pem: str) -> list:
+def _anchor_certs(pem: str) -> list[Any]:
     from cryptography import x509
 
     try:

@@ -80,7 +80,7 @@ def _parse_tokens(path: Path) -> dict[str, str]:
         table = json.loads(text)
         if not all(isinstance(v, str) for v in table.values()):
             raise ValueError(f"{path}: every token must map to an identity name string")
-        return table
+        return {str(k): str(v) for k, v in table.items()}
     table = {}
     for lineno, line in enumerate(text.splitlines(), 1):
         fields = line.split()

@@ -112,7 +112,7 @@ def issue(
     key = new_key()
     issuer = load_issuer(directory)
     if hosts:
-        names = [x509.UniformResourceIdentifier(spiffe_id(issuer.trust_domain, name))]
+        names: list[x509.GeneralName] = [x509.UniformResourceIdentifier(spiffe_id(issuer.trust_domain, name))]
         names += [_host_name(h) for h in hosts]
         chain = issuer.chain_pem(issuer.sign_leaf(key.public_key(), names, ttl))
     else:
@@ -268,8 +268,9 @@ def _ca_extensions(path_length: int) -> list[tuple[x509.ExtensionType, bool]]:
 
 
 def _key_usage(**enabled: bool) -> x509.KeyUsage:
-    usages = ("digital_signature", "content_commitment", "key_encipherment", "data_encipherment")
-    usages += ("key_agreement", "key_cert_sign", "crl_sign", "encipher_only", "decipher_only")
+    usages: tuple[str, ...] = ("digital_signature", "content_commitment", "key_encipherment")
+    usages += ("data_encipherment", "key_agreement", "key_cert_sign", "crl_sign", "encipher_only")
+    usages += ("decipher_only",)
     return x509.KeyUsage(**{**dict.fromkeys(usages, False), **enabled})
 
 

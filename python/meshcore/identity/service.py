@@ -187,7 +187,7 @@ class IdentityService:
         if name != allowed:
             raise _HttpError(403, f"token not valid for {name}")
         try:
-            names = [x509.UniformResourceIdentifier(identity)]
+            names: list[x509.GeneralName] = [x509.UniformResourceIdentifier(identity)]
             leaf = issuer.sign_leaf(csr_public_key(csr), names, self._ttl)
         except ValueError as e:
             raise _HttpError(400, str(e)) from None

@@ -63,6 +63,7 @@ class KubeApi:
 
         timeout = httpx2.Timeout(self.timeout, read=read_timeout)
         try:
+            assert self._config is not None  # checked when the kubeconfig was read
             return ConnectionParams(timeout=timeout).httpx_params(self._config)
         except (LightkubeConfigError, OSError, ValueError) as e:  # a CA or client cert that does not load
             raise ConfigError(f"kubeconfig {self.source}: {e}") from None

@@ -21,6 +21,7 @@ import socket
 import struct
 import sys
 import time
+from collections.abc import Iterator
 
 NETLINK_NETFILTER = 12
 NETLINK_NO_ENOBUFS = 5
@@ -62,7 +63,7 @@ def _configure(sock: socket.socket, queue: int) -> None:
             raise OSError(-error, f"binding NFQUEUE {queue}: {os.strerror(-error)}")
 
 
-def _packets(buf: bytes):
+def _packets(buf: bytes) -> Iterator[tuple[int, int]]:
     """(queue, packet id) of each packet message in a netlink read."""
     off = 0
     while off + 16 <= len(buf):
@@ -90,7 +91,9 @@ def serve(delays_us: dict[int, int]) -> None:
         _configure(sock, queue)
     print("ready", flush=True)
     sock.setblocking(False)
-    waiting = {q: collections.deque() for q in delays_us}  # (due, packet id), in order
+    waiting: dict[int, collections.deque[tuple[float, int]]] = {
+        q: collections.deque() for q in delays_us
+    }  # (due, packet id), in order
     delay_s = {q: us / 1e6 for q, us in delays_us.items()}
     while True:
         dues = [w[0][0] for w in waiting.values() if w]

@@ -67,7 +67,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from typing import NamedTuple, Optional, Union
+from typing import Any, NamedTuple, Optional, Union
 
 from ..errors import ConfigError, MeshcoreError
 
@@ -162,7 +162,7 @@ class Namespace:
 
     def __init__(self, ns: str):
         self.ns = ns
-        self._procs: list[subprocess.Popen] = []
+        self._procs: list[subprocess.Popen[Any]] = []
 
     def argv(
         self,
@@ -200,8 +200,8 @@ class Namespace:
         caps: Sequence[str] = (),
         check: bool = True,
         timeout: float = 60,
-        **kwargs,
-    ) -> subprocess.CompletedProcess:
+        **kwargs: Any,
+    ) -> subprocess.CompletedProcess[Any]:
         """Runs `cmd` here to its end; output is captured as text unless told
         otherwise. With `check`, a non-zero exit raises NetnsError with stderr."""
         kwargs.setdefault("text", True)
@@ -219,8 +219,8 @@ class Namespace:
         user: Union[int, str, None] = None,
         group: Optional[int] = None,
         caps: Sequence[str] = (),
-        **kwargs,
-    ) -> subprocess.Popen:
+        **kwargs: Any,
+    ) -> subprocess.Popen[Any]:
         """Starts `cmd` here, in its own process group; it is stopped when the
         network closes."""
         proc = subprocess.Popen(self.argv(cmd, user, group, caps), start_new_session=True, **kwargs)
@@ -246,7 +246,7 @@ class Namespace:
         self._procs.clear()
 
 
-def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+def _signal_group(proc: subprocess.Popen[Any], sig: int) -> None:
     try:
         os.killpg(proc.pid, sig)
     except (ProcessLookupError, PermissionError):
@@ -400,6 +400,7 @@ class Network:
         }
         argv = [sys.executable, "-m", "meshcore.netns.delay", *queues]
         proc = z.popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert proc.stdout is not None
         ready = select.select([proc.stdout], [], [], 30)[0] and proc.stdout.readline()
         if ready != "ready\n":
             proc.kill()

@@ -36,7 +36,7 @@ _FAIL_CLOSED = (
 )
 
 
-def _respond(resp: Response) -> tuple:
+def _respond(resp: Response) -> tuple[Any, ...]:
     return ("respond", resp.status, resp.headers.items(), resp.body)
 
 
@@ -179,7 +179,7 @@ class PluginHost:
             return _NEXT if plugin.spec.on_error == "fail-open" else _FAIL_CLOSED
         return _respond(result) if isinstance(result, Response) else _NEXT
 
-    def _run(self, phase: str, route: str, args: tuple, finish: Callable[[], Any]) -> Any:
+    def _run(self, phase: str, route: str, args: tuple[Any, ...], finish: Callable[[], Any]) -> Any:
         """Runs a phase's hooks in order; sync hooks inline, and from the first async hook on,
         the rest on the plugin loop (the caller then gets a concurrent future)."""
         plugins = [p for p in self._for_route(route) if phase in p.hooks]
@@ -202,7 +202,7 @@ class PluginHost:
         return finish()
 
     async def _run_async(
-        self, phase: str, plugins: list[LoadedPlugin], args: tuple, finish: Callable[[], Any]
+        self, phase: str, plugins: list[LoadedPlugin], args: tuple[Any, ...], finish: Callable[[], Any]
     ) -> Any:
         import asyncio
 

@@ -55,7 +55,13 @@ def check_stats(stats: Any) -> dict[str, Any]:
     return stats
 
 
-def _row(name: str, now: Mapping[str, Any], then: Optional[Mapping[str, Any]], seconds: float, bounds) -> Row:
+def _row(
+    name: str,
+    now: Mapping[str, Any],
+    then: Optional[Mapping[str, Any]],
+    seconds: float,
+    bounds: Sequence[float],
+) -> Row:
     total, failures = int(now["responses"]), int(now["failures"])
     # A name missing from the earlier sample is new (added by a reload): it started at zero.
     then = then or {"responses": 0, "failures": 0, "buckets": [0] * len(now["buckets"])}

@@ -329,7 +329,8 @@ class DnsSource(Source):
         try:
             answer = await self._resolver.resolve(name, rdtype, raise_on_no_answer=False)
         except dns.resolver.NXDOMAIN as e:
-            ttl = min((r.resolve_chaining().minimum_ttl for r in e.responses().values()), default=0)
+            responses = e.responses()  # type: ignore[no-untyped-call]
+            ttl = min((r.resolve_chaining().minimum_ttl for r in responses.values()), default=0)
             return None, ttl
         except dns.resolver.LifetimeTimeout:
             raise Transient("timed out") from None

@@ -110,9 +110,9 @@ def _digest(kind: Kind, raw: dict[str, Any]) -> tuple[Key, Any]:
 
     model = Service if kind is SERVICES else EndpointSlice
     try:
-        obj = model.from_dict(raw)
+        obj: Any = model.from_dict(raw)
     except (msgspec.ValidationError, TypeError) as e:
-        meta = raw.get("metadata") if isinstance(raw.get("metadata"), dict) else {}
+        meta = _metadata(raw)
         raise ValueError(f"{kind.singular} {meta.get('namespace')}/{meta.get('name')}: {e}") from None
     if obj.metadata is None or not obj.metadata.name or not obj.metadata.namespace:
         raise ValueError(f"{kind.singular} without metadata.name and metadata.namespace")
@@ -130,7 +130,7 @@ def _digest_slice(obj: Any) -> Slice:
         for p in obj.ports or ()
         if p.port is not None
     )
-    usable = []
+    usable: list[tuple[str, Optional[str]]] = []
     for e in obj.endpoints or ():
         conditions = e.conditions
         if conditions is not None and (conditions.ready is False or conditions.terminating is True):
@@ -391,6 +391,11 @@ class KubernetesSource(Source):
         return len(services) + len(removed)
 
 
+def _metadata(raw: dict[str, Any]) -> dict[str, Any]:
+    meta = raw.get("metadata")
+    return meta if isinstance(meta, dict) else {}
+
+
 def _raw_key(raw: dict[str, Any]) -> Key:
-    meta = raw.get("metadata") if isinstance(raw.get("metadata"), dict) else {}
+    meta = _metadata(raw)
     return (str(meta.get("namespace") or ""), str(meta.get("name") or ""))
