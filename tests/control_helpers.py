@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Optional
@@ -63,7 +64,18 @@ class ControlPlane:
             self.log.append(line.rstrip("\n"))
 
     def logged(self, *parts: str) -> bool:
+        """Whether a line said so already (for asserting that something was *not* said)."""
         return any(all(p in line for p in parts) for line in list(self.log))
+
+    def wait_logged(self, *parts: str, timeout: float = 10.0) -> bool:
+        """Whether a line says so within `timeout`: the log is read on a thread of its own, so a
+        line written just before what the test saw may not be in `log` yet."""
+        deadline = time.monotonic() + timeout
+        while not self.logged(*parts):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.01)
+        return True
 
     def stop(self) -> None:
         if self.proc.poll() is None:

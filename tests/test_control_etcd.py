@@ -175,7 +175,7 @@ def test_replicas_reporting_the_same_thing_make_one_change(tmp_path, replicas, e
     one = docs_with(tmp_path, "one", service_toml("web", "127.0.0.1:9001"))
     two = docs_with(tmp_path, "two", service_toml("web", "127.0.0.1:9001"))
     first, second = replicas(one), replicas(two)
-    assert first.logged("etcd: wrote web") and second.logged("etcd: web already as reported")
+    assert first.wait_logged("etcd: wrote web") and second.wait_logged("etcd: web already as reported")
     assert etcd.key("web")["version"] == "1"
     for docs in (one, two):
         write(docs / "web.toml", service_toml("web", "127.0.0.1:9002"))

@@ -139,7 +139,7 @@ def test_the_control_planes_spiffe_id_is_checked(mesh, tmp_path):
         assert right.state()["web"]["exists"]
     finally:
         right.stop()
-    assert plane.logged("subscribed: proxy test-proxy", f"identity {WEB}")
+    assert plane.wait_logged("subscribed: proxy test-proxy", f"identity {WEB}")
 
 
 def test_the_check_refuses_a_server_of_the_mesh_with_another_identity(tmp_path):

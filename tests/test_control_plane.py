@@ -124,7 +124,7 @@ def test_the_snapshot_comes_first_with_every_service_asked_for(control, stream, 
     # "No endpoints now" and "does not exist" are two answers.
     assert got["idle"]["exists"] is True and got["idle"]["endpoints"] == []
     assert got["ghost"]["exists"] is False and got["ghost"]["endpoints"] == []
-    assert plane.logged("subscribed: proxy test-proxy", "zone zone-a")
+    assert plane.wait_logged("subscribed: proxy test-proxy", "zone zone-a")
 
 
 def test_a_file_edit_is_a_delta_with_only_that_service_one_version_on(control, stream, docs):
@@ -175,7 +175,7 @@ def test_a_bad_document_is_refused_with_file_and_field_and_the_old_state_stays(c
         lambda: plane.logged("refused", "web.toml", "services[0].endpoints[0].addr"),
         what="the refusal naming file and field",
     )
-    assert plane.logged("web.toml", "its previous content stays in force")
+    assert plane.wait_logged("web.toml", "its previous content stays in force")
     write(docs / "web.toml", '[[services]]\nname = "web"\nendpionts = []\n')
     wait_until(
         lambda: plane.logged("web.toml", "services[0].endpionts", "unknown field"), what="typo refused"
@@ -262,7 +262,7 @@ def test_the_client_keeps_its_state_reconnects_and_resumes_after_a_restart(contr
         web = updates.next()
         assert list(web) == ["web"] and web["web"]["endpoints"][0]["addr"] == "10.0.0.4:80"
         assert updates.calls.empty()
-        assert restarted.logged("subscribed: proxy test-proxy")
+        assert restarted.wait_logged("subscribed: proxy test-proxy")
     finally:
         sub.stop()
 
@@ -319,7 +319,9 @@ def test_mtls_serves_a_client_certified_by_the_anchors_and_refuses_others(contro
     try:
         assert sub.wait_synced(15)
         assert updates.next()["web"]["exists"]
-        assert plane.logged("subscribed: proxy test-proxy", "identity spiffe://mesh.local/ns/default/sa/web")
+        assert plane.wait_logged(
+            "subscribed: proxy test-proxy", "identity spiffe://mesh.local/ns/default/sa/web"
+        )
     finally:
         sub.stop()
 
@@ -370,4 +372,4 @@ def test_a_hundred_subscribers_all_get_a_change(control, docs):
                 await ch.close()
 
     assert asyncio.run(run()) == {2}
-    assert plane.logged("subscribed: proxy p99")
+    assert plane.wait_logged("subscribed: proxy p99")

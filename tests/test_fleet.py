@@ -203,7 +203,7 @@ def test_a_good_config_moves_every_proxy_in_waves_canary_first(fleet, tmp_path):
     )
     for p in fleet.proxies:
         p.err.wait_for(r"config v2 applied \(control, control plane, fleet v1\)")
-    assert fleet.plane.logged("rollout v1: done")
+    assert fleet.plane.wait_logged("rollout v1: done")
 
 
 def test_a_bad_config_is_rolled_back_after_the_canary(fleet, tmp_path, upstream):

@@ -246,7 +246,7 @@ def test_another_meshcore_moves_every_proxy_in_waves_losing_no_request(fleet, tm
         assert p.proc.wait(30) == 0, "the old process drained and exited"
         p.out.wait_for(r"upgrade: process \d+ took over; draining")
         assert "--upgrade" in (p.state_dir / "upgrade.log").read_text()
-    assert fleet.plane.logged(f"rollout {target}: done")
+    assert fleet.plane.wait_logged(f"rollout {target}: done")
 
 
 def test_a_bad_meshcore_is_rolled_back_after_the_canary(fleet, tmp_path, upstream):
