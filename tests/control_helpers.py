@@ -9,10 +9,11 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Optional
+
+from conftest import wait_until
 
 MESHCORE = [sys.executable, "-m", "meshcore"]
 
@@ -68,13 +69,9 @@ class ControlPlane:
         return any(all(p in line for p in parts) for line in list(self.log))
 
     def wait_logged(self, *parts: str, timeout: float = 10.0) -> bool:
-        """Whether a line says so within `timeout`: the log is read on a thread of its own, so a
-        line written just before what the test saw may not be in `log` yet."""
-        deadline = time.monotonic() + timeout
-        while not self.logged(*parts):
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.01)
+        """Waits (conftest's `wait_until`) for a line saying so: the log is read on a thread of its
+        own, so a line written just before what the test saw may not be in `log` yet."""
+        wait_until(lambda: self.logged(*parts), timeout, f"the control plane to log {parts}")
         return True
 
     def stop(self) -> None:
