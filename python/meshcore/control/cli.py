@@ -80,23 +80,9 @@ def _add_identity_flags(serve: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--identity-bind", default="127.0.0.1:8443", help="its HTTPS address (default 127.0.0.1:8443)"
     )
-    group.add_argument(
-        "--tokens", metavar="FILE", help="bootstrap tokens: JSON object or lines of 'token name'"
-    )
-    group.add_argument(
-        "--token-review",
-        metavar="KUBECONFIG",
-        help="also accept Kubernetes ServiceAccount tokens, checked by TokenReview (`in-cluster`: the "
-        "pod's account); the workload NS/SA gets the name ns/NS/sa/SA; needs meshcore[kubernetes]",
-    )
-    group.add_argument(
-        "--token-audience",
-        action="append",
-        default=[],
-        metavar="AUDIENCE",
-        help="a ServiceAccount token must be meant for this audience (repeatable; a projected token's "
-        "audience; default: the API server's own)",
-    )
+    from ..identity.cli import add_token_flags
+
+    add_token_flags(group)
     group.add_argument(
         "--identity-ttl", type=duration, default="24h", help="lifetime of issued certificates (default 24h)"
     )

@@ -44,23 +44,7 @@ def add_identity_commands(sub: argparse._SubParsersAction) -> None:  # type: ign
     serve = commands.add_parser("serve", help="serve the certify API over HTTPS until SIGINT/SIGTERM")
     serve.add_argument("dir", metavar="DIR")
     serve.add_argument("--bind", default="127.0.0.1:8443")
-    serve.add_argument(
-        "--tokens", metavar="FILE", help="bootstrap tokens: JSON object or lines of 'token name'"
-    )
-    serve.add_argument(
-        "--token-review",
-        metavar="KUBECONFIG",
-        help="accept Kubernetes ServiceAccount tokens, checked by TokenReview (`in-cluster`: the pod's "
-        "account); the workload NS/SA may have the name ns/NS/sa/SA; needs meshcore[kubernetes]",
-    )
-    serve.add_argument(
-        "--token-audience",
-        action="append",
-        default=[],
-        metavar="AUDIENCE",
-        help="a ServiceAccount token must be meant for this audience (repeatable; default: the API "
-        "server's own)",
-    )
+    add_token_flags(serve)
     serve.add_argument(
         "--ttl", type=duration, default="24h", help="lifetime of issued certificates (default 24h)"
     )
@@ -97,6 +81,28 @@ def add_identity_commands(sub: argparse._SubParsersAction) -> None:  # type: ign
         "--wait", type=duration, default="5m", help="how long a step waits for the proxies (default 5m)"
     )
     rotate.set_defaults(func=_clean_errors(cmd_rotate_anchor))
+
+
+def add_token_flags(parser: argparse._ActionsContainer) -> None:
+    """How workloads prove who they are to an identity service (`identity serve`, and the one
+    `control serve --identity-ca` mounts): --tokens, --token-review, --token-audience."""
+    parser.add_argument(
+        "--tokens", metavar="FILE", help="bootstrap tokens: JSON object or lines of 'token name'"
+    )
+    parser.add_argument(
+        "--token-review",
+        metavar="KUBECONFIG",
+        help="accept Kubernetes ServiceAccount tokens, checked by TokenReview (`in-cluster`: the pod's "
+        "account); the workload NS/SA may have the name ns/NS/sa/SA; needs meshcore[kubernetes]",
+    )
+    parser.add_argument(
+        "--token-audience",
+        action="append",
+        default=[],
+        metavar="AUDIENCE",
+        help="a ServiceAccount token must be meant for this audience (repeatable; default: the API "
+        "server's own)",
+    )
 
 
 def duration(value: str) -> timedelta:
