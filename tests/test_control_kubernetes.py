@@ -230,6 +230,8 @@ def test_a_bookmark_is_followed_and_a_410_lists_again_reporting_only_the_differe
     wait_until(
         lambda: kube.requested(SLICES, watch="true", resourceVersion=bookmark), what="rewatch at bookmark"
     )
+    # Open, not just asked for: a watch opened after the changes below would replay them from history.
+    wait_until(lambda: kube.open_watches(SLICES) == 1, what="the rewatch open")
 
     # Changes the watch never delivers (lost to compaction), then 410 Gone.
     before = len(subscriber.changes)
