@@ -5,7 +5,6 @@ plot that hold what they say. Its numbers are the bench's business, not this tes
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -20,12 +19,8 @@ RATES = [20, 60]
 
 
 def run_script(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "python"), os.environ.get("PYTHONPATH")])),
-    }
     return subprocess.run(
-        [sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=timeout, env=env
+        [sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=timeout
     )
 
 
