@@ -185,7 +185,8 @@ HeaderMap = Annotated[dict[str, str], AfterValidator(_check_headers)]
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    # A field's docstring is its description in the JSON Schema and the docs' reference.
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, use_attribute_docstrings=True)
 
 
 RETRY_CONDITIONS = (
@@ -213,11 +214,16 @@ Duration = Annotated[Union[str, float], AfterValidator(_valid_duration)]
 
 
 class Endpoint(_Model):
+    """One place a service runs."""
+
     addr: str
+    """Where to connect: "IP:PORT" ("[IPv6]:PORT")."""
     zone: Optional[str] = None
+    """The endpoint's zone: zonal balancing keeps traffic in this proxy's own zone first."""
     cluster: Optional[str] = None
-    # The upstream proxy's SPIFFE ID: traffic to it is mTLS, verified against this identity.
+    """The endpoint's cluster; another cluster than this proxy's is the costliest tier."""
     identity: Optional[str] = None
+    """The upstream proxy's SPIFFE ID: traffic to it is mTLS, verified against this identity."""
 
     _addr = field_validator("addr")(classmethod(lambda cls, v: _check_socket_addr(v)))
 
@@ -233,13 +239,18 @@ class _Value(_Model):
     """A settings table that is a value: frozen, so that every service left at its defaults shares
     one instance (pydantic copies a default only if it can change), as a mesh holds thousands."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, use_attribute_docstrings=True, frozen=True)
 
 
 class Zonal(_Value):
+    """The zonal balancer's load band: when to add and drop cost tiers."""
+
     load_low: float = Field(default=0.8, ge=0, allow_inf_nan=False)
+    """Below this load (in-flight requests per active endpoint) the costliest added tier is dropped."""
     load_high: float = Field(default=2.0, gt=0, allow_inf_nan=False)
+    """Above this load the next cost tier is added."""
     dwell: Duration = "1s"
+    """At most one tier change per this long."""
 
     @model_validator(mode="after")
     def _band(self) -> Zonal:
@@ -249,23 +260,39 @@ class Zonal(_Value):
 
 
 class Breaker(_Value):
+    """Failure accrual: endpoints that fail in a row are ejected for a while."""
+
     consecutive_failures: int = Field(default=7, ge=1, le=_U32_MAX)
+    """Failures in a row that trip an endpoint (eject it from balancing)."""
     min_penalty: Duration = "1s"
+    """How long the first trip lasts; each further trip doubles it."""
     max_penalty: Duration = "60s"
+    """The longest a trip lasts."""
     jitter: float = Field(default=0.5, ge=0, le=1)
-    # Never eject more than this share of a service's endpoints (rounded
-    # down: a lone endpoint stays), and below `panic_threshold_percent`
-    # available, use them all again (Envoy's outlier detection semantics).
+    """A random share (0 to 1) of a penalty added or taken away, so that endpoints do not return together."""
     max_ejection_percent: int = Field(default=50, ge=0, le=100)
+    """Never eject more than this share of a service's endpoints (rounded down: a lone endpoint stays), and
+    below `panic_threshold_percent` available, use them all again (Envoy's outlier detection semantics).
+    """
     panic_threshold_percent: int = Field(default=50, ge=0, le=100)
+    """With fewer than this share of endpoints available, the balancer uses them all (`balancer_panic`)."""
 
 
 class Retry(_Model):
+    """Which failures are retried, how often, and the budget that bounds retries."""
+
     on: list[str] = ["gateway-error", "connect-failure"]
+    """The failures that are retried: 5xx, gateway-error (502, 503, 504), connect-failure, reset, and the
+    gRPC statuses cancelled, unknown, deadline-exceeded, resource-exhausted, internal, unavailable.
+    """
     limit: int = Field(default=1, ge=0, le=10)
+    """Retries per request, at most 10."""
     budget: float = Field(default=0.2, ge=0, le=10)
+    """Retries may add at most this share of the requests over `ttl` (0.2: one retry per five requests)."""
     min_per_second: int = Field(default=10, ge=0, le=_U32_MAX)
+    """Retries allowed per second whatever the budget, so that a quiet route can still retry."""
     ttl: Duration = "10s"
+    """The window over which requests and retries are counted for the budget."""
 
     @field_validator("on")
     @classmethod
@@ -277,15 +304,22 @@ class Retry(_Model):
 
 
 class Service(_Model):
+    """A named group of endpoints, with how to balance across them."""
+
     name: str = Field(min_length=1)
+    """The name routes and the control plane know it by (for example `web.shop`)."""
     balancer: Literal["peak-ewma", "round-robin", "zonal"] = "peak-ewma"
+    """peak-ewma (latency and load aware), round-robin, or zonal (cost tiers, like HAZL)."""
     protocol: Literal["auto", "http1", "http2"] = "auto"
-    # A factory, not a default that pydantic deep-copies per service: a mesh holds thousands.
+    """HTTP towards the endpoints: http1, http2, or auto (the client's)."""
     endpoints: list[Endpoint] = Field(default_factory=list)
-    # Its virtual addresses ("IP:PORT", like a Kubernetes ClusterIP): a transparent listener sends
-    # traffic for them to this service. "0.0.0.0:PORT" (or "[::]:PORT") is any address on PORT.
+    """Where it runs. Empty, it takes its endpoints from [discovery]."""
     addresses: list[str] = Field(default_factory=list)
+    """Its virtual addresses ("IP:PORT", like a Kubernetes ClusterIP): a transparent listener sends traffic
+    for them to this service. "0.0.0.0:PORT" (or "[::]:PORT") is any address on PORT.
+    """
     connect_timeout: Duration = "1s"
+    """A connection to an endpoint not made within this is a connect failure."""
 
     @field_validator("addresses")
     @classmethod
@@ -293,20 +327,31 @@ class Service(_Model):
         return [_check_socket_addr(a) for a in v]
 
     idle_timeout: Duration = "90s"
+    """Idle pooled upstream connections are closed after this."""
     zonal: Zonal = Zonal()
-    # Failure accrual; `false` turns it off.
+    """The load band and dwell of the zonal balancer."""
     breaker: Union[Breaker, Literal[False]] = Breaker()
+    """Failure accrual; `false` turns it off."""
 
 
 class Backend(_Model):
+    """A service a route sends to, with its weight."""
+
     service: str
+    """The service a share of the route's traffic goes to."""
     weight: int = Field(default=1, ge=0, le=1_000_000)
+    """Its share, against the other backends' weights (0 sends it none)."""
 
 
 class HeaderOps(_Model):
+    """Header changes."""
+
     add: HeaderMap = {}
+    """Headers appended (kept beside any of the same name)."""
     set: HeaderMap = {}
+    """Headers set (replacing any of the same name)."""
     remove: list[str] = []
+    """Header names removed."""
 
     @field_validator("remove")
     @classmethod
@@ -316,7 +361,10 @@ class HeaderOps(_Model):
 
 
 class Rewrite(_Model):
+    """A path rewrite."""
+
     path_prefix: str
+    """Replaces the route's matched path_prefix before the request is sent on."""
 
     @field_validator("path_prefix")
     @classmethod
@@ -327,39 +375,71 @@ class Rewrite(_Model):
 
 
 class Redirect(_Model):
+    """A redirect answered by the proxy."""
+
     status: Literal[301, 302, 303, 307, 308] = 302
+    """The redirect status: 301, 302, 303, 307 or 308."""
     scheme: Optional[Literal["http", "https"]] = None
+    """The scheme in Location; default: the request's."""
     host: Optional[str] = None
+    """The host in Location; default: the request's."""
     path: Optional[str] = None
+    """The path in Location; default: the request's."""
 
 
 class DirectResponse(_Model):
+    """A response answered by the proxy."""
+
     status: int = Field(ge=100, le=599)
+    """The status the proxy answers with itself."""
     body: str = ""
+    """The body of that answer."""
     headers: HeaderMap = {}
+    """The headers of that answer."""
 
 
 class RateLimit(_Model):
+    """A token bucket: requests past it get 429."""
+
     rps: float = Field(gt=0, allow_inf_nan=False)
+    """Requests per second the route admits (a token bucket refilled at this rate); past it, 429."""
     burst: int = Field(ge=1, le=_U32_MAX)
+    """Requests the bucket holds: how many may arrive at once."""
 
 
 class Route(_Model):
+    """What a listener's matching requests get: backends, or an answer of the proxy's own."""
+
     listener: str
+    """The listener whose requests this route matches."""
     name: Optional[str] = None
+    """Names the route in metrics, policy rules, plugins and `meshcore top`; default route-N."""
     host: Optional[str] = None
+    """Host to match: exact or `*.suffix`, case-insensitive, port ignored."""
     path_prefix: Optional[str] = None
+    """Path prefix to match, by whole segments (`/api` matches `/api/x`, not `/apix`)."""
     headers: HeaderMap = Field(default_factory=dict)
+    """Header values that must all match exactly."""
     timeout: Optional[Duration] = None
+    """Time for the whole request, retries included, to response headers; past it, 504."""
     response_timeout: Optional[Duration] = None
+    """Time for each attempt to response headers; past it, 504 (never retried)."""
     retry: Optional[Retry] = None
+    """Retry policy; none: no retries."""
     request_headers: Optional[HeaderOps] = None
+    """Header changes on the request before it is sent on."""
     response_headers: Optional[HeaderOps] = None
+    """Header changes on the response before it goes back."""
     rewrite: Optional[Rewrite] = None
+    """Path rewrite before the request is sent on."""
     redirect: Optional[Redirect] = None
+    """Answer with a redirect instead of proxying."""
     direct_response: Optional[DirectResponse] = None
+    """Answer with this response instead of proxying."""
     rate_limit: Optional[RateLimit] = None
+    """Requests per second this route admits."""
     backends: list[Backend] = Field(default_factory=list)
+    """The services the route sends to, split by weight."""
 
     @model_validator(mode="after")
     def _has_a_destination(self) -> Route:
@@ -382,25 +462,29 @@ class AccessLog(_Model):
     that never blocks a request: when it falls behind, lines are dropped and counted."""
 
     format: Literal["json", "common"] = "json"
-    # "stdout", or a file opened for appending (relative to the config's directory), opened
-    # anew when a tool such as logrotate moves it away.
+    """json (one object per line) or common (the Common Log Format)."""
     path: str = Field(default="stdout", min_length=1)
-    # Lines waiting for the writer; past it new lines are dropped (access_log_dropped_total).
+    """"stdout", or a file opened for appending (relative to the config's directory), opened anew when a
+    tool such as logrotate moves it away.
+    """
     buffer: int = Field(default=16_384, ge=1, le=262_144)
+    """Lines waiting for the writer; past it new lines are dropped (access_log_dropped_total)."""
 
 
 class Tracing(_Model):
     """W3C trace context (and B3) on requests: the proxy's span joins a request's trace, or
     starts one when sampling says so, and is exported over OTLP/HTTP when a collector is set."""
 
-    # The chance that a request arriving without a trace starts one (0 to 1); a request that
-    # carries one keeps its sampling decision.
     sampling: float = Field(default=1.0, ge=0.0, le=1.0)
-    # An OTLP/HTTP collector, "host:port" or "http://host:port": spans are sent to its
-    # /v1/traces, batched, off the request path. None: context is propagated, nothing exported.
+    """The chance that a request arriving without a trace starts one (0 to 1); a request that carries one
+    keeps its sampling decision.
+    """
     otlp: Optional[str] = None
-    # The spans' `service.name`.
+    """An OTLP/HTTP collector, "host:port" or "http://host:port": spans are sent to its /v1/traces,
+    batched, off the request path. None: context is propagated, nothing exported.
+    """
     service_name: str = Field(default="meshcore", min_length=1)
+    """The spans' `service.name`."""
 
     @field_validator("otlp")
     @classmethod
@@ -416,37 +500,50 @@ class Tracing(_Model):
 
 
 class Listener(_Model):
+    """A socket the proxy serves."""
+
     name: str = Field(min_length=1)
+    """Names the listener in routes, policy rules and metrics."""
     bind: str
+    """Address to listen on: "IP:PORT"."""
     protocol: Literal["auto", "http1", "http2", "opaque"] = "auto"
+    """auto (detected from the first bytes), http1, http2 or opaque (TCP)."""
     direction: Optional[Literal["inbound", "outbound"]] = None
+    """The `direction` label of its metrics; default inbound if the name contains it, else outbound."""
     service: Optional[str] = None
+    """The service opaque traffic goes to (needed with protocol = opaque)."""
     detect_timeout: Duration = "10s"
-    # An HTTP/1.1 client must finish each request's headers within this (slowloris).
+    """A client that sends nothing for this long is served as opaque TCP (server-speaks-first protocols)."""
     header_read_timeout: Duration = "30s"
-    # An HTTP/2 connection with no open stream is closed (GOAWAY) after this.
+    """An HTTP/1.1 client must finish each request's headers within this (slowloris)."""
     idle_timeout: Duration = "5m"
-    # Open connections this listener holds; past it the longest-idle one is
-    # closed to make room, or the new one is refused when none is idle.
+    """An HTTP/2 connection with no open stream is closed (GOAWAY) after this."""
     max_connections: int = Field(default=10_000, ge=1, le=_U64_MAX)
-    # mesh: require mTLS | permissive: mTLS or plaintext | none
+    """Open connections this listener holds; past it the longest-idle one is closed to make room, or the
+    new one is refused when none is idle.
+    """
     tls: Literal["none", "mesh", "permissive"] = "none"
-    # Share the port with other processes that ask for it too (the kernel spreads connections
-    # between them, e.g. for a hand-over); off, a port in use is a BindError.
+    """mesh: require mTLS | permissive: mTLS or plaintext | none"""
     share_port: bool = False
-    # Peers (SPIFFE IDs) whose requests say who the original caller is: `meshcore gateway`s. From
-    # them the `meshcore-client-id` header names the caller that policy checks; from any other
-    # peer it is replaced by the peer's own ID. mTLS listeners only.
+    """Share the port with other processes that ask for it too (the kernel spreads connections between
+    them, e.g. for a hand-over); off, a port in use is a BindError.
+    """
     trusted_gateways: list[str] = []
-    # A sidecar's listener: takes connections redirected to it by iptables (`meshcore
-    # sidecar-init`) and serves each by its original destination (services' `addresses`, their
-    # endpoints' own addresses, else passed through as TCP under [egress]).
+    """Peers (SPIFFE IDs) whose requests say who the original caller is: `meshcore gateway`s. From them the
+    `meshcore-client-id` header names the caller that policy checks; from any other peer it is replaced
+    by the peer's own ID. mTLS listeners only.
+    """
     transparent: bool = False
-    # Original destination ports whose traffic skips protocol detection (server-speaks-first
-    # protocols such as databases): forwarded as TCP.
+    """A sidecar's listener: takes connections redirected to it by iptables (`meshcore sidecar-init`) and
+    serves each by its original destination (services' `addresses`, their endpoints' own addresses, else
+    passed through as TCP under [egress]).
+    """
     opaque_ports: list[int] = []
-    # This listener's access log, in place of the global `access_log`.
+    """Original destination ports whose traffic skips protocol detection (server-speaks-first protocols
+    such as databases): forwarded as TCP.
+    """
     access_log: Optional[AccessLog] = None
+    """This listener's access log, in place of the global `access_log`."""
 
     _bind = field_validator("bind")(classmethod(lambda cls, v: _check_socket_addr(v)))
 
@@ -485,14 +582,24 @@ class Identity(_Model):
     """This proxy's workload identity: certificate files, or the identity service."""
 
     trust_anchors: str
-    # Trust domains whose workloads may call this proxy's mTLS listeners;
-    # empty means this proxy's own trust domain only.
+    """PEM file of the CA certificates peers' identities must chain to; watched and swapped when it changes.
+    """
     trust_domains: list[str] = []
+    """Trust domains whose workloads may call this proxy's mTLS listeners; empty means this proxy's own
+    trust domain only.
+    """
     cert: Optional[str] = None
+    """PEM file of this proxy's certificate chain (with `key`), renewed by rewriting the file."""
     key: Optional[str] = None
+    """PEM file of this proxy's private key."""
     issuer: Optional[str] = None
+    """The identity service's https:// URL (with `token_file` and `name`): the certificate is issued and
+    renewed from it.
+    """
     token_file: Optional[str] = None
+    """The bootstrap token the identity service takes as proof of `name`."""
     name: Optional[str] = None
+    """The workload name asked for, such as ns/default/sa/web (the SPIFFE path)."""
 
     @field_validator("trust_domains")
     @classmethod
@@ -522,21 +629,31 @@ class Identity(_Model):
 
 
 class PolicyRule(_Model):
+    """Who may call: a rule allows requests from its identities or networks, with its methods."""
+
     name: Optional[str] = None
-    # The inbound listeners the rule applies to: `listener` names one, `listeners` several;
-    # neither, every inbound listener.
+    """Names the rule in decisions, metrics and `meshcore policy explain`."""
     listener: Optional[str] = None
+    """The inbound listeners the rule applies to: `listener` names one, `listeners` several; neither, every
+    inbound listener.
+    """
     listeners: list[str] = []
-    # A rule with a path_prefix protects it: requests under it are allowed only by the rules of the
-    # longest such prefix, and refused otherwise, whatever the default.
+    """Several inbound listeners the rule applies to (see `listener`)."""
     path_prefix: Optional[str] = None
-    # A rule with routes (route names, of its listeners) protects them the same way: requests that
-    # routing sends down them are allowed only by rules naming them. Under a protected prefix too,
-    # a request needs both the route's rules and the prefix's.
+    """A rule with a path_prefix protects it: requests under it are allowed only by the rules of the
+    longest such prefix, and refused otherwise, whatever the default.
+    """
     routes: list[str] = []
-    methods: list[str] = []  # the methods the rule allows; empty is any
+    """A rule with routes (route names, of its listeners) protects them the same way: requests that routing
+    sends down them are allowed only by rules naming them. Under a protected prefix too, a request needs
+    both the route's rules and the prefix's.
+    """
+    methods: list[str] = []
+    """The request methods the rule allows; empty: any."""
     identities: list[str] = []
+    """Caller SPIFFE IDs the rule allows; a trailing `*` matches a prefix."""
     networks: list[str] = []
+    """Caller networks (CIDRs) the rule allows."""
 
     # A rule protects the paths it names: one that could never match (no leading "/") would leave
     # them to the default policy without a word.
@@ -579,8 +696,14 @@ _METHOD = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 
 class Policy(_Model):
+    """Authorization of inbound requests."""
+
     default: Literal["all-unauthenticated", "all-authenticated", "deny", "audit"] = "all-unauthenticated"
+    """What a request no rule allows gets: all-unauthenticated (allowed), all-authenticated (mTLS callers
+    only), deny, or audit (allowed, and counted as denied).
+    """
     rules: list[PolicyRule] = []
+    """The rules; a request is allowed when any rule for its listener allows it."""
 
 
 PortRange = Union[int, str]  # 443, or "8000-8100"
@@ -598,10 +721,14 @@ def _port_range(value: PortRange) -> tuple[int, int]:
 
 
 class EgressRule(_Model):
+    """Traffic to some networks (and ports), allowed or denied."""
+
     action: Literal["allow", "deny"]
+    """allow or deny the matching traffic."""
     networks: list[str] = Field(min_length=1)
-    # Destination ports (numbers or "FIRST-LAST" ranges); none: every port.
+    """Destination networks (CIDRs) the rule matches."""
     ports: list[PortRange] = []
+    """Destination ports (numbers or "FIRST-LAST" ranges); none: every port."""
 
     @field_validator("networks")
     @classmethod
@@ -623,16 +750,27 @@ class Egress(_Model):
     passed through as TCP: the first rule whose networks and ports match decides, else `default`."""
 
     default: Literal["allow", "deny"] = "allow"
+    """What traffic no rule matches gets: allow or deny."""
     rules: list[EgressRule] = []
+    """The rules, first match decides."""
 
 
 class PluginConfig(_Model):
+    """A Python plugin: a file or a module, and the routes it sees."""
+
     path: Optional[str] = None
+    """A Python file holding the hooks (module functions, or a class named Plugin); reloaded when it changes.
+    """
     module: Optional[str] = None
+    """An importable `package.module:attribute` instead of a file."""
     name: Optional[str] = None
+    """Names the plugin in errors and metrics; default: the file's stem or the module."""
     routes: Optional[list[str]] = None
+    """The routes (by name) whose requests it sees; none: every route."""
     on_error: Literal["fail-closed", "fail-open"] = "fail-closed"
+    """A hook that raises answers 500 (fail-closed) or is skipped (fail-open)."""
     timeout: Duration = "1s"
+    """An async hook not done within this counts as an error."""
 
     @model_validator(mode="after")
     def _one_source(self) -> PluginConfig:
@@ -646,9 +784,13 @@ class ReloadPolicy(_Model):
     the window before; worse past these limits rolls the change back."""
 
     verify: Duration
+    """How long after a reload the golden metrics are watched."""
     min_success_rate: float = Field(default=0.99, ge=0, le=1)
+    """A route whose success rate falls below this rolls the change back."""
     max_p99_ratio: float = Field(default=1.5, ge=1, allow_inf_nan=False)
+    """A route whose p99 latency grows past this multiple of before rolls the change back."""
     min_requests: int = Field(default=20, ge=0, le=_U32_MAX)
+    """Routes with fewer requests in the window are not judged."""
 
     @field_validator("verify")
     @classmethod
@@ -665,10 +807,11 @@ class Discovery(_Model):
     one goes away."""
 
     control: Union[str, list[str]]
-    # The control plane's SPIFFE ID, checked at each connect (https only).
+    """The control plane's URL, or several URLs of replicas."""
     control_identity: Optional[str] = None
-    # How often the proxy reports its version, config version and golden metrics to it.
+    """The control plane's SPIFFE ID, checked at each connect (https only)."""
     report_interval: Duration = "5s"
+    """How often the proxy reports its version, config version and golden metrics to it."""
 
     @property
     def urls(self) -> list[str]:
@@ -729,32 +872,48 @@ def _is_loopback_host(host: str) -> bool:
 
 
 class Config(_Model):
+    """A proxy's whole config."""
+
     admin: Optional[str] = None
-    # Services without endpoints take them from this control plane (Python only).
+    """The admin API's "IP:PORT" (metrics, config, lifecycle); none: no admin API."""
     discovery: Optional[Discovery] = None
-    # Lifecycle (Python only; never sent to the core). Where history is kept: None is
-    # "<config dir>/<config stem>.state/"; relative paths resolve against the config's directory.
+    """Services listed without endpoints take theirs from this control plane."""
     state_dir: Optional[str] = None
-    # Reload when the config file, or a file it names, changes.
+    """Where the config history is kept; default "<config stem>.state" beside the config (relative paths
+    resolve against the config's directory).
+    """
     watch: bool = False
-    # "NAME TOKEN" per line: callers presenting a token may change the proxy from other hosts.
+    """Reload when the config file, or a file it names, changes."""
     admin_token_file: Optional[str] = None
+    """"NAME TOKEN" per line: callers presenting a token may change the proxy from other hosts."""
     reload: Optional[ReloadPolicy] = None
+    """Verified reloads: watch the golden metrics after a change and roll back when they worsen."""
     zone: Optional[str] = None
+    """This proxy's zone: the cheapest tier for zonal balancing."""
     cluster: Optional[str] = None
-    # Tier cost per "zone" or "cluster/zone".
+    """This proxy's cluster."""
     costs: dict[str, Annotated[int, Field(ge=0, le=_U32_MAX)]] = {}
+    """Tier cost per "zone" or "cluster/zone"."""
     identity: Optional[Identity] = None
+    """This proxy's workload identity (needed by mTLS listeners and endpoints with an identity)."""
     policy: Policy = Policy()
+    """Authorization of inbound requests by the caller's identity, network, method, path and route."""
     egress: Egress = Egress()
-    # Every listener's access log, unless it has its own.
+    """What transparent outbound traffic to addresses outside the mesh may reach."""
     access_log: Optional[AccessLog] = None
+    """Every listener's access log, unless it has its own."""
     tracing: Optional[Tracing] = None
+    """Trace context propagation and span export."""
     plugins: list[PluginConfig] = []
+    """Python plugins, each with the phases it defines."""
     workers: Optional[int] = Field(default=None, ge=1, le=1024)
+    """Data-plane threads; default: the number of cores."""
     listeners: list[Listener] = []
+    """The sockets the proxy serves."""
     routes: list[Route] = []
+    """Where listeners' requests go; first match wins."""
     services: list[Service] = []
+    """Named groups of endpoints that routes send to."""
 
     _admin = field_validator("admin")(classmethod(lambda cls, v: v if v is None else _check_admin_addr(v)))
 
