@@ -239,7 +239,9 @@ class _Value(_Model):
     """A settings table that is a value: frozen, so that every service left at its defaults shares
     one instance (pydantic copies a default only if it can change), as a mesh holds thousands."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, use_attribute_docstrings=True, frozen=True)
+    model_config = ConfigDict(
+        extra="forbid", populate_by_name=True, use_attribute_docstrings=True, frozen=True
+    )
 
 
 class Zonal(_Value):
@@ -523,7 +525,7 @@ class Listener(_Model):
     new one is refused when none is idle.
     """
     tls: Literal["none", "mesh", "permissive"] = "none"
-    """mesh: require mTLS | permissive: mTLS or plaintext | none"""
+    """mesh: mTLS only (needs [identity]); permissive: mTLS or plaintext; none: plaintext."""
     share_port: bool = False
     """Share the port with other processes that ask for it too (the kernel spreads connections between
     them, e.g. for a hand-over); off, a port in use is a BindError.
@@ -651,7 +653,7 @@ class PolicyRule(_Model):
     methods: list[str] = []
     """The request methods the rule allows; empty: any."""
     identities: list[str] = []
-    """Caller SPIFFE IDs the rule allows; a trailing `*` matches a prefix."""
+    """Caller SPIFFE IDs the rule allows: exact, or with `*` standing for one path segment."""
     networks: list[str] = []
     """Caller networks (CIDRs) the rule allows."""
 
