@@ -88,9 +88,8 @@ def check_no_delay(net: Network) -> str:
 
 
 def env() -> dict[str, str]:
-    """The environment for meshcore processes: this checkout's python/ first."""
-    path = os.pathsep.join(filter(None, [str(REPO / "python"), os.environ.get("PYTHONPATH")]))
-    return {**os.environ, "PYTHONPATH": path}
+    """The environment for meshcore processes: this one's, so they run the meshcore installed here."""
+    return dict(os.environ)
 
 
 def start(host: Host, cpu: int, argv: list[str], log: Path, **kwargs) -> subprocess.Popen:
