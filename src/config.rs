@@ -108,6 +108,8 @@ pub enum TlsMode {
     None,
     Mesh,
     Permissive,
+    /// An edge listener: TLS with its own certificate, no client certificate.
+    Server,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
@@ -170,6 +172,9 @@ pub struct Listener {
     pub idle_timeout_ms: u64,
     pub max_connections: usize,
     pub tls: TlsMode,
+    /// An edge listener's certificate chain and key (PEM); `tls = "server"` only.
+    #[serde(default, deserialize_with = "nullable")]
+    pub server_certificate: Option<ServerCertificate>,
     /// Share the port with other processes that ask for sharing too (the
     /// kernel spreads connections between them); off, a port in use is an error.
     pub share_port: bool,
@@ -184,6 +189,13 @@ pub struct Listener {
     /// Where its requests are logged; None: nowhere.
     #[serde(deserialize_with = "nullable")]
     pub access_log: Option<AccessLogConfig>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ServerCertificate {
+    pub cert_pem: String,
+    pub key_pem: String,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -466,6 +478,7 @@ pub mod fixtures {
             idle_timeout_ms: 300_000,
             max_connections: 10_000,
             tls: TlsMode::None,
+            server_certificate: None,
             share_port: false,
             trusted_gateways: Vec::new(),
             transparent: false,

@@ -47,6 +47,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(bindings::handover::inherit_sockets, m)?)?;
     m.add_function(wrap_pyfunction!(bindings::_panic_for_test, m)?)?;
     m.add_function(wrap_pyfunction!(identity::check_identity, m)?)?;
+    m.add_function(wrap_pyfunction!(identity::check_server_certificate, m)?)?;
     m.add_function(wrap_pyfunction!(bindings::policy::explain_policy, m)?)?;
     m.add_function(wrap_pyfunction!(plugin_metrics::render_plugin_metrics, m)?)?;
     m.add(

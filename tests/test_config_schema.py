@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
+import ssl
 import subprocess
 from pathlib import Path
 
@@ -14,7 +16,7 @@ import jsonschema
 import pytest
 import tomllib
 
-from conftest import MESHCORE
+from conftest import MESHCORE, require_tool
 from meshcore.backend import Backend
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -113,3 +115,47 @@ def test_a_scripted_starter_serves_with_its_plugin(tmp_path):
     finally:
         api.stop()
         site.stop()
+
+
+def test_an_edge_starter_serves_https_once_its_certificate_is_made_as_its_comments_say(tmp_path):
+    require_tool("openssl", "openssl")
+    assert meshcore("config", "init", "edge", "--out", "edge.toml", cwd=tmp_path).returncode == 0
+    text = (tmp_path / "edge.toml").read_text()
+    refused = meshcore("check", "edge.toml", cwd=tmp_path)
+    assert refused.returncode == 1 and "listeners[0].certificate: cannot read" in refused.stderr, refused
+    for line in re.findall(r"^#   (openssl .*)$", text, re.M):
+        made = subprocess.run(shlex.split(line), cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        assert made.returncode == 0, made.stderr
+    checked = meshcore("check", "edge.toml", cwd=tmp_path)
+    assert checked.returncode == 0, checked.stderr
+
+    # Served on loopback ports, with its services on backends of ours.
+    config = tomllib.loads(text)
+    backends = [Backend("api"), Backend("web-1"), Backend("web-2")]
+    try:
+        addrs = iter(b.addr for b in backends)
+        for service in config["services"]:
+            for endpoint in service["endpoints"]:
+                endpoint["addr"] = next(addrs)
+        for listener in config["listeners"]:
+            listener["bind"] = "127.0.0.1:0"
+        config.pop("admin")
+        (tmp_path / "edge.json").write_text(json.dumps(config))
+        from meshcore import Proxy
+        from meshcore.config import load
+
+        with Proxy(load(tmp_path / "edge.json")) as p:
+            _, port = p.addresses["edge"]
+            context = ssl.create_default_context(cafile=str(tmp_path / "edge.crt"))
+            site = httpx.get(f"https://localhost:{port}/", verify=context)
+            assert site.status_code == 200 and site.text.startswith("hello from web-")
+            assert site.headers["strict-transport-security"] == "max-age=31536000"
+            api = httpx.get(
+                f"https://localhost:{port}/v1", headers={"host": "api.example.com"}, verify=context
+            )
+            assert api.status_code == 200 and api.text.startswith("hello from api ")
+            plain = httpx.get(p.url("http", "/page"))
+            assert plain.status_code == 308 and plain.headers["location"].startswith("https://")
+    finally:
+        for b in backends:
+            b.stop()

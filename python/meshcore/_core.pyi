@@ -23,6 +23,7 @@ __all__ = [
     "_bench_start",
     "_panic_for_test",
     "check_identity",
+    "check_server_certificate",
     "explain_policy",
     "inherit_sockets",
     "render_plugin_metrics",
@@ -206,6 +207,10 @@ def check_identity(
 ) -> tuple[str, str] | None:
     """Loads identity PEMs as the data plane does at start: (field, reason) for what it
     refuses ("trust_anchors", "cert" or "key"), else None."""
+
+def check_server_certificate(cert_pem: str, key_pem: str) -> tuple[str, str] | None:
+    """Loads an edge listener's certificate chain and key as its TLS server does at start:
+    (field, reason) for what it refuses ("cert" or "key"), else None."""
 
 def explain_policy(
     policy_json: str,

@@ -501,6 +501,16 @@ class Tracing(_Model):
         return v
 
 
+class ServerCertificate(_Model):
+    """An edge listener's own certificate (`tls = "server"`), from any CA: clients outside the mesh
+    verify it as they would any web server's."""
+
+    cert: str
+    """PEM file of the certificate chain, the server's certificate first."""
+    key: str
+    """PEM file of its private key (unencrypted)."""
+
+
 class Listener(_Model):
     """A socket the proxy serves."""
 
@@ -524,8 +534,12 @@ class Listener(_Model):
     """Open connections this listener holds; past it the longest-idle one is closed to make room, or the
     new one is refused when none is idle.
     """
-    tls: Literal["none", "mesh", "permissive"] = "none"
-    """mesh: mTLS only (needs [identity]); permissive: mTLS or plaintext; none: plaintext."""
+    tls: Literal["none", "mesh", "permissive", "server"] = "none"
+    """mesh: mTLS only (needs [identity]); permissive: mTLS or plaintext; server: TLS with the listener's
+    own `certificate`, for clients outside the mesh (an edge); none: plaintext.
+    """
+    certificate: Optional[ServerCertificate] = None
+    """The certificate a `tls = "server"` listener presents."""
     share_port: bool = False
     """Share the port with other processes that ask for it too (the kernel spreads connections between
     them, e.g. for a hand-over); off, a port in use is a BindError.
@@ -573,10 +587,18 @@ class Listener(_Model):
 
     @model_validator(mode="after")
     def _gateways_need_mtls(self) -> Listener:
-        if self.trusted_gateways and self.tls == "none":
+        if self.trusted_gateways and self.tls not in ("mesh", "permissive"):
             raise ValueError(
                 'trusted_gateways needs tls = "mesh" or "permissive": a gateway is known by its certificate'
             )
+        return self
+
+    @model_validator(mode="after")
+    def _certificate_for_server_tls(self) -> Listener:
+        if self.tls == "server" and self.certificate is None:
+            raise ValueError('tls = "server" needs a certificate = { cert = "...", key = "..." }')
+        if self.certificate is not None and self.tls != "server":
+            raise ValueError('a certificate is for tls = "server" (mesh TLS uses [identity])')
         return self
 
 
@@ -933,7 +955,38 @@ class Config(_Model):
         """The files the config names, read and checked as they will be used: the admin token
         file parsed, and [identity]'s files readable, PEM, and a key that matches its certificate."""
         problems = self._check_admin_token_file()
-        return problems + self._check_identity_files() + self._check_access_logs()
+        problems += self._check_identity_files() + self._check_server_certificates()
+        return problems + self._check_access_logs()
+
+    def _check_server_certificates(self) -> list[tuple[str, str]]:
+        """Each edge listener's certificate and key, loaded as its TLS server will load them."""
+        from . import _core
+
+        problems = []
+        for i, lst in enumerate(self.listeners):
+            if lst.certificate is None:
+                continue
+            where = f"listeners[{i}].certificate"
+            try:
+                cert_pem, key_pem = self.server_certificate_pems(lst.certificate)
+            except OSError as e:
+                problems.append((where, f"cannot read {e.filename}: {e.strerror or e}"))
+                continue
+            refused = _core.check_server_certificate(cert_pem, key_pem)
+            if refused is not None:
+                field, reason = refused
+                problems.append(
+                    (f"{where}.{field}", f"{self.resolve_path(getattr(lst.certificate, field))}: {reason}")
+                )
+        return problems
+
+    def server_certificate_pems(self, certificate: ServerCertificate) -> tuple[str, str]:
+        """The certificate chain's and the key's PEM text (their files resolved from the config's
+        directory)."""
+        return (
+            self.resolve_path(certificate.cert).read_bytes().decode("latin-1"),
+            self.resolve_path(certificate.key).read_bytes().decode("latin-1"),
+        )
 
     def _check_access_logs(self) -> list[tuple[str, str]]:
         """Each access log file can be appended to, or created in its directory (no file is
@@ -1046,7 +1099,7 @@ class Config(_Model):
                 problems.append((f"listeners[{i}].service", unknown("service", lst.service, services)))
             if lst.protocol == "opaque" and lst.service is None:
                 problems.append((f"listeners[{i}].service", "an opaque listener needs a target service"))
-            if lst.tls != "none" and self.identity is None:
+            if lst.tls in ("mesh", "permissive") and self.identity is None:
                 problems.append((f"listeners[{i}].tls", "TLS needs an [identity] section"))
         if self.discovery is not None and any(u.startswith("https:") for u in self.discovery.urls):
             if self.identity is None:
@@ -1130,7 +1183,11 @@ class Config(_Model):
             "costs": dict(self.costs),
             "workers": self.workers,
             "listeners": [
-                _core_listener(lst, self._core_access_log(lst.access_log or self.access_log))
+                _core_listener(
+                    lst,
+                    self._core_access_log(lst.access_log or self.access_log),
+                    self._core_server_certificate(lst.certificate),
+                )
                 for lst in self.listeners
             ],
             "routes": [
@@ -1173,6 +1230,14 @@ class Config(_Model):
             },
         }
 
+    def _core_server_certificate(
+        self, certificate: Optional[ServerCertificate]
+    ) -> Optional[snapshot.ServerCertificate]:
+        if certificate is None:
+            return None
+        cert_pem, key_pem = self.server_certificate_pems(certificate)
+        return {"cert_pem": cert_pem, "key_pem": key_pem}
+
     def _core_access_log(self, log: Optional[AccessLog]) -> Optional[snapshot.AccessLog]:
         if log is None:
             return None
@@ -1191,7 +1256,9 @@ def _direction(lst: Listener) -> Literal["inbound", "outbound"]:
     return lst.direction or ("inbound" if "inbound" in lst.name else "outbound")
 
 
-def _core_listener(lst: Listener, access_log: Optional[snapshot.AccessLog]) -> snapshot.Listener:
+def _core_listener(
+    lst: Listener, access_log: Optional[snapshot.AccessLog], certificate: Optional[snapshot.ServerCertificate]
+) -> snapshot.Listener:
     return {
         "name": lst.name,
         "bind": lst.bind,
@@ -1203,6 +1270,7 @@ def _core_listener(lst: Listener, access_log: Optional[snapshot.AccessLog]) -> s
         "idle_timeout_ms": parse_duration(lst.idle_timeout),
         "max_connections": lst.max_connections,
         "tls": lst.tls,
+        "server_certificate": certificate,
         "share_port": lst.share_port,
         "trusted_gateways": list(lst.trusted_gateways),
         "transparent": lst.transparent,

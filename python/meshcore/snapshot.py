@@ -73,6 +73,11 @@ class Tracing(TypedDict):
     service_name: str
 
 
+class ServerCertificate(TypedDict):
+    cert_pem: str
+    key_pem: str
+
+
 class Listener(TypedDict):
     name: str
     # "ip:port", IPv6 in brackets.
@@ -84,7 +89,9 @@ class Listener(TypedDict):
     header_read_timeout_ms: int
     idle_timeout_ms: int
     max_connections: int
-    tls: Literal["none", "mesh", "permissive"]
+    tls: Literal["none", "mesh", "permissive", "server"]
+    # An edge listener's certificate chain and key, read from their files.
+    server_certificate: Optional[ServerCertificate]
     share_port: bool
     # SPIFFE IDs whose `meshcore-client-id` header names the caller.
     trusted_gateways: list[str]

@@ -28,3 +28,15 @@ pub fn check_identity(
         Ok(None)
     })
 }
+
+/// Loads an edge listener's certificate and key as its TLS server will:
+/// (field, reason) for what it refuses ("cert" or "key"), else None.
+#[pyfunction]
+pub fn check_server_certificate(cert_pem: &str, key_pem: &str) -> PyResult<Option<(&'static str, String)>> {
+    guarded(|| {
+        Ok(tls::edge::server_config(cert_pem, key_pem).err().map(|e| {
+            let field = if e.contains("key") { "key" } else { "cert" };
+            (field, e)
+        }))
+    })
+}

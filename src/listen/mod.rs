@@ -186,6 +186,15 @@ async fn accept_transport(
         };
         return Some((Box::new(tls), peer_tls, h2));
     }
+    if *mode == TlsMode::Server {
+        // An edge port speaks TLS only: plaintext there is a client misconfigured.
+        tcp.count(ConnEvent::PlaintextRefused);
+        crate::throttled!(
+            "{}: plaintext connection from {peer} refused (tls = \"server\")",
+            spec.name
+        );
+        return None;
+    }
     if *mode == TlsMode::Mesh {
         tcp.count(ConnEvent::PlaintextRefused);
         // A connection without an identity where one is required is a denial,

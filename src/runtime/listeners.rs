@@ -309,6 +309,22 @@ impl Listeners {
     ) -> Result<ListenerSpec, StartError> {
         let tls = match (l.tls, &self.identity) {
             (TlsMode::None, _) => None,
+            (TlsMode::Server, _) => {
+                let Some(certificate) = &l.server_certificate else {
+                    return Err(StartError::Config(format!(
+                        "listeners[{index}].certificate: tls = \"server\" needs a certificate"
+                    )));
+                };
+                let config = tls::edge::server_config(&certificate.cert_pem, &certificate.key_pem)
+                    .map_err(|e| StartError::Tls(format!("listeners[{index}].certificate: {e}")))?;
+                // tls_handshakes_total counts the mesh's handshakes; an edge's are not among them.
+                let handshakes = Arc::default();
+                Some((
+                    tokio_rustls::TlsAcceptor::from(config),
+                    TlsMode::Server,
+                    handshakes,
+                ))
+            }
             (mode, Some(identity)) => {
                 let config = tls::server_config(identity, mode == TlsMode::Mesh).map_err(StartError::Tls)?;
                 let handshakes = identity.handshakes.clone();

@@ -42,6 +42,21 @@ fn parse_certs(pem: &str) -> Result<Vec<CertificateDer<'static>>, String> {
     Ok(certs)
 }
 
+/// A certificate chain and its private key (PEM), loaded as a handshake
+/// signs with them; an error names the key when the key is at fault.
+pub fn certified_key(chain_pem: &str, key_pem: &str) -> Result<CertifiedKey, String> {
+    let chain = parse_certs(chain_pem)?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+        .map_err(|e| format!("invalid private key PEM: {e}"))?;
+    let signing = rustls::crypto::aws_lc_rs::sign::any_supported_type(&key)
+        .map_err(|e| format!("unsupported private key: {e}"))?;
+    let certified = CertifiedKey::new(chain, signing);
+    certified
+        .keys_match()
+        .map_err(|e| format!("certificate and key do not match: {e}"))?;
+    Ok(certified)
+}
+
 impl Identity {
     pub fn new(trust_anchors_pem: &str, trust_domains: Vec<String>) -> Result<Self, String> {
         Ok(Identity {
@@ -55,16 +70,8 @@ impl Identity {
 
     /// Installs a new certificate chain and key (PEM).
     pub fn update(&self, chain_pem: &str, key_pem: &str) -> Result<(), String> {
-        let chain = parse_certs(chain_pem)?;
-        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
-            .map_err(|e| format!("invalid private key PEM: {e}"))?;
-        let signing = rustls::crypto::aws_lc_rs::sign::any_supported_type(&key)
-            .map_err(|e| format!("unsupported private key: {e}"))?;
-        let (spiffe_id, not_after) = super::verify::describe(&chain[0])?;
-        let certified = CertifiedKey::new(chain, signing);
-        certified
-            .keys_match()
-            .map_err(|e| format!("certificate and key do not match: {e}"))?;
+        let certified = certified_key(chain_pem, key_pem)?;
+        let (spiffe_id, not_after) = super::verify::describe(&certified.cert[0])?;
         self.current.store(Some(Arc::new(Current {
             key: Arc::new(certified),
             spiffe_id,

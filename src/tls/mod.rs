@@ -1,8 +1,10 @@
 //! rustls configs for mesh traffic: TLS 1.3 only, mutual authentication by
 //! SPIFFE identity, certificates that rotate without a restart, and the
-//! post-quantum hybrid key exchange preferred.
+//! post-quantum hybrid key exchange preferred. Edge listeners (`edge`) serve
+//! a certificate of their own to clients outside the mesh.
 
 pub mod anchors;
+pub mod edge;
 pub mod handshakes;
 pub mod identity;
 pub mod verify;

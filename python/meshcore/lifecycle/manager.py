@@ -208,6 +208,10 @@ class Lifecycle:
             check(config)  # if unchanged, the files it names may have changed: still say if they are bad
             if not unchanged:
                 self.proxy.reload(config)
+            elif any(lst.certificate for lst in config.listeners):
+                # The same config, and maybe renewed certificate files: a listener whose files
+                # changed serves the new certificate from its next handshake; the rest stay as they are.
+                self.proxy.reload(config)
         except Exception as e:  # noqa: BLE001 - plugin code may raise anything; the old config stays
             return _describe(e), "", False
         return None, new_hash, unchanged
@@ -296,6 +300,12 @@ class Lifecycle:
             identity = config.identity
             names += [identity.trust_anchors, identity.cert, identity.key, identity.token_file]
         names += [p.path for p in config.plugins]
+        names += [
+            n
+            for lst in config.listeners
+            if lst.certificate
+            for n in (lst.certificate.cert, lst.certificate.key)
+        ]
         paths += [config.resolve_path(n) for n in names if n]
         return paths
 
