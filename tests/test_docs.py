@@ -121,6 +121,10 @@ def check_ours(argv: list[str]) -> bool:
     if argv[:2] == ["python", "-m"]:
         assert importlib.util.find_spec(argv[2]) is not None, f"no module {argv[2]}"
         return argv[2].startswith("meshcore.")
+    if argv[0].startswith("./scripts/"):  # the project's own scripts (CI runs ./scripts/test)
+        script = ROOT / argv[0]
+        assert script.is_file() and os.access(script, os.X_OK), f"no script {argv[0]}"
+        return True
     if argv[:2] == ["pip", "install"]:
         extras = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"])
         for target in argv[2:]:
