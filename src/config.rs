@@ -173,7 +173,7 @@ pub struct Listener {
     pub max_connections: usize,
     pub tls: TlsMode,
     /// An edge listener's certificate chain and key (PEM); `tls = "server"` only.
-    #[serde(default, deserialize_with = "nullable")]
+    #[serde(deserialize_with = "nullable")]
     pub server_certificate: Option<ServerCertificate>,
     /// Share the port with other processes that ask for sharing too (the
     /// kernel spreads connections between them); off, a port in use is an error.
