@@ -122,7 +122,7 @@ def test_an_edge_starter_serves_https_once_its_certificate_is_made_as_its_commen
     assert meshcore("config", "init", "edge", "--out", "edge.toml", cwd=tmp_path).returncode == 0
     text = (tmp_path / "edge.toml").read_text()
     refused = meshcore("check", "edge.toml", cwd=tmp_path)
-    assert refused.returncode == 1 and "listeners[0].certificate: cannot read" in refused.stderr, refused
+    assert refused.returncode == 1 and "listeners[0].certificate.cert: cannot read" in refused.stderr, refused
     for line in re.findall(r"^#   (openssl .*)$", text, re.M):
         made = subprocess.run(shlex.split(line), cwd=tmp_path, capture_output=True, text=True, timeout=60)
         assert made.returncode == 0, made.stderr

@@ -154,6 +154,63 @@ def test_a_tls_1_2_client_is_served_too(site, backend, proxy):
     assert answer.startswith(b"HTTP/1.1 200 ") and b"path=/old" in answer
 
 
+def test_no_client_certificate_is_asked_for(site, backend, proxy):
+    openssl = require_tool("openssl", "openssl")
+    app = backend(name="app")
+    crt, key, _ = site.issue("edge")
+    edge = proxy(edge_config(app.addr, crt, key))
+    host, port = edge.addresses["edge"]
+    for version in ("-tls1_3", "-tls1_2"):
+        done = subprocess.run(
+            [openssl, "s_client", version, "-connect", f"{host}:{port}", "-CAfile", str(site.pem)],
+            input="",
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert "Verify return code: 0 (ok)" in done.stdout, done.stdout + done.stderr
+        assert "No client certificate CA names sent" in done.stdout, version
+        assert "Requested Signature Algorithms" not in done.stdout, version
+
+
+def test_a_pinned_protocol_is_what_alpn_offers(site, backend, tcp_echo, proxy):
+    app, echo = backend(name="app"), tcp_echo()
+    crt, key, _ = site.issue("edge")
+    http1 = proxy(edge_config(app.addr, crt, key, protocol="http1"))
+    with httpx.Client(verify=site.client_context(), http2=True) as client:
+        assert client.get(https(http1, "/")).http_version == "HTTP/1.1", "h2 asked for, http/1.1 served"
+    cfg = edge_config(app.addr, crt, key, protocol="opaque", service="echo")
+    cfg["services"].append({"name": "echo", "endpoints": [{"addr": echo.addr}]})
+    cfg["routes"] = []
+    opaque = proxy(cfg)
+    context = site.client_context()
+    context.set_alpn_protocols(["h2", "http/1.1"])
+    with socket.create_connection(opaque.addresses["edge"], timeout=5) as raw:
+        with context.wrap_socket(raw, server_hostname="localhost") as tls:
+            assert tls.selected_alpn_protocol() is None
+            tls.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")  # passed through as bytes, not parsed
+            received = b""
+            while len(received) < 24 and (chunk := tls.recv(4096)):
+                received += chunk
+    assert received == b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+
+def test_policy_applies_to_an_edge_listener(site, backend, proxy):
+    app = backend(name="app")
+    crt, key, _ = site.issue("edge")
+    cfg = edge_config(app.addr, crt, key)
+    cfg["policy"] = {"rules": [{"listener": "edge", "path_prefix": "/admin", "networks": ["10.0.0.0/8"]}]}
+    edge = proxy(cfg)
+    with httpx.Client(verify=site.client_context()) as client:
+        assert client.get(https(edge, "/admin/users")).status_code == 403, "127.0.0.1 is not in 10/8"
+        assert client.get(https(edge, "/")).status_code == 200
+    assert app.requests == 1
+    # An outbound listener's rule would never be applied: refused, naming it.
+    cfg["listeners"][0]["direction"] = "outbound"
+    with pytest.raises(ConfigError, match=r"policy\.rules\[0\]\.listener: 'edge' is an outbound listener"):
+        Proxy(cfg)
+
+
 def test_curl_verifies_the_edge_certificate_against_the_site_ca(site, backend, proxy):
     require_tool("curl", "curl")
     app = backend(name="app")
@@ -184,7 +241,7 @@ def test_plaintext_to_an_edge_port_is_refused_and_counted(site, backend, proxy):
             answer = b""
         assert answer == b"", "closed, unanswered"
     assert app.requests == 0
-    series = 'tcp_errors_total{direction="outbound",listener="edge",error="tls_plaintext_refused"} 1'
+    series = 'tcp_errors_total{direction="inbound",listener="edge",error="tls_plaintext_refused"} 1'
     wait_until(lambda: series in edge.metrics().splitlines(), what="the refusal counted")
 
 
@@ -218,7 +275,7 @@ def test_a_listener_certificate_is_checked_and_named_by_field(site, tmp_path):
         **cfg,
         "listeners": [{**listener, "certificate": {"cert": str(tmp_path / "nope.crt"), "key": str(key)}}],
     }
-    assert f"listeners[0].certificate: cannot read {tmp_path / 'nope.crt'}" in check(missing)
+    assert f"listeners[0].certificate.cert: cannot read {tmp_path / 'nope.crt'}" in check(missing)
 
 
 def test_renewed_certificate_files_are_served_from_the_next_handshake(site, backend, tmp_path):
@@ -243,7 +300,13 @@ name = "app"
 endpoints = [{{ addr = "{app.addr}" }}]
 """
     )
-    run = subprocess.Popen([*MESHCORE, "run", str(config)], stdout=subprocess.PIPE, text=True, cwd=tmp_path)
+    run = subprocess.Popen(
+        [*MESHCORE, "run", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=tmp_path,
+    )
     try:
         lines = OutputLines(run.stdout)
         port = int(lines.wait_for(r"listener edge on 127\.0\.0\.1:(\d+)").rsplit(":", 1)[1])
@@ -258,6 +321,7 @@ endpoints = [{{ addr = "{app.addr}" }}]
             wait_until(
                 lambda: served_serial(port, site) == second, timeout=20, what="the renewed certificate"
             )
+            lines.wait_for("listener certificates renewed: edge")
             # The connection opened before the renewal goes on.
             assert kept.get(f"https://localhost:{port}/after").status_code == 200
     finally:

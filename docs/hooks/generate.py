@@ -118,12 +118,11 @@ def _type(spec: dict[str, Any]) -> str:
         return " or ".join(f"`{json.dumps(v)}`" for v in spec["enum"])
     if "const" in spec:
         return f"`{json.dumps(spec['const'])}`"
-    options = spec.get("anyOf")
+    options = [o for o in spec.get("anyOf", []) if o.get("type") != "null"]
     if options:
-        kinds = [o.get("type") for o in options]
-        if sorted(filter(None, kinds)) == ["number", "string"] and len(kinds) == 2:
-            return "duration"
-        return " or ".join(_type(o) for o in options if o.get("type") != "null")
+        if sorted(str(o.get("type")) for o in options) == ["number", "string"]:
+            return "duration"  # the only string-or-seconds fields
+        return " or ".join(_type(o) for o in options)
     kind = spec.get("type", "any")
     if kind == "array":
         return f"list of {_type(spec.get('items', {}))}"

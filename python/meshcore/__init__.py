@@ -1,8 +1,8 @@
 """meshcore: a service-mesh data plane with a Rust core, driven from Python.
 
 Importing the package loads only the native module and the exception types. `Proxy`, `Config`,
-`load` and the plugin types load on first use, so that a script (or `meshcore --help`) does
-not pay for pydantic, the admin server or the identity service it never touches.
+`load` and the plugin types load on first use, so that a script does not pay for pydantic,
+the admin server or the identity service it never touches.
 """
 
 from __future__ import annotations

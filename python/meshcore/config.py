@@ -221,7 +221,9 @@ class Endpoint(_Model):
     zone: Optional[str] = None
     """The endpoint's zone: zonal balancing keeps traffic in this proxy's own zone first."""
     cluster: Optional[str] = None
-    """The endpoint's cluster; another cluster than this proxy's is the costliest tier."""
+    """The endpoint's cluster; one other than this proxy's is the costliest tier unless [costs] says
+    otherwise.
+    """
     identity: Optional[str] = None
     """The upstream proxy's SPIFFE ID: traffic to it is mTLS, verified against this identity."""
 
@@ -271,7 +273,9 @@ class Breaker(_Value):
     max_penalty: Duration = "60s"
     """The longest a trip lasts."""
     jitter: float = Field(default=0.5, ge=0, le=1)
-    """A random share (0 to 1) of a penalty added or taken away, so that endpoints do not return together."""
+    """Up to this share (0 to 1) of each penalty is taken off at random, so that endpoints tripped together
+    do not return together.
+    """
     max_ejection_percent: int = Field(default=50, ge=0, le=100)
     """Never eject more than this share of a service's endpoints (rounded down: a lone endpoint stays), and
     below `panic_threshold_percent` available, use them all again (Envoy's outlier detection semantics).
@@ -423,7 +427,9 @@ class Route(_Model):
     headers: HeaderMap = Field(default_factory=dict)
     """Header values that must all match exactly."""
     timeout: Optional[Duration] = None
-    """Time for the whole request, retries included, to response headers; past it, 504."""
+    """Time for the whole request, retries and the response body included: no response head by then is a
+    504, a body still streaming is cut off.
+    """
     response_timeout: Optional[Duration] = None
     """Time for each attempt to response headers; past it, 504 (never retried)."""
     retry: Optional[Retry] = None
@@ -521,13 +527,18 @@ class Listener(_Model):
     protocol: Literal["auto", "http1", "http2", "opaque"] = "auto"
     """auto (detected from the first bytes), http1, http2 or opaque (TCP)."""
     direction: Optional[Literal["inbound", "outbound"]] = None
-    """The `direction` label of its metrics; default inbound if the name contains it, else outbound."""
+    """inbound: callers come in (policy applies); outbound: the app calls out. Also the `direction` label of
+    its metrics. Default: inbound if the name contains it or the listener is an edge (tls = "server"),
+    else outbound.
+    """
     service: Optional[str] = None
     """The service opaque traffic goes to (needed with protocol = opaque)."""
     detect_timeout: Duration = "10s"
     """A client that sends nothing for this long is served as opaque TCP (server-speaks-first protocols)."""
     header_read_timeout: Duration = "30s"
-    """An HTTP/1.1 client must finish each request's headers within this (slowloris)."""
+    """An HTTP/1.1 client must send each request's headers (and an HTTP/2 client its preface) within this,
+    counted from the connection or the previous response (slowloris).
+    """
     idle_timeout: Duration = "5m"
     """An HTTP/2 connection with no open stream is closed (GOAWAY) after this."""
     max_connections: int = Field(default=10_000, ge=1, le=_U64_MAX)
@@ -724,7 +735,7 @@ class Policy(_Model):
 
     default: Literal["all-unauthenticated", "all-authenticated", "deny", "audit"] = "all-unauthenticated"
     """What a request no rule allows gets: all-unauthenticated (allowed), all-authenticated (mTLS callers
-    only), deny, or audit (allowed, and counted as denied).
+    only), deny, or audit (allowed, logged and counted under the rule "default:audit").
     """
     rules: list[PolicyRule] = []
     """The rules; a request is allowed when any rule for its listener allows it."""
@@ -967,17 +978,22 @@ class Config(_Model):
             if lst.certificate is None:
                 continue
             where = f"listeners[{i}].certificate"
-            try:
-                cert_pem, key_pem = self.server_certificate_pems(lst.certificate)
-            except OSError as e:
-                problems.append((where, f"cannot read {e.filename}: {e.strerror or e}"))
+            paths = {
+                "cert": self.resolve_path(lst.certificate.cert),
+                "key": self.resolve_path(lst.certificate.key),
+            }
+            pems = {}
+            for field, path in paths.items():
+                try:
+                    pems[field] = path.read_bytes().decode("latin-1")
+                except OSError as e:
+                    problems.append((f"{where}.{field}", f"cannot read {path}: {e.strerror or e}"))
+            if len(pems) < 2:
                 continue
-            refused = _core.check_server_certificate(cert_pem, key_pem)
+            refused = _core.check_server_certificate(pems["cert"], pems["key"])
             if refused is not None:
                 field, reason = refused
-                problems.append(
-                    (f"{where}.{field}", f"{self.resolve_path(getattr(lst.certificate, field))}: {reason}")
-                )
+                problems.append((f"{where}.{field}", f"{paths[field]}: {reason}"))
         return problems
 
     def server_certificate_pems(self, certificate: ServerCertificate) -> tuple[str, str]:
@@ -1121,16 +1137,17 @@ class Config(_Model):
             for j, name in enumerate(plugin.routes or []):
                 if name not in route_names:
                     problems.append((f"plugins[{i}].routes[{j}]", unknown("route", name, route_names)))
+        direction = {lst.name: _direction(lst) for lst in self.listeners}
         for i, rule in enumerate(self.policy.rules):
-            if rule.listener is not None and rule.listener not in listener_set:
-                problems.append(
-                    (f"policy.rules[{i}].listener", unknown("listener", rule.listener, listeners))
-                )
-            for j, name in enumerate(rule.listeners):
+            named = [("listener", rule.listener)] if rule.listener is not None else []
+            named += [(f"listeners[{j}]", name) for j, name in enumerate(rule.listeners)]
+            for field, name in named:
                 if name not in listener_set:
-                    problems.append(
-                        (f"policy.rules[{i}].listeners[{j}]", unknown("listener", name, listeners))
-                    )
+                    problems.append((f"policy.rules[{i}].{field}", unknown("listener", name, listeners)))
+                elif direction[name] != "inbound":
+                    # Policy decides only what comes in: a rule here would never be applied.
+                    why = f"{name!r} is an outbound listener; policy applies to inbound ones (see direction)"
+                    problems.append((f"policy.rules[{i}].{field}", why))
             problems += self._policy_route_problems(i, rule, route_names)
         for i, r in enumerate(self.routes):
             if r.listener not in listener_set:
@@ -1252,8 +1269,11 @@ def unknown(kind: str, name: str, valid: list[str]) -> str:
 
 
 def _direction(lst: Listener) -> Literal["inbound", "outbound"]:
-    """A listener's direction: as given, else inbound when its name says so."""
-    return lst.direction or ("inbound" if "inbound" in lst.name else "outbound")
+    """A listener's direction: as given, else inbound when its name says so or it is an edge."""
+    if lst.direction is not None:
+        return lst.direction
+    # An edge takes callers from outside: its policy rules must apply.
+    return "inbound" if "inbound" in lst.name or lst.tls == "server" else "outbound"
 
 
 def _core_listener(

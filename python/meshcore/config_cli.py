@@ -23,7 +23,10 @@ def add_config_file_commands(verbs: Any) -> None:
     schema = verbs.add_parser("schema", help="print the config's JSON Schema, for editors checking TOML/YAML")
     schema.set_defaults(func=cmd_schema)
     init = verbs.add_parser("init", help="write a commented starter config")
-    kinds = "sidecar: inbound mTLS and outbound; edge: HTTPS for clients outside the mesh; scripted: routes with a Python plugin"
+    kinds = (
+        "sidecar: inbound mTLS and outbound; edge: HTTPS for clients outside the mesh; "
+        "scripted: routes with a Python plugin"
+    )
     init.add_argument("kind", choices=sorted(STARTERS), help=kinds)
     init.add_argument("--out", metavar="FILE", help="write here (its companions beside it); default: stdout")
     init.set_defaults(func=cmd_init)

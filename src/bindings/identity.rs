@@ -34,9 +34,7 @@ pub fn check_identity(
 #[pyfunction]
 pub fn check_server_certificate(cert_pem: &str, key_pem: &str) -> PyResult<Option<(&'static str, String)>> {
     guarded(|| {
-        Ok(tls::edge::server_config(cert_pem, key_pem).err().map(|e| {
-            let field = if e.contains("key") { "key" } else { "cert" };
-            (field, e)
-        }))
+        let protocol = crate::config::ListenerProtocol::Auto; // ALPN does not change what loads
+        Ok(tls::edge::server_config(cert_pem, key_pem, protocol).err())
     })
 }

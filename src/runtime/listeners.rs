@@ -315,8 +315,11 @@ impl Listeners {
                         "listeners[{index}].certificate: tls = \"server\" needs a certificate"
                     )));
                 };
-                let config = tls::edge::server_config(&certificate.cert_pem, &certificate.key_pem)
-                    .map_err(|e| StartError::Tls(format!("listeners[{index}].certificate: {e}")))?;
+                let config =
+                    tls::edge::server_config(&certificate.cert_pem, &certificate.key_pem, l.protocol)
+                        .map_err(|(field, e)| {
+                            StartError::Tls(format!("listeners[{index}].certificate.{field}: {e}"))
+                        })?;
                 // tls_handshakes_total counts the mesh's handshakes; an edge's are not among them.
                 let handshakes = Arc::default();
                 Some((

@@ -43,17 +43,26 @@ fn parse_certs(pem: &str) -> Result<Vec<CertificateDer<'static>>, String> {
 }
 
 /// A certificate chain and its private key (PEM), loaded as a handshake
-/// signs with them; an error names the key when the key is at fault.
+/// signs with them.
 pub fn certified_key(chain_pem: &str, key_pem: &str) -> Result<CertifiedKey, String> {
-    let chain = parse_certs(chain_pem)?;
+    certified_key_or_field(chain_pem, key_pem).map_err(|(_, reason)| reason)
+}
+
+/// As `certified_key`; an error says which file is at fault, "cert" or "key"
+/// (a pair that does not match is the key's: it is the one usually mixed up).
+pub fn certified_key_or_field(
+    chain_pem: &str,
+    key_pem: &str,
+) -> Result<CertifiedKey, (&'static str, String)> {
+    let chain = parse_certs(chain_pem).map_err(|e| ("cert", e))?;
     let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
-        .map_err(|e| format!("invalid private key PEM: {e}"))?;
+        .map_err(|e| ("key", format!("invalid private key PEM: {e}")))?;
     let signing = rustls::crypto::aws_lc_rs::sign::any_supported_type(&key)
-        .map_err(|e| format!("unsupported private key: {e}"))?;
+        .map_err(|e| ("key", format!("unsupported private key: {e}")))?;
     let certified = CertifiedKey::new(chain, signing);
     certified
         .keys_match()
-        .map_err(|e| format!("certificate and key do not match: {e}"))?;
+        .map_err(|e| ("key", format!("certificate and key do not match: {e}")))?;
     Ok(certified)
 }
 

@@ -49,6 +49,15 @@ def config_hash(config: Config) -> str:
     return "sha256:" + hashlib.sha256(canonical_json(config.model_dump(mode="json")).encode()).hexdigest()
 
 
+def _listener_certificates(config: Config) -> dict[str, tuple[str, str]]:
+    """Each edge listener's certificate and key PEMs, by listener name."""
+    return {
+        lst.name: config.server_certificate_pems(lst.certificate)
+        for lst in config.listeners
+        if lst.certificate
+    }
+
+
 def _log(message: str) -> None:
     print(f"meshcore: {message}", file=sys.stderr, flush=True)
 
@@ -78,6 +87,9 @@ class Lifecycle:
         self._last: Optional[dict[str, Any]] = None
         self._counts = {"applied": 0, "refused": 0, "unchanged": 0}
         self._closed = False
+        # The edge listeners' certificate PEMs being served: a reload of the same config serves
+        # renewed files when these changed.
+        self._certificates: dict[str, tuple[str, str]] = {}
 
     @classmethod
     def for_proxy(cls, proxy: Proxy, source_path: Optional[Path]) -> Lifecycle:
@@ -92,6 +104,10 @@ class Lifecycle:
         with self._lock:
             config = self.proxy.config  # built again from the proxy's compact copy
             running_hash = config_hash(config)
+            try:
+                self._certificates = _listener_certificates(config)
+            except OSError:
+                self._certificates = {}  # gone since the start: the next reload says so
             newest = self._history.newest()
             if newest is not None and newest.hash == running_hash:
                 self._current = newest
@@ -206,12 +222,15 @@ class Lifecycle:
             new_hash = config_hash(config)
             unchanged = self._current is not None and new_hash == self._current.hash
             check(config)  # if unchanged, the files it names may have changed: still say if they are bad
+            certificates = _listener_certificates(config)
             if not unchanged:
                 self.proxy.reload(config)
-            elif any(lst.certificate for lst in config.listeners):
-                # The same config, and maybe renewed certificate files: a listener whose files
-                # changed serves the new certificate from its next handshake; the rest stay as they are.
+            elif certificates != self._certificates:
+                # The same config with renewed certificate files (an ACME client's): the listeners
+                # whose files changed serve the new ones from their next handshake.
                 self.proxy.reload(config)
+                _log(f"listener certificates renewed: {', '.join(sorted(certificates))}")
+            self._certificates = certificates
         except Exception as e:  # noqa: BLE001 - plugin code may raise anything; the old config stays
             return _describe(e), "", False
         return None, new_hash, unchanged
