@@ -310,7 +310,7 @@ GOOD = [
         "policy-networks-bare-and-zero-length",
         BASE
         + '[policy]\ndefault = "deny"\n'
-        + 'rules = [{ listener = "outbound", networks = ["::1", "0.0.0.0/0", "10.0.0.0/08"] }]\n',
+        + 'rules = [{ networks = ["::1", "0.0.0.0/0", "10.0.0.0/08"] }]\n',
     ),
     (
         "breaker-off-and-zero-durations",

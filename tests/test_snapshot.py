@@ -20,6 +20,7 @@ RICH = {
     "listeners": [
         {"name": "outbound", "bind": "127.0.0.1:0"},
         {"name": "tcp", "bind": "127.0.0.1:0", "protocol": "opaque", "service": "web"},
+        {"name": "inbound", "bind": "127.0.0.1:0"},
     ],
     "services": [
         {"name": "web", "endpoints": [{"addr": "127.0.0.1:8081", "zone": "zone-a", "cluster": "east"}]},
@@ -44,7 +45,7 @@ RICH = {
         {"listener": "outbound", "path_prefix": "/old", "redirect": {"status": 301, "path": "/new"}},
         {"listener": "outbound", "direct_response": {"status": 404, "body": "no"}},
     ],
-    "policy": {"default": "audit", "rules": [{"listener": "outbound", "networks": ["127.0.0.0/8"]}]},
+    "policy": {"default": "audit", "rules": [{"listener": "inbound", "networks": ["127.0.0.0/8"]}]},
 }
 
 
