@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import shutil
 import socket
+import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
 import pytest
@@ -181,6 +184,17 @@ def refuses_connections(addr: tuple[str, int]) -> bool:
     return False
 
 
+def closed_unanswered(addr: tuple[str, int], request: bytes) -> bool:
+    """Sends `request` on a new connection: whether the peer closed it without a byte of answer
+    (a reset because our bytes went unread counts as closed)."""
+    with socket.create_connection(addr, timeout=5) as s:
+        s.sendall(request)
+        try:
+            return s.recv(4096) == b""
+        except ConnectionResetError:
+            return True
+
+
 def closed_port() -> int:
     """A port on 127.0.0.1 with nothing listening."""
     s = socket.socket()
@@ -318,3 +332,65 @@ def upstream():
     yield make
     for u in made:
         u.stop()
+
+
+# -- the README's and the docs' examples, run as written --
+
+_namespaces = itertools.count()
+
+
+class Namespace:
+    """A network namespace with only loopback, holding the given addresses."""
+
+    def __init__(self, addresses: list[str]):
+        self.name = f"meshcore-docs-{os.getpid()}-{next(_namespaces)}"
+        self.procs: list[subprocess.Popen] = []
+        subprocess.run(["ip", "netns", "add", self.name], check=True)
+        self.ip("link", "set", "lo", "up")
+        for a in addresses:
+            self.ip("addr", "add", f"{a}/32", "dev", "lo")
+
+    def ip(self, *args: str) -> None:
+        subprocess.run(["ip", "netns", "exec", self.name, "ip", *args], check=True)
+
+    def shell(self, line: str, cwd: Path) -> str:
+        """Runs a README line; a background one (`&`) runs until the end of
+        the test, and this returns its first line of output, once it has one."""
+        command = line.split(" #", 1)[0].strip()
+        background = command.endswith("&")
+        argv = ["ip", "netns", "exec", self.name, "bash", "-c", command.rstrip("&").strip()]
+        if not background:
+            done = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=60)
+            assert done.returncode == 0, f"{command!r} failed: {done.stderr}"
+            return done.stdout
+        proc = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.procs.append(proc)
+        # Serving: meshcore says it is ready, the example app names itself.
+        return OutputLines(proc.stdout).wait_for(r"ready|^backend ", timeout=30)
+
+    def close(self) -> None:
+        for proc in self.procs:
+            proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        subprocess.run(["ip", "netns", "del", self.name], check=False)
+
+
+@pytest.fixture
+def namespace():
+    require_tool("ip", "iproute2")
+    require_tool("curl", "curl")
+    if os.geteuid() != 0:
+        pytest.fail("network namespaces need root (CI runs as root)")
+    made: list[Namespace] = []
+
+    def make(addresses: list[str]) -> Namespace:
+        made.append(Namespace(addresses))
+        return made[-1]
+
+    yield make
+    for ns in made:
+        ns.close()

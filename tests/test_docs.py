@@ -13,11 +13,10 @@ from pathlib import Path
 
 import httpx
 import jsonschema
-import pytest
 import tomllib
 import yaml
 
-from conftest import closed_port, require_tool
+from conftest import closed_port
 from mesh_helpers import API, addr, identity_files, inbound_config, issue, make_ca, outbound_config
 from meshcore.cli import build_parser
 from meshcore.config import Config
@@ -163,34 +162,21 @@ def test_python_blocks_compile():
         compile(body, page, "exec")
 
 
-def test_the_quick_start_pair_runs_as_written(tmp_path):
-    from test_readme_examples import Namespace
-
-    require_root_and_tools()
+def test_the_quick_start_pair_runs_as_written(namespace, tmp_path):
     text = pages()["quickstart.md"]
     files = {name: body for kind, name, _, body in BLOCK.findall(text) if kind == "file"}
     runs = {name: body for kind, name, _, body in BLOCK.findall(text) if kind == "run"}
     for name, body in files.items():
         (tmp_path / name).write_text(body)
-    ns = Namespace([])
-    try:
-        for line in runs["pair-identities"].splitlines():
-            ns.shell(line, tmp_path)
-        out = [ns.shell(line, tmp_path) for line in runs["pair-calls"].splitlines()]
-    finally:
-        ns.close()
+    ns = namespace([])
+    for line in runs["pair-identities"].splitlines():
+        ns.shell(line, tmp_path)
+    out = [ns.shell(line, tmp_path) for line in runs["pair-calls"].splitlines()]
     # The app answered through both proxies; plaintext to the mTLS port was refused; the
     # inbound proxy counted the request its policy let in.
     assert out[3] == "hello from api (unknown) path=/hello\n"
     assert out[4] == "refused\n"
     assert out[5] == 'inbound_http_authz_allow_total{listener="inbound",rule="default:all-authenticated"} 1\n'
-
-
-def require_root_and_tools() -> None:
-    require_tool("ip", "iproute2")
-    require_tool("curl", "curl")
-    if os.geteuid() != 0:
-        pytest.fail("network namespaces need root (CI runs as root)")
 
 
 # -- the metrics reference --

@@ -10,7 +10,6 @@ import json
 import socket
 import ssl
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +20,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from conftest import OutputLines, require_tool, wait_until
+from conftest import MESHCORE, OutputLines, closed_unanswered, require_tool, wait_until
 from meshcore import Proxy
 from meshcore.errors import ConfigError
-
-MESHCORE = [sys.executable, "-m", "meshcore"]
 
 
 class SiteCa:
@@ -233,13 +230,8 @@ def test_plaintext_to_an_edge_port_is_refused_and_counted(site, backend, proxy):
     app = backend(name="app")
     crt, key, _ = site.issue("edge")
     edge = proxy(edge_config(app.addr, crt, key))
-    with socket.create_connection(edge.addresses["edge"], timeout=5) as raw:
-        raw.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        try:
-            answer = raw.recv(4096)
-        except ConnectionResetError:  # closed with the request unread
-            answer = b""
-        assert answer == b"", "closed, unanswered"
+    request = b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n"
+    assert closed_unanswered(edge.addresses["edge"], request), "closed, unanswered"
     assert app.requests == 0
     series = 'tcp_errors_total{direction="inbound",listener="edge",error="tls_plaintext_refused"} 1'
     wait_until(lambda: series in edge.metrics().splitlines(), what="the refusal counted")

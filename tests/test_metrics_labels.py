@@ -8,7 +8,7 @@ import socket
 
 import httpx
 
-from conftest import one_service, wait_until
+from conftest import closed_unanswered, one_service, wait_until
 from mesh_helpers import identity_files, inbound_config, issue, make_ca
 
 
@@ -30,13 +30,7 @@ def test_plaintext_refused_by_a_mesh_listener_is_a_denial(proxy, backend, tmp_pa
     api = identity_files(ca, *issue(ca, "ns/default/sa/api", tmp_path / "api"))
     p = proxy(inbound_config(api, backend().addr))
     host, port = p.addresses["inbound"]
-    with socket.create_connection((host, port)) as s:
-        s.sendall(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
-        try:
-            answer = s.recv(100)
-        except ConnectionResetError:  # closed with our bytes unread
-            answer = b""
-        assert answer == b"", "closed without an answer"
+    assert closed_unanswered((host, port), b"GET / HTTP/1.1\r\nhost: x\r\n\r\n"), "closed without an answer"
     denied = 'inbound_http_authz_deny_total{listener="inbound",rule="tls:mesh"} 1'
     wait_until(lambda: denied in p.metrics(), what="the refusal counted as a denial")
 

@@ -5,14 +5,8 @@ in CI). A README that drifts from the code fails here."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
 from pathlib import Path
-
-import pytest
-
-from conftest import OutputLines, require_tool
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -28,63 +22,6 @@ def readme_blocks() -> tuple[dict[str, str], dict[str, list[str]]]:
         else:
             runs[name] = [line for line in body.splitlines() if line.strip()]
     return files, runs
-
-
-class Namespace:
-    """A network namespace with only loopback, holding the given addresses."""
-
-    def __init__(self, addresses: list[str]):
-        self.name = f"meshcore-readme-{os.getpid()}"
-        self.procs: list[subprocess.Popen] = []
-        subprocess.run(["ip", "netns", "add", self.name], check=True)
-        self.ip("link", "set", "lo", "up")
-        for a in addresses:
-            self.ip("addr", "add", f"{a}/32", "dev", "lo")
-
-    def ip(self, *args: str) -> None:
-        subprocess.run(["ip", "netns", "exec", self.name, "ip", *args], check=True)
-
-    def shell(self, line: str, cwd: Path) -> str:
-        """Runs a README line; a background one (`&`) runs until the end of
-        the test, and this returns its first line of output, once it has one."""
-        command = line.split(" #", 1)[0].strip()
-        background = command.endswith("&")
-        argv = ["ip", "netns", "exec", self.name, "bash", "-c", command.rstrip("&").strip()]
-        if not background:
-            done = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=60)
-            assert done.returncode == 0, f"{command!r} failed: {done.stderr}"
-            return done.stdout
-        proc = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        self.procs.append(proc)
-        # Serving: meshcore says it is ready, the example app names itself.
-        return OutputLines(proc.stdout).wait_for(r"ready|^backend ", timeout=30)
-
-    def close(self) -> None:
-        for proc in self.procs:
-            proc.terminate()
-        for proc in self.procs:
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        subprocess.run(["ip", "netns", "del", self.name], check=False)
-
-
-@pytest.fixture
-def namespace():
-    require_tool("ip", "iproute2")
-    require_tool("curl", "curl")
-    if os.geteuid() != 0:
-        pytest.fail("network namespaces need root (CI runs as root)")
-    made: list[Namespace] = []
-
-    def make(addresses: list[str]) -> Namespace:
-        made.append(Namespace(addresses))
-        return made[-1]
-
-    yield make
-    for ns in made:
-        ns.close()
 
 
 def test_identity_and_policy_example(namespace, tmp_path):
