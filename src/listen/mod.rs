@@ -41,8 +41,9 @@ pub struct ListenerSpec {
     pub header_read_timeout: Duration,
     pub idle_timeout: Duration,
     pub admission: Arc<admission::Admission>,
-    /// The acceptor, the listener's mode, and where its handshakes are counted.
-    pub tls: Option<(tokio_rustls::TlsAcceptor, TlsMode, Arc<Handshakes>)>,
+    /// The acceptor, the listener's mode, and where its handshakes are counted
+    /// (None for an edge: `tls_handshakes_total` counts the mesh's).
+    pub tls: Option<(tokio_rustls::TlsAcceptor, TlsMode, Option<Arc<Handshakes>>)>,
     /// Peers trusted to name the original caller (gateways).
     pub trusted_gateways: Arc<[String]>,
     /// Takes redirected connections, served by their original destination.
@@ -174,7 +175,9 @@ async fn accept_transport(
             }
         };
         let (_, session) = tls.get_ref();
-        handshakes.count(Side::Server, session.negotiated_key_exchange_group());
+        if let Some(handshakes) = handshakes {
+            handshakes.count(Side::Server, session.negotiated_key_exchange_group());
+        }
         let identity = session
             .peer_certificates()
             .and_then(|certs| certs.first())

@@ -321,16 +321,11 @@ impl Listeners {
                             StartError::Tls(format!("listeners[{index}].certificate.{field}: {e}"))
                         })?;
                 // tls_handshakes_total counts the mesh's handshakes; an edge's are not among them.
-                let handshakes = Arc::default();
-                Some((
-                    tokio_rustls::TlsAcceptor::from(config),
-                    TlsMode::Server,
-                    handshakes,
-                ))
+                Some((tokio_rustls::TlsAcceptor::from(config), TlsMode::Server, None))
             }
             (mode, Some(identity)) => {
                 let config = tls::server_config(identity, mode == TlsMode::Mesh).map_err(StartError::Tls)?;
-                let handshakes = identity.handshakes.clone();
+                let handshakes = Some(identity.handshakes.clone());
                 Some((tokio_rustls::TlsAcceptor::from(config), mode, handshakes))
             }
             (_, None) => {
