@@ -4,9 +4,11 @@
 //! slow disk, a stdout nobody reads) lines are dropped and counted, never
 //! waited for. A file rotated away by an external tool is followed by path.
 
+use super::spool::Spool;
 use super::summary::protocol;
+use super::text;
 use super::Summary;
-use crate::time::civil::Civil;
+use std::cell::RefCell;
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
@@ -14,15 +16,21 @@ use std::os::fd::AsFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// How often the writer looks whether its file was rotated away.
 const CHECK_EVERY: Duration = Duration::from_secs(1);
-/// A batch is written once this big, even if more lines are queued.
-const BATCH_BYTES: usize = 64 * 1024;
+/// The writer writes at once when this much is queued (or half its queue's
+/// lines), without waiting for the rest of `GATHER`.
+const BATCH_BYTES: usize = 4 * 1024 * 1024;
+/// How long the writer lets lines gather after the first: woken for each
+/// one, it would cost the proxy's core a context switch per request.
+const GATHER: Duration = Duration::from_millis(10);
+/// A batch buffer grown past this by a burst is given back after its write.
+const KEEP_BYTES: usize = 8 * 1024 * 1024;
 /// How long dropping an access log waits for its queued lines to be written:
 /// a writer stuck on a stdout nobody reads must not hang shutdown.
 const DRAIN_LIMIT: Duration = Duration::from_secs(5);
@@ -63,13 +71,18 @@ struct Counters {
 pub struct AccessLog {
     target: Target,
     format: Format,
-    /// None only while dropping: closing the queue tells the writer to finish.
-    lines: Option<SyncSender<Vec<u8>>>,
+    lines: Arc<Spool>,
     counters: Arc<Counters>,
     writer: Option<JoinHandle<()>>,
     /// Disconnects when the writer thread ends (it never sends). In a mutex
     /// so that the log can be shared between workers (a receiver is not Sync).
     finished: Mutex<Receiver<()>>,
+}
+
+thread_local! {
+    /// Where a worker formats its lines before queueing them: the queue's
+    /// lock is held for a copy, not for formatting.
+    static LINE: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(LINE_CAPACITY));
 }
 
 impl AccessLog {
@@ -88,11 +101,12 @@ impl AccessLog {
         gate: Option<Receiver<()>>,
     ) -> io::Result<AccessLog> {
         let sink = Sink::open(&target)?;
-        let (lines, queue) = sync_channel(capacity.max(1));
+        let lines = Arc::new(Spool::new(capacity));
         let (finished_guard, finished) = sync_channel::<()>(0);
         let counters = Arc::new(Counters::default());
         let writer = {
             let counters = counters.clone();
+            let lines = lines.clone();
             std::thread::Builder::new()
                 .name("meshcore-access-log".into())
                 .spawn(move || {
@@ -100,13 +114,13 @@ impl AccessLog {
                     if let Some(gate) = gate {
                         let _ = gate.recv();
                     }
-                    write_until_closed(queue, sink, &counters);
+                    write_until_closed(&lines, sink, &counters);
                 })?
         };
         Ok(AccessLog {
             target,
             format,
-            lines: Some(lines),
+            lines,
             counters,
             writer: Some(writer),
             finished: Mutex::new(finished),
@@ -116,15 +130,20 @@ impl AccessLog {
     /// Logs a finished request. Never blocks: the line is formatted here and
     /// dropped (and counted) if the writer's queue is full.
     pub fn send(&self, summary: &Summary) {
-        let Some(lines) = &self.lines else { return };
-        let mut line = Vec::with_capacity(LINE_CAPACITY);
-        match self.format {
-            Format::Json => summary.json_line(&mut line),
-            Format::Common => common_line(summary, &mut line),
-        }
-        // Disconnected: the writer is gone (it does not panic by design); the
-        // line is as lost as if it had fallen behind.
-        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = lines.try_send(line) {
+        let queued = LINE.with_borrow_mut(|line| {
+            line.clear();
+            match self.format {
+                Format::Json => summary.json_line(line),
+                Format::Common => common_line(summary, line),
+            }
+            let queued = self.lines.push(line);
+            // A line swollen by a long path is not kept for the next one.
+            if line.capacity() > 4 * LINE_CAPACITY {
+                *line = Vec::with_capacity(LINE_CAPACITY);
+            }
+            queued
+        });
+        if !queued {
             self.counters.dropped_behind.fetch_add(1, Relaxed);
         }
     }
@@ -167,7 +186,7 @@ impl fmt::Debug for AccessLog {
 
 impl Drop for AccessLog {
     fn drop(&mut self) {
-        drop(self.lines.take());
+        self.lines.close();
         // Disconnected: the writer wrote what was queued and ended; a timeout
         // leaves a stuck writer behind rather than hanging whoever drops this.
         let finished = self.finished.lock().unwrap_or_else(|p| p.into_inner());
@@ -179,37 +198,27 @@ impl Drop for AccessLog {
     }
 }
 
-/// The writer thread: batches what is queued, writes each batch in one go
-/// once the queue is momentarily empty, and looks for rotation each second.
-/// How long the writer lets lines gather after a write.
-const GATHER: Duration = Duration::from_millis(10);
-
-fn write_until_closed(queue: Receiver<Vec<u8>>, mut sink: Sink, counters: &Counters) {
+/// The writer thread: waits for a line, lets more gather for `GATHER` (or
+/// until half the queue or `BATCH_BYTES` is filled), writes them in one go, and looks for
+/// rotation each second. Ends once the queue is closed and written.
+fn write_until_closed(lines: &Spool, mut sink: Sink, counters: &Counters) {
     let mut next_check = Instant::now() + CHECK_EVERY;
+    let mut batch = Vec::new();
+    let half = lines.capacity().div_ceil(2);
     loop {
-        match queue.recv_timeout(next_check.saturating_duration_since(Instant::now())) {
-            Ok(line) => {
-                sink.push(&line);
-                let mut drained = false;
-                while sink.batch.len() < BATCH_BYTES {
-                    match queue.try_recv() {
-                        Ok(line) => sink.push(&line),
-                        Err(_) => {
-                            drained = true;
-                            break;
-                        }
-                    }
-                }
-                sink.flush(counters);
-                // With the queue drained, lines gather while the writer rests:
-                // woken for each one, it would cost the proxy's core a context
-                // switch per request. A full batch is followed at once.
-                if drained {
-                    std::thread::sleep(GATHER);
-                }
+        if lines.wait(1, usize::MAX, next_check) > 0 {
+            lines.wait(half, BATCH_BYTES, Instant::now() + GATHER);
+        }
+        let taken = lines.take(&mut batch);
+        if !batch.is_empty() {
+            sink.write(&batch, taken.records as u64, counters);
+            batch.clear();
+            if batch.capacity() > KEEP_BYTES {
+                batch = Vec::with_capacity(BATCH_BYTES);
             }
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => return,
+        }
+        if taken.closed {
+            return;
         }
         if Instant::now() >= next_check {
             sink.follow_rotation();
@@ -218,20 +227,16 @@ fn write_until_closed(queue: Receiver<Vec<u8>>, mut sink: Sink, counters: &Count
     }
 }
 
-/// Where the writer writes, and the batch it is gathering.
+/// Where the writer writes.
 struct Sink {
     out: File,
     /// The path followed through rotations; None for stdout.
     path: Option<PathBuf>,
     /// Device and inode of `out`, to notice the path now names another file.
     id: (u64, u64),
-    /// The last write stopped inside a line: the next batch starts with a
-    /// newline, so the torn line does not swallow the next one.
+    /// The last write stopped inside a line: a newline goes first, so the
+    /// torn line does not swallow the next one.
     torn: bool,
-    batch: Vec<u8>,
-    batch_lines: u64,
-    /// The batch starts with the newline that ends a torn line.
-    batch_mends: bool,
 }
 
 impl Sink {
@@ -255,55 +260,53 @@ impl Sink {
             path,
             id,
             torn: false,
-            batch: Vec::with_capacity(BATCH_BYTES),
-            batch_lines: 0,
-            batch_mends: false,
         })
     }
 
-    fn push(&mut self, line: &[u8]) {
-        if self.batch.is_empty() && self.torn {
-            self.batch.push(b'\n');
-            self.batch_mends = true;
-        }
-        self.batch.extend_from_slice(line);
-        self.batch_lines += 1;
-    }
-
-    /// Writes the batch; lines that did not reach the file whole are dropped
-    /// and counted. A failure waits for the next batch: no retry loop.
-    fn flush(&mut self, counters: &Counters) {
-        let mut done = 0;
-        let result = loop {
-            if done == self.batch.len() {
-                break Ok(());
-            }
-            match self.out.write(&self.batch[done..]) {
-                Ok(0) => break Err(io::Error::from(io::ErrorKind::WriteZero)),
-                Ok(n) => done += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => break Err(e),
-            }
+    /// Writes a batch of `lines` lines; lines that did not reach the file
+    /// whole are dropped and counted. A failure waits for the next batch: no
+    /// retry loop.
+    fn write(&mut self, batch: &[u8], lines: u64, counters: &Counters) {
+        let (done, result) = match self.torn {
+            true => match self.write_some(b"\n") {
+                (1, _) => {
+                    self.torn = false;
+                    self.write_some(batch)
+                }
+                (_, result) => (0, result),
+            },
+            false => self.write_some(batch),
         };
         // Every line ends in its only newline (both formats escape the rest).
-        let ended = self.batch[..done].iter().filter(|&&b| b == b'\n').count() as u64;
-        let whole = ended - u64::from(self.batch_mends && done > 0);
+        let whole = match done == batch.len() {
+            true => lines,
+            false => batch[..done].iter().filter(|&&b| b == b'\n').count() as u64,
+        };
         counters.written.fetch_add(whole, Relaxed);
         if done > 0 {
-            self.torn = self.batch[done - 1] != b'\n';
+            self.torn = batch[done - 1] != b'\n';
         }
         if let Err(e) = result {
-            counters
-                .dropped_write
-                .fetch_add(self.batch_lines - whole, Relaxed);
+            counters.dropped_write.fetch_add(lines - whole, Relaxed);
             crate::throttled!(
                 "access log {}: {e}; dropping lines until it can be written",
                 self.name()
             );
         }
-        self.batch.clear();
-        self.batch_lines = 0;
-        self.batch_mends = false;
+    }
+
+    /// Writes `bytes` until done or an error: how much was written, and the error.
+    fn write_some(&mut self, bytes: &[u8]) -> (usize, io::Result<()>) {
+        let mut done = 0;
+        while done < bytes.len() {
+            match self.out.write(&bytes[done..]) {
+                Ok(0) => return (done, Err(io::Error::from(io::ErrorKind::WriteZero))),
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return (done, Err(e)),
+            }
+        }
+        (done, Ok(()))
     }
 
     /// Reopens the path if it no longer names the open file: logrotate's
@@ -354,43 +357,33 @@ fn open_append(path: &Path) -> io::Result<(File, (u64, u64))> {
 /// `-` for what is unknown; the user is the client's SPIFFE ID. The time is
 /// when the request arrived, in UTC.
 pub fn common_line(summary: &Summary, out: &mut Vec<u8>) {
-    // Writing into a Vec cannot fail.
     match summary.client {
-        Some(client) => {
-            let _ = write!(out, "{}", client.ip());
-        }
+        Some(client) => text::push_ip(client.ip(), out),
         None => out.push(b'-'),
     }
     out.extend_from_slice(b" - ");
     escaped_or_dash(summary.identity.as_deref().unwrap_or(""), true, out);
-    let (c, _) = Civil::at(summary.start);
-    let _ = write!(
-        out,
-        " [{:02}/{}/{:04}:{:02}:{:02}:{:02} +0000] \"",
-        c.day,
-        c.month_abbr(),
-        c.year,
-        c.hour,
-        c.minute,
-        c.second
-    );
+    out.extend_from_slice(b" [");
+    text::clf_time(summary.start, out);
+    out.extend_from_slice(b"] \"");
     escaped_or_dash(summary.method.as_str(), false, out);
     out.push(b' ');
     escaped_or_dash(&summary.path, false, out);
     out.push(b' ');
     out.extend_from_slice(protocol(summary.version).as_bytes());
     out.extend_from_slice(b"\" ");
+    let mut itoa = itoa::Buffer::new();
     match summary.status {
         0 => out.push(b'-'),
-        status => {
-            let _ = write!(out, "{status}");
-        }
+        status => out.extend_from_slice(itoa.format(status).as_bytes()),
     }
     // As Apache's %b: "-" for no body bytes.
     match summary.response_bytes {
         0 => out.extend_from_slice(b" -\n"),
         bytes => {
-            let _ = writeln!(out, " {bytes}");
+            out.push(b' ');
+            out.extend_from_slice(itoa.format(bytes).as_bytes());
+            out.push(b'\n');
         }
     }
 }
@@ -706,17 +699,12 @@ mod tests {
             path: None,
             id: (0, 0),
             torn: false,
-            batch: Vec::new(),
-            batch_lines: 0,
-            batch_mends: false,
         };
         let counters = Counters::default();
         let line = format!("{}\n", "x".repeat(96));
         let pushed = 100_000;
-        for _ in 0..pushed {
-            sink.push(line.as_bytes());
-        }
-        sink.flush(&counters);
+        let batch = line.repeat(pushed as usize);
+        sink.write(batch.as_bytes(), pushed, &counters);
         let written = counters.written.load(Relaxed);
         assert!(written > 0 && written < pushed, "{written}");
         assert_eq!(written + counters.dropped_write.load(Relaxed), pushed);
@@ -726,8 +714,7 @@ mod tests {
         let _ = theirs.read_to_end(&mut received);
         let torn = !received.ends_with(b"\n");
         assert_eq!(sink.torn, torn);
-        sink.push(b"next\n");
-        sink.flush(&counters);
+        sink.write(b"next\n", 1, &counters);
         received.clear();
         let _ = theirs.read_to_end(&mut received);
         let expected: &[u8] = if torn { b"\nnext\n" } else { b"next\n" };

@@ -5,8 +5,10 @@
 pub mod access_log;
 pub mod otlp;
 pub mod retire;
+mod spool;
 pub mod summary;
 pub mod tap;
+mod text;
 pub mod trace;
 pub mod tracer;
 

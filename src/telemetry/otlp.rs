@@ -1,21 +1,22 @@
 //! Spans, and their export to an OpenTelemetry collector over OTLP/HTTP
 //! (protobuf), batched on a thread of its own.
 //!
-//! The request path only ever `try_send`s onto a bounded queue: a slow or
+//! The request path only ever appends a span to a bounded queue: a slow or
 //! absent collector costs dropped spans (counted), never latency or memory.
 //! A batch the collector refuses or that cannot be sent is dropped and
 //! counted; nothing is retried.
 
+use super::spool::Spool;
 use super::trace::{SpanId, TraceId};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
+use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,8 +35,8 @@ pub enum Value<'a> {
 }
 
 /// One finished span, borrowing what it names: the request path encodes it
-/// straight to protobuf, so a span costs one allocation however many
-/// attributes it has.
+/// straight to protobuf, into a buffer its thread keeps, so a span costs no
+/// allocation however many attributes it has.
 #[derive(Clone, Copy, Debug)]
 pub struct Span<'a> {
     pub trace_id: TraceId,
@@ -89,14 +90,20 @@ struct Counters {
 
 /// Sends spans to one collector. Dropping it flushes what is queued (within
 /// about `timeout`, twice that if a request is in flight) and joins its thread.
-/// How long the exporter lets spans gather between looks at its queue.
-const GATHER: Duration = Duration::from_millis(20);
-
 pub struct Exporter {
-    /// Spans already encoded (`Span::encode`).
-    queue: Option<mpsc::Sender<Vec<u8>>>,
+    /// Spans already encoded, each as a `ScopeSpans.spans` field (`Span::encode`).
+    spans: Arc<Spool>,
     counters: Arc<Counters>,
     thread: Option<JoinHandle<()>>,
+}
+
+/// Room before a span's encoding for its field key (1 byte) and length (at
+/// most 5 bytes: a span is far below 4 GiB).
+const FIELD_HEAD: usize = 6;
+
+thread_local! {
+    /// Where a worker encodes its spans before queueing them.
+    static ENCODED: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(512));
 }
 
 impl Exporter {
@@ -111,10 +118,10 @@ impl Exporter {
             .enable_all()
             .build()
             .map_err(|e| format!("otlp: cannot start its runtime: {e}"))?;
-        let (tx, rx) = mpsc::channel(options.queue);
+        let spans = Arc::new(Spool::new(options.queue));
         let counters = Arc::new(Counters::default());
         let worker = Worker {
-            rx,
+            spans: spans.clone(),
             client: Client::new(authority),
             prefix: Prefix::new(service_name),
             options,
@@ -125,7 +132,7 @@ impl Exporter {
             .spawn(move || runtime.block_on(worker.run()))
             .map_err(|e| format!("otlp: cannot start its thread: {e}"))?;
         Ok(Exporter {
-            queue: Some(tx),
+            spans,
             counters,
             thread: Some(thread),
         })
@@ -133,10 +140,17 @@ impl Exporter {
 
     /// Queues a span for export; never blocks. A full queue drops it (counted).
     pub fn send(&self, span: &Span<'_>) {
-        let queued = self
-            .queue
-            .as_ref()
-            .is_some_and(|q| q.capacity() > 0 && q.try_send(span.encode()).is_ok());
+        let queued = ENCODED.with_borrow_mut(|out| {
+            out.clear();
+            out.resize(FIELD_HEAD, 0);
+            span.encode_into(out);
+            let start = field_head(2, FIELD_HEAD, out);
+            let queued = self.spans.push(&out[start..]);
+            if out.capacity() > 8192 {
+                *out = Vec::with_capacity(512);
+            }
+            queued
+        });
         if !queued {
             self.counters.dropped.fetch_add(1, Relaxed);
         }
@@ -161,7 +175,7 @@ impl Exporter {
 impl Drop for Exporter {
     fn drop(&mut self) {
         // Closing the queue tells the worker to flush and stop.
-        self.queue.take();
+        self.spans.close();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
@@ -202,83 +216,58 @@ fn collector_authority(collector: &str) -> Result<String, String> {
 }
 
 struct Worker {
-    rx: mpsc::Receiver<Vec<u8>>,
+    spans: Arc<Spool>,
     client: Client,
     prefix: Prefix,
     options: ExportOptions,
     counters: Arc<Counters>,
 }
 
+/// How long an idle exporter sleeps between looks at a queue that stays
+/// empty; a span wakes it sooner.
+const IDLE: Duration = Duration::from_secs(3600);
+
 impl Worker {
+    /// Waits for a first span, lets more gather until a batch is full or
+    /// `interval` passes, and sends what is queued in batches of at most
+    /// `batch`. Once the queue is closed, sends what is left and ends.
     async fn run(mut self) {
-        let mut batch = Vec::with_capacity(self.options.batch);
-        // Set once the queue is closed: the flush must end by then.
-        let mut flush_by: Option<Instant> = None;
+        let mut queued = Vec::new();
         loop {
-            let open = self.fill(&mut batch).await;
-            if (!open || self.rx.is_closed()) && flush_by.is_none() {
-                flush_by = Some(Instant::now() + self.options.timeout);
+            if self.spans.ready(1, usize::MAX, IDLE).await > 0 {
+                self.spans
+                    .ready(self.options.batch, usize::MAX, self.options.interval)
+                    .await;
             }
-            if !batch.is_empty() {
+            let taken = self.spans.take(&mut queued);
+            // The flush at shutdown ends within `timeout`.
+            let flush_by = taken.closed.then(|| Instant::now() + self.options.timeout);
+            let mut batches = Batches::new(&queued, self.options.batch);
+            while let Some((spans, n)) = batches.next() {
+                if flush_by.is_some_and(|at| Instant::now() >= at) {
+                    let left = n + batches.map(|(_, n)| n).sum::<u64>();
+                    self.counters.failed.fetch_add(left, Relaxed);
+                    crate::throttled!("otlp: {left} spans not exported: the flush at shutdown timed out");
+                    break;
+                }
                 let deadline = match flush_by {
                     Some(at) => at.min(Instant::now() + self.options.timeout),
                     None => Instant::now() + self.options.timeout,
                 };
-                self.export(&mut batch, deadline).await;
+                self.export(spans, n, deadline).await;
             }
-            if !open {
-                return; // closed and drained
+            queued.clear();
+            if queued.capacity() > 4 * 1024 * 1024 {
+                queued = Vec::new();
             }
-            if flush_by.is_some_and(|at| Instant::now() >= at) {
-                let mut left = 0;
-                while self.rx.try_recv().is_ok() {
-                    left += 1;
-                }
-                if left > 0 {
-                    self.counters.failed.fetch_add(left, Relaxed);
-                    crate::throttled!("otlp: {left} spans not exported: the flush at shutdown timed out");
-                }
+            if taken.closed {
                 return;
             }
         }
     }
 
-    /// Waits for a first span, then gathers more until the batch is full or
-    /// `interval` passes. False once the queue is closed (and drained).
-    async fn fill(&mut self, batch: &mut Vec<Vec<u8>>) -> bool {
-        let max = self.options.batch;
-        let Some(first) = self.rx.recv().await else {
-            return false;
-        };
-        batch.push(first);
-        let until = Instant::now() + self.options.interval;
-        // Spans gather in pauses: woken for each one, this thread would cost
-        // the proxy's core a context switch per request.
-        while batch.len() < max {
-            loop {
-                match self.rx.try_recv() {
-                    Ok(span) => batch.push(span),
-                    Err(mpsc::error::TryRecvError::Empty) => break,
-                    // Closed: this batch goes; the next `fill` sees the end.
-                    Err(mpsc::error::TryRecvError::Disconnected) => return true,
-                }
-                if batch.len() == max {
-                    return true;
-                }
-            }
-            let now = Instant::now();
-            if now >= until {
-                break;
-            }
-            tokio::time::sleep((until - now).min(GATHER)).await;
-        }
-        true
-    }
-
-    async fn export(&mut self, batch: &mut Vec<Vec<u8>>, deadline: Instant) {
-        let n = batch.len() as u64;
-        let body = self.prefix.request(batch);
-        batch.clear();
+    async fn export(&mut self, spans: &[u8], n: u64, deadline: Instant) {
+        let body = self.prefix.request(spans);
         let answer = tokio::time::timeout_at(deadline, self.client.post(body)).await;
         let outcome = match answer {
             Ok(Ok(rejected)) => Ok(rejected.min(n)),
@@ -304,6 +293,44 @@ impl Worker {
                 crate::throttled!("otlp: {n} spans not exported to {}: {why}", self.client.authority);
             }
         }
+    }
+}
+
+/// Queued spans (`ScopeSpans.spans` fields, back to back) cut into runs of
+/// at most `batch` spans: each run's bytes and its count.
+struct Batches<'a> {
+    rest: &'a [u8],
+    batch: usize,
+}
+
+impl<'a> Batches<'a> {
+    fn new(queued: &'a [u8], batch: usize) -> Self {
+        Batches { rest: queued, batch }
+    }
+}
+
+impl<'a> Iterator for Batches<'a> {
+    type Item = (&'a [u8], u64);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let mut end = 0;
+        let mut n = 0u64;
+        while n < self.batch as u64 && end < self.rest.len() {
+            // A field this process encoded: its key byte, then its length.
+            let mut head = &self.rest[end + 1..];
+            let before = head.len();
+            let len = prost::encoding::decode_varint(&mut head).unwrap_or(u64::MAX) as usize;
+            end = (end + 1 + before - head.len())
+                .saturating_add(len)
+                .min(self.rest.len());
+            n += 1;
+        }
+        if n == 0 {
+            return None;
+        }
+        let (run, rest) = self.rest.split_at(end);
+        self.rest = rest;
+        Some((run, n))
     }
 }
 
@@ -432,35 +459,41 @@ impl Prefix {
     }
 
     /// The protobuf body of one export request (ExportTraceServiceRequest):
-    /// one ResourceSpans holding one ScopeSpans holding the spans.
-    fn request(&self, spans: &[Vec<u8>]) -> Vec<u8> {
-        let scope_spans =
-            field_len(1, self.scope.len()) + spans.iter().map(|s| field_len(2, s.len())).sum::<usize>();
+    /// one ResourceSpans holding one ScopeSpans holding the spans, which
+    /// come encoded as its `spans` fields.
+    fn request(&self, spans: &[u8]) -> Vec<u8> {
+        let scope_spans = field_len(1, self.scope.len()) + spans.len();
         let resource_spans = field_len(1, self.resource.len()) + field_len(2, scope_spans);
         let mut out = Vec::with_capacity(field_len(1, resource_spans));
         bytes_head(1, resource_spans, &mut out);
         bytes_field(1, &self.resource, &mut out);
         bytes_head(2, scope_spans, &mut out);
         bytes_field(1, &self.scope, &mut out);
-        for span in spans {
-            bytes_field(2, span, &mut out);
-        }
+        out.extend_from_slice(spans);
         out
     }
 }
 
 impl Span<'_> {
     /// The span as an OTLP `Span` message (trace.proto), fields in order.
+    #[cfg(test)]
     pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.encode_into(&mut out);
+        out
+    }
+
+    /// `encode`, appended to `out`.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
         use prost::encoding::{encode_key, encode_varint, WireType};
         let name_len = self.name.iter().map(|p| p.len()).sum();
-        let mut out = Vec::with_capacity(192 + name_len + 48 * self.attributes.len());
-        bytes_field(1, &self.trace_id.to_bytes(), &mut out);
-        bytes_field(2, &self.span_id.to_bytes(), &mut out);
+        out.reserve(192 + name_len + 48 * self.attributes.len());
+        bytes_field(1, &self.trace_id.to_bytes(), out);
+        bytes_field(2, &self.span_id.to_bytes(), out);
         if let Some(parent) = self.parent {
-            bytes_field(4, &parent.to_bytes(), &mut out);
+            bytes_field(4, &parent.to_bytes(), out);
         }
-        bytes_head(5, name_len, &mut out);
+        bytes_head(5, name_len, out);
         for piece in self.name {
             out.extend_from_slice(piece.as_bytes());
         }
@@ -468,23 +501,22 @@ impl Span<'_> {
             SpanKind::Server => proto::SpanKind::Server,
             SpanKind::Client => proto::SpanKind::Client,
         };
-        encode_key(6, WireType::Varint, &mut out);
-        encode_varint(kind as u64, &mut out);
-        encode_key(7, WireType::SixtyFourBit, &mut out);
+        encode_key(6, WireType::Varint, out);
+        encode_varint(kind as u64, out);
+        encode_key(7, WireType::SixtyFourBit, out);
         out.extend_from_slice(&unix_nanos(self.start).to_le_bytes());
-        encode_key(8, WireType::SixtyFourBit, &mut out);
+        encode_key(8, WireType::SixtyFourBit, out);
         out.extend_from_slice(&unix_nanos(self.end).to_le_bytes());
         for (key, value) in self.attributes {
-            key_value(key, *value, &mut out);
+            key_value(key, *value, out);
         }
         if self.error {
             // Status { code = ERROR }
             let code = proto::StatusCode::Error as u64;
-            bytes_head(15, 1 + prost::encoding::encoded_len_varint(code), &mut out);
-            encode_key(3, WireType::Varint, &mut out);
-            encode_varint(code, &mut out);
+            bytes_head(15, 1 + prost::encoding::encoded_len_varint(code), out);
+            encode_key(3, WireType::Varint, out);
+            encode_varint(code, out);
         }
-        out
     }
 }
 
@@ -526,6 +558,19 @@ fn bytes_field(tag: u32, bytes: &[u8], out: &mut Vec<u8>) {
 /// The encoded size of a length-delimited field of `len` bytes.
 fn field_len(tag: u32, len: usize) -> usize {
     prost::encoding::key_len(tag) + prost::encoding::encoded_len_varint(len as u64) + len
+}
+
+/// Writes the key and length of a length-delimited field (number `tag`)
+/// holding what follows `room` bytes left free at the start of `out`,
+/// right-aligned in that room: where the field starts.
+fn field_head(tag: u32, room: usize, out: &mut [u8]) -> usize {
+    use prost::encoding::{encode_key, encode_varint, encoded_len_varint, key_len, WireType};
+    let len = (out.len() - room) as u64;
+    let start = room - key_len(tag) - encoded_len_varint(len);
+    let mut head = &mut out[start..room];
+    encode_key(tag, WireType::LengthDelimited, &mut head);
+    encode_varint(len, &mut head);
+    start
 }
 
 fn unix_nanos(t: SystemTime) -> u64 {
@@ -760,6 +805,33 @@ mod tests {
         assert_eq!(ours, python);
     }
 
+    /// Spans as the exporter's queue holds them.
+    fn queued(spans: &[Span<'_>]) -> Vec<u8> {
+        let mut all = Vec::new();
+        for span in spans {
+            let mut out = vec![0; FIELD_HEAD];
+            span.encode_into(&mut out);
+            let start = field_head(2, FIELD_HEAD, &mut out);
+            all.extend_from_slice(&out[start..]);
+        }
+        all
+    }
+
+    #[test]
+    fn queued_spans_are_cut_into_batches_of_at_most_batch_whole_spans() {
+        // A long name makes one span's length take two bytes.
+        let long = ["x"; 200];
+        let spans = [span(&["a"]), span(&long), span(&["b"]), span(&["c"]), span(&[])];
+        let all = queued(&spans);
+        let runs: Vec<_> = Batches::new(&all, 2).collect();
+        assert_eq!(runs.iter().map(|(_, n)| *n).collect::<Vec<_>>(), [2, 2, 1]);
+        assert_eq!(runs.iter().map(|(run, _)| run.len()).sum::<usize>(), all.len());
+        for ((run, _), pair) in runs.iter().zip(spans.chunks(2)) {
+            assert_eq!(*run, &queued(pair)[..]);
+        }
+        assert_eq!(Batches::new(&[], 2).count(), 0);
+    }
+
     #[test]
     fn a_request_decodes_back_to_what_went_in() {
         let plain = span(&["outbound"]);
@@ -769,7 +841,7 @@ mod tests {
             name: &[],
             ..plain
         };
-        let body = Prefix::new("web").request(&[golden_span().encode(), plain.encode(), odd.encode()]);
+        let body = Prefix::new("web").request(&queued(&[golden_span(), plain, odd]));
         let request = proto::ExportTraceServiceRequest::decode(&body[..]).unwrap();
         let [rs] = &request.resource_spans[..] else {
             panic!("one resource")

@@ -5,10 +5,10 @@
 
 use super::otlp::{Exporter, Span, SpanKind, Value};
 use super::retire::OffThread;
+use super::text;
 use super::trace::{self, Format, SpanId, TraceId};
 use super::Summary;
 use crate::config::TracingConfig;
-use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -94,8 +94,10 @@ impl Tracer {
             None => &[method],
             Some(route) => &[method, " ", route],
         };
-        let mut text = [0u8; 64]; // the longest socket address is 58 bytes
-        let endpoint = summary.endpoint.map_or("", |addr| shown(addr, &mut text));
+        let mut text = [0u8; 64];
+        let endpoint = summary
+            .endpoint
+            .map_or("", |addr| text::addr_text(addr, &mut text));
         fn named<'a>(key: &'static str, value: &'a str) -> Option<(&'static str, Value<'a>)> {
             (!value.is_empty()).then_some((key, Value::Str(value)))
         }
@@ -151,17 +153,4 @@ impl Tracer {
         let e = self.exporter.as_ref()?;
         Some((e.exported(), e.dropped(), e.failed()))
     }
-}
-
-/// `value` as it displays, written into `out` (empty if it does not fit).
-fn shown(value: impl std::fmt::Display, out: &mut [u8]) -> &str {
-    let room = out.len();
-    let left = {
-        let mut rest = &mut out[..];
-        match write!(rest, "{value}") {
-            Ok(()) => rest.len(),
-            Err(_) => room,
-        }
-    };
-    std::str::from_utf8(&out[..room - left]).unwrap_or("")
 }
