@@ -7,16 +7,17 @@ wrk (HTTP/1.1 keep-alive) -> meshcore (`workers = 1`, CPU 1) -> nginx (CPU 0, wi
 One proxy serves every case: its telemetry is switched by applying a config through the admin
 API (PUT /config), so a case and the baseline differ only in what the case turns on, not in the
 process (two processes of the same build can differ by several percent on this machine). Each
-round measures every case back to back with `off` (which of the two goes first alternates by
-round, and the order of cases rotates), after a 1 s warm-up in that setting: this shared
-machine's speed drifts by more than the bar over minutes. A case's ratio is the median over the
-rounds of its req/s over that of the `off` measured next to it; its added CPU, the median of the
-paired differences. The cases:
+round measures every case between two measurements of `off` (off, case, off, case, ..., off; the
+order of cases rotates by round), each after a 1 s warm-up in its setting: this shared machine's
+speed drifts by more than the bar over minutes. A case's ratio is the median over the rounds of
+its req/s over the mean of the two `off` beside it; its added CPU, the median of the differences
+from their mean CPU. The cases:
   off                no telemetry at all (the baseline);
   access-json        `access_log = {path = FILE}` (JSON lines to a file);
   access-common      the same in the Common Log Format;
   tracing            `[tracing] sampling = 1.0, otlp = SINK`: every request sampled, its span
-                     exported to a minimal OTLP/HTTP sink (bench/span_sink.py, CPU 0);
+                     exported to a minimal OTLP/HTTP sink (an nginx that reads and discards
+                     each POST /v1/traces and answers 200 with an empty body, CPU 0);
   tracing-propagate  `[tracing] sampling = 1.0` without a collector (trace context only);
   tap                telemetry off, but a reader consuming the admin API's GET /tap (JSON lines)
                      for the whole measurement (a thread of this script, CPU 0);
@@ -138,6 +139,52 @@ class Subject:
     def log(self, case: str) -> Optional[Path]:
         settings = telemetry_config(case, self.tmp, self.sink).get("access_log")
         return Path(settings["path"]) if settings else None
+
+
+def start_span_sink(tmp: Path, port: int) -> subprocess.Popen:
+    """A span sink that takes OTLP/HTTP exports over keep-alive HTTP/1.1: an nginx answering
+    POST /v1/traces with 200 and an empty body (an empty ExportTraceServiceResponse: no partial
+    rejection), the body read and discarded. It shares CPU 0 with wrk and nginx, so it must cost
+    little per span: a Python sink took about 1 µs of that CPU per span, which lowered the req/s of
+    the tracing cases whatever the proxy did. Each request is logged (status, Content-Length)."""
+    (tmp / "sink").mkdir()
+    conf = tmp / "sink" / "nginx.conf"
+    conf.write_text(f"""
+worker_processes 1;
+daemon off;
+pid {tmp}/sink/nginx.pid;
+error_log {tmp}/sink/error.log;
+events {{ worker_connections 64; }}
+http {{
+    log_format sink '$status $content_length';
+    access_log {tmp}/sink/posts.log sink;
+    keepalive_requests 1000000;
+    client_max_body_size 64m;
+    client_body_temp_path {tmp}/sink;
+    server {{
+        listen 127.0.0.1:{port};
+        location = /v1/traces {{ default_type application/x-protobuf; return 200 ""; }}
+        location / {{ return 404; }}
+    }}
+}}
+""")
+    proc = subprocess.Popen(pinned(0, ["nginx", "-c", str(conf), "-p", str(tmp / "sink")]))
+    wait_port(port)
+    return proc
+
+
+def sink_took(tmp: Path) -> str:
+    """What the span sink got: POSTs answered 200, their bytes, and requests refused."""
+    posts = refused = size = 0
+    log = tmp / "sink" / "posts.log"
+    for line in log.read_text().splitlines() if log.exists() else []:
+        status, _, length = line.partition(" ")
+        if status == "200":
+            posts += 1
+            size += int(length) if length.isdigit() else 0
+        else:
+            refused += 1
+    return json.dumps({"posts": posts, "bytes": size, "refused": refused})
 
 
 def start_subject(tmp: Path, backend_port: int, sink: str) -> Subject:
@@ -346,8 +393,9 @@ def report(args: argparse.Namespace, build: str, results: dict, tallies: dict) -
     command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
     lines = [
         f"# Telemetry cost per request ({args.connections} connections, {args.duration}s per measurement, "
-        f"{args.rounds} rounds; one proxy, its telemetry switched by PUT /config; each case measured back to "
-        "back with `off`; workers = 1 on CPU 1; nginx, wrk, the span sink and the tap reader on CPU 0)",
+        f"{args.rounds} rounds; one proxy, its telemetry switched by PUT /config; each case measured "
+        "between two measurements of `off`; workers = 1 on CPU 1; nginx, wrk, the span sink and the tap "
+        "reader on CPU 0)",
         "",
         f"`{command}` with {build}",
         "",
@@ -364,7 +412,8 @@ def report(args: argparse.Namespace, build: str, results: dict, tallies: dict) -
     lines += [
         "",
         'req/s, latency and CPU are medians over the rounds; "req/s vs off" and "added CPU" are medians of '
-        "each round's pair (the case and the `off` measured next to it). CPU µs/req is the proxy's own (its "
+        "each round's comparison of the case with the mean of the two `off` measured on either side of it. "
+        "CPU µs/req is the proxy's own (its "
         "access log writer, span exporter and admin API threads included); ctx switches/req, its threads' "
         "context switches, voluntary or not. The span sink and the tap reader share CPU 0 with wrk and "
         "nginx, so their own CPU lowers the req/s of `tracing`, `all` and `tap` a little whatever the proxy "
@@ -413,31 +462,28 @@ def main() -> int:
         tmp = Path(tmpdir)
         h1, h2, sink_port = free_port(), free_port(), free_port()
         nginx = start_nginx(tmp, h1, h2)
-        sink = subprocess.Popen(
-            pinned(0, [sys.executable, str(HERE / "span_sink.py"), str(sink_port)]),
-            stdout=subprocess.PIPE,
-            text=True,
-        )
+        sink = start_span_sink(tmp, sink_port)
         subject: Optional[Subject] = None
         try:
-            wait_port(sink_port)
             subject = start_subject(tmp, h1, f"127.0.0.1:{sink_port}")
             run_wrk(subject.url, args.connections, 2)  # warm-up
             for i in range(args.rounds):
                 order = others[i % len(others) :] + others[: i % len(others)]
+                # Every case between two measurements of `off`, each `off` shared by its two
+                # neighbours: this machine's speed drifts by more than the bar over minutes, and
+                # a case compared with the mean of the `off` on either side of it sees that drift
+                # cancel, if it is steady over the pair's seconds.
+                before = measure(subject, "off", tallies["off"], args)
+                rounds["off"].append(before)
                 for case in order:
-                    # Back to back with `off`, which goes first alternates by round: this
-                    # machine's speed drifts by more than the bar over minutes.
-                    pair = ("off", case) if i % 2 == 0 else (case, "off")
-                    got = {c: measure(subject, c, tallies[c], args) for c in pair}
-                    for c, r in got.items():
-                        rounds[c].append(r)
-                    pairs[case].append(
-                        (
-                            got[case]["rps"] / got["off"]["rps"],
-                            got[case]["cpu_us_per_req"] - got["off"]["cpu_us_per_req"],
-                        )
-                    )
+                    got = measure(subject, case, tallies[case], args)
+                    after = measure(subject, "off", tallies["off"], args)
+                    rounds[case].append(got)
+                    rounds["off"].append(after)
+                    off_rps = (before["rps"] + after["rps"]) / 2
+                    off_cpu = (before["cpu_us_per_req"] + after["cpu_us_per_req"]) / 2
+                    pairs[case].append((got["rps"] / off_rps, got["cpu_us_per_req"] - off_cpu))
+                    before = after
                 print(
                     f"round {i + 1}/{args.rounds}: "
                     + ", ".join(f"{c} {pairs[c][-1][0]:.2f}" for c in others),
@@ -447,8 +493,9 @@ def main() -> int:
             if subject is not None:
                 subject.proc.send_signal(signal.SIGTERM)
                 subject.proc.wait(15)
-            sink.send_signal(signal.SIGTERM)
-            sink_said = sink.communicate(timeout=10)[0].strip()
+            sink.terminate()
+            sink.wait(5)
+            sink_said = sink_took(tmp)
             nginx.terminate()
             nginx.wait(5)
     results = {case: median_measures(rs) for case, rs in rounds.items()}

@@ -91,7 +91,7 @@ struct Counters {
 /// Sends spans to one collector. Dropping it flushes what is queued (within
 /// about `timeout`, twice that if a request is in flight) and joins its thread.
 pub struct Exporter {
-    /// Spans already encoded, each as a `ScopeSpans.spans` field (`Span::encode`).
+    /// Spans already encoded, each as a `ScopeSpans.spans` field (`Span::encode_into`).
     spans: Arc<Spool>,
     counters: Arc<Counters>,
     thread: Option<JoinHandle<()>>,
