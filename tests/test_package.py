@@ -40,6 +40,14 @@ def test_import_meshcore_loads_no_models_servers_or_identity():
     assert heavy(imported_after("import meshcore")) == []
 
 
+def test_the_command_line_parser_loads_no_models_or_servers():
+    # `meshcore --help` and a mistyped command's usage message come before any of them is needed.
+    modules = imported_after("from meshcore.cli import build_parser\nbuild_parser()")
+    commands = ("meshcore.identity", "meshcore.control", "meshcore.config_cli")  # their argparse parts
+    heavy_for_help = [m for m in heavy(modules) if not m.startswith(commands)]
+    assert "meshcore.cli" in modules and heavy_for_help == []
+
+
 def test_the_public_names_load_on_first_use():
     modules = imported_after("import meshcore\nmeshcore.Proxy")
     assert "meshcore.proxy" in modules and "pydantic" in modules

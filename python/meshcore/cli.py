@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from datetime import timedelta
 from pathlib import Path
 from typing import Optional
 
@@ -196,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--rate", type=float, default=None, help="requests per second (default: as fast as possible)"
     )
     # A bad value gets argparse's usage message, not a traceback.
-    b.add_argument("--duration", type=duration, default=duration("10s"))
+    b.add_argument("--duration", type=duration, default=timedelta(seconds=10))
     b.add_argument("--connections", type=int, default=10)
     b.add_argument(
         "--http2", action="store_true", help="HTTP/2 (prior knowledge for http://, ALPN for https://)"

@@ -10,8 +10,6 @@ import threading
 from datetime import timedelta
 from typing import Callable
 
-from ..config import parse_duration
-
 Command = Callable[[argparse.Namespace], int]
 
 
@@ -108,6 +106,8 @@ def add_token_flags(parser: argparse._ActionsContainer) -> None:
 def duration(value: str) -> timedelta:
     """'24h', '10s', '300ms', or bare seconds ('10') as in the config -> timedelta
     (named for argparse's 'invalid duration value' message)."""
+    from ..config import parse_duration  # pydantic is loaded only when a duration is given
+
     try:
         seconds = float(value)
     except ValueError:

@@ -28,11 +28,13 @@ import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from .. import _core
 from ..errors import MeshcoreError
-from ..proxy import InheritedSockets, Proxy
+
+if TYPE_CHECKING:  # the proxy's module loads the config's, pydantic with it: not for `--help`
+    from ..proxy import InheritedSockets, Proxy
 
 __all__ = ["PROTOCOL", "SOCKET_NAME", "Handover", "Outcome", "UpgradeServer", "inherit"]
 
@@ -323,6 +325,8 @@ class Handover:
         of the old listener with the same name and the same configured bind (any other binds fresh),
         the admin API the old admin socket if its address is unchanged. Sockets nobody wants are
         closed here; the old process drains them."""
+        from ..proxy import InheritedSockets
+
         entries = self.meta["sockets"]
         assignment: dict[str, list[int]] = {}
         for listener in config.listeners:
