@@ -159,6 +159,34 @@ def test_a_key_that_does_not_match_its_certificate_is_refused(tmp_path, ca):
     check_and_run_refuse(path, "identity.key", f"{other_key}: certificate and key do not match")
 
 
+@pytest.mark.parametrize(
+    "case, reason",
+    [
+        # Its URI has "key" in it, as has the reason: the field named is still the certificate.
+        ("no SPIFFE ID", 'names no workload: "https://monkey.example/" is not a SPIFFE ID'),
+        ("two SPIFFE IDs", "names no workload: not exactly one URI SAN"),
+        ("expired", "the certificate has expired"),
+        ("another CA's", "the certificate chains to none of the trust anchors"),
+    ],
+)
+def test_a_certificate_every_peer_would_refuse_is_refused(tmp_path, ca, case, reason):
+    from mesh_helpers import TRUST_DOMAIN, issue, issue_expired, issue_leaf, make_ca
+    from meshcore.identity import spiffe_id
+
+    out = tmp_path / "leaf"
+    if case == "no SPIFFE ID":
+        crt, key = issue_leaf(ca, ["https://monkey.example/"], out)
+    elif case == "two SPIFFE IDs":
+        ids = [spiffe_id(TRUST_DOMAIN, f"ns/default/sa/{sa}") for sa in ("web", "api")]
+        crt, key = issue_leaf(ca, ids, out)
+    elif case == "expired":
+        crt, key = issue_expired(ca, "ns/default/sa/web", out)
+    else:
+        crt, key = issue(make_ca(tmp_path / "other-ca"), "ns/default/sa/web", out)
+    path = with_identity(tmp_path, ca, cert=crt.name, key=key.name)
+    check_and_run_refuse(path, "identity.cert", f"{crt}: {reason}")
+
+
 def test_a_plugin_with_a_misspelled_hook_is_refused(tmp_path):
     (tmp_path / "auth.py").write_text("def on_reqeust(req):\n    pass\n")
     path = tmp_path / "mesh.toml"

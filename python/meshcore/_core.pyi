@@ -206,7 +206,9 @@ def check_identity(
     trust_anchors_pem: str, cert_pem: str | None = None, key_pem: str | None = None
 ) -> tuple[str, str] | None:
     """Loads identity PEMs as the data plane does at start: (field, reason) for what it
-    refuses ("trust_anchors", "cert" or "key"), else None."""
+    refuses ("trust_anchors", "cert" or "key"), else None. A certificate every peer would
+    refuse is refused too: one that names no SPIFFE ID, has expired, or chains to none of the
+    trust anchors."""
 
 def check_server_certificate(cert_pem: str, key_pem: str) -> tuple[str, str] | None:
     """Loads an edge listener's certificate chain and key as its TLS server does at start:

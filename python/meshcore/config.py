@@ -624,7 +624,9 @@ class Identity(_Model):
     trust domain only.
     """
     cert: Optional[str] = None
-    """PEM file of this proxy's certificate chain (with `key`), renewed by rewriting the file."""
+    """PEM file of this proxy's certificate chain (with `key`), renewed by rewriting the file. Its
+    certificate must name one SPIFFE ID, be in date and chain to `trust_anchors`: peers refuse any
+    other."""
     key: Optional[str] = None
     """PEM file of this proxy's private key."""
     issuer: Optional[str] = None

@@ -20,6 +20,13 @@ pub fn describe(cert: &CertificateDer<'_>) -> Result<(Option<String>, i64), Stri
     Ok((the_uri_san(&parsed).ok(), parsed.validity().not_after.timestamp()))
 }
 
+/// The certificate's SPIFFE ID, or why it names no workload.
+pub fn spiffe_id_or_why(cert: &CertificateDer<'_>) -> Result<String, String> {
+    let (_, parsed) =
+        x509_parser::parse_x509_certificate(cert).map_err(|e| format!("invalid certificate: {e}"))?;
+    the_uri_san(&parsed)
+}
+
 /// The one URI SAN, as a well-formed SPIFFE ID; a certificate naming two
 /// workloads, or none, names no one.
 fn the_uri_san(cert: &x509_parser::certificate::X509Certificate<'_>) -> Result<String, String> {
