@@ -213,6 +213,61 @@ mod tests {
     }
 
     #[test]
+    fn records_pushed_from_many_threads_arrive_whole_and_in_each_threads_order() {
+        const THREADS: usize = 4;
+        const EACH: usize = 20_000;
+        let spool = Arc::new(Spool::new(1024));
+        let pushers: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let spool = spool.clone();
+                std::thread::spawn(move || {
+                    let mut refused = 0;
+                    for n in 0..EACH {
+                        if !spool.push(format!("{t} {n:06}\n").as_bytes()) {
+                            refused += 1;
+                        }
+                    }
+                    refused
+                })
+            })
+            .collect();
+        let drainer = {
+            let spool = spool.clone();
+            std::thread::spawn(move || {
+                let (mut got, mut taken_records) = (Vec::new(), 0);
+                let mut batch = Vec::new();
+                loop {
+                    spool.wait(64, usize::MAX, Instant::now() + Duration::from_millis(1));
+                    let taken = spool.take(&mut batch);
+                    taken_records += taken.records;
+                    got.extend_from_slice(&batch);
+                    batch.clear();
+                    if taken.closed {
+                        return (got, taken_records);
+                    }
+                }
+            })
+        };
+        let refused: usize = pushers.into_iter().map(|p| p.join().unwrap()).sum();
+        spool.close();
+        let (got, taken_records) = drainer.join().unwrap();
+        let lines: Vec<&str> = std::str::from_utf8(&got).unwrap().lines().collect();
+        assert_eq!(lines.len(), taken_records);
+        assert_eq!(lines.len() + refused, THREADS * EACH);
+        let mut last = [None::<usize>; THREADS];
+        for line in lines {
+            let (t, n) = line.split_once(' ').unwrap();
+            let (t, n): (usize, usize) = (t.parse().unwrap(), n.parse().unwrap());
+            assert!(
+                last[t].is_none_or(|prev| prev < n),
+                "thread {t}: {n} after {:?}",
+                last[t]
+            );
+            last[t] = Some(n);
+        }
+    }
+
+    #[test]
     fn an_async_drainer_is_woken_and_its_wait_ends_at_its_timeout() {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
