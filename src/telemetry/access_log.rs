@@ -8,7 +8,6 @@ use super::spool::Spool;
 use super::summary::protocol;
 use super::text;
 use super::Summary;
-use std::cell::RefCell;
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
@@ -34,9 +33,6 @@ const KEEP_BYTES: usize = 8 * 1024 * 1024;
 /// How long dropping an access log waits for its queued lines to be written:
 /// a writer stuck on a stdout nobody reads must not hang shutdown.
 const DRAIN_LIMIT: Duration = Duration::from_secs(5);
-/// A line's first allocation; most lines fit without growing it (a JSON
-/// line with a route, service and endpoint is about 350 bytes).
-const LINE_CAPACITY: usize = 512;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -77,12 +73,6 @@ pub struct AccessLog {
     /// Disconnects when the writer thread ends (it never sends). In a mutex
     /// so that the log can be shared between workers (a receiver is not Sync).
     finished: Mutex<Receiver<()>>,
-}
-
-thread_local! {
-    /// Where a worker formats its lines before queueing them: the queue's
-    /// lock is held for a copy, not for formatting.
-    static LINE: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(LINE_CAPACITY));
 }
 
 impl AccessLog {
@@ -130,18 +120,12 @@ impl AccessLog {
     /// Logs a finished request. Never blocks: the line is formatted here and
     /// dropped (and counted) if the writer's queue is full.
     pub fn send(&self, summary: &Summary) {
-        let queued = LINE.with_borrow_mut(|line| {
-            line.clear();
+        let queued = self.lines.push_formatted(|line| {
             match self.format {
                 Format::Json => summary.json_line(line),
                 Format::Common => common_line(summary, line),
             }
-            let queued = self.lines.push(line);
-            // A line swollen by a long path is not kept for the next one.
-            if line.capacity() > 4 * LINE_CAPACITY {
-                *line = Vec::with_capacity(LINE_CAPACITY);
-            }
-            queued
+            0
         });
         if !queued {
             self.counters.dropped_behind.fetch_add(1, Relaxed);
@@ -214,7 +198,7 @@ fn write_until_closed(lines: &Spool, mut sink: Sink, counters: &Counters) {
             sink.write(&batch, taken.records as u64, counters);
             batch.clear();
             if batch.capacity() > KEEP_BYTES {
-                batch = Vec::with_capacity(BATCH_BYTES);
+                batch = Vec::new();
             }
         }
         if taken.closed {

@@ -12,7 +12,6 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
-use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -101,11 +100,6 @@ pub struct Exporter {
 /// most 5 bytes: a span is far below 4 GiB).
 const FIELD_HEAD: usize = 6;
 
-thread_local! {
-    /// Where a worker encodes its spans before queueing them.
-    static ENCODED: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(512));
-}
-
 impl Exporter {
     /// Starts the export thread for `collector` ("host:port" or
     /// "http://host:port"; port 4318 when none is given).
@@ -140,16 +134,10 @@ impl Exporter {
 
     /// Queues a span for export; never blocks. A full queue drops it (counted).
     pub fn send(&self, span: &Span<'_>) {
-        let queued = ENCODED.with_borrow_mut(|out| {
-            out.clear();
+        let queued = self.spans.push_formatted(|out| {
             out.resize(FIELD_HEAD, 0);
             span.encode_into(out);
-            let start = field_head(2, FIELD_HEAD, out);
-            let queued = self.spans.push(&out[start..]);
-            if out.capacity() > 8192 {
-                *out = Vec::with_capacity(512);
-            }
-            queued
+            field_head(2, FIELD_HEAD, out)
         });
         if !queued {
             self.counters.dropped.fetch_add(1, Relaxed);

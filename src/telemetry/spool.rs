@@ -5,6 +5,7 @@
 //! and the drainer is woken only when it sleeps with nothing to do, or once
 //! a batch is full.
 
+use std::cell::RefCell;
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -26,6 +27,23 @@ struct State {
     /// wait), or `wake_bytes` bytes.
     wake_records: usize,
     wake_bytes: usize,
+}
+
+impl State {
+    /// Whether a drainer waiting for `records` records or `bytes` bytes is done.
+    fn enough(&self, records: usize, bytes: usize) -> bool {
+        self.closed || self.records >= records.max(1) || self.bytes.len() >= bytes
+    }
+}
+
+/// A record's first allocation: most fit (an access log line is about 350
+/// bytes); one swollen past `4 * RECORD_CAPACITY` by a long path is not kept.
+const RECORD_CAPACITY: usize = 512;
+
+thread_local! {
+    /// Where a worker formats its records before queueing them: the queue's
+    /// lock is held for a copy, not for formatting.
+    static RECORD: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(RECORD_CAPACITY));
 }
 
 /// What a drainer took besides the bytes.
@@ -74,6 +92,20 @@ impl Spool {
         self.capacity
     }
 
+    /// Queues the record `write` formats into this thread's buffer (it
+    /// returns where in it the record starts), as `push` does.
+    pub fn push_formatted(&self, write: impl FnOnce(&mut Vec<u8>) -> usize) -> bool {
+        RECORD.with_borrow_mut(|out| {
+            out.clear();
+            let start = write(out);
+            let queued = self.push(&out[start..]);
+            if out.capacity() > 4 * RECORD_CAPACITY {
+                *out = Vec::with_capacity(RECORD_CAPACITY);
+            }
+            queued
+        })
+    }
+
     /// Refuses new records and wakes the drainer to take the last ones.
     pub fn close(&self) {
         self.lock().closed = true;
@@ -84,7 +116,7 @@ impl Spool {
     /// queued, the spool closes, or `until` passes; then how many are queued.
     pub fn wait(&self, records: usize, bytes: usize, until: Instant) -> usize {
         let mut state = self.lock();
-        while !state.closed && state.records < records.max(1) && state.bytes.len() < bytes {
+        while !state.enough(records, bytes) {
             let Some(left) = until
                 .checked_duration_since(Instant::now())
                 .filter(|d| !d.is_zero())
@@ -109,7 +141,7 @@ impl Spool {
             let notified = self.notify.notified();
             {
                 let mut state = self.lock();
-                if state.closed || state.records >= records.max(1) || state.bytes.len() >= bytes {
+                if state.enough(records, bytes) {
                     state.wake_records = 0;
                     return state.records;
                 }

@@ -186,26 +186,20 @@ mod tests {
 
     #[test]
     fn times_are_zero_padded_and_follow_the_second() {
-        let at = |ms: u64| UNIX_EPOCH + Duration::from_millis(ms);
-        assert_eq!(text(|o| rfc3339_millis(at(7), o)), "1970-01-01T00:00:00.007Z");
-        assert_eq!(
-            text(|o| rfc3339_millis(at(1_795_651_199_042), o)),
-            "2026-11-25T23:59:59.042Z"
-        );
-        // The next second, from the same thread's cache.
-        assert_eq!(
-            text(|o| rfc3339_millis(at(1_795_651_200_999), o)),
-            "2026-11-26T00:00:00.999Z"
-        );
-        assert_eq!(
-            text(|o| clf_time(at(1_795_651_199_042), o)),
-            "25/Nov/2026:23:59:59 +0000"
-        );
-        assert_eq!(
-            text(|o| clf_time(at(1_795_651_200_000), o)),
-            "26/Nov/2026:00:00:00 +0000"
-        );
-        assert_eq!(text(|o| clf_time(at(0), o)), "01/Jan/1970:00:00:00 +0000");
+        type Writer = fn(SystemTime, &mut Vec<u8>);
+        // In order: each second after the first comes from the same thread's cache.
+        let cases: [(Writer, u64, &str); 6] = [
+            (rfc3339_millis, 7, "1970-01-01T00:00:00.007Z"),
+            (rfc3339_millis, 1_795_651_199_042, "2026-11-25T23:59:59.042Z"),
+            (rfc3339_millis, 1_795_651_200_999, "2026-11-26T00:00:00.999Z"),
+            (clf_time, 1_795_651_199_042, "25/Nov/2026:23:59:59 +0000"),
+            (clf_time, 1_795_651_200_000, "26/Nov/2026:00:00:00 +0000"),
+            (clf_time, 0, "01/Jan/1970:00:00:00 +0000"),
+        ];
+        for (write, ms, expected) in cases {
+            let at = UNIX_EPOCH + Duration::from_millis(ms);
+            assert_eq!(text(|o| write(at, o)), expected);
+        }
     }
 
     #[test]
