@@ -1,10 +1,12 @@
 //! Access logs: one line per request, as JSON or in the Common Log Format, to
-//! a file or stdout. A request only formats its line and offers it to a
-//! bounded queue; a background thread writes. When the writer falls behind (a
-//! slow disk, a stdout nobody reads) lines are dropped and counted, never
-//! waited for. A file rotated away by an external tool is followed by path.
+//! a file or stdout. A request only offers its packed summary to a bounded
+//! queue; a background thread formats the lines and writes them. When the
+//! writer falls behind (a slow disk, a stdout nobody reads) lines are dropped
+//! and counted, never waited for. A file rotated away by an external tool is
+//! followed by path.
 
-use super::spool::Spool;
+use super::record::Unpacker;
+use super::spool::{self, Spool};
 use super::summary::protocol;
 use super::text;
 use super::Summary;
@@ -104,7 +106,7 @@ impl AccessLog {
                     if let Some(gate) = gate {
                         let _ = gate.recv();
                     }
-                    write_until_closed(&lines, sink, &counters);
+                    write_until_closed(&lines, format, sink, &counters);
                 })?
         };
         Ok(AccessLog {
@@ -117,17 +119,10 @@ impl AccessLog {
         })
     }
 
-    /// Logs a finished request. Never blocks: the line is formatted here and
-    /// dropped (and counted) if the writer's queue is full.
-    pub fn send(&self, summary: &Summary) {
-        let queued = self.lines.push_formatted(|line| {
-            match self.format {
-                Format::Json => summary.json_line(line),
-                Format::Common => common_line(summary, line),
-            }
-            0
-        });
-        if !queued {
+    /// Logs a finished request, packed by `record::pack`. Never blocks: when
+    /// the writer's queue is full, the line is dropped (and counted).
+    pub fn queue(&self, record: &[u8]) {
+        if !self.lines.push(record) {
             self.counters.dropped_behind.fetch_add(1, Relaxed);
         }
     }
@@ -182,26 +177,41 @@ impl Drop for AccessLog {
     }
 }
 
-/// The writer thread: waits for a line, lets more gather for `GATHER` (or
-/// until half the queue or `BATCH_BYTES` is filled), writes them in one go, and looks for
-/// rotation each second. Ends once the queue is closed and written.
-fn write_until_closed(lines: &Spool, mut sink: Sink, counters: &Counters) {
+/// The writer thread: waits for a request, lets more gather for `GATHER` (or
+/// until half the queue or `BATCH_BYTES` is filled), formats their lines and
+/// writes them in one go, and looks for rotation each second. Ends once the
+/// queue is closed and written.
+fn write_until_closed(requests: &Spool, format: Format, mut sink: Sink, counters: &Counters) {
     let mut next_check = Instant::now() + CHECK_EVERY;
-    let mut batch = Vec::new();
-    let half = lines.capacity().div_ceil(2);
+    let (mut taken, mut batch) = (Vec::new(), Vec::new());
+    let mut unpacker = Unpacker::default();
+    let half = requests.capacity().div_ceil(2);
     loop {
-        if lines.wait(1, usize::MAX, next_check) > 0 {
-            lines.wait(half, BATCH_BYTES, Instant::now() + GATHER);
+        if requests.wait(1, usize::MAX, next_check) > 0 {
+            requests.wait(half, BATCH_BYTES, Instant::now() + GATHER);
         }
-        let taken = lines.take(&mut batch);
-        if !batch.is_empty() {
-            sink.write(&batch, taken.records as u64, counters);
-            batch.clear();
-            if batch.capacity() > KEEP_BYTES {
-                batch = Vec::new();
+        let took = requests.take(&mut taken);
+        let mut lines = 0;
+        for record in spool::records(&taken) {
+            // Only `record::pack` fills the queue: each record unpacks.
+            if unpacker.unpack(record) {
+                match format {
+                    Format::Json => unpacker.summary.json_line(&mut batch),
+                    Format::Common => common_line(&unpacker.summary, &mut batch),
+                }
+                lines += 1;
             }
         }
-        if taken.closed {
+        if !batch.is_empty() {
+            sink.write(&batch, lines, counters);
+        }
+        for buffer in [&mut taken, &mut batch] {
+            buffer.clear();
+            if buffer.capacity() > KEEP_BYTES {
+                *buffer = Vec::new();
+            }
+        }
+        if took.closed {
             return;
         }
         if Instant::now() >= next_check {
@@ -395,6 +405,16 @@ mod tests {
     use super::*;
     use std::fs;
     use std::time::SystemTime;
+
+    impl AccessLog {
+        /// Queues `summary` as the request path does.
+        fn send(&self, summary: &Summary) {
+            spool::with_scratch(|out| {
+                crate::telemetry::record::pack(summary, None, out);
+                self.queue(out)
+            })
+        }
+    }
 
     fn sample() -> Summary {
         Summary {

@@ -4,6 +4,7 @@
 
 pub mod access_log;
 pub mod otlp;
+mod record;
 pub mod retire;
 mod spool;
 pub mod summary;
@@ -130,20 +131,32 @@ impl Telemetry {
     }
 
     /// Hands a finished request's summary (and span) to whoever wants it.
+    /// The access log and the exporter get it packed, once for both: they
+    /// format on their own threads.
     pub fn publish(&self, summary: &Summary, span: Option<SpanStart>) {
-        if let Some(span) = span.filter(|s| s.export) {
-            if let Some(tracer) = self.tracer.load().as_ref() {
-                tracer.export(span, summary);
-            }
-        }
         if self.taps.active() {
             self.taps.publish(summary);
         }
-        if self.logging.load(Relaxed) {
-            if let Some(log) = self.logs.load().by_listener.get(&*summary.listener) {
-                log.send(summary);
-            }
+        let span = span.filter(|s| s.export);
+        let tracer = span.map(|_| self.tracer.load());
+        let exporter = tracer
+            .as_ref()
+            .and_then(|t| t.as_ref())
+            .and_then(|t| t.exporter.as_deref());
+        let logs = self.logging.load(Relaxed).then(|| self.logs.load());
+        let log = logs.as_ref().and_then(|l| l.by_listener.get(&*summary.listener));
+        if exporter.is_none() && log.is_none() {
+            return;
         }
+        spool::with_scratch(|record| {
+            record::pack(summary, span.as_ref(), record);
+            if let Some(exporter) = exporter {
+                exporter.queue(record);
+            }
+            if let Some(log) = log {
+                log.queue(record);
+            }
+        });
     }
 
     /// Each access log's lines written and dropped.

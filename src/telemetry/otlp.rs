@@ -1,12 +1,13 @@
 //! Spans, and their export to an OpenTelemetry collector over OTLP/HTTP
 //! (protobuf), batched on a thread of its own.
 //!
-//! The request path only ever appends a span to a bounded queue: a slow or
-//! absent collector costs dropped spans (counted), never latency or memory.
+//! The request path only ever appends a packed request to a bounded queue,
+//! and the export thread encodes its span: a slow or absent collector costs
+//! dropped spans (counted), never latency or memory.
 //! A batch the collector refuses or that cannot be sent is dropped and
 //! counted; nothing is retried.
 
-use super::spool::Spool;
+use super::spool::{self, Records, Spool};
 use super::trace::{SpanId, TraceId};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -33,9 +34,9 @@ pub enum Value<'a> {
     Bool(bool),
 }
 
-/// One finished span, borrowing what it names: the request path encodes it
-/// straight to protobuf, into a buffer its thread keeps, so a span costs no
-/// allocation however many attributes it has.
+/// One finished span, borrowing what it names: the export thread encodes it
+/// straight to protobuf, so a span costs no allocation however many
+/// attributes it has.
 #[derive(Clone, Copy, Debug)]
 pub struct Span<'a> {
     pub trace_id: TraceId,
@@ -87,10 +88,14 @@ struct Counters {
     failed: AtomicU64,
 }
 
+/// Encodes one queued record as a `Span` message (`Span::encode_into`);
+/// false when the record holds no span. It runs on the export thread.
+pub type Encoder = Box<dyn FnMut(&[u8], &mut Vec<u8>) -> bool + Send>;
+
 /// Sends spans to one collector. Dropping it flushes what is queued (within
 /// about `timeout`, twice that if a request is in flight) and joins its thread.
 pub struct Exporter {
-    /// Spans already encoded, each as a `ScopeSpans.spans` field (`Span::encode_into`).
+    /// Records of finished requests, each to become a span (`Encoder`).
     spans: Arc<Spool>,
     counters: Arc<Counters>,
     thread: Option<JoinHandle<()>>,
@@ -102,8 +107,14 @@ const FIELD_HEAD: usize = 6;
 
 impl Exporter {
     /// Starts the export thread for `collector` ("host:port" or
-    /// "http://host:port"; port 4318 when none is given).
-    pub fn start(collector: &str, service_name: &str, options: ExportOptions) -> Result<Exporter, String> {
+    /// "http://host:port"; port 4318 when none is given), which makes spans
+    /// of what is queued with `encode`.
+    pub fn start(
+        collector: &str,
+        service_name: &str,
+        options: ExportOptions,
+        encode: Encoder,
+    ) -> Result<Exporter, String> {
         let authority = collector_authority(collector)?;
         if options.queue == 0 || options.batch == 0 {
             return Err("otlp: queue and batch must be at least 1".into());
@@ -118,6 +129,7 @@ impl Exporter {
             spans: spans.clone(),
             client: Client::new(authority),
             prefix: Prefix::new(service_name),
+            encode,
             options,
             counters: counters.clone(),
         };
@@ -132,14 +144,9 @@ impl Exporter {
         })
     }
 
-    /// Queues a span for export; never blocks. A full queue drops it (counted).
-    pub fn send(&self, span: &Span<'_>) {
-        let queued = self.spans.push_formatted(|out| {
-            out.resize(FIELD_HEAD, 0);
-            span.encode_into(out);
-            field_head(2, FIELD_HEAD, out)
-        });
-        if !queued {
+    /// Queues a record for export; never blocks. A full queue drops it (counted).
+    pub fn queue(&self, record: &[u8]) {
+        if !self.spans.push(record) {
             self.counters.dropped.fetch_add(1, Relaxed);
         }
     }
@@ -207,6 +214,7 @@ struct Worker {
     spans: Arc<Spool>,
     client: Client,
     prefix: Prefix,
+    encode: Encoder,
     options: ExportOptions,
     counters: Arc<Counters>,
 }
@@ -220,20 +228,24 @@ impl Worker {
     /// `interval` passes, and sends what is queued in batches of at most
     /// `batch`. Once the queue is closed, sends what is left and ends.
     async fn run(mut self) {
-        let mut queued = Vec::new();
+        let (mut taken, mut spans) = (Vec::new(), Vec::new());
         loop {
             if self.spans.ready(1, usize::MAX, IDLE).await > 0 {
                 self.spans
                     .ready(self.options.batch, usize::MAX, self.options.interval)
                     .await;
             }
-            let taken = self.spans.take(&mut queued);
+            let took = self.spans.take(&mut taken);
             // The flush at shutdown ends within `timeout`.
-            let flush_by = taken.closed.then(|| Instant::now() + self.options.timeout);
-            let mut batches = Batches::new(&queued, self.options.batch);
-            while let Some((spans, n)) = batches.next() {
+            let flush_by = took.closed.then(|| Instant::now() + self.options.timeout);
+            let mut records = spool::records(&taken);
+            loop {
+                let n = encode_batch(&mut records, self.options.batch, &mut self.encode, &mut spans);
+                if n == 0 {
+                    break;
+                }
                 if flush_by.is_some_and(|at| Instant::now() >= at) {
-                    let left = n + batches.map(|(_, n)| n).sum::<u64>();
+                    let left = n + records.count() as u64;
                     self.counters.failed.fetch_add(left, Relaxed);
                     crate::throttled!("otlp: {left} spans not exported: the flush at shutdown timed out");
                     break;
@@ -242,13 +254,15 @@ impl Worker {
                     Some(at) => at.min(Instant::now() + self.options.timeout),
                     None => Instant::now() + self.options.timeout,
                 };
-                self.export(spans, n, deadline).await;
+                self.export(&spans, n, deadline).await;
             }
-            queued.clear();
-            if queued.capacity() > 4 * 1024 * 1024 {
-                queued = Vec::new();
+            for buffer in [&mut taken, &mut spans] {
+                buffer.clear();
+                if buffer.capacity() > 4 * 1024 * 1024 {
+                    *buffer = Vec::new();
+                }
             }
-            if taken.closed {
+            if took.closed {
                 return;
             }
         }
@@ -284,42 +298,34 @@ impl Worker {
     }
 }
 
-/// Queued spans (`ScopeSpans.spans` fields, back to back) cut into runs of
-/// at most `batch` spans: each run's bytes and its count.
-struct Batches<'a> {
-    rest: &'a [u8],
-    batch: usize,
-}
-
-impl<'a> Batches<'a> {
-    fn new(queued: &'a [u8], batch: usize) -> Self {
-        Batches { rest: queued, batch }
-    }
-}
-
-impl<'a> Iterator for Batches<'a> {
-    type Item = (&'a [u8], u64);
-
-    fn next(&mut self) -> Option<Self::Item> {
-        let mut end = 0;
-        let mut n = 0u64;
-        while n < self.batch as u64 && end < self.rest.len() {
-            // A field this process encoded: its key byte, then its length.
-            let mut head = &self.rest[end + 1..];
-            let before = head.len();
-            let len = prost::encoding::decode_varint(&mut head).unwrap_or(u64::MAX) as usize;
-            end = (end + 1 + before - head.len())
-                .saturating_add(len)
-                .min(self.rest.len());
+/// Encodes the next records' spans into `spans` (emptied first), as
+/// `ScopeSpans.spans` fields, until `batch` spans or no more records; how
+/// many. A record that holds no span is skipped.
+fn encode_batch(records: &mut Records<'_>, batch: usize, encode: &mut Encoder, spans: &mut Vec<u8>) -> u64 {
+    spans.clear();
+    let mut n = 0;
+    while n < batch as u64 {
+        let Some(record) = records.next() else { break };
+        if span_field(spans, |out| encode(record, out)) {
             n += 1;
         }
-        if n == 0 {
-            return None;
-        }
-        let (run, rest) = self.rest.split_at(end);
-        self.rest = rest;
-        Some((run, n))
     }
+    n
+}
+
+/// Appends the span `encode` writes as a `spans` field: encoded after room
+/// for the field's head, then moved back against the head it needed.
+fn span_field(spans: &mut Vec<u8>, encode: impl FnOnce(&mut Vec<u8>) -> bool) -> bool {
+    let at = spans.len();
+    spans.resize(at + FIELD_HEAD, 0);
+    if !encode(spans) {
+        spans.truncate(at);
+        return false;
+    }
+    let unused = field_head(2, FIELD_HEAD, &mut spans[at..]);
+    spans.copy_within(at + unused.., at);
+    spans.truncate(spans.len() - unused);
+    true
 }
 
 /// One keep-alive HTTP/1.1 connection to the collector, opened on demand.
@@ -793,31 +799,63 @@ mod tests {
         assert_eq!(ours, python);
     }
 
-    /// Spans as the exporter's queue holds them.
+    /// Spans as an export request carries them: `ScopeSpans.spans` fields.
     fn queued(spans: &[Span<'_>]) -> Vec<u8> {
         let mut all = Vec::new();
         for span in spans {
-            let mut out = vec![0; FIELD_HEAD];
-            span.encode_into(&mut out);
-            let start = field_head(2, FIELD_HEAD, &mut out);
-            all.extend_from_slice(&out[start..]);
+            assert!(span_field(&mut all, |out| {
+                span.encode_into(out);
+                true
+            }));
         }
         all
     }
 
+    /// The encoder of the exporter's tests: a record is its span's name, and
+    /// "-" holds no span.
+    fn by_name() -> Encoder {
+        Box::new(|record, out| {
+            let name = std::str::from_utf8(record).unwrap();
+            if name == "-" {
+                return false;
+            }
+            span(&[name]).encode_into(out);
+            true
+        })
+    }
+
+    fn names(spans: &[u8]) -> Vec<String> {
+        let body = Prefix::new("web").request(spans);
+        let request = proto::ExportTraceServiceRequest::decode(&body[..]).unwrap();
+        request.resource_spans[0].scope_spans[0]
+            .spans
+            .iter()
+            .map(|s| s.name.clone())
+            .collect()
+    }
+
     #[test]
-    fn queued_spans_are_cut_into_batches_of_at_most_batch_whole_spans() {
+    fn queued_records_become_batches_of_at_most_batch_spans() {
+        let spool = Spool::new(16);
         // A long name makes one span's length take two bytes.
-        let long = ["x"; 200];
-        let spans = [span(&["a"]), span(&long), span(&["b"]), span(&["c"]), span(&[])];
-        let all = queued(&spans);
-        let runs: Vec<_> = Batches::new(&all, 2).collect();
-        assert_eq!(runs.iter().map(|(_, n)| *n).collect::<Vec<_>>(), [2, 2, 1]);
-        assert_eq!(runs.iter().map(|(run, _)| run.len()).sum::<usize>(), all.len());
-        for ((run, _), pair) in runs.iter().zip(spans.chunks(2)) {
-            assert_eq!(*run, &queued(pair)[..]);
+        let long = "x".repeat(200);
+        for name in ["a", &long, "-", "b", "c", ""] {
+            assert!(spool.push(name.as_bytes()));
         }
-        assert_eq!(Batches::new(&[], 2).count(), 0);
+        let mut taken = Vec::new();
+        spool.take(&mut taken);
+        let mut records = spool::records(&taken);
+        let (mut encode, mut spans) = (by_name(), Vec::new());
+        let mut batches = Vec::new();
+        loop {
+            let n = encode_batch(&mut records, 2, &mut encode, &mut spans);
+            if n == 0 {
+                break;
+            }
+            assert_eq!(names(&spans).len() as u64, n);
+            batches.push(names(&spans));
+        }
+        assert_eq!(batches, [vec!["a", &long], vec!["b", "c"], vec![""]]);
     }
 
     #[test]
@@ -925,7 +963,7 @@ mod tests {
                 (got, _) => panic!("{given:?}: {got:?}"),
             }
         }
-        assert!(Exporter::start("https://x:1", "web", ExportOptions::default()).is_err());
+        assert!(Exporter::start("https://x:1", "web", ExportOptions::default(), by_name()).is_err());
     }
 
     /// What the test collector saw of one request.
@@ -1093,13 +1131,11 @@ mod tests {
             &format!("http://{}", collector.addr),
             "web",
             options(64, 2, Duration::from_millis(20)),
+            by_name(),
         )
         .unwrap();
-        let names: Vec<String> = (0..5).map(|i| format!("span {i}")).collect();
-        let names: Vec<[&str; 1]> = names.iter().map(|n| [n.as_str()]).collect();
-        let sent: Vec<Span> = names.iter().map(|n| span(n)).collect();
-        for s in &sent {
-            exporter.send(s);
+        for i in 0..5 {
+            exporter.queue(format!("span {i}").as_bytes());
         }
         let mut got = Vec::new();
         while got.len() < 5 {
@@ -1117,12 +1153,6 @@ mod tests {
         }
         let names: Vec<&str> = got.iter().map(|s| &*s.name).collect();
         assert_eq!(names, ["span 0", "span 1", "span 2", "span 3", "span 4"]);
-        for (p, s) in got.iter().zip(&sent) {
-            assert_eq!(
-                (&p.trace_id[..], &p.span_id[..]),
-                (&s.trace_id.to_bytes()[..], &s.span_id.to_bytes()[..])
-            );
-        }
         wait_until("5 exported", || exporter.exported() == 5);
         assert_eq!((exporter.dropped(), exporter.failed()), (0, 0));
         assert_eq!(
@@ -1139,10 +1169,11 @@ mod tests {
             &collector.addr.to_string(),
             "web",
             options(64, 1, Duration::from_millis(1)),
+            by_name(),
         )
         .unwrap();
         for i in 0..3 {
-            exporter.send(&span(&[&format!("span {i}")]));
+            exporter.queue(format!("span {i}").as_bytes());
             assert_eq!(collector.next("a batch").spans[0].name, format!("span {i}"));
             wait_until("exported", || exporter.exported() == i + 1);
         }
@@ -1160,10 +1191,11 @@ mod tests {
             &collector.addr.to_string(),
             "web",
             options(64, 3, Duration::from_secs(60)),
+            by_name(),
         )
         .unwrap();
         for i in 0..3 {
-            exporter.send(&span(&[&format!("span {i}")]));
+            exporter.queue(format!("span {i}").as_bytes());
         }
         assert_eq!(collector.next("a full batch").spans.len(), 3);
         wait_until("3 failed", || exporter.failed() == 3);
@@ -1186,10 +1218,11 @@ mod tests {
             &collector.addr.to_string(),
             "web",
             options(64, 3, Duration::from_secs(60)),
+            by_name(),
         )
         .unwrap();
         for i in 0..3 {
-            exporter.send(&span(&[&format!("span {i}")]));
+            exporter.queue(format!("span {i}").as_bytes());
         }
         collector.next("a full batch");
         wait_until("1 failed", || exporter.failed() == 1);
@@ -1206,10 +1239,11 @@ mod tests {
             &closed.to_string(),
             "web",
             options(64, 2, Duration::from_secs(60)),
+            by_name(),
         )
         .unwrap();
-        exporter.send(&span(&["a"]));
-        exporter.send(&span(&["b"]));
+        exporter.queue("a".as_bytes());
+        exporter.queue("b".as_bytes());
         wait_until("2 failed", || exporter.failed() == 2);
         assert_eq!(exporter.exported(), 0);
     }
@@ -1225,13 +1259,14 @@ mod tests {
             &collector.addr.to_string(),
             "web",
             options(2, 1, Duration::from_secs(60)),
+            by_name(),
         )
         .unwrap();
-        exporter.send(&span(&["in flight"]));
+        exporter.queue("in flight".as_bytes());
         // The worker is now waiting on the collector with that span: the queue holds 2 more.
         collector.next("the first batch");
         for i in 0..5 {
-            exporter.send(&span(&[&format!("queued {i}")]));
+            exporter.queue(format!("queued {i}").as_bytes());
         }
         assert_eq!(exporter.dropped(), 3);
         gate.add_permits(100);
@@ -1251,11 +1286,11 @@ mod tests {
         });
         let mut options = options(8, 1, Duration::from_secs(60));
         options.timeout = Duration::from_millis(200);
-        let exporter = Exporter::start(&collector.addr.to_string(), "web", options).unwrap();
-        exporter.send(&span(&["in flight"]));
+        let exporter = Exporter::start(&collector.addr.to_string(), "web", options, by_name()).unwrap();
+        exporter.queue("in flight".as_bytes());
         collector.next("the first batch");
         for i in 0..3 {
-            exporter.send(&span(&[&format!("queued {i}")]));
+            exporter.queue(format!("queued {i}").as_bytes());
         }
         let counters = exporter.counters.clone();
         drop(exporter);
@@ -1273,10 +1308,11 @@ mod tests {
             &collector.addr.to_string(),
             "web",
             options(64, 512, Duration::from_secs(3600)),
+            by_name(),
         )
         .unwrap();
-        exporter.send(&span(&["a"]));
-        exporter.send(&span(&["b"]));
+        exporter.queue("a".as_bytes());
+        exporter.queue("b".as_bytes());
         drop(exporter);
         let r = collector
             .received

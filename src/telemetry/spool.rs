@@ -1,9 +1,10 @@
-//! A bounded queue of encoded records (access log lines, spans) that one
-//! background thread drains in batches. A request appends its record's bytes
-//! under a lock held for a copy; the drainer swaps the whole buffer out. So a
-//! record costs no allocation, no channel slot and no free on another thread,
-//! and the drainer is woken only when it sleeps with nothing to do, or once
-//! a batch is full.
+//! A bounded queue of records (packed request summaries) that one background
+//! thread drains in batches. A request appends its record's bytes under a
+//! lock held for a copy; the drainer swaps the whole buffer out. So a record
+//! costs no allocation, no channel slot and no free on another thread, and
+//! the drainer is woken only when it sleeps with nothing to do, or once a
+//! batch is full. Each record goes in behind its length (4 bytes); `records`
+//! reads them back.
 
 use std::cell::RefCell;
 use std::sync::{Condvar, Mutex, MutexGuard};
@@ -36,19 +37,52 @@ impl State {
     }
 }
 
-/// A record's first allocation: most fit (an access log line is about 350
+/// A record's first allocation: most fit (a summary packs into about 150
 /// bytes); one swollen past `4 * RECORD_CAPACITY` by a long path is not kept.
 const RECORD_CAPACITY: usize = 512;
 
+/// The length in front of each record.
+const LENGTH: usize = 4;
+
 thread_local! {
-    /// Where a worker formats its records before queueing them: the queue's
-    /// lock is held for a copy, not for formatting.
+    /// Where a worker packs a record before queueing it: the queue's lock is
+    /// held for a copy, not for packing, and one record can go to two queues.
     static RECORD: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(RECORD_CAPACITY));
 }
 
-/// What a drainer took besides the bytes.
+/// Runs `f` with this thread's record buffer, empty; for a record to push.
+pub fn with_scratch<R>(f: impl FnOnce(&mut Vec<u8>) -> R) -> R {
+    RECORD.with_borrow_mut(|out| {
+        out.clear();
+        let result = f(out);
+        if out.capacity() > 4 * RECORD_CAPACITY {
+            *out = Vec::with_capacity(RECORD_CAPACITY);
+        }
+        result
+    })
+}
+
+/// The records of what a drainer took, in the order they were pushed.
+pub fn records(taken: &[u8]) -> Records<'_> {
+    Records(taken)
+}
+
+pub struct Records<'a>(&'a [u8]);
+
+impl<'a> Iterator for Records<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        let (length, rest) = self.0.split_first_chunk::<LENGTH>()?;
+        let len = (u32::from_le_bytes(*length) as usize).min(rest.len());
+        let (record, rest) = rest.split_at(len);
+        self.0 = rest;
+        Some(record)
+    }
+}
+
+/// What a drainer took besides the records.
 pub struct Taken {
-    pub records: usize,
     /// The spool is closed: nothing more will come.
     pub closed: bool,
 }
@@ -76,6 +110,10 @@ impl Spool {
         if state.closed || state.records >= self.capacity {
             return false;
         }
+        let Ok(len) = u32::try_from(record.len()) else {
+            return false;
+        };
+        state.bytes.extend_from_slice(&len.to_le_bytes());
         state.bytes.extend_from_slice(record);
         state.records += 1;
         let wake = state.wake_records != 0
@@ -90,20 +128,6 @@ impl Spool {
 
     pub fn capacity(&self) -> usize {
         self.capacity
-    }
-
-    /// Queues the record `write` formats into this thread's buffer (it
-    /// returns where in it the record starts), as `push` does.
-    pub fn push_formatted(&self, write: impl FnOnce(&mut Vec<u8>) -> usize) -> bool {
-        RECORD.with_borrow_mut(|out| {
-            out.clear();
-            let start = write(out);
-            let queued = self.push(&out[start..]);
-            if out.capacity() > 4 * RECORD_CAPACITY {
-                *out = Vec::with_capacity(RECORD_CAPACITY);
-            }
-            queued
-        })
     }
 
     /// Refuses new records and wakes the drainer to take the last ones.
@@ -162,11 +186,8 @@ impl Spool {
         debug_assert!(into.is_empty());
         let mut state = self.lock();
         std::mem::swap(&mut state.bytes, into);
-        let records = std::mem::take(&mut state.records);
-        Taken {
-            records,
-            closed: state.closed,
-        }
+        state.records = 0;
+        Taken { closed: state.closed }
     }
 
     fn wake(&self) {
@@ -193,10 +214,8 @@ mod tests {
         assert!(!spool.push(b"c\n"));
         let mut out = Vec::new();
         let taken = spool.take(&mut out);
-        assert_eq!(
-            (taken.records, taken.closed, &out[..]),
-            (2, false, &b"a\nb\n"[..])
-        );
+        assert!(!taken.closed);
+        assert_eq!(records(&out).collect::<Vec<_>>(), [b"a\n", b"b\n"]);
         assert!(spool.push(b"d\n"));
     }
 
@@ -208,7 +227,8 @@ mod tests {
             std::thread::spawn(move || {
                 spool.wait(2, usize::MAX, Instant::now() + Duration::from_secs(30));
                 let mut out = Vec::new();
-                spool.take(&mut out).records
+                spool.take(&mut out);
+                records(&out).count()
             })
         };
         // Whether the waiter is asleep yet or not, two records end its wait.
@@ -241,7 +261,8 @@ mod tests {
         assert!(!spool.push(b"late"));
         let mut out = Vec::new();
         let taken = spool.take(&mut out);
-        assert_eq!((taken.records, taken.closed, &out[..]), (1, true, &b"last"[..]));
+        assert!(taken.closed);
+        assert_eq!(records(&out).collect::<Vec<_>>(), [b"last"]);
     }
 
     #[test]
@@ -266,25 +287,23 @@ mod tests {
         let drainer = {
             let spool = spool.clone();
             std::thread::spawn(move || {
-                let (mut got, mut taken_records) = (Vec::new(), 0);
+                let mut got = Vec::new();
                 let mut batch = Vec::new();
                 loop {
                     spool.wait(64, usize::MAX, Instant::now() + Duration::from_millis(1));
                     let taken = spool.take(&mut batch);
-                    taken_records += taken.records;
-                    got.extend_from_slice(&batch);
+                    records(&batch).for_each(|r| got.extend_from_slice(r));
                     batch.clear();
                     if taken.closed {
-                        return (got, taken_records);
+                        return got;
                     }
                 }
             })
         };
         let refused: usize = pushers.into_iter().map(|p| p.join().unwrap()).sum();
         spool.close();
-        let (got, taken_records) = drainer.join().unwrap();
+        let got = drainer.join().unwrap();
         let lines: Vec<&str> = std::str::from_utf8(&got).unwrap().lines().collect();
-        assert_eq!(lines.len(), taken_records);
         assert_eq!(lines.len() + refused, THREADS * EACH);
         let mut last = [None::<usize>; THREADS];
         for line in lines {
@@ -317,6 +336,7 @@ mod tests {
             assert!(pusher.join().unwrap());
         });
         let mut out = Vec::new();
-        assert_eq!(spool.take(&mut out).records, 1);
+        spool.take(&mut out);
+        assert_eq!(records(&out).count(), 1);
     }
 }
