@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """What access logs, tracing and tap cost per request, measured in one run (issue #20).
 
-    python bench/telemetry_cost.py [--duration 5] [--rounds 5] [--connections 50] [--quick]
+    python bench/telemetry_cost.py [--duration 5] [--rounds 5] [--connections 50] [--cases C,...] [--quick]
 
 wrk (HTTP/1.1 keep-alive) -> meshcore (`workers = 1`, CPU 1) -> nginx (CPU 0, with wrk).
 One proxy serves every case: its telemetry is switched by applying a config through the admin
@@ -445,8 +445,16 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=5, help="rounds (default 5)")
     ap.add_argument("--connections", type=int, default=50, help="wrk's connections (default 50)")
     ap.add_argument("--quick", action="store_true", help="2 s, 1 round: check that the script runs")
+    ap.add_argument(
+        "--cases",
+        default=",".join(c for c in CASES if c != "off"),
+        help="the cases measured against off, comma-separated (default: every one)",
+    )
     ap.add_argument("--out", help="where the report goes (default bench/results, bench/out with --quick)")
     args = ap.parse_args()
+    others = [c for c in args.cases.split(",") if c and c != "off"]
+    if unknown := set(others) - set(CASES):
+        ap.error(f"unknown cases: {', '.join(sorted(unknown))} (known: {', '.join(CASES)})")
     if args.quick:
         args.duration, args.rounds = 2, 1
     out = Path(args.out) if args.out else HERE / ("out" if args.quick else "results")
@@ -454,10 +462,9 @@ def main() -> int:
     if os.cpu_count() and os.cpu_count() >= 2:
         os.sched_setaffinity(0, {0})  # the tap reader thread runs on the load generator's CPU
     build = describe_build()
-    others = [c for c in CASES if c != "off"]
-    rounds: dict[str, list[dict]] = {case: [] for case in CASES}
+    rounds: dict[str, list[dict]] = {case: [] for case in ["off", *others]}
     pairs: dict[str, list[tuple[float, float]]] = {case: [] for case in others}  # (req/s, CPU) ratios
-    tallies = {case: Tally() for case in CASES}
+    tallies = {case: Tally() for case in rounds}
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
         h1, h2, sink_port = free_port(), free_port(), free_port()

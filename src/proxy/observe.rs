@@ -105,7 +105,7 @@ impl Drop for Observation {
             summary.grpc_status = self.grpc_status;
             summary.failed = failure;
             summary.response_bytes = self.bytes;
-            tell(*log, &self.shared, self.started, latency);
+            tell(log, &self.shared, self.started, latency);
         }
     }
 }
@@ -127,7 +127,7 @@ pub(super) fn answer_failure(failure: Failure, shared: &Shared, started: Instant
         summary.failed = status.is_server_error() || summary.grpc_status.is_some_and(|s| s != 0);
         summary.zone = Some(failure.labels.dst_zone.clone()).filter(|z| !z.is_empty());
         summary.response_bytes = Body::size_hint(resp.body()).exact().unwrap_or(0);
-        tell(*log, shared, started, started.elapsed());
+        tell(log, shared, started, started.elapsed());
     }
     let classification = if status.is_server_error() {
         "failure"
@@ -146,21 +146,17 @@ pub(super) fn answer_failure(failure: Failure, shared: &Shared, started: Instant
 
 /// A finished request's report, told: its times filled in, published to
 /// telemetry, then handed to the plugins' `on_log`.
-fn tell(report: Report, shared: &Shared, started: Instant, ttfb: Duration) {
-    let Report {
-        mut summary,
-        span,
-        plugin,
-    } = report;
+fn tell(mut report: Box<Report>, shared: &Shared, started: Instant, ttfb: Duration) {
     let elapsed = started.elapsed();
+    let summary = &mut report.summary;
     summary.start = SystemTime::now()
         .checked_sub(elapsed)
         .unwrap_or(SystemTime::UNIX_EPOCH);
     summary.duration_ms = elapsed.as_secs_f64() * 1000.0;
     summary.ttfb_ms = ttfb.as_secs_f64() * 1000.0;
-    shared.telemetry.publish(&summary, span);
-    if let Some((host, req)) = plugin {
-        host.on_log(req, summary);
+    shared.telemetry.publish(&report.summary, report.span);
+    if let Some((host, req)) = report.plugin.take() {
+        host.on_log(req, report.summary);
     }
 }
 
@@ -179,9 +175,11 @@ fn wanted_report(
     (plugin.is_some() || conn.shared.telemetry.wants_summary()).then_some(plugin)
 }
 
-/// What a summary says of a request before it is answered.
+/// What a summary says of a request before it is answered. Every field is
+/// named: `..Default::default()` would allocate a listener name to drop.
 pub(super) fn summary_of(conn: &ConnContext, said: &Said<'_>) -> Summary {
     Summary {
+        start: SystemTime::UNIX_EPOCH,
         listener: conn.listener_name.clone(),
         client: Some(conn.peer),
         version: said.version,
@@ -190,9 +188,17 @@ pub(super) fn summary_of(conn: &ConnContext, said: &Said<'_>) -> Summary {
         authority: clipped(text(said.authority)),
         route: said.route.map(|r| r.name.clone()),
         service: said.service.cloned(),
+        endpoint: None,
+        zone: None,
+        status: 0,
+        grpc_status: None,
+        failed: false,
+        duration_ms: 0.0,
+        ttfb_ms: 0.0,
+        response_bytes: 0,
         retried: said.retried,
         identity: conn.tls.identity().map(str::to_string),
-        ..Default::default()
+        trace_id: None,
     }
 }
 

@@ -82,8 +82,12 @@ pub fn pack(summary: &Summary, span: Option<&SpanStart>, out: &mut Vec<u8>) {
         summary.zone.as_deref(),
         summary.identity.as_deref(),
     ];
+    // Lengths first, then the texts back to back: the unpacker checks all of
+    // it is UTF-8 in one go.
     for text in texts.into_iter().flatten() {
         out.extend_from_slice(&(text.len() as u32).to_le_bytes());
+    }
+    for text in texts.into_iter().flatten() {
         out.extend_from_slice(text.as_bytes());
     }
 }
@@ -176,29 +180,36 @@ impl Unpacker {
             }),
             false => None,
         };
+        let optional = [more & ROUTE, more & SERVICE, more & ZONE, flags & IDENTITY];
+        let count = 4 + optional.iter().filter(|&&bit| bit != 0).count();
+        let mut lengths = [0usize; 8];
+        for len in &mut lengths[..count] {
+            *len = u32::from_le_bytes(r.array()?) as usize;
+        }
+        let mut texts = Texts(std::str::from_utf8(r.0).ok()?, lengths[..count].iter());
         let s = &mut self.summary;
-        reuse(&mut s.listener, r.text()?);
-        let method = r.text()?;
+        reuse(&mut s.listener, texts.next()?);
+        let method = texts.next()?;
         if s.method.as_str() != method {
             s.method = http::Method::from_bytes(method.as_bytes()).ok()?;
         }
-        refill(&mut s.path, r.text()?);
-        refill(&mut s.authority, r.text()?);
+        refill(&mut s.path, texts.next()?);
+        refill(&mut s.authority, texts.next()?);
         for (bit, slot) in [
             (ROUTE, &mut s.route),
             (SERVICE, &mut s.service),
             (ZONE, &mut s.zone),
         ] {
             match more & bit != 0 {
-                true => reuse(slot.get_or_insert_with(|| Arc::from("")), r.text()?),
+                true => reuse(slot.get_or_insert_with(|| Arc::from("")), texts.next()?),
                 false => *slot = None,
             }
         }
         match on(IDENTITY) {
-            true => refill(s.identity.get_or_insert_with(String::new), r.text()?),
+            true => refill(s.identity.get_or_insert_with(String::new), texts.next()?),
             false => s.identity = None,
         }
-        r.0.is_empty().then_some(())
+        texts.0.is_empty().then_some(())
     }
 }
 
@@ -227,11 +238,6 @@ impl<'a> Reader<'a> {
         self.take(N)?.try_into().ok()
     }
 
-    fn text(&mut self) -> Option<&'a str> {
-        let len = u32::from_le_bytes(self.array()?) as usize;
-        std::str::from_utf8(self.take(len)?).ok()
-    }
-
     fn addr(&mut self) -> Option<SocketAddr> {
         let [family] = self.array()?;
         let ip = match family {
@@ -245,6 +251,17 @@ impl<'a> Reader<'a> {
             _ => return None,
         };
         Some(SocketAddr::new(ip, u16::from_le_bytes(self.array()?)))
+    }
+}
+
+/// The texts of a record, cut from one checked string by their lengths.
+struct Texts<'a, 'l>(&'a str, std::slice::Iter<'l, usize>);
+
+impl<'a> Texts<'a, '_> {
+    fn next(&mut self) -> Option<&'a str> {
+        let (text, rest) = self.0.split_at_checked(*self.1.next()?)?;
+        self.0 = rest;
+        Some(text)
     }
 }
 
