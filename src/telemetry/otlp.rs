@@ -479,7 +479,6 @@ impl Span<'_> {
 
     /// `encode`, appended to `out`.
     pub fn encode_into(&self, out: &mut Vec<u8>) {
-        use prost::encoding::{encode_key, encode_varint, WireType};
         let name_len = self.name.iter().map(|p| p.len()).sum();
         out.reserve(192 + name_len + 48 * self.attributes.len());
         bytes_field(1, &self.trace_id.to_bytes(), out);
@@ -495,55 +494,87 @@ impl Span<'_> {
             SpanKind::Server => proto::SpanKind::Server,
             SpanKind::Client => proto::SpanKind::Client,
         };
-        encode_key(6, WireType::Varint, out);
-        encode_varint(kind as u64, out);
-        encode_key(7, WireType::SixtyFourBit, out);
+        key(6, VARINT, out);
+        varint(kind as u64, out);
+        key(7, FIXED64, out);
         out.extend_from_slice(&unix_nanos(self.start).to_le_bytes());
-        encode_key(8, WireType::SixtyFourBit, out);
+        key(8, FIXED64, out);
         out.extend_from_slice(&unix_nanos(self.end).to_le_bytes());
-        for (key, value) in self.attributes {
-            key_value(key, *value, out);
+        for (name, value) in self.attributes {
+            key_value(name, *value, out);
         }
         if self.error {
             // Status { code = ERROR }
             let code = proto::StatusCode::Error as u64;
-            bytes_head(15, 1 + prost::encoding::encoded_len_varint(code), out);
-            encode_key(3, WireType::Varint, out);
-            encode_varint(code, out);
+            bytes_head(15, 1 + varint_len(code), out);
+            key(3, VARINT, out);
+            varint(code, out);
         }
     }
 }
 
 /// An attribute (KeyValue, field 9 of Span) holding an AnyValue.
-fn key_value(key: &str, value: Value<'_>, out: &mut Vec<u8>) {
-    use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
+fn key_value(name: &str, value: Value<'_>, out: &mut Vec<u8>) {
     let any = match value {
         Value::Str(s) => field_len(1, s.len()),
         Value::Bool(_) => 2,
-        Value::Int(i) => 1 + encoded_len_varint(i as u64),
+        Value::Int(i) => 1 + varint_len(i as u64),
     };
-    bytes_head(9, field_len(1, key.len()) + field_len(2, any), out);
-    bytes_field(1, key.as_bytes(), out);
+    bytes_head(9, field_len(1, name.len()) + field_len(2, any), out);
+    bytes_field(1, name.as_bytes(), out);
     bytes_head(2, any, out);
     match value {
         Value::Str(s) => bytes_field(1, s.as_bytes(), out),
         Value::Bool(b) => {
-            encode_key(2, WireType::Varint, out);
-            encode_varint(b as u64, out);
+            key(2, VARINT, out);
+            varint(b as u64, out);
         }
         Value::Int(i) => {
-            encode_key(3, WireType::Varint, out);
-            encode_varint(i as u64, out);
+            key(3, VARINT, out);
+            varint(i as u64, out);
         }
     }
 }
 
-/// The key and length of a length-delimited field of `len` bytes.
-fn bytes_head(tag: u32, len: usize, out: &mut Vec<u8>) {
-    prost::encoding::encode_key(tag, prost::encoding::WireType::LengthDelimited, out);
-    prost::encoding::encode_varint(len as u64, out);
+// Protobuf wire types.
+const VARINT: u32 = 0;
+const FIXED64: u32 = 1;
+const LENGTH_DELIMITED: u32 = 2;
+
+/// A field's key; every field number here is below 16, so one byte.
+#[inline(always)]
+fn key(tag: u32, wire_type: u32, out: &mut Vec<u8>) {
+    varint(u64::from(tag << 3 | wire_type), out);
 }
 
+/// A base-128 varint; most here (lengths, keys) take one byte, written
+/// without a loop.
+#[inline(always)]
+fn varint(mut v: u64, out: &mut Vec<u8>) {
+    if v < 0x80 {
+        out.push(v as u8);
+        return;
+    }
+    while v >= 0x80 {
+        out.push((v as u8 & 0x7f) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn varint_len(v: u64) -> usize {
+    // 7 bits a byte; 0 takes one.
+    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
+}
+
+/// The key and length of a length-delimited field of `len` bytes.
+#[inline(always)]
+fn bytes_head(tag: u32, len: usize, out: &mut Vec<u8>) {
+    key(tag, LENGTH_DELIMITED, out);
+    varint(len as u64, out);
+}
+
+#[inline(always)]
 fn bytes_field(tag: u32, bytes: &[u8], out: &mut Vec<u8>) {
     bytes_head(tag, bytes.len(), out);
     out.extend_from_slice(bytes);
@@ -551,7 +582,7 @@ fn bytes_field(tag: u32, bytes: &[u8], out: &mut Vec<u8>) {
 
 /// The encoded size of a length-delimited field of `len` bytes.
 fn field_len(tag: u32, len: usize) -> usize {
-    prost::encoding::key_len(tag) + prost::encoding::encoded_len_varint(len as u64) + len
+    varint_len(u64::from(tag << 3)) + varint_len(len as u64) + len
 }
 
 /// Writes the key and length of a length-delimited field (number `tag`)
@@ -797,6 +828,18 @@ mod tests {
             .map(|b| format!("{b:02x}"))
             .collect();
         assert_eq!(ours, python);
+    }
+
+    #[test]
+    fn varints_are_written_as_prost_writes_them() {
+        let edges = (0..64).flat_map(|bit| [(1u64 << bit) - 1, 1 << bit, (1 << bit) + 1]);
+        for v in edges.chain([0, u64::MAX, -1i64 as u64, 503]) {
+            let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+            varint(v, &mut ours);
+            prost::encoding::encode_varint(v, &mut theirs);
+            assert_eq!(ours, theirs, "{v}");
+            assert_eq!(varint_len(v), theirs.len(), "{v}");
+        }
     }
 
     /// Spans as an export request carries them: `ScopeSpans.spans` fields.
